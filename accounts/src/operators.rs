@@ -1,0 +1,227 @@
+//! Operators: the finance-ops principals, separate from phone accounts, with
+//! roles viewer < operator < approver < admin, authenticated by API keys of
+//! which only a SHA-256 digest is stored.
+//!
+//! [`Authorized`] is the extractor every admin route uses:
+//! `Authorized<Approver>` lets in approvers and admins and answers 401
+//! `unauthenticated` (no or bad key) or 403 `forbidden` (too low a role).
+
+use std::marker::PhantomData;
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use courier_common::{Database, HttpError};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::bearer;
+use crate::secret::{new_token, token_digest};
+
+const API_KEY_PREFIX: &str = "cop";
+pub const OPERATOR_NAME_CHARS_MAX: usize = 64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Approver,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "approver" => Some(Role::Approver),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// An authenticated operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Operator {
+    pub operator_id: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: String,
+}
+
+type OperatorRow = (String, String, String, i64);
+
+fn operator_from_row((id, name, role, created_at_ms): OperatorRow) -> Operator {
+    Operator {
+        operator_id: id,
+        name,
+        // The CHECK constraint keeps the column to the four roles.
+        role: Role::parse(&role).unwrap_or(Role::Viewer),
+        created_at: courier_common::time::rfc3339(created_at_ms),
+    }
+}
+
+/// A validated operator name: 1–64 printable characters.
+pub fn parse_operator_name(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > OPERATOR_NAME_CHARS_MAX || name.chars().any(char::is_control) {
+        return Err(format!("an operator name is 1 to {OPERATOR_NAME_CHARS_MAX} printable characters"));
+    }
+    Ok(name.to_owned())
+}
+
+/// Creates an operator and returns it with its API key, which exists nowhere
+/// else afterwards.
+pub async fn create(db: &Database, name: &str, role: Role, created_by: Option<&str>) -> Result<(Operator, String), sqlx::Error> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let key = new_token(API_KEY_PREFIX);
+    let now_ms = courier_common::time::now_ms();
+    sqlx::query("INSERT INTO operators (id, name, role, key_digest, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(&id)
+        .bind(name)
+        .bind(role.as_str())
+        .bind(token_digest(&key))
+        .bind(now_ms)
+        .bind(created_by)
+        .execute(db.pool())
+        .await?;
+    Ok((operator_from_row((id, name.to_owned(), role.as_str().to_owned(), now_ms)), key))
+}
+
+/// The live operator holding `api_key`, if any. The lookup is by digest, so
+/// the comparison never touches the key itself.
+pub async fn by_key(db: &Database, api_key: &str) -> Result<Option<Operator>, sqlx::Error> {
+    let row: Option<OperatorRow> =
+        sqlx::query_as("SELECT id, name, role, created_at FROM operators WHERE key_digest = $1 AND revoked_at IS NULL")
+            .bind(token_digest(api_key))
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(row.map(operator_from_row))
+}
+
+/// One live operator.
+pub async fn get(db: &Database, operator_id: &str) -> Result<Option<Operator>, sqlx::Error> {
+    let row: Option<OperatorRow> =
+        sqlx::query_as("SELECT id, name, role, created_at FROM operators WHERE id = $1 AND revoked_at IS NULL")
+            .bind(operator_id)
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(row.map(operator_from_row))
+}
+
+/// Live operators in id order after `after_id`.
+pub async fn list(db: &Database, after_id: &str, limit: u32) -> Result<Vec<Operator>, sqlx::Error> {
+    let rows: Vec<OperatorRow> = sqlx::query_as(
+        "SELECT id, name, role, created_at FROM operators WHERE revoked_at IS NULL AND id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after_id)
+    .bind(i64::from(limit))
+    .fetch_all(db.pool())
+    .await?;
+    Ok(rows.into_iter().map(operator_from_row).collect())
+}
+
+/// Revokes an operator's key; false if there is no such live operator.
+pub async fn revoke(db: &Database, operator_id: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE operators SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+        .bind(operator_id)
+        .bind(courier_common::time::now_ms())
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// How many live admins there are.
+pub async fn live_admins(db: &Database) -> Result<i64, sqlx::Error> {
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM operators WHERE role = 'admin' AND revoked_at IS NULL")
+        .fetch_one(db.pool())
+        .await?;
+    Ok(count)
+}
+
+/// The state an admin router must provide for [`Authorized`].
+#[derive(Clone)]
+pub struct OperatorDirectory(pub Database);
+
+/// The least role a route needs.
+pub trait RequiredRole: Send + Sync + 'static {
+    const ROLE: Role;
+}
+
+pub struct Viewer;
+pub struct OperatorRole;
+pub struct Approver;
+pub struct Admin;
+
+impl RequiredRole for Viewer {
+    const ROLE: Role = Role::Viewer;
+}
+impl RequiredRole for OperatorRole {
+    const ROLE: Role = Role::Operator;
+}
+impl RequiredRole for Approver {
+    const ROLE: Role = Role::Approver;
+}
+impl RequiredRole for Admin {
+    const ROLE: Role = Role::Admin;
+}
+
+/// An operator whose role is at least `R::ROLE`.
+pub struct Authorized<R: RequiredRole> {
+    pub operator: Operator,
+    role: PhantomData<R>,
+}
+
+impl<S, R> FromRequestParts<S> for Authorized<R>
+where
+    S: Send + Sync,
+    R: RequiredRole,
+    OperatorDirectory: FromRef<S>,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let key = bearer(parts).ok_or_else(|| HttpError::unauthenticated("send an operator API key as Authorization: Bearer <key>"))?;
+        let OperatorDirectory(db) = OperatorDirectory::from_ref(state);
+        let operator = by_key(&db, key)
+            .await
+            .map_err(HttpError::from)?
+            .ok_or_else(|| HttpError::unauthenticated("the operator API key is not valid"))?;
+        if operator.role < R::ROLE {
+            return Err(HttpError::forbidden(format!("this needs the {} role or higher", R::ROLE.as_str())));
+        }
+        Ok(Authorized { operator, role: PhantomData })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_ordered_and_parse() {
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Approver && Role::Approver < Role::Admin);
+        for role in [Role::Viewer, Role::Operator, Role::Approver, Role::Admin] {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("root"), None);
+    }
+
+    #[test]
+    fn operator_names() {
+        assert_eq!(parse_operator_name("  Ana  ").unwrap(), "Ana");
+        assert!(parse_operator_name("").is_err());
+        assert!(parse_operator_name("a\nb").is_err());
+        assert!(parse_operator_name(&"x".repeat(65)).is_err());
+    }
+}

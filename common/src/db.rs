@@ -1,0 +1,180 @@
+//! The storage handle: one pool over SQLite (embedded default) or PostgreSQL
+//! (production), chosen by URL, with the schema migrations applied at start.
+//!
+//! Queries are written once in SQL both databases accept (`$1` placeholders,
+//! `BIGINT` milliseconds for times, `TEXT` ids), so every storage path runs on
+//! both and is tested on both.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Executor, SqlSafeStr};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A cloneable handle to the database pool.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
+    UnsupportedUrl(String),
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("cannot apply the database migrations: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// Each migration in both dialects. Versions only ever grow; a shipped
+/// migration is never edited (its checksum is recorded).
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
+    1,
+    "accounts",
+    include_str!("../../migrations/sqlite/0001_accounts.sql"),
+    include_str!("../../migrations/postgres/0001_accounts.sql"),
+)];
+
+/// How long a connection waits for a lock held by another writer before the
+/// statement fails (SQLite `busy_timeout`).
+const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
+const ACQUIRE_TIMEOUT_S: u64 = 10;
+
+impl Database {
+    /// Connects to `url` (`sqlite://…` or `postgres://…`) and applies the
+    /// migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(DbError::UnsupportedUrl(redact(url)));
+        };
+        install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(ACQUIRE_TIMEOUT_S))
+            .after_connect(move |connection, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the writer; FULL makes every
+                        // commit durable before it is acknowledged.
+                        connection.execute("PRAGMA journal_mode = WAL").await?;
+                        connection.execute("PRAGMA synchronous = FULL").await?;
+                        connection.execute("PRAGMA foreign_keys = ON").await?;
+                        connection
+                            .execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")))
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .map_err(DbError::Connect)?;
+        let database = Database { pool, backend };
+        database.migrator().run(&database.pool).await.map_err(DbError::Migrate)?;
+        Ok(database)
+    }
+
+    /// The URL of a SQLite database file, created if missing.
+    pub fn sqlite_url(path: &Path) -> String {
+        format!("sqlite://{}?mode=rwc", path.display())
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Round-trips a trivial query (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn migrator(&self) -> Migrator {
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|&(version, name, sqlite, postgres)| {
+                let sql = match self.backend {
+                    Backend::Sqlite => sqlite,
+                    Backend::Postgres => postgres,
+                };
+                Migration::new(version, Cow::Borrowed(name), MigrationType::Simple, sql.into_sql_str(), false)
+            })
+            .collect();
+        Migrator::with_migrations(migrations)
+    }
+}
+
+/// A database URL with any password removed, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &credentials[..colon], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Whether `error` is a unique-constraint violation (either database).
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.is_unique_violation(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_only() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[tokio::test]
+    async fn sqlite_migrates_and_is_durable_by_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Database::sqlite_url(&dir.path().join("c.db"));
+        let database = Database::connect(&url, 2).await.unwrap();
+        database.ping().await.unwrap();
+        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode").fetch_one(database.pool()).await.unwrap();
+        assert_eq!(mode, "wal");
+        let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous").fetch_one(database.pool()).await.unwrap();
+        assert_eq!(sync, 2, "synchronous=FULL");
+        // Applying again is a no-op.
+        database.close().await;
+        Database::connect(&url, 2).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn refuses_other_schemes() {
+        assert!(matches!(Database::connect("mysql://x", 1).await, Err(DbError::UnsupportedUrl(_))));
+    }
+}

@@ -1,0 +1,92 @@
+//! A JSON body extractor whose rejections use the service error shape.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use crate::error::HttpError;
+
+/// Like `axum::Json`, but a malformed body, a wrong type or an unknown field
+/// (request types carry `#[serde(deny_unknown_fields)]`) is a 400
+/// `invalid_request`, a body over the limit a 413 `payload_too_large`, and a
+/// missing `Content-Type: application/json` a 415, all as
+/// `{"error":{"code","message"}}`.
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = HttpError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| value.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
+            .unwrap_or(false);
+        if !is_json {
+            return Err(HttpError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                HttpError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is over the size limit")
+            } else {
+                HttpError::invalid_request(format!("could not read the request body: {rejection}"))
+            }
+        })?;
+        parse(&bytes).map(Json)
+    }
+}
+
+/// Parses a JSON document into `T` with a message that names the problem.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
+    serde_json::from_slice(bytes).map_err(|error| HttpError::invalid_request(format!("invalid JSON body: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[allow(dead_code)]
+        phone: String,
+    }
+
+    #[test]
+    fn rejects_unknown_fields_wrong_types_and_garbage() {
+        for bad in [r#"{"phone":"x","extra":1}"#, r#"{"phone":5}"#, "{", "", "null"] {
+            let error = parse::<Body>(bad.as_bytes()).unwrap_err();
+            assert_eq!(error.code, "invalid_request", "{bad}");
+            assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        }
+        assert!(parse::<Body>(br#"{"phone":"x"}"#).is_ok());
+    }
+}
+
+/// Like `axum::extract::Query`, with rejections in the service error shape.
+pub struct Query<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(value)| Query(value))
+            .map_err(|rejection| HttpError::invalid_request(format!("invalid query string: {}", rejection.body_text())))
+    }
+}

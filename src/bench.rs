@@ -1,0 +1,218 @@
+//! `courier bench …`: load generators that measure the real code paths over
+//! real sockets and print figures (a table, or one JSON object with
+//! `--json`). Every run is bounded in count and in time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::routing::post;
+use clap::{Args, Subcommand};
+use courier_accounts::tokens::{TokenIssuer, TokenKey, TokenVerifier};
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::config::{CodeSenderKind, ServeOptions};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Token verifications/s (offline, all cores) and sign-ins/s over HTTP.
+    Accounts(AccountsBench),
+}
+
+#[derive(Args)]
+struct AccountsBench {
+    /// A scratch PostgreSQL database (its tables are created); default: SQLite in a temporary directory.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Concurrent HTTP clients signing in.
+    #[arg(long, default_value_t = 32)]
+    clients: u32,
+    /// At most this many sign-ins.
+    #[arg(long, default_value_t = 5_000)]
+    sign_ins: u64,
+    /// At most this long for each phase.
+    #[arg(long, default_value_t = 10)]
+    duration_s: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), String> {
+    match args.command {
+        BenchCommand::Accounts(bench) => accounts(bench).await,
+    }
+}
+
+async fn accounts(bench: AccountsBench) -> Result<(), String> {
+    let phase = Duration::from_secs(bench.duration_s.max(1));
+    let threads = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    let (verify_per_s, issue_per_s) = token_throughput(threads, phase.min(Duration::from_secs(3)));
+
+    let scratch = tempfile::tempdir().map_err(|error| error.to_string())?;
+    let codes: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?;
+    let hook_url = format!("http://{}/hook", hook_listener.local_addr().map_err(|error| error.to_string())?);
+    let sink = codes.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                if let (Some(phone), Some(code)) = (body["phone"].as_str(), body["code"].as_str()) {
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).insert(phone.to_owned(), code.to_owned());
+                }
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(hook_listener, hook).await });
+
+    let options = ServeOptions {
+        data_dir: Some(scratch.path().to_path_buf()),
+        database_url: bench.database_url.clone(),
+        code_sender: Some(CodeSenderKind::Webhook),
+        code_webhook_url: Some(hook_url),
+        sign_in_codes_per_addr_per_hour_max: Some(0),
+        ..Default::default()
+    };
+    let built = crate::serve::build(&options, None).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?;
+    let base = format!("http://{}", listener.local_addr().map_err(|error| error.to_string())?);
+    let router = built.router;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    // A per-run prefix keeps numbers unique when a database is reused.
+    let run_prefix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() % 90 + 10).unwrap_or(10);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(bench.clients as usize).build().map_err(|e| e.to_string())?;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + phase;
+    let mut tasks = Vec::new();
+    for _ in 0..bench.clients.max(1) {
+        let (http, base, codes, next) = (http.clone(), base.clone(), codes.clone(), next.clone());
+        let total = bench.sign_ins;
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = Histogram::<u64>::new(3).expect("3 significant figures is a valid precision");
+            let mut failures = 0u64;
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= total || Instant::now() >= deadline {
+                    break;
+                }
+                let phone = format!("+7916{run_prefix:02}{index:05}");
+                let begun = Instant::now();
+                match sign_in(&http, &base, &phone, &codes).await {
+                    Ok(()) => {
+                        let _ = histogram.record(begun.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => failures += 1,
+                }
+            }
+            (histogram, failures)
+        }));
+    }
+    let mut histogram = Histogram::<u64>::new(3).expect("3 significant figures is a valid precision");
+    let mut failures = 0;
+    for task in tasks {
+        let (part, failed) = task.await.map_err(|error| error.to_string())?;
+        histogram.add(part).map_err(|error| error.to_string())?;
+        failures += failed;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    built.database.close().await;
+
+    let sign_ins = histogram.len();
+    let figures = json!({
+        "bench": "accounts",
+        "database": if bench.database_url.is_some() { "postgres" } else { "sqlite" },
+        "threads": threads,
+        "token_verifications_per_s": verify_per_s.round(),
+        "token_issues_per_s": issue_per_s.round(),
+        "clients": bench.clients,
+        "sign_ins": sign_ins,
+        "sign_in_failures": failures,
+        "sign_ins_per_s": (sign_ins as f64 / elapsed).round(),
+        "sign_in_ms_p50": histogram.value_at_quantile(0.50) as f64 / 1000.0,
+        "sign_in_ms_p99": histogram.value_at_quantile(0.99) as f64 / 1000.0,
+        "sign_in_ms_max": histogram.max() as f64 / 1000.0,
+    });
+    if bench.json {
+        println!("{figures}");
+    } else {
+        for (name, value) in figures.as_object().expect("built as an object") {
+            println!("{name:<28} {value}");
+        }
+    }
+    if failures > 0 {
+        return Err(format!("{failures} sign-ins failed"));
+    }
+    Ok(())
+}
+
+/// One whole sign-in: request a code (delivered to our webhook), then use it.
+async fn sign_in(http: &reqwest::Client, base: &str, phone: &str, codes: &Mutex<HashMap<String, String>>) -> Result<(), String> {
+    let response = http.post(format!("{base}/v1/auth/codes")).json(&json!({"phone": phone})).send().await.map_err(|e| e.to_string())?;
+    if response.status() != reqwest::StatusCode::ACCEPTED {
+        return Err(format!("code request: {}", response.status()));
+    }
+    let code = codes.lock().unwrap_or_else(|p| p.into_inner()).remove(phone).ok_or("the webhook got no code")?;
+    let response = http
+        .post(format!("{base}/v1/auth/sessions"))
+        .json(&json!({"phone": phone, "code": code, "device_name": "bench"}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status() != reqwest::StatusCode::CREATED {
+        return Err(format!("sign-in: {}", response.status()));
+    }
+    Ok(())
+}
+
+/// Access-token verifications/s and issues/s on `threads` threads.
+fn token_throughput(threads: usize, phase: Duration) -> (f64, f64) {
+    let issuer = Arc::new(TokenIssuer::new(TokenKey::generate(), vec![], 900));
+    let verifier = Arc::new(TokenVerifier::from_jwks(&issuer.jwks()).expect("a fresh key makes a valid JWKS"));
+    let now_s = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let token = issuer.issue("0190c5a0-0000-7000-8000-000000000000", "0190c5a0-0000-7000-8000-000000000001", "RU", now_s);
+    let measure = |work: Arc<dyn Fn() + Send + Sync>| {
+        let started = Instant::now();
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let work = work.clone();
+                std::thread::spawn(move || {
+                    let mut count = 0u64;
+                    while started.elapsed() < phase {
+                        for _ in 0..64 {
+                            work();
+                        }
+                        count += 64;
+                    }
+                    count
+                })
+            })
+            .collect();
+        let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+        total as f64 / started.elapsed().as_secs_f64()
+    };
+    let verify = {
+        let (verifier, token) = (verifier.clone(), token.clone());
+        measure(Arc::new(move || {
+            let claims = verifier.verify_with_known_keys(&token);
+            debug_assert!(claims.is_ok());
+            std::hint::black_box(claims).ok();
+        }))
+    };
+    let issue = measure(Arc::new(move || {
+        std::hint::black_box(issuer.issue("a", "d", "RU", now_s));
+    }));
+    (verify, issue)
+}

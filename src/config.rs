@@ -1,0 +1,216 @@
+//! Configuration for `courier serve`: flags first, then `COURIER_*`
+//! environment variables (both through clap), then an optional TOML file
+//! (`--config`), then built-in defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use courier_accounts::AccountsConfig;
+use courier_common::http::HttpLimits;
+use serde::Deserialize;
+
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
+pub const DATA_DIR_DEFAULT: &str = "./courier-data";
+const DATABASE_CONNECTIONS_MAX_DEFAULT: u32 = 16;
+const TOKEN_KEY_FILE_NAME: &str = "token-signing-key.pem";
+const SQLITE_FILE_NAME: &str = "courier.db";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodeSenderKind {
+    /// Development: the code is written to the log.
+    Log,
+    /// Production: the code is POSTed as JSON to --code-webhook-url.
+    Webhook,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Every setting of `courier serve`. Each is optional here so that the TOML
+/// file can fill what flags and environment left open.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeOptions {
+    /// Address to listen on; port 0 picks a free one (the real URL is printed).
+    #[arg(long, env = "COURIER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Where the embedded SQLite database and the token-signing key live.
+    #[arg(long, env = "COURIER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// postgres://… for PostgreSQL; default: SQLite in the data directory.
+    #[arg(long, env = "COURIER_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Largest number of pooled database connections.
+    #[arg(long, env = "COURIER_DATABASE_CONNECTIONS_MAX")]
+    pub database_connections_max: Option<u32>,
+    /// Redis, for signaling scale-out across nodes.
+    #[arg(long, env = "COURIER_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// How sign-in codes are delivered.
+    #[arg(long, env = "COURIER_CODE_SENDER", value_enum)]
+    pub code_sender: Option<CodeSenderKind>,
+    /// Where the webhook sender POSTs {"phone","code","expires_at"}.
+    #[arg(long, env = "COURIER_CODE_WEBHOOK_URL")]
+    pub code_webhook_url: Option<String>,
+    /// Seconds the webhook may take before delivery counts as failed.
+    #[arg(long, env = "COURIER_CODE_WEBHOOK_TIMEOUT_S")]
+    pub code_webhook_timeout_s: Option<u64>,
+    /// The Ed25519 token-signing key (PKCS#8 PEM); created if missing.
+    #[arg(long, env = "COURIER_TOKEN_KEY_FILE")]
+    pub token_key_file: Option<PathBuf>,
+    /// Earlier signing keys still trusted (and published in the JWKS) during rotation.
+    #[arg(long, env = "COURIER_TOKEN_PREVIOUS_KEY_FILES", value_delimiter = ',')]
+    #[serde(default)]
+    pub token_previous_key_file: Vec<PathBuf>,
+    /// Split deployments: where services that do not sign tokens fetch the JWKS.
+    #[arg(long, env = "COURIER_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    #[arg(long, env = "COURIER_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[arg(long, env = "COURIER_BODY_BYTES_MAX")]
+    pub body_bytes_max: Option<usize>,
+    #[arg(long, env = "COURIER_REQUEST_TIMEOUT_S")]
+    pub request_timeout_s: Option<u64>,
+    #[arg(long, env = "COURIER_SIGN_IN_CODE_TTL_S")]
+    pub sign_in_code_ttl_s: Option<u64>,
+    #[arg(long, env = "COURIER_SIGN_IN_CODE_ATTEMPTS_MAX")]
+    pub sign_in_code_attempts_max: Option<u32>,
+    #[arg(long, env = "COURIER_SIGN_IN_CODE_RESEND_AFTER_S")]
+    pub sign_in_code_resend_after_s: Option<u64>,
+    #[arg(long, env = "COURIER_SIGN_IN_CODES_PER_PHONE_PER_HOUR_MAX")]
+    pub sign_in_codes_per_phone_per_hour_max: Option<u32>,
+    /// 0 turns the per-address limit off (e.g. behind a proxy that limits).
+    #[arg(long, env = "COURIER_SIGN_IN_CODES_PER_ADDR_PER_HOUR_MAX")]
+    pub sign_in_codes_per_addr_per_hour_max: Option<u32>,
+    #[arg(long, env = "COURIER_ACCESS_TOKEN_TTL_S")]
+    pub access_token_ttl_s: Option<u64>,
+    #[arg(long, env = "COURIER_REFRESH_TOKEN_TTL_S")]
+    pub refresh_token_ttl_s: Option<u64>,
+}
+
+/// Fills every `None` of `self` from `file`.
+macro_rules! fill {
+    ($self:ident, $file:ident, $($field:ident),+ $(,)?) => {
+        $( if $self.$field.is_none() { $self.$field = $file.$field.take(); } )+
+    };
+}
+
+impl ServeOptions {
+    /// Reads the TOML file at `path` and lets it fill what is still unset.
+    pub fn with_file(mut self, path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        let mut file: ServeOptions =
+            toml::from_str(&text).map_err(|error| format!("{} is not a valid configuration file: {error}", path.display()))?;
+        fill!(
+            self, file, listen, data_dir, database_url, database_connections_max, redis_url, code_sender, code_webhook_url,
+            code_webhook_timeout_s, token_key_file, jwks_url, log_format, body_bytes_max, request_timeout_s,
+            sign_in_code_ttl_s, sign_in_code_attempts_max, sign_in_code_resend_after_s,
+            sign_in_codes_per_phone_per_hour_max, sign_in_codes_per_addr_per_hour_max, access_token_ttl_s,
+            refresh_token_ttl_s,
+        );
+        if self.token_previous_key_file.is_empty() {
+            self.token_previous_key_file = file.token_previous_key_file;
+        }
+        Ok(self)
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.listen.unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("the default listen address is valid"))
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT))
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| courier_common::Database::sqlite_url(&self.data_dir().join(SQLITE_FILE_NAME)))
+    }
+
+    pub fn database_connections_max(&self) -> u32 {
+        self.database_connections_max.unwrap_or(DATABASE_CONNECTIONS_MAX_DEFAULT)
+    }
+
+    pub fn token_key_file(&self) -> PathBuf {
+        self.token_key_file.clone().unwrap_or_else(|| self.data_dir().join(TOKEN_KEY_FILE_NAME))
+    }
+
+    pub fn http_limits(&self) -> HttpLimits {
+        let defaults = HttpLimits::default();
+        HttpLimits {
+            body_bytes_max: self.body_bytes_max.unwrap_or(defaults.body_bytes_max),
+            request_timeout: self.request_timeout_s.map(Duration::from_secs).unwrap_or(defaults.request_timeout),
+        }
+    }
+
+    pub fn accounts_config(&self) -> AccountsConfig {
+        let defaults = AccountsConfig::default();
+        AccountsConfig {
+            sign_in_code_ttl_s: self.sign_in_code_ttl_s.unwrap_or(defaults.sign_in_code_ttl_s),
+            sign_in_code_attempts_max: self.sign_in_code_attempts_max.unwrap_or(defaults.sign_in_code_attempts_max),
+            sign_in_code_resend_after_s: self.sign_in_code_resend_after_s.unwrap_or(defaults.sign_in_code_resend_after_s),
+            sign_in_codes_per_phone_per_hour_max: self
+                .sign_in_codes_per_phone_per_hour_max
+                .unwrap_or(defaults.sign_in_codes_per_phone_per_hour_max),
+            sign_in_codes_per_addr_per_hour_max: self
+                .sign_in_codes_per_addr_per_hour_max
+                .unwrap_or(defaults.sign_in_codes_per_addr_per_hour_max),
+            access_token_ttl_s: self.access_token_ttl_s.unwrap_or(defaults.access_token_ttl_s),
+            refresh_token_ttl_s: self.refresh_token_ttl_s.unwrap_or(defaults.refresh_token_ttl_s),
+        }
+    }
+
+    /// Refuses settings that cannot work, with what to do instead.
+    pub fn validate(&self) -> Result<(), String> {
+        let accounts = self.accounts_config();
+        if accounts.sign_in_code_ttl_s == 0 || accounts.sign_in_code_attempts_max == 0 {
+            return Err("sign-in codes need a TTL and at least one attempt".into());
+        }
+        if accounts.sign_in_codes_per_phone_per_hour_max == 0 {
+            return Err("--sign-in-codes-per-phone-per-hour-max must be at least 1".into());
+        }
+        if accounts.access_token_ttl_s == 0 || accounts.access_token_ttl_s > 3_600 {
+            return Err("--access-token-ttl-s must be between 1 and 3600 seconds".into());
+        }
+        if self.code_sender == Some(CodeSenderKind::Webhook) && self.code_webhook_url.is_none() {
+            return Err("--code-sender webhook needs --code-webhook-url (or COURIER_CODE_WEBHOOK_URL)".into());
+        }
+        if self.http_limits().body_bytes_max < 1_024 {
+            return Err("--body-bytes-max must be at least 1024".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_fills_only_what_flags_and_env_left_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("courier.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9999\"\nsign_in_code_ttl_s = 120\ncode_sender = \"webhook\"\n").unwrap();
+        let flags = ServeOptions { listen: Some("127.0.0.1:1".parse().unwrap()), ..Default::default() };
+        let merged = flags.with_file(&path).unwrap();
+        assert_eq!(merged.listen(), "127.0.0.1:1".parse().unwrap());
+        assert_eq!(merged.accounts_config().sign_in_code_ttl_s, 120);
+        assert_eq!(merged.validate().unwrap_err(), "--code-sender webhook needs --code-webhook-url (or COURIER_CODE_WEBHOOK_URL)");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("courier.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:9999\"\n").unwrap();
+        assert!(ServeOptions::default().with_file(&path).unwrap_err().contains("lisen"));
+    }
+}

@@ -1,0 +1,90 @@
+//! `courier`: the one binary. `serve` runs the services, `admin` is the
+//! finance-ops CLI, `bench` measures. Wiring only; the logic lives in the
+//! library crates.
+
+mod admin;
+mod bench;
+mod config;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogFormat, ServeOptions};
+
+#[derive(Parser)]
+#[command(name = "courier", version, about = "Encrypted voice calls and peer-to-peer payments for a messenger")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the services (all of them in one process unless one is named).
+    Serve {
+        /// Run one service alone, for split deployments.
+        #[arg(value_enum)]
+        service: Option<serve::Service>,
+        /// A TOML file with any of the options below (flags and COURIER_* win over it).
+        #[arg(long, env = "COURIER_CONFIG")]
+        config: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        options: ServeOptions,
+    },
+    /// Finance-ops administration.
+    Admin(admin::AdminArgs),
+    /// Benchmarks (figures go to BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("courier: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // TLS (webhook, JWKS, PostgreSQL) uses rustls with the ring provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { service, config, options } => {
+                let options = match config {
+                    Some(path) => options.with_file(&path)?,
+                    None => options,
+                };
+                init_logging(options.log_format.unwrap_or(LogFormat::Human));
+                serve::run(options, service, courier_common::shutdown::on_signal()).await
+            }
+            Command::Admin(args) => {
+                init_logging(LogFormat::Human);
+                admin::run(args).await
+            }
+            Command::Bench(args) => {
+                init_logging(LogFormat::Human);
+                bench::run(args).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("courier: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("COURIER_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

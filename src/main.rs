@@ -15,7 +15,11 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{LogFormat, ServeOptions};
 
 #[derive(Parser)]
-#[command(name = "courier", version, about = "Encrypted voice calls and peer-to-peer payments for a messenger")]
+#[command(
+    name = "courier",
+    version,
+    about = "Encrypted voice calls and peer-to-peer payments for a messenger"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,18 +46,23 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("courier: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    // TLS (webhook, JWKS, PostgreSQL) uses rustls with the ring provider.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve { service, config, options } => {
+            Command::Serve {
+                service,
+                config,
+                options,
+            } => {
                 let options = match config {
                     Some(path) => options.with_file(&path)?,
                     None => options,
@@ -81,8 +90,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("COURIER_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_env("COURIER_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

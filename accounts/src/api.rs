@@ -4,12 +4,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use axum::Router;
 use axum::extract::{ConnectInfo, FromRef, FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
-use axum::Router;
 use courier_common::page::PageQuery;
 use courier_common::time::{now_ms, rfc3339};
 use courier_common::{ErrorBody, HttpError, Json, Page, Query};
@@ -51,7 +51,10 @@ pub fn app(accounts: Accounts) -> Router {
         .route("/v1/me/settings", get(settings).patch(update_settings))
         .route("/v1/me/blocked", get(blocked))
         .route("/v1/me/blocked/{account_id}", put(block).delete(unblock))
-        .route("/admin/v1/operators", post(create_operator).get(list_operators))
+        .route(
+            "/admin/v1/operators",
+            post(create_operator).get(list_operators),
+        )
         .route("/admin/v1/operators/{id}", delete(revoke_operator))
         .with_state(accounts)
 }
@@ -77,9 +80,17 @@ impl utoipa::Modify for SecuritySchemes {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "user",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
-        components.add_security_scheme("operator", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "operator",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
@@ -90,7 +101,12 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())))
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0.ip()),
+        ))
     }
 }
 
@@ -125,7 +141,10 @@ async fn request_code(
     let config = accounts.config();
     Ok((
         StatusCode::ACCEPTED,
-        axum::Json(CodeSent { expires_in: config.sign_in_code_ttl_s, resend_after: config.sign_in_code_resend_after_s }),
+        axum::Json(CodeSent {
+            expires_in: config.sign_in_code_ttl_s,
+            resend_after: config.sign_in_code_resend_after_s,
+        }),
     ))
 }
 
@@ -169,7 +188,10 @@ impl From<Session> for SessionBody {
               (status = 400, description = "`invalid_phone`, `invalid_request`", body = ErrorBody),
               (status = 401, description = "`invalid_code`, `code_expired`", body = ErrorBody),
               (status = 429, description = "`too_many_attempts`", body = ErrorBody)))]
-async fn sign_in(State(accounts): State<Accounts>, Json(body): Json<SignInRequest>) -> Result<impl IntoResponse, HttpError> {
+async fn sign_in(
+    State(accounts): State<Accounts>,
+    Json(body): Json<SignInRequest>,
+) -> Result<impl IntoResponse, HttpError> {
     let phone = PhoneNumber::parse(&body.phone).map_err(AccountsError::from)?;
     let device_name = parse_device_name(&body.device_name)?;
     let code = SignInCode::parse(&body.code).map_err(|_| AccountsError::InvalidCode)?;
@@ -187,8 +209,13 @@ pub struct RefreshRequest {
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "accounts", request_body = RefreshRequest,
     responses((status = 200, body = SessionBody),
               (status = 401, description = "`invalid_refresh_token`, `refresh_token_reused` (the device session is revoked)", body = ErrorBody)))]
-async fn refresh(State(accounts): State<Accounts>, Json(body): Json<RefreshRequest>) -> Result<axum::Json<SessionBody>, HttpError> {
-    Ok(axum::Json(accounts.refresh(&body.refresh_token).await?.into()))
+async fn refresh(
+    State(accounts): State<Accounts>,
+    Json(body): Json<RefreshRequest>,
+) -> Result<axum::Json<SessionBody>, HttpError> {
+    Ok(axum::Json(
+        accounts.refresh(&body.refresh_token).await?.into(),
+    ))
 }
 
 /// The token-signing public keys (JWKS); services verify access tokens with them.
@@ -218,7 +245,10 @@ async fn me(State(accounts): State<Accounts>, user: AuthUser) -> Result<axum::Js
     }))
 }
 
-async fn current_account(accounts: &Accounts, user: &AuthUser) -> Result<store::Account, HttpError> {
+async fn current_account(
+    accounts: &Accounts,
+    user: &AuthUser,
+) -> Result<store::Account, HttpError> {
     store::account(accounts.db(), user.account_id())
         .await
         .map_err(HttpError::from)?
@@ -244,7 +274,13 @@ async fn devices(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<Page<Device>>, HttpError> {
     let page = query.parse()?;
-    let rows = store::devices(accounts.db(), user.account_id(), page.after.as_deref().unwrap_or(""), page.limit + 1).await?;
+    let rows = store::devices(
+        accounts.db(),
+        user.account_id(),
+        page.after.as_deref().unwrap_or(""),
+        page.limit + 1,
+    )
+    .await?;
     let page = Page::from_rows(rows, page.limit, |row| row.id.clone());
     Ok(axum::Json(page.map(|row| Device {
         current: row.id == user.device_id(),
@@ -259,8 +295,20 @@ async fn devices(
 #[utoipa::path(delete, path = "/v1/me/devices/{id}", tag = "accounts", security(("user" = [])),
     params(("id" = String, Path, description = "device id")),
     responses((status = 204), (status = 404, description = "`not_found` (also another account's device)", body = ErrorBody)))]
-async fn revoke_device(State(accounts): State<Accounts>, user: AuthUser, Path(id): Path<String>) -> Result<StatusCode, HttpError> {
-    if store::revoke_device(accounts.db(), user.account_id(), &id, "revoked_by_user", now_ms()).await? {
+async fn revoke_device(
+    State(accounts): State<Accounts>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    if store::revoke_device(
+        accounts.db(),
+        user.account_id(),
+        &id,
+        "revoked_by_user",
+        now_ms(),
+    )
+    .await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(AccountsError::NotFound("no such device session of yours").into())
@@ -270,8 +318,13 @@ async fn revoke_device(State(accounts): State<Accounts>, user: AuthUser, Path(id
 /// My call settings.
 #[utoipa::path(get, path = "/v1/me/settings", tag = "accounts", security(("user" = [])),
     responses((status = 200, body = Settings), (status = 401, body = ErrorBody)))]
-async fn settings(State(accounts): State<Accounts>, user: AuthUser) -> Result<axum::Json<Settings>, HttpError> {
-    Ok(axum::Json(current_account(&accounts, &user).await?.settings))
+async fn settings(
+    State(accounts): State<Accounts>,
+    user: AuthUser,
+) -> Result<axum::Json<Settings>, HttpError> {
+    Ok(axum::Json(
+        current_account(&accounts, &user).await?.settings,
+    ))
 }
 
 /// A partial update; each field is validated into its domain value.
@@ -280,10 +333,20 @@ async fn settings(State(accounts): State<Accounts>, user: AuthUser) -> Result<ax
 pub struct SettingsPatch {
     /// `everybody` or `nobody`.
     #[schema(value_type = Option<CallsFrom>)]
+    #[serde(default, deserialize_with = "present")]
     calls_from: Option<serde_json::Value>,
     /// `always` or `never` (relay only: hides my IP address).
     #[schema(value_type = Option<P2p>)]
+    #[serde(default, deserialize_with = "present")]
     p2p: Option<serde_json::Value>,
+}
+
+/// A field that is present is `Some`, even when it is `null` (which is then
+/// refused as an invalid setting rather than read as "no change").
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(deserializer).map(Some)
 }
 
 /// Change my call settings.
@@ -298,21 +361,25 @@ async fn update_settings(
         .calls_from
         .map(|value| {
             value.as_str().and_then(CallsFrom::parse).ok_or_else(|| {
-                AccountsError::InvalidSetting("calls_from must be \"everybody\" or \"nobody\"".into())
+                AccountsError::InvalidSetting(
+                    "calls_from must be \"everybody\" or \"nobody\"".into(),
+                )
             })
         })
         .transpose()?;
     let p2p = patch
         .p2p
         .map(|value| {
-            value
-                .as_str()
-                .and_then(P2p::parse)
-                .ok_or_else(|| AccountsError::InvalidSetting("p2p must be \"always\" or \"never\"".into()))
+            value.as_str().and_then(P2p::parse).ok_or_else(|| {
+                AccountsError::InvalidSetting("p2p must be \"always\" or \"never\"".into())
+            })
         })
         .transpose()?;
     let current = current_account(&accounts, &user).await?.settings;
-    let updated = Settings { calls_from: calls_from.unwrap_or(current.calls_from), p2p: p2p.unwrap_or(current.p2p) };
+    let updated = Settings {
+        calls_from: calls_from.unwrap_or(current.calls_from),
+        p2p: p2p.unwrap_or(current.p2p),
+    };
     if updated != current {
         store::update_settings(accounts.db(), user.account_id(), updated).await?;
     }
@@ -334,9 +401,18 @@ async fn blocked(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<Page<BlockedAccount>>, HttpError> {
     let page = query.parse()?;
-    let rows = store::blocked(accounts.db(), user.account_id(), page.after.as_deref().unwrap_or(""), page.limit + 1).await?;
+    let rows = store::blocked(
+        accounts.db(),
+        user.account_id(),
+        page.after.as_deref().unwrap_or(""),
+        page.limit + 1,
+    )
+    .await?;
     let page = Page::from_rows(rows, page.limit, |(id, _)| id.clone());
-    Ok(axum::Json(page.map(|(account_id, at)| BlockedAccount { account_id, blocked_at: rfc3339(at) })))
+    Ok(axum::Json(page.map(|(account_id, at)| BlockedAccount {
+        account_id,
+        blocked_at: rfc3339(at),
+    })))
 }
 
 /// Block an account: it can no longer call me (it cannot tell why).
@@ -344,7 +420,11 @@ async fn blocked(
     params(("account_id" = String, Path)),
     responses((status = 204), (status = 400, description = "`invalid_request` (yourself)", body = ErrorBody),
               (status = 404, description = "`not_found`", body = ErrorBody)))]
-async fn block(State(accounts): State<Accounts>, user: AuthUser, Path(account_id): Path<String>) -> Result<StatusCode, HttpError> {
+async fn block(
+    State(accounts): State<Accounts>,
+    user: AuthUser,
+    Path(account_id): Path<String>,
+) -> Result<StatusCode, HttpError> {
     if account_id == user.account_id() {
         return Err(AccountsError::InvalidRequest("you cannot block yourself".into()).into());
     }
@@ -359,7 +439,11 @@ async fn block(State(accounts): State<Accounts>, user: AuthUser, Path(account_id
 #[utoipa::path(delete, path = "/v1/me/blocked/{account_id}", tag = "accounts", security(("user" = [])),
     params(("account_id" = String, Path)),
     responses((status = 204), (status = 404, description = "`not_found` (not blocked)", body = ErrorBody)))]
-async fn unblock(State(accounts): State<Accounts>, user: AuthUser, Path(account_id): Path<String>) -> Result<StatusCode, HttpError> {
+async fn unblock(
+    State(accounts): State<Accounts>,
+    user: AuthUser,
+    Path(account_id): Path<String>,
+) -> Result<StatusCode, HttpError> {
     if store::unblock(accounts.db(), user.account_id(), &account_id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -393,11 +477,22 @@ async fn create_operator(
     Json(body): Json<NewOperator>,
 ) -> Result<impl IntoResponse, HttpError> {
     let name = operators::parse_operator_name(&body.name).map_err(AccountsError::InvalidRequest)?;
-    let (operator, api_key) = operators::create(accounts.db(), &name, body.role, Some(&admin.operator.operator_id)).await?;
+    let (operator, api_key) = operators::create(
+        accounts.db(),
+        &name,
+        body.role,
+        Some(&admin.operator.operator_id),
+    )
+    .await?;
     tracing::info!(by = %admin.operator.operator_id, operator = %operator.operator_id, role = operator.role.as_str(), "operator created");
     Ok((
         StatusCode::CREATED,
-        axum::Json(CreatedOperator { operator_id: operator.operator_id, name: operator.name, role: operator.role, api_key }),
+        axum::Json(CreatedOperator {
+            operator_id: operator.operator_id,
+            name: operator.name,
+            role: operator.role,
+            api_key,
+        }),
     ))
 }
 
@@ -410,8 +505,15 @@ async fn list_operators(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<Page<Operator>>, HttpError> {
     let page = query.parse()?;
-    let rows = operators::list(accounts.db(), page.after.as_deref().unwrap_or(""), page.limit + 1).await?;
-    Ok(axum::Json(Page::from_rows(rows, page.limit, |operator| operator.operator_id.clone())))
+    let rows = operators::list(
+        accounts.db(),
+        page.after.as_deref().unwrap_or(""),
+        page.limit + 1,
+    )
+    .await?;
+    Ok(axum::Json(Page::from_rows(rows, page.limit, |operator| {
+        operator.operator_id.clone()
+    })))
 }
 
 /// Revoke an operator's key. The last admin cannot be removed.
@@ -428,7 +530,9 @@ async fn revoke_operator(
         return Err(AccountsError::NotFound("no such operator").into());
     };
     if target.role == Role::Admin && operators::live_admins(accounts.db()).await? <= 1 {
-        return Err(AccountsError::Conflict("this is the last admin; create another admin first").into());
+        return Err(
+            AccountsError::Conflict("this is the last admin; create another admin first").into(),
+        );
     }
     if !operators::revoke(accounts.db(), &id).await? {
         return Err(AccountsError::NotFound("no such operator").into());

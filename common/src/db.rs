@@ -74,7 +74,9 @@ impl Database {
                         connection.execute("PRAGMA synchronous = FULL").await?;
                         connection.execute("PRAGMA foreign_keys = ON").await?;
                         connection
-                            .execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")))
+                            .execute(sqlx::AssertSqlSafe(format!(
+                                "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"
+                            )))
                             .await?;
                     }
                     Ok(())
@@ -84,7 +86,11 @@ impl Database {
             .await
             .map_err(DbError::Connect)?;
         let database = Database { pool, backend };
-        database.migrator().run(&database.pool).await.map_err(DbError::Migrate)?;
+        database
+            .migrator()
+            .run(&database.pool)
+            .await
+            .map_err(DbError::Migrate)?;
         Ok(database)
     }
 
@@ -103,7 +109,10 @@ impl Database {
 
     /// Round-trips a trivial query (for `/readyz`).
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
     }
 
     pub async fn close(&self) {
@@ -118,7 +127,13 @@ impl Database {
                     Backend::Sqlite => sqlite,
                     Backend::Postgres => postgres,
                 };
-                Migration::new(version, Cow::Borrowed(name), MigrationType::Simple, sql.into_sql_str(), false)
+                Migration::new(
+                    version,
+                    Cow::Borrowed(name),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
             })
             .collect();
         Migrator::with_migrations(migrations)
@@ -131,7 +146,12 @@ pub fn redact(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let credentials = &url[scheme_end + 3..at];
             match credentials.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &credentials[..colon], &url[at..]),
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
                 None => url.to_owned(),
             }
         }
@@ -164,9 +184,15 @@ mod tests {
         let url = Database::sqlite_url(&dir.path().join("c.db"));
         let database = Database::connect(&url, 2).await.unwrap();
         database.ping().await.unwrap();
-        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode").fetch_one(database.pool()).await.unwrap();
+        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+            .fetch_one(database.pool())
+            .await
+            .unwrap();
         assert_eq!(mode, "wal");
-        let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous").fetch_one(database.pool()).await.unwrap();
+        let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+            .fetch_one(database.pool())
+            .await
+            .unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
         // Applying again is a no-op.
         database.close().await;
@@ -175,6 +201,9 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_other_schemes() {
-        assert!(matches!(Database::connect("mysql://x", 1).await, Err(DbError::UnsupportedUrl(_))));
+        assert!(matches!(
+            Database::connect("mysql://x", 1).await,
+            Err(DbError::UnsupportedUrl(_))
+        ));
     }
 }

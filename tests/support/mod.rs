@@ -1,0 +1,357 @@
+//! The end-to-end harness: starts the real `courier` binary on port 0 with a
+//! fresh database (a SQLite file in a temporary directory, or a new
+//! PostgreSQL database on `DATABASE_URL`), and a webhook receiver standing in
+//! for the SMS gateway.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs `$body` (an async fn taking a `Db`) once per database.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::support::Db::Sqlite).await } )+
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(super::support::Db::Postgres).await } )+
+        }
+    };
+}
+
+/// The PostgreSQL server tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A fresh database: its URL, and for PostgreSQL its name (to drop it).
+pub async fn fresh_database(db: Db, dir: &Path) -> (String, Option<String>) {
+    match db {
+        Db::Sqlite => (
+            format!("sqlite://{}?mode=rwc", dir.join("courier.db").display()),
+            None,
+        ),
+        Db::Postgres => {
+            sqlx::any::install_default_drivers();
+            let admin = postgres_admin_url();
+            let name = format!("courier_test_{}", uuid::Uuid::now_v7().simple());
+            let mut connection =
+                sqlx::AnyConnection::connect(&admin)
+                    .await
+                    .unwrap_or_else(|error| {
+                        panic!("PostgreSQL must run at {admin} (DATABASE_URL): {error}")
+                    });
+            connection
+                .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .await
+                .expect("create a test database");
+            connection.close().await.ok();
+            (database_url_for(&admin, &name), Some(name))
+        }
+    }
+}
+
+fn database_url_for(admin: &str, name: &str) -> String {
+    let (base, query) = match admin.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (admin, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    format!("{host_part}/{name}{query}")
+}
+
+pub async fn drop_database(name: &str) {
+    if let Ok(mut connection) = sqlx::AnyConnection::connect(&postgres_admin_url()).await {
+        let _ = connection
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .await;
+        connection.close().await.ok();
+    }
+}
+
+/// A webhook receiver recording each code sent to each number.
+#[derive(Clone)]
+pub struct Hook {
+    pub url: String,
+    codes: Arc<Mutex<HashMap<String, Vec<Value>>>>,
+    failing: Arc<AtomicBool>,
+}
+
+impl Hook {
+    pub async fn start() -> Hook {
+        let codes: Arc<Mutex<HashMap<String, Vec<Value>>>> = Arc::default();
+        let failing = Arc::new(AtomicBool::new(false));
+        let (sink, fail) = (codes.clone(), failing.clone());
+        let app = axum::Router::new().route(
+            "/sms",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let (sink, fail) = (sink.clone(), fail.clone());
+                async move {
+                    if fail.load(Ordering::SeqCst) {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let phone = body["phone"].as_str().unwrap_or_default().to_owned();
+                    sink.lock().unwrap().entry(phone).or_default().push(body);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/sms", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Hook {
+            url,
+            codes,
+            failing,
+        }
+    }
+
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Every webhook body received for `phone` (E.164).
+    pub fn messages(&self, phone: &str) -> Vec<Value> {
+        self.codes
+            .lock()
+            .unwrap()
+            .get(phone)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The newest code sent to `phone`.
+    pub fn last_code(&self, phone: &str) -> String {
+        let messages = self.messages(phone);
+        let last = messages
+            .last()
+            .unwrap_or_else(|| panic!("no code was sent to {phone}"));
+        last["code"].as_str().unwrap().to_owned()
+    }
+}
+
+/// The real binary, running.
+pub struct Server {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    pub database_url: String,
+    pub hook: Hook,
+    pg_name: Option<String>,
+    extra: Vec<String>,
+    child: Option<Child>,
+    pub http: reqwest::Client,
+}
+
+pub fn courier_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_courier"))
+}
+
+impl Server {
+    pub async fn start(db: Db) -> Server {
+        Self::start_with(db, &[]).await
+    }
+
+    /// Starts with extra `courier serve` flags (short limits for a test).
+    pub async fn start_with(db: Db, extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let (database_url, pg_name) = fresh_database(db, dir.path()).await;
+        let hook = Hook::start().await;
+        let mut server = Server {
+            url: String::new(),
+            dir,
+            database_url,
+            hook,
+            pg_name,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            http: courier_accounts::http_client_builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        };
+        server.spawn().await;
+        server
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let mut child = Command::new(courier_bin())
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(["--database-url", &self.database_url])
+            .args([
+                "--code-sender",
+                "webhook",
+                "--code-webhook-url",
+                &self.hook.url,
+            ])
+            .args(&self.extra)
+            .env_remove("COURIER_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start courier");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(START_TIMEOUT, lines.next_line())
+            .await
+            .expect("courier printed its URL in time")
+            .unwrap()
+            .unwrap_or_else(|| panic!("courier exited before listening; log:\n{}", self.log()));
+        self.url = line
+            .strip_prefix("courier listening on ")
+            .expect("the URL line")
+            .to_owned();
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().and_then(Child::id).expect("running")
+    }
+
+    /// `kill -9`, then start again on the same data directory and database.
+    pub async fn crash_and_restart(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().await.unwrap();
+        child.wait().await.unwrap();
+        self.spawn().await;
+    }
+
+    /// SIGTERM, and the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().expect("running");
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("stopped within 10 s")
+            .unwrap()
+    }
+
+    /// Stops the server and drops its PostgreSQL database.
+    pub async fn finish(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+            let _ = child.wait().await;
+        }
+        if let Some(name) = self.pg_name.take() {
+            drop_database(&name).await;
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, token, Some(body))
+            .await
+    }
+
+    /// Requests a code for `phone` and signs in with it; returns the session.
+    pub async fn sign_in(&self, phone: &str, device: &str) -> Session {
+        let (status, body) = self
+            .post("/v1/auth/codes", None, json!({"phone": phone}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        let e164: String = phone
+            .chars()
+            .filter(|c| c.is_ascii_digit() || *c == '+')
+            .collect();
+        let code = self.hook.last_code(&e164);
+        let (status, body) = self
+            .post(
+                "/v1/auth/sessions",
+                None,
+                json!({"phone": phone, "code": code, "device_name": device}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        serde_json::from_value(body).unwrap()
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Session {
+    pub account_id: String,
+    pub device_id: String,
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: u64,
+}
+
+pub fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<no error code>")
+}

@@ -67,15 +67,19 @@ fn main() -> ExitCode {
                     Some(path) => options.with_file(&path)?,
                     None => options,
                 };
-                init_logging(options.log_format.unwrap_or(LogFormat::Human));
+                init_logging(
+                    options.log_format.unwrap_or(LogFormat::Human),
+                    DEFAULT_LOG_FILTER,
+                );
                 serve::run(options, service, courier_common::shutdown::on_signal()).await
             }
             Command::Admin(args) => {
-                init_logging(LogFormat::Human);
+                init_logging(LogFormat::Human, "warn");
                 admin::run(args).await
             }
             Command::Bench(args) => {
-                init_logging(LogFormat::Human);
+                // The per-request info lines would drown the figures.
+                init_logging(LogFormat::Human, "warn");
                 bench::run(args).await
             }
         }
@@ -89,9 +93,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("COURIER_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn,tower_http=warn";
+
+/// Logs to stderr; `COURIER_LOG` (an `EnvFilter` directive) overrides `default_filter`.
+fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_env("COURIER_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

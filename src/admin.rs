@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use courier_accounts::operators::{self, Role};
 use courier_common::Database;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 const URL_DEFAULT: &str = "http://127.0.0.1:8080";
@@ -64,18 +65,14 @@ enum OperatorsCommand {
 
 pub async fn run(args: AdminArgs) -> Result<(), String> {
     match args.command {
-        AdminCommand::Bootstrap {
-            name,
-            force,
-            data_dir,
-            database_url,
-        } => bootstrap(&name, force, &data_dir, database_url, args.json).await,
+        AdminCommand::Bootstrap { name, force, data_dir, database_url } => {
+            bootstrap(&name, force, &data_dir, database_url, args.json).await
+        }
         AdminCommand::Operators(command) => {
             let client = ApiClient::new(&args.url, args.admin_key)?;
             match command {
                 OperatorsCommand::Create { name, role } => {
-                    let role = Role::parse(&role)
-                        .ok_or("--role must be viewer, operator, approver or admin")?;
+                    let role = Role::parse(&role).ok_or("--role must be viewer, operator, approver or admin")?;
                     let created = client
                         .send(
                             reqwest::Method::POST,
@@ -86,10 +83,7 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
                     if args.json {
                         println!("{created}");
                     } else {
-                        print_table(
-                            &["operator_id", "name", "role"],
-                            std::slice::from_ref(&created),
-                        );
+                        print_table(&["operator_id", "name", "role"], std::slice::from_ref(&created));
                         eprintln!("API key (shown once, store it now):");
                         println!("{}", created["api_key"].as_str().unwrap_or(""));
                     }
@@ -118,18 +112,9 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
                     }
                 }
                 OperatorsCommand::Delete { operator_id } => {
-                    client
-                        .send(
-                            reqwest::Method::DELETE,
-                            &format!("/admin/v1/operators/{operator_id}"),
-                            None,
-                        )
-                        .await?;
+                    client.send(reqwest::Method::DELETE, &format!("/admin/v1/operators/{operator_id}"), None).await?;
                     if args.json {
-                        println!(
-                            "{}",
-                            serde_json::json!({"operator_id": operator_id, "revoked": true})
-                        );
+                        println!("{}", serde_json::json!({"operator_id": operator_id, "revoked": true}));
                     } else {
                         println!("revoked {operator_id}");
                     }
@@ -151,29 +136,20 @@ async fn bootstrap(
     let url = match database_url {
         Some(url) => url,
         None => {
-            std::fs::create_dir_all(data_dir).map_err(|error| {
-                format!(
-                    "cannot create the data directory {}: {error}",
-                    data_dir.display()
-                )
-            })?;
+            std::fs::create_dir_all(data_dir)
+                .map_err(|error| format!("cannot create the data directory {}: {error}", data_dir.display()))?;
             Database::sqlite_url(&data_dir.join("courier.db"))
         }
     };
-    let database = Database::connect(&url, 1)
-        .await
-        .map_err(|error| error.to_string())?;
-    let admins = operators::live_admins(&database)
-        .await
-        .map_err(|error| error.to_string())?;
+    let database = Database::connect(&url, 1).await.map_err(|error| error.to_string())?;
+    let admins = operators::live_admins(&database).await.map_err(|error| error.to_string())?;
     if admins > 0 && !force {
         return Err(format!(
             "{admins} admin operator(s) exist already; ask one for a key, or pass --force to create another admin"
         ));
     }
-    let (operator, key) = operators::create(&database, &name, Role::Admin, None)
-        .await
-        .map_err(|error| error.to_string())?;
+    let (operator, key) =
+        operators::create(&database, &name, Role::Admin, None).await.map_err(|error| error.to_string())?;
     database.close().await;
     if json {
         println!(
@@ -181,10 +157,7 @@ async fn bootstrap(
             serde_json::json!({"operator_id": operator.operator_id, "name": operator.name, "role": "admin", "api_key": key})
         );
     } else {
-        eprintln!(
-            "created admin operator {} ({}). Its API key, shown this once:",
-            operator.operator_id, operator.name
-        );
+        eprintln!("created admin operator {} ({}). Its API key, shown this once:", operator.operator_id, operator.name);
         println!("{key}");
     }
     Ok(())
@@ -194,42 +167,27 @@ async fn bootstrap(
 /// `code: message`.
 pub struct ApiClient {
     base: String,
-    key: String,
+    key: SecretString,
     http: reqwest::Client,
 }
 
 impl ApiClient {
     pub fn new(base: &str, key: Option<String>) -> Result<Self, String> {
-        let key =
-            key.ok_or("set COURIER_ADMIN_KEY (or pass --admin-key) to an operator API key")?;
+        let key = key.ok_or("set COURIER_ADMIN_KEY (or pass --admin-key) to an operator API key")?;
         let http = courier_accounts::http_client_builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .map_err(|error| error.to_string())?;
-        Ok(ApiClient {
-            base: base.trim_end_matches('/').to_owned(),
-            key,
-            http,
-        })
+        Ok(ApiClient { base: base.trim_end_matches('/').to_owned(), key: SecretString::from(key), http })
     }
 
-    pub async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> Result<Value, String> {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.key);
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let mut request =
+            self.http.request(method, format!("{}{path}", self.base)).bearer_auth(self.key.expose_secret());
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| format!("cannot reach {}: {error}", self.base))?;
+        let response = request.send().await.map_err(|error| format!("cannot reach {}: {error}", self.base))?;
         let status = response.status();
         let text = response.text().await.map_err(|error| error.to_string())?;
         if status.is_success() {
@@ -259,13 +217,7 @@ pub fn print_table(columns: &[&str], rows: &[Value]) {
     };
     let widths: Vec<usize> = columns
         .iter()
-        .map(|column| {
-            rows.iter()
-                .map(|row| cell(row, column).chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(column.len())
-        })
+        .map(|column| rows.iter().map(|row| cell(row, column).chars().count()).max().unwrap_or(0).max(column.len()))
         .collect();
     let line = |cells: Vec<String>| {
         cells
@@ -277,14 +229,8 @@ pub fn print_table(columns: &[&str], rows: &[Value]) {
             .trim_end()
             .to_owned()
     };
-    println!(
-        "{}",
-        line(columns.iter().map(|c| c.to_uppercase()).collect())
-    );
+    println!("{}", line(columns.iter().map(|c| c.to_uppercase()).collect()));
     for row in rows {
-        println!(
-            "{}",
-            line(columns.iter().map(|column| cell(row, column)).collect())
-        );
+        println!("{}", line(columns.iter().map(|column| cell(row, column)).collect()));
     }
 }

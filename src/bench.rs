@@ -54,22 +54,13 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
 
 async fn accounts(bench: AccountsBench) -> Result<(), String> {
     let phase = Duration::from_secs(bench.duration_s.max(1));
-    let threads = std::thread::available_parallelism()
-        .map(usize::from)
-        .unwrap_or(1);
+    let threads = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
     let (verify_per_s, issue_per_s) = token_throughput(threads, phase.min(Duration::from_secs(3)));
 
     let scratch = tempfile::tempdir().map_err(|error| error.to_string())?;
     let codes: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|error| error.to_string())?;
-    let hook_url = format!(
-        "http://{}/hook",
-        hook_listener
-            .local_addr()
-            .map_err(|error| error.to_string())?
-    );
+    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?;
+    let hook_url = format!("http://{}/hook", hook_listener.local_addr().map_err(|error| error.to_string())?);
     let sink = codes.clone();
     let hook = axum::Router::new().route(
         "/hook",
@@ -77,9 +68,7 @@ async fn accounts(bench: AccountsBench) -> Result<(), String> {
             let sink = sink.clone();
             async move {
                 if let (Some(phone), Some(code)) = (body["phone"].as_str(), body["code"].as_str()) {
-                    sink.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(phone.to_owned(), code.to_owned());
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).insert(phone.to_owned(), code.to_owned());
                 }
                 axum::http::StatusCode::NO_CONTENT
             }
@@ -96,21 +85,13 @@ async fn accounts(bench: AccountsBench) -> Result<(), String> {
         ..Default::default()
     };
     let built = crate::serve::build(&options, None).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|error| error.to_string())?;
-    let base = format!(
-        "http://{}",
-        listener.local_addr().map_err(|error| error.to_string())?
-    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?;
+    let base = format!("http://{}", listener.local_addr().map_err(|error| error.to_string())?);
     let router = built.router;
     tokio::spawn(async move { axum::serve(listener, router).await });
 
     // A per-run prefix keeps numbers unique when a database is reused.
-    let run_prefix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() % 90 + 10)
-        .unwrap_or(10);
+    let run_prefix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() % 90 + 10).unwrap_or(10);
     let http = courier_accounts::http_client_builder()
         .pool_max_idle_per_host(bench.clients as usize)
         .build()
@@ -123,8 +104,7 @@ async fn accounts(bench: AccountsBench) -> Result<(), String> {
         let (http, base, codes, next) = (http.clone(), base.clone(), codes.clone(), next.clone());
         let total = bench.sign_ins;
         tasks.push(tokio::spawn(async move {
-            let mut histogram =
-                Histogram::<u64>::new(3).expect("3 significant figures is a valid precision");
+            let mut histogram = Histogram::<u64>::new(3).expect("3 significant figures is a valid precision");
             let mut failures = 0u64;
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
@@ -143,8 +123,7 @@ async fn accounts(bench: AccountsBench) -> Result<(), String> {
             (histogram, failures)
         }));
     }
-    let mut histogram =
-        Histogram::<u64>::new(3).expect("3 significant figures is a valid precision");
+    let mut histogram = Histogram::<u64>::new(3).expect("3 significant figures is a valid precision");
     let mut failures = 0;
     for task in tasks {
         let (part, failed) = task.await.map_err(|error| error.to_string())?;
@@ -198,11 +177,7 @@ async fn sign_in(
     if response.status() != reqwest::StatusCode::ACCEPTED {
         return Err(format!("code request: {}", response.status()));
     }
-    let code = codes
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(phone)
-        .ok_or("the webhook got no code")?;
+    let code = codes.lock().unwrap_or_else(|p| p.into_inner()).remove(phone).ok_or("the webhook got no code")?;
     let response = http
         .post(format!("{base}/v1/auth/sessions"))
         .json(&json!({"phone": phone, "code": code, "device_name": "bench"}))
@@ -218,18 +193,10 @@ async fn sign_in(
 /// Access-token verifications/s and issues/s on `threads` threads.
 fn token_throughput(threads: usize, phase: Duration) -> (f64, f64) {
     let issuer = Arc::new(TokenIssuer::new(TokenKey::generate(), vec![], 900));
-    let verifier =
-        Arc::new(TokenVerifier::from_jwks(&issuer.jwks()).expect("a fresh key makes a valid JWKS"));
-    let now_s = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let token = issuer.issue(
-        "0190c5a0-0000-7000-8000-000000000000",
-        "0190c5a0-0000-7000-8000-000000000001",
-        "RU",
-        now_s,
-    );
+    let verifier = Arc::new(TokenVerifier::from_jwks(&issuer.jwks()).expect("a fresh key makes a valid JWKS"));
+    let now_s = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let token =
+        issuer.issue("0190c5a0-0000-7000-8000-000000000000", "0190c5a0-0000-7000-8000-000000000001", "RU", now_s);
     let measure = |work: Arc<dyn Fn() + Send + Sync>| {
         let started = Instant::now();
         let handles: Vec<_> = (0..threads)

@@ -105,14 +105,9 @@ macro_rules! fill {
 impl ServeOptions {
     /// Reads the TOML file at `path` and lets it fill what is still unset.
     pub fn with_file(mut self, path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-        let mut file: ServeOptions = toml::from_str(&text).map_err(|error| {
-            format!(
-                "{} is not a valid configuration file: {error}",
-                path.display()
-            )
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+        let mut file: ServeOptions = toml::from_str(&text)
+            .map_err(|error| format!("{} is not a valid configuration file: {error}", path.display()))?;
         fill!(
             self,
             file,
@@ -144,56 +139,40 @@ impl ServeOptions {
     }
 
     pub fn listen(&self) -> SocketAddr {
-        self.listen.unwrap_or_else(|| {
-            LISTEN_DEFAULT
-                .parse()
-                .expect("the default listen address is valid")
-        })
+        self.listen.unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("the default listen address is valid"))
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT))
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT))
     }
 
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| {
-            courier_common::Database::sqlite_url(&self.data_dir().join(SQLITE_FILE_NAME))
-        })
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| courier_common::Database::sqlite_url(&self.data_dir().join(SQLITE_FILE_NAME)))
     }
 
     pub fn database_connections_max(&self) -> u32 {
-        self.database_connections_max
-            .unwrap_or(DATABASE_CONNECTIONS_MAX_DEFAULT)
+        self.database_connections_max.unwrap_or(DATABASE_CONNECTIONS_MAX_DEFAULT)
     }
 
     pub fn token_key_file(&self) -> PathBuf {
-        self.token_key_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir().join(TOKEN_KEY_FILE_NAME))
+        self.token_key_file.clone().unwrap_or_else(|| self.data_dir().join(TOKEN_KEY_FILE_NAME))
     }
 
     pub fn http_limits(&self) -> HttpLimits {
         let defaults = HttpLimits::default();
         HttpLimits {
             body_bytes_max: self.body_bytes_max.unwrap_or(defaults.body_bytes_max),
-            request_timeout: self
-                .request_timeout_s
-                .map(Duration::from_secs)
-                .unwrap_or(defaults.request_timeout),
+            request_timeout: self.request_timeout_s.map(Duration::from_secs).unwrap_or(defaults.request_timeout),
         }
     }
 
     pub fn accounts_config(&self) -> AccountsConfig {
         let defaults = AccountsConfig::default();
         AccountsConfig {
-            sign_in_code_ttl_s: self
-                .sign_in_code_ttl_s
-                .unwrap_or(defaults.sign_in_code_ttl_s),
-            sign_in_code_attempts_max: self
-                .sign_in_code_attempts_max
-                .unwrap_or(defaults.sign_in_code_attempts_max),
+            sign_in_code_ttl_s: self.sign_in_code_ttl_s.unwrap_or(defaults.sign_in_code_ttl_s),
+            sign_in_code_attempts_max: self.sign_in_code_attempts_max.unwrap_or(defaults.sign_in_code_attempts_max),
             sign_in_code_resend_after_s: self
                 .sign_in_code_resend_after_s
                 .unwrap_or(defaults.sign_in_code_resend_after_s),
@@ -203,12 +182,8 @@ impl ServeOptions {
             sign_in_codes_per_addr_per_hour_max: self
                 .sign_in_codes_per_addr_per_hour_max
                 .unwrap_or(defaults.sign_in_codes_per_addr_per_hour_max),
-            access_token_ttl_s: self
-                .access_token_ttl_s
-                .unwrap_or(defaults.access_token_ttl_s),
-            refresh_token_ttl_s: self
-                .refresh_token_ttl_s
-                .unwrap_or(defaults.refresh_token_ttl_s),
+            access_token_ttl_s: self.access_token_ttl_s.unwrap_or(defaults.access_token_ttl_s),
+            refresh_token_ttl_s: self.refresh_token_ttl_s.unwrap_or(defaults.refresh_token_ttl_s),
         }
     }
 
@@ -225,10 +200,7 @@ impl ServeOptions {
             return Err("--access-token-ttl-s must be between 1 and 3600 seconds".into());
         }
         if self.code_sender == Some(CodeSenderKind::Webhook) && self.code_webhook_url.is_none() {
-            return Err(
-                "--code-sender webhook needs --code-webhook-url (or COURIER_CODE_WEBHOOK_URL)"
-                    .into(),
-            );
+            return Err("--code-sender webhook needs --code-webhook-url (or COURIER_CODE_WEBHOOK_URL)".into());
         }
         if self.http_limits().body_bytes_max < 1_024 {
             return Err("--body-bytes-max must be at least 1024".into());
@@ -245,15 +217,9 @@ mod tests {
     fn the_file_fills_only_what_flags_and_env_left_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("courier.toml");
-        std::fs::write(
-            &path,
-            "listen = \"127.0.0.1:9999\"\nsign_in_code_ttl_s = 120\ncode_sender = \"webhook\"\n",
-        )
-        .unwrap();
-        let flags = ServeOptions {
-            listen: Some("127.0.0.1:1".parse().unwrap()),
-            ..Default::default()
-        };
+        std::fs::write(&path, "listen = \"127.0.0.1:9999\"\nsign_in_code_ttl_s = 120\ncode_sender = \"webhook\"\n")
+            .unwrap();
+        let flags = ServeOptions { listen: Some("127.0.0.1:1".parse().unwrap()), ..Default::default() };
         let merged = flags.with_file(&path).unwrap();
         assert_eq!(merged.listen(), "127.0.0.1:1".parse().unwrap());
         assert_eq!(merged.accounts_config().sign_in_code_ttl_s, 120);
@@ -268,11 +234,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("courier.toml");
         std::fs::write(&path, "lisen = \"127.0.0.1:9999\"\n").unwrap();
-        assert!(
-            ServeOptions::default()
-                .with_file(&path)
-                .unwrap_err()
-                .contains("lisen")
-        );
+        assert!(ServeOptions::default().with_file(&path).unwrap_err().contains("lisen"));
     }
 }

@@ -15,11 +15,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{LogFormat, ServeOptions};
 
 #[derive(Parser)]
-#[command(
-    name = "courier",
-    version,
-    about = "Encrypted voice calls and peer-to-peer payments for a messenger"
-)]
+#[command(name = "courier", version, about = "Encrypted voice calls and peer-to-peer payments for a messenger")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,10 +42,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("courier: cannot start the async runtime: {error}");
@@ -58,19 +51,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve {
-                service,
-                config,
-                options,
-            } => {
+            Command::Serve { service, config, options } => {
                 let options = match config {
                     Some(path) => options.with_file(&path)?,
                     None => options,
                 };
-                init_logging(
-                    options.log_format.unwrap_or(LogFormat::Human),
-                    DEFAULT_LOG_FILTER,
-                );
+                init_logging(options.log_format.unwrap_or(LogFormat::Human), DEFAULT_LOG_FILTER);
                 serve::run(options, service, courier_common::shutdown::on_signal()).await
             }
             Command::Admin(args) => {
@@ -97,13 +83,9 @@ const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn,tower_http=warn";
 
 /// Logs to stderr; `COURIER_LOG` (an `EnvFilter` directive) overrides `default_filter`.
 fn init_logging(format: LogFormat, default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_env("COURIER_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter = EnvFilter::try_from_env("COURIER_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -36,10 +36,7 @@ pub async fn build(options: &ServeOptions, service: Option<Service>) -> Result<B
     let uses_data_dir = options.database_url.is_none() || options.token_key_file.is_none();
     if uses_data_dir {
         create_private_dir(&data_dir).map_err(|error| {
-            format!(
-                "cannot create the data directory {}: {error}; pass --data-dir",
-                data_dir.display()
-            )
+            format!("cannot create the data directory {}: {error}; pass --data-dir", data_dir.display())
         })?;
     }
     let database_url = options.database_url();
@@ -48,8 +45,7 @@ pub async fn build(options: &ServeOptions, service: Option<Service>) -> Result<B
         .map_err(|error| error.to_string())?;
     tracing::info!(database = %courier_common::db::redact(&database_url), "database ready");
 
-    let key =
-        TokenKey::load_or_create(&options.token_key_file()).map_err(|error| error.to_string())?;
+    let key = TokenKey::load_or_create(&options.token_key_file()).map_err(|error| error.to_string())?;
     let previous = options
         .token_previous_key_file
         .iter()
@@ -60,15 +56,8 @@ pub async fn build(options: &ServeOptions, service: Option<Service>) -> Result<B
     let sender = match options.code_sender.unwrap_or(CodeSenderKind::Log) {
         CodeSenderKind::Log => CodeSender::Log,
         CodeSenderKind::Webhook => {
-            let url = options
-                .code_webhook_url
-                .as_deref()
-                .ok_or("--code-sender webhook needs --code-webhook-url")?;
-            let timeout = Duration::from_secs(
-                options
-                    .code_webhook_timeout_s
-                    .unwrap_or(WEBHOOK_TIMEOUT_S_DEFAULT),
-            );
+            let url = options.code_webhook_url.as_deref().ok_or("--code-sender webhook needs --code-webhook-url")?;
+            let timeout = Duration::from_secs(options.code_webhook_timeout_s.unwrap_or(WEBHOOK_TIMEOUT_S_DEFAULT));
             CodeSender::webhook(url, timeout).map_err(|error| error.to_string())?
         }
     };
@@ -84,49 +73,33 @@ pub async fn build(options: &ServeOptions, service: Option<Service>) -> Result<B
     }
     doc.info.title = "Courier".into();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
-    doc.info.description =
-        Some("Encrypted voice calls and peer-to-peer payments for a messenger (API.md)".into());
+    doc.info.description = Some("Encrypted voice calls and peer-to-peer payments for a messenger (API.md)".into());
     let doc = std::sync::Arc::new(doc);
-    let router = router.merge(ops_routes(Some(database.clone()))).route(
-        "/openapi.json",
-        axum::routing::get(move || std::future::ready(axum::Json(doc.as_ref().clone()))),
-    );
-    Ok(Built {
-        router: courier_common::http::stack(router, options.http_limits()),
-        database,
-    })
+    let router = router
+        .merge(ops_routes(Some(database.clone())))
+        .route("/openapi.json", axum::routing::get(move || std::future::ready(axum::Json(doc.as_ref().clone()))));
+    Ok(Built { router: courier_common::http::stack(router, options.http_limits()), database })
 }
 
 /// Binds, prints the URL, serves until `shutdown` is cancelled, then drains.
-pub async fn run(
-    options: ServeOptions,
-    service: Option<Service>,
-    shutdown: CancellationToken,
-) -> Result<(), String> {
+pub async fn run(options: ServeOptions, service: Option<Service>, shutdown: CancellationToken) -> Result<(), String> {
     let built = build(&options, service).await?;
     let listen = options.listen();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|error| match error.kind() {
-            std::io::ErrorKind::AddrInUse => {
-                format!("{listen} is taken: pass --listen 127.0.0.1:0 for a free port")
-            }
-            _ => format!("cannot listen on {listen}: {error}"),
-        })?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            format!("{listen} is taken: pass --listen 127.0.0.1:0 for a free port")
+        }
+        _ => format!("cannot listen on {listen}: {error}"),
+    })?;
     let local = listener.local_addr().map_err(|error| error.to_string())?;
     // The one line on stdout: scripts and tests read the URL from it.
     println!("courier listening on http://{local}");
     tracing::info!(url = %format!("http://{local}"), service = ?service, "serving");
     let stop = shutdown.clone();
-    axum::serve(
-        listener,
-        built
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stop.cancelled().await })
-    .await
-    .map_err(|error| format!("server error: {error}"))?;
+    axum::serve(listener, built.router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .map_err(|error| format!("server error: {error}"))?;
     built.database.close().await;
     tracing::info!("stopped");
     Ok(())

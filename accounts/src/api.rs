@@ -51,10 +51,7 @@ pub fn app(accounts: Accounts) -> Router {
         .route("/v1/me/settings", get(settings).patch(update_settings))
         .route("/v1/me/blocked", get(blocked))
         .route("/v1/me/blocked/{account_id}", put(block).delete(unblock))
-        .route(
-            "/admin/v1/operators",
-            post(create_operator).get(list_operators),
-        )
+        .route("/admin/v1/operators", post(create_operator).get(list_operators))
         .route("/admin/v1/operators/{id}", delete(revoke_operator))
         .with_state(accounts)
 }
@@ -80,12 +77,7 @@ impl utoipa::Modify for SecuritySchemes {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "user",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
         );
         components.add_security_scheme(
             "operator",
@@ -101,12 +93,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|info| info.0.ip()),
-        ))
+        Ok(ClientAddr(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())))
     }
 }
 
@@ -213,9 +200,7 @@ async fn refresh(
     State(accounts): State<Accounts>,
     Json(body): Json<RefreshRequest>,
 ) -> Result<axum::Json<SessionBody>, HttpError> {
-    Ok(axum::Json(
-        accounts.refresh(&body.refresh_token).await?.into(),
-    ))
+    Ok(axum::Json(accounts.refresh(&body.refresh_token).await?.into()))
 }
 
 /// The token-signing public keys (JWKS); services verify access tokens with them.
@@ -245,10 +230,7 @@ async fn me(State(accounts): State<Accounts>, user: AuthUser) -> Result<axum::Js
     }))
 }
 
-async fn current_account(
-    accounts: &Accounts,
-    user: &AuthUser,
-) -> Result<store::Account, HttpError> {
+async fn current_account(accounts: &Accounts, user: &AuthUser) -> Result<store::Account, HttpError> {
     store::account(accounts.db(), user.account_id())
         .await
         .map_err(HttpError::from)?
@@ -274,13 +256,8 @@ async fn devices(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<Page<Device>>, HttpError> {
     let page = query.parse()?;
-    let rows = store::devices(
-        accounts.db(),
-        user.account_id(),
-        page.after.as_deref().unwrap_or(""),
-        page.limit + 1,
-    )
-    .await?;
+    let rows =
+        store::devices(accounts.db(), user.account_id(), page.after.as_deref().unwrap_or(""), page.limit + 1).await?;
     let page = Page::from_rows(rows, page.limit, |row| row.id.clone());
     Ok(axum::Json(page.map(|row| Device {
         current: row.id == user.device_id(),
@@ -300,15 +277,7 @@ async fn revoke_device(
     user: AuthUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, HttpError> {
-    if store::revoke_device(
-        accounts.db(),
-        user.account_id(),
-        &id,
-        "revoked_by_user",
-        now_ms(),
-    )
-    .await?
-    {
+    if store::revoke_device(accounts.db(), user.account_id(), &id, "revoked_by_user", now_ms()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(AccountsError::NotFound("no such device session of yours").into())
@@ -318,13 +287,8 @@ async fn revoke_device(
 /// My call settings.
 #[utoipa::path(get, path = "/v1/me/settings", tag = "accounts", security(("user" = [])),
     responses((status = 200, body = Settings), (status = 401, body = ErrorBody)))]
-async fn settings(
-    State(accounts): State<Accounts>,
-    user: AuthUser,
-) -> Result<axum::Json<Settings>, HttpError> {
-    Ok(axum::Json(
-        current_account(&accounts, &user).await?.settings,
-    ))
+async fn settings(State(accounts): State<Accounts>, user: AuthUser) -> Result<axum::Json<Settings>, HttpError> {
+    Ok(axum::Json(current_account(&accounts, &user).await?.settings))
 }
 
 /// A partial update; each field is validated into its domain value.
@@ -343,9 +307,7 @@ pub struct SettingsPatch {
 
 /// A field that is present is `Some`, even when it is `null` (which is then
 /// refused as an invalid setting rather than read as "no change").
-fn present<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<serde_json::Value>, D::Error> {
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<serde_json::Value>, D::Error> {
     serde_json::Value::deserialize(deserializer).map(Some)
 }
 
@@ -360,26 +322,23 @@ async fn update_settings(
     let calls_from = patch
         .calls_from
         .map(|value| {
-            value.as_str().and_then(CallsFrom::parse).ok_or_else(|| {
-                AccountsError::InvalidSetting(
-                    "calls_from must be \"everybody\" or \"nobody\"".into(),
-                )
-            })
+            value
+                .as_str()
+                .and_then(CallsFrom::parse)
+                .ok_or_else(|| AccountsError::InvalidSetting("calls_from must be \"everybody\" or \"nobody\"".into()))
         })
         .transpose()?;
     let p2p = patch
         .p2p
         .map(|value| {
-            value.as_str().and_then(P2p::parse).ok_or_else(|| {
-                AccountsError::InvalidSetting("p2p must be \"always\" or \"never\"".into())
-            })
+            value
+                .as_str()
+                .and_then(P2p::parse)
+                .ok_or_else(|| AccountsError::InvalidSetting("p2p must be \"always\" or \"never\"".into()))
         })
         .transpose()?;
     let current = current_account(&accounts, &user).await?.settings;
-    let updated = Settings {
-        calls_from: calls_from.unwrap_or(current.calls_from),
-        p2p: p2p.unwrap_or(current.p2p),
-    };
+    let updated = Settings { calls_from: calls_from.unwrap_or(current.calls_from), p2p: p2p.unwrap_or(current.p2p) };
     if updated != current {
         store::update_settings(accounts.db(), user.account_id(), updated).await?;
     }
@@ -401,18 +360,10 @@ async fn blocked(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<Page<BlockedAccount>>, HttpError> {
     let page = query.parse()?;
-    let rows = store::blocked(
-        accounts.db(),
-        user.account_id(),
-        page.after.as_deref().unwrap_or(""),
-        page.limit + 1,
-    )
-    .await?;
+    let rows =
+        store::blocked(accounts.db(), user.account_id(), page.after.as_deref().unwrap_or(""), page.limit + 1).await?;
     let page = Page::from_rows(rows, page.limit, |(id, _)| id.clone());
-    Ok(axum::Json(page.map(|(account_id, at)| BlockedAccount {
-        account_id,
-        blocked_at: rfc3339(at),
-    })))
+    Ok(axum::Json(page.map(|(account_id, at)| BlockedAccount { account_id, blocked_at: rfc3339(at) })))
 }
 
 /// Block an account: it can no longer call me (it cannot tell why).
@@ -477,13 +428,8 @@ async fn create_operator(
     Json(body): Json<NewOperator>,
 ) -> Result<impl IntoResponse, HttpError> {
     let name = operators::parse_operator_name(&body.name).map_err(AccountsError::InvalidRequest)?;
-    let (operator, api_key) = operators::create(
-        accounts.db(),
-        &name,
-        body.role,
-        Some(&admin.operator.operator_id),
-    )
-    .await?;
+    let (operator, api_key) =
+        operators::create(accounts.db(), &name, body.role, Some(&admin.operator.operator_id)).await?;
     tracing::info!(by = %admin.operator.operator_id, operator = %operator.operator_id, role = operator.role.as_str(), "operator created");
     Ok((
         StatusCode::CREATED,
@@ -505,15 +451,8 @@ async fn list_operators(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<Page<Operator>>, HttpError> {
     let page = query.parse()?;
-    let rows = operators::list(
-        accounts.db(),
-        page.after.as_deref().unwrap_or(""),
-        page.limit + 1,
-    )
-    .await?;
-    Ok(axum::Json(Page::from_rows(rows, page.limit, |operator| {
-        operator.operator_id.clone()
-    })))
+    let rows = operators::list(accounts.db(), page.after.as_deref().unwrap_or(""), page.limit + 1).await?;
+    Ok(axum::Json(Page::from_rows(rows, page.limit, |operator| operator.operator_id.clone())))
 }
 
 /// Revoke an operator's key. The last admin cannot be removed.
@@ -530,9 +469,7 @@ async fn revoke_operator(
         return Err(AccountsError::NotFound("no such operator").into());
     };
     if target.role == Role::Admin && operators::live_admins(accounts.db()).await? <= 1 {
-        return Err(
-            AccountsError::Conflict("this is the last admin; create another admin first").into(),
-        );
+        return Err(AccountsError::Conflict("this is the last admin; create another admin first").into());
     }
     if !operators::revoke(accounts.db(), &id).await? {
         return Err(AccountsError::NotFound("no such operator").into());

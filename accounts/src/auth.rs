@@ -44,14 +44,11 @@ where
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(|| {
-            HttpError::unauthenticated("send an access token as Authorization: Bearer <token>")
-        })?;
+        let token = bearer(parts)
+            .ok_or_else(|| HttpError::unauthenticated("send an access token as Authorization: Bearer <token>"))?;
         let verifier = Arc::<TokenVerifier>::from_ref(state);
-        let claims = verifier
-            .verify(token)
-            .await
-            .map_err(|error: TokenError| HttpError::unauthenticated(error.to_string()))?;
+        let claims =
+            verifier.verify(token).await.map_err(|error: TokenError| HttpError::unauthenticated(error.to_string()))?;
         Ok(AuthUser(claims))
     }
 }

@@ -22,9 +22,7 @@ pub enum AccountsError {
     CodeDeliveryFailed(String),
     #[error("the refresh token is not valid; sign in again")]
     InvalidRefreshToken,
-    #[error(
-        "this refresh token was already used; the device session has been revoked for safety, sign in again"
-    )]
+    #[error("this refresh token was already used; the device session has been revoked for safety, sign in again")]
     RefreshTokenReused,
     #[error("{0}")]
     InvalidSetting(String),
@@ -65,17 +63,15 @@ impl AccountsError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            AccountsError::InvalidPhone(_)
-            | AccountsError::InvalidSetting(_)
-            | AccountsError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            AccountsError::InvalidPhone(_) | AccountsError::InvalidSetting(_) | AccountsError::InvalidRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
             AccountsError::InvalidCode
             | AccountsError::CodeExpired
             | AccountsError::InvalidRefreshToken
             | AccountsError::RefreshTokenReused
             | AccountsError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            AccountsError::TooManyAttempts | AccountsError::RateLimited { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            AccountsError::TooManyAttempts | AccountsError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AccountsError::CodeDeliveryFailed(_) => StatusCode::BAD_GATEWAY,
             AccountsError::Forbidden(_) => StatusCode::FORBIDDEN,
             AccountsError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -91,15 +87,10 @@ impl From<AccountsError> for HttpError {
             AccountsError::Database(cause) => HttpError::internal("accounts storage", &cause),
             AccountsError::CodeDeliveryFailed(ref cause) => {
                 tracing::warn!(%cause, "sign-in code delivery failed");
-                HttpError::new(
-                    error.status(),
-                    error.code(),
-                    "the code could not be delivered; try again later",
-                )
+                HttpError::new(error.status(), error.code(), "the code could not be delivered; try again later")
             }
             AccountsError::RateLimited { retry_after_s, .. } => {
-                HttpError::new(error.status(), error.code(), error.to_string())
-                    .with_retry_after(retry_after_s)
+                HttpError::new(error.status(), error.code(), error.to_string()).with_retry_after(retry_after_s)
             }
             other => HttpError::new(other.status(), other.code(), other.to_string()),
         }

@@ -74,13 +74,8 @@ fn operator_from_row((id, name, role, created_at_ms): OperatorRow) -> Operator {
 /// A validated operator name: 1–64 printable characters.
 pub fn parse_operator_name(name: &str) -> Result<String, String> {
     let name = name.trim();
-    if name.is_empty()
-        || name.chars().count() > OPERATOR_NAME_CHARS_MAX
-        || name.chars().any(char::is_control)
-    {
-        return Err(format!(
-            "an operator name is 1 to {OPERATOR_NAME_CHARS_MAX} printable characters"
-        ));
+    if name.is_empty() || name.chars().count() > OPERATOR_NAME_CHARS_MAX || name.chars().any(char::is_control) {
+        return Err(format!("an operator name is 1 to {OPERATOR_NAME_CHARS_MAX} printable characters"));
     }
     Ok(name.to_owned())
 }
@@ -96,19 +91,18 @@ pub async fn create(
     let id = uuid::Uuid::now_v7().to_string();
     let key = new_token(API_KEY_PREFIX);
     let now_ms = courier_common::time::now_ms();
-    sqlx::query("INSERT INTO operators (id, name, role, key_digest, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(&id)
-        .bind(name)
-        .bind(role.as_str())
-        .bind(token_digest(&key))
-        .bind(now_ms)
-        .bind(created_by)
-        .execute(db.pool())
-        .await?;
-    Ok((
-        operator_from_row((id, name.to_owned(), role.as_str().to_owned(), now_ms)),
-        key,
-    ))
+    sqlx::query(
+        "INSERT INTO operators (id, name, role, key_digest, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&id)
+    .bind(name)
+    .bind(role.as_str())
+    .bind(token_digest(&key))
+    .bind(now_ms)
+    .bind(created_by)
+    .execute(db.pool())
+    .await?;
+    Ok((operator_from_row((id, name.to_owned(), role.as_str().to_owned(), now_ms)), key))
 }
 
 /// The live operator holding `api_key`, if any. The lookup is by digest, so
@@ -124,12 +118,11 @@ pub async fn by_key(db: &Database, api_key: &str) -> Result<Option<Operator>, sq
 
 /// One live operator.
 pub async fn get(db: &Database, operator_id: &str) -> Result<Option<Operator>, sqlx::Error> {
-    let row: Option<OperatorRow> = sqlx::query_as(
-        "SELECT id, name, role, created_at FROM operators WHERE id = $1 AND revoked_at IS NULL",
-    )
-    .bind(operator_id)
-    .fetch_optional(db.pool())
-    .await?;
+    let row: Option<OperatorRow> =
+        sqlx::query_as("SELECT id, name, role, created_at FROM operators WHERE id = $1 AND revoked_at IS NULL")
+            .bind(operator_id)
+            .fetch_optional(db.pool())
+            .await?;
     Ok(row.map(operator_from_row))
 }
 
@@ -147,22 +140,19 @@ pub async fn list(db: &Database, after_id: &str, limit: u32) -> Result<Vec<Opera
 
 /// Revokes an operator's key; false if there is no such live operator.
 pub async fn revoke(db: &Database, operator_id: &str) -> Result<bool, sqlx::Error> {
-    let done =
-        sqlx::query("UPDATE operators SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-            .bind(operator_id)
-            .bind(courier_common::time::now_ms())
-            .execute(db.pool())
-            .await?;
+    let done = sqlx::query("UPDATE operators SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+        .bind(operator_id)
+        .bind(courier_common::time::now_ms())
+        .execute(db.pool())
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// How many live admins there are.
 pub async fn live_admins(db: &Database) -> Result<i64, sqlx::Error> {
-    let (count,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM operators WHERE role = 'admin' AND revoked_at IS NULL",
-    )
-    .fetch_one(db.pool())
-    .await?;
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM operators WHERE role = 'admin' AND revoked_at IS NULL")
+        .fetch_one(db.pool())
+        .await?;
     Ok(count)
 }
 
@@ -208,24 +198,17 @@ where
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let key = bearer(parts).ok_or_else(|| {
-            HttpError::unauthenticated("send an operator API key as Authorization: Bearer <key>")
-        })?;
+        let key = bearer(parts)
+            .ok_or_else(|| HttpError::unauthenticated("send an operator API key as Authorization: Bearer <key>"))?;
         let OperatorDirectory(db) = OperatorDirectory::from_ref(state);
         let operator = by_key(&db, key)
             .await
             .map_err(HttpError::from)?
             .ok_or_else(|| HttpError::unauthenticated("the operator API key is not valid"))?;
         if operator.role < R::ROLE {
-            return Err(HttpError::forbidden(format!(
-                "this needs the {} role or higher",
-                R::ROLE.as_str()
-            )));
+            return Err(HttpError::forbidden(format!("this needs the {} role or higher", R::ROLE.as_str())));
         }
-        Ok(Authorized {
-            operator,
-            role: PhantomData,
-        })
+        Ok(Authorized { operator, role: PhantomData })
     }
 }
 
@@ -235,11 +218,7 @@ mod tests {
 
     #[test]
     fn roles_are_ordered_and_parse() {
-        assert!(
-            Role::Viewer < Role::Operator
-                && Role::Operator < Role::Approver
-                && Role::Approver < Role::Admin
-        );
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Approver && Role::Approver < Role::Admin);
         for role in [Role::Viewer, Role::Operator, Role::Approver, Role::Admin] {
             assert_eq!(Role::parse(role.as_str()), Some(role));
         }

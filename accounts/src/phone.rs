@@ -38,10 +38,7 @@ impl PhoneNumber {
         if !input.starts_with('+') {
             return Err(PhoneError::NotInternational);
         }
-        if !input
-            .chars()
-            .all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '(' | ')' | '.'))
-        {
+        if !input.chars().all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '(' | ')' | '.')) {
             return Err(PhoneError::Unparseable);
         }
         let number = phonenumber::parse(None, input).map_err(|_| PhoneError::Unparseable)?;
@@ -55,12 +52,7 @@ impl PhoneNumber {
             Type::Mobile | Type::FixedLineOrMobile => {}
             _ => return Err(PhoneError::NotMobile),
         }
-        let region = number
-            .country()
-            .id()
-            .ok_or(PhoneError::Invalid)?
-            .as_ref()
-            .to_owned();
+        let region = number.country().id().ok_or(PhoneError::Invalid)?.as_ref().to_owned();
         let e164 = number.format().mode(Mode::E164).to_string();
         Ok(PhoneNumber { e164, region })
     }
@@ -124,22 +116,13 @@ mod tests {
 
     #[test]
     fn rejects_each_kind_of_bad_number() {
-        assert_eq!(
-            PhoneNumber::parse("89161234567"),
-            Err(PhoneError::NotInternational)
-        );
+        assert_eq!(PhoneNumber::parse("89161234567"), Err(PhoneError::NotInternational));
         assert_eq!(PhoneNumber::parse(""), Err(PhoneError::Unparseable));
         assert_eq!(PhoneNumber::parse("+7abc"), Err(PhoneError::Unparseable));
-        assert_eq!(
-            PhoneNumber::parse(&format!("+7{}", "1".repeat(40))),
-            Err(PhoneError::Unparseable)
-        );
+        assert_eq!(PhoneNumber::parse(&format!("+7{}", "1".repeat(40))), Err(PhoneError::Unparseable));
         assert_eq!(PhoneNumber::parse("+7916123"), Err(PhoneError::Invalid));
         // A Moscow landline cannot receive an SMS.
-        assert_eq!(
-            PhoneNumber::parse("+74951234567"),
-            Err(PhoneError::NotMobile)
-        );
+        assert_eq!(PhoneNumber::parse("+74951234567"), Err(PhoneError::NotMobile));
     }
 
     #[test]

@@ -89,17 +89,13 @@ mod tests {
         for bad in ["", "12345", "1234567", "12345a", "١٢٣٤٥٦", "12 345"] {
             assert_eq!(SignInCode::parse(bad), Err(SignInCodeError), "{bad:?}");
         }
-        assert_eq!(
-            format!("{:?}", SignInCode::parse("123456").unwrap()),
-            "SignInCode(******)"
-        );
+        assert_eq!(format!("{:?}", SignInCode::parse("123456").unwrap()), "SignInCode(******)");
     }
 
     #[test]
     fn generated_codes_are_six_digits_and_vary() {
-        let codes: std::collections::HashSet<String> = (0..64)
-            .map(|_| SignInCode::generate().expose().to_owned())
-            .collect();
+        let codes: std::collections::HashSet<String> =
+            (0..64).map(|_| SignInCode::generate().expose().to_owned()).collect();
         assert!(codes.iter().all(|c| SignInCode::parse(c).is_ok()));
         assert!(codes.len() > 60);
     }

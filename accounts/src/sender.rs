@@ -18,10 +18,7 @@ pub struct DeliveryError(pub String);
 /// A way to deliver a sign-in code.
 pub enum CodeSender {
     Log,
-    Webhook {
-        url: String,
-        client: reqwest::Client,
-    },
+    Webhook { url: String, client: reqwest::Client },
 }
 
 /// The webhook's JSON body.
@@ -34,22 +31,16 @@ struct WebhookBody<'a> {
 
 impl CodeSender {
     pub fn webhook(url: &str, timeout: Duration) -> Result<Self, DeliveryError> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|error| DeliveryError(format!("bad webhook URL {url:?}: {error}")))?;
+        let parsed =
+            reqwest::Url::parse(url).map_err(|error| DeliveryError(format!("bad webhook URL {url:?}: {error}")))?;
         if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(DeliveryError(format!(
-                "the webhook URL must be http(s), not {:?}",
-                parsed.scheme()
-            )));
+            return Err(DeliveryError(format!("the webhook URL must be http(s), not {:?}", parsed.scheme())));
         }
         let client = crate::http_client_builder()
             .timeout(timeout)
             .build()
             .map_err(|error| DeliveryError(format!("cannot build the webhook client: {error}")))?;
-        Ok(CodeSender::Webhook {
-            url: url.to_owned(),
-            client,
-        })
+        Ok(CodeSender::Webhook { url: url.to_owned(), client })
     }
 
     pub fn name(&self) -> &'static str {
@@ -59,12 +50,7 @@ impl CodeSender {
         }
     }
 
-    pub async fn send(
-        &self,
-        phone: &PhoneNumber,
-        code: &SignInCode,
-        expires_at_ms: i64,
-    ) -> Result<(), DeliveryError> {
+    pub async fn send(&self, phone: &PhoneNumber, code: &SignInCode, expires_at_ms: i64) -> Result<(), DeliveryError> {
         match self {
             CodeSender::Log => {
                 tracing::info!(
@@ -80,16 +66,16 @@ impl CodeSender {
                     code: code.expose(),
                     expires_at: courier_common::time::rfc3339(expires_at_ms),
                 };
-                let response = client.post(url).json(&body).send().await.map_err(|error| {
-                    DeliveryError(format!("webhook unreachable: {}", without_url(&error)))
-                })?;
+                let response = client
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(|error| DeliveryError(format!("webhook unreachable: {}", without_url(&error))))?;
                 if response.status().is_success() {
                     Ok(())
                 } else {
-                    Err(DeliveryError(format!(
-                        "webhook answered {}",
-                        response.status()
-                    )))
+                    Err(DeliveryError(format!("webhook answered {}", response.status())))
                 }
             }
         }

@@ -78,16 +78,9 @@ pub struct Session {
 }
 
 impl Accounts {
-    pub fn new(
-        db: Database,
-        config: AccountsConfig,
-        issuer: TokenIssuer,
-        sender: CodeSender,
-    ) -> Self {
-        let verifier = Arc::new(
-            TokenVerifier::from_jwks(&issuer.jwks())
-                .expect("our own JWKS holds our own valid keys"),
-        );
+    pub fn new(db: Database, config: AccountsConfig, issuer: TokenIssuer, sender: CodeSender) -> Self {
+        let verifier =
+            Arc::new(TokenVerifier::from_jwks(&issuer.jwks()).expect("our own JWKS holds our own valid keys"));
         let addr_limiter = NonZeroU32::new(config.sign_in_codes_per_addr_per_hour_max)
             .map(|per_hour| RateLimiter::keyed(Quota::per_hour(per_hour)));
         Accounts {
@@ -121,37 +114,26 @@ impl Accounts {
 
     /// Sends a fresh sign-in code to `phone`, within the per-address and
     /// per-number limits. Nothing is stored unless delivery succeeded.
-    pub async fn request_code(
-        &self,
-        phone: &PhoneNumber,
-        client: Option<IpAddr>,
-    ) -> Result<(), AccountsError> {
+    pub async fn request_code(&self, phone: &PhoneNumber, client: Option<IpAddr>) -> Result<(), AccountsError> {
         let config = &self.inner.config;
         if let (Some(limiter), Some(addr)) = (&self.inner.addr_limiter, client) {
-            if self.inner.code_requests.fetch_add(1, Ordering::Relaxed) % ADDR_LIMITER_SWEEP_EVERY
-                == 0
-            {
+            if self.inner.code_requests.fetch_add(1, Ordering::Relaxed) % ADDR_LIMITER_SWEEP_EVERY == 0 {
                 limiter.retain_recent();
             }
             if let Err(not_until) = limiter.check_key(&addr) {
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                    &governor::clock::DefaultClock::default(),
-                ));
+                let wait =
+                    not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
                 return Err(AccountsError::RateLimited {
-                    message: "too many sign-in code requests from your address; wait and try again"
-                        .into(),
+                    message: "too many sign-in code requests from your address; wait and try again".into(),
                     retry_after_s: wait.as_secs().max(1),
                 });
             }
         }
         let now = now_ms();
         let recent = store::code_request_times(&self.inner.db, phone, now - HOUR_MS).await?;
-        check_code_rate(&recent, now, config).map_err(|retry_after_s| {
-            AccountsError::RateLimited {
-                message: "a code was requested for this number too recently; wait and try again"
-                    .into(),
-                retry_after_s,
-            }
+        check_code_rate(&recent, now, config).map_err(|retry_after_s| AccountsError::RateLimited {
+            message: "a code was requested for this number too recently; wait and try again".into(),
+            retry_after_s,
         })?;
 
         let code = SignInCode::generate();
@@ -162,15 +144,7 @@ impl Accounts {
             .send(phone, &code, expires_at)
             .await
             .map_err(|error| AccountsError::CodeDeliveryFailed(error.to_string()))?;
-        store::insert_code(
-            &self.inner.db,
-            &id,
-            phone,
-            &code.digest(&id),
-            now,
-            expires_at,
-        )
-        .await?;
+        store::insert_code(&self.inner.db, &id, phone, &code.digest(&id), now, expires_at).await?;
         tracing::info!(phone = %phone.masked(), sender = self.inner.sender.name(), "sign-in code sent");
         metrics::counter!("accounts_sign_in_codes_sent_total").increment(1);
         Ok(())
@@ -187,14 +161,9 @@ impl Accounts {
         let db = &self.inner.db;
         let config = &self.inner.config;
         let now = now_ms();
-        let stored = store::latest_code(db, phone)
-            .await?
-            .ok_or(AccountsError::InvalidCode)?;
+        let stored = store::latest_code(db, phone).await?.ok_or(AccountsError::InvalidCode)?;
         check_code_state(&stored, now, config)?;
-        if store::count_attempt(db, &stored.id, i64::from(config.sign_in_code_attempts_max))
-            .await?
-            .is_none()
-        {
+        if store::count_attempt(db, &stored.id, i64::from(config.sign_in_code_attempts_max)).await?.is_none() {
             return Err(AccountsError::TooManyAttempts);
         }
         if !constant_time_eq(&code.digest(&stored.id), &stored.digest) {
@@ -212,14 +181,7 @@ impl Accounts {
         store::insert_device(&mut tx, &device_id, &account_id, device_name, now).await?;
         let refresh_token = new_token(REFRESH_TOKEN_PREFIX);
         let refresh_expires = now + secs_to_ms(config.refresh_token_ttl_s);
-        store::insert_refresh_token(
-            &mut tx,
-            &token_digest(&refresh_token),
-            &device_id,
-            now,
-            refresh_expires,
-        )
-        .await?;
+        store::insert_refresh_token(&mut tx, &token_digest(&refresh_token), &device_id, now, refresh_expires).await?;
         tx.commit().await?;
 
         tracing::info!(account = %account_id, device = %device_id, "signed in");
@@ -233,16 +195,12 @@ impl Accounts {
         let db = &self.inner.db;
         let now = now_ms();
         let digest = token_digest(refresh_token);
-        let row = store::refresh_token(db, &digest)
-            .await?
-            .ok_or(AccountsError::InvalidRefreshToken)?;
+        let row = store::refresh_token(db, &digest).await?.ok_or(AccountsError::InvalidRefreshToken)?;
         if row.device_revoked_at_ms.is_some() {
             return Err(AccountsError::InvalidRefreshToken);
         }
         if row.spent_at_ms.is_some() {
-            return Err(self
-                .revoke_for_reuse(&row.account_id, &row.device_id, now)
-                .await);
+            return Err(self.revoke_for_reuse(&row.account_id, &row.device_id, now).await);
         }
         if row.expires_at_ms <= now {
             return Err(AccountsError::InvalidRefreshToken);
@@ -250,20 +208,11 @@ impl Accounts {
         let mut tx = db.pool().begin().await?;
         if !store::spend_refresh_token(&mut tx, &digest, now).await? {
             drop(tx);
-            return Err(self
-                .revoke_for_reuse(&row.account_id, &row.device_id, now)
-                .await);
+            return Err(self.revoke_for_reuse(&row.account_id, &row.device_id, now).await);
         }
         let new_refresh = new_token(REFRESH_TOKEN_PREFIX);
         let expires = now + secs_to_ms(self.inner.config.refresh_token_ttl_s);
-        store::insert_refresh_token(
-            &mut tx,
-            &token_digest(&new_refresh),
-            &row.device_id,
-            now,
-            expires,
-        )
-        .await?;
+        store::insert_refresh_token(&mut tx, &token_digest(&new_refresh), &row.device_id, now, expires).await?;
         store::touch_device(&mut tx, &row.device_id, now).await?;
         tx.commit().await?;
         Ok(self.session(row.account_id, row.device_id, &row.region, new_refresh))
@@ -272,57 +221,28 @@ impl Accounts {
     async fn revoke_for_reuse(&self, account_id: &str, device_id: &str, now: i64) -> AccountsError {
         tracing::warn!(account = %account_id, device = %device_id, "refresh token reused: revoking the device session");
         metrics::counter!("accounts_refresh_token_reuse_total").increment(1);
-        match store::revoke_device(
-            &self.inner.db,
-            account_id,
-            device_id,
-            "refresh_token_reused",
-            now,
-        )
-        .await
-        {
+        match store::revoke_device(&self.inner.db, account_id, device_id, "refresh_token_reused", now).await {
             Ok(_) => AccountsError::RefreshTokenReused,
             Err(error) => AccountsError::Database(error),
         }
     }
 
-    fn session(
-        &self,
-        account_id: String,
-        device_id: String,
-        region: &str,
-        refresh_token: String,
-    ) -> Session {
+    fn session(&self, account_id: String, device_id: String, region: &str, refresh_token: String) -> Session {
         let now_s = u64::try_from(now_ms() / MS_PER_S).unwrap_or(0);
-        let access_token = self
-            .inner
-            .issuer
-            .issue(&account_id, &device_id, region, now_s);
-        Session {
-            account_id,
-            device_id,
-            access_token,
-            refresh_token,
-            expires_in_s: self.inner.issuer.ttl_s(),
-        }
+        let access_token = self.inner.issuer.issue(&account_id, &device_id, region, now_s);
+        Session { account_id, device_id, access_token, refresh_token, expires_in_s: self.inner.issuer.ttl_s() }
     }
 }
 
 fn secs_to_ms(seconds: u64) -> i64 {
-    i64::try_from(seconds)
-        .unwrap_or(i64::MAX / MS_PER_S)
-        .saturating_mul(MS_PER_S)
+    i64::try_from(seconds).unwrap_or(i64::MAX / MS_PER_S).saturating_mul(MS_PER_S)
 }
 
 /// Whether another code may be requested now for a number whose recent
 /// request times (newest first, the last hour) are `recent_ms`; `Err` holds
 /// the seconds to wait.
 pub fn check_code_rate(recent_ms: &[i64], now_ms: i64, config: &AccountsConfig) -> Result<(), u64> {
-    let to_s = |ms: i64| {
-        u64::try_from((ms + MS_PER_S - 1) / MS_PER_S)
-            .unwrap_or(1)
-            .max(1)
-    };
+    let to_s = |ms: i64| u64::try_from((ms + MS_PER_S - 1) / MS_PER_S).unwrap_or(1).max(1);
     if let Some(&newest) = recent_ms.first() {
         let resend_at = newest + secs_to_ms(config.sign_in_code_resend_after_s);
         if resend_at > now_ms {
@@ -339,11 +259,7 @@ pub fn check_code_rate(recent_ms: &[i64], now_ms: i64, config: &AccountsConfig) 
 }
 
 /// Whether a stored code can still be tried at `now_ms`.
-pub fn check_code_state(
-    code: &store::CodeRow,
-    now_ms: i64,
-    config: &AccountsConfig,
-) -> Result<(), AccountsError> {
+pub fn check_code_state(code: &store::CodeRow, now_ms: i64, config: &AccountsConfig) -> Result<(), AccountsError> {
     if code.used_at_ms.is_some() {
         return Err(AccountsError::InvalidCode);
     }
@@ -359,10 +275,7 @@ pub fn check_code_state(
 /// A validated device name: 1–64 printable characters.
 pub fn parse_device_name(name: &str) -> Result<String, AccountsError> {
     let name = name.trim();
-    if name.is_empty()
-        || name.chars().count() > DEVICE_NAME_CHARS_MAX
-        || name.chars().any(char::is_control)
-    {
+    if name.is_empty() || name.chars().count() > DEVICE_NAME_CHARS_MAX || name.chars().any(char::is_control) {
         return Err(AccountsError::InvalidRequest(format!(
             "device_name must be 1 to {DEVICE_NAME_CHARS_MAX} printable characters"
         )));
@@ -394,27 +307,15 @@ mod tests {
     }
 
     fn code(expires_at_ms: i64, attempts: i64, used_at_ms: Option<i64>) -> store::CodeRow {
-        store::CodeRow {
-            id: "c".into(),
-            digest: "d".into(),
-            expires_at_ms,
-            attempts,
-            used_at_ms,
-        }
+        store::CodeRow { id: "c".into(), digest: "d".into(), expires_at_ms, attempts, used_at_ms }
     }
 
     #[test]
     fn code_states() {
         let config = AccountsConfig::default();
         assert!(check_code_state(&code(NOW + 1, 0, None), NOW, &config).is_ok());
-        assert!(matches!(
-            check_code_state(&code(NOW, 0, None), NOW, &config),
-            Err(AccountsError::CodeExpired)
-        ));
-        assert!(matches!(
-            check_code_state(&code(NOW + 1, 5, None), NOW, &config),
-            Err(AccountsError::TooManyAttempts)
-        ));
+        assert!(matches!(check_code_state(&code(NOW, 0, None), NOW, &config), Err(AccountsError::CodeExpired)));
+        assert!(matches!(check_code_state(&code(NOW + 1, 5, None), NOW, &config), Err(AccountsError::TooManyAttempts)));
         assert!(matches!(
             check_code_state(&code(NOW + 1, 0, Some(NOW)), NOW, &config),
             Err(AccountsError::InvalidCode)

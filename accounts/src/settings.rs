@@ -72,10 +72,7 @@ mod tests {
             assert_eq!(CallsFrom::parse(bad), None);
             assert_eq!(P2p::parse(bad), None);
         }
-        assert_eq!(
-            CallsFrom::parse(CallsFrom::Everybody.as_str()),
-            Some(CallsFrom::Everybody)
-        );
+        assert_eq!(CallsFrom::parse(CallsFrom::Everybody.as_str()), Some(CallsFrom::Everybody));
         assert_eq!(P2p::parse(P2p::Always.as_str()), Some(P2p::Always));
     }
 }

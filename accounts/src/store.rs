@@ -40,25 +40,20 @@ fn account_from_row((id, phone, region, calls_from, p2p, created_at_ms): Account
 }
 
 pub async fn account(db: &Database, id: &str) -> Result<Option<Account>, sqlx::Error> {
-    let row: Option<AccountRow> = sqlx::query_as(
-        "SELECT id, phone, region, calls_from, p2p, created_at FROM accounts WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(db.pool())
-    .await?;
+    let row: Option<AccountRow> =
+        sqlx::query_as("SELECT id, phone, region, calls_from, p2p, created_at FROM accounts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(db.pool())
+            .await?;
     Ok(row.map(account_from_row))
 }
 
-pub async fn account_by_phone(
-    db: &Database,
-    phone: &PhoneNumber,
-) -> Result<Option<Account>, sqlx::Error> {
-    let row: Option<AccountRow> = sqlx::query_as(
-        "SELECT id, phone, region, calls_from, p2p, created_at FROM accounts WHERE phone = $1",
-    )
-    .bind(phone.as_e164())
-    .fetch_optional(db.pool())
-    .await?;
+pub async fn account_by_phone(db: &Database, phone: &PhoneNumber) -> Result<Option<Account>, sqlx::Error> {
+    let row: Option<AccountRow> =
+        sqlx::query_as("SELECT id, phone, region, calls_from, p2p, created_at FROM accounts WHERE phone = $1")
+            .bind(phone.as_e164())
+            .fetch_optional(db.pool())
+            .await?;
     Ok(row.map(account_from_row))
 }
 
@@ -69,24 +64,19 @@ pub async fn upsert_account(
     new_id: &str,
     now_ms: i64,
 ) -> Result<(String, String), sqlx::Error> {
-    sqlx::query("INSERT INTO accounts (id, phone, region, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (phone) DO NOTHING")
-        .bind(new_id)
-        .bind(phone.as_e164())
-        .bind(phone.region())
-        .bind(now_ms)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query_as("SELECT id, region FROM accounts WHERE phone = $1")
-        .bind(phone.as_e164())
-        .fetch_one(&mut **tx)
-        .await
+    sqlx::query(
+        "INSERT INTO accounts (id, phone, region, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (phone) DO NOTHING",
+    )
+    .bind(new_id)
+    .bind(phone.as_e164())
+    .bind(phone.region())
+    .bind(now_ms)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query_as("SELECT id, region FROM accounts WHERE phone = $1").bind(phone.as_e164()).fetch_one(&mut **tx).await
 }
 
-pub async fn update_settings(
-    db: &Database,
-    account_id: &str,
-    settings: Settings,
-) -> Result<(), sqlx::Error> {
+pub async fn update_settings(db: &Database, account_id: &str, settings: Settings) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE accounts SET calls_from = $2, p2p = $3 WHERE id = $1")
         .bind(account_id)
         .bind(settings.calls_from.as_str())
@@ -107,11 +97,7 @@ pub struct CodeRow {
 }
 
 /// When codes were requested for `phone` since `since_ms`, newest first.
-pub async fn code_request_times(
-    db: &Database,
-    phone: &PhoneNumber,
-    since_ms: i64,
-) -> Result<Vec<i64>, sqlx::Error> {
+pub async fn code_request_times(db: &Database, phone: &PhoneNumber, since_ms: i64) -> Result<Vec<i64>, sqlx::Error> {
     let rows: Vec<(i64,)> = sqlx::query_as(
         "SELECT created_at FROM sign_in_codes WHERE phone = $1 AND created_at > $2 ORDER BY created_at DESC",
     )
@@ -130,22 +116,21 @@ pub async fn insert_code(
     now_ms: i64,
     expires_at_ms: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO sign_in_codes (id, phone, code_digest, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(id)
-        .bind(phone.as_e164())
-        .bind(digest)
-        .bind(now_ms)
-        .bind(expires_at_ms)
-        .execute(db.pool())
-        .await?;
+    sqlx::query(
+        "INSERT INTO sign_in_codes (id, phone, code_digest, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(phone.as_e164())
+    .bind(digest)
+    .bind(now_ms)
+    .bind(expires_at_ms)
+    .execute(db.pool())
+    .await?;
     Ok(())
 }
 
 /// The newest code requested for `phone`: only it can sign in.
-pub async fn latest_code(
-    db: &Database,
-    phone: &PhoneNumber,
-) -> Result<Option<CodeRow>, sqlx::Error> {
+pub async fn latest_code(db: &Database, phone: &PhoneNumber) -> Result<Option<CodeRow>, sqlx::Error> {
     let row: Option<(String, String, i64, i64, Option<i64>)> = sqlx::query_as(
         "SELECT id, code_digest, expires_at, attempts, used_at FROM sign_in_codes \
          WHERE phone = $1 ORDER BY created_at DESC, id DESC LIMIT 1",
@@ -153,24 +138,18 @@ pub async fn latest_code(
     .bind(phone.as_e164())
     .fetch_optional(db.pool())
     .await?;
-    Ok(row.map(
-        |(id, digest, expires_at_ms, attempts, used_at_ms)| CodeRow {
-            id,
-            digest,
-            expires_at_ms,
-            attempts,
-            used_at_ms,
-        },
-    ))
+    Ok(row.map(|(id, digest, expires_at_ms, attempts, used_at_ms)| CodeRow {
+        id,
+        digest,
+        expires_at_ms,
+        attempts,
+        used_at_ms,
+    }))
 }
 
 /// Counts one attempt against a code, atomically, unless it is used up.
 /// Returns the attempt number, or `None` when no attempt is left.
-pub async fn count_attempt(
-    db: &Database,
-    code_id: &str,
-    attempts_max: i64,
-) -> Result<Option<i64>, sqlx::Error> {
+pub async fn count_attempt(db: &Database, code_id: &str, attempts_max: i64) -> Result<Option<i64>, sqlx::Error> {
     let row: Option<(i64,)> = sqlx::query_as(
         "UPDATE sign_in_codes SET attempts = attempts + 1 \
          WHERE id = $1 AND attempts < $2 AND used_at IS NULL RETURNING attempts",
@@ -183,17 +162,12 @@ pub async fn count_attempt(
 }
 
 /// Marks a code used; false if another request used it first.
-pub async fn consume_code(
-    tx: &mut Tx<'_>,
-    code_id: &str,
-    now_ms: i64,
-) -> Result<bool, sqlx::Error> {
-    let done =
-        sqlx::query("UPDATE sign_in_codes SET used_at = $2 WHERE id = $1 AND used_at IS NULL")
-            .bind(code_id)
-            .bind(now_ms)
-            .execute(&mut **tx)
-            .await?;
+pub async fn consume_code(tx: &mut Tx<'_>, code_id: &str, now_ms: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE sign_in_codes SET used_at = $2 WHERE id = $1 AND used_at IS NULL")
+        .bind(code_id)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
@@ -251,41 +225,27 @@ pub async fn refresh_token(db: &Database, digest: &str) -> Result<Option<Refresh
     .bind(digest)
     .fetch_optional(db.pool())
     .await?;
-    Ok(row.map(
-        |(device_id, account_id, region, expires_at_ms, spent_at_ms, device_revoked_at_ms)| {
-            RefreshRow {
-                device_id,
-                account_id,
-                region,
-                expires_at_ms,
-                spent_at_ms,
-                device_revoked_at_ms,
-            }
-        },
-    ))
+    Ok(row.map(|(device_id, account_id, region, expires_at_ms, spent_at_ms, device_revoked_at_ms)| RefreshRow {
+        device_id,
+        account_id,
+        region,
+        expires_at_ms,
+        spent_at_ms,
+        device_revoked_at_ms,
+    }))
 }
 
 /// Spends a refresh token; false if it was already spent (by a racing request).
-pub async fn spend_refresh_token(
-    tx: &mut Tx<'_>,
-    digest: &str,
-    now_ms: i64,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE refresh_tokens SET spent_at = $2 WHERE token_digest = $1 AND spent_at IS NULL",
-    )
-    .bind(digest)
-    .bind(now_ms)
-    .execute(&mut **tx)
-    .await?;
+pub async fn spend_refresh_token(tx: &mut Tx<'_>, digest: &str, now_ms: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE refresh_tokens SET spent_at = $2 WHERE token_digest = $1 AND spent_at IS NULL")
+        .bind(digest)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?;
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn touch_device(
-    tx: &mut Tx<'_>,
-    device_id: &str,
-    now_ms: i64,
-) -> Result<(), sqlx::Error> {
+pub async fn touch_device(tx: &mut Tx<'_>, device_id: &str, now_ms: i64) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE devices SET last_seen_at = $2 WHERE id = $1")
         .bind(device_id)
         .bind(now_ms)
@@ -340,33 +300,22 @@ pub async fn devices(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, name, created_at_ms, last_seen_at_ms)| DeviceRow {
-            id,
-            name,
-            created_at_ms,
-            last_seen_at_ms,
-        })
+        .map(|(id, name, created_at_ms, last_seen_at_ms)| DeviceRow { id, name, created_at_ms, last_seen_at_ms })
         .collect())
 }
 
 pub async fn device_is_live(db: &Database, device_id: &str) -> Result<bool, sqlx::Error> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT id FROM devices WHERE id = $1 AND revoked_at IS NULL")
-            .bind(device_id)
-            .fetch_optional(db.pool())
-            .await?;
+    let row: Option<(String,)> = sqlx::query_as("SELECT id FROM devices WHERE id = $1 AND revoked_at IS NULL")
+        .bind(device_id)
+        .fetch_optional(db.pool())
+        .await?;
     Ok(row.is_some())
 }
 
 // Blocks.
 
 /// Blocks `blocked_id`; idempotent.
-pub async fn block(
-    db: &Database,
-    account_id: &str,
-    blocked_id: &str,
-    now_ms: i64,
-) -> Result<(), sqlx::Error> {
+pub async fn block(db: &Database, account_id: &str, blocked_id: &str, now_ms: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO blocks (account_id, blocked_id, created_at) VALUES ($1, $2, $3) \
          ON CONFLICT (account_id, blocked_id) DO NOTHING",
@@ -380,11 +329,7 @@ pub async fn block(
 }
 
 /// Unblocks; false if `blocked_id` was not blocked.
-pub async fn unblock(
-    db: &Database,
-    account_id: &str,
-    blocked_id: &str,
-) -> Result<bool, sqlx::Error> {
+pub async fn unblock(db: &Database, account_id: &str, blocked_id: &str) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM blocks WHERE account_id = $1 AND blocked_id = $2")
         .bind(account_id)
         .bind(blocked_id)
@@ -394,11 +339,7 @@ pub async fn unblock(
 }
 
 /// Whether `account_id` has blocked `other_id`.
-pub async fn has_blocked(
-    db: &Database,
-    account_id: &str,
-    other_id: &str,
-) -> Result<bool, sqlx::Error> {
+pub async fn has_blocked(db: &Database, account_id: &str, other_id: &str) -> Result<bool, sqlx::Error> {
     let row: Option<(String,)> =
         sqlx::query_as("SELECT blocked_id FROM blocks WHERE account_id = $1 AND blocked_id = $2")
             .bind(account_id)

@@ -49,15 +49,9 @@ pub struct AccessClaims {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read the token-signing key {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("cannot write the token-signing key {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    Write { path: String, source: std::io::Error },
     #[error("{path} is not an Ed25519 private key in PKCS#8 PEM form")]
     Format { path: String },
     #[error("the JWKS is unusable: {0}")]
@@ -74,16 +68,10 @@ pub struct TokenKey {
 
 impl TokenKey {
     fn from_signing_key(key: &SigningKey) -> Self {
-        let der = key
-            .to_pkcs8_der()
-            .expect("an Ed25519 key always encodes to PKCS#8");
+        let der = key.to_pkcs8_der().expect("an Ed25519 key always encodes to PKCS#8");
         let public = key.verifying_key().to_bytes();
         let kid = format!("{:x}", Sha256::digest(public))[..16].to_owned();
-        TokenKey {
-            kid,
-            encoding: EncodingKey::from_ed_der(der.as_bytes()),
-            public,
-        }
+        TokenKey { kid, encoding: EncodingKey::from_ed_der(der.as_bytes()), public }
     }
 
     /// A fresh random key (tests, benchmarks).
@@ -103,33 +91,24 @@ impl TokenKey {
                 let pem = key
                     .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
                     .expect("an Ed25519 key always encodes to PKCS#8 PEM");
-                write_private(path, pem.as_bytes()).map_err(|source| KeyError::Write {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+                write_private(path, pem.as_bytes())
+                    .map_err(|source| KeyError::Write { path: path.display().to_string(), source })?;
                 tracing::info!(path = %path.display(), "created a new token-signing key");
                 Ok(Self::from_signing_key(&key))
             }
-            Err(source) => Err(KeyError::Read {
-                path: path.display().to_string(),
-                source,
-            }),
+            Err(source) => Err(KeyError::Read { path: path.display().to_string(), source }),
         }
     }
 
     /// Loads an existing key; a missing file is an error.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let pem = std::fs::read_to_string(path)
+            .map_err(|source| KeyError::Read { path: path.display().to_string(), source })?;
         Self::from_pem(&pem, path)
     }
 
     fn from_pem(pem: &str, path: &Path) -> Result<Self, KeyError> {
-        let key = SigningKey::from_pkcs8_pem(pem).map_err(|_| KeyError::Format {
-            path: path.display().to_string(),
-        })?;
+        let key = SigningKey::from_pkcs8_pem(pem).map_err(|_| KeyError::Format { path: path.display().to_string() })?;
         Ok(Self::from_signing_key(&key))
     }
 
@@ -201,11 +180,7 @@ pub struct TokenIssuer {
 
 impl TokenIssuer {
     pub fn new(key: TokenKey, previous: Vec<TokenKey>, ttl_s: u64) -> Self {
-        TokenIssuer {
-            key,
-            previous,
-            ttl_s,
-        }
+        TokenIssuer { key, previous, ttl_s }
     }
 
     pub fn ttl_s(&self) -> u64 {
@@ -230,12 +205,7 @@ impl TokenIssuer {
 
     /// The public keys: the current one first, then those still trusted.
     pub fn jwks(&self) -> Jwks {
-        Jwks {
-            keys: std::iter::once(&self.key)
-                .chain(&self.previous)
-                .map(TokenKey::jwk)
-                .collect(),
-        }
+        Jwks { keys: std::iter::once(&self.key).chain(&self.previous).map(TokenKey::jwk).collect() }
     }
 }
 
@@ -267,11 +237,7 @@ struct Remote {
 
 impl TokenVerifier {
     pub fn from_jwks(jwks: &Jwks) -> Result<Self, KeyError> {
-        Ok(TokenVerifier {
-            keys: RwLock::new(decoding_keys(jwks)?),
-            remote: None,
-            validation: validation(),
-        })
+        Ok(TokenVerifier { keys: RwLock::new(decoding_keys(jwks)?), remote: None, validation: validation() })
     }
 
     /// Fetches the JWKS at `url` now, and again when a token names a key id
@@ -284,11 +250,7 @@ impl TokenVerifier {
         let jwks = fetch_jwks(&client, url).await?;
         Ok(TokenVerifier {
             keys: RwLock::new(decoding_keys(&jwks)?),
-            remote: Some(Remote {
-                url: url.to_owned(),
-                client,
-                last_fetch: tokio::sync::Mutex::new(Instant::now()),
-            }),
+            remote: Some(Remote { url: url.to_owned(), client, last_fetch: tokio::sync::Mutex::new(Instant::now()) }),
             validation: validation(),
         })
     }
@@ -311,10 +273,7 @@ impl TokenVerifier {
             return Err(TokenError::Invalid);
         }
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
-        let keys = self
-            .keys
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let keys = self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let key = keys.get(&kid).ok_or(TokenError::UnknownKey)?;
         match jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation) {
             Ok(data) => Ok(data.claims),
@@ -332,16 +291,8 @@ impl TokenVerifier {
             return;
         }
         *last_fetch = Instant::now();
-        match fetch_jwks(&remote.client, &remote.url)
-            .await
-            .and_then(|jwks| decoding_keys(&jwks))
-        {
-            Ok(keys) => {
-                *self
-                    .keys
-                    .write()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = keys
-            }
+        match fetch_jwks(&remote.client, &remote.url).await.and_then(|jwks| decoding_keys(&jwks)) {
+            Ok(keys) => *self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = keys,
             Err(error) => {
                 tracing::warn!(%error, "could not refresh the JWKS; keeping the keys we have")
             }
@@ -364,14 +315,11 @@ fn decoding_keys(jwks: &Jwks) -> Result<HashMap<String, DecodingKey>, KeyError> 
         if jwk.kty != "OKP" || jwk.crv != "Ed25519" {
             continue;
         }
-        let raw = URL_SAFE_NO_PAD
-            .decode(&jwk.x)
-            .map_err(|_| KeyError::Jwks(format!("key {} has a bad x", jwk.kid)))?;
+        let raw = URL_SAFE_NO_PAD.decode(&jwk.x).map_err(|_| KeyError::Jwks(format!("key {} has a bad x", jwk.kid)))?;
         if raw.len() != 32 {
             return Err(KeyError::Jwks(format!("key {} is not 32 bytes", jwk.kid)));
         }
-        let key = DecodingKey::from_ed_components(&jwk.x)
-            .map_err(|error| KeyError::Jwks(error.to_string()))?;
+        let key = DecodingKey::from_ed_components(&jwk.x).map_err(|error| KeyError::Jwks(error.to_string()))?;
         keys.insert(jwk.kid.clone(), key);
     }
     if keys.is_empty() {
@@ -381,21 +329,11 @@ fn decoding_keys(jwks: &Jwks) -> Result<HashMap<String, DecodingKey>, KeyError> 
 }
 
 async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<Jwks, KeyError> {
-    let response = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|error| KeyError::Jwks(format!("GET {url}: {error}")))?;
+    let response = client.get(url).send().await.map_err(|error| KeyError::Jwks(format!("GET {url}: {error}")))?;
     if !response.status().is_success() {
-        return Err(KeyError::Jwks(format!(
-            "GET {url}: status {}",
-            response.status()
-        )));
+        return Err(KeyError::Jwks(format!("GET {url}: status {}", response.status())));
     }
-    response
-        .json::<Jwks>()
-        .await
-        .map_err(|error| KeyError::Jwks(format!("GET {url}: {error}")))
+    response.json::<Jwks>().await.map_err(|error| KeyError::Jwks(format!("GET {url}: {error}")))
 }
 
 #[cfg(test)]
@@ -403,10 +341,7 @@ mod tests {
     use super::*;
 
     fn now_s() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
     }
 
     #[tokio::test]
@@ -415,14 +350,7 @@ mod tests {
         let verifier = TokenVerifier::from_jwks(&issuer.jwks()).unwrap();
         let token = issuer.issue("acc", "dev", "RU", now_s());
         let claims = verifier.verify(&token).await.unwrap();
-        assert_eq!(
-            (
-                claims.sub.as_str(),
-                claims.did.as_str(),
-                claims.region.as_str()
-            ),
-            ("acc", "dev", "RU")
-        );
+        assert_eq!((claims.sub.as_str(), claims.did.as_str(), claims.region.as_str()), ("acc", "dev", "RU"));
         assert_eq!(claims.exp - claims.iat, 900);
     }
 
@@ -432,10 +360,7 @@ mod tests {
         let verifier = TokenVerifier::from_jwks(&issuer.jwks()).unwrap();
         let expired = issuer.issue("acc", "dev", "RU", now_s() - 3600);
         assert_eq!(verifier.verify(&expired).await, Err(TokenError::Expired));
-        assert_eq!(
-            verifier.verify("not.a.token").await,
-            Err(TokenError::Malformed)
-        );
+        assert_eq!(verifier.verify("not.a.token").await, Err(TokenError::Malformed));
         let token = issuer.issue("acc", "dev", "RU", now_s());
         let mut parts: Vec<&str> = token.split('.').collect();
         let forged_payload = URL_SAFE_NO_PAD.encode(
@@ -447,18 +372,10 @@ mod tests {
                 .collect::<Vec<_>>(),
         );
         parts[1] = &forged_payload;
-        assert_eq!(
-            verifier.verify(&parts.join(".")).await,
-            Err(TokenError::Invalid)
-        );
+        assert_eq!(verifier.verify(&parts.join(".")).await, Err(TokenError::Invalid));
         // Another installation's key with the same kid is still refused by the signature.
         let other = TokenIssuer::new(TokenKey::generate(), vec![], 900);
-        assert_eq!(
-            verifier
-                .verify(&other.issue("acc", "dev", "RU", now_s()))
-                .await,
-            Err(TokenError::UnknownKey)
-        );
+        assert_eq!(verifier.verify(&other.issue("acc", "dev", "RU", now_s())).await, Err(TokenError::UnknownKey));
     }
 
     #[test]
@@ -471,16 +388,28 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
         std::fs::write(dir.path().join("bad.pem"), "nope").unwrap();
-        assert!(matches!(
-            TokenKey::load(&dir.path().join("bad.pem")),
-            Err(KeyError::Format { .. })
-        ));
+        assert!(matches!(TokenKey::load(&dir.path().join("bad.pem")), Err(KeyError::Format { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_remote_verifier_fetches_the_jwks_and_refuses_unknown_keys() {
+        let issuer = std::sync::Arc::new(TokenIssuer::new(TokenKey::generate(), vec![], 900));
+        let served = issuer.clone();
+        let app = axum::Router::new()
+            .route("/v1/auth/keys", axum::routing::get(move || std::future::ready(axum::Json(served.jwks()))));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/v1/auth/keys", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let verifier = TokenVerifier::remote(&url).await.unwrap();
+        let claims = verifier.verify(&issuer.issue("acc", "dev", "BR", now_s())).await.unwrap();
+        assert_eq!(claims.region, "BR");
+        let stranger = TokenIssuer::new(TokenKey::generate(), vec![], 900);
+        assert_eq!(verifier.verify(&stranger.issue("acc", "dev", "BR", now_s())).await, Err(TokenError::UnknownKey));
+        assert!(TokenVerifier::remote("http://127.0.0.1:9/nothing").await.is_err());
     }
 
     #[tokio::test]
@@ -497,13 +426,7 @@ mod tests {
         );
         let verifier = TokenVerifier::from_jwks(&rotated.jwks()).unwrap();
         assert_eq!(rotated.jwks().keys.len(), 2);
-        verifier
-            .verify(&old_issuer.issue("a", "d", "RU", now_s()))
-            .await
-            .unwrap();
-        verifier
-            .verify(&rotated.issue("a", "d", "RU", now_s()))
-            .await
-            .unwrap();
+        verifier.verify(&old_issuer.issue("a", "d", "RU", now_s())).await.unwrap();
+        verifier.verify(&rotated.issue("a", "d", "RU", now_s())).await.unwrap();
     }
 }

@@ -38,12 +38,20 @@ pub enum DbError {
 
 /// Each migration in both dialects. Versions only ever grow; a shipped
 /// migration is never edited (its checksum is recorded).
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "accounts",
-    include_str!("../../migrations/sqlite/0001_accounts.sql"),
-    include_str!("../../migrations/postgres/0001_accounts.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "accounts",
+        include_str!("../../migrations/sqlite/0001_accounts.sql"),
+        include_str!("../../migrations/postgres/0001_accounts.sql"),
+    ),
+    (
+        2,
+        "ledger",
+        include_str!("../../migrations/sqlite/0002_ledger.sql"),
+        include_str!("../../migrations/postgres/0002_ledger.sql"),
+    ),
+];
 
 /// How long a connection waits for a lock held by another writer before the
 /// statement fails (SQLite `busy_timeout`).
@@ -74,9 +82,7 @@ impl Database {
                         connection.execute("PRAGMA synchronous = FULL").await?;
                         connection.execute("PRAGMA foreign_keys = ON").await?;
                         connection
-                            .execute(sqlx::AssertSqlSafe(format!(
-                                "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}"
-                            )))
+                            .execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")))
                             .await?;
                     }
                     Ok(())
@@ -86,11 +92,7 @@ impl Database {
             .await
             .map_err(DbError::Connect)?;
         let database = Database { pool, backend };
-        database
-            .migrator()
-            .run(&database.pool)
-            .await
-            .map_err(DbError::Migrate)?;
+        database.migrator().run(&database.pool).await.map_err(DbError::Migrate)?;
         Ok(database)
     }
 
@@ -109,10 +111,7 @@ impl Database {
 
     /// Round-trips a trivial query (for `/readyz`).
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
     }
 
     pub async fn close(&self) {
@@ -127,13 +126,7 @@ impl Database {
                     Backend::Sqlite => sqlite,
                     Backend::Postgres => postgres,
                 };
-                Migration::new(
-                    version,
-                    Cow::Borrowed(name),
-                    MigrationType::Simple,
-                    sql.into_sql_str(),
-                    false,
-                )
+                Migration::new(version, Cow::Borrowed(name), MigrationType::Simple, sql.into_sql_str(), false)
             })
             .collect();
         Migrator::with_migrations(migrations)
@@ -146,12 +139,7 @@ pub fn redact(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let credentials = &url[scheme_end + 3..at];
             match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
+                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &credentials[..colon], &url[at..]),
                 None => url.to_owned(),
             }
         }
@@ -184,15 +172,9 @@ mod tests {
         let url = Database::sqlite_url(&dir.path().join("c.db"));
         let database = Database::connect(&url, 2).await.unwrap();
         database.ping().await.unwrap();
-        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
-            .fetch_one(database.pool())
-            .await
-            .unwrap();
+        let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode").fetch_one(database.pool()).await.unwrap();
         assert_eq!(mode, "wal");
-        let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous")
-            .fetch_one(database.pool())
-            .await
-            .unwrap();
+        let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous").fetch_one(database.pool()).await.unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
         // Applying again is a no-op.
         database.close().await;
@@ -201,9 +183,6 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_other_schemes() {
-        assert!(matches!(
-            Database::connect("mysql://x", 1).await,
-            Err(DbError::UnsupportedUrl(_))
-        ));
+        assert!(matches!(Database::connect("mysql://x", 1).await, Err(DbError::UnsupportedUrl(_))));
     }
 }

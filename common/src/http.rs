@@ -25,10 +25,7 @@ pub struct HttpLimits {
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        Self {
-            body_bytes_max: BODY_BYTES_MAX_DEFAULT,
-            request_timeout: Duration::from_secs(REQUEST_TIMEOUT_S_DEFAULT),
-        }
+        Self { body_bytes_max: BODY_BYTES_MAX_DEFAULT, request_timeout: Duration::from_secs(REQUEST_TIMEOUT_S_DEFAULT) }
     }
 }
 
@@ -37,22 +34,14 @@ pub fn stack(router: Router, limits: HttpLimits) -> Router {
     router
         .fallback(|| async { HttpError::not_found("no such route; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
-            HttpError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "this route does not take that method",
-            )
+            HttpError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
         })
         .layer(DefaultBodyLimit::max(limits.body_bytes_max))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(|error: BoxError| async move {
                     if error.is::<tower::timeout::error::Elapsed>() {
-                        HttpError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "timeout",
-                            "the request took too long; retry",
-                        )
+                        HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long; retry")
                     } else {
                         HttpError::internal("middleware error", &error)
                     }

@@ -26,14 +26,7 @@ where
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
-            .map(|value| {
-                value
-                    .split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .eq_ignore_ascii_case("application/json")
-            })
+            .map(|value| value.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"))
             .unwrap_or(false);
         if !is_json {
             return Err(HttpError::new(
@@ -42,29 +35,24 @@ where
                 "send the body as JSON with Content-Type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    HttpError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        "the request body is over the size limit",
-                    )
-                } else {
-                    HttpError::invalid_request(format!(
-                        "could not read the request body: {rejection}"
-                    ))
-                }
-            })?;
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                HttpError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is over the size limit",
+                )
+            } else {
+                HttpError::invalid_request(format!("could not read the request body: {rejection}"))
+            }
+        })?;
         parse(&bytes).map(Json)
     }
 }
 
 /// Parses a JSON document into `T` with a message that names the problem.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
-    serde_json::from_slice(bytes)
-        .map_err(|error| HttpError::invalid_request(format!("invalid JSON body: {error}")))
+    serde_json::from_slice(bytes).map_err(|error| HttpError::invalid_request(format!("invalid JSON body: {error}")))
 }
 
 #[cfg(test)]
@@ -81,13 +69,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_fields_wrong_types_and_garbage() {
-        for bad in [
-            r#"{"phone":"x","extra":1}"#,
-            r#"{"phone":5}"#,
-            "{",
-            "",
-            "null",
-        ] {
+        for bad in [r#"{"phone":"x","extra":1}"#, r#"{"phone":5}"#, "{", "", "null"] {
             let error = parse::<Body>(bad.as_bytes()).unwrap_err();
             assert_eq!(error.code, "invalid_request", "{bad}");
             assert_eq!(error.status, StatusCode::BAD_REQUEST);
@@ -106,17 +88,9 @@ where
 {
     type Rejection = HttpError;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _state: &S,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
         axum::extract::Query::<T>::try_from_uri(&parts.uri)
             .map(|axum::extract::Query(value)| Query(value))
-            .map_err(|rejection| {
-                HttpError::invalid_request(format!(
-                    "invalid query string: {}",
-                    rejection.body_text()
-                ))
-            })
+            .map_err(|rejection| HttpError::invalid_request(format!("invalid query string: {}", rejection.body_text())))
     }
 }

@@ -16,19 +16,15 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::db::Database;
 use crate::error::HttpError;
 
-const LATENCY_BUCKETS_S: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const LATENCY_BUCKETS_S: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Suffix("duration_seconds".into()),
-                LATENCY_BUCKETS_S,
-            )
+            .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS_S)
             .expect("the bucket list is a non-empty constant")
             .install_recorder()
             .expect("nothing else in the process installs a metrics recorder")
@@ -50,8 +46,7 @@ pub async fn track_requests(request: Request, next: Next) -> Response {
     let status = response.status().as_u16().to_string();
     let labels = [("route", route), ("method", method), ("status", status)];
     metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
     response
 }
 
@@ -92,12 +87,8 @@ async fn ready(State(database): State<Option<Database>>) -> Response {
             Ok(()) => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
             Err(error) => {
                 tracing::warn!(%error, "readiness check: database unreachable");
-                HttpError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not_ready",
-                    "the database is unreachable",
-                )
-                .into_response()
+                HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the database is unreachable")
+                    .into_response()
             }
         },
     }

@@ -33,16 +33,12 @@ impl PageQuery {
     pub fn parse(&self) -> Result<PageRequest, HttpError> {
         let limit = self.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
         if !(1..=PAGE_LIMIT_MAX).contains(&limit) {
-            return Err(HttpError::invalid_request(format!(
-                "limit must be between 1 and {PAGE_LIMIT_MAX}"
-            )));
+            return Err(HttpError::invalid_request(format!("limit must be between 1 and {PAGE_LIMIT_MAX}")));
         }
         let after = match &self.cursor {
             None => None,
             Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| {
-                HttpError::invalid_request(
-                    "cursor is not one this server handed out; start again without it",
-                )
+                HttpError::invalid_request("cursor is not one this server handed out; start again without it")
             })?),
         };
         Ok(PageRequest { limit, after })
@@ -67,17 +63,11 @@ impl<T> Page<T> {
         } else {
             None
         };
-        Page {
-            items: rows,
-            next_cursor,
-        }
+        Page { items: rows, next_cursor }
     }
 
     pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
-        Page {
-            items: self.items.into_iter().map(f).collect(),
-            next_cursor: self.next_cursor,
-        }
+        Page { items: self.items.into_iter().map(f).collect(), next_cursor: self.next_cursor }
     }
 }
 
@@ -99,44 +89,15 @@ mod tests {
 
     #[test]
     fn limits_and_cursors() {
-        assert_eq!(
-            PageQuery::default().parse().unwrap(),
-            PageRequest {
-                limit: 50,
-                after: None
-            }
-        );
+        assert_eq!(PageQuery::default().parse().unwrap(), PageRequest { limit: 50, after: None });
         for bad in [0, 201] {
-            assert!(
-                PageQuery {
-                    limit: Some(bad),
-                    cursor: None
-                }
-                .parse()
-                .is_err()
-            );
+            assert!(PageQuery { limit: Some(bad), cursor: None }.parse().is_err());
         }
-        assert!(
-            PageQuery {
-                limit: None,
-                cursor: Some("!!".into())
-            }
-            .parse()
-            .is_err()
-        );
+        assert!(PageQuery { limit: None, cursor: Some("!!".into()) }.parse().is_err());
         let page = Page::from_rows(vec![1, 2, 3], 2, |n| n.to_string());
         assert_eq!(page.items, vec![1, 2]);
-        let next = PageQuery {
-            limit: Some(2),
-            cursor: page.next_cursor,
-        }
-        .parse()
-        .unwrap();
+        let next = PageQuery { limit: Some(2), cursor: page.next_cursor }.parse().unwrap();
         assert_eq!(next.after.as_deref(), Some("2"));
-        assert!(
-            Page::from_rows(vec![1, 2], 2, |n| n.to_string())
-                .next_cursor
-                .is_none()
-        );
+        assert!(Page::from_rows(vec![1, 2], 2, |n| n.to_string()).next_cursor.is_none());
     }
 }

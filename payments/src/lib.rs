@@ -1,10 +1,26 @@
 //! The ledger service: wallets, the double-entry ledger, peer-to-peer
 //! transfers under per-region limits and fees, idempotency keys, the
-//! group-commit writer, and the finance-ops admin API (API.md, "Payments" and
-//! "Finance ops").
+//! group-commit writer, and the money-moving part of the finance-ops admin
+//! API.
 //!
-//! Money is never a float, a transfer is never half applied, and a stored
-//! transfer is never edited: mistakes are corrected by new, linked transfers.
+//! Routes: `GET /v1/wallet`, `POST /v1/transfers`, `GET /v1/transfers`,
+//! `GET /v1/transfers/{id}`, `POST /admin/v1/deposits`,
+//! `POST /admin/v1/withdrawals`, `POST /admin/v1/accounts/{id}/freeze` and
+//! `/unfreeze`, `GET /admin/v1/reconciliation`.
 //!
-//! The service lands with its own milestone; this crate holds its place in
-//! the workspace.
+//! Money is never a float; a transfer is never half applied and never edited;
+//! only the one writer task ([`writer`]) changes balances, and it checks the
+//! batch's invariants ([`ledger::Ledger::verify_batch`]) before each commit.
+//! The rules live in plain code ([`ledger`], [`region`], [`money`]) tested
+//! without a database.
+
+pub mod api;
+pub mod error;
+pub mod ledger;
+pub mod money;
+pub mod region;
+pub mod store;
+pub mod view;
+pub mod writer;
+
+pub use api::{ApiDoc, Payments, app};

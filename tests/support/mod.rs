@@ -42,27 +42,20 @@ macro_rules! on_both_databases {
 
 /// The PostgreSQL server tests create their databases on.
 pub fn postgres_admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// A fresh database: its URL, and for PostgreSQL its name (to drop it).
 pub async fn fresh_database(db: Db, dir: &Path) -> (String, Option<String>) {
     match db {
-        Db::Sqlite => (
-            format!("sqlite://{}?mode=rwc", dir.join("courier.db").display()),
-            None,
-        ),
+        Db::Sqlite => (format!("sqlite://{}?mode=rwc", dir.join("courier.db").display()), None),
         Db::Postgres => {
             sqlx::any::install_default_drivers();
             let admin = postgres_admin_url();
             let name = format!("courier_test_{}", uuid::Uuid::now_v7().simple());
-            let mut connection =
-                sqlx::AnyConnection::connect(&admin)
-                    .await
-                    .unwrap_or_else(|error| {
-                        panic!("PostgreSQL must run at {admin} (DATABASE_URL): {error}")
-                    });
+            let mut connection = sqlx::AnyConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|error| panic!("PostgreSQL must run at {admin} (DATABASE_URL): {error}"));
             connection
                 .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                 .await
@@ -88,11 +81,7 @@ fn database_url_for(admin: &str, name: &str) -> String {
 
 pub async fn drop_database(name: &str) {
     if let Ok(mut connection) = sqlx::AnyConnection::connect(&postgres_admin_url()).await {
-        let _ = connection
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .await;
+        let _ = connection.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
         connection.close().await.ok();
     }
 }
@@ -103,18 +92,23 @@ pub struct Hook {
     pub url: String,
     codes: Arc<Mutex<HashMap<String, Vec<Value>>>>,
     failing: Arc<AtomicBool>,
+    hanging: Arc<AtomicBool>,
 }
 
 impl Hook {
     pub async fn start() -> Hook {
         let codes: Arc<Mutex<HashMap<String, Vec<Value>>>> = Arc::default();
         let failing = Arc::new(AtomicBool::new(false));
-        let (sink, fail) = (codes.clone(), failing.clone());
+        let hanging = Arc::new(AtomicBool::new(false));
+        let (sink, fail, hang) = (codes.clone(), failing.clone(), hanging.clone());
         let app = axum::Router::new().route(
             "/sms",
             axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
-                let (sink, fail) = (sink.clone(), fail.clone());
+                let (sink, fail, hang) = (sink.clone(), fail.clone(), hang.clone());
                 async move {
+                    if hang.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
                     if fail.load(Ordering::SeqCst) {
                         return axum::http::StatusCode::SERVICE_UNAVAILABLE;
                     }
@@ -127,33 +121,28 @@ impl Hook {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/sms", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Hook {
-            url,
-            codes,
-            failing,
-        }
+        Hook { url, codes, failing, hanging }
     }
 
+    /// Answer 503 to every delivery.
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
     }
 
+    /// Take 30 s to answer (longer than any configured webhook timeout).
+    pub fn set_hanging(&self, hanging: bool) {
+        self.hanging.store(hanging, Ordering::SeqCst);
+    }
+
     /// Every webhook body received for `phone` (E.164).
     pub fn messages(&self, phone: &str) -> Vec<Value> {
-        self.codes
-            .lock()
-            .unwrap()
-            .get(phone)
-            .cloned()
-            .unwrap_or_default()
+        self.codes.lock().unwrap().get(phone).cloned().unwrap_or_default()
     }
 
     /// The newest code sent to `phone`.
     pub fn last_code(&self, phone: &str) -> String {
         let messages = self.messages(phone);
-        let last = messages
-            .last()
-            .unwrap_or_else(|| panic!("no code was sent to {phone}"));
+        let last = messages.last().unwrap_or_else(|| panic!("no code was sent to {phone}"));
         last["code"].as_str().unwrap().to_owned()
     }
 }
@@ -192,10 +181,7 @@ impl Server {
             pg_name,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
-            http: courier_accounts::http_client_builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
+            http: courier_accounts::http_client_builder().timeout(Duration::from_secs(20)).build().unwrap(),
         };
         server.spawn().await;
         server
@@ -206,23 +192,14 @@ impl Server {
     }
 
     async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
         let mut child = Command::new(courier_bin())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .args(["--database-url", &self.database_url])
-            .args([
-                "--code-sender",
-                "webhook",
-                "--code-webhook-url",
-                &self.hook.url,
-            ])
+            .args(["--code-sender", "webhook", "--code-webhook-url", &self.hook.url])
             .args(&self.extra)
             .env_remove("COURIER_CONFIG")
             .stdout(Stdio::piped())
@@ -237,10 +214,7 @@ impl Server {
             .expect("courier printed its URL in time")
             .unwrap()
             .unwrap_or_else(|| panic!("courier exited before listening; log:\n{}", self.log()));
-        self.url = line
-            .strip_prefix("courier listening on ")
-            .expect("the URL line")
-            .to_owned();
+        self.url = line.strip_prefix("courier listening on ").expect("the URL line").to_owned();
         self.child = Some(child);
     }
 
@@ -264,15 +238,9 @@ impl Server {
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         let pid = child.id().expect("running");
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
         assert!(sent.success());
-        tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .expect("stopped within 10 s")
-            .unwrap()
+        tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("stopped within 10 s").unwrap()
     }
 
     /// Stops the server and drops its PostgreSQL database.
@@ -303,11 +271,8 @@ impl Server {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
+        let value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         (status, value)
     }
 
@@ -316,28 +281,17 @@ impl Server {
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, token, Some(body))
-            .await
+        self.call(reqwest::Method::POST, path, token, Some(body)).await
     }
 
     /// Requests a code for `phone` and signs in with it; returns the session.
     pub async fn sign_in(&self, phone: &str, device: &str) -> Session {
-        let (status, body) = self
-            .post("/v1/auth/codes", None, json!({"phone": phone}))
-            .await;
+        let (status, body) = self.post("/v1/auth/codes", None, json!({"phone": phone})).await;
         assert_eq!(status, 202, "{body}");
-        let e164: String = phone
-            .chars()
-            .filter(|c| c.is_ascii_digit() || *c == '+')
-            .collect();
+        let e164: String = phone.chars().filter(|c| c.is_ascii_digit() || *c == '+').collect();
         let code = self.hook.last_code(&e164);
-        let (status, body) = self
-            .post(
-                "/v1/auth/sessions",
-                None,
-                json!({"phone": phone, "code": code, "device_name": device}),
-            )
-            .await;
+        let (status, body) =
+            self.post("/v1/auth/sessions", None, json!({"phone": phone, "code": code, "device_name": device})).await;
         assert_eq!(status, 201, "{body}");
         serde_json::from_value(body).unwrap()
     }

@@ -1,0 +1,540 @@
+//! HTTP routes of the ledger service (API.md "Payments", and the deposit,
+//! withdrawal, freeze and reconciliation calls of "Finance ops").
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRef, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use courier_accounts::auth::AuthUser;
+use courier_accounts::operators::{Authorized, OperatorDirectory, OperatorRole, Viewer};
+use courier_accounts::phone::PhoneNumber;
+use courier_accounts::tokens::TokenVerifier;
+use courier_common::page::PageQuery;
+use courier_common::{Database, ErrorBody, HttpError, Page, Query};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::error::PaymentsError;
+use crate::ledger::Command;
+use crate::money::{self, Currency, Money, format_minor};
+use crate::region::{RegionCode, RegionRules};
+use crate::store::{self, IdempotencyKey, StoredResponse};
+use crate::view::TransferView;
+use crate::writer::{SubmitError, WriteOutcome, WriterHandle};
+
+pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 255;
+pub const NOTE_CHARS_MAX: usize = 140;
+pub const EXTERNAL_REF_CHARS_MAX: usize = 128;
+pub const REASON_CHARS_MAX: usize = 500;
+/// How long a request waits for its batch to be durable.
+pub const SUBMIT_TIMEOUT_S_DEFAULT: u64 = 10;
+/// Wallet ids remembered as existing (saves a write per request).
+const KNOWN_WALLETS_MAX: usize = 1_000_000;
+
+/// The ledger service's state.
+#[derive(Clone)]
+pub struct Payments {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    writer: WriterHandle,
+    verifier: Arc<TokenVerifier>,
+    submit_timeout: Duration,
+    in_flight: Mutex<HashSet<IdempotencyKey>>,
+    known_wallets: Mutex<HashSet<String>>,
+}
+
+impl Payments {
+    pub fn new(db: Database, writer: WriterHandle, verifier: Arc<TokenVerifier>, submit_timeout: Duration) -> Self {
+        Payments {
+            inner: Arc::new(Inner {
+                db,
+                writer,
+                verifier,
+                submit_timeout,
+                in_flight: Mutex::default(),
+                known_wallets: Mutex::default(),
+            }),
+        }
+    }
+
+    pub fn writer(&self) -> &WriterHandle {
+        &self.inner.writer
+    }
+
+    async fn ensure_wallet(&self, account_id: &str, region: RegionCode) -> Result<(), sqlx::Error> {
+        if self.inner.known_wallets.lock().unwrap_or_else(|p| p.into_inner()).contains(account_id) {
+            return Ok(());
+        }
+        store::ensure_wallet(&self.inner.db, account_id, region, RegionRules::default_for(region).currency).await?;
+        let mut known = self.inner.known_wallets.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= KNOWN_WALLETS_MAX {
+            known.clear();
+        }
+        known.insert(account_id.to_owned());
+        Ok(())
+    }
+
+    /// Runs `command` under an idempotency key: replays a stored answer,
+    /// refuses a reused key, and otherwise waits for the writer.
+    async fn idempotent(
+        &self,
+        key: IdempotencyKey,
+        fingerprint: String,
+        initiator: String,
+        command: impl AsyncFnOnce() -> Result<Command, PaymentsError>,
+    ) -> Result<Response, HttpError> {
+        let _in_flight = InFlight::claim(&self.inner.in_flight, &key).ok_or(PaymentsError::IdempotencyKeyInUse)?;
+        if let Some((stored_fingerprint, response)) =
+            store::idempotent_response(&self.inner.db, &key).await.map_err(PaymentsError::from)?
+        {
+            return if stored_fingerprint == fingerprint {
+                Ok(stored(response))
+            } else {
+                Err(PaymentsError::IdempotencyKeyReused.into())
+            };
+        }
+        let command = command().await?;
+        self.submit(command, initiator, Some((key, fingerprint))).await
+    }
+
+    async fn submit(
+        &self,
+        command: Command,
+        initiator: String,
+        idempotency: Option<(IdempotencyKey, String)>,
+    ) -> Result<Response, HttpError> {
+        match self.inner.writer.submit(command, initiator, idempotency, self.inner.submit_timeout).await {
+            Ok(WriteOutcome::Response(response)) => Ok(stored(response)),
+            Ok(WriteOutcome::KeyReused) => Err(PaymentsError::IdempotencyKeyReused.into()),
+            Ok(WriteOutcome::Unavailable) | Err(SubmitError::Unavailable) => Err(PaymentsError::Unavailable.into()),
+            Err(SubmitError::Overloaded) => Err(PaymentsError::Overloaded.into()),
+        }
+    }
+}
+
+/// Marks an idempotency key as being processed for as long as it lives.
+struct InFlight<'a> {
+    set: &'a Mutex<HashSet<IdempotencyKey>>,
+    key: IdempotencyKey,
+}
+
+impl<'a> InFlight<'a> {
+    fn claim(set: &'a Mutex<HashSet<IdempotencyKey>>, key: &IdempotencyKey) -> Option<Self> {
+        set.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone()).then(|| InFlight { set, key: key.clone() })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
+fn stored(response: StoredResponse) -> Response {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json")], response.body).into_response()
+}
+
+impl FromRef<Payments> for Arc<TokenVerifier> {
+    fn from_ref(payments: &Payments) -> Self {
+        payments.inner.verifier.clone()
+    }
+}
+
+impl FromRef<Payments> for OperatorDirectory {
+    fn from_ref(payments: &Payments) -> Self {
+        OperatorDirectory(payments.inner.db.clone())
+    }
+}
+
+/// The ledger router.
+pub fn app(payments: Payments) -> Router {
+    Router::new()
+        .route("/v1/wallet", get(wallet))
+        .route("/v1/transfers", post(send).get(transfers))
+        .route("/v1/transfers/{id}", get(transfer))
+        .route("/admin/v1/deposits", post(deposit))
+        .route("/admin/v1/withdrawals", post(withdrawal))
+        .route("/admin/v1/accounts/{id}/freeze", post(freeze))
+        .route("/admin/v1/accounts/{id}/unfreeze", post(unfreeze))
+        .route("/admin/v1/reconciliation", get(reconciliation))
+        .with_state(payments)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(wallet, send, transfers, transfer, deposit, withdrawal, freeze, unfreeze, reconciliation),
+    components(schemas(ErrorBody, TransferView, Currency, RegionCode)),
+    tags((name = "payments", description = "Wallets and peer-to-peer transfers"),
+         (name = "finance-ops", description = "Operators: money in and out, freezes, reconciliation"))
+)]
+pub struct ApiDoc;
+
+/// The `Idempotency-Key` header, required on money-moving requests.
+fn idempotency_key(headers: &HeaderMap, scope: String) -> Result<IdempotencyKey, PaymentsError> {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|value| value.to_str().ok())
+        .filter(|key| {
+            !key.is_empty() && key.len() <= IDEMPOTENCY_KEY_CHARS_MAX && key.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or(PaymentsError::IdempotencyKeyRequired)?;
+    Ok(IdempotencyKey { scope, key: key.to_owned() })
+}
+
+/// Parses a JSON body into `T`, keeping its canonical form for the
+/// idempotency fingerprint (field order and spacing do not matter).
+fn parse_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &Bytes,
+    route: &str,
+) -> Result<(T, String), HttpError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with Content-Type: application/json",
+        ));
+    }
+    let value: serde_json::Value = courier_common::json::parse(body)?;
+    let parsed: T = serde_json::from_value(value.clone())
+        .map_err(|error| HttpError::invalid_request(format!("invalid JSON body: {error}")))?;
+    let fingerprint = format!("{:x}", Sha256::digest(format!("{route}\n{value}").as_bytes()));
+    Ok((parsed, fingerprint))
+}
+
+fn checked_text(value: &str, field: &str, max: usize) -> Result<String, PaymentsError> {
+    let value = value.trim();
+    if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
+        return Err(PaymentsError::InvalidRequest(format!("{field} must be 1 to {max} printable characters")));
+    }
+    Ok(value.to_owned())
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WalletView {
+    account_id: String,
+    region: RegionCode,
+    currency: Currency,
+    balance: String,
+    /// `active` or `frozen`.
+    status: &'static str,
+}
+
+/// My wallet, created on first use in a supported region.
+#[utoipa::path(get, path = "/v1/wallet", tag = "payments", security(("user" = [])),
+    responses((status = 200, body = WalletView),
+              (status = 403, description = "`region_not_supported`", body = ErrorBody)))]
+async fn wallet(State(payments): State<Payments>, user: AuthUser) -> Result<axum::Json<WalletView>, HttpError> {
+    let region = RegionCode::parse(user.region()).ok_or(PaymentsError::RegionNotSupported)?;
+    payments.ensure_wallet(user.account_id(), region).await.map_err(PaymentsError::from)?;
+    let wallet = store::wallet(&payments.inner.db, user.account_id())
+        .await
+        .map_err(PaymentsError::from)?
+        .ok_or(PaymentsError::NotFound("no wallet"))?;
+    Ok(axum::Json(WalletView {
+        account_id: wallet.id,
+        region: wallet.region,
+        currency: wallet.currency,
+        balance: format_minor(wallet.balance_minor, wallet.currency),
+        status: if wallet.frozen { "frozen" } else { "active" },
+    }))
+}
+
+/// The recipient: an account id or a phone number.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Recipient {
+    AccountId { account_id: String },
+    Phone { phone: String },
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    to: Recipient,
+    /// A decimal string with at most the currency's decimal places: `"150.00"`.
+    amount: String,
+    /// ISO 4217; must be your region's (`RUB` in RU, `BRL` in BR).
+    currency: String,
+    note: Option<String>,
+}
+
+/// Send money to someone in your region. Requires `Idempotency-Key`.
+#[utoipa::path(post, path = "/v1/transfers", tag = "payments", security(("user" = [])), request_body = TransferRequest,
+    params(("Idempotency-Key" = String, Header, description = "unique per request; a retry with the same key and body gets the original answer")),
+    responses((status = 201, body = TransferView, description = "durable"),
+              (status = 400, description = "`idempotency_key_required`, `invalid_amount`, `invalid_request`", body = ErrorBody),
+              (status = 403, description = "`region_not_supported`, `region_disabled`, `wallet_frozen`", body = ErrorBody),
+              (status = 404, description = "`recipient_not_found`", body = ErrorBody),
+              (status = 409, description = "`idempotency_key_in_use`", body = ErrorBody),
+              (status = 422, description = "`idempotency_key_reused`, `currency_mismatch`, `self_transfer`, `cross_region`, `recipient_frozen`, `insufficient_funds`, `limit_per_transfer`, `limit_daily`, `limit_monthly`, `limit_night`", body = ErrorBody),
+              (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
+async fn send(
+    State(payments): State<Payments>,
+    user: AuthUser,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let key = idempotency_key(&headers, format!("account:{}", user.account_id()))?;
+    let (request, fingerprint) = parse_body::<TransferRequest>(&headers, &body, "POST /v1/transfers")?;
+    let currency = Currency::parse(&request.currency);
+    let amount_minor = money::parse_minor(&request.amount, currency.unwrap_or(Currency::Rub), false)
+        .and_then(|minor| if minor == 0 { Err(money::AmountError::NotPositive) } else { Ok(minor) })
+        .map_err(|error| PaymentsError::InvalidAmount(error.to_string()))?;
+    let note = request.note.as_deref().map(|note| checked_text(note, "note", NOTE_CHARS_MAX)).transpose()?;
+    let recipient_phone = match &request.to {
+        Recipient::Phone { phone } => Some(
+            PhoneNumber::parse(phone)
+                .map_err(|error| HttpError::new(StatusCode::BAD_REQUEST, "invalid_phone", error.to_string()))?,
+        ),
+        Recipient::AccountId { .. } => None,
+    };
+    let from = user.account_id().to_owned();
+    let from_region = RegionCode::parse(user.region());
+    let db = payments.inner.db.clone();
+    let this = payments.clone();
+    payments
+        .idempotent(key, fingerprint, from.clone(), async move || {
+            if let Some(region) = from_region {
+                this.ensure_wallet(&from, region).await?;
+            }
+            let recipient = match (&request.to, recipient_phone) {
+                (Recipient::AccountId { account_id }, _) => courier_accounts::store::account(&db, account_id).await?,
+                (Recipient::Phone { .. }, Some(phone)) => {
+                    courier_accounts::store::account_by_phone(&db, &phone).await?
+                }
+                (Recipient::Phone { .. }, None) => None,
+            };
+            let to_region = recipient.as_ref().and_then(|account| RegionCode::parse(account.region()));
+            if let (Some(account), Some(region)) = (&recipient, to_region) {
+                this.ensure_wallet(&account.id, region).await?;
+            }
+            Ok(Command::P2p {
+                id: uuid::Uuid::now_v7().to_string(),
+                fee_id: uuid::Uuid::now_v7().to_string(),
+                from,
+                from_region,
+                to: recipient.map(|account| account.id),
+                to_region,
+                amount_minor,
+                currency,
+                note,
+            })
+        })
+        .await
+}
+
+/// My transfers, newest first.
+#[utoipa::path(get, path = "/v1/transfers", tag = "payments", security(("user" = [])), params(PageQuery),
+    responses((status = 200, body = inline(Page<TransferView>))))]
+async fn transfers(
+    State(payments): State<Payments>,
+    user: AuthUser,
+    Query(query): Query<PageQuery>,
+) -> Result<axum::Json<Page<TransferView>>, HttpError> {
+    let page = query.parse()?;
+    let rows = store::transfers_of(&payments.inner.db, user.account_id(), page.after.as_deref(), page.limit + 1)
+        .await
+        .map_err(PaymentsError::from)?;
+    Ok(axum::Json(Page::from_rows(rows, page.limit, |t| t.id.clone()).map(|t| TransferView::from(&t))))
+}
+
+/// One of my transfers.
+#[utoipa::path(get, path = "/v1/transfers/{id}", tag = "payments", security(("user" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = TransferView), (status = 404, description = "`not_found`, also for other people's", body = ErrorBody)))]
+async fn transfer(
+    State(payments): State<Payments>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<axum::Json<TransferView>, HttpError> {
+    let transfer = store::transfer_of(&payments.inner.db, user.account_id(), &id)
+        .await
+        .map_err(PaymentsError::from)?
+        .ok_or(PaymentsError::NotFound("no such transfer of yours"))?;
+    Ok(axum::Json(TransferView::from(&transfer)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalMoney {
+    account_id: String,
+    amount: String,
+    currency: String,
+    /// The payment rail's reference for this movement.
+    external_ref: String,
+}
+
+/// Record money entering a wallet through the region's settlement account.
+#[utoipa::path(post, path = "/admin/v1/deposits", tag = "finance-ops", security(("operator" = [])), request_body = ExternalMoney,
+    params(("Idempotency-Key" = String, Header)),
+    responses((status = 201, body = TransferView), (status = 403, description = "`forbidden`, `wallet_frozen`", body = ErrorBody),
+              (status = 404, description = "`not_found`", body = ErrorBody)))]
+async fn deposit(
+    State(payments): State<Payments>,
+    operator: Authorized<OperatorRole>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    external(payments, operator, headers, body, true).await
+}
+
+/// Record money leaving a wallet through the region's settlement account; never below zero.
+#[utoipa::path(post, path = "/admin/v1/withdrawals", tag = "finance-ops", security(("operator" = [])), request_body = ExternalMoney,
+    params(("Idempotency-Key" = String, Header)),
+    responses((status = 201, body = TransferView), (status = 422, description = "`insufficient_funds`", body = ErrorBody)))]
+async fn withdrawal(
+    State(payments): State<Payments>,
+    operator: Authorized<OperatorRole>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    external(payments, operator, headers, body, false).await
+}
+
+async fn external(
+    payments: Payments,
+    operator: Authorized<OperatorRole>,
+    headers: HeaderMap,
+    body: Bytes,
+    deposit: bool,
+) -> Result<Response, HttpError> {
+    let operator_id = operator.operator.operator_id;
+    let key = idempotency_key(&headers, format!("operator:{operator_id}"))?;
+    let route = if deposit { "POST /admin/v1/deposits" } else { "POST /admin/v1/withdrawals" };
+    let (request, fingerprint) = parse_body::<ExternalMoney>(&headers, &body, route)?;
+    let currency = Currency::parse(&request.currency).ok_or_else(|| {
+        PaymentsError::CurrencyMismatch(format!("{:?} is not a currency of a supported region", request.currency))
+    })?;
+    let amount =
+        Money::parse(&request.amount, currency).map_err(|error| PaymentsError::InvalidAmount(error.to_string()))?;
+    let external_ref = checked_text(&request.external_ref, "external_ref", EXTERNAL_REF_CHARS_MAX)?;
+    let this = payments.clone();
+    payments
+        .idempotent(key, fingerprint, operator_id.clone(), async move || {
+            let account = courier_accounts::store::account(&this.inner.db, &request.account_id)
+                .await?
+                .ok_or(PaymentsError::NotFound("no such account"))?;
+            let region = RegionCode::parse(account.region()).ok_or(PaymentsError::RegionNotSupported)?;
+            this.ensure_wallet(&account.id, region).await?;
+            let id = uuid::Uuid::now_v7().to_string();
+            Ok(if deposit {
+                Command::Deposit { id, wallet: account.id, amount, external_ref, operator: operator_id }
+            } else {
+                Command::Withdrawal { id, wallet: account.id, amount, external_ref, operator: operator_id }
+            })
+        })
+        .await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reason {
+    reason: String,
+}
+
+/// Freeze a wallet: it can neither send nor receive.
+#[utoipa::path(post, path = "/admin/v1/accounts/{id}/freeze", tag = "finance-ops", security(("operator" = [])),
+    params(("id" = String, Path)), request_body = Reason,
+    responses((status = 200, description = "`{\"account_id\",\"status\":\"frozen\"}`"), (status = 404, body = ErrorBody)))]
+async fn freeze(
+    State(payments): State<Payments>,
+    operator: Authorized<OperatorRole>,
+    Path(id): Path<String>,
+    courier_common::Json(body): courier_common::Json<Reason>,
+) -> Result<Response, HttpError> {
+    set_frozen(payments, operator, id, body, true).await
+}
+
+/// Unfreeze a wallet.
+#[utoipa::path(post, path = "/admin/v1/accounts/{id}/unfreeze", tag = "finance-ops", security(("operator" = [])),
+    params(("id" = String, Path)), request_body = Reason,
+    responses((status = 200, description = "`{\"account_id\",\"status\":\"active\"}`"), (status = 404, body = ErrorBody)))]
+async fn unfreeze(
+    State(payments): State<Payments>,
+    operator: Authorized<OperatorRole>,
+    Path(id): Path<String>,
+    courier_common::Json(body): courier_common::Json<Reason>,
+) -> Result<Response, HttpError> {
+    set_frozen(payments, operator, id, body, false).await
+}
+
+async fn set_frozen(
+    payments: Payments,
+    operator: Authorized<OperatorRole>,
+    id: String,
+    body: Reason,
+    frozen: bool,
+) -> Result<Response, HttpError> {
+    let reason = checked_text(&body.reason, "reason", REASON_CHARS_MAX)?;
+    let operator_id = operator.operator.operator_id;
+    tracing::info!(operator = %operator_id, account = %id, frozen, %reason, "wallet freeze changed");
+    payments.submit(Command::SetFrozen { wallet: id, frozen }, operator_id, None).await
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Reconciliation {
+    /// True when every currency sums to zero and every stored balance equals its transfers.
+    balanced: bool,
+    trial_balance: Vec<CurrencyTotal>,
+    mismatches: Vec<Mismatch>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CurrencyTotal {
+    currency: String,
+    total: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Mismatch {
+    account_id: String,
+    stored: String,
+    computed: String,
+}
+
+/// Trial balance and stored-versus-computed balances, from the database.
+#[utoipa::path(get, path = "/admin/v1/reconciliation", tag = "finance-ops", security(("operator" = [])),
+    responses((status = 200, body = Reconciliation)))]
+async fn reconciliation(
+    State(payments): State<Payments>,
+    _viewer: Authorized<Viewer>,
+) -> Result<axum::Json<Reconciliation>, HttpError> {
+    let db = &payments.inner.db;
+    let totals = store::trial_balance(db).await.map_err(PaymentsError::from)?;
+    let mismatches = store::balance_mismatches(db).await.map_err(PaymentsError::from)?;
+    let show = |minor: i64, currency: &str| match Currency::parse(currency) {
+        Some(currency) => format_minor(minor, currency),
+        None => minor.to_string(),
+    };
+    let balanced = mismatches.is_empty() && totals.iter().all(|(_, total)| *total == 0);
+    Ok(axum::Json(Reconciliation {
+        balanced,
+        trial_balance: totals
+            .iter()
+            .map(|(currency, total)| CurrencyTotal { currency: currency.clone(), total: show(*total, currency) })
+            .collect(),
+        mismatches: mismatches
+            .into_iter()
+            .map(|(account_id, stored, computed)| Mismatch {
+                account_id,
+                stored: stored.to_string(),
+                computed: computed.to_string(),
+            })
+            .collect(),
+    }))
+}

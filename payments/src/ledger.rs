@@ -1,0 +1,560 @@
+//! The ledger's core: plain code, no I/O. It holds the state of the ledger
+//! accounts it has been given, applies commands one at a time (each either
+//! produces balanced transfers or a refusal and changes nothing), and checks
+//! the invariants of a batch before the writer commits it.
+//!
+//! Every transfer moves a positive amount of one currency from a debit
+//! account to a credit account: it is a balanced pair of entries by
+//! construction. Balances are integer minor units.
+
+use std::collections::HashMap;
+
+use crate::money::{Currency, Money};
+use crate::region::{RegionCode, RegionRules};
+
+pub type AccountId = String;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AccountKind {
+    Wallet,
+    Settlement,
+    FeeRevenue,
+    Adjustments,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Wallet => "wallet",
+            AccountKind::Settlement => "settlement",
+            AccountKind::FeeRevenue => "fee_revenue",
+            AccountKind::Adjustments => "adjustments",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "wallet" => Some(AccountKind::Wallet),
+            "settlement" => Some(AccountKind::Settlement),
+            "fee_revenue" => Some(AccountKind::FeeRevenue),
+            "adjustments" => Some(AccountKind::Adjustments),
+            _ => None,
+        }
+    }
+}
+
+/// The id of a region's system account of `kind`, e.g. `sys:RU:settlement`.
+pub fn system_account(region: RegionCode, kind: AccountKind) -> AccountId {
+    format!("sys:{}:{}", region.as_str(), kind.as_str())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerAccount {
+    pub id: AccountId,
+    pub kind: AccountKind,
+    pub region: RegionCode,
+    pub currency: Currency,
+    pub balance_minor: i64,
+    pub frozen: bool,
+}
+
+/// A sender's P2P totals in the current local day, month and night.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub day_start_ms: i64,
+    pub day_minor: i64,
+    pub month_start_ms: i64,
+    pub month_minor: i64,
+    pub night_start_ms: Option<i64>,
+    pub night_minor: i64,
+}
+
+impl Usage {
+    /// Moves the windows to those of `windows`, starting fresh totals for any
+    /// window that has changed.
+    fn roll(&mut self, windows: crate::region::Windows) {
+        if self.day_start_ms != windows.day_start_ms {
+            self.day_start_ms = windows.day_start_ms;
+            self.day_minor = 0;
+        }
+        if self.month_start_ms != windows.month_start_ms {
+            self.month_start_ms = windows.month_start_ms;
+            self.month_minor = 0;
+        }
+        if self.night_start_ms != windows.night_start_ms {
+            self.night_start_ms = windows.night_start_ms;
+            self.night_minor = 0;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransferKind {
+    P2p,
+    Fee,
+    Deposit,
+    Withdrawal,
+}
+
+impl TransferKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferKind::P2p => "p2p",
+            TransferKind::Fee => "fee",
+            TransferKind::Deposit => "deposit",
+            TransferKind::Withdrawal => "withdrawal",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "p2p" => Some(TransferKind::P2p),
+            "fee" => Some(TransferKind::Fee),
+            "deposit" => Some(TransferKind::Deposit),
+            "withdrawal" => Some(TransferKind::Withdrawal),
+            _ => None,
+        }
+    }
+}
+
+/// An immutable movement of money: `amount_minor` from `debit` to `credit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub id: String,
+    pub kind: TransferKind,
+    pub debit: AccountId,
+    pub credit: AccountId,
+    pub amount_minor: i64,
+    /// For a P2P transfer, the fee its linked fee transfer carries.
+    pub fee_minor: i64,
+    pub currency: Currency,
+    pub region: RegionCode,
+    /// A fee transfer names its P2P transfer.
+    pub linked_id: Option<String>,
+    /// The account or operator that asked for it.
+    pub initiator: String,
+    pub note: Option<String>,
+    pub external_ref: Option<String>,
+    pub created_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// A person sends money. `to` is `None` when no such account exists;
+    /// regions are `None` when the account's region is not supported.
+    P2p {
+        id: String,
+        fee_id: String,
+        from: AccountId,
+        from_region: Option<RegionCode>,
+        to: Option<AccountId>,
+        to_region: Option<RegionCode>,
+        amount_minor: i64,
+        /// `None` when the request named a currency no region uses.
+        currency: Option<Currency>,
+        note: Option<String>,
+    },
+    /// Money enters a wallet from the region's settlement account.
+    Deposit {
+        id: String,
+        wallet: AccountId,
+        amount: Money,
+        external_ref: String,
+        operator: String,
+    },
+    /// Money leaves a wallet to the region's settlement account.
+    Withdrawal {
+        id: String,
+        wallet: AccountId,
+        amount: Money,
+        external_ref: String,
+        operator: String,
+    },
+    SetFrozen {
+        wallet: AccountId,
+        frozen: bool,
+    },
+}
+
+impl Command {
+    /// The ledger accounts this command may read or change.
+    pub fn accounts(&self) -> Vec<AccountId> {
+        match self {
+            Command::P2p { from, from_region, to, .. } => {
+                let mut ids = vec![from.clone()];
+                ids.extend(to.iter().cloned());
+                ids.extend(from_region.map(|region| system_account(region, AccountKind::FeeRevenue)));
+                ids
+            }
+            Command::Deposit { wallet, .. } | Command::Withdrawal { wallet, .. } => {
+                vec![wallet.clone()]
+            }
+            Command::SetFrozen { wallet, .. } => vec![wallet.clone()],
+        }
+    }
+}
+
+/// Why a command changed nothing. Each has its own stable error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    RegionNotSupported,
+    RegionDisabled,
+    CurrencyMismatch,
+    RecipientNotFound,
+    SelfTransfer,
+    CrossRegion,
+    WalletFrozen,
+    RecipientFrozen,
+    InsufficientFunds,
+    LimitPerTransfer,
+    LimitDaily,
+    LimitMonthly,
+    LimitNight,
+    WalletNotFound,
+}
+
+impl Refusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::RegionNotSupported => "region_not_supported",
+            Refusal::RegionDisabled => "region_disabled",
+            Refusal::CurrencyMismatch => "currency_mismatch",
+            Refusal::RecipientNotFound => "recipient_not_found",
+            Refusal::SelfTransfer => "self_transfer",
+            Refusal::CrossRegion => "cross_region",
+            Refusal::WalletFrozen => "wallet_frozen",
+            Refusal::RecipientFrozen => "recipient_frozen",
+            Refusal::InsufficientFunds => "insufficient_funds",
+            Refusal::LimitPerTransfer => "limit_per_transfer",
+            Refusal::LimitDaily => "limit_daily",
+            Refusal::LimitMonthly => "limit_monthly",
+            Refusal::LimitNight => "limit_night",
+            Refusal::WalletNotFound => "not_found",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::RegionNotSupported => "payments are not available in your region",
+            Refusal::RegionDisabled => "payments in this region are paused; try again later",
+            Refusal::CurrencyMismatch => "the currency must be the one of your region",
+            Refusal::RecipientNotFound => "there is no such recipient",
+            Refusal::SelfTransfer => "you cannot send money to yourself",
+            Refusal::CrossRegion => "money can only be sent to someone in your own region",
+            Refusal::WalletFrozen => "this wallet is frozen; contact support",
+            Refusal::RecipientFrozen => "the recipient's wallet cannot receive money right now",
+            Refusal::InsufficientFunds => "the balance does not cover the amount and the fee",
+            Refusal::LimitPerTransfer => "the amount is over the per-transfer limit of your region",
+            Refusal::LimitDaily => "this would exceed your daily limit",
+            Refusal::LimitMonthly => "this would exceed your monthly limit",
+            Refusal::LimitNight => "this would exceed the night-time limit (20:00 to 06:00)",
+            Refusal::WalletNotFound => "there is no such wallet",
+        }
+    }
+
+    /// 4xx status: 403 for what the sender may not do at all, 404 for a
+    /// missing party, 422 for a well-formed request the ledger refuses.
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::RegionNotSupported | Refusal::RegionDisabled | Refusal::WalletFrozen => 403,
+            Refusal::RecipientNotFound | Refusal::WalletNotFound => 404,
+            _ => 422,
+        }
+    }
+}
+
+/// The in-memory ledger: the accounts and usage loaded so far, and the
+/// regions' rules.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    pub accounts: HashMap<AccountId, LedgerAccount>,
+    pub usage: HashMap<AccountId, Usage>,
+    pub regions: HashMap<RegionCode, RegionRules>,
+}
+
+/// What a batch touched, saved so that a failed commit can be undone.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    accounts: Vec<(AccountId, Option<LedgerAccount>)>,
+    usage: Vec<(AccountId, Option<Usage>)>,
+}
+
+impl Ledger {
+    /// Saves the state of `ids` (accounts and usage).
+    pub fn snapshot<'a>(&self, ids: impl IntoIterator<Item = &'a AccountId>) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for id in ids {
+            snapshot.accounts.push((id.clone(), self.accounts.get(id).cloned()));
+            snapshot.usage.push((id.clone(), self.usage.get(id).copied()));
+        }
+        snapshot
+    }
+
+    /// Puts back what `snapshot` saved.
+    pub fn restore(&mut self, snapshot: Snapshot) {
+        for (id, account) in snapshot.accounts {
+            match account {
+                Some(account) => self.accounts.insert(id, account),
+                None => self.accounts.remove(&id),
+            };
+        }
+        for (id, usage) in snapshot.usage {
+            match usage {
+                Some(usage) => self.usage.insert(id, usage),
+                None => self.usage.remove(&id),
+            };
+        }
+    }
+
+    /// Applies one command at `now_ms`: the transfers it made, or why it made
+    /// none (and then nothing changed).
+    pub fn apply(&mut self, command: &Command, initiator: &str, now_ms: i64) -> Result<Vec<Transfer>, Refusal> {
+        match command {
+            Command::P2p { id, fee_id, from, from_region, to, to_region, amount_minor, currency, note } => self.p2p(
+                P2pRequest {
+                    id,
+                    fee_id,
+                    from,
+                    from_region: *from_region,
+                    to: to.as_ref(),
+                    to_region: *to_region,
+                    amount_minor: *amount_minor,
+                    currency: *currency,
+                    note: note.as_ref(),
+                },
+                initiator,
+                now_ms,
+            ),
+            Command::Deposit { id, wallet, amount, external_ref, operator } => {
+                self.external(TransferKind::Deposit, id, wallet, *amount, external_ref, operator, now_ms)
+            }
+            Command::Withdrawal { id, wallet, amount, external_ref, operator } => {
+                self.external(TransferKind::Withdrawal, id, wallet, *amount, external_ref, operator, now_ms)
+            }
+            Command::SetFrozen { wallet, frozen } => {
+                let account = self.wallet_mut(wallet).ok_or(Refusal::WalletNotFound)?;
+                account.frozen = *frozen;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn wallet_mut(&mut self, id: &str) -> Option<&mut LedgerAccount> {
+        self.accounts.get_mut(id).filter(|account| account.kind == AccountKind::Wallet)
+    }
+
+    fn p2p(&mut self, request: P2pRequest<'_>, initiator: &str, now_ms: i64) -> Result<Vec<Transfer>, Refusal> {
+        let region = request.from_region.ok_or(Refusal::RegionNotSupported)?;
+        let rules = self.regions.get(&region).ok_or(Refusal::RegionNotSupported)?.clone();
+        let sender = self.wallet_mut(request.from).ok_or(Refusal::RegionNotSupported)?.clone();
+        if !rules.enabled {
+            return Err(Refusal::RegionDisabled);
+        }
+        if request.currency != Some(sender.currency) {
+            return Err(Refusal::CurrencyMismatch);
+        }
+        let to = request.to.ok_or(Refusal::RecipientNotFound)?;
+        if to == request.from {
+            return Err(Refusal::SelfTransfer);
+        }
+        if request.to_region != Some(region) {
+            return Err(Refusal::CrossRegion);
+        }
+        let recipient = self.accounts.get(to).filter(|a| a.kind == AccountKind::Wallet).ok_or(Refusal::CrossRegion)?;
+        if sender.frozen {
+            return Err(Refusal::WalletFrozen);
+        }
+        if recipient.frozen {
+            return Err(Refusal::RecipientFrozen);
+        }
+        let amount = request.amount_minor;
+        if amount > rules.per_transfer_max_minor {
+            return Err(Refusal::LimitPerTransfer);
+        }
+        let mut usage = self.usage.get(request.from).copied().unwrap_or_default();
+        usage.roll(rules.windows(now_ms));
+        if usage.day_minor + amount > rules.daily_max_minor {
+            return Err(Refusal::LimitDaily);
+        }
+        if usage.month_minor + amount > rules.monthly_max_minor {
+            return Err(Refusal::LimitMonthly);
+        }
+        if let (Some(night_max), Some(_)) = (rules.night_max_minor, usage.night_start_ms) {
+            if usage.night_minor + amount > night_max {
+                return Err(Refusal::LimitNight);
+            }
+        }
+        let fee = rules.fee.fee_minor(usage.month_minor, amount);
+        if sender.balance_minor < amount + fee {
+            return Err(Refusal::InsufficientFunds);
+        }
+        let fee_account = system_account(region, AccountKind::FeeRevenue);
+        if fee > 0 && !self.accounts.contains_key(&fee_account) {
+            // The migrations create every region's system accounts.
+            return Err(Refusal::RegionNotSupported);
+        }
+
+        // Every check passed: change state.
+        usage.day_minor += amount;
+        usage.month_minor += amount;
+        if usage.night_start_ms.is_some() {
+            usage.night_minor += amount;
+        }
+        self.usage.insert(request.from.clone(), usage);
+        self.move_money(request.from, to, amount);
+        let transfer = Transfer {
+            id: request.id.clone(),
+            kind: TransferKind::P2p,
+            debit: request.from.clone(),
+            credit: to.clone(),
+            amount_minor: amount,
+            fee_minor: fee,
+            currency: sender.currency,
+            region,
+            linked_id: None,
+            initiator: initiator.to_owned(),
+            note: request.note.cloned(),
+            external_ref: None,
+            created_at_ms: now_ms,
+        };
+        let mut transfers = vec![transfer];
+        if fee > 0 {
+            self.move_money(request.from, &fee_account, fee);
+            transfers.push(Transfer {
+                id: request.fee_id.clone(),
+                kind: TransferKind::Fee,
+                debit: request.from.clone(),
+                credit: fee_account,
+                amount_minor: fee,
+                fee_minor: 0,
+                currency: sender.currency,
+                region,
+                linked_id: Some(request.id.clone()),
+                initiator: initiator.to_owned(),
+                note: None,
+                external_ref: None,
+                created_at_ms: now_ms,
+            });
+        }
+        Ok(transfers)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn external(
+        &mut self,
+        kind: TransferKind,
+        id: &str,
+        wallet: &AccountId,
+        amount: Money,
+        external_ref: &str,
+        operator: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Transfer>, Refusal> {
+        let account = self.wallet_mut(wallet).ok_or(Refusal::WalletNotFound)?.clone();
+        if amount.currency() != account.currency {
+            return Err(Refusal::CurrencyMismatch);
+        }
+        if account.frozen {
+            return Err(Refusal::WalletFrozen);
+        }
+        let settlement = system_account(account.region, AccountKind::Settlement);
+        if !self.accounts.contains_key(&settlement) {
+            return Err(Refusal::RegionNotSupported);
+        }
+        let (debit, credit) = match kind {
+            TransferKind::Withdrawal => {
+                if account.balance_minor < amount.minor() {
+                    return Err(Refusal::InsufficientFunds);
+                }
+                (wallet.clone(), settlement)
+            }
+            _ => (settlement, wallet.clone()),
+        };
+        self.move_money(&debit, &credit, amount.minor());
+        Ok(vec![Transfer {
+            id: id.to_owned(),
+            kind,
+            debit,
+            credit,
+            amount_minor: amount.minor(),
+            fee_minor: 0,
+            currency: account.currency,
+            region: account.region,
+            linked_id: None,
+            initiator: operator.to_owned(),
+            note: None,
+            external_ref: Some(external_ref.to_owned()),
+            created_at_ms: now_ms,
+        }])
+    }
+
+    fn move_money(&mut self, debit: &str, credit: &str, amount: i64) {
+        if let Some(account) = self.accounts.get_mut(debit) {
+            account.balance_minor -= amount;
+        }
+        if let Some(account) = self.accounts.get_mut(credit) {
+            account.balance_minor += amount;
+        }
+    }
+
+    /// Checks a batch before commit. `before` holds the balances, before the
+    /// batch, of every account the batch could touch. Every transfer must be
+    /// positive and in its accounts' currency; every one of those accounts
+    /// must now hold its balance before plus the batch's transfers (so nothing
+    /// moved outside a transfer); no wallet may be negative; and per currency
+    /// the accounts must hold in total what they held before.
+    pub fn verify_batch(&self, before: &HashMap<AccountId, i64>, transfers: &[Transfer]) -> Result<(), String> {
+        let mut expected = before.clone();
+        for transfer in transfers {
+            if transfer.amount_minor <= 0 {
+                return Err(format!("transfer {} has a non-positive amount", transfer.id));
+            }
+            for id in [&transfer.debit, &transfer.credit] {
+                let account = self
+                    .accounts
+                    .get(id)
+                    .ok_or_else(|| format!("transfer {} names unknown account {id}", transfer.id))?;
+                if account.currency != transfer.currency {
+                    return Err(format!(
+                        "transfer {} is in {} but {id} holds {}",
+                        transfer.id, transfer.currency, account.currency
+                    ));
+                }
+                if !before.contains_key(id) {
+                    return Err(format!("transfer {} touches {id}, which the batch did not account for", transfer.id));
+                }
+            }
+            *expected.entry(transfer.debit.clone()).or_default() -= transfer.amount_minor;
+            *expected.entry(transfer.credit.clone()).or_default() += transfer.amount_minor;
+        }
+        let mut totals_before: HashMap<Currency, i64> = HashMap::new();
+        let mut totals_after: HashMap<Currency, i64> = HashMap::new();
+        for (id, balance) in &expected {
+            let account = self.accounts.get(id).ok_or_else(|| format!("account {id} vanished"))?;
+            if account.balance_minor != *balance {
+                return Err(format!("account {id} holds {} but its transfers give {balance}", account.balance_minor));
+            }
+            if account.kind == AccountKind::Wallet && account.balance_minor < 0 {
+                return Err(format!("wallet {id} would go negative: {}", account.balance_minor));
+            }
+            *totals_before.entry(account.currency).or_default() += before[id];
+            *totals_after.entry(account.currency).or_default() += account.balance_minor;
+        }
+        if totals_before != totals_after {
+            return Err(format!("the batch does not net to zero: {totals_before:?} became {totals_after:?}"));
+        }
+        Ok(())
+    }
+}
+
+struct P2pRequest<'a> {
+    id: &'a String,
+    fee_id: &'a String,
+    from: &'a AccountId,
+    from_region: Option<RegionCode>,
+    to: Option<&'a AccountId>,
+    to_region: Option<RegionCode>,
+    amount_minor: i64,
+    currency: Option<Currency>,
+    note: Option<&'a String>,
+}

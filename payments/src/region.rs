@@ -1,0 +1,217 @@
+//! Supported regions and their rules: currency, local time zone, limits per
+//! transfer, per local day and per local month, an optional night-time limit
+//! (Brazil's Pix rule) and the fee rule (Russia's Faster Payments System).
+
+use jiff::civil::Time;
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ToSpan, Zoned};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::money::Currency;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub enum RegionCode {
+    #[serde(rename = "RU")]
+    Ru,
+    #[serde(rename = "BR")]
+    Br,
+}
+
+impl RegionCode {
+    pub const ALL: [RegionCode; 2] = [RegionCode::Ru, RegionCode::Br];
+
+    /// ISO 3166-1 alpha-2 to a supported region; `None` for any other.
+    pub fn parse(code: &str) -> Option<Self> {
+        match code {
+            "RU" => Some(RegionCode::Ru),
+            "BR" => Some(RegionCode::Br),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegionCode::Ru => "RU",
+            RegionCode::Br => "BR",
+        }
+    }
+}
+
+/// How the fee for a P2P transfer is computed. The sender pays it on top.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeeRule {
+    None,
+    /// Free while the sender's P2P total this local month stays within
+    /// `free_monthly_minor`; then `rate_bp` basis points of the part above,
+    /// at most `cap_minor` per transfer (RU Faster Payments System).
+    FreeMonthlyThenRate {
+        free_monthly_minor: i64,
+        rate_bp: i64,
+        cap_minor: i64,
+    },
+}
+
+impl FeeRule {
+    /// The fee for sending `amount_minor` when `month_total_minor` was already
+    /// sent this month. Basis-point fractions round half up to the minor unit.
+    pub fn fee_minor(self, month_total_minor: i64, amount_minor: i64) -> i64 {
+        match self {
+            FeeRule::None => 0,
+            FeeRule::FreeMonthlyThenRate { free_monthly_minor, rate_bp, cap_minor } => {
+                let after = month_total_minor.saturating_add(amount_minor);
+                let charged = after - month_total_minor.max(free_monthly_minor);
+                if charged <= 0 {
+                    return 0;
+                }
+                let fee = (i128::from(charged) * i128::from(rate_bp) + 5_000) / 10_000;
+                i64::try_from(fee).unwrap_or(i64::MAX).min(cap_minor)
+            }
+        }
+    }
+}
+
+/// The rules of one region, as operators have set them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegionRules {
+    pub code: RegionCode,
+    pub enabled: bool,
+    pub currency: Currency,
+    pub time_zone: String,
+    pub per_transfer_max_minor: i64,
+    pub daily_max_minor: i64,
+    pub monthly_max_minor: i64,
+    /// At most this much in total between `night_start_hour` and
+    /// `night_end_hour` local time.
+    pub night_max_minor: Option<i64>,
+    pub night_start_hour: i8,
+    pub night_end_hour: i8,
+    pub fee: FeeRule,
+}
+
+/// The local-time windows a moment falls in, as UTC millisecond starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Windows {
+    pub day_start_ms: i64,
+    pub month_start_ms: i64,
+    /// The start of the night this moment is in, if it is night.
+    pub night_start_ms: Option<i64>,
+}
+
+impl RegionRules {
+    /// The defaults drawn from the real rails (DESIGN.md).
+    pub fn default_for(code: RegionCode) -> Self {
+        match code {
+            RegionCode::Ru => RegionRules {
+                code,
+                enabled: true,
+                currency: Currency::Rub,
+                time_zone: "Europe/Moscow".into(),
+                per_transfer_max_minor: 100_000_00,
+                daily_max_minor: 150_000_00,
+                monthly_max_minor: 600_000_00,
+                night_max_minor: None,
+                night_start_hour: 20,
+                night_end_hour: 6,
+                fee: FeeRule::FreeMonthlyThenRate { free_monthly_minor: 100_000_00, rate_bp: 50, cap_minor: 1_500_00 },
+            },
+            RegionCode::Br => RegionRules {
+                code,
+                enabled: true,
+                currency: Currency::Brl,
+                time_zone: "America/Sao_Paulo".into(),
+                per_transfer_max_minor: 5_000_00,
+                daily_max_minor: 10_000_00,
+                monthly_max_minor: 50_000_00,
+                night_max_minor: Some(1_000_00),
+                night_start_hour: 20,
+                night_end_hour: 6,
+                fee: FeeRule::None,
+            },
+        }
+    }
+
+    fn zone(&self) -> TimeZone {
+        // Zones are validated when rules are stored; UTC is a safe fallback.
+        TimeZone::get(&self.time_zone).unwrap_or(TimeZone::UTC)
+    }
+
+    /// The local day, month and night windows `at_ms` falls in.
+    pub fn windows(&self, at_ms: i64) -> Windows {
+        let at = Timestamp::from_millisecond(at_ms).unwrap_or(Timestamp::UNIX_EPOCH).to_zoned(self.zone());
+        let day_start = at.start_of_day().unwrap_or_else(|_| at.clone());
+        let month_start = at.first_of_month().and_then(|z| z.start_of_day()).unwrap_or_else(|_| day_start.clone());
+        let hour = at.hour();
+        let night_start = if self.night_max_minor.is_none() {
+            None
+        } else if hour >= self.night_start_hour {
+            at_hour(&day_start, self.night_start_hour)
+        } else if hour < self.night_end_hour {
+            day_start.checked_sub(1.day()).ok().and_then(|yesterday| at_hour(&yesterday, self.night_start_hour))
+        } else {
+            None
+        };
+        Windows {
+            day_start_ms: day_start.timestamp().as_millisecond(),
+            month_start_ms: month_start.timestamp().as_millisecond(),
+            night_start_ms: night_start.map(|z| z.timestamp().as_millisecond()),
+        }
+    }
+}
+
+fn at_hour(day: &Zoned, hour: i8) -> Option<Zoned> {
+    day.with().time(Time::new(hour, 0, 0, 0).ok()?).build().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(rfc3339: &str) -> i64 {
+        rfc3339.parse::<Timestamp>().unwrap().as_millisecond()
+    }
+
+    #[test]
+    fn ru_fee_is_free_to_100k_a_month_then_half_a_percent_capped() {
+        let fee = RegionRules::default_for(RegionCode::Ru).fee;
+        assert_eq!(fee.fee_minor(0, 100_000_00), 0, "exactly at the free allowance");
+        assert_eq!(fee.fee_minor(0, 100_000_01), 0, "0.5 % of 0.01 rounds to 0.00");
+        assert_eq!(fee.fee_minor(90_000_00, 20_000_00), 50_00, "0.5 % of the 10,000 above");
+        assert_eq!(fee.fee_minor(150_000_00, 10_000_00), 50_00, "all of it above");
+        assert_eq!(fee.fee_minor(150_000_00, 100_000_00), 500_00);
+        assert_eq!(fee.fee_minor(500_000_00, 1_000_000_00), 1_500_00, "capped");
+        assert_eq!(fee.fee_minor(100_000_00, 1_00), 1, "0.5 % of 1.00 is 0.005: half up to 0.01");
+        assert_eq!(RegionRules::default_for(RegionCode::Br).fee.fee_minor(0, 1_000_00), 0);
+    }
+
+    #[test]
+    fn windows_follow_local_time() {
+        let ru = RegionRules::default_for(RegionCode::Ru);
+        // 2026-03-31 22:30 UTC is 2026-04-01 01:30 in Moscow (UTC+3).
+        let w = ru.windows(ms("2026-03-31T22:30:00Z"));
+        assert_eq!(w.day_start_ms, ms("2026-03-31T21:00:00Z"));
+        assert_eq!(w.month_start_ms, ms("2026-03-31T21:00:00Z"));
+        assert_eq!(w.night_start_ms, None, "RU has no night rule");
+    }
+
+    #[test]
+    fn brazil_nights_run_from_20_to_06_local() {
+        let br = RegionRules::default_for(RegionCode::Br);
+        // São Paulo is UTC-3.
+        assert_eq!(br.windows(ms("2026-06-10T22:59:00Z")).night_start_ms, None, "19:59 local");
+        assert_eq!(br.windows(ms("2026-06-10T23:00:00Z")).night_start_ms, Some(ms("2026-06-10T23:00:00Z")), "20:00");
+        assert_eq!(
+            br.windows(ms("2026-06-11T08:59:00Z")).night_start_ms,
+            Some(ms("2026-06-10T23:00:00Z")),
+            "05:59 the next morning belongs to the same night"
+        );
+        assert_eq!(br.windows(ms("2026-06-11T09:00:00Z")).night_start_ms, None, "06:00");
+    }
+
+    #[test]
+    fn region_codes() {
+        assert_eq!(RegionCode::parse("RU"), Some(RegionCode::Ru));
+        assert_eq!(RegionCode::parse("DE"), None);
+        assert_eq!(RegionCode::parse("ru"), None);
+    }
+}

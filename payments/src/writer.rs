@@ -1,0 +1,477 @@
+//! The single ledger writer (group commit). Requests enter a bounded queue;
+//! the writer takes up to a batch of them, applies them in order to the
+//! in-memory ledger, checks the batch's invariants, and writes the whole
+//! batch (transfers, balances, idempotency keys) in one transaction with one
+//! durable commit. Each request is answered only after its batch is durable.
+//!
+//! Exactly one writer runs per database: on PostgreSQL it holds an advisory
+//! lock, on SQLite an exclusive lock on a file beside the database. A second
+//! process waits as a standby and takes over when the first dies.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use courier_common::shutdown::CancellationToken;
+use courier_common::time::now_ms;
+use courier_common::{Backend, Database};
+use sqlx::AnyConnection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ledger::{AccountId, AccountKind, Command, Ledger};
+use crate::store::{self, BatchWrite, IdempotencyKey, StoredResponse};
+use crate::view;
+
+/// The PostgreSQL advisory lock that makes one process the writer ("courledg").
+const WRITER_LOCK_KEY: i64 = 0x636f_7572_6c65_6467;
+const STANDBY_POLL: Duration = Duration::from_millis(500);
+const IDEMPOTENCY_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Requests waiting for the writer; a full queue answers 503 `overloaded`.
+    pub queue_len_max: usize,
+    /// Requests applied in one transaction.
+    pub batch_len_max: usize,
+    /// How long idempotency keys are kept.
+    pub idempotency_ttl_s: u64,
+    /// Ledger accounts cached in memory before the cache is dropped and
+    /// reloaded on demand.
+    pub cache_accounts_max: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            queue_len_max: 16_384,
+            batch_len_max: 1_024,
+            idempotency_ttl_s: 24 * 3_600,
+            cache_accounts_max: 1_000_000,
+        }
+    }
+}
+
+/// How the writer makes itself the only one.
+#[derive(Debug, Clone)]
+pub enum WriterLock {
+    /// A PostgreSQL advisory lock on the writer's connection.
+    PostgresAdvisory,
+    /// An exclusive lock on this file (SQLite: beside the database).
+    File(PathBuf),
+}
+
+impl WriterLock {
+    pub fn for_database(database: &Database, sqlite_lock_file: PathBuf) -> Self {
+        match database.backend() {
+            Backend::Postgres => WriterLock::PostgresAdvisory,
+            Backend::Sqlite => WriterLock::File(sqlite_lock_file),
+        }
+    }
+}
+
+pub struct WriteRequest {
+    pub command: Command,
+    pub initiator: String,
+    /// The key and the request's fingerprint.
+    pub idempotency: Option<(IdempotencyKey, String)>,
+    pub reply: oneshot::Sender<WriteOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Applied and durable, refused and remembered, or replayed.
+    Response(StoredResponse),
+    /// The key was used before with a different request.
+    KeyReused,
+    /// The batch could not be committed; nothing of it may be assumed.
+    Unavailable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue is full: retry shortly.
+    Overloaded,
+    /// No writer is running (standby, shutting down, or failed).
+    Unavailable,
+}
+
+/// Batch-size distribution: bucket `i` counts batches of 2^i to 2^(i+1)-1.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub batches: AtomicU64,
+    pub requests: AtomicU64,
+    pub batch_size_buckets: [AtomicU64; 16],
+}
+
+#[derive(Clone)]
+pub struct WriterHandle {
+    queue: mpsc::Sender<WriteRequest>,
+    active: Arc<AtomicBool>,
+    pub stats: Arc<WriterStats>,
+}
+
+impl WriterHandle {
+    /// Whether this process's writer holds the lock and is applying batches.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Queues a request and waits up to `deadline` for its durable outcome.
+    pub async fn submit(
+        &self,
+        command: Command,
+        initiator: String,
+        idempotency: Option<(IdempotencyKey, String)>,
+        deadline: Duration,
+    ) -> Result<WriteOutcome, SubmitError> {
+        let (reply, outcome) = oneshot::channel();
+        self.queue.try_send(WriteRequest { command, initiator, idempotency, reply }).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Unavailable,
+        })?;
+        match tokio::time::timeout(deadline, outcome).await {
+            Ok(Ok(outcome)) => Ok(outcome),
+            _ => Err(SubmitError::Unavailable),
+        }
+    }
+}
+
+/// Starts the writer task. It waits as a standby until it holds the lock,
+/// and drains its queue when `shutdown` is cancelled.
+pub fn spawn(
+    database: Database,
+    lock: WriterLock,
+    config: WriterConfig,
+    shutdown: CancellationToken,
+) -> (WriterHandle, tokio::task::JoinHandle<()>) {
+    let (queue, requests) = mpsc::channel(config.queue_len_max.max(1));
+    let active = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(WriterStats::default());
+    let handle = WriterHandle { queue, active: active.clone(), stats: stats.clone() };
+    let task = tokio::spawn(run(database, lock, config, shutdown, requests, active, stats));
+    (handle, task)
+}
+
+/// Holds the writer's exclusivity for as long as it lives.
+enum Held {
+    Postgres,
+    File(#[allow(dead_code)] std::fs::File),
+}
+
+async fn acquire(
+    database: &Database,
+    lock: &WriterLock,
+    shutdown: &CancellationToken,
+) -> Option<(AnyConnection, Held)> {
+    let mut announced = false;
+    loop {
+        let attempt: Result<Option<(AnyConnection, Held)>, String> = async {
+            let mut connection = database.pool().acquire().await.map_err(|e| e.to_string())?.detach();
+            match lock {
+                WriterLock::PostgresAdvisory => {
+                    let (held,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                        .bind(WRITER_LOCK_KEY)
+                        .fetch_one(&mut connection)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(held.then_some((connection, Held::Postgres)))
+                }
+                WriterLock::File(path) => {
+                    let file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(path)
+                        .map_err(|e| format!("cannot open the writer lock file {}: {e}", path.display()))?;
+                    match file.try_lock() {
+                        Ok(()) => Ok(Some((connection, Held::File(file)))),
+                        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+                        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+                    }
+                }
+            }
+        }
+        .await;
+        match attempt {
+            Ok(Some(held)) => return Some(held),
+            Ok(None) if !announced => {
+                tracing::info!("another ledger writer holds the lock: waiting as a standby");
+                announced = true;
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "ledger writer cannot start yet; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(STANDBY_POLL) => {}
+        }
+    }
+}
+
+async fn run(
+    database: Database,
+    lock: WriterLock,
+    config: WriterConfig,
+    shutdown: CancellationToken,
+    mut requests: mpsc::Receiver<WriteRequest>,
+    active: Arc<AtomicBool>,
+    stats: Arc<WriterStats>,
+) {
+    loop {
+        let Some((mut connection, held)) = acquire(&database, &lock, &shutdown).await else {
+            requests.close();
+            return;
+        };
+        let mut writer = Writer { ledger: Ledger::default(), config: config.clone(), system: Vec::new() };
+        if let Err(error) = writer.load_system(&mut connection).await {
+            tracing::error!(%error, "ledger writer cannot load the system accounts; retrying");
+            drop(held);
+            tokio::time::sleep(STANDBY_POLL).await;
+            continue;
+        }
+        active.store(true, Ordering::SeqCst);
+        metrics::gauge!("ledger_writer_active").set(1.0);
+        tracing::info!("ledger writer active");
+        let mut sweep = tokio::time::interval(IDEMPOTENCY_SWEEP_EVERY);
+        let failure = loop {
+            let first = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => None,
+                request = requests.recv() => request,
+                _ = sweep.tick() => {
+                    let before = now_ms() - i64::try_from(config.idempotency_ttl_s * 1_000).unwrap_or(i64::MAX);
+                    match store::expire_idempotency_keys(&mut connection, before).await {
+                        Ok(0) => {}
+                        Ok(expired) => tracing::info!(expired, "expired idempotency keys"),
+                        Err(error) => break Some(error),
+                    }
+                    continue;
+                }
+            };
+            let Some(first) = first else {
+                // Shutdown: accept nothing new, apply what is queued, stop.
+                requests.close();
+                while let Some(batch) = take_batch(&mut requests, None, config.batch_len_max) {
+                    if let Err(error) = writer.process(&mut connection, batch, &stats).await {
+                        tracing::error!(%error, "ledger batch failed during shutdown");
+                        break;
+                    }
+                }
+                active.store(false, Ordering::SeqCst);
+                tracing::info!("ledger writer drained and stopped");
+                return;
+            };
+            let batch = take_batch(&mut requests, Some(first), config.batch_len_max).unwrap_or_default();
+            if let Err(error) = writer.process(&mut connection, batch, &stats).await {
+                break Some(error);
+            }
+        };
+        active.store(false, Ordering::SeqCst);
+        metrics::gauge!("ledger_writer_active").set(0.0);
+        if let Some(error) = failure {
+            tracing::error!(%error, "ledger writer lost its database; reconnecting");
+        }
+        drop(held);
+        tokio::time::sleep(STANDBY_POLL).await;
+    }
+}
+
+/// `first` (if any) and whatever else is queued, up to `max`.
+fn take_batch(
+    requests: &mut mpsc::Receiver<WriteRequest>,
+    first: Option<WriteRequest>,
+    max: usize,
+) -> Option<Vec<WriteRequest>> {
+    let mut batch: Vec<WriteRequest> = first.into_iter().collect();
+    while batch.len() < max {
+        match requests.try_recv() {
+            Ok(request) => batch.push(request),
+            Err(_) => break,
+        }
+    }
+    (!batch.is_empty()).then_some(batch)
+}
+
+struct Writer {
+    ledger: Ledger,
+    config: WriterConfig,
+    system: Vec<AccountId>,
+}
+
+impl Writer {
+    async fn load_system(&mut self, connection: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        self.ledger.regions = store::regions(connection).await?;
+        self.system.clear();
+        for account in store::system_accounts(connection).await? {
+            self.system.push(account.id.clone());
+            self.ledger.accounts.insert(account.id.clone(), account);
+        }
+        Ok(())
+    }
+
+    async fn process(
+        &mut self,
+        connection: &mut AnyConnection,
+        batch: Vec<WriteRequest>,
+        stats: &WriterStats,
+    ) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let bucket = (usize::BITS - batch.len().leading_zeros()).saturating_sub(1) as usize;
+        stats.batch_size_buckets[bucket.min(15)].fetch_add(1, Ordering::Relaxed);
+        metrics::histogram!("ledger_batch_size").record(batch.len() as f64);
+
+        match self.prepare(connection, &batch, now).await {
+            Ok(()) => {}
+            Err(error) => {
+                reply_all(batch, WriteOutcome::Unavailable);
+                return Err(error);
+            }
+        }
+        let keys: Vec<&IdempotencyKey> =
+            batch.iter().filter_map(|r| r.idempotency.as_ref().map(|(key, _)| key)).collect();
+        let stored = if keys.is_empty() {
+            HashMap::new()
+        } else {
+            match store::idempotent_responses(connection, &keys).await {
+                Ok(stored) => stored,
+                Err(error) => {
+                    reply_all(batch, WriteOutcome::Unavailable);
+                    return Err(error);
+                }
+            }
+        };
+
+        let touched: HashSet<AccountId> =
+            batch.iter().flat_map(|r| r.command.accounts()).chain(self.system.iter().cloned()).collect();
+        let before: HashMap<AccountId, i64> = touched
+            .iter()
+            .filter_map(|id| self.ledger.accounts.get(id).map(|a| (id.clone(), a.balance_minor)))
+            .collect();
+        let snapshot = self.ledger.snapshot(touched.iter());
+
+        let mut write = BatchWrite::default();
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut in_batch: HashMap<IdempotencyKey, (String, StoredResponse)> = HashMap::new();
+        for request in batch {
+            if let Some((key, fingerprint)) = &request.idempotency {
+                if let Some((stored_fingerprint, response)) = stored.get(key).or_else(|| in_batch.get(key)) {
+                    let outcome = if stored_fingerprint == fingerprint {
+                        WriteOutcome::Response(response.clone())
+                    } else {
+                        WriteOutcome::KeyReused
+                    };
+                    replies.push((request.reply, outcome));
+                    continue;
+                }
+            }
+            let outcome = self.ledger.apply(&request.command, &request.initiator, now);
+            let response = view::render(&request.command, &outcome);
+            match &outcome {
+                Ok(transfers) => {
+                    metrics::counter!("ledger_transfers_total").increment(transfers.len() as u64);
+                    write.transfers.extend(transfers.iter().cloned());
+                    if let Command::SetFrozen { wallet, frozen } = &request.command {
+                        write.frozen.push((wallet.clone(), *frozen));
+                    }
+                }
+                Err(refusal) => metrics::counter!("ledger_refusals_total", "code" => refusal.code()).increment(1),
+            }
+            if let Some((key, fingerprint)) = request.idempotency {
+                in_batch.insert(key.clone(), (fingerprint.clone(), response.clone()));
+                write.idempotency.push((key, fingerprint, response.clone()));
+            }
+            replies.push((request.reply, WriteOutcome::Response(response)));
+        }
+        let changed: HashSet<&AccountId> = write.transfers.iter().flat_map(|t| [&t.debit, &t.credit]).collect();
+        write.balances = changed.into_iter().map(|id| (id.clone(), self.ledger.accounts[id].balance_minor)).collect();
+
+        if let Err(violation) = self.ledger.verify_batch(&before, &write.transfers) {
+            // A bug, never a client's doing: refuse the whole batch rather than
+            // write a ledger that does not balance.
+            tracing::error!(%violation, "ledger invariant violated: batch refused");
+            self.ledger.restore(snapshot);
+            for (reply, _) in replies {
+                let _ = reply.send(WriteOutcome::Unavailable);
+            }
+            return Ok(());
+        }
+        if !(write.transfers.is_empty() && write.idempotency.is_empty() && write.frozen.is_empty()) {
+            if let Err(error) = store::commit(connection, &write, now).await {
+                // The commit may or may not have happened: forget the cache, so the
+                // next writer reads the truth from the database.
+                self.ledger = Ledger::default();
+                for (reply, _) in replies {
+                    let _ = reply.send(WriteOutcome::Unavailable);
+                }
+                return Err(error);
+            }
+        }
+        for (reply, outcome) in replies {
+            let _ = reply.send(outcome);
+        }
+        if self.ledger.accounts.len() > self.config.cache_accounts_max {
+            let system: HashSet<&AccountId> = self.system.iter().collect();
+            self.ledger.accounts.retain(|id, _| system.contains(id));
+            self.ledger.usage.clear();
+        }
+        Ok(())
+    }
+
+    /// Loads what the batch needs and the cache lacks: regions, accounts, and
+    /// the senders' usage in their current windows.
+    async fn prepare(
+        &mut self,
+        connection: &mut AnyConnection,
+        batch: &[WriteRequest],
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        self.ledger.regions = store::regions(connection).await?;
+        let missing: Vec<AccountId> = batch
+            .iter()
+            .flat_map(|r| r.command.accounts())
+            .filter(|id| !self.ledger.accounts.contains_key(id))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if !missing.is_empty() {
+            for account in store::accounts(connection, &missing).await? {
+                self.ledger.accounts.insert(account.id.clone(), account);
+            }
+        }
+        let mut senders: HashMap<crate::region::RegionCode, HashSet<AccountId>> = HashMap::new();
+        for request in batch {
+            if let Command::P2p { from, .. } = &request.command {
+                if let Some(account) = self.ledger.accounts.get(from) {
+                    if account.kind == AccountKind::Wallet && !self.ledger.usage.contains_key(from) {
+                        senders.entry(account.region).or_default().insert(from.clone());
+                    }
+                }
+            }
+        }
+        for (region, senders) in senders {
+            let Some(rules) = self.ledger.regions.get(&region) else {
+                continue;
+            };
+            let windows = rules.windows(now);
+            let base = crate::ledger::Usage {
+                day_start_ms: windows.day_start_ms,
+                month_start_ms: windows.month_start_ms,
+                night_start_ms: windows.night_start_ms,
+                ..Default::default()
+            };
+            let senders: Vec<AccountId> = senders.into_iter().collect();
+            self.ledger.usage.extend(store::usage(connection, &senders, base).await?);
+        }
+        Ok(())
+    }
+}
+
+fn reply_all(batch: Vec<WriteRequest>, outcome: WriteOutcome) {
+    for request in batch {
+        let _ = request.reply.send(outcome.clone());
+    }
+}

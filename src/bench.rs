@@ -84,7 +84,7 @@ async fn accounts(bench: AccountsBench) -> Result<(), String> {
         sign_in_codes_per_addr_per_hour_max: Some(0),
         ..Default::default()
     };
-    let built = crate::serve::build(&options, None).await?;
+    let built = crate::serve::build(&options, None, courier_common::shutdown::CancellationToken::new()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?;
     let base = format!("http://{}", listener.local_addr().map_err(|error| error.to_string())?);
     let router = built.router;

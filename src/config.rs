@@ -93,6 +93,18 @@ pub struct ServeOptions {
     pub access_token_ttl_s: Option<u64>,
     #[arg(long, env = "COURIER_REFRESH_TOKEN_TTL_S")]
     pub refresh_token_ttl_s: Option<u64>,
+    /// Transfers waiting for the ledger writer; beyond it requests get 503 `overloaded`.
+    #[arg(long, env = "COURIER_LEDGER_QUEUE_LEN_MAX")]
+    pub ledger_queue_len_max: Option<usize>,
+    /// Transfers applied in one database transaction (group commit).
+    #[arg(long, env = "COURIER_LEDGER_BATCH_LEN_MAX")]
+    pub ledger_batch_len_max: Option<usize>,
+    /// Seconds a request waits for its batch to be durable before 503 `ledger_unavailable`.
+    #[arg(long, env = "COURIER_LEDGER_SUBMIT_TIMEOUT_S")]
+    pub ledger_submit_timeout_s: Option<u64>,
+    /// How long idempotency keys are remembered.
+    #[arg(long, env = "COURIER_IDEMPOTENCY_TTL_S")]
+    pub idempotency_ttl_s: Option<u64>,
 }
 
 /// Fills every `None` of `self` from `file`.
@@ -131,6 +143,10 @@ impl ServeOptions {
             sign_in_codes_per_addr_per_hour_max,
             access_token_ttl_s,
             refresh_token_ttl_s,
+            ledger_queue_len_max,
+            ledger_batch_len_max,
+            ledger_submit_timeout_s,
+            idempotency_ttl_s,
         );
         if self.token_previous_key_file.is_empty() {
             self.token_previous_key_file = file.token_previous_key_file;
@@ -187,6 +203,20 @@ impl ServeOptions {
         }
     }
 
+    pub fn writer_config(&self) -> courier_payments::writer::WriterConfig {
+        let defaults = courier_payments::writer::WriterConfig::default();
+        courier_payments::writer::WriterConfig {
+            queue_len_max: self.ledger_queue_len_max.unwrap_or(defaults.queue_len_max),
+            batch_len_max: self.ledger_batch_len_max.unwrap_or(defaults.batch_len_max),
+            idempotency_ttl_s: self.idempotency_ttl_s.unwrap_or(defaults.idempotency_ttl_s),
+            cache_accounts_max: defaults.cache_accounts_max,
+        }
+    }
+
+    pub fn ledger_submit_timeout(&self) -> Duration {
+        Duration::from_secs(self.ledger_submit_timeout_s.unwrap_or(courier_payments::api::SUBMIT_TIMEOUT_S_DEFAULT))
+    }
+
     /// Refuses settings that cannot work, with what to do instead.
     pub fn validate(&self) -> Result<(), String> {
         let accounts = self.accounts_config();
@@ -201,6 +231,12 @@ impl ServeOptions {
         }
         if self.code_sender == Some(CodeSenderKind::Webhook) && self.code_webhook_url.is_none() {
             return Err("--code-sender webhook needs --code-webhook-url (or COURIER_CODE_WEBHOOK_URL)".into());
+        }
+        if self.ledger_batch_len_max == Some(0) || self.ledger_queue_len_max == Some(0) {
+            return Err("--ledger-batch-len-max and --ledger-queue-len-max must be at least 1".into());
+        }
+        if self.idempotency_ttl_s.is_some_and(|ttl| ttl < 24 * 3_600) {
+            return Err("--idempotency-ttl-s must be at least 86400 (keys are kept at least 24 hours)".into());
         }
         if self.http_limits().body_bytes_max < 1_024 {
             return Err("--body-bytes-max must be at least 1024".into());

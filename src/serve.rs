@@ -8,10 +8,13 @@ use axum::Router;
 use clap::ValueEnum;
 use courier_accounts::Accounts;
 use courier_accounts::sender::{CodeSender, WEBHOOK_TIMEOUT_S_DEFAULT};
-use courier_accounts::tokens::{TokenIssuer, TokenKey};
+use courier_accounts::tokens::{TokenIssuer, TokenKey, TokenVerifier};
 use courier_common::Database;
 use courier_common::observe::{OpsDoc, ops_routes};
 use courier_common::shutdown::CancellationToken;
+use courier_payments::Payments;
+use courier_payments::writer::{self, WriterLock};
+use std::sync::Arc;
 use utoipa::OpenApi;
 
 use crate::config::{CodeSenderKind, ServeOptions};
@@ -21,20 +24,31 @@ use crate::config::{CodeSenderKind, ServeOptions};
 pub enum Service {
     /// The core account system alone (split deployments).
     Accounts,
+    /// The ledger alone, against the shared database; verifies tokens with --jwks-url.
+    Payments,
 }
 
 /// A built server: its router and the resources to release on shutdown.
 pub struct Built {
     pub router: Router,
     pub database: Database,
+    /// Background tasks that finish their work once shutdown is signalled.
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub payments: Option<Payments>,
 }
 
-/// Builds the routers of `service` (all services when `None`).
-pub async fn build(options: &ServeOptions, service: Option<Service>) -> Result<Built, String> {
+/// Builds the routers of `service` (all services when `None`). Background
+/// tasks stop when `shutdown` is cancelled.
+pub async fn build(
+    options: &ServeOptions,
+    service: Option<Service>,
+    shutdown: CancellationToken,
+) -> Result<Built, String> {
     options.validate()?;
+    let runs_accounts = matches!(service, None | Some(Service::Accounts));
+    let runs_payments = matches!(service, None | Some(Service::Payments));
     let data_dir = options.data_dir();
-    let uses_data_dir = options.database_url.is_none() || options.token_key_file.is_none();
-    if uses_data_dir {
+    if options.database_url.is_none() || (runs_accounts && options.token_key_file.is_none()) {
         create_private_dir(&data_dir).map_err(|error| {
             format!("cannot create the data directory {}: {error}; pass --data-dir", data_dir.display())
         })?;
@@ -45,6 +59,49 @@ pub async fn build(options: &ServeOptions, service: Option<Service>) -> Result<B
         .map_err(|error| error.to_string())?;
     tracing::info!(database = %courier_common::db::redact(&database_url), "database ready");
 
+    let mut doc = OpsDoc::openapi();
+    let mut router = Router::new();
+    let mut verifier: Option<Arc<TokenVerifier>> = None;
+    if runs_accounts {
+        let accounts = build_accounts(options, &database)?;
+        verifier = Some(accounts.verifier());
+        router = router.merge(courier_accounts::app(accounts));
+        doc.merge(courier_accounts::ApiDoc::openapi());
+    }
+    let mut tasks = Vec::new();
+    let mut payments = None;
+    if runs_payments {
+        let verifier = match verifier {
+            Some(verifier) => verifier,
+            None => {
+                let url = options.jwks_url.as_deref().ok_or(
+                    "courier serve payments verifies tokens offline: pass --jwks-url http://ACCOUNTS/v1/auth/keys",
+                )?;
+                Arc::new(TokenVerifier::remote(url).await.map_err(|error| error.to_string())?)
+            }
+        };
+        let lock_file = Database::sqlite_path(&database_url)
+            .map(|path| path.with_extension("ledger-writer.lock"))
+            .unwrap_or_else(|| data_dir.join("ledger-writer.lock"));
+        let lock = WriterLock::for_database(&database, lock_file);
+        let (writer, task) = writer::spawn(database.clone(), lock, options.writer_config(), shutdown.clone());
+        tasks.push(task);
+        let state = Payments::new(database.clone(), writer, verifier, options.ledger_submit_timeout());
+        router = router.merge(courier_payments::app(state.clone()));
+        doc.merge(courier_payments::ApiDoc::openapi());
+        payments = Some(state);
+    }
+    doc.info.title = "Courier".into();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc.info.description = Some("Encrypted voice calls and peer-to-peer payments for a messenger (API.md)".into());
+    let doc = Arc::new(doc);
+    let router = router
+        .merge(ops_routes(Some(database.clone())))
+        .route("/openapi.json", axum::routing::get(move || std::future::ready(axum::Json(doc.as_ref().clone()))));
+    Ok(Built { router: courier_common::http::stack(router, options.http_limits()), database, tasks, payments })
+}
+
+fn build_accounts(options: &ServeOptions, database: &Database) -> Result<Accounts, String> {
     let key = TokenKey::load_or_create(&options.token_key_file()).map_err(|error| error.to_string())?;
     let previous = options
         .token_previous_key_file
@@ -61,29 +118,12 @@ pub async fn build(options: &ServeOptions, service: Option<Service>) -> Result<B
             CodeSender::webhook(url, timeout).map_err(|error| error.to_string())?
         }
     };
-    let accounts = Accounts::new(database.clone(), options.accounts_config(), issuer, sender);
-
-    let mut doc = OpsDoc::openapi();
-    let mut router = Router::new();
-    match service {
-        None | Some(Service::Accounts) => {
-            router = router.merge(courier_accounts::app(accounts));
-            doc.merge(courier_accounts::ApiDoc::openapi());
-        }
-    }
-    doc.info.title = "Courier".into();
-    doc.info.version = env!("CARGO_PKG_VERSION").into();
-    doc.info.description = Some("Encrypted voice calls and peer-to-peer payments for a messenger (API.md)".into());
-    let doc = std::sync::Arc::new(doc);
-    let router = router
-        .merge(ops_routes(Some(database.clone())))
-        .route("/openapi.json", axum::routing::get(move || std::future::ready(axum::Json(doc.as_ref().clone()))));
-    Ok(Built { router: courier_common::http::stack(router, options.http_limits()), database })
+    Ok(Accounts::new(database.clone(), options.accounts_config(), issuer, sender))
 }
 
 /// Binds, prints the URL, serves until `shutdown` is cancelled, then drains.
 pub async fn run(options: ServeOptions, service: Option<Service>, shutdown: CancellationToken) -> Result<(), String> {
-    let built = build(&options, service).await?;
+    let built = build(&options, service, shutdown.clone()).await?;
     let listen = options.listen();
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| match error.kind() {
         std::io::ErrorKind::AddrInUse => {
@@ -100,6 +140,9 @@ pub async fn run(options: ServeOptions, service: Option<Service>, shutdown: Canc
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
         .map_err(|error| format!("server error: {error}"))?;
+    for task in built.tasks {
+        let _ = task.await;
+    }
     built.database.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -101,6 +101,13 @@ impl Database {
         format!("sqlite://{}?mode=rwc", path.display())
     }
 
+    /// The file of a `sqlite://` URL.
+    pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+        let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+        let path = rest.split('?').next().unwrap_or("");
+        (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

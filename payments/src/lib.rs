@@ -23,4 +23,7 @@ pub mod store;
 pub mod view;
 pub mod writer;
 
+#[cfg(test)]
+mod ledger_model_tests;
+
 pub use api::{ApiDoc, Payments, app};

@@ -142,12 +142,20 @@ impl RegionRules {
         let day_start = at.start_of_day().unwrap_or_else(|_| at.clone());
         let month_start = at.first_of_month().and_then(|z| z.start_of_day()).unwrap_or_else(|_| day_start.clone());
         let hour = at.hour();
-        let night_start = if self.night_max_minor.is_none() {
+        let (start, end) = (self.night_start_hour, self.night_end_hour);
+        let night_start = if self.night_max_minor.is_none() || start == end {
             None
-        } else if hour >= self.night_start_hour {
-            at_hour(&day_start, self.night_start_hour)
-        } else if hour < self.night_end_hour {
-            day_start.checked_sub(1.day()).ok().and_then(|yesterday| at_hour(&yesterday, self.night_start_hour))
+        } else if start > end {
+            // The night wraps midnight: it began today, or it began yesterday.
+            if hour >= start {
+                at_hour(&day_start, start)
+            } else if hour < end {
+                day_start.checked_sub(1.day()).ok().and_then(|yesterday| at_hour(&yesterday, start))
+            } else {
+                None
+            }
+        } else if (start..end).contains(&hour) {
+            at_hour(&day_start, start)
         } else {
             None
         };
@@ -206,6 +214,18 @@ mod tests {
             "05:59 the next morning belongs to the same night"
         );
         assert_eq!(br.windows(ms("2026-06-11T09:00:00Z")).night_start_ms, None, "06:00");
+    }
+
+    #[test]
+    fn a_night_window_that_does_not_wrap_midnight() {
+        let mut rules = RegionRules::default_for(RegionCode::Br);
+        rules.night_start_hour = 1;
+        rules.night_end_hour = 5;
+        assert_eq!(rules.windows(ms("2026-06-10T03:00:00Z")).night_start_ms, None, "00:00 local");
+        assert_eq!(rules.windows(ms("2026-06-10T05:00:00Z")).night_start_ms, Some(ms("2026-06-10T04:00:00Z")), "02:00");
+        assert_eq!(rules.windows(ms("2026-06-10T08:00:00Z")).night_start_ms, None, "05:00");
+        rules.night_end_hour = 1;
+        assert_eq!(rules.windows(ms("2026-06-10T05:00:00Z")).night_start_ms, None, "start = end: no night");
     }
 
     #[test]

@@ -1,0 +1,326 @@
+//! Model-based property test of the ledger: random sequences of deposits,
+//! withdrawals, P2P transfers (valid and invalid) and freezes over wallets
+//! in both regions, applied in batches, checked after every batch against a
+//! simple independent model and against the invariants.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use crate::ledger::{AccountKind, Command, Ledger, LedgerAccount, Refusal, Transfer, TransferKind, system_account};
+use crate::money::{Currency, Money};
+use crate::region::{FeeRule, RegionCode, RegionRules};
+
+const RU_WALLETS: usize = 4;
+const BR_WALLETS: usize = 3;
+/// 2026-06-10T12:00:00Z; steps of up to 7 hours cross days, nights and months.
+const START_MS: i64 = 1_781_092_800_000;
+const STEP_MS_MAX: i64 = 7 * 3_600_000;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Deposit { wallet: usize, minor: i64 },
+    Withdraw { wallet: usize, minor: i64 },
+    P2p { from: usize, to: usize, minor: i64, wrong_currency: bool },
+    P2pToStranger { from: usize, minor: i64 },
+    Freeze { wallet: usize, frozen: bool },
+}
+
+fn wallet_id(index: usize) -> String {
+    if index < RU_WALLETS { format!("ru{index}") } else { format!("br{}", index - RU_WALLETS) }
+}
+
+fn region_of(index: usize) -> RegionCode {
+    if index < RU_WALLETS { RegionCode::Ru } else { RegionCode::Br }
+}
+
+fn small_rules(code: RegionCode) -> RegionRules {
+    let mut rules = RegionRules::default_for(code);
+    match code {
+        RegionCode::Ru => {
+            rules.per_transfer_max_minor = 1_000_00;
+            rules.daily_max_minor = 1_500_00;
+            rules.monthly_max_minor = 3_000_00;
+            rules.fee = FeeRule::FreeMonthlyThenRate { free_monthly_minor: 1_000_00, rate_bp: 50, cap_minor: 5_00 };
+        }
+        RegionCode::Br => {
+            rules.per_transfer_max_minor = 500_00;
+            rules.daily_max_minor = 1_000_00;
+            rules.monthly_max_minor = 2_000_00;
+            rules.night_max_minor = Some(300_00);
+        }
+    }
+    rules
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let wallets = RU_WALLETS + BR_WALLETS;
+    prop_oneof![
+        3 => (0..wallets, 1i64..200_000).prop_map(|(wallet, minor)| Op::Deposit { wallet, minor }),
+        1 => (0..wallets, 1i64..100_000).prop_map(|(wallet, minor)| Op::Withdraw { wallet, minor }),
+        8 => (0..wallets, 0..wallets, 1i64..120_000, proptest::bool::weighted(0.05))
+            .prop_map(|(from, to, minor, wrong_currency)| Op::P2p { from, to, minor, wrong_currency }),
+        1 => (0..wallets, 1i64..10_000).prop_map(|(from, minor)| Op::P2pToStranger { from, minor }),
+        1 => (0..wallets, proptest::bool::weighted(0.6)).prop_map(|(wallet, frozen)| Op::Freeze { wallet, frozen }),
+    ]
+}
+
+/// The model: balances, frozen flags and P2P history, kept the simple way.
+#[derive(Default)]
+struct Model {
+    balances: HashMap<String, i64>,
+    frozen: HashMap<String, bool>,
+    /// (sender, time, amount) of every accepted P2P transfer.
+    sent: Vec<(String, i64, i64)>,
+}
+
+impl Model {
+    fn sent_since(&self, sender: &str, since_ms: i64) -> i64 {
+        self.sent.iter().filter(|(from, at, _)| from == sender && *at >= since_ms).map(|(_, _, amount)| amount).sum()
+    }
+
+    fn expect(&mut self, op: &Op, rules: &HashMap<RegionCode, RegionRules>, now: i64) -> Result<(), Refusal> {
+        match op {
+            Op::Deposit { wallet, minor } | Op::Withdraw { wallet, minor } => {
+                let id = wallet_id(*wallet);
+                if self.frozen[&id] {
+                    return Err(Refusal::WalletFrozen);
+                }
+                let settlement = system_account(region_of(*wallet), AccountKind::Settlement);
+                let (debit, credit) =
+                    if matches!(op, Op::Deposit { .. }) { (settlement, id) } else { (id, settlement) };
+                if matches!(op, Op::Withdraw { .. }) && self.balances[&debit] < *minor {
+                    return Err(Refusal::InsufficientFunds);
+                }
+                *self.balances.get_mut(&debit).unwrap() -= minor;
+                *self.balances.get_mut(&credit).unwrap() += minor;
+                Ok(())
+            }
+            Op::Freeze { wallet, frozen } => {
+                self.frozen.insert(wallet_id(*wallet), *frozen);
+                Ok(())
+            }
+            Op::P2pToStranger { .. } => Err(Refusal::CrossRegion),
+            Op::P2p { from, to, minor, wrong_currency } => {
+                let region = region_of(*from);
+                let rule = &rules[&region];
+                let (from_id, to_id) = (wallet_id(*from), wallet_id(*to));
+                if *wrong_currency {
+                    return Err(Refusal::CurrencyMismatch);
+                }
+                if from == to {
+                    return Err(Refusal::SelfTransfer);
+                }
+                if region_of(*to) != region {
+                    return Err(Refusal::CrossRegion);
+                }
+                if self.frozen[&from_id] {
+                    return Err(Refusal::WalletFrozen);
+                }
+                if self.frozen[&to_id] {
+                    return Err(Refusal::RecipientFrozen);
+                }
+                if *minor > rule.per_transfer_max_minor {
+                    return Err(Refusal::LimitPerTransfer);
+                }
+                let windows = rule.windows(now);
+                if self.sent_since(&from_id, windows.day_start_ms) + minor > rule.daily_max_minor {
+                    return Err(Refusal::LimitDaily);
+                }
+                let month = self.sent_since(&from_id, windows.month_start_ms);
+                if month + minor > rule.monthly_max_minor {
+                    return Err(Refusal::LimitMonthly);
+                }
+                if let (Some(max), Some(start)) = (rule.night_max_minor, windows.night_start_ms) {
+                    if self.sent_since(&from_id, start) + minor > max {
+                        return Err(Refusal::LimitNight);
+                    }
+                }
+                // The RU rule written out: 0.5 % of the part above 1,000.00 this month, half up, capped.
+                let fee = match rule.fee {
+                    FeeRule::None => 0,
+                    FeeRule::FreeMonthlyThenRate { free_monthly_minor, rate_bp, cap_minor } => {
+                        let above = (month + minor - free_monthly_minor.max(month)).max(0);
+                        ((above * rate_bp + 5_000) / 10_000).min(cap_minor)
+                    }
+                };
+                if self.balances[&from_id] < minor + fee {
+                    return Err(Refusal::InsufficientFunds);
+                }
+                *self.balances.get_mut(&from_id).unwrap() -= minor + fee;
+                *self.balances.get_mut(&to_id).unwrap() += minor;
+                *self.balances.get_mut(&system_account(region, AccountKind::FeeRevenue)).unwrap() += fee;
+                self.sent.push((from_id, now, *minor));
+                Ok(())
+            }
+        }
+    }
+}
+
+fn command(op: &Op, n: usize) -> Command {
+    let id = format!("t{n:06}");
+    match op {
+        Op::Deposit { wallet, minor } => Command::Deposit {
+            id,
+            wallet: wallet_id(*wallet),
+            amount: Money::from_minor(*minor, RegionRules::default_for(region_of(*wallet)).currency),
+            external_ref: "rail".into(),
+            operator: "op".into(),
+        },
+        Op::Withdraw { wallet, minor } => Command::Withdrawal {
+            id,
+            wallet: wallet_id(*wallet),
+            amount: Money::from_minor(*minor, RegionRules::default_for(region_of(*wallet)).currency),
+            external_ref: "rail".into(),
+            operator: "op".into(),
+        },
+        Op::Freeze { wallet, frozen } => Command::SetFrozen { wallet: wallet_id(*wallet), frozen: *frozen },
+        Op::P2p { from, to, minor, wrong_currency } => {
+            let currency = RegionRules::default_for(region_of(*from)).currency;
+            let other = if currency == Currency::Rub { Currency::Brl } else { Currency::Rub };
+            Command::P2p {
+                fee_id: format!("{id}f"),
+                id,
+                from: wallet_id(*from),
+                from_region: Some(region_of(*from)),
+                to: Some(wallet_id(*to)),
+                to_region: Some(region_of(*to)),
+                amount_minor: *minor,
+                currency: Some(if *wrong_currency { other } else { currency }),
+                note: None,
+            }
+        }
+        Op::P2pToStranger { from, minor } => Command::P2p {
+            fee_id: format!("{id}f"),
+            id,
+            from: wallet_id(*from),
+            from_region: Some(region_of(*from)),
+            to: Some("stranger".into()),
+            to_region: None,
+            amount_minor: *minor,
+            currency: Some(RegionRules::default_for(region_of(*from)).currency),
+            note: None,
+        },
+    }
+}
+
+fn setup() -> (Ledger, Model) {
+    let mut ledger = Ledger::default();
+    let mut model = Model::default();
+    for code in RegionCode::ALL {
+        ledger.regions.insert(code, small_rules(code));
+        for kind in [AccountKind::Settlement, AccountKind::FeeRevenue, AccountKind::Adjustments] {
+            let id = system_account(code, kind);
+            let currency = RegionRules::default_for(code).currency;
+            ledger.accounts.insert(
+                id.clone(),
+                LedgerAccount { id: id.clone(), kind, region: code, currency, balance_minor: 0, frozen: false },
+            );
+            model.balances.insert(id, 0);
+        }
+    }
+    for index in 0..RU_WALLETS + BR_WALLETS {
+        let id = wallet_id(index);
+        let region = region_of(index);
+        let currency = RegionRules::default_for(region).currency;
+        ledger.accounts.insert(
+            id.clone(),
+            LedgerAccount {
+                id: id.clone(),
+                kind: AccountKind::Wallet,
+                region,
+                currency,
+                balance_minor: 0,
+                frozen: false,
+            },
+        );
+        model.balances.insert(id.clone(), 0);
+        model.frozen.insert(id, false);
+    }
+    (ledger, model)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_ledger_matches_the_model_and_keeps_its_invariants(
+        batches in proptest::collection::vec(proptest::collection::vec((op(), 0..STEP_MS_MAX), 1..8), 1..12)
+    ) {
+        let (mut ledger, mut model) = setup();
+        let rules = ledger.regions.clone();
+        let mut now = START_MS;
+        let mut journal: Vec<Transfer> = Vec::new();
+        let mut n = 0;
+        for batch in batches {
+            let before: HashMap<String, i64> = ledger.accounts.iter().map(|(id, a)| (id.clone(), a.balance_minor)).collect();
+            let mut made = Vec::new();
+            for (op, step) in batch {
+                now += step;
+                n += 1;
+                let expected = model.expect(&op, &rules, now);
+                let outcome = ledger.apply(&command(&op, n), "tester", now);
+                prop_assert_eq!(outcome.as_ref().map(|_| ()).map_err(|r| *r), expected, "op {:?}", op);
+                if let Ok(transfers) = outcome {
+                    for transfer in &transfers {
+                        prop_assert!(transfer.amount_minor > 0);
+                        if transfer.kind == TransferKind::Fee {
+                            prop_assert_eq!(transfer.linked_id.as_deref(), Some(transfers[0].id.as_str()));
+                        }
+                    }
+                    made.extend(transfers);
+                }
+            }
+            prop_assert_eq!(ledger.verify_batch(&before, &made), Ok(()));
+            journal.extend(made);
+
+            // Every balance equals the model's and the sum of its transfers.
+            let mut computed: HashMap<&str, i64> = HashMap::new();
+            for t in &journal {
+                *computed.entry(t.debit.as_str()).or_default() -= t.amount_minor;
+                *computed.entry(t.credit.as_str()).or_default() += t.amount_minor;
+            }
+            let mut totals: HashMap<Currency, i64> = HashMap::new();
+            for (id, account) in &ledger.accounts {
+                prop_assert_eq!(account.balance_minor, model.balances[id], "{}", id);
+                prop_assert_eq!(account.balance_minor, computed.get(id.as_str()).copied().unwrap_or(0), "{}", id);
+                if account.kind == AccountKind::Wallet {
+                    prop_assert!(account.balance_minor >= 0, "{} is negative", id);
+                }
+                *totals.entry(account.currency).or_default() += account.balance_minor;
+            }
+            prop_assert!(totals.values().all(|&total| total == 0), "{:?}", totals);
+        }
+    }
+}
+
+#[test]
+fn a_failed_commit_is_undone_by_the_snapshot() {
+    let (mut ledger, _) = setup();
+    let ids: Vec<String> = ledger.accounts.keys().cloned().collect();
+    let deposit = Command::Deposit {
+        id: "d".into(),
+        wallet: "ru0".into(),
+        amount: Money::from_minor(500, Currency::Rub),
+        external_ref: "x".into(),
+        operator: "op".into(),
+    };
+    ledger.apply(&deposit, "op", START_MS).unwrap();
+    let before = ledger.accounts.clone();
+    let snapshot = ledger.snapshot(ids.iter());
+    let p2p = command(&Op::P2p { from: 0, to: 1, minor: 300, wrong_currency: false }, 1);
+    ledger.apply(&p2p, "op", START_MS).unwrap();
+    assert_ne!(ledger.accounts, before);
+    ledger.restore(snapshot);
+    assert_eq!(ledger.accounts, before);
+}
+
+#[test]
+fn verify_batch_catches_money_moved_outside_a_transfer() {
+    let (mut ledger, _) = setup();
+    let before: HashMap<String, i64> = ledger.accounts.iter().map(|(id, a)| (id.clone(), a.balance_minor)).collect();
+    ledger.accounts.get_mut("ru0").unwrap().balance_minor += 1;
+    ledger.accounts.get_mut("sys:RU:settlement").unwrap().balance_minor -= 1;
+    let error = ledger.verify_batch(&before, &[]).unwrap_err();
+    assert!(error.contains("ru0") || error.contains("sys:RU:settlement"), "{error}");
+}

@@ -157,9 +157,9 @@ pub async fn usage(
     for chunk in senders.chunks(PARAMS_PER_STATEMENT_MAX - 4) {
         let sql = format!(
             "SELECT debit_account, \
-               COALESCE(SUM(CASE WHEN created_at >= $1 THEN amount ELSE 0 END), 0), \
-               COALESCE(SUM(CASE WHEN created_at >= $2 THEN amount ELSE 0 END), 0), \
-               COALESCE(SUM(CASE WHEN created_at >= $3 THEN amount ELSE 0 END), 0) \
+               CAST(COALESCE(SUM(CASE WHEN created_at >= $1 THEN amount ELSE 0 END), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(CASE WHEN created_at >= $2 THEN amount ELSE 0 END), 0) AS BIGINT), \
+               CAST(COALESCE(SUM(CASE WHEN created_at >= $3 THEN amount ELSE 0 END), 0) AS BIGINT) \
              FROM transfers WHERE kind = 'p2p' AND created_at >= $4 AND debit_account IN ({}) GROUP BY debit_account",
             placeholders(5, chunk.len())
         );
@@ -398,7 +398,7 @@ pub async fn transfers_of(
 /// Per currency, the sum of all balances (zero when the ledger balances).
 pub async fn trial_balance(db: &Database) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT currency, COALESCE(SUM(balance), 0) FROM ledger_accounts GROUP BY currency ORDER BY currency",
+        "SELECT currency, CAST(COALESCE(SUM(balance), 0) AS BIGINT) FROM ledger_accounts GROUP BY currency ORDER BY currency",
     )
     .fetch_all(db.pool())
     .await
@@ -408,13 +408,12 @@ pub async fn trial_balance(db: &Database) -> Result<Vec<(String, i64)>, sqlx::Er
 /// `(id, stored, computed)`.
 pub async fn balance_mismatches(db: &Database) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT a.id, a.balance, \
-           COALESCE((SELECT SUM(amount) FROM transfers WHERE credit_account = a.id), 0) \
-           - COALESCE((SELECT SUM(amount) FROM transfers WHERE debit_account = a.id), 0) AS computed \
-         FROM ledger_accounts a \
-         WHERE a.balance <> COALESCE((SELECT SUM(amount) FROM transfers WHERE credit_account = a.id), 0) \
-           - COALESCE((SELECT SUM(amount) FROM transfers WHERE debit_account = a.id), 0) \
-         ORDER BY a.id",
+        "SELECT id, balance, computed FROM ( \
+           SELECT a.id, a.balance, CAST( \
+             COALESCE((SELECT SUM(amount) FROM transfers WHERE credit_account = a.id), 0) \
+             - COALESCE((SELECT SUM(amount) FROM transfers WHERE debit_account = a.id), 0) AS BIGINT) AS computed \
+           FROM ledger_accounts a) AS balances \
+         WHERE balance <> computed ORDER BY id",
     )
     .fetch_all(db.pool())
     .await

@@ -309,3 +309,36 @@ pub struct Session {
 pub fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<no error code>")
 }
+
+impl Server {
+    /// `courier admin bootstrap` against this server's database: an admin key.
+    pub fn bootstrap_admin(&self) -> String {
+        let output = std::process::Command::new(courier_bin())
+            .args(["admin", "bootstrap", "--force", "--database-url", &self.database_url])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Runs one SQL statement on this server's database (for what the API
+    /// does not offer yet, such as changing a region's rules).
+    pub async fn sql(&self, statement: &str) {
+        sqlx::any::install_default_drivers();
+        let mut connection = sqlx::AnyConnection::connect(&self.database_url).await.unwrap();
+        connection.execute(sqlx::AssertSqlSafe(statement.to_owned())).await.unwrap();
+        connection.close().await.ok();
+    }
+
+    /// A POST with an `Idempotency-Key` (none when `key` is empty).
+    pub async fn post_keyed(&self, path: &str, token: &str, key: &str, body: Value) -> (u16, Value, String) {
+        let mut request = self.http.post(format!("{}{path}", self.url)).bearer_auth(token).json(&body);
+        if !key.is_empty() {
+            request = request.header("idempotency-key", key);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null), text)
+    }
+}

@@ -1,0 +1,397 @@
+//! The ledger end to end: the real binary on SQLite and PostgreSQL, money in
+//! through the admin API, P2P transfers, every refusal code (each leaving the
+//! ledger unchanged), idempotency across a restart, and reconciliation.
+
+mod support;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::{Db, Server, Session, error_code};
+
+const ALICE: &str = "+79161234567";
+const BOB: &str = "+79167654321";
+const CAROL: &str = "+79160001122";
+const BRUNO: &str = "+5511912345678";
+const HANS: &str = "+4915123456789";
+
+struct World {
+    server: Server,
+    admin: String,
+    alice: Session,
+    bob: Session,
+}
+
+async fn world(db: Db) -> World {
+    let server = Server::start(db).await;
+    let admin = server.bootstrap_admin();
+    let alice = server.sign_in(ALICE, "phone").await;
+    let bob = server.sign_in(BOB, "phone").await;
+    World { server, admin, alice, bob }
+}
+
+impl World {
+    async fn deposit(&self, account_id: &str, amount: &str, currency: &str) {
+        let key = uuid::Uuid::now_v7().to_string();
+        let body = json!({"account_id": account_id, "amount": amount, "currency": currency, "external_ref": "rail-1"});
+        let (status, body, _) = self.server.post_keyed("/admin/v1/deposits", &self.admin, &key, body).await;
+        assert_eq!(status, 201, "{body}\n{}", self.server.log());
+    }
+
+    async fn balance(&self, session: &Session) -> String {
+        let (status, wallet) = self.server.get("/v1/wallet", Some(&session.access_token)).await;
+        assert_eq!(status, 200, "{wallet}");
+        wallet["balance"].as_str().unwrap().to_owned()
+    }
+
+    async fn send(&self, from: &Session, key: &str, body: Value) -> (u16, Value, String) {
+        self.server.post_keyed("/v1/transfers", &from.access_token, key, body).await
+    }
+
+    /// Every balance of the ledger, and the reconciliation verdict.
+    async fn ledger_state(&self) -> Value {
+        let (status, reconciliation) = self.server.get("/admin/v1/reconciliation", Some(&self.admin)).await;
+        assert_eq!(status, 200);
+        assert_eq!(reconciliation["balanced"], true, "{reconciliation}");
+        let (_, alice) = self.server.get("/v1/wallet", Some(&self.alice.access_token)).await;
+        let (_, bob) = self.server.get("/v1/wallet", Some(&self.bob.access_token)).await;
+        let (_, alice_history) = self.server.get("/v1/transfers", Some(&self.alice.access_token)).await;
+        json!({"alice": alice, "bob": bob, "history": alice_history, "trial": reconciliation["trial_balance"]})
+    }
+
+    async fn finish(self) {
+        self.server.finish().await;
+    }
+}
+
+fn key() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+async fn a_transfer_moves_money_and_balances(db: Db) {
+    let w = world(db).await;
+    let (status, wallet) = w.server.get("/v1/wallet", Some(&w.alice.access_token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        wallet,
+        json!({"account_id": w.alice.account_id, "region": "RU", "currency": "RUB", "balance": "0.00", "status": "active"})
+    );
+    w.deposit(&w.alice.account_id, "1000.00", "RUB").await;
+    assert_eq!(w.balance(&w.alice).await, "1000.00");
+
+    let (status, transfer, _) = w
+        .send(
+            &w.alice,
+            &key(),
+            json!({"to": {"phone": "+7 916 765-43-21"}, "amount": "150.00", "currency": "RUB", "note": "lunch"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{transfer}");
+    assert_eq!(transfer["status"], "completed");
+    assert_eq!(transfer["from"], w.alice.account_id.as_str());
+    assert_eq!(transfer["to"], w.bob.account_id.as_str());
+    assert_eq!(
+        (transfer["amount"].as_str(), transfer["fee"].as_str(), transfer["currency"].as_str()),
+        (Some("150.00"), Some("0.00"), Some("RUB"))
+    );
+    assert!(transfer["created_at"].as_str().unwrap().ends_with('Z'));
+    let (status, _, _) = w
+        .send(&w.alice, &key(), json!({"to": {"account_id": w.bob.account_id}, "amount": "0.5", "currency": "RUB"}))
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(w.balance(&w.alice).await, "849.50");
+    assert_eq!(w.balance(&w.bob).await, "150.50");
+
+    let id = transfer["transfer_id"].as_str().unwrap();
+    let (status, seen_by_bob) = w.server.get(&format!("/v1/transfers/{id}"), Some(&w.bob.access_token)).await;
+    assert_eq!((status, seen_by_bob["amount"].as_str()), (200, Some("150.00")));
+    let carol = w.server.sign_in(CAROL, "phone").await;
+    let (status, body) = w.server.get(&format!("/v1/transfers/{id}"), Some(&carol.access_token)).await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"), "another person's transfer");
+
+    let (_, history) = w.server.get("/v1/transfers?limit=2", Some(&w.alice.access_token)).await;
+    let items = history["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["amount"], "0.50", "newest first");
+    let cursor = history["next_cursor"].as_str().expect("the deposit is on the next page");
+    let (_, rest) = w.server.get(&format!("/v1/transfers?limit=2&cursor={cursor}"), Some(&w.alice.access_token)).await;
+    assert_eq!(rest["items"][0]["kind"], "deposit");
+    assert!(rest["next_cursor"].is_null());
+    w.ledger_state().await;
+    w.finish().await;
+}
+
+async fn the_ru_fee_goes_to_fee_revenue_in_the_same_transfer(db: Db) {
+    let w = world(db).await;
+    w.deposit(&w.alice.account_id, "300000.00", "RUB").await;
+    let (status, first, _) =
+        w.send(&w.alice, &key(), json!({"to": {"phone": BOB}, "amount": "100000.00", "currency": "RUB"})).await;
+    assert_eq!((status, first["fee"].as_str()), (201, Some("0.00")), "free up to 100,000.00 a month");
+    let (status, second, _) =
+        w.send(&w.alice, &key(), json!({"to": {"phone": BOB}, "amount": "20000.00", "currency": "RUB"})).await;
+    assert_eq!((status, second["fee"].as_str()), (201, Some("100.00")), "0.5 % of the 20,000.00 above");
+    assert_eq!(w.balance(&w.alice).await, "179900.00");
+    assert_eq!(w.balance(&w.bob).await, "120000.00");
+    let state = w.ledger_state().await;
+    assert_eq!(state["trial"], json!([{"currency": "BRL", "total": "0.00"}, {"currency": "RUB", "total": "0.00"}]));
+    w.finish().await;
+}
+
+/// Sends `body` and expects a refusal with `code` that leaves the ledger as it was.
+async fn refused(w: &World, from: &Session, body: Value, status: u16, code: &str) {
+    let before = w.ledger_state().await;
+    let (got, response, _) = w.send(from, &key(), body.clone()).await;
+    assert_eq!((got, error_code(&response)), (status, code), "{body} → {response}");
+    assert_eq!(w.ledger_state().await, before, "{code} changed the ledger");
+}
+
+async fn every_refusal_changes_nothing(db: Db) {
+    let w = world(db).await;
+    w.deposit(&w.alice.account_id, "1000.00", "RUB").await;
+    let bob = json!({"phone": BOB});
+    for amount in
+        [json!("0"), json!("-5.00"), json!("1.001"), json!("1e3"), json!("abc"), json!(""), json!("10000000000000")]
+    {
+        refused(&w, &w.alice, json!({"to": bob, "amount": amount, "currency": "RUB"}), 400, "invalid_amount").await;
+    }
+    refused(&w, &w.alice, json!({"to": bob, "amount": 150, "currency": "RUB"}), 400, "invalid_request").await;
+    refused(&w, &w.alice, json!({"to": bob, "amount": "1.00", "currency": "RUB", "tip": 1}), 400, "invalid_request")
+        .await;
+    refused(&w, &w.alice, json!({"to": bob, "amount": "1.00", "currency": "BRL"}), 422, "currency_mismatch").await;
+    refused(&w, &w.alice, json!({"to": bob, "amount": "1.00", "currency": "USD"}), 422, "currency_mismatch").await;
+    refused(
+        &w,
+        &w.alice,
+        json!({"to": {"phone": "+79169999999"}, "amount": "1.00", "currency": "RUB"}),
+        404,
+        "recipient_not_found",
+    )
+    .await;
+    refused(
+        &w,
+        &w.alice,
+        json!({"to": {"account_id": "nobody"}, "amount": "1.00", "currency": "RUB"}),
+        404,
+        "recipient_not_found",
+    )
+    .await;
+    refused(&w, &w.alice, json!({"to": {"phone": ALICE}, "amount": "1.00", "currency": "RUB"}), 422, "self_transfer")
+        .await;
+    let bruno = w.server.sign_in(BRUNO, "phone").await;
+    refused(
+        &w,
+        &w.alice,
+        json!({"to": {"account_id": bruno.account_id}, "amount": "1.00", "currency": "RUB"}),
+        422,
+        "cross_region",
+    )
+    .await;
+    let hans = w.server.sign_in(HANS, "phone").await;
+    refused(&w, &w.alice, json!({"to": {"phone": HANS}, "amount": "1.00", "currency": "RUB"}), 422, "cross_region")
+        .await;
+    refused(&w, &hans, json!({"to": bob, "amount": "1.00", "currency": "EUR"}), 403, "region_not_supported").await;
+    let (status, body) = w.server.get("/v1/wallet", Some(&hans.access_token)).await;
+    assert_eq!((status, error_code(&body)), (403, "region_not_supported"));
+    refused(&w, &w.alice, json!({"to": bob, "amount": "1001.00", "currency": "RUB"}), 422, "insufficient_funds").await;
+    refused(&w, &w.alice, json!({"to": bob, "amount": "100000.01", "currency": "RUB"}), 422, "limit_per_transfer")
+        .await;
+
+    let (status, _) = w
+        .server
+        .call(
+            Method::POST,
+            &format!("/admin/v1/accounts/{}/freeze", w.bob.account_id),
+            Some(&w.admin),
+            Some(json!({"reason": "chargeback review"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    refused(&w, &w.alice, json!({"to": bob, "amount": "1.00", "currency": "RUB"}), 422, "recipient_frozen").await;
+    let (status, frozen) = w
+        .server
+        .call(
+            Method::POST,
+            &format!("/admin/v1/accounts/{}/freeze", w.alice.account_id),
+            Some(&w.admin),
+            Some(json!({"reason": "fraud check"})),
+        )
+        .await;
+    assert_eq!((status, frozen["status"].as_str()), (200, Some("frozen")));
+    refused(&w, &w.alice, json!({"to": bob, "amount": "1.00", "currency": "RUB"}), 403, "wallet_frozen").await;
+    for id in [&w.alice.account_id, &w.bob.account_id] {
+        let (status, _) = w
+            .server
+            .call(
+                Method::POST,
+                &format!("/admin/v1/accounts/{id}/unfreeze"),
+                Some(&w.admin),
+                Some(json!({"reason": "cleared"})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+
+    w.server.sql("UPDATE regions SET enabled = 0 WHERE code = 'RU'").await;
+    refused(&w, &w.alice, json!({"to": bob, "amount": "1.00", "currency": "RUB"}), 403, "region_disabled").await;
+    w.server.sql("UPDATE regions SET enabled = 1, daily_max = 30000 WHERE code = 'RU'").await;
+    let (status, _, _) = w.send(&w.alice, &key(), json!({"to": bob, "amount": "200.00", "currency": "RUB"})).await;
+    assert_eq!(status, 201);
+    refused(&w, &w.alice, json!({"to": bob, "amount": "100.01", "currency": "RUB"}), 422, "limit_daily").await;
+    w.server.sql("UPDATE regions SET daily_max = 15000000, monthly_max = 30000 WHERE code = 'RU'").await;
+    refused(&w, &w.alice, json!({"to": bob, "amount": "100.01", "currency": "RUB"}), 422, "limit_monthly").await;
+    w.finish().await;
+}
+
+async fn the_brazilian_night_limit(db: Db) {
+    let w = world(db).await;
+    let bruno = w.server.sign_in(BRUNO, "phone").await;
+    let bia = w.server.sign_in("+5521998765432", "phone").await;
+    w.deposit(&bruno.account_id, "3000.00", "BRL").await;
+    // Make "now" night in São Paulo: a two-hour night starting this hour.
+    let hour = jiff::Timestamp::now().in_tz("America/Sao_Paulo").unwrap().hour();
+    w.server
+        .sql(&format!(
+            "UPDATE regions SET night_start_hour = {hour}, night_end_hour = {} WHERE code = 'BR'",
+            (hour + 2) % 24
+        ))
+        .await;
+    let to_bia = json!({"phone": "+5521998765432"});
+    let (status, body, _) = w
+        .server
+        .post_keyed(
+            "/v1/transfers",
+            &bruno.access_token,
+            &key(),
+            json!({"to": to_bia, "amount": "900.00", "currency": "BRL"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    refused(&w, &bruno, json!({"to": to_bia, "amount": "100.01", "currency": "BRL"}), 422, "limit_night").await;
+    let (status, _, _) = w
+        .server
+        .post_keyed(
+            "/v1/transfers",
+            &bruno.access_token,
+            &key(),
+            json!({"to": to_bia, "amount": "100.00", "currency": "BRL"}),
+        )
+        .await;
+    assert_eq!(status, 201, "exactly 1,000.00 a night is allowed");
+    let (_, wallet) = w.server.get("/v1/wallet", Some(&bia.access_token)).await;
+    assert_eq!(wallet["balance"], "1000.00");
+    w.finish().await;
+}
+
+async fn idempotency_keys_replay_refuse_and_survive_a_restart(db: Db) {
+    let mut w = world(db).await;
+    w.deposit(&w.alice.account_id, "100.00", "RUB").await;
+    let body = json!({"to": {"phone": BOB}, "amount": "60.00", "currency": "RUB"});
+    let (status, error, _) = w.send(&w.alice, "", body.clone()).await;
+    assert_eq!((status, error_code(&error)), (400, "idempotency_key_required"));
+
+    let k1 = key();
+    let (status, _, first) = w.send(&w.alice, &k1, body.clone()).await;
+    assert_eq!(status, 201);
+    let reordered = json!({"currency": "RUB", "amount": "60.00", "to": {"phone": BOB}});
+    let (status, _, again) = w.send(&w.alice, &k1, reordered).await;
+    assert_eq!((status, &again), (201, &first), "the same request (fields in any order) replays the original");
+    let (status, error, _) =
+        w.send(&w.alice, &k1, json!({"to": {"phone": BOB}, "amount": "61.00", "currency": "RUB"})).await;
+    assert_eq!((status, error_code(&error)), (422, "idempotency_key_reused"));
+    assert_eq!(w.balance(&w.alice).await, "40.00", "applied once");
+
+    // A refusal is remembered too: the same key stays refused after money arrives.
+    let k2 = key();
+    let (status, refusal, refused_text) = w.send(&w.alice, &k2, body.clone()).await;
+    assert_eq!((status, error_code(&refusal)), (422, "insufficient_funds"));
+    w.deposit(&w.alice.account_id, "100.00", "RUB").await;
+    let (status, _, replay) = w.send(&w.alice, &k2, body.clone()).await;
+    assert_eq!((status, &replay), (422, &refused_text));
+
+    // Keys belong to their account: Bob may use the same key for his own request.
+    let (status, _, _) =
+        w.send(&w.bob, &k1, json!({"to": {"phone": ALICE}, "amount": "1.00", "currency": "RUB"})).await;
+    assert_eq!(status, 201);
+
+    w.server.crash_and_restart().await;
+    let (status, _, after_restart) = w.send(&w.alice, &k1, body.clone()).await;
+    assert_eq!((status, &after_restart), (201, &first), "replayed after kill -9");
+    assert_eq!(w.balance(&w.alice).await, "141.00");
+    w.ledger_state().await;
+    w.finish().await;
+}
+
+async fn concurrent_requests_with_one_key_apply_once(db: Db) {
+    let w = world(db).await;
+    w.deposit(&w.alice.account_id, "100.00", "RUB").await;
+    let k = key();
+    let body = json!({"to": {"phone": BOB}, "amount": "10.00", "currency": "RUB"});
+    let attempts = (0..8).map(|_| w.send(&w.alice, &k, body.clone()));
+    let results = futures::future::join_all(attempts).await;
+    let created: Vec<&String> =
+        results.iter().filter(|(status, _, _)| *status == 201).map(|(_, _, text)| text).collect();
+    assert!(!created.is_empty());
+    assert!(created.iter().all(|text| *text == created[0]), "every 201 is the same transfer");
+    for (status, body, _) in &results {
+        assert!(*status == 201 || (*status == 409 && error_code(body) == "idempotency_key_in_use"), "{status} {body}");
+    }
+    assert_eq!(w.balance(&w.alice).await, "90.00");
+    w.finish().await;
+}
+
+async fn deposits_and_withdrawals(db: Db) {
+    let w = world(db).await;
+    let money = |amount: &str| json!({"account_id": w.alice.account_id, "amount": amount, "currency": "RUB", "external_ref": "sbp-42"});
+    let (status, body, _) = w.server.post_keyed("/admin/v1/deposits", &w.admin, "", money("10.00")).await;
+    assert_eq!((status, error_code(&body)), (400, "idempotency_key_required"));
+    let k = key();
+    let (status, deposit, first) = w.server.post_keyed("/admin/v1/deposits", &w.admin, &k, money("10.00")).await;
+    assert_eq!(
+        (status, deposit["kind"].as_str(), deposit["from"].as_str()),
+        (201, Some("deposit"), Some("sys:RU:settlement"))
+    );
+    let (_, _, replay) = w.server.post_keyed("/admin/v1/deposits", &w.admin, &k, money("10.00")).await;
+    assert_eq!(replay, first);
+    let (status, body, _) = w.server.post_keyed("/admin/v1/withdrawals", &w.admin, &key(), money("10.01")).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (422, "insufficient_funds"),
+        "a withdrawal never takes a wallet below zero"
+    );
+    let (status, _, _) = w.server.post_keyed("/admin/v1/withdrawals", &w.admin, &key(), money("10.00")).await;
+    assert_eq!(status, 201);
+    assert_eq!(w.balance(&w.alice).await, "0.00");
+    let (status, body, _) = w
+        .server
+        .post_keyed(
+            "/admin/v1/deposits",
+            &w.admin,
+            &key(),
+            json!({"account_id": "nobody", "amount": "1.00", "currency": "RUB", "external_ref": "x"}),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"));
+    let (status, body, _) = w.server.post_keyed("/admin/v1/deposits", &w.admin, &key(), money("0.001")).await;
+    assert_eq!((status, error_code(&body)), (400, "invalid_amount"));
+
+    let (status, viewer) =
+        w.server.post("/admin/v1/operators", Some(&w.admin), json!({"name": "Vera", "role": "viewer"})).await;
+    assert_eq!(status, 201);
+    let (status, body, _) =
+        w.server.post_keyed("/admin/v1/deposits", viewer["api_key"].as_str().unwrap(), &key(), money("1.00")).await;
+    assert_eq!((status, error_code(&body)), (403, "forbidden"));
+    let (status, body, _) =
+        w.server.post_keyed("/admin/v1/deposits", &w.alice.access_token, &key(), money("1.00")).await;
+    assert_eq!((status, error_code(&body)), (401, "unauthenticated"));
+    w.ledger_state().await;
+    w.finish().await;
+}
+
+on_both_databases!(
+    a_transfer_moves_money_and_balances,
+    the_ru_fee_goes_to_fee_revenue_in_the_same_transfer,
+    every_refusal_changes_nothing,
+    the_brazilian_night_limit,
+    idempotency_keys_replay_refuse_and_survive_a_restart,
+    concurrent_requests_with_one_key_apply_once,
+    deposits_and_withdrawals,
+);

@@ -342,3 +342,24 @@ impl Server {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null), text)
     }
 }
+
+impl Server {
+    /// One integer from a SQL query on this server's database.
+    pub async fn sql_i64(&self, query: &str) -> i64 {
+        sqlx::any::install_default_drivers();
+        let mut connection = sqlx::AnyConnection::connect(&self.database_url).await.unwrap();
+        let (value,): (i64,) =
+            sqlx::query_as(sqlx::AssertSqlSafe(query.to_owned())).fetch_one(&mut connection).await.unwrap();
+        connection.close().await.ok();
+        value
+    }
+
+    /// Signs in `count` numbers in RU: +7916500XXXX.
+    pub async fn sign_in_many(&self, count: usize) -> Vec<Session> {
+        let mut sessions = Vec::with_capacity(count);
+        for index in 0..count {
+            sessions.push(self.sign_in(&format!("+7916500{index:04}"), "load").await);
+        }
+        sessions
+    }
+}

@@ -234,6 +234,13 @@ impl Server {
         self.spawn().await;
     }
 
+    /// `kill -9`, leaving it down.
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().await.unwrap();
+        child.wait().await.unwrap();
+    }
+
     /// SIGTERM, and the exit status.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
@@ -361,5 +368,40 @@ impl Server {
             sessions.push(self.sign_in(&format!("+7916500{index:04}"), "load").await);
         }
         sessions
+    }
+}
+
+/// Another `courier serve …` process (a split deployment's node).
+pub struct Node {
+    pub url: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Node {
+    /// Starts `courier serve <args> --listen 127.0.0.1:0`, logging to `log`.
+    pub async fn start(args: &[&str], log: PathBuf) -> Node {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut child = Command::new(courier_bin())
+            .arg("serve")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start courier");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = tokio::time::timeout(START_TIMEOUT, lines.next_line())
+            .await
+            .expect("the node printed its URL in time")
+            .unwrap()
+            .unwrap_or_else(|| panic!("the node exited: {}", std::fs::read_to_string(&log).unwrap_or_default()));
+        let url = line.strip_prefix("courier listening on ").expect("the URL line").to_owned();
+        Node { url, child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }

@@ -25,6 +25,8 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// Token verifications/s (offline, all cores) and sign-ins/s over HTTP.
     Accounts(AccountsBench),
+    /// Durable P2P transfers/s over HTTP (group commit) against a naive baseline.
+    Ledger(crate::bench_ledger::LedgerBench),
 }
 
 #[derive(Args)]
@@ -49,6 +51,7 @@ struct AccountsBench {
 pub async fn run(args: BenchArgs) -> Result<(), String> {
     match args.command {
         BenchCommand::Accounts(bench) => accounts(bench).await,
+        BenchCommand::Ledger(bench) => crate::bench_ledger::run(bench).await,
     }
 }
 

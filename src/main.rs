@@ -4,6 +4,7 @@
 
 mod admin;
 mod bench;
+mod bench_ledger;
 mod config;
 mod serve;
 

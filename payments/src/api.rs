@@ -1,7 +1,7 @@
 //! HTTP routes of the ledger service (API.md "Payments", and the deposit,
 //! withdrawal, freeze and reconciliation calls of "Finance ops").
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +37,8 @@ pub const REASON_CHARS_MAX: usize = 500;
 pub const SUBMIT_TIMEOUT_S_DEFAULT: u64 = 10;
 /// Wallet ids remembered as existing (saves a write per request).
 const KNOWN_WALLETS_MAX: usize = 1_000_000;
+/// Recipients remembered with their region (saves a read per request).
+const RECIPIENTS_CACHED_MAX: usize = 1_000_000;
 
 /// The ledger service's state.
 #[derive(Clone)]
@@ -51,6 +53,7 @@ struct Inner {
     submit_timeout: Duration,
     in_flight: Mutex<HashSet<IdempotencyKey>>,
     known_wallets: Mutex<HashSet<String>>,
+    recipients: Mutex<HashMap<String, (String, Option<RegionCode>)>>,
 }
 
 impl Payments {
@@ -63,6 +66,7 @@ impl Payments {
                 submit_timeout,
                 in_flight: Mutex::default(),
                 known_wallets: Mutex::default(),
+                recipients: Mutex::default(),
             }),
         }
     }
@@ -84,8 +88,9 @@ impl Payments {
         Ok(())
     }
 
-    /// Runs `command` under an idempotency key: replays a stored answer,
-    /// refuses a reused key, and otherwise waits for the writer.
+    /// Runs `command` under an idempotency key. The writer replays a stored
+    /// answer or refuses a reused key in the same batch lookup that protects
+    /// new keys, so the request path itself reads nothing.
     async fn idempotent(
         &self,
         key: IdempotencyKey,
@@ -94,17 +99,40 @@ impl Payments {
         command: impl AsyncFnOnce() -> Result<Command, PaymentsError>,
     ) -> Result<Response, HttpError> {
         let _in_flight = InFlight::claim(&self.inner.in_flight, &key).ok_or(PaymentsError::IdempotencyKeyInUse)?;
-        if let Some((stored_fingerprint, response)) =
-            store::idempotent_response(&self.inner.db, &key).await.map_err(PaymentsError::from)?
-        {
-            return if stored_fingerprint == fingerprint {
-                Ok(stored(response))
-            } else {
-                Err(PaymentsError::IdempotencyKeyReused.into())
-            };
-        }
         let command = command().await?;
         self.submit(command, initiator, Some((key, fingerprint))).await
+    }
+
+    /// The account behind a recipient, with its region; found accounts are
+    /// remembered (an account's id, number and region never change).
+    async fn recipient(
+        &self,
+        recipient: &Recipient,
+        phone: Option<&PhoneNumber>,
+    ) -> Result<Option<(String, Option<RegionCode>)>, PaymentsError> {
+        let cache_key = match (recipient, phone) {
+            (Recipient::AccountId { account_id }, _) => format!("id:{account_id}"),
+            (Recipient::Phone { .. }, Some(phone)) => format!("phone:{}", phone.as_e164()),
+            (Recipient::Phone { .. }, None) => return Ok(None),
+        };
+        if let Some(found) = self.inner.recipients.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
+            return Ok(Some(found.clone()));
+        }
+        let account = match (recipient, phone) {
+            (Recipient::AccountId { account_id }, _) => {
+                courier_accounts::store::account(&self.inner.db, account_id).await?
+            }
+            (_, Some(phone)) => courier_accounts::store::account_by_phone(&self.inner.db, phone).await?,
+            (_, None) => None,
+        };
+        let Some(account) = account else { return Ok(None) };
+        let found = (account.id.clone(), RegionCode::parse(account.region()));
+        let mut cache = self.inner.recipients.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= RECIPIENTS_CACHED_MAX {
+            cache.clear();
+        }
+        cache.insert(cache_key, found.clone());
+        Ok(Some(found))
     }
 
     async fn submit(
@@ -306,30 +334,23 @@ async fn send(
     };
     let from = user.account_id().to_owned();
     let from_region = RegionCode::parse(user.region());
-    let db = payments.inner.db.clone();
     let this = payments.clone();
     payments
         .idempotent(key, fingerprint, from.clone(), async move || {
             if let Some(region) = from_region {
                 this.ensure_wallet(&from, region).await?;
             }
-            let recipient = match (&request.to, recipient_phone) {
-                (Recipient::AccountId { account_id }, _) => courier_accounts::store::account(&db, account_id).await?,
-                (Recipient::Phone { .. }, Some(phone)) => {
-                    courier_accounts::store::account_by_phone(&db, &phone).await?
-                }
-                (Recipient::Phone { .. }, None) => None,
-            };
-            let to_region = recipient.as_ref().and_then(|account| RegionCode::parse(account.region()));
-            if let (Some(account), Some(region)) = (&recipient, to_region) {
-                this.ensure_wallet(&account.id, region).await?;
+            let recipient = this.recipient(&request.to, recipient_phone.as_ref()).await?;
+            let to_region = recipient.as_ref().and_then(|(_, region)| *region);
+            if let (Some((to, _)), Some(region)) = (&recipient, to_region) {
+                this.ensure_wallet(to, region).await?;
             }
             Ok(Command::P2p {
                 id: uuid::Uuid::now_v7().to_string(),
                 fee_id: uuid::Uuid::now_v7().to_string(),
                 from,
                 from_region,
-                to: recipient.map(|account| account.id),
+                to: recipient.map(|(id, _)| id),
                 to_region,
                 amount_minor,
                 currency,

@@ -324,6 +324,7 @@ impl Writer {
         stats.batch_size_buckets[bucket.min(15)].fetch_add(1, Ordering::Relaxed);
         metrics::histogram!("ledger_batch_size").record(batch.len() as f64);
 
+        let started = std::time::Instant::now();
         match self.prepare(connection, &batch, now).await {
             Ok(()) => {}
             Err(error) => {
@@ -345,6 +346,7 @@ impl Writer {
             }
         };
 
+        let prepared = started.elapsed();
         let touched: HashSet<AccountId> =
             batch.iter().flat_map(|r| r.command.accounts()).chain(self.system.iter().cloned()).collect();
         let before: HashMap<AccountId, i64> = touched
@@ -399,6 +401,7 @@ impl Writer {
             }
             return Ok(());
         }
+        let applied = started.elapsed();
         if !(write.transfers.is_empty() && write.idempotency.is_empty() && write.frozen.is_empty()) {
             if let Err(error) = store::commit(connection, &write, now).await {
                 // The commit may or may not have happened: forget the cache, so the
@@ -410,6 +413,8 @@ impl Writer {
                 return Err(error);
             }
         }
+        tracing::debug!(size = replies.len(), ?prepared, ?applied, committed = ?started.elapsed(), "batch");
+        metrics::histogram!("ledger_batch_duration_seconds").record(started.elapsed().as_secs_f64());
         for (reply, outcome) in replies {
             let _ = reply.send(outcome);
         }

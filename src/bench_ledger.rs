@@ -1,0 +1,412 @@
+//! `courier bench ledger`: P2P transfers over HTTP through the group-commit
+//! writer, and in the same run a naive baseline (one database transaction per
+//! transfer, same schema, same checks) for the ratio.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use courier_accounts::operators::{self, Role};
+use courier_accounts::tokens::{TokenIssuer, TokenKey};
+use courier_common::{Backend, Database};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use sqlx::{AnyConnection, Executor};
+
+use crate::config::ServeOptions;
+
+#[derive(Args)]
+pub struct LedgerBench {
+    /// A scratch PostgreSQL database (tables are created, rows added); default: SQLite in a temporary directory.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Concurrent HTTP clients.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Wallets the transfers move between.
+    #[arg(long, default_value_t = 10_000)]
+    wallets: usize,
+    /// Every transfer goes to one wallet (a hot account).
+    #[arg(long)]
+    hot: bool,
+    /// At most this many transfers in each phase.
+    #[arg(long, default_value_t = 200_000)]
+    transfers: u64,
+    /// At most this long for each phase.
+    #[arg(long, default_value_t = 15)]
+    duration_s: u64,
+    /// Skip the naive baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(bench: LedgerBench) -> Result<(), String> {
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let options = ServeOptions {
+        data_dir: Some(scratch.path().to_path_buf()),
+        database_url: bench.database_url.clone(),
+        database_connections_max: Some(bench.clients as u32 + 8),
+        ..Default::default()
+    };
+    let shutdown = courier_common::shutdown::CancellationToken::new();
+    let built = crate::serve::build(&options, None, shutdown.clone()).await?;
+    let database = built.database.clone();
+    let payments = built.payments.clone().ok_or("the ledger is not mounted")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let base = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+    let router = built.router;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let progress = |message: &str, length: u64| {
+        let bar = ProgressBar::new(length);
+        bar.set_style(
+            ProgressStyle::with_template("{msg:<24} [{bar:32}] {pos}/{len} {per_sec}").expect("a valid template"),
+        );
+        bar.set_message(message.to_owned());
+        if bench.json {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        bar
+    };
+
+    // Setup, not measured: accounts inserted directly, tokens minted with the
+    // server's key, money deposited through the admin API.
+    let bar = progress("creating wallets", bench.wallets as u64);
+    let accounts = seed_accounts(&database, bench.wallets, &bar).await?;
+    bar.finish();
+    let key = TokenKey::load(&scratch.path().join("token-signing-key.pem")).map_err(|e| e.to_string())?;
+    let issuer = TokenIssuer::new(key, vec![], 3_600);
+    let now_s = jiff::Timestamp::now().as_second() as u64;
+    let tokens: Arc<Vec<String>> = Arc::new(accounts.iter().map(|id| issuer.issue(id, "bench", "RU", now_s)).collect());
+    let (_, admin_key) = operators::create(&database, "bench", Role::Admin, None).await.map_err(|e| e.to_string())?;
+    let http = courier_accounts::http_client_builder()
+        .pool_max_idle_per_host(bench.clients)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let bar = progress("depositing", bench.wallets as u64);
+    let accounts = Arc::new(accounts);
+    run_clients(bench.clients, bench.wallets as u64, Duration::from_secs(600), &bar, {
+        let (http, base, accounts, admin_key) = (http.clone(), base.clone(), accounts.clone(), admin_key.clone());
+        move |index, _| {
+            let (http, base, accounts, admin_key) = (http.clone(), base.clone(), accounts.clone(), admin_key.clone());
+            async move {
+                let body = json!({"account_id": accounts[index as usize], "amount": "1000000.00", "currency": "RUB", "external_ref": "bench"});
+                let response = http
+                    .post(format!("{base}/admin/v1/deposits"))
+                    .bearer_auth(&admin_key)
+                    .header("idempotency-key", format!("seed-{index}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if response.status() == 201 { Ok(()) } else { Err(format!("deposit: {}", response.status())) }
+            }
+        }
+    })
+    .await?;
+    bar.finish();
+
+    // The measured phase: P2P transfers over HTTP.
+    let batches_before = payments.writer().stats.batches.load(Ordering::Relaxed);
+    let requests_before = payments.writer().stats.requests.load(Ordering::Relaxed);
+    let buckets_before: Vec<u64> =
+        payments.writer().stats.batch_size_buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+    let bar = progress("transfers over HTTP", bench.transfers);
+    let wallets = bench.wallets as u64;
+    let hot = bench.hot;
+    let grouped = run_clients(bench.clients, bench.transfers, Duration::from_secs(bench.duration_s), &bar, {
+        let (http, base, accounts, tokens) = (http.clone(), base.clone(), accounts.clone(), tokens.clone());
+        move |index, client| {
+            let (http, base, accounts, tokens) = (http.clone(), base.clone(), accounts.clone(), tokens.clone());
+            async move {
+                let (from, to) = pick(index, client, wallets, hot);
+                let body = json!({"to": {"account_id": accounts[to]}, "amount": amount(index), "currency": "RUB"});
+                let response = http
+                    .post(format!("{base}/v1/transfers"))
+                    .bearer_auth(&tokens[from])
+                    .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if response.status() == 201 { Ok(()) } else { Err(format!("transfer: {}", response.status())) }
+            }
+        }
+    })
+    .await?;
+    bar.finish();
+    let stats = &payments.writer().stats;
+    let batches = stats.batches.load(Ordering::Relaxed) - batches_before;
+    let requests = stats.requests.load(Ordering::Relaxed) - requests_before;
+    let distribution: serde_json::Map<String, serde_json::Value> = stats
+        .batch_size_buckets
+        .iter()
+        .zip(&buckets_before)
+        .enumerate()
+        .filter_map(|(i, (bucket, before))| {
+            let count = bucket.load(Ordering::Relaxed) - before;
+            (count > 0).then(|| (format!("{}-{}", 1u64 << i, (1u64 << (i + 1)) - 1), json!(count)))
+        })
+        .collect();
+    shutdown.cancel();
+
+    // The naive baseline, on the same database: one transaction per transfer.
+    let naive = if bench.no_baseline {
+        None
+    } else {
+        let bar = progress("naive baseline", bench.transfers);
+        let accounts = accounts.clone();
+        let database = database.clone();
+        let result = run_clients(
+            bench.clients,
+            bench.transfers,
+            Duration::from_secs(bench.duration_s),
+            &bar,
+            move |index, client| {
+                let (accounts, database) = (accounts.clone(), database.clone());
+                async move {
+                    let (from, to) = pick(index, client, wallets, hot);
+                    naive_transfer(&database, &accounts[from], &accounts[to], 100 + (index % 900) as i64).await
+                }
+            },
+        )
+        .await?;
+        bar.finish();
+        Some(result)
+    };
+
+    let rate = |phase: &Phase| phase.completed as f64 / phase.elapsed.as_secs_f64();
+    let mut figures = json!({
+        "bench": "ledger",
+        "database": if bench.database_url.is_some() { "postgres" } else { "sqlite" },
+        "clients": bench.clients,
+        "wallets": bench.wallets,
+        "hot_account": bench.hot,
+        "transfers": grouped.completed,
+        "failures": grouped.failed,
+        "transfers_per_s": rate(&grouped).round(),
+        "latency_ms_p50": grouped.latency.value_at_quantile(0.5) as f64 / 1000.0,
+        "latency_ms_p99": grouped.latency.value_at_quantile(0.99) as f64 / 1000.0,
+        "latency_ms_max": grouped.latency.max() as f64 / 1000.0,
+        "batches": batches,
+        "batch_size_mean": if batches > 0 { (requests as f64 / batches as f64 * 10.0).round() / 10.0 } else { 0.0 },
+        "batch_size_distribution": distribution,
+    });
+    if let Some(naive) = &naive {
+        figures["naive_transfers_per_s"] = json!(rate(naive).round());
+        figures["naive_failures"] = json!(naive.failed);
+        figures["naive_latency_ms_p99"] = json!(naive.latency.value_at_quantile(0.99) as f64 / 1000.0);
+        figures["ratio_to_naive"] = json!((rate(&grouped) / rate(naive).max(1e-9) * 10.0).round() / 10.0);
+    }
+    let (status_ok, reconciliation) = reconcile(&database).await?;
+    figures["reconciled"] = json!(status_ok);
+    if bench.json {
+        println!("{figures}");
+    } else {
+        for (name, value) in figures.as_object().expect("built as an object") {
+            println!("{name:<28} {value}");
+        }
+    }
+    database.close().await;
+    if !status_ok {
+        return Err(format!("the ledger does not reconcile after the run: {reconciliation}"));
+    }
+    if grouped.failed > 0 {
+        return Err(format!("{} transfers failed", grouped.failed));
+    }
+    Ok(())
+}
+
+/// Sender and recipient for transfer `index`: random-looking, distinct; with
+/// `hot`, every transfer goes to wallet 0.
+fn pick(index: u64, client: usize, wallets: u64, hot: bool) -> (usize, usize) {
+    let mix = index.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(client as u64);
+    let from = 1 + (mix % (wallets - 1));
+    let to = if hot { 0 } else { (from + 1 + (mix >> 20) % (wallets - 2)) % wallets };
+    let to = if to == from { 0 } else { to };
+    (from as usize, to as usize)
+}
+
+fn amount(index: u64) -> String {
+    format!("{}.{:02}", 1 + index % 9, index % 100)
+}
+
+struct Phase {
+    completed: u64,
+    failed: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+/// Runs `work(index, client)` for indexes 0.. on `clients` tasks until
+/// `total` are done or `limit` has passed.
+async fn run_clients<F, Fut>(
+    clients: usize,
+    total: u64,
+    limit: Duration,
+    bar: &ProgressBar,
+    work: F,
+) -> Result<Phase, String>
+where
+    F: Fn(u64, usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let deadline = started + limit;
+    let mut tasks = Vec::new();
+    for client in 0..clients.max(1) {
+        let (work, next, stop, bar) = (work.clone(), next.clone(), stop.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new(3).expect("3 significant figures is a valid precision");
+            let (mut completed, mut failed, mut first_error) = (0u64, 0u64, None);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= total {
+                    break;
+                }
+                let begun = Instant::now();
+                match work(index, client).await {
+                    Ok(()) => {
+                        completed += 1;
+                        let _ = latency.record(begun.elapsed().as_micros() as u64);
+                    }
+                    Err(error) => {
+                        failed += 1;
+                        first_error.get_or_insert(error);
+                    }
+                }
+                bar.inc(1);
+            }
+            (completed, failed, latency, first_error)
+        }));
+    }
+    let mut phase = Phase {
+        completed: 0,
+        failed: 0,
+        elapsed: Duration::ZERO,
+        latency: Histogram::new(3).expect("3 significant figures is a valid precision"),
+    };
+    for task in tasks {
+        let (completed, failed, latency, error) = task.await.map_err(|e| e.to_string())?;
+        phase.completed += completed;
+        phase.failed += failed;
+        phase.latency.add(latency).map_err(|e| e.to_string())?;
+        if let Some(error) = error {
+            tracing::warn!(%error, "a request failed");
+        }
+    }
+    phase.elapsed = started.elapsed();
+    Ok(phase)
+}
+
+async fn seed_accounts(database: &Database, count: usize, bar: &ProgressBar) -> Result<Vec<String>, String> {
+    let run = jiff::Timestamp::now().as_second() % 1_000;
+    let ids: Vec<String> = (0..count).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    for (chunk_index, chunk) in ids.chunks(1_000).enumerate() {
+        let rows: Vec<String> =
+            (0..chunk.len()).map(|i| format!("(${}, ${}, 'RU', 0)", 2 * i + 1, 2 * i + 2)).collect();
+        let sql = format!("INSERT INTO accounts (id, phone, region, created_at) VALUES {}", rows.join(", "));
+        // Built from constants and numbered placeholders only.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (i, id) in chunk.iter().enumerate() {
+            query = query.bind(id).bind(format!("+7999{run:03}{:05}", chunk_index * 1_000 + i));
+        }
+        query.execute(database.pool()).await.map_err(|e| e.to_string())?;
+        bar.inc(chunk.len() as u64);
+    }
+    Ok(ids)
+}
+
+/// One transfer the naive way: one transaction that locks both wallets,
+/// checks funds, freezes and the sender's day and month totals, moves the
+/// money and records the transfer and its idempotency key.
+async fn naive_transfer(database: &Database, from: &str, to: &str, amount: i64) -> Result<(), String> {
+    let mut connection = database.pool().acquire().await.map_err(|e| e.to_string())?;
+    let connection: &mut AnyConnection = &mut connection;
+    let postgres = database.backend() == Backend::Postgres;
+    connection.execute(if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" }).await.map_err(|e| e.to_string())?;
+    let result = naive_body(connection, postgres, from, to, amount).await;
+    let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    connection.execute(end).await.map_err(|e| e.to_string())?;
+    result
+}
+
+async fn naive_body(
+    connection: &mut AnyConnection,
+    postgres: bool,
+    from: &str,
+    to: &str,
+    amount: i64,
+) -> Result<(), String> {
+    let lock = if postgres {
+        "SELECT id, balance, frozen FROM ledger_accounts WHERE id IN ($1, $2) ORDER BY id FOR UPDATE"
+    } else {
+        "SELECT id, balance, frozen FROM ledger_accounts WHERE id IN ($1, $2) ORDER BY id"
+    };
+    let rows: Vec<(String, i64, i64)> =
+        sqlx::query_as(lock).bind(from).bind(to).fetch_all(&mut *connection).await.map_err(|e| e.to_string())?;
+    let sender = rows.iter().find(|r| r.0 == from).ok_or("no sender wallet")?;
+    if rows.len() != 2 || rows.iter().any(|r| r.2 == 1) || sender.1 < amount {
+        return Err("refused".into());
+    }
+    let now = courier_common::time::now_ms();
+    let (day_start, month_start) = (now - now % 86_400_000, now - 30 * 86_400_000);
+    let (day, month): (i64, i64) = sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(CASE WHEN created_at >= $2 THEN amount ELSE 0 END), 0) AS BIGINT), \
+                CAST(COALESCE(SUM(amount), 0) AS BIGINT) \
+         FROM transfers WHERE debit_account = $1 AND kind = 'p2p' AND created_at >= $3",
+    )
+    .bind(from)
+    .bind(day_start)
+    .bind(month_start)
+    .fetch_one(&mut *connection)
+    .await
+    .map_err(|e| e.to_string())?;
+    if day + amount > 150_000_00 || month + amount > 600_000_00 {
+        return Err("limit".into());
+    }
+    for (id, delta) in [(from, -amount), (to, amount)] {
+        sqlx::query("UPDATE ledger_accounts SET balance = balance + $2 WHERE id = $1")
+            .bind(id)
+            .bind(delta)
+            .execute(&mut *connection)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    sqlx::query(
+        "INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, initiator, created_at) \
+         VALUES ($1, 'p2p', $2, $3, $4, 0, 'RUB', 'RU', $2, $5)",
+    )
+    .bind(&id)
+    .bind(from)
+    .bind(to)
+    .bind(amount)
+    .bind(now)
+    .execute(&mut *connection)
+    .await
+    .map_err(|e| e.to_string())?;
+    sqlx::query("INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) VALUES ($1, $2, '', 201, '{}', $3)")
+        .bind(format!("account:{from}"))
+        .bind(&id)
+        .bind(now)
+        .execute(&mut *connection)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Whether every currency sums to zero and stored balances equal their transfers.
+async fn reconcile(database: &Database) -> Result<(bool, String), String> {
+    let totals = courier_payments::store::trial_balance(database).await.map_err(|e| e.to_string())?;
+    let mismatches = courier_payments::store::balance_mismatches(database).await.map_err(|e| e.to_string())?;
+    let ok = mismatches.is_empty() && totals.iter().all(|(_, total)| *total == 0);
+    Ok((ok, format!("totals {totals:?}, mismatches {}", mismatches.len())))
+}

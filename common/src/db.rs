@@ -10,8 +10,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::error::BoxDynError;
+use sqlx::migrate::MigrationSource;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Executor, SqlSafeStr};
+use sqlx::{AnyPool, Executor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -81,9 +83,8 @@ impl Database {
                         connection.execute("PRAGMA journal_mode = WAL").await?;
                         connection.execute("PRAGMA synchronous = FULL").await?;
                         connection.execute("PRAGMA foreign_keys = ON").await?;
-                        connection
-                            .execute(sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")))
-                            .await?;
+                        let busy_timeout = format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}");
+                        connection.execute(busy_timeout.as_str()).await?;
                     }
                     Ok(())
                 })
@@ -92,7 +93,8 @@ impl Database {
             .await
             .map_err(DbError::Connect)?;
         let database = Database { pool, backend };
-        database.migrator().run(&database.pool).await.map_err(DbError::Migrate)?;
+        let migrator = Migrator::new(Embedded(backend)).await.map_err(DbError::Migrate)?;
+        migrator.run(&database.pool).await.map_err(DbError::Migrate)?;
         Ok(database)
     }
 
@@ -124,19 +126,25 @@ impl Database {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
 
-    fn migrator(&self) -> Migrator {
+/// The migrations compiled into the binary, in the dialect of one backend.
+#[derive(Debug)]
+struct Embedded(Backend);
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(self) -> futures::future::BoxFuture<'s, Result<Vec<Migration>, BoxDynError>> {
         let migrations = MIGRATIONS
             .iter()
             .map(|&(version, name, sqlite, postgres)| {
-                let sql = match self.backend {
+                let sql = match self.0 {
                     Backend::Sqlite => sqlite,
                     Backend::Postgres => postgres,
                 };
-                Migration::new(version, Cow::Borrowed(name), MigrationType::Simple, sql.into_sql_str(), false)
+                Migration::new(version, Cow::Borrowed(name), MigrationType::Simple, Cow::Borrowed(sql), false)
             })
             .collect();
-        Migrator::with_migrations(migrations)
+        Box::pin(std::future::ready(Ok(migrations)))
     }
 }
 

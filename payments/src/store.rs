@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use courier_common::Database;
-use sqlx::{AnyConnection, AssertSqlSafe};
+use sqlx::AnyConnection;
 
 use crate::ledger::{AccountId, AccountKind, LedgerAccount, Transfer, TransferKind, Usage};
 use crate::money::Currency;
@@ -116,7 +116,7 @@ pub async fn accounts(connection: &mut AnyConnection, ids: &[AccountId]) -> Resu
             placeholders(1, chunk.len())
         );
         // Built from constants and numbered placeholders only; values are bound.
-        let mut query = sqlx::query_as::<_, AccountRow>(AssertSqlSafe(sql));
+        let mut query = sqlx::query_as::<_, AccountRow>(&sql);
         for id in chunk {
             query = query.bind(id);
         }
@@ -164,7 +164,7 @@ pub async fn usage(
             placeholders(5, chunk.len())
         );
         // Built from constants and numbered placeholders only; values are bound.
-        let mut query = sqlx::query_as::<_, (String, i64, i64, i64)>(AssertSqlSafe(sql))
+        let mut query = sqlx::query_as::<_, (String, i64, i64, i64)>(&sql)
             .bind(windows.day_start_ms)
             .bind(windows.month_start_ms)
             .bind(night_start)
@@ -222,7 +222,7 @@ pub async fn idempotent_responses(
             pairs.join(", ")
         );
         // Built from constants and numbered placeholders only; values are bound.
-        let mut query = sqlx::query_as::<_, (String, String, String, i64, String)>(AssertSqlSafe(sql));
+        let mut query = sqlx::query_as::<_, (String, String, String, i64, String)>(&sql);
         for key in chunk {
             query = query.bind(&key.scope).bind(&key.key);
         }
@@ -255,7 +255,7 @@ pub async fn commit(connection: &mut AnyConnection, batch: &BatchWrite, now_ms: 
             rows.join(", ")
         );
         // Built from constants and numbered placeholders only; values are bound.
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(&sql);
         for t in chunk {
             query = query
                 .bind(&t.id)
@@ -281,7 +281,7 @@ pub async fn commit(connection: &mut AnyConnection, batch: &BatchWrite, now_ms: 
             "UPDATE ledger_accounts SET balance = v.column2 FROM (VALUES {}) AS v WHERE ledger_accounts.id = v.column1",
             rows.join(", ")
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(&sql);
         for (id, balance) in chunk {
             query = query.bind(id).bind(*balance);
         }
@@ -300,7 +300,7 @@ pub async fn commit(connection: &mut AnyConnection, batch: &BatchWrite, now_ms: 
             "INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) VALUES {}",
             rows.join(", ")
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(&sql);
         for (key, fingerprint, response) in chunk {
             query = query
                 .bind(&key.scope)
@@ -368,8 +368,7 @@ pub async fn transfer_of(db: &Database, account_id: &str, id: &str) -> Result<Op
     let sql = format!(
         "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE id = $1 AND kind <> 'fee' AND (debit_account = $2 OR credit_account = $2)"
     );
-    let row: Option<TransferRow> =
-        sqlx::query_as(AssertSqlSafe(sql)).bind(id).bind(account_id).fetch_optional(db.pool()).await?;
+    let row: Option<TransferRow> = sqlx::query_as(&sql).bind(id).bind(account_id).fetch_optional(db.pool()).await?;
     Ok(row.and_then(transfer_from_row))
 }
 
@@ -386,7 +385,7 @@ pub async fn transfers_of(
          AND id < $2 ORDER BY id DESC LIMIT $3"
     );
     // '~' sorts after every UUID, so "no cursor" is "before the end".
-    let rows: Vec<TransferRow> = sqlx::query_as(AssertSqlSafe(sql))
+    let rows: Vec<TransferRow> = sqlx::query_as(&sql)
         .bind(account_id)
         .bind(before_id.unwrap_or("~"))
         .bind(i64::from(limit))

@@ -56,10 +56,7 @@ pub async fn fresh_database(db: Db, dir: &Path) -> (String, Option<String>) {
             let mut connection = sqlx::AnyConnection::connect(&admin)
                 .await
                 .unwrap_or_else(|error| panic!("PostgreSQL must run at {admin} (DATABASE_URL): {error}"));
-            connection
-                .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .await
-                .expect("create a test database");
+            connection.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create a test database");
             connection.close().await.ok();
             (database_url_for(&admin, &name), Some(name))
         }
@@ -81,7 +78,7 @@ fn database_url_for(admin: &str, name: &str) -> String {
 
 pub async fn drop_database(name: &str) {
     if let Ok(mut connection) = sqlx::AnyConnection::connect(&postgres_admin_url()).await {
-        let _ = connection.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
+        let _ = connection.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str()).await;
         connection.close().await.ok();
     }
 }
@@ -333,7 +330,7 @@ impl Server {
     pub async fn sql(&self, statement: &str) {
         sqlx::any::install_default_drivers();
         let mut connection = sqlx::AnyConnection::connect(&self.database_url).await.unwrap();
-        connection.execute(sqlx::AssertSqlSafe(statement.to_owned())).await.unwrap();
+        connection.execute(statement).await.unwrap();
         connection.close().await.ok();
     }
 
@@ -355,8 +352,7 @@ impl Server {
     pub async fn sql_i64(&self, query: &str) -> i64 {
         sqlx::any::install_default_drivers();
         let mut connection = sqlx::AnyConnection::connect(&self.database_url).await.unwrap();
-        let (value,): (i64,) =
-            sqlx::query_as(sqlx::AssertSqlSafe(query.to_owned())).fetch_one(&mut connection).await.unwrap();
+        let (value,): (i64,) = sqlx::query_as(query).fetch_one(&mut connection).await.unwrap();
         connection.close().await.ok();
         value
     }

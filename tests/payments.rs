@@ -144,6 +144,13 @@ async fn refused(w: &World, from: &Session, body: Value, status: u16, code: &str
     assert_eq!(w.ledger_state().await, before, "{code} changed the ledger");
 }
 
+/// Changes a region's rules in the database, as an operator would, and waits
+/// for the writer to reread them (it does every 250 ms).
+async fn set_rules(w: &World, statement: &str) {
+    w.server.sql(statement).await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+}
+
 async fn every_refusal_changes_nothing(db: Db) {
     let w = world(db).await;
     w.deposit(&w.alice.account_id, "1000.00", "RUB").await;
@@ -230,13 +237,13 @@ async fn every_refusal_changes_nothing(db: Db) {
         assert_eq!(status, 200);
     }
 
-    w.server.sql("UPDATE regions SET enabled = 0 WHERE code = 'RU'").await;
+    set_rules(&w, "UPDATE regions SET enabled = 0 WHERE code = 'RU'").await;
     refused(&w, &w.alice, json!({"to": bob, "amount": "1.00", "currency": "RUB"}), 403, "region_disabled").await;
-    w.server.sql("UPDATE regions SET enabled = 1, daily_max = 30000 WHERE code = 'RU'").await;
+    set_rules(&w, "UPDATE regions SET enabled = 1, daily_max = 30000 WHERE code = 'RU'").await;
     let (status, _, _) = w.send(&w.alice, &key(), json!({"to": bob, "amount": "200.00", "currency": "RUB"})).await;
     assert_eq!(status, 201);
     refused(&w, &w.alice, json!({"to": bob, "amount": "100.01", "currency": "RUB"}), 422, "limit_daily").await;
-    w.server.sql("UPDATE regions SET daily_max = 15000000, monthly_max = 30000 WHERE code = 'RU'").await;
+    set_rules(&w, "UPDATE regions SET daily_max = 15000000, monthly_max = 30000 WHERE code = 'RU'").await;
     refused(&w, &w.alice, json!({"to": bob, "amount": "100.01", "currency": "RUB"}), 422, "limit_monthly").await;
     w.finish().await;
 }
@@ -248,12 +255,9 @@ async fn the_brazilian_night_limit(db: Db) {
     w.deposit(&bruno.account_id, "3000.00", "BRL").await;
     // Make "now" night in São Paulo: a two-hour night starting this hour.
     let hour = jiff::Timestamp::now().in_tz("America/Sao_Paulo").unwrap().hour();
-    w.server
-        .sql(&format!(
-            "UPDATE regions SET night_start_hour = {hour}, night_end_hour = {} WHERE code = 'BR'",
-            (hour + 2) % 24
-        ))
-        .await;
+    let night =
+        format!("UPDATE regions SET night_start_hour = {hour}, night_end_hour = {} WHERE code = 'BR'", (hour + 2) % 24);
+    set_rules(&w, &night).await;
     let to_bia = json!({"phone": "+5521998765432"});
     let (status, body, _) = w
         .server

@@ -227,7 +227,14 @@ pub struct TokenVerifier {
     keys: RwLock<HashMap<String, DecodingKey>>,
     remote: Option<Remote>,
     validation: Validation,
+    /// Tokens already verified, by SHA-256 of the whole token: a client sends
+    /// the same token for minutes, and an Ed25519 verification costs tens of
+    /// microseconds. Expiry is still checked on every use.
+    verified: std::sync::Mutex<HashMap<[u8; 32], AccessClaims>>,
 }
+
+/// Verified tokens remembered; the cache starts over when full.
+const VERIFIED_TOKENS_CACHED_MAX: usize = 100_000;
 
 struct Remote {
     url: String,
@@ -237,7 +244,12 @@ struct Remote {
 
 impl TokenVerifier {
     pub fn from_jwks(jwks: &Jwks) -> Result<Self, KeyError> {
-        Ok(TokenVerifier { keys: RwLock::new(decoding_keys(jwks)?), remote: None, validation: validation() })
+        Ok(TokenVerifier {
+            keys: RwLock::new(decoding_keys(jwks)?),
+            remote: None,
+            validation: validation(),
+            verified: Default::default(),
+        })
     }
 
     /// Fetches the JWKS at `url` now, and again when a token names a key id
@@ -252,6 +264,7 @@ impl TokenVerifier {
             keys: RwLock::new(decoding_keys(&jwks)?),
             remote: Some(Remote { url: url.to_owned(), client, last_fetch: tokio::sync::Mutex::new(Instant::now()) }),
             validation: validation(),
+            verified: Default::default(),
         })
     }
 
@@ -268,6 +281,22 @@ impl TokenVerifier {
 
     /// Verification without any I/O (the hot path).
     pub fn verify_with_known_keys(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let cached = self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(&digest).cloned();
+        if let Some(claims) = cached {
+            let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            return if claims.exp + CLOCK_SKEW_S >= now_s { Ok(claims) } else { Err(TokenError::Expired) };
+        }
+        let claims = self.verify_signature(token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= VERIFIED_TOKENS_CACHED_MAX {
+            verified.clear();
+        }
+        verified.insert(digest, claims.clone());
+        Ok(claims)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid);
@@ -352,6 +381,18 @@ mod tests {
         let claims = verifier.verify(&token).await.unwrap();
         assert_eq!((claims.sub.as_str(), claims.did.as_str(), claims.region.as_str()), ("acc", "dev", "RU"));
         assert_eq!(claims.exp - claims.iat, 900);
+    }
+
+    #[tokio::test]
+    async fn a_cached_token_still_expires() {
+        let issuer = TokenIssuer::new(TokenKey::generate(), vec![], 1);
+        let verifier = TokenVerifier::from_jwks(&issuer.jwks()).unwrap();
+        // Issued long enough ago that only the clock-skew allowance keeps it alive.
+        let token = issuer.issue("acc", "dev", "RU", now_s() - CLOCK_SKEW_S + 1);
+        verifier.verify(&token).await.unwrap();
+        verifier.verify(&token).await.unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2_100));
+        assert_eq!(verifier.verify(&token).await, Err(TokenError::Expired), "from the cache, too");
     }
 
     #[tokio::test]

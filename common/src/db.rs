@@ -13,7 +13,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::error::BoxDynError;
 use sqlx::migrate::MigrationSource;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -26,6 +26,7 @@ pub enum Backend {
 pub struct Database {
     pool: AnyPool,
     backend: Backend,
+    url: std::sync::Arc<str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,24 +76,11 @@ impl Database {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(ACQUIRE_TIMEOUT_S))
-            .after_connect(move |connection, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the writer; FULL makes every
-                        // commit durable before it is acknowledged.
-                        connection.execute("PRAGMA journal_mode = WAL").await?;
-                        connection.execute("PRAGMA synchronous = FULL").await?;
-                        connection.execute("PRAGMA foreign_keys = ON").await?;
-                        let busy_timeout = format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}");
-                        connection.execute(busy_timeout.as_str()).await?;
-                    }
-                    Ok(())
-                })
-            })
+            .after_connect(move |connection, _meta| Box::pin(configure(connection, backend)))
             .connect(url)
             .await
             .map_err(DbError::Connect)?;
-        let database = Database { pool, backend };
+        let database = Database { pool, backend, url: url.into() };
         let migrator = Migrator::new(Embedded(backend)).await.map_err(DbError::Migrate)?;
         migrator.run(&database.pool).await.map_err(DbError::Migrate)?;
         Ok(database)
@@ -123,9 +111,30 @@ impl Database {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
     }
 
+    /// A connection of its own, outside the pool, configured like the pool's:
+    /// for a task that runs on a runtime of its own (the ledger writer).
+    pub async fn dedicated_connection(&self) -> Result<AnyConnection, sqlx::Error> {
+        let mut connection = AnyConnection::connect(&self.url).await?;
+        configure(&mut connection, self.backend).await?;
+        Ok(connection)
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Per-connection settings. SQLite: WAL lets readers run beside the writer;
+/// `synchronous = FULL` makes every commit durable before it is acknowledged.
+async fn configure(connection: &mut AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
+    if backend == Backend::Sqlite {
+        connection.execute("PRAGMA journal_mode = WAL").await?;
+        connection.execute("PRAGMA synchronous = FULL").await?;
+        connection.execute("PRAGMA foreign_keys = ON").await?;
+        let busy_timeout = format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}");
+        connection.execute(busy_timeout.as_str()).await?;
+    }
+    Ok(())
 }
 
 /// The migrations compiled into the binary, in the dialect of one backend.

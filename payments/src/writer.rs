@@ -28,6 +28,8 @@ use crate::view;
 const WRITER_LOCK_KEY: i64 = 0x636f_7572_6c65_6467;
 const STANDBY_POLL: Duration = Duration::from_millis(500);
 const IDEMPOTENCY_SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Operators change regions' rules live; the writer rereads them this often.
+const REGIONS_RELOAD_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -168,7 +170,7 @@ async fn acquire(
     let mut announced = false;
     loop {
         let attempt: Result<Option<(AnyConnection, Held)>, String> = async {
-            let mut connection = database.pool().acquire().await.map_err(|e| e.to_string())?.detach();
+            let mut connection = database.dedicated_connection().await.map_err(|e| e.to_string())?;
             match lock {
                 WriterLock::PostgresAdvisory => {
                     let (held,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
@@ -224,7 +226,12 @@ async fn run(
             requests.close();
             return;
         };
-        let mut writer = Writer { ledger: Ledger::default(), config: config.clone(), system: Vec::new() };
+        let mut writer = Writer {
+            ledger: Ledger::default(),
+            config: config.clone(),
+            system: Vec::new(),
+            regions_loaded: std::time::Instant::now(),
+        };
         if let Err(error) = writer.load_system(&mut connection).await {
             tracing::error!(%error, "ledger writer cannot load the system accounts; retrying");
             drop(held);
@@ -298,6 +305,7 @@ struct Writer {
     ledger: Ledger,
     config: WriterConfig,
     system: Vec<AccountId>,
+    regions_loaded: std::time::Instant,
 }
 
 impl Writer {
@@ -434,7 +442,10 @@ impl Writer {
         batch: &[WriteRequest],
         now: i64,
     ) -> Result<(), sqlx::Error> {
-        self.ledger.regions = store::regions(connection).await?;
+        if self.regions_loaded.elapsed() >= REGIONS_RELOAD_EVERY {
+            self.ledger.regions = store::regions(connection).await?;
+            self.regions_loaded = std::time::Instant::now();
+        }
         let missing: Vec<AccountId> = batch
             .iter()
             .flat_map(|r| r.command.accounts())

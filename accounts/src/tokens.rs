@@ -388,7 +388,7 @@ mod tests {
         let issuer = TokenIssuer::new(TokenKey::generate(), vec![], 1);
         let verifier = TokenVerifier::from_jwks(&issuer.jwks()).unwrap();
         // Issued long enough ago that only the clock-skew allowance keeps it alive.
-        let token = issuer.issue("acc", "dev", "RU", now_s() - CLOCK_SKEW_S + 1);
+        let token = issuer.issue("acc", "dev", "RU", now_s() - CLOCK_SKEW_S);
         verifier.verify(&token).await.unwrap();
         verifier.verify(&token).await.unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2_100));

@@ -61,6 +61,11 @@ async fn a_standby_writer_takes_over_when_the_first_dies(db: Db) {
     });
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(!waiting.is_finished(), "the standby applied a transfer while the first writer lived");
+
+    // The same key while that request is still in flight: 409.
+    let to_bob_again = json!({"to": {"account_id": bob.account_id}, "amount": "30.00", "currency": "RUB"});
+    let (status, body) = post(&first, &standby.url, &alice.access_token, "k-standby", &to_bob_again).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("idempotency_key_in_use")));
     let (_, wallet) = first.get("/v1/wallet", Some(&alice.access_token)).await;
     assert_eq!(wallet["balance"], "100.00");
 
@@ -76,9 +81,86 @@ async fn a_standby_writer_takes_over_when_the_first_dies(db: Db) {
     first.finish().await;
 }
 
+async fn post(
+    server: &Server,
+    base: &str,
+    token: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = server
+        .http
+        .post(format!("{base}/v1/transfers"))
+        .bearer_auth(token)
+        .header("idempotency-key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or_default())
+}
+
 async fn get(server: &Server, base: &str, path: &str, token: &str) -> (u16, serde_json::Value) {
     let response = server.http.get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap();
     (response.status().as_u16(), response.json().await.unwrap_or_default())
+}
+
+/// A node whose writer is a standby answers 503 `ledger_unavailable` once
+/// its submit deadline passes; the request stays queued, and a retry with the
+/// same key after the takeover gets the one transfer it made.
+async fn without_a_writer_requests_time_out_and_retries_apply_once(db: Db) {
+    let mut first = Server::start(db).await;
+    let admin = first.bootstrap_admin();
+    let alice = first.sign_in("+79161234567", "phone").await;
+    let bob = first.sign_in("+79167654321", "phone").await;
+    let deposit =
+        json!({"account_id": alice.account_id, "amount": "100.00", "currency": "RUB", "external_ref": "seed"});
+    assert_eq!(first.post_keyed("/admin/v1/deposits", &admin, "seed", deposit).await.0, 201);
+    let jwks = format!("{}/v1/auth/keys", first.url);
+    let dir = tempfile::tempdir().unwrap();
+    let standby = Node::start(
+        &[
+            "payments",
+            "--database-url",
+            &first.database_url,
+            "--jwks-url",
+            &jwks,
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--ledger-submit-timeout-s",
+            "1",
+        ],
+        dir.path().join("standby.log"),
+    )
+    .await;
+    let body = json!({"to": {"account_id": bob.account_id}, "amount": "10.00", "currency": "RUB"});
+    let response = first
+        .http
+        .post(format!("{}/v1/transfers", standby.url))
+        .bearer_auth(&alice.access_token)
+        .header("idempotency-key", "k-timeout")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "ledger_unavailable");
+
+    first.kill().await;
+    let mut outcome = (0, serde_json::Value::Null);
+    for _ in 0..50 {
+        outcome = post(&first, &standby.url, &alice.access_token, "k-timeout", &body).await;
+        if outcome.0 != 503 {
+            break;
+        }
+    }
+    assert_eq!(outcome.0, 201, "{}", outcome.1);
+    let (_, wallet) = get(&first, &standby.url, "/v1/wallet", &alice.access_token).await;
+    assert_eq!(wallet["balance"], "90.00", "applied exactly once");
+    drop(standby);
+    first.finish().await;
 }
 
 #[tokio::test]
@@ -92,4 +174,7 @@ async fn serve_payments_alone_needs_the_jwks_url() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--jwks-url"));
 }
 
-on_both_databases!(a_standby_writer_takes_over_when_the_first_dies);
+on_both_databases!(
+    a_standby_writer_takes_over_when_the_first_dies,
+    without_a_writer_requests_time_out_and_retries_apply_once
+);

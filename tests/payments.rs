@@ -390,7 +390,46 @@ async fn deposits_and_withdrawals(db: Db) {
     w.finish().await;
 }
 
+/// A full writer queue answers 503 `overloaded` with `Retry-After` at once,
+/// and those requests change nothing.
+async fn a_full_queue_is_overloaded_not_unbounded(db: Db) {
+    let server = Server::start_with(db, &["--ledger-queue-len-max", "1", "--ledger-batch-len-max", "1"]).await;
+    let admin = server.bootstrap_admin();
+    let alice = server.sign_in(ALICE, "phone").await;
+    let bob = server.sign_in(BOB, "phone").await;
+    let deposit =
+        json!({"account_id": alice.account_id, "amount": "1000.00", "currency": "RUB", "external_ref": "seed"});
+    assert_eq!(server.post_keyed("/admin/v1/deposits", &admin, "seed", deposit).await.0, 201);
+    let body = json!({"to": {"account_id": bob.account_id}, "amount": "1.00", "currency": "RUB"});
+    let burst = (0..64).map(|_| {
+        let request = server
+            .http
+            .post(format!("{}/v1/transfers", server.url))
+            .bearer_auth(&alice.access_token)
+            .header("idempotency-key", key())
+            .json(&body)
+            .send();
+        async move {
+            let response = request.await.unwrap();
+            let retry_after = response.headers().contains_key("retry-after");
+            (response.status().as_u16(), retry_after, response.json::<Value>().await.unwrap())
+        }
+    });
+    let results = futures::future::join_all(burst).await;
+    let created = results.iter().filter(|(status, _, _)| *status == 201).count();
+    let overloaded = results
+        .iter()
+        .filter(|(status, retry, body)| *status == 503 && *retry && error_code(body) == "overloaded")
+        .count();
+    assert_eq!(created + overloaded, 64, "{results:?}");
+    assert!(overloaded > 0, "64 concurrent requests into a queue of one");
+    let (_, wallet) = server.get("/v1/wallet", Some(&alice.access_token)).await;
+    assert_eq!(wallet["balance"], format!("{}.00", 1000 - created), "only the accepted ones moved money");
+    server.finish().await;
+}
+
 on_both_databases!(
+    a_full_queue_is_overloaded_not_unbounded,
     a_transfer_moves_money_and_balances,
     the_ru_fee_goes_to_fee_revenue_in_the_same_transfer,
     every_refusal_changes_nothing,

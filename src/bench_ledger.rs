@@ -15,6 +15,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sqlx::{AnyConnection, Executor};
 
+use courier_payments::region::{RegionCode, RegionRules};
+
 use crate::config::ServeOptions;
 
 #[derive(Args)]
@@ -357,7 +359,9 @@ async fn naive_body(
         return Err("refused".into());
     }
     let now = courier_common::time::now_ms();
-    let (day_start, month_start) = (now - now % 86_400_000, now - 30 * 86_400_000);
+    let rules = RegionRules::default_for(RegionCode::Ru);
+    let windows = rules.windows(now);
+    let (day_start, month_start) = (windows.day_start_ms, windows.month_start_ms);
     let (day, month): (i64, i64) = sqlx::query_as(
         "SELECT CAST(COALESCE(SUM(CASE WHEN created_at >= $2 THEN amount ELSE 0 END), 0) AS BIGINT), \
                 CAST(COALESCE(SUM(amount), 0) AS BIGINT) \
@@ -369,7 +373,10 @@ async fn naive_body(
     .fetch_one(&mut *connection)
     .await
     .map_err(|e| e.to_string())?;
-    if day + amount > 150_000_00 || month + amount > 600_000_00 {
+    if amount > rules.per_transfer_max_minor
+        || day + amount > rules.daily_max_minor
+        || month + amount > rules.monthly_max_minor
+    {
         return Err("limit".into());
     }
     for (id, delta) in [(from, -amount), (to, amount)] {

@@ -117,7 +117,7 @@ impl Accounts {
     pub async fn request_code(&self, phone: &PhoneNumber, client: Option<IpAddr>) -> Result<(), AccountsError> {
         let config = &self.inner.config;
         if let (Some(limiter), Some(addr)) = (&self.inner.addr_limiter, client) {
-            if self.inner.code_requests.fetch_add(1, Ordering::Relaxed) % ADDR_LIMITER_SWEEP_EVERY == 0 {
+            if self.inner.code_requests.fetch_add(1, Ordering::Relaxed).is_multiple_of(ADDR_LIMITER_SWEEP_EVERY) {
                 limiter.retain_recent();
             }
             if let Err(not_until) = limiter.check_key(&addr) {

@@ -217,7 +217,8 @@ pub struct RefreshRow {
 }
 
 pub async fn refresh_token(db: &Database, digest: &str) -> Result<Option<RefreshRow>, sqlx::Error> {
-    let row: Option<(String, String, String, i64, Option<i64>, Option<i64>)> = sqlx::query_as(
+    type Row = (String, String, String, i64, Option<i64>, Option<i64>);
+    let row: Option<Row> = sqlx::query_as(
         "SELECT r.device_id, d.account_id, a.region, r.expires_at, r.spent_at, d.revoked_at \
          FROM refresh_tokens r JOIN devices d ON d.id = r.device_id JOIN accounts a ON a.id = d.account_id \
          WHERE r.token_digest = $1",

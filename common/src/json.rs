@@ -55,6 +55,23 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
     serde_json::from_slice(bytes).map_err(|error| HttpError::invalid_request(format!("invalid JSON body: {error}")))
 }
 
+/// Like `axum::extract::Query`, with rejections in the service error shape.
+pub struct Query<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(value)| Query(value))
+            .map_err(|rejection| HttpError::invalid_request(format!("invalid query string: {}", rejection.body_text())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,22 +92,5 @@ mod tests {
             assert_eq!(error.status, StatusCode::BAD_REQUEST);
         }
         assert!(parse::<Body>(br#"{"phone":"x"}"#).is_ok());
-    }
-}
-
-/// Like `axum::extract::Query`, with rejections in the service error shape.
-pub struct Query<T>(pub T);
-
-impl<T, S> axum::extract::FromRequestParts<S> for Query<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = HttpError;
-
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::try_from_uri(&parts.uri)
-            .map(|axum::extract::Query(value)| Query(value))
-            .map_err(|rejection| HttpError::invalid_request(format!("invalid query string: {}", rejection.body_text())))
     }
 }

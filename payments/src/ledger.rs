@@ -379,10 +379,10 @@ impl Ledger {
         if usage.month_minor + amount > rules.monthly_max_minor {
             return Err(Refusal::LimitMonthly);
         }
-        if let (Some(night_max), Some(_)) = (rules.night_max_minor, usage.night_start_ms) {
-            if usage.night_minor + amount > night_max {
-                return Err(Refusal::LimitNight);
-            }
+        if let (Some(night_max), Some(_)) = (rules.night_max_minor, usage.night_start_ms)
+            && usage.night_minor + amount > night_max
+        {
+            return Err(Refusal::LimitNight);
         }
         let fee = rules.fee.fee_minor(usage.month_minor, amount);
         if sender.balance_minor < amount + fee {

@@ -131,10 +131,10 @@ impl Model {
                 if month + minor > rule.monthly_max_minor {
                     return Err(Refusal::LimitMonthly);
                 }
-                if let (Some(max), Some(start)) = (rule.night_max_minor, windows.night_start_ms) {
-                    if self.sent_since(&from_id, start) + minor > max {
-                        return Err(Refusal::LimitNight);
-                    }
+                if let (Some(max), Some(start)) = (rule.night_max_minor, windows.night_start_ms)
+                    && self.sent_since(&from_id, start) + minor > max
+                {
+                    return Err(Refusal::LimitNight);
                 }
                 // The RU rule written out: 0.5 % of the part above 1,000.00 this month, half up, capped.
                 let fee = match rule.fee {

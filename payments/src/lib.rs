@@ -14,6 +14,9 @@
 //! The rules live in plain code ([`ledger`], [`region`], [`money`]) tested
 //! without a database.
 
+// Amounts in minor units are written major_minor (`100_000_00` is 100,000.00).
+#![allow(clippy::inconsistent_digit_grouping)]
+
 pub mod api;
 pub mod error;
 pub mod ledger;

@@ -367,16 +367,16 @@ impl Writer {
         let mut replies = Vec::with_capacity(batch.len());
         let mut in_batch: HashMap<IdempotencyKey, (String, StoredResponse)> = HashMap::new();
         for request in batch {
-            if let Some((key, fingerprint)) = &request.idempotency {
-                if let Some((stored_fingerprint, response)) = stored.get(key).or_else(|| in_batch.get(key)) {
-                    let outcome = if stored_fingerprint == fingerprint {
-                        WriteOutcome::Response(response.clone())
-                    } else {
-                        WriteOutcome::KeyReused
-                    };
-                    replies.push((request.reply, outcome));
-                    continue;
-                }
+            if let Some((key, fingerprint)) = &request.idempotency
+                && let Some((stored_fingerprint, response)) = stored.get(key).or_else(|| in_batch.get(key))
+            {
+                let outcome = if stored_fingerprint == fingerprint {
+                    WriteOutcome::Response(response.clone())
+                } else {
+                    WriteOutcome::KeyReused
+                };
+                replies.push((request.reply, outcome));
+                continue;
             }
             let outcome = self.ledger.apply(&request.command, &request.initiator, now);
             let response = view::render(&request.command, &outcome);
@@ -410,16 +410,16 @@ impl Writer {
             return Ok(());
         }
         let applied = started.elapsed();
-        if !(write.transfers.is_empty() && write.idempotency.is_empty() && write.frozen.is_empty()) {
-            if let Err(error) = store::commit(connection, &write, now).await {
-                // The commit may or may not have happened: forget the cache, so the
-                // next writer reads the truth from the database.
-                self.ledger = Ledger::default();
-                for (reply, _) in replies {
-                    let _ = reply.send(WriteOutcome::Unavailable);
-                }
-                return Err(error);
+        if !(write.transfers.is_empty() && write.idempotency.is_empty() && write.frozen.is_empty())
+            && let Err(error) = store::commit(connection, &write, now).await
+        {
+            // The commit may or may not have happened: forget the cache, so the
+            // next writer reads the truth from the database.
+            self.ledger = Ledger::default();
+            for (reply, _) in replies {
+                let _ = reply.send(WriteOutcome::Unavailable);
             }
+            return Err(error);
         }
         tracing::debug!(size = replies.len(), ?prepared, ?applied, committed = ?started.elapsed(), "batch");
         metrics::histogram!("ledger_batch_duration_seconds").record(started.elapsed().as_secs_f64());
@@ -460,12 +460,12 @@ impl Writer {
         }
         let mut senders: HashMap<crate::region::RegionCode, HashSet<AccountId>> = HashMap::new();
         for request in batch {
-            if let Command::P2p { from, .. } = &request.command {
-                if let Some(account) = self.ledger.accounts.get(from) {
-                    if account.kind == AccountKind::Wallet && !self.ledger.usage.contains_key(from) {
-                        senders.entry(account.region).or_default().insert(from.clone());
-                    }
-                }
+            if let Command::P2p { from, .. } = &request.command
+                && let Some(account) = self.ledger.accounts.get(from)
+                && account.kind == AccountKind::Wallet
+                && !self.ledger.usage.contains_key(from)
+            {
+                senders.entry(account.region).or_default().insert(from.clone());
             }
         }
         for (region, senders) in senders {

@@ -40,7 +40,14 @@ async fn a_standby_writer_takes_over_when_the_first_dies(db: Db) {
     // The standby verifies the first node's tokens offline and serves reads.
     let (status, wallet) = get(&first, &standby.url, "/v1/wallet", &alice.access_token).await;
     assert_eq!((status, wallet["balance"].as_str()), (200, Some("100.00")));
-    assert!(standby.log().contains("standby"), "{}", standby.log());
+    // The writer says it is waiting; give its first attempt at the lock a moment.
+    for _ in 0..50 {
+        if standby.log().contains("standby") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(standby.log().contains("waiting as a standby"), "{}", standby.log());
 
     // A transfer sent to the standby waits: it must not be applied by a second writer.
     let http = first.http.clone();

@@ -482,6 +482,14 @@ async fn operations_endpoints_and_graceful_shutdown(db: Db) {
         "/healthz",
         "/readyz",
         "/metrics",
+        "/v1/wallet",
+        "/v1/transfers",
+        "/v1/transfers/{id}",
+        "/admin/v1/deposits",
+        "/admin/v1/withdrawals",
+        "/admin/v1/accounts/{id}/freeze",
+        "/admin/v1/accounts/{id}/unfreeze",
+        "/admin/v1/reconciliation",
     ] {
         assert!(openapi["paths"][path].is_object(), "{path} is missing from /openapi.json");
     }

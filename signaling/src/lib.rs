@@ -7,5 +7,8 @@
 //! sends: every message is validated, rate limited and checked against the
 //! call's state before anything changes.
 //!
-//! The service lands with its own milestone; this crate holds its place in
-//! the workspace.
+//! Built so far: [`protocol`], the messages parsed at the boundary into
+//! domain types. The state machine, the WebSocket endpoint and routing come
+//! next.
+
+pub mod protocol;

@@ -1,0 +1,427 @@
+//! The signaling protocol's messages (API.md, "Signaling"), parsed at the
+//! boundary into domain types. A frame that does not parse is answered with
+//! an `error` (`bad_message` or `message_too_large`) carrying the frame's
+//! `id` when one could be read, and changes nothing.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The protocol version every frame carries as `"v": 1`.
+pub const PROTOCOL_VERSION: u64 = 1;
+/// Largest text frame a client may send.
+pub const WS_MESSAGE_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+const MESSAGE_ID_CHARS_MAX: usize = 64;
+const CALL_ID_CHARS_MAX: usize = 64;
+const ACCOUNT_ID_CHARS_MAX: usize = 64;
+const TOKEN_CHARS_MAX: usize = 4_096;
+const CANDIDATES_PER_MESSAGE_MAX: usize = 64;
+/// A SAS commitment is SHA-256 in hex; a nonce is 32 bytes in hex.
+const SAS_HEX_CHARS: usize = 64;
+
+/// Every error code a client can receive, each with its stable string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Unauthenticated,
+    BadMessage,
+    MessageTooLarge,
+    RateLimited,
+    UnknownCall,
+    NotInCall,
+    InvalidState,
+    CalleeNotFound,
+    CalleeNotAccepting,
+    CalleeBusy,
+    AlreadyInCall,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::UnknownCall => "unknown_call",
+            ErrorCode::NotInCall => "not_in_call",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::CalleeNotFound => "callee_not_found",
+            ErrorCode::CalleeNotAccepting => "callee_not_accepting",
+            ErrorCode::CalleeBusy => "callee_busy",
+            ErrorCode::AlreadyInCall => "already_in_call",
+        }
+    }
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HangupReason {
+    UserHangup,
+    Rejected,
+    Busy,
+    InviteTimeout,
+    Unavailable,
+    IceFailed,
+    AnsweredElsewhere,
+    LostConnection,
+    Glare,
+    ServerShutdown,
+}
+
+impl HangupReason {
+    /// The reasons a client may give in its own `hangup`; the others are the
+    /// server's to decide.
+    pub fn client_may_send(self) -> bool {
+        matches!(self, HangupReason::UserHangup | HangupReason::IceFailed | HangupReason::Busy)
+    }
+}
+
+/// A call id chosen by the caller: 1–64 of `A–Z a–z 0–9 - _` (a UUID fits).
+/// Ids compare as strings; glare resolves to the lesser.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct CallId(String);
+
+impl CallId {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if is_token(value, CALL_ID_CHARS_MAX) {
+            Ok(CallId(value.to_owned()))
+        } else {
+            Err(format!("call_id must be 1 to {CALL_ID_CHARS_MAX} letters, digits, '-' or '_'"))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn is_token(value: &str, max: usize) -> bool {
+    !value.is_empty()
+        && value.len() <= max
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// An SDP offer or answer: non-empty, starting with its version line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sdp(String);
+
+impl Sdp {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if value.starts_with("v=0") {
+            Ok(Sdp(value.to_owned()))
+        } else {
+            Err("sdp must be a session description starting with \"v=0\"".into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// 64 lowercase or uppercase hex digits (a SAS commitment or nonce).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SasHex(String);
+
+impl SasHex {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        if value.len() == SAS_HEX_CHARS && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(SasHex(value.to_ascii_lowercase()))
+        } else {
+            Err(format!("SAS commitments and nonces are {SAS_HEX_CHARS} hex digits"))
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NegotiateKind {
+    Offer,
+    Answer,
+}
+
+/// A parsed client message: its id, and what it asks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientMessage {
+    pub id: String,
+    pub body: ClientBody,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientBody {
+    Auth {
+        token: String,
+    },
+    Invite {
+        call_id: CallId,
+        callee: String,
+        sdp: Sdp,
+        sas_commit: Option<SasHex>,
+    },
+    Ringing {
+        call_id: CallId,
+    },
+    Answer {
+        call_id: CallId,
+        sdp: Sdp,
+        sas_nonce: Option<SasHex>,
+    },
+    Reject {
+        call_id: CallId,
+    },
+    Hangup {
+        call_id: CallId,
+        reason: HangupReason,
+    },
+    /// Trickle ICE candidates, relayed as they are (each a JSON object).
+    Candidates {
+        call_id: CallId,
+        candidates: Vec<Value>,
+    },
+    Negotiate {
+        call_id: CallId,
+        sdp: Sdp,
+        kind: NegotiateKind,
+    },
+    Resume {
+        call_id: CallId,
+    },
+    SasReveal {
+        call_id: CallId,
+        nonce: SasHex,
+    },
+    Ping,
+}
+
+/// Why a frame was refused, with the frame's id when it had a readable one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub id: Option<String>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The wire shape, before validation into [`ClientBody`].
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Wire {
+    Auth { v: u64, id: String, token: String },
+    Invite { v: u64, id: String, call_id: String, callee: String, sdp: String, sas_commit: Option<String> },
+    Ringing { v: u64, id: String, call_id: String },
+    Answer { v: u64, id: String, call_id: String, sdp: String, sas_nonce: Option<String> },
+    Reject { v: u64, id: String, call_id: String },
+    Hangup { v: u64, id: String, call_id: String, reason: HangupReason },
+    Candidates { v: u64, id: String, call_id: String, candidates: Vec<Value> },
+    Negotiate { v: u64, id: String, call_id: String, sdp: String, kind: NegotiateKind },
+    Resume { v: u64, id: String, call_id: String },
+    SasReveal { v: u64, id: String, call_id: String, nonce: String },
+    Ping { v: u64, id: String },
+}
+
+/// Parses one text frame of at most `bytes_max` bytes.
+pub fn parse(frame: &str, bytes_max: usize) -> Result<ClientMessage, Refused> {
+    let readable_id = || {
+        serde_json::from_str::<Value>(frame)
+            .ok()
+            .and_then(|value| value.get("id").and_then(Value::as_str).map(str::to_owned))
+            .filter(|id| is_token(id, MESSAGE_ID_CHARS_MAX))
+    };
+    let refuse = |code, message: String| Refused { id: readable_id(), code, message };
+    if frame.len() > bytes_max {
+        // Not parsed at all: a frame this large is refused before any work.
+        return Err(Refused {
+            id: None,
+            code: ErrorCode::MessageTooLarge,
+            message: format!("frames are at most {bytes_max} bytes"),
+        });
+    }
+    let wire: Wire = serde_json::from_str(frame)
+        .map_err(|error| refuse(ErrorCode::BadMessage, format!("not a valid message: {error}")))?;
+    let bad = |message: String| refuse(ErrorCode::BadMessage, message);
+    let call = |value: &str| CallId::parse(value).map_err(bad);
+    let sdp = |value: &str| Sdp::parse(value).map_err(bad);
+    let sas = |value: &Option<String>| value.as_deref().map(SasHex::parse).transpose().map_err(bad);
+    let (v, id, body) = match wire {
+        Wire::Auth { v, id, token } => {
+            if token.is_empty() || token.len() > TOKEN_CHARS_MAX {
+                return Err(bad("token must be an access token".into()));
+            }
+            (v, id, ClientBody::Auth { token })
+        }
+        Wire::Invite { v, id, call_id, callee, sdp: offer, sas_commit } => {
+            if !is_token(&callee, ACCOUNT_ID_CHARS_MAX) {
+                return Err(bad("callee must be an account id".into()));
+            }
+            (
+                v,
+                id,
+                ClientBody::Invite {
+                    call_id: call(&call_id)?,
+                    callee,
+                    sdp: sdp(&offer)?,
+                    sas_commit: sas(&sas_commit)?,
+                },
+            )
+        }
+        Wire::Ringing { v, id, call_id } => (v, id, ClientBody::Ringing { call_id: call(&call_id)? }),
+        Wire::Answer { v, id, call_id, sdp: answer, sas_nonce } => {
+            (v, id, ClientBody::Answer { call_id: call(&call_id)?, sdp: sdp(&answer)?, sas_nonce: sas(&sas_nonce)? })
+        }
+        Wire::Reject { v, id, call_id } => (v, id, ClientBody::Reject { call_id: call(&call_id)? }),
+        Wire::Hangup { v, id, call_id, reason } => {
+            if !reason.client_may_send() {
+                return Err(bad("a client hangs up with user_hangup, busy or ice_failed".into()));
+            }
+            (v, id, ClientBody::Hangup { call_id: call(&call_id)?, reason })
+        }
+        Wire::Candidates { v, id, call_id, candidates } => {
+            if candidates.is_empty()
+                || candidates.len() > CANDIDATES_PER_MESSAGE_MAX
+                || !candidates.iter().all(Value::is_object)
+            {
+                return Err(bad(format!("candidates is a list of 1 to {CANDIDATES_PER_MESSAGE_MAX} objects")));
+            }
+            (v, id, ClientBody::Candidates { call_id: call(&call_id)?, candidates })
+        }
+        Wire::Negotiate { v, id, call_id, sdp: description, kind } => {
+            (v, id, ClientBody::Negotiate { call_id: call(&call_id)?, sdp: sdp(&description)?, kind })
+        }
+        Wire::Resume { v, id, call_id } => (v, id, ClientBody::Resume { call_id: call(&call_id)? }),
+        Wire::SasReveal { v, id, call_id, nonce } => {
+            let nonce = SasHex::parse(&nonce).map_err(bad)?;
+            (v, id, ClientBody::SasReveal { call_id: call(&call_id)?, nonce })
+        }
+        Wire::Ping { v, id } => (v, id, ClientBody::Ping),
+    };
+    if v != PROTOCOL_VERSION {
+        return Err(bad(format!("this server speaks protocol version {PROTOCOL_VERSION}")));
+    }
+    if !is_token(&id, MESSAGE_ID_CHARS_MAX) {
+        return Err(Refused {
+            id: None,
+            code: ErrorCode::BadMessage,
+            message: format!("id must be 1 to {MESSAGE_ID_CHARS_MAX} letters, digits, '-' or '_'"),
+        });
+    }
+    Ok(ClientMessage { id, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = WS_MESSAGE_BYTES_MAX_DEFAULT;
+    const HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    fn ok(frame: Value) -> ClientMessage {
+        parse(&frame.to_string(), MAX).unwrap_or_else(|refused| panic!("{frame}: {refused:?}"))
+    }
+
+    fn refused(frame: Value) -> Refused {
+        parse(&frame.to_string(), MAX).expect_err(&frame.to_string())
+    }
+
+    #[test]
+    fn parses_every_client_message() {
+        let invite = ok(
+            serde_json::json!({"v": 1, "type": "invite", "id": "m1", "call_id": "c-1", "callee": "acc", "sdp": "v=0\r\n", "sas_commit": HEX}),
+        );
+        assert_eq!(invite.id, "m1");
+        assert!(matches!(invite.body, ClientBody::Invite { ref callee, sas_commit: Some(_), .. } if callee == "acc"));
+        for frame in [
+            serde_json::json!({"v": 1, "type": "auth", "id": "a", "token": "t"}),
+            serde_json::json!({"v": 1, "type": "ringing", "id": "a", "call_id": "c"}),
+            serde_json::json!({"v": 1, "type": "answer", "id": "a", "call_id": "c", "sdp": "v=0"}),
+            serde_json::json!({"v": 1, "type": "reject", "id": "a", "call_id": "c"}),
+            serde_json::json!({"v": 1, "type": "hangup", "id": "a", "call_id": "c", "reason": "user_hangup"}),
+            serde_json::json!({"v": 1, "type": "candidates", "id": "a", "call_id": "c", "candidates": [{"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host"}]}),
+            serde_json::json!({"v": 1, "type": "negotiate", "id": "a", "call_id": "c", "sdp": "v=0", "kind": "offer"}),
+            serde_json::json!({"v": 1, "type": "resume", "id": "a", "call_id": "c"}),
+            serde_json::json!({"v": 1, "type": "sas_reveal", "id": "a", "call_id": "c", "nonce": HEX}),
+            serde_json::json!({"v": 1, "type": "ping", "id": "a"}),
+        ] {
+            ok(frame);
+        }
+    }
+
+    #[test]
+    fn refuses_each_kind_of_bad_frame_keeping_its_id() {
+        let cases = [
+            serde_json::json!({"v": 1, "type": "dance", "id": "m"}),
+            serde_json::json!({"v": 2, "type": "ping", "id": "m"}),
+            serde_json::json!({"v": 1, "type": "ping", "id": "m", "extra": 1}),
+            serde_json::json!({"v": 1, "type": "ringing", "id": "m", "call_id": "has space"}),
+            serde_json::json!({"v": 1, "type": "ringing", "id": "m", "call_id": ""}),
+            serde_json::json!({"v": 1, "type": "ringing", "id": "m", "call_id": "x".repeat(65)}),
+            serde_json::json!({"v": 1, "type": "answer", "id": "m", "call_id": "c", "sdp": "hello"}),
+            serde_json::json!({"v": 1, "type": "invite", "id": "m", "call_id": "c", "callee": "a b", "sdp": "v=0"}),
+            serde_json::json!({"v": 1, "type": "invite", "id": "m", "call_id": "c", "callee": "a", "sdp": "v=0", "sas_commit": "abc"}),
+            serde_json::json!({"v": 1, "type": "hangup", "id": "m", "call_id": "c", "reason": "glare"}),
+            serde_json::json!({"v": 1, "type": "hangup", "id": "m", "call_id": "c", "reason": "tired"}),
+            serde_json::json!({"v": 1, "type": "candidates", "id": "m", "call_id": "c", "candidates": []}),
+            serde_json::json!({"v": 1, "type": "candidates", "id": "m", "call_id": "c", "candidates": ["x"]}),
+            serde_json::json!({"v": 1, "type": "sas_reveal", "id": "m", "call_id": "c", "nonce": "zz"}),
+            serde_json::json!({"v": 1, "type": "auth", "id": "m", "token": ""}),
+        ];
+        for frame in cases {
+            let refusal = refused(frame.clone());
+            assert_eq!(refusal.code, ErrorCode::BadMessage, "{frame}");
+            assert_eq!(refusal.id.as_deref(), Some("m"), "{frame}");
+        }
+        let no_id = parse("{not json", MAX).unwrap_err();
+        assert_eq!((no_id.code, no_id.id), (ErrorCode::BadMessage, None));
+        let bad_id = refused(serde_json::json!({"v": 1, "type": "ping", "id": "has space"}));
+        assert_eq!((bad_id.code, bad_id.id), (ErrorCode::BadMessage, None));
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_unread() {
+        let frame = serde_json::json!({"v": 1, "type": "ping", "id": "m", "pad": "x".repeat(100)}).to_string();
+        let refusal = parse(&frame, 64).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::MessageTooLarge);
+    }
+
+    #[test]
+    fn error_codes_are_the_documented_strings() {
+        let all = [
+            ErrorCode::Unauthenticated,
+            ErrorCode::BadMessage,
+            ErrorCode::MessageTooLarge,
+            ErrorCode::RateLimited,
+            ErrorCode::UnknownCall,
+            ErrorCode::NotInCall,
+            ErrorCode::InvalidState,
+            ErrorCode::CalleeNotFound,
+            ErrorCode::CalleeNotAccepting,
+            ErrorCode::CalleeBusy,
+            ErrorCode::AlreadyInCall,
+        ];
+        let strings: Vec<&str> = all.iter().map(|code| code.as_str()).collect();
+        assert_eq!(
+            strings,
+            [
+                "unauthenticated",
+                "bad_message",
+                "message_too_large",
+                "rate_limited",
+                "unknown_call",
+                "not_in_call",
+                "invalid_state",
+                "callee_not_found",
+                "callee_not_accepting",
+                "callee_busy",
+                "already_in_call",
+            ]
+        );
+        assert_eq!(serde_json::to_value(HangupReason::AnsweredElsewhere).unwrap(), "answered_elsewhere");
+        assert!(CallId::parse("01a2-17_x").unwrap() < CallId::parse("01a3").unwrap());
+    }
+}

@@ -8,7 +8,8 @@
 //! call's state before anything changes.
 //!
 //! Built so far: [`protocol`], the messages parsed at the boundary into
-//! domain types. The state machine, the WebSocket endpoint and routing come
-//! next.
+//! domain types, and [`machine`], the call state machine as plain code. The
+//! WebSocket endpoint, routing and history come next.
 
+pub mod machine;
 pub mod protocol;

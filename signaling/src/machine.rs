@@ -1,0 +1,542 @@
+//! The call state machine: plain code, no I/O. It takes a device's parsed
+//! message (with what the I/O layer looked up about the callee) or the
+//! passing of time, and returns the answer to the sender and the events to
+//! send to other devices. The server is authoritative: only the two devices
+//! of a call may signal into it, and only in the phase where it makes sense.
+//!
+//! Rules (API.md, DESIGN.md): an invite rings every online device of the
+//! callee; the first answer wins and the other devices are told
+//! `answered_elsewhere`; a reject from any of them ends the call; unanswered
+//! calls end after the ring timeout; glare (two people inviting each other at
+//! once) resolves to the call with the lesser id; a device that loses its
+//! connection mid-call has a grace period to `resume`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::protocol::{CallId, ErrorCode, HangupReason, NegotiateKind, SasHex, Sdp};
+
+pub type AccountId = String;
+pub type DeviceId = String;
+
+pub const RING_TIMEOUT_S_DEFAULT: u64 = 45;
+pub const RECONNECT_GRACE_S_DEFAULT: u64 = 20;
+
+/// One signed-in device of an account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub account: AccountId,
+    pub device: DeviceId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IcePolicy {
+    All,
+    /// Either party allows no peer-to-peer path: media only through TURN.
+    Relay,
+}
+
+/// What the I/O layer found out about an invite's callee.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callee {
+    pub account: AccountId,
+    pub exists: bool,
+    /// False when the callee takes calls from nobody or blocked the caller
+    /// (one answer for both, so the caller cannot tell which).
+    pub accepts_caller: bool,
+    pub online_devices: Vec<DeviceId>,
+    /// Either party has `p2p: never`.
+    pub relay_only: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub ring_timeout: Duration,
+    pub reconnect_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            ring_timeout: Duration::from_secs(RING_TIMEOUT_S_DEFAULT),
+            reconnect_grace: Duration::from_secs(RECONNECT_GRACE_S_DEFAULT),
+        }
+    }
+}
+
+/// A device's request, parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Invite { call_id: CallId, sdp: Sdp, sas_commit: Option<SasHex>, callee: Callee },
+    Ringing { call_id: CallId },
+    Answer { call_id: CallId, sdp: Sdp, sas_nonce: Option<SasHex> },
+    Reject { call_id: CallId },
+    Hangup { call_id: CallId, reason: HangupReason },
+    Candidates { call_id: CallId, candidates: Vec<Value> },
+    Negotiate { call_id: CallId, sdp: Sdp, kind: NegotiateKind },
+    SasReveal { call_id: CallId, nonce: SasHex },
+    Resume { call_id: CallId },
+}
+
+impl Request {
+    pub fn call_id(&self) -> &CallId {
+        match self {
+            Request::Invite { call_id, .. }
+            | Request::Ringing { call_id }
+            | Request::Answer { call_id, .. }
+            | Request::Reject { call_id }
+            | Request::Hangup { call_id, .. }
+            | Request::Candidates { call_id, .. }
+            | Request::Negotiate { call_id, .. }
+            | Request::SasReveal { call_id, .. }
+            | Request::Resume { call_id } => call_id,
+        }
+    }
+}
+
+/// Server → device events.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerEvent {
+    Incoming {
+        call_id: CallId,
+        caller: AccountId,
+        sdp: Sdp,
+        ice_policy: IcePolicy,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sas_commit: Option<SasHex>,
+    },
+    Ringing {
+        call_id: CallId,
+    },
+    Answered {
+        call_id: CallId,
+        sdp: Sdp,
+        ice_policy: IcePolicy,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sas_nonce: Option<SasHex>,
+    },
+    AnsweredElsewhere {
+        call_id: CallId,
+    },
+    Candidates {
+        call_id: CallId,
+        candidates: Vec<Value>,
+    },
+    Negotiate {
+        call_id: CallId,
+        sdp: Sdp,
+        kind: NegotiateKind,
+    },
+    SasReveal {
+        call_id: CallId,
+        nonce: SasHex,
+    },
+    Hangup {
+        call_id: CallId,
+        reason: HangupReason,
+    },
+}
+
+/// How a call ended, for its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub call_id: CallId,
+    pub caller: AccountId,
+    pub callee: AccountId,
+    pub reason: HangupReason,
+    /// From invite to the end, or to the answer when there was one.
+    pub ringing: Duration,
+    /// From answer to the end; `None` for a call never answered (missed).
+    pub talking: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Send { to: DeviceId, event: ServerEvent },
+    Ended(Ended),
+}
+
+/// What the sender of a request gets back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Ack,
+    /// An accepted invite tells the caller which ICE policy to use.
+    AckInvite {
+        ice_policy: IcePolicy,
+    },
+    Error(ErrorCode, &'static str),
+}
+
+#[derive(Debug, Clone)]
+struct Call {
+    id: CallId,
+    caller: Endpoint,
+    callee: AccountId,
+    /// The callee's devices that were rung and are still reachable.
+    rung: Vec<DeviceId>,
+    answered: Option<DeviceId>,
+    ice_policy: IcePolicy,
+    started: Instant,
+    answered_at: Option<Instant>,
+    ring_deadline: Instant,
+    /// Devices of the call that lost their connection, with their deadline.
+    lost: HashMap<DeviceId, Instant>,
+}
+
+impl Call {
+    /// The device on the other side of `device`, once answered.
+    fn peer_of(&self, device: &str) -> Option<&DeviceId> {
+        let answered = self.answered.as_ref()?;
+        if device == self.caller.device {
+            Some(answered)
+        } else if device == answered {
+            Some(&self.caller.device)
+        } else {
+            None
+        }
+    }
+
+    fn is_party(&self, from: &Endpoint) -> bool {
+        from == &self.caller
+            || (from.account == self.callee
+                && (self.answered.as_deref() == Some(from.device.as_str())
+                    || (self.answered.is_none() && self.rung.contains(&from.device))))
+    }
+
+    /// Every device that should hear about the call's end, but `except`.
+    fn audience(&self, except: Option<&str>) -> Vec<DeviceId> {
+        let mut devices = vec![self.caller.device.clone()];
+        match &self.answered {
+            Some(answered) => devices.push(answered.clone()),
+            None => devices.extend(self.rung.iter().cloned()),
+        }
+        devices.retain(|device| Some(device.as_str()) != except);
+        devices
+    }
+}
+
+/// Every call in progress.
+#[derive(Debug, Default)]
+pub struct Switchboard {
+    calls: HashMap<CallId, Call>,
+    limits: Limits,
+}
+
+impl Switchboard {
+    pub fn new(limits: Limits) -> Self {
+        Switchboard { calls: HashMap::new(), limits }
+    }
+
+    pub fn calls_in_progress(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Handles `request` from `from` at `now`.
+    pub fn handle(&mut self, from: &Endpoint, request: Request, now: Instant) -> (Reply, Vec<Output>) {
+        let mut out = Vec::new();
+        let reply = match request {
+            Request::Invite { call_id, sdp, sas_commit, callee } => {
+                self.invite(from, call_id, sdp, sas_commit, callee, now, &mut out)
+            }
+            other => self.in_call(from, other, now, &mut out),
+        };
+        (reply, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn invite(
+        &mut self,
+        from: &Endpoint,
+        call_id: CallId,
+        sdp: Sdp,
+        sas_commit: Option<SasHex>,
+        callee: Callee,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) -> Reply {
+        if self.calls.contains_key(&call_id) {
+            return Reply::Error(ErrorCode::InvalidState, "a call with this id exists; use a new call_id");
+        }
+        if callee.account == from.account {
+            return Reply::Error(ErrorCode::InvalidState, "you cannot call yourself");
+        }
+        // Glare: the callee is calling us right now.
+        let crossing = self
+            .calls
+            .values()
+            .find(|call| {
+                call.answered.is_none() && call.caller.account == callee.account && call.callee == from.account
+            })
+            .map(|call| call.id.clone());
+        if crossing.is_none() && self.account_busy(&from.account) {
+            return Reply::Error(ErrorCode::AlreadyInCall, "you are already in a call");
+        }
+        if !callee.exists {
+            return Reply::Error(ErrorCode::CalleeNotFound, "there is no such account");
+        }
+        if !callee.accepts_caller {
+            return Reply::Error(ErrorCode::CalleeNotAccepting, "this person does not take calls from you");
+        }
+        if crossing.is_none() && self.account_busy(&callee.account) {
+            return Reply::Error(ErrorCode::CalleeBusy, "this person is in another call");
+        }
+        let ice_policy = if callee.relay_only { IcePolicy::Relay } else { IcePolicy::All };
+        if let Some(other) = crossing {
+            if other < call_id {
+                // Their invite has the lesser id: it stands, ours ends now.
+                out.push(Output::Send {
+                    to: from.device.clone(),
+                    event: ServerEvent::Hangup { call_id: call_id.clone(), reason: HangupReason::Glare },
+                });
+                out.push(Output::Ended(Ended {
+                    call_id,
+                    caller: from.account.clone(),
+                    callee: callee.account,
+                    reason: HangupReason::Glare,
+                    ringing: Duration::ZERO,
+                    talking: None,
+                }));
+                return Reply::AckInvite { ice_policy };
+            }
+            // Ours has the lesser id: theirs ends, ours rings.
+            self.end(&other, HangupReason::Glare, None, now, out);
+        }
+        if callee.online_devices.is_empty() {
+            out.push(Output::Send {
+                to: from.device.clone(),
+                event: ServerEvent::Hangup { call_id: call_id.clone(), reason: HangupReason::Unavailable },
+            });
+            out.push(Output::Ended(Ended {
+                call_id,
+                caller: from.account.clone(),
+                callee: callee.account,
+                reason: HangupReason::Unavailable,
+                ringing: Duration::ZERO,
+                talking: None,
+            }));
+            return Reply::AckInvite { ice_policy };
+        }
+        for device in &callee.online_devices {
+            out.push(Output::Send {
+                to: device.clone(),
+                event: ServerEvent::Incoming {
+                    call_id: call_id.clone(),
+                    caller: from.account.clone(),
+                    sdp: sdp.clone(),
+                    ice_policy,
+                    sas_commit: sas_commit.clone(),
+                },
+            });
+        }
+        let ring_deadline = now.checked_add(self.limits.ring_timeout).unwrap_or(now);
+        self.calls.insert(
+            call_id.clone(),
+            Call {
+                id: call_id,
+                caller: from.clone(),
+                callee: callee.account,
+                rung: callee.online_devices,
+                answered: None,
+                ice_policy,
+                started: now,
+                answered_at: None,
+                ring_deadline,
+                lost: HashMap::new(),
+            },
+        );
+        Reply::AckInvite { ice_policy }
+    }
+
+    /// Whether `account` is placing, receiving-and-answered, or in a call.
+    fn account_busy(&self, account: &str) -> bool {
+        self.calls
+            .values()
+            .any(|call| call.caller.account == account || (call.callee == account && call.answered.is_some()))
+    }
+
+    fn in_call(&mut self, from: &Endpoint, request: Request, now: Instant, out: &mut Vec<Output>) -> Reply {
+        let call_id = request.call_id().clone();
+        let Some(call) = self.calls.get_mut(&call_id) else {
+            return Reply::Error(ErrorCode::UnknownCall, "there is no such call in progress");
+        };
+        if !call.is_party(from) {
+            return Reply::Error(ErrorCode::NotInCall, "this device is not in that call");
+        }
+        let is_caller = from == &call.caller;
+        match request {
+            Request::Ringing { .. } => {
+                if is_caller || call.answered.is_some() {
+                    return Reply::Error(ErrorCode::InvalidState, "only a rung device says ringing, before the answer");
+                }
+                out.push(Output::Send { to: call.caller.device.clone(), event: ServerEvent::Ringing { call_id } });
+                Reply::Ack
+            }
+            Request::Answer { sdp, sas_nonce, .. } => {
+                if is_caller || call.answered.is_some() {
+                    return Reply::Error(ErrorCode::InvalidState, "the call is already answered");
+                }
+                call.answered = Some(from.device.clone());
+                call.answered_at = Some(now);
+                out.push(Output::Send {
+                    to: call.caller.device.clone(),
+                    event: ServerEvent::Answered {
+                        call_id: call_id.clone(),
+                        sdp,
+                        ice_policy: call.ice_policy,
+                        sas_nonce,
+                    },
+                });
+                for device in call.rung.iter().filter(|device| **device != from.device) {
+                    out.push(Output::Send {
+                        to: device.clone(),
+                        event: ServerEvent::AnsweredElsewhere { call_id: call_id.clone() },
+                    });
+                }
+                call.rung.retain(|device| *device == from.device);
+                Reply::Ack
+            }
+            Request::Reject { .. } => {
+                if is_caller || call.answered.is_some() {
+                    return Reply::Error(ErrorCode::InvalidState, "only a rung device rejects, before the answer");
+                }
+                self.end(&call_id, HangupReason::Rejected, Some(&from.device), now, out);
+                Reply::Ack
+            }
+            Request::Hangup { reason, .. } => {
+                self.end(&call_id, reason, Some(&from.device), now, out);
+                Reply::Ack
+            }
+            Request::Candidates { candidates, .. } => {
+                match (call.peer_of(&from.device), is_caller) {
+                    (Some(peer), _) => out.push(Output::Send {
+                        to: peer.clone(),
+                        event: ServerEvent::Candidates { call_id, candidates },
+                    }),
+                    // Trickle ICE before the answer: the caller's candidates go to every rung device.
+                    (None, true) => {
+                        for device in &call.rung {
+                            out.push(Output::Send {
+                                to: device.clone(),
+                                event: ServerEvent::Candidates {
+                                    call_id: call_id.clone(),
+                                    candidates: candidates.clone(),
+                                },
+                            });
+                        }
+                    }
+                    (None, false) => return Reply::Error(ErrorCode::InvalidState, "answer before sending candidates"),
+                }
+                Reply::Ack
+            }
+            Request::Negotiate { sdp, kind, .. } => {
+                let Some(peer) = call.peer_of(&from.device) else {
+                    return Reply::Error(ErrorCode::InvalidState, "renegotiation needs an answered call");
+                };
+                out.push(Output::Send { to: peer.clone(), event: ServerEvent::Negotiate { call_id, sdp, kind } });
+                Reply::Ack
+            }
+            Request::SasReveal { nonce, .. } => {
+                let Some(peer) = call.peer_of(&from.device).filter(|_| is_caller) else {
+                    return Reply::Error(ErrorCode::InvalidState, "the caller reveals its nonce after the answer");
+                };
+                out.push(Output::Send { to: peer.clone(), event: ServerEvent::SasReveal { call_id, nonce } });
+                Reply::Ack
+            }
+            Request::Resume { .. } => {
+                call.lost.remove(&from.device);
+                Reply::Ack
+            }
+            Request::Invite { .. } => Reply::Error(ErrorCode::InvalidState, "a call with this id exists"),
+        }
+    }
+
+    /// Ends a call: tells its devices (but `except`) and records it.
+    fn end(
+        &mut self,
+        call_id: &CallId,
+        reason: HangupReason,
+        except: Option<&str>,
+        now: Instant,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(call) = self.calls.remove(call_id) else { return };
+        for device in call.audience(except) {
+            if call.lost.contains_key(&device) {
+                continue;
+            }
+            out.push(Output::Send { to: device, event: ServerEvent::Hangup { call_id: call.id.clone(), reason } });
+        }
+        let answered_at = call.answered_at;
+        out.push(Output::Ended(Ended {
+            call_id: call.id,
+            caller: call.caller.account,
+            callee: call.callee,
+            reason,
+            ringing: answered_at.unwrap_or(now).saturating_duration_since(call.started),
+            talking: answered_at.map(|at| now.saturating_duration_since(at)),
+        }));
+    }
+
+    /// A device's connection closed at `now`.
+    pub fn disconnected(&mut self, who: &Endpoint, now: Instant) -> Vec<Output> {
+        let mut out = Vec::new();
+        let grace = now.checked_add(self.limits.reconnect_grace).unwrap_or(now);
+        let mut unreachable_calls = Vec::new();
+        for call in self.calls.values_mut() {
+            let in_call = who == &call.caller || call.answered.as_deref() == Some(who.device.as_str());
+            if in_call {
+                call.lost.insert(who.device.clone(), grace);
+            } else if call.answered.is_none() && call.callee == who.account && call.rung.contains(&who.device) {
+                call.rung.retain(|device| *device != who.device);
+                if call.rung.is_empty() {
+                    unreachable_calls.push(call.id.clone());
+                }
+            }
+        }
+        for call_id in unreachable_calls {
+            self.end(&call_id, HangupReason::Unavailable, None, now, &mut out);
+        }
+        out
+    }
+
+    /// Ends what time has run out on: unanswered calls past the ring timeout
+    /// and calls whose lost device did not come back within the grace period.
+    pub fn tick(&mut self, now: Instant) -> Vec<Output> {
+        let mut out = Vec::new();
+        let expired: Vec<(CallId, HangupReason)> = self
+            .calls
+            .values()
+            .filter_map(|call| {
+                if call.lost.values().any(|deadline| *deadline <= now) {
+                    Some((call.id.clone(), HangupReason::LostConnection))
+                } else if call.answered.is_none() && call.ring_deadline <= now {
+                    Some((call.id.clone(), HangupReason::InviteTimeout))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (call_id, reason) in expired {
+            self.end(&call_id, reason, None, now, &mut out);
+        }
+        out
+    }
+
+    /// Ends every call: the server is stopping.
+    pub fn shutdown(&mut self, now: Instant) -> Vec<Output> {
+        let mut out = Vec::new();
+        let ids: Vec<CallId> = self.calls.keys().cloned().collect();
+        for call_id in ids {
+            self.end(&call_id, HangupReason::ServerShutdown, None, now, &mut out);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,299 @@
+use super::*;
+
+const HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+fn device(account: &str, device: &str) -> Endpoint {
+    Endpoint { account: account.into(), device: device.into() }
+}
+
+fn id(value: &str) -> CallId {
+    CallId::parse(value).unwrap()
+}
+
+fn sdp() -> Sdp {
+    Sdp::parse("v=0\r\n").unwrap()
+}
+
+fn callee(account: &str, devices: &[&str]) -> Callee {
+    Callee {
+        account: account.into(),
+        exists: true,
+        accepts_caller: true,
+        online_devices: devices.iter().map(|d| d.to_string()).collect(),
+        relay_only: false,
+    }
+}
+
+fn invite(call: &str, to: Callee) -> Request {
+    Request::Invite { call_id: id(call), sdp: sdp(), sas_commit: Some(SasHex::parse(HEX).unwrap()), callee: to }
+}
+
+fn sent(out: &[Output]) -> Vec<(String, ServerEvent)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { to, event } => Some((to.clone(), event.clone())),
+            Output::Ended(_) => None,
+        })
+        .collect()
+}
+
+fn ended(out: &[Output]) -> Vec<Ended> {
+    out.iter().filter_map(|o| if let Output::Ended(e) = o { Some(e.clone()) } else { None }).collect()
+}
+
+fn hangup(call: &str, reason: HangupReason) -> ServerEvent {
+    ServerEvent::Hangup { call_id: id(call), reason }
+}
+
+struct World {
+    board: Switchboard,
+    t0: Instant,
+    alice: Endpoint,
+    bob_phone: Endpoint,
+    bob_laptop: Endpoint,
+    carol: Endpoint,
+}
+
+fn world() -> World {
+    World {
+        board: Switchboard::new(Limits {
+            ring_timeout: Duration::from_secs(45),
+            reconnect_grace: Duration::from_secs(20),
+        }),
+        t0: Instant::now(),
+        alice: device("alice", "a1"),
+        bob_phone: device("bob", "b1"),
+        bob_laptop: device("bob", "b2"),
+        carol: device("carol", "c1"),
+    }
+}
+
+impl World {
+    fn at(&self, seconds: u64) -> Instant {
+        self.t0 + Duration::from_secs(seconds)
+    }
+
+    /// Alice calls Bob, who has two devices online; both ring.
+    fn ring(&mut self) {
+        let (reply, out) = self.board.handle(&self.alice.clone(), invite("c1", callee("bob", &["b1", "b2"])), self.t0);
+        assert_eq!(reply, Reply::AckInvite { ice_policy: IcePolicy::All });
+        let rung: Vec<String> = sent(&out).into_iter().map(|(to, _)| to).collect();
+        assert_eq!(rung, ["b1", "b2"]);
+    }
+
+    fn answer_on_phone(&mut self) {
+        let request = Request::Answer { call_id: id("c1"), sdp: sdp(), sas_nonce: Some(SasHex::parse(HEX).unwrap()) };
+        let (reply, out) = self.board.handle(&self.bob_phone.clone(), request, self.at(2));
+        assert_eq!(reply, Reply::Ack);
+        let events = sent(&out);
+        assert!(matches!(&events[0], (to, ServerEvent::Answered { sas_nonce: Some(_), .. }) if to == "a1"));
+        assert_eq!(events[1], ("b2".into(), ServerEvent::AnsweredElsewhere { call_id: id("c1") }));
+    }
+}
+
+#[test]
+fn an_invite_rings_every_device_and_the_first_answer_wins() {
+    let mut w = world();
+    w.ring();
+    let (reply, out) = w.board.handle(&w.bob_laptop.clone(), Request::Ringing { call_id: id("c1") }, w.at(1));
+    assert_eq!((reply, sent(&out)), (Reply::Ack, vec![("a1".into(), ServerEvent::Ringing { call_id: id("c1") })]));
+    w.answer_on_phone();
+    let late = Request::Answer { call_id: id("c1"), sdp: sdp(), sas_nonce: None };
+    let (reply, out) = w.board.handle(&w.bob_laptop.clone(), late, w.at(3));
+    assert_eq!(reply, Reply::Error(ErrorCode::NotInCall, "this device is not in that call"), "the laptop lost");
+    assert!(out.is_empty());
+
+    let (reply, out) = w.board.handle(
+        &w.alice.clone(),
+        Request::Hangup { call_id: id("c1"), reason: HangupReason::UserHangup },
+        w.at(62),
+    );
+    assert_eq!(reply, Reply::Ack);
+    assert_eq!(sent(&out), vec![("b1".into(), hangup("c1", HangupReason::UserHangup))]);
+    let record = &ended(&out)[0];
+    assert_eq!(
+        (record.reason, record.ringing, record.talking),
+        (HangupReason::UserHangup, Duration::from_secs(2), Some(Duration::from_secs(60)))
+    );
+    assert_eq!(w.board.calls_in_progress(), 0);
+}
+
+#[test]
+fn a_reject_from_any_device_ends_the_call_for_all() {
+    let mut w = world();
+    w.ring();
+    let (reply, out) = w.board.handle(&w.bob_laptop.clone(), Request::Reject { call_id: id("c1") }, w.at(3));
+    assert_eq!(reply, Reply::Ack);
+    assert_eq!(
+        sent(&out),
+        vec![("a1".into(), hangup("c1", HangupReason::Rejected)), ("b1".into(), hangup("c1", HangupReason::Rejected))]
+    );
+    assert_eq!(ended(&out)[0].talking, None, "a missed call");
+}
+
+#[test]
+fn unanswered_calls_time_out() {
+    let mut w = world();
+    w.ring();
+    assert!(w.board.tick(w.at(44)).is_empty());
+    let out = w.board.tick(w.at(45));
+    assert_eq!(sent(&out).len(), 3);
+    assert!(sent(&out).iter().all(|(_, event)| *event == hangup("c1", HangupReason::InviteTimeout)));
+    assert_eq!(ended(&out)[0].reason, HangupReason::InviteTimeout);
+}
+
+#[test]
+fn refusals_are_errors_and_change_nothing() {
+    let mut w = world();
+    let alice = w.alice.clone();
+    let nobody = Callee { exists: false, ..callee("ghost", &[]) };
+    assert_eq!(
+        w.board.handle(&alice, invite("x1", nobody), w.t0).0,
+        Reply::Error(ErrorCode::CalleeNotFound, "there is no such account")
+    );
+    let closed = Callee { accepts_caller: false, ..callee("bob", &["b1"]) };
+    assert!(matches!(
+        w.board.handle(&alice, invite("x2", closed), w.t0).0,
+        Reply::Error(ErrorCode::CalleeNotAccepting, _)
+    ));
+    assert!(matches!(
+        w.board.handle(&alice, invite("x3", callee("alice", &["a2"])), w.t0).0,
+        Reply::Error(ErrorCode::InvalidState, _)
+    ));
+    assert_eq!(w.board.calls_in_progress(), 0);
+
+    w.ring();
+    assert!(matches!(
+        w.board.handle(&alice, invite("c1", callee("carol", &["c1"])), w.t0).0,
+        Reply::Error(ErrorCode::InvalidState, _)
+    ));
+    assert!(matches!(
+        w.board.handle(&alice, invite("c2", callee("carol", &["c1"])), w.t0).0,
+        Reply::Error(ErrorCode::AlreadyInCall, _)
+    ));
+    w.answer_on_phone();
+    let carol = w.carol.clone();
+    assert!(matches!(
+        w.board.handle(&carol, invite("c3", callee("bob", &["b1"])), w.t0).0,
+        Reply::Error(ErrorCode::CalleeBusy, _)
+    ));
+    let ringing = Request::Ringing { call_id: id("nope") };
+    assert!(matches!(w.board.handle(&carol, ringing, w.t0).0, Reply::Error(ErrorCode::UnknownCall, _)));
+    let snoop = Request::Candidates { call_id: id("c1"), candidates: vec![serde_json::json!({})] };
+    assert!(
+        matches!(w.board.handle(&carol, snoop, w.t0).0, Reply::Error(ErrorCode::NotInCall, _)),
+        "only the two devices signal"
+    );
+    assert!(matches!(
+        w.board.handle(&alice, Request::Ringing { call_id: id("c1") }, w.t0).0,
+        Reply::Error(ErrorCode::InvalidState, _)
+    ));
+    assert_eq!(w.board.calls_in_progress(), 1);
+}
+
+#[test]
+fn a_callee_with_no_online_device_is_unavailable_at_once() {
+    let mut w = world();
+    let (reply, out) = w.board.handle(&w.alice.clone(), invite("c1", callee("bob", &[])), w.t0);
+    assert_eq!(reply, Reply::AckInvite { ice_policy: IcePolicy::All });
+    assert_eq!(sent(&out), vec![("a1".into(), hangup("c1", HangupReason::Unavailable))]);
+    assert_eq!(ended(&out)[0].reason, HangupReason::Unavailable);
+    assert_eq!(w.board.calls_in_progress(), 0);
+}
+
+#[test]
+fn relay_only_when_either_party_hides_its_address() {
+    let mut w = world();
+    let private = Callee { relay_only: true, ..callee("bob", &["b1"]) };
+    let (reply, out) = w.board.handle(&w.alice.clone(), invite("c1", private), w.t0);
+    assert_eq!(reply, Reply::AckInvite { ice_policy: IcePolicy::Relay });
+    assert!(matches!(&sent(&out)[0].1, ServerEvent::Incoming { ice_policy: IcePolicy::Relay, .. }));
+}
+
+#[test]
+fn glare_resolves_to_the_lesser_call_id() {
+    // Bob's invite (b-call) crosses Alice's (a-call): "a-call" < "b-call" wins.
+    let mut w = world();
+    let (_, _) = w.board.handle(&w.bob_phone.clone(), invite("b-call", callee("alice", &["a1"])), w.t0);
+    let (reply, out) = w.board.handle(&w.alice.clone(), invite("a-call", callee("bob", &["b1", "b2"])), w.at(1));
+    assert_eq!(reply, Reply::AckInvite { ice_policy: IcePolicy::All });
+    let events = sent(&out);
+    assert!(events.contains(&("b1".into(), hangup("b-call", HangupReason::Glare))));
+    assert!(events.iter().any(|(to, e)| to == "b1" && matches!(e, ServerEvent::Incoming { .. })));
+    assert_eq!(w.board.calls_in_progress(), 1);
+
+    // The other order: the standing invite has the lesser id and stays.
+    let mut w = world();
+    let (_, _) = w.board.handle(&w.bob_phone.clone(), invite("a-call", callee("alice", &["a1"])), w.t0);
+    let (reply, out) = w.board.handle(&w.alice.clone(), invite("b-call", callee("bob", &["b1"])), w.at(1));
+    assert_eq!(reply, Reply::AckInvite { ice_policy: IcePolicy::All });
+    assert_eq!(sent(&out), vec![("a1".into(), hangup("b-call", HangupReason::Glare))]);
+    assert_eq!(w.board.calls_in_progress(), 1, "one call remains: Bob's, which Alice can answer");
+}
+
+#[test]
+fn signaling_flows_only_between_the_two_devices() {
+    let mut w = world();
+    w.ring();
+    let early = Request::Candidates { call_id: id("c1"), candidates: vec![serde_json::json!({"candidate": "x"})] };
+    let (reply, out) = w.board.handle(&w.alice.clone(), early, w.at(1));
+    assert_eq!(reply, Reply::Ack);
+    assert_eq!(sent(&out).len(), 2, "before the answer the caller's candidates reach every rung device");
+    w.answer_on_phone();
+    for (from, to) in [(w.alice.clone(), "b1"), (w.bob_phone.clone(), "a1")] {
+        let request =
+            Request::Candidates { call_id: id("c1"), candidates: vec![serde_json::json!({"candidate": "y"})] };
+        let (_, out) = w.board.handle(&from, request, w.at(3));
+        assert_eq!(sent(&out)[0].0, to);
+        let request = Request::Negotiate { call_id: id("c1"), sdp: sdp(), kind: NegotiateKind::Offer };
+        let (_, out) = w.board.handle(&from, request, w.at(3));
+        assert_eq!(sent(&out)[0].0, to);
+    }
+    let reveal = Request::SasReveal { call_id: id("c1"), nonce: SasHex::parse(HEX).unwrap() };
+    assert!(matches!(
+        w.board.handle(&w.bob_phone.clone(), reveal.clone(), w.at(3)).0,
+        Reply::Error(ErrorCode::InvalidState, _)
+    ));
+    let (reply, out) = w.board.handle(&w.alice.clone(), reveal, w.at(3));
+    assert_eq!((reply, sent(&out)[0].0.as_str()), (Reply::Ack, "b1"));
+}
+
+#[test]
+fn a_lost_device_may_resume_within_the_grace_period() {
+    let mut w = world();
+    w.ring();
+    w.answer_on_phone();
+    assert!(w.board.disconnected(&w.bob_phone.clone(), w.at(10)).is_empty());
+    assert!(w.board.tick(w.at(29)).is_empty());
+    let (reply, _) = w.board.handle(&w.bob_phone.clone(), Request::Resume { call_id: id("c1") }, w.at(29));
+    assert_eq!(reply, Reply::Ack);
+    assert!(w.board.tick(w.at(31)).is_empty(), "resumed: the grace deadline is gone");
+
+    assert!(w.board.disconnected(&w.bob_phone.clone(), w.at(40)).is_empty());
+    let out = w.board.tick(w.at(60));
+    assert_eq!(
+        sent(&out),
+        vec![("a1".into(), hangup("c1", HangupReason::LostConnection))],
+        "the lost device is not told"
+    );
+    assert_eq!(ended(&out)[0].reason, HangupReason::LostConnection);
+}
+
+#[test]
+fn ringing_ends_when_every_rung_device_goes_away() {
+    let mut w = world();
+    w.ring();
+    assert!(w.board.disconnected(&w.bob_phone.clone(), w.at(1)).is_empty());
+    let out = w.board.disconnected(&w.bob_laptop.clone(), w.at(2));
+    assert_eq!(sent(&out), vec![("a1".into(), hangup("c1", HangupReason::Unavailable))]);
+}
+
+#[test]
+fn shutdown_ends_every_call() {
+    let mut w = world();
+    w.ring();
+    let out = w.board.shutdown(w.at(5));
+    assert_eq!(sent(&out).len(), 3);
+    assert!(sent(&out).iter().all(|(_, event)| *event == hangup("c1", HangupReason::ServerShutdown)));
+    assert_eq!(w.board.calls_in_progress(), 0);
+}

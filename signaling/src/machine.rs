@@ -11,7 +11,7 @@
 //! once) resolves to the call with the lesser id; a device that loses its
 //! connection mid-call has a grace period to `resume`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;

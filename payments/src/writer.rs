@@ -9,6 +9,7 @@
 //! process waits as a standby and takes over when the first dies.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +18,7 @@ use std::time::Duration;
 use courier_common::shutdown::CancellationToken;
 use courier_common::time::now_ms;
 use courier_common::{Backend, Database};
+use futures::FutureExt;
 use sqlx::AnyConnection;
 use tokio::sync::{mpsc, oneshot};
 
@@ -141,7 +143,10 @@ impl WriterHandle {
 }
 
 /// Starts the writer task. It waits as a standby until it holds the lock,
-/// and drains its queue when `shutdown` is cancelled.
+/// and drains its queue when `shutdown` is cancelled. Should it ever panic
+/// (a bug), the batch in hand is answered `ledger_unavailable` by the dropped
+/// replies, the lock is released with its connection, and the writer starts
+/// again from the database with an empty cache.
 pub fn spawn(
     database: Database,
     lock: WriterLock,
@@ -152,7 +157,21 @@ pub fn spawn(
     let active = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(WriterStats::default());
     let handle = WriterHandle { queue, active: active.clone(), stats: stats.clone() };
-    let task = tokio::spawn(run(database, lock, config, shutdown, requests, active, stats));
+    let task = tokio::spawn(async move {
+        let mut requests = requests;
+        loop {
+            let writer = run(&database, &lock, &config, &shutdown, &mut requests, &active, &stats);
+            match AssertUnwindSafe(writer).catch_unwind().await {
+                Ok(()) => return,
+                Err(_) => {
+                    active.store(false, Ordering::SeqCst);
+                    metrics::counter!("ledger_writer_restarts_total").increment(1);
+                    tracing::error!("the ledger writer panicked; starting it again from the database");
+                    tokio::time::sleep(STANDBY_POLL).await;
+                }
+            }
+        }
+    });
     (handle, task)
 }
 
@@ -213,16 +232,16 @@ async fn acquire(
 }
 
 async fn run(
-    database: Database,
-    lock: WriterLock,
-    config: WriterConfig,
-    shutdown: CancellationToken,
-    mut requests: mpsc::Receiver<WriteRequest>,
-    active: Arc<AtomicBool>,
-    stats: Arc<WriterStats>,
+    database: &Database,
+    lock: &WriterLock,
+    config: &WriterConfig,
+    shutdown: &CancellationToken,
+    requests: &mut mpsc::Receiver<WriteRequest>,
+    active: &AtomicBool,
+    stats: &WriterStats,
 ) {
     loop {
-        let Some((mut connection, held)) = acquire(&database, &lock, &shutdown).await else {
+        let Some((mut connection, held)) = acquire(database, lock, shutdown).await else {
             requests.close();
             return;
         };
@@ -260,8 +279,8 @@ async fn run(
             let Some(first) = first else {
                 // Shutdown: accept nothing new, apply what is queued, stop.
                 requests.close();
-                while let Some(batch) = take_batch(&mut requests, None, config.batch_len_max) {
-                    if let Err(error) = writer.process(&mut connection, batch, &stats).await {
+                while let Some(batch) = take_batch(requests, None, config.batch_len_max) {
+                    if let Err(error) = writer.process(&mut connection, batch, stats).await {
                         tracing::error!(%error, "ledger batch failed during shutdown");
                         break;
                     }
@@ -270,8 +289,8 @@ async fn run(
                 tracing::info!("ledger writer drained and stopped");
                 return;
             };
-            let batch = take_batch(&mut requests, Some(first), config.batch_len_max).unwrap_or_default();
-            if let Err(error) = writer.process(&mut connection, batch, &stats).await {
+            let batch = take_batch(requests, Some(first), config.batch_len_max).unwrap_or_default();
+            if let Err(error) = writer.process(&mut connection, batch, stats).await {
                 break Some(error);
             }
         };

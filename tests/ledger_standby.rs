@@ -10,33 +10,36 @@ use std::time::Duration;
 use serde_json::json;
 use support::{Db, Node, Server};
 
-async fn a_standby_writer_takes_over_when_the_first_dies(db: Db) {
-    let mut first = Server::start(db).await;
+/// A full node with Alice (100.00) and Bob, and a second `serve payments`
+/// node on the same database whose writer waits as a standby.
+struct Pair {
+    first: Server,
+    admin: String,
+    alice: support::Session,
+    bob: support::Session,
+    standby: Node,
+    _standby_dir: tempfile::TempDir,
+}
+
+async fn pair(db: Db, submit_timeout_s: &str) -> Pair {
+    let first = Server::start(db).await;
     let admin = first.bootstrap_admin();
     let alice = first.sign_in("+79161234567", "phone").await;
     let bob = first.sign_in("+79167654321", "phone").await;
     let deposit =
         json!({"account_id": alice.account_id, "amount": "100.00", "currency": "RUB", "external_ref": "seed"});
-    let (status, _, _) = first.post_keyed("/admin/v1/deposits", &admin, "seed", deposit).await;
-    assert_eq!(status, 201);
-
+    assert_eq!(first.post_keyed("/admin/v1/deposits", &admin, "seed", deposit).await.0, 201);
     let jwks = format!("{}/v1/auth/keys", first.url);
-    let standby_dir = tempfile::tempdir().unwrap();
-    let standby = Node::start(
-        &[
-            "payments",
-            "--database-url",
-            &first.database_url,
-            "--jwks-url",
-            &jwks,
-            "--data-dir",
-            standby_dir.path().to_str().unwrap(),
-            "--ledger-submit-timeout-s",
-            "30",
-        ],
-        standby_dir.path().join("standby.log"),
-    )
-    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let args = ["payments", "--database-url", &first.database_url, "--jwks-url", &jwks, "--data-dir", &data_dir];
+    let args: Vec<&str> = args.into_iter().chain(["--ledger-submit-timeout-s", submit_timeout_s]).collect();
+    let standby = Node::start(&args, dir.path().join("standby.log")).await;
+    Pair { first, admin, alice, bob, standby, _standby_dir: dir }
+}
+
+async fn a_standby_writer_takes_over_when_the_first_dies(db: Db) {
+    let Pair { mut first, admin, alice, bob, standby, _standby_dir } = pair(db, "30").await;
     // The standby verifies the first node's tokens offline and serves reads.
     let (status, wallet) = get(&first, &standby.url, "/v1/wallet", &alice.access_token).await;
     assert_eq!((status, wallet["balance"].as_str()), (200, Some("100.00")));
@@ -116,30 +119,7 @@ async fn get(server: &Server, base: &str, path: &str, token: &str) -> (u16, serd
 /// its submit deadline passes; the request stays queued, and a retry with the
 /// same key after the takeover gets the one transfer it made.
 async fn without_a_writer_requests_time_out_and_retries_apply_once(db: Db) {
-    let mut first = Server::start(db).await;
-    let admin = first.bootstrap_admin();
-    let alice = first.sign_in("+79161234567", "phone").await;
-    let bob = first.sign_in("+79167654321", "phone").await;
-    let deposit =
-        json!({"account_id": alice.account_id, "amount": "100.00", "currency": "RUB", "external_ref": "seed"});
-    assert_eq!(first.post_keyed("/admin/v1/deposits", &admin, "seed", deposit).await.0, 201);
-    let jwks = format!("{}/v1/auth/keys", first.url);
-    let dir = tempfile::tempdir().unwrap();
-    let standby = Node::start(
-        &[
-            "payments",
-            "--database-url",
-            &first.database_url,
-            "--jwks-url",
-            &jwks,
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--ledger-submit-timeout-s",
-            "1",
-        ],
-        dir.path().join("standby.log"),
-    )
-    .await;
+    let Pair { mut first, alice, bob, standby, _standby_dir, .. } = pair(db, "1").await;
     let body = json!({"to": {"account_id": bob.account_id}, "amount": "10.00", "currency": "RUB"});
     let response = first
         .http

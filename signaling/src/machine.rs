@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::protocol::{CallId, ErrorCode, HangupReason, NegotiateKind, SasHex, Sdp};
+use crate::protocol::{CallId, ClientBody, ErrorCode, HangupReason, NegotiateKind, SasHex, Sdp};
 
 pub type AccountId = String;
 pub type DeviceId = String;
@@ -64,36 +64,6 @@ impl Default for Limits {
         Limits {
             ring_timeout: Duration::from_secs(RING_TIMEOUT_S_DEFAULT),
             reconnect_grace: Duration::from_secs(RECONNECT_GRACE_S_DEFAULT),
-        }
-    }
-}
-
-/// A device's request, parsed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Request {
-    Invite { call_id: CallId, sdp: Sdp, sas_commit: Option<SasHex>, callee: Callee },
-    Ringing { call_id: CallId },
-    Answer { call_id: CallId, sdp: Sdp, sas_nonce: Option<SasHex> },
-    Reject { call_id: CallId },
-    Hangup { call_id: CallId, reason: HangupReason },
-    Candidates { call_id: CallId, candidates: Vec<Value> },
-    Negotiate { call_id: CallId, sdp: Sdp, kind: NegotiateKind },
-    SasReveal { call_id: CallId, nonce: SasHex },
-    Resume { call_id: CallId },
-}
-
-impl Request {
-    pub fn call_id(&self) -> &CallId {
-        match self {
-            Request::Invite { call_id, .. }
-            | Request::Ringing { call_id }
-            | Request::Answer { call_id, .. }
-            | Request::Reject { call_id }
-            | Request::Hangup { call_id, .. }
-            | Request::Candidates { call_id, .. }
-            | Request::Negotiate { call_id, .. }
-            | Request::SasReveal { call_id, .. }
-            | Request::Resume { call_id } => call_id,
         }
     }
 }
@@ -236,14 +206,25 @@ impl Switchboard {
         self.calls.len()
     }
 
-    /// Handles `request` from `from` at `now`.
-    pub fn handle(&mut self, from: &Endpoint, request: Request, now: Instant) -> (Reply, Vec<Output>) {
+    /// Handles a call message from `from` at `now`. An invite comes with
+    /// what the I/O layer looked up about its callee.
+    pub fn handle(
+        &mut self,
+        from: &Endpoint,
+        body: ClientBody,
+        callee: Option<Callee>,
+        now: Instant,
+    ) -> (Reply, Vec<Output>) {
         let mut out = Vec::new();
-        let reply = match request {
-            Request::Invite { call_id, sdp, sas_commit, callee } => {
+        let reply = match (body, callee) {
+            (ClientBody::Invite { call_id, sdp, sas_commit, .. }, Some(callee)) => {
                 self.invite(from, call_id, sdp, sas_commit, callee, now, &mut out)
             }
-            other => self.in_call(from, other, now, &mut out),
+            (ClientBody::Invite { .. }, None) => Reply::Error(ErrorCode::CalleeNotFound, "there is no such account"),
+            (ClientBody::Auth { .. } | ClientBody::Ping, _) => {
+                Reply::Error(ErrorCode::InvalidState, "not a call message")
+            }
+            (other, _) => self.in_call(from, other, now, &mut out),
         };
         (reply, out)
     }
@@ -289,36 +270,14 @@ impl Switchboard {
         if let Some(other) = crossing {
             if other < call_id {
                 // Their invite has the lesser id: it stands, ours ends now.
-                out.push(Output::Send {
-                    to: from.device.clone(),
-                    event: ServerEvent::Hangup { call_id: call_id.clone(), reason: HangupReason::Glare },
-                });
-                out.push(Output::Ended(Ended {
-                    call_id,
-                    caller: from.account.clone(),
-                    callee: callee.account,
-                    reason: HangupReason::Glare,
-                    ringing: Duration::ZERO,
-                    talking: None,
-                }));
+                end_at_once(from, call_id, callee.account, HangupReason::Glare, out);
                 return Reply::AckInvite { ice_policy };
             }
             // Ours has the lesser id: theirs ends, ours rings.
             self.end(&other, HangupReason::Glare, None, now, out);
         }
         if callee.online_devices.is_empty() {
-            out.push(Output::Send {
-                to: from.device.clone(),
-                event: ServerEvent::Hangup { call_id: call_id.clone(), reason: HangupReason::Unavailable },
-            });
-            out.push(Output::Ended(Ended {
-                call_id,
-                caller: from.account.clone(),
-                callee: callee.account,
-                reason: HangupReason::Unavailable,
-                ringing: Duration::ZERO,
-                talking: None,
-            }));
+            end_at_once(from, call_id, callee.account, HangupReason::Unavailable, out);
             return Reply::AckInvite { ice_policy };
         }
         for device in &callee.online_devices {
@@ -359,8 +318,20 @@ impl Switchboard {
             .any(|call| call.caller.account == account || (call.callee == account && call.answered.is_some()))
     }
 
-    fn in_call(&mut self, from: &Endpoint, request: Request, now: Instant, out: &mut Vec<Output>) -> Reply {
-        let call_id = request.call_id().clone();
+    fn in_call(&mut self, from: &Endpoint, request: ClientBody, now: Instant, out: &mut Vec<Output>) -> Reply {
+        let call_id = match &request {
+            ClientBody::Ringing { call_id }
+            | ClientBody::Answer { call_id, .. }
+            | ClientBody::Reject { call_id }
+            | ClientBody::Hangup { call_id, .. }
+            | ClientBody::Candidates { call_id, .. }
+            | ClientBody::Negotiate { call_id, .. }
+            | ClientBody::SasReveal { call_id, .. }
+            | ClientBody::Resume { call_id } => call_id.clone(),
+            ClientBody::Invite { .. } | ClientBody::Auth { .. } | ClientBody::Ping => {
+                return Reply::Error(ErrorCode::InvalidState, "not a message about a call in progress");
+            }
+        };
         let Some(call) = self.calls.get_mut(&call_id) else {
             return Reply::Error(ErrorCode::UnknownCall, "there is no such call in progress");
         };
@@ -369,14 +340,14 @@ impl Switchboard {
         }
         let is_caller = from == &call.caller;
         match request {
-            Request::Ringing { .. } => {
+            ClientBody::Ringing { .. } => {
                 if is_caller || call.answered.is_some() {
                     return Reply::Error(ErrorCode::InvalidState, "only a rung device says ringing, before the answer");
                 }
                 out.push(Output::Send { to: call.caller.device.clone(), event: ServerEvent::Ringing { call_id } });
                 Reply::Ack
             }
-            Request::Answer { sdp, sas_nonce, .. } => {
+            ClientBody::Answer { sdp, sas_nonce, .. } => {
                 if is_caller || call.answered.is_some() {
                     return Reply::Error(ErrorCode::InvalidState, "the call is already answered");
                 }
@@ -400,18 +371,18 @@ impl Switchboard {
                 call.rung.retain(|device| *device == from.device);
                 Reply::Ack
             }
-            Request::Reject { .. } => {
+            ClientBody::Reject { .. } => {
                 if is_caller || call.answered.is_some() {
                     return Reply::Error(ErrorCode::InvalidState, "only a rung device rejects, before the answer");
                 }
                 self.end(&call_id, HangupReason::Rejected, Some(&from.device), now, out);
                 Reply::Ack
             }
-            Request::Hangup { reason, .. } => {
+            ClientBody::Hangup { reason, .. } => {
                 self.end(&call_id, reason, Some(&from.device), now, out);
                 Reply::Ack
             }
-            Request::Candidates { candidates, .. } => {
+            ClientBody::Candidates { candidates, .. } => {
                 match (call.peer_of(&from.device), is_caller) {
                     (Some(peer), _) => out.push(Output::Send {
                         to: peer.clone(),
@@ -433,25 +404,27 @@ impl Switchboard {
                 }
                 Reply::Ack
             }
-            Request::Negotiate { sdp, kind, .. } => {
+            ClientBody::Negotiate { sdp, kind, .. } => {
                 let Some(peer) = call.peer_of(&from.device) else {
                     return Reply::Error(ErrorCode::InvalidState, "renegotiation needs an answered call");
                 };
                 out.push(Output::Send { to: peer.clone(), event: ServerEvent::Negotiate { call_id, sdp, kind } });
                 Reply::Ack
             }
-            Request::SasReveal { nonce, .. } => {
+            ClientBody::SasReveal { nonce, .. } => {
                 let Some(peer) = call.peer_of(&from.device).filter(|_| is_caller) else {
                     return Reply::Error(ErrorCode::InvalidState, "the caller reveals its nonce after the answer");
                 };
                 out.push(Output::Send { to: peer.clone(), event: ServerEvent::SasReveal { call_id, nonce } });
                 Reply::Ack
             }
-            Request::Resume { .. } => {
+            ClientBody::Resume { .. } => {
                 call.lost.remove(&from.device);
                 Reply::Ack
             }
-            Request::Invite { .. } => Reply::Error(ErrorCode::InvalidState, "a call with this id exists"),
+            ClientBody::Invite { .. } | ClientBody::Auth { .. } | ClientBody::Ping => {
+                Reply::Error(ErrorCode::InvalidState, "not a message about a call in progress")
+            }
         }
     }
 
@@ -536,6 +509,19 @@ impl Switchboard {
         }
         out
     }
+}
+
+/// Ends an invite that never rang: the caller hears why, the call is recorded.
+fn end_at_once(from: &Endpoint, call_id: CallId, callee: AccountId, reason: HangupReason, out: &mut Vec<Output>) {
+    out.push(Output::Send { to: from.device.clone(), event: ServerEvent::Hangup { call_id: call_id.clone(), reason } });
+    out.push(Output::Ended(Ended {
+        call_id,
+        caller: from.account.clone(),
+        callee,
+        reason,
+        ringing: Duration::ZERO,
+        talking: None,
+    }));
 }
 
 #[cfg(test)]

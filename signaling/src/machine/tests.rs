@@ -24,8 +24,30 @@ fn callee(account: &str, devices: &[&str]) -> Callee {
     }
 }
 
-fn invite(call: &str, to: Callee) -> Request {
-    Request::Invite { call_id: id(call), sdp: sdp(), sas_commit: Some(SasHex::parse(HEX).unwrap()), callee: to }
+/// A call message, with the callee facts an invite comes with.
+struct Message(ClientBody, Option<Callee>);
+
+impl From<ClientBody> for Message {
+    fn from(body: ClientBody) -> Self {
+        Message(body, None)
+    }
+}
+
+fn invite(call: &str, to: Callee) -> Message {
+    let body = ClientBody::Invite {
+        call_id: id(call),
+        callee: to.account.clone(),
+        sdp: sdp(),
+        sas_commit: Some(SasHex::parse(HEX).unwrap()),
+    };
+    Message(body, Some(to))
+}
+
+impl Switchboard {
+    fn send(&mut self, from: &Endpoint, message: impl Into<Message>, now: Instant) -> (Reply, Vec<Output>) {
+        let Message(body, callee) = message.into();
+        self.handle(from, body, callee, now)
+    }
 }
 
 fn sent(out: &[Output]) -> Vec<(String, ServerEvent)> {
@@ -75,15 +97,16 @@ impl World {
 
     /// Alice calls Bob, who has two devices online; both ring.
     fn ring(&mut self) {
-        let (reply, out) = self.board.handle(&self.alice.clone(), invite("c1", callee("bob", &["b1", "b2"])), self.t0);
+        let (reply, out) = self.board.send(&self.alice.clone(), invite("c1", callee("bob", &["b1", "b2"])), self.t0);
         assert_eq!(reply, Reply::AckInvite { ice_policy: IcePolicy::All });
         let rung: Vec<String> = sent(&out).into_iter().map(|(to, _)| to).collect();
         assert_eq!(rung, ["b1", "b2"]);
     }
 
     fn answer_on_phone(&mut self) {
-        let request = Request::Answer { call_id: id("c1"), sdp: sdp(), sas_nonce: Some(SasHex::parse(HEX).unwrap()) };
-        let (reply, out) = self.board.handle(&self.bob_phone.clone(), request, self.at(2));
+        let request =
+            ClientBody::Answer { call_id: id("c1"), sdp: sdp(), sas_nonce: Some(SasHex::parse(HEX).unwrap()) };
+        let (reply, out) = self.board.send(&self.bob_phone.clone(), request, self.at(2));
         assert_eq!(reply, Reply::Ack);
         let events = sent(&out);
         assert!(matches!(&events[0], (to, ServerEvent::Answered { sas_nonce: Some(_), .. }) if to == "a1"));
@@ -95,17 +118,17 @@ impl World {
 fn an_invite_rings_every_device_and_the_first_answer_wins() {
     let mut w = world();
     w.ring();
-    let (reply, out) = w.board.handle(&w.bob_laptop.clone(), Request::Ringing { call_id: id("c1") }, w.at(1));
+    let (reply, out) = w.board.send(&w.bob_laptop.clone(), ClientBody::Ringing { call_id: id("c1") }, w.at(1));
     assert_eq!((reply, sent(&out)), (Reply::Ack, vec![("a1".into(), ServerEvent::Ringing { call_id: id("c1") })]));
     w.answer_on_phone();
-    let late = Request::Answer { call_id: id("c1"), sdp: sdp(), sas_nonce: None };
-    let (reply, out) = w.board.handle(&w.bob_laptop.clone(), late, w.at(3));
+    let late = ClientBody::Answer { call_id: id("c1"), sdp: sdp(), sas_nonce: None };
+    let (reply, out) = w.board.send(&w.bob_laptop.clone(), late, w.at(3));
     assert_eq!(reply, Reply::Error(ErrorCode::NotInCall, "this device is not in that call"), "the laptop lost");
     assert!(out.is_empty());
 
-    let (reply, out) = w.board.handle(
+    let (reply, out) = w.board.send(
         &w.alice.clone(),
-        Request::Hangup { call_id: id("c1"), reason: HangupReason::UserHangup },
+        ClientBody::Hangup { call_id: id("c1"), reason: HangupReason::UserHangup },
         w.at(62),
     );
     assert_eq!(reply, Reply::Ack);
@@ -122,7 +145,7 @@ fn an_invite_rings_every_device_and_the_first_answer_wins() {
 fn a_reject_from_any_device_ends_the_call_for_all() {
     let mut w = world();
     w.ring();
-    let (reply, out) = w.board.handle(&w.bob_laptop.clone(), Request::Reject { call_id: id("c1") }, w.at(3));
+    let (reply, out) = w.board.send(&w.bob_laptop.clone(), ClientBody::Reject { call_id: id("c1") }, w.at(3));
     assert_eq!(reply, Reply::Ack);
     assert_eq!(
         sent(&out),
@@ -148,44 +171,44 @@ fn refusals_are_errors_and_change_nothing() {
     let alice = w.alice.clone();
     let nobody = Callee { exists: false, ..callee("ghost", &[]) };
     assert_eq!(
-        w.board.handle(&alice, invite("x1", nobody), w.t0).0,
+        w.board.send(&alice, invite("x1", nobody), w.t0).0,
         Reply::Error(ErrorCode::CalleeNotFound, "there is no such account")
     );
     let closed = Callee { accepts_caller: false, ..callee("bob", &["b1"]) };
     assert!(matches!(
-        w.board.handle(&alice, invite("x2", closed), w.t0).0,
+        w.board.send(&alice, invite("x2", closed), w.t0).0,
         Reply::Error(ErrorCode::CalleeNotAccepting, _)
     ));
     assert!(matches!(
-        w.board.handle(&alice, invite("x3", callee("alice", &["a2"])), w.t0).0,
+        w.board.send(&alice, invite("x3", callee("alice", &["a2"])), w.t0).0,
         Reply::Error(ErrorCode::InvalidState, _)
     ));
     assert_eq!(w.board.calls_in_progress(), 0);
 
     w.ring();
     assert!(matches!(
-        w.board.handle(&alice, invite("c1", callee("carol", &["c1"])), w.t0).0,
+        w.board.send(&alice, invite("c1", callee("carol", &["c1"])), w.t0).0,
         Reply::Error(ErrorCode::InvalidState, _)
     ));
     assert!(matches!(
-        w.board.handle(&alice, invite("c2", callee("carol", &["c1"])), w.t0).0,
+        w.board.send(&alice, invite("c2", callee("carol", &["c1"])), w.t0).0,
         Reply::Error(ErrorCode::AlreadyInCall, _)
     ));
     w.answer_on_phone();
     let carol = w.carol.clone();
     assert!(matches!(
-        w.board.handle(&carol, invite("c3", callee("bob", &["b1"])), w.t0).0,
+        w.board.send(&carol, invite("c3", callee("bob", &["b1"])), w.t0).0,
         Reply::Error(ErrorCode::CalleeBusy, _)
     ));
-    let ringing = Request::Ringing { call_id: id("nope") };
-    assert!(matches!(w.board.handle(&carol, ringing, w.t0).0, Reply::Error(ErrorCode::UnknownCall, _)));
-    let snoop = Request::Candidates { call_id: id("c1"), candidates: vec![serde_json::json!({})] };
+    let ringing = ClientBody::Ringing { call_id: id("nope") };
+    assert!(matches!(w.board.send(&carol, ringing, w.t0).0, Reply::Error(ErrorCode::UnknownCall, _)));
+    let snoop = ClientBody::Candidates { call_id: id("c1"), candidates: vec![serde_json::json!({})] };
     assert!(
-        matches!(w.board.handle(&carol, snoop, w.t0).0, Reply::Error(ErrorCode::NotInCall, _)),
+        matches!(w.board.send(&carol, snoop, w.t0).0, Reply::Error(ErrorCode::NotInCall, _)),
         "only the two devices signal"
     );
     assert!(matches!(
-        w.board.handle(&alice, Request::Ringing { call_id: id("c1") }, w.t0).0,
+        w.board.send(&alice, ClientBody::Ringing { call_id: id("c1") }, w.t0).0,
         Reply::Error(ErrorCode::InvalidState, _)
     ));
     assert_eq!(w.board.calls_in_progress(), 1);
@@ -194,7 +217,7 @@ fn refusals_are_errors_and_change_nothing() {
 #[test]
 fn a_callee_with_no_online_device_is_unavailable_at_once() {
     let mut w = world();
-    let (reply, out) = w.board.handle(&w.alice.clone(), invite("c1", callee("bob", &[])), w.t0);
+    let (reply, out) = w.board.send(&w.alice.clone(), invite("c1", callee("bob", &[])), w.t0);
     assert_eq!(reply, Reply::AckInvite { ice_policy: IcePolicy::All });
     assert_eq!(sent(&out), vec![("a1".into(), hangup("c1", HangupReason::Unavailable))]);
     assert_eq!(ended(&out)[0].reason, HangupReason::Unavailable);
@@ -205,7 +228,7 @@ fn a_callee_with_no_online_device_is_unavailable_at_once() {
 fn relay_only_when_either_party_hides_its_address() {
     let mut w = world();
     let private = Callee { relay_only: true, ..callee("bob", &["b1"]) };
-    let (reply, out) = w.board.handle(&w.alice.clone(), invite("c1", private), w.t0);
+    let (reply, out) = w.board.send(&w.alice.clone(), invite("c1", private), w.t0);
     assert_eq!(reply, Reply::AckInvite { ice_policy: IcePolicy::Relay });
     assert!(matches!(&sent(&out)[0].1, ServerEvent::Incoming { ice_policy: IcePolicy::Relay, .. }));
 }
@@ -214,8 +237,8 @@ fn relay_only_when_either_party_hides_its_address() {
 fn glare_resolves_to_the_lesser_call_id() {
     // Bob's invite (b-call) crosses Alice's (a-call): "a-call" < "b-call" wins.
     let mut w = world();
-    let (_, _) = w.board.handle(&w.bob_phone.clone(), invite("b-call", callee("alice", &["a1"])), w.t0);
-    let (reply, out) = w.board.handle(&w.alice.clone(), invite("a-call", callee("bob", &["b1", "b2"])), w.at(1));
+    let (_, _) = w.board.send(&w.bob_phone.clone(), invite("b-call", callee("alice", &["a1"])), w.t0);
+    let (reply, out) = w.board.send(&w.alice.clone(), invite("a-call", callee("bob", &["b1", "b2"])), w.at(1));
     assert_eq!(reply, Reply::AckInvite { ice_policy: IcePolicy::All });
     let events = sent(&out);
     assert!(events.contains(&("b1".into(), hangup("b-call", HangupReason::Glare))));
@@ -224,8 +247,8 @@ fn glare_resolves_to_the_lesser_call_id() {
 
     // The other order: the standing invite has the lesser id and stays.
     let mut w = world();
-    let (_, _) = w.board.handle(&w.bob_phone.clone(), invite("a-call", callee("alice", &["a1"])), w.t0);
-    let (reply, out) = w.board.handle(&w.alice.clone(), invite("b-call", callee("bob", &["b1"])), w.at(1));
+    let (_, _) = w.board.send(&w.bob_phone.clone(), invite("a-call", callee("alice", &["a1"])), w.t0);
+    let (reply, out) = w.board.send(&w.alice.clone(), invite("b-call", callee("bob", &["b1"])), w.at(1));
     assert_eq!(reply, Reply::AckInvite { ice_policy: IcePolicy::All });
     assert_eq!(sent(&out), vec![("a1".into(), hangup("b-call", HangupReason::Glare))]);
     assert_eq!(w.board.calls_in_progress(), 1, "one call remains: Bob's, which Alice can answer");
@@ -235,26 +258,26 @@ fn glare_resolves_to_the_lesser_call_id() {
 fn signaling_flows_only_between_the_two_devices() {
     let mut w = world();
     w.ring();
-    let early = Request::Candidates { call_id: id("c1"), candidates: vec![serde_json::json!({"candidate": "x"})] };
-    let (reply, out) = w.board.handle(&w.alice.clone(), early, w.at(1));
+    let early = ClientBody::Candidates { call_id: id("c1"), candidates: vec![serde_json::json!({"candidate": "x"})] };
+    let (reply, out) = w.board.send(&w.alice.clone(), early, w.at(1));
     assert_eq!(reply, Reply::Ack);
     assert_eq!(sent(&out).len(), 2, "before the answer the caller's candidates reach every rung device");
     w.answer_on_phone();
     for (from, to) in [(w.alice.clone(), "b1"), (w.bob_phone.clone(), "a1")] {
         let request =
-            Request::Candidates { call_id: id("c1"), candidates: vec![serde_json::json!({"candidate": "y"})] };
-        let (_, out) = w.board.handle(&from, request, w.at(3));
+            ClientBody::Candidates { call_id: id("c1"), candidates: vec![serde_json::json!({"candidate": "y"})] };
+        let (_, out) = w.board.send(&from, request, w.at(3));
         assert_eq!(sent(&out)[0].0, to);
-        let request = Request::Negotiate { call_id: id("c1"), sdp: sdp(), kind: NegotiateKind::Offer };
-        let (_, out) = w.board.handle(&from, request, w.at(3));
+        let request = ClientBody::Negotiate { call_id: id("c1"), sdp: sdp(), kind: NegotiateKind::Offer };
+        let (_, out) = w.board.send(&from, request, w.at(3));
         assert_eq!(sent(&out)[0].0, to);
     }
-    let reveal = Request::SasReveal { call_id: id("c1"), nonce: SasHex::parse(HEX).unwrap() };
+    let reveal = ClientBody::SasReveal { call_id: id("c1"), nonce: SasHex::parse(HEX).unwrap() };
     assert!(matches!(
-        w.board.handle(&w.bob_phone.clone(), reveal.clone(), w.at(3)).0,
+        w.board.send(&w.bob_phone.clone(), reveal.clone(), w.at(3)).0,
         Reply::Error(ErrorCode::InvalidState, _)
     ));
-    let (reply, out) = w.board.handle(&w.alice.clone(), reveal, w.at(3));
+    let (reply, out) = w.board.send(&w.alice.clone(), reveal, w.at(3));
     assert_eq!((reply, sent(&out)[0].0.as_str()), (Reply::Ack, "b1"));
 }
 
@@ -265,7 +288,7 @@ fn a_lost_device_may_resume_within_the_grace_period() {
     w.answer_on_phone();
     assert!(w.board.disconnected(&w.bob_phone.clone(), w.at(10)).is_empty());
     assert!(w.board.tick(w.at(29)).is_empty());
-    let (reply, _) = w.board.handle(&w.bob_phone.clone(), Request::Resume { call_id: id("c1") }, w.at(29));
+    let (reply, _) = w.board.send(&w.bob_phone.clone(), ClientBody::Resume { call_id: id("c1") }, w.at(29));
     assert_eq!(reply, Reply::Ack);
     assert!(w.board.tick(w.at(31)).is_empty(), "resumed: the grace deadline is gone");
 

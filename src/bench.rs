@@ -3,7 +3,7 @@
 //! `--json`). Every run is bounded in count and in time.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,6 +11,7 @@ use axum::routing::post;
 use clap::{Args, Subcommand};
 use courier_accounts::tokens::{TokenIssuer, TokenKey, TokenVerifier};
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::config::{CodeSenderKind, ServeOptions};
@@ -99,42 +100,15 @@ async fn accounts(bench: AccountsBench) -> Result<(), String> {
         .pool_max_idle_per_host(bench.clients as usize)
         .build()
         .map_err(|e| e.to_string())?;
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let deadline = started + phase;
-    let mut tasks = Vec::new();
-    for _ in 0..bench.clients.max(1) {
-        let (http, base, codes, next) = (http.clone(), base.clone(), codes.clone(), next.clone());
-        let total = bench.sign_ins;
-        tasks.push(tokio::spawn(async move {
-            let mut histogram = Histogram::<u64>::new(3).expect("3 significant figures is a valid precision");
-            let mut failures = 0u64;
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= total || Instant::now() >= deadline {
-                    break;
-                }
-                let phone = format!("+7916{run_prefix:02}{index:05}");
-                let begun = Instant::now();
-                match sign_in(&http, &base, &phone, &codes).await {
-                    Ok(()) => {
-                        let _ = histogram.record(begun.elapsed().as_micros() as u64);
-                    }
-                    Err(_) => failures += 1,
-                }
-            }
-            (histogram, failures)
-        }));
-    }
-    let mut histogram = Histogram::<u64>::new(3).expect("3 significant figures is a valid precision");
-    let mut failures = 0;
-    for task in tasks {
-        let (part, failed) = task.await.map_err(|error| error.to_string())?;
-        histogram.add(part).map_err(|error| error.to_string())?;
-        failures += failed;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
+    let bar = progress("sign-ins over HTTP", bench.sign_ins, bench.json);
+    let phase = run_clients(bench.clients as usize, bench.sign_ins, phase, &bar, move |index, _| {
+        let (http, base, codes) = (http.clone(), base.clone(), codes.clone());
+        async move { sign_in(&http, &base, &format!("+7916{run_prefix:02}{index:05}"), &codes).await }
+    })
+    .await?;
+    bar.finish();
     built.database.close().await;
+    let (histogram, failures, elapsed) = (phase.latency, phase.failed, phase.elapsed.as_secs_f64());
 
     let sign_ins = histogram.len();
     let figures = json!({
@@ -163,6 +137,89 @@ async fn accounts(bench: AccountsBench) -> Result<(), String> {
         return Err(format!("{failures} sign-ins failed"));
     }
     Ok(())
+}
+
+/// A progress bar on stderr, hidden when the figures go out as JSON.
+pub fn progress(message: &str, length: u64, hidden: bool) -> ProgressBar {
+    let bar = ProgressBar::new(length);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:<24} [{bar:32}] {pos}/{len} {per_sec}").expect("a valid template"),
+    );
+    bar.set_message(message.to_owned());
+    if hidden {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+pub struct Phase {
+    pub completed: u64,
+    pub failed: u64,
+    pub elapsed: Duration,
+    pub latency: Histogram<u64>,
+}
+
+/// Runs `work(index, client)` for indexes 0.. on `clients` tasks until
+/// `total` are done or `limit` has passed.
+pub async fn run_clients<F, Fut>(
+    clients: usize,
+    total: u64,
+    limit: Duration,
+    bar: &ProgressBar,
+    work: F,
+) -> Result<Phase, String>
+where
+    F: Fn(u64, usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let deadline = started + limit;
+    let mut tasks = Vec::new();
+    for client in 0..clients.max(1) {
+        let (work, next, stop, bar) = (work.clone(), next.clone(), stop.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new(3).expect("3 significant figures is a valid precision");
+            let (mut completed, mut failed, mut first_error) = (0u64, 0u64, None);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= total {
+                    break;
+                }
+                let begun = Instant::now();
+                match work(index, client).await {
+                    Ok(()) => {
+                        completed += 1;
+                        let _ = latency.record(begun.elapsed().as_micros() as u64);
+                    }
+                    Err(error) => {
+                        failed += 1;
+                        first_error.get_or_insert(error);
+                    }
+                }
+                bar.inc(1);
+            }
+            (completed, failed, latency, first_error)
+        }));
+    }
+    let mut phase = Phase {
+        completed: 0,
+        failed: 0,
+        elapsed: Duration::ZERO,
+        latency: Histogram::new(3).expect("3 significant figures is a valid precision"),
+    };
+    for task in tasks {
+        let (completed, failed, latency, error) = task.await.map_err(|e| e.to_string())?;
+        phase.completed += completed;
+        phase.failed += failed;
+        phase.latency.add(latency).map_err(|e| e.to_string())?;
+        if let Some(error) = error {
+            tracing::warn!(%error, "a request failed");
+        }
+    }
+    phase.elapsed = started.elapsed();
+    Ok(phase)
 }
 
 /// One whole sign-in: request a code (delivered to our webhook), then use it.

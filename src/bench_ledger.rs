@@ -3,20 +3,20 @@
 //! transfer, same schema, same checks) for the ratio.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use clap::Args;
 use courier_accounts::operators::{self, Role};
 use courier_accounts::tokens::{TokenIssuer, TokenKey};
 use courier_common::{Backend, Database};
-use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::json;
 use sqlx::{AnyConnection, Executor};
 
 use courier_payments::region::{RegionCode, RegionRules};
 
+use crate::bench::{Phase, progress, run_clients};
 use crate::config::ServeOptions;
 
 #[derive(Args)]
@@ -64,17 +64,7 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     let router = built.router;
     tokio::spawn(async move { axum::serve(listener, router).await });
 
-    let progress = |message: &str, length: u64| {
-        let bar = ProgressBar::new(length);
-        bar.set_style(
-            ProgressStyle::with_template("{msg:<24} [{bar:32}] {pos}/{len} {per_sec}").expect("a valid template"),
-        );
-        bar.set_message(message.to_owned());
-        if bench.json {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
-        bar
-    };
+    let progress = |message: &str, length: u64| progress(message, length, bench.json);
 
     // Setup, not measured: accounts inserted directly, tokens minted with the
     // server's key, money deposited through the admin API.
@@ -236,76 +226,6 @@ fn pick(index: u64, client: usize, wallets: u64, hot: bool) -> (usize, usize) {
 
 fn amount(index: u64) -> String {
     format!("{}.{:02}", 1 + index % 9, index % 100)
-}
-
-struct Phase {
-    completed: u64,
-    failed: u64,
-    elapsed: Duration,
-    latency: Histogram<u64>,
-}
-
-/// Runs `work(index, client)` for indexes 0.. on `clients` tasks until
-/// `total` are done or `limit` has passed.
-async fn run_clients<F, Fut>(
-    clients: usize,
-    total: u64,
-    limit: Duration,
-    bar: &ProgressBar,
-    work: F,
-) -> Result<Phase, String>
-where
-    F: Fn(u64, usize) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<(), String>> + Send,
-{
-    let next = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let deadline = started + limit;
-    let mut tasks = Vec::new();
-    for client in 0..clients.max(1) {
-        let (work, next, stop, bar) = (work.clone(), next.clone(), stop.clone(), bar.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new(3).expect("3 significant figures is a valid precision");
-            let (mut completed, mut failed, mut first_error) = (0u64, 0u64, None);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= total {
-                    break;
-                }
-                let begun = Instant::now();
-                match work(index, client).await {
-                    Ok(()) => {
-                        completed += 1;
-                        let _ = latency.record(begun.elapsed().as_micros() as u64);
-                    }
-                    Err(error) => {
-                        failed += 1;
-                        first_error.get_or_insert(error);
-                    }
-                }
-                bar.inc(1);
-            }
-            (completed, failed, latency, first_error)
-        }));
-    }
-    let mut phase = Phase {
-        completed: 0,
-        failed: 0,
-        elapsed: Duration::ZERO,
-        latency: Histogram::new(3).expect("3 significant figures is a valid precision"),
-    };
-    for task in tasks {
-        let (completed, failed, latency, error) = task.await.map_err(|e| e.to_string())?;
-        phase.completed += completed;
-        phase.failed += failed;
-        phase.latency.add(latency).map_err(|e| e.to_string())?;
-        if let Some(error) = error {
-            tracing::warn!(%error, "a request failed");
-        }
-    }
-    phase.elapsed = started.elapsed();
-    Ok(phase)
 }
 
 async fn seed_accounts(database: &Database, count: usize, bar: &ProgressBar) -> Result<Vec<String>, String> {

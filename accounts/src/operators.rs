@@ -73,11 +73,8 @@ fn operator_from_row((id, name, role, created_at_ms): OperatorRow) -> Operator {
 
 /// A validated operator name: 1–64 printable characters.
 pub fn parse_operator_name(name: &str) -> Result<String, String> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > OPERATOR_NAME_CHARS_MAX || name.chars().any(char::is_control) {
-        return Err(format!("an operator name is 1 to {OPERATOR_NAME_CHARS_MAX} printable characters"));
-    }
-    Ok(name.to_owned())
+    courier_common::text::printable(name, OPERATOR_NAME_CHARS_MAX)
+        .ok_or_else(|| format!("an operator name is 1 to {OPERATOR_NAME_CHARS_MAX} printable characters"))
 }
 
 /// Creates an operator and returns it with its API key, which exists nowhere

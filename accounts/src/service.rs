@@ -274,13 +274,9 @@ pub fn check_code_state(code: &store::CodeRow, now_ms: i64, config: &AccountsCon
 
 /// A validated device name: 1–64 printable characters.
 pub fn parse_device_name(name: &str) -> Result<String, AccountsError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > DEVICE_NAME_CHARS_MAX || name.chars().any(char::is_control) {
-        return Err(AccountsError::InvalidRequest(format!(
-            "device_name must be 1 to {DEVICE_NAME_CHARS_MAX} printable characters"
-        )));
-    }
-    Ok(name.to_owned())
+    courier_common::text::printable(name, DEVICE_NAME_CHARS_MAX).ok_or_else(|| {
+        AccountsError::InvalidRequest(format!("device_name must be 1 to {DEVICE_NAME_CHARS_MAX} printable characters"))
+    })
 }
 
 #[cfg(test)]

@@ -305,14 +305,6 @@ pub async fn devices(
         .collect())
 }
 
-pub async fn device_is_live(db: &Database, device_id: &str) -> Result<bool, sqlx::Error> {
-    let row: Option<(String,)> = sqlx::query_as("SELECT id FROM devices WHERE id = $1 AND revoked_at IS NULL")
-        .bind(device_id)
-        .fetch_optional(db.pool())
-        .await?;
-    Ok(row.is_some())
-}
-
 // Blocks.
 
 /// Blocks `blocked_id`; idempotent.
@@ -337,17 +329,6 @@ pub async fn unblock(db: &Database, account_id: &str, blocked_id: &str) -> Resul
         .execute(db.pool())
         .await?;
     Ok(done.rows_affected() == 1)
-}
-
-/// Whether `account_id` has blocked `other_id`.
-pub async fn has_blocked(db: &Database, account_id: &str, other_id: &str) -> Result<bool, sqlx::Error> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT blocked_id FROM blocks WHERE account_id = $1 AND blocked_id = $2")
-            .bind(account_id)
-            .bind(other_id)
-            .fetch_optional(db.pool())
-            .await?;
-    Ok(row.is_some())
 }
 
 /// Blocked accounts in id order after `after_id`: `(account id, blocked at)`.

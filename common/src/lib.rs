@@ -15,6 +15,7 @@ pub mod json;
 pub mod observe;
 pub mod page;
 pub mod shutdown;
+pub mod text;
 pub mod time;
 
 pub use db::{Backend, Database};

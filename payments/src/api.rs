@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{FromRef, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +15,7 @@ use courier_accounts::operators::{Authorized, OperatorDirectory, OperatorRole, V
 use courier_accounts::phone::PhoneNumber;
 use courier_accounts::tokens::TokenVerifier;
 use courier_common::page::PageQuery;
-use courier_common::{Database, ErrorBody, HttpError, Page, Query};
+use courier_common::{Database, ErrorBody, HttpError, Json, Page, Query};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{OpenApi, ToSchema};
@@ -220,37 +219,19 @@ fn idempotency_key(headers: &HeaderMap, scope: String) -> Result<IdempotencyKey,
     Ok(IdempotencyKey { scope, key: key.to_owned() })
 }
 
-/// Parses a JSON body into `T`, keeping its canonical form for the
-/// idempotency fingerprint (field order and spacing do not matter).
-fn parse_body<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    body: &Bytes,
-    route: &str,
-) -> Result<(T, String), HttpError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(HttpError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as JSON with Content-Type: application/json",
-        ));
-    }
-    let value: serde_json::Value = courier_common::json::parse(body)?;
-    let parsed: T = serde_json::from_value(value.clone())
-        .map_err(|error| HttpError::invalid_request(format!("invalid JSON body: {error}")))?;
+/// Reads a JSON body (already checked by the shared extractor) into `T`,
+/// with the fingerprint of its canonical form for the idempotency key (field
+/// order and spacing do not matter).
+fn parse_body<T: serde::de::DeserializeOwned>(value: serde_json::Value, route: &str) -> Result<(T, String), HttpError> {
     let fingerprint = format!("{:x}", Sha256::digest(format!("{route}\n{value}").as_bytes()));
+    let parsed: T = serde_json::from_value(value)
+        .map_err(|error| HttpError::invalid_request(format!("invalid JSON body: {error}")))?;
     Ok((parsed, fingerprint))
 }
 
 fn checked_text(value: &str, field: &str, max: usize) -> Result<String, PaymentsError> {
-    let value = value.trim();
-    if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
-        return Err(PaymentsError::InvalidRequest(format!("{field} must be 1 to {max} printable characters")));
-    }
-    Ok(value.to_owned())
+    courier_common::text::printable(value, max)
+        .ok_or_else(|| PaymentsError::InvalidRequest(format!("{field} must be 1 to {max} printable characters")))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -316,10 +297,10 @@ async fn send(
     State(payments): State<Payments>,
     user: AuthUser,
     headers: HeaderMap,
-    body: Bytes,
+    Json(body): Json<serde_json::Value>,
 ) -> Result<Response, HttpError> {
     let key = idempotency_key(&headers, format!("account:{}", user.account_id()))?;
-    let (request, fingerprint) = parse_body::<TransferRequest>(&headers, &body, "POST /v1/transfers")?;
+    let (request, fingerprint) = parse_body::<TransferRequest>(body, "POST /v1/transfers")?;
     let currency = Currency::parse(&request.currency);
     let amount_minor = money::parse_minor(&request.amount, currency.unwrap_or(Currency::Rub), false)
         .and_then(|minor| if minor == 0 { Err(money::AmountError::NotPositive) } else { Ok(minor) })
@@ -409,7 +390,7 @@ async fn deposit(
     State(payments): State<Payments>,
     operator: Authorized<OperatorRole>,
     headers: HeaderMap,
-    body: Bytes,
+    Json(body): Json<serde_json::Value>,
 ) -> Result<Response, HttpError> {
     external(payments, operator, headers, body, true).await
 }
@@ -422,7 +403,7 @@ async fn withdrawal(
     State(payments): State<Payments>,
     operator: Authorized<OperatorRole>,
     headers: HeaderMap,
-    body: Bytes,
+    Json(body): Json<serde_json::Value>,
 ) -> Result<Response, HttpError> {
     external(payments, operator, headers, body, false).await
 }
@@ -431,13 +412,13 @@ async fn external(
     payments: Payments,
     operator: Authorized<OperatorRole>,
     headers: HeaderMap,
-    body: Bytes,
+    body: serde_json::Value,
     deposit: bool,
 ) -> Result<Response, HttpError> {
     let operator_id = operator.operator.operator_id;
     let key = idempotency_key(&headers, format!("operator:{operator_id}"))?;
     let route = if deposit { "POST /admin/v1/deposits" } else { "POST /admin/v1/withdrawals" };
-    let (request, fingerprint) = parse_body::<ExternalMoney>(&headers, &body, route)?;
+    let (request, fingerprint) = parse_body::<ExternalMoney>(body, route)?;
     let currency = Currency::parse(&request.currency).ok_or_else(|| {
         PaymentsError::CurrencyMismatch(format!("{:?} is not a currency of a supported region", request.currency))
     })?;
@@ -476,7 +457,7 @@ async fn freeze(
     State(payments): State<Payments>,
     operator: Authorized<OperatorRole>,
     Path(id): Path<String>,
-    courier_common::Json(body): courier_common::Json<Reason>,
+    Json(body): Json<Reason>,
 ) -> Result<Response, HttpError> {
     set_frozen(payments, operator, id, body, true).await
 }
@@ -489,7 +470,7 @@ async fn unfreeze(
     State(payments): State<Payments>,
     operator: Authorized<OperatorRole>,
     Path(id): Path<String>,
-    courier_common::Json(body): courier_common::Json<Reason>,
+    Json(body): Json<Reason>,
 ) -> Result<Response, HttpError> {
     set_frozen(payments, operator, id, body, false).await
 }

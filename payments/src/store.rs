@@ -68,11 +68,6 @@ pub async fn regions(connection: &mut AnyConnection) -> Result<HashMap<RegionCod
     Ok(rows.into_iter().filter_map(region_from_row).map(|rules| (rules.code, rules)).collect())
 }
 
-pub async fn regions_from_pool(db: &Database) -> Result<HashMap<RegionCode, RegionRules>, sqlx::Error> {
-    let mut connection = db.pool().acquire().await?;
-    regions(&mut connection).await
-}
-
 /// Creates the wallet of `account_id` if it has none; wallets are created on
 /// first use, only for accounts of a supported region.
 pub async fn ensure_wallet(

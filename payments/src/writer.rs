@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use courier_common::shutdown::CancellationToken;
@@ -112,16 +112,10 @@ pub struct WriterStats {
 #[derive(Clone)]
 pub struct WriterHandle {
     queue: mpsc::Sender<WriteRequest>,
-    active: Arc<AtomicBool>,
     pub stats: Arc<WriterStats>,
 }
 
 impl WriterHandle {
-    /// Whether this process's writer holds the lock and is applying batches.
-    pub fn is_active(&self) -> bool {
-        self.active.load(Ordering::SeqCst)
-    }
-
     /// Queues a request and waits up to `deadline` for its durable outcome.
     pub async fn submit(
         &self,
@@ -154,17 +148,16 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> (WriterHandle, tokio::task::JoinHandle<()>) {
     let (queue, requests) = mpsc::channel(config.queue_len_max.max(1));
-    let active = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(WriterStats::default());
-    let handle = WriterHandle { queue, active: active.clone(), stats: stats.clone() };
+    let handle = WriterHandle { queue, stats: stats.clone() };
     let task = tokio::spawn(async move {
         let mut requests = requests;
         loop {
-            let writer = run(&database, &lock, &config, &shutdown, &mut requests, &active, &stats);
+            let writer = run(&database, &lock, &config, &shutdown, &mut requests, &stats);
             match AssertUnwindSafe(writer).catch_unwind().await {
                 Ok(()) => return,
                 Err(_) => {
-                    active.store(false, Ordering::SeqCst);
+                    metrics::gauge!("ledger_writer_active").set(0.0);
                     metrics::counter!("ledger_writer_restarts_total").increment(1);
                     tracing::error!("the ledger writer panicked; starting it again from the database");
                     tokio::time::sleep(STANDBY_POLL).await;
@@ -237,7 +230,6 @@ async fn run(
     config: &WriterConfig,
     shutdown: &CancellationToken,
     requests: &mut mpsc::Receiver<WriteRequest>,
-    active: &AtomicBool,
     stats: &WriterStats,
 ) {
     loop {
@@ -257,7 +249,6 @@ async fn run(
             tokio::time::sleep(STANDBY_POLL).await;
             continue;
         }
-        active.store(true, Ordering::SeqCst);
         metrics::gauge!("ledger_writer_active").set(1.0);
         tracing::info!("ledger writer active");
         let mut sweep = tokio::time::interval(IDEMPOTENCY_SWEEP_EVERY);
@@ -285,7 +276,7 @@ async fn run(
                         break;
                     }
                 }
-                active.store(false, Ordering::SeqCst);
+                metrics::gauge!("ledger_writer_active").set(0.0);
                 tracing::info!("ledger writer drained and stopped");
                 return;
             };
@@ -294,7 +285,6 @@ async fn run(
                 break Some(error);
             }
         };
-        active.store(false, Ordering::SeqCst);
         metrics::gauge!("ledger_writer_active").set(0.0);
         if let Some(error) = failure {
             tracing::error!(%error, "ledger writer lost its database; reconnecting");

@@ -156,6 +156,32 @@ pub struct Server {
     pub http: reqwest::Client,
 }
 
+/// Runs `courier serve <args> --listen 127.0.0.1:0`, logging to `log`, and
+/// waits for the URL it prints.
+async fn serve(args: &[&str], log: &Path) -> (Child, String) {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let mut child = Command::new(courier_bin())
+        .arg("serve")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("COURIER_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(file))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start courier");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(START_TIMEOUT, lines.next_line())
+        .await
+        .expect("courier printed its URL in time")
+        .unwrap()
+        .unwrap_or_else(|| {
+            panic!("courier exited before listening; log:\n{}", std::fs::read_to_string(log).unwrap_or_default())
+        });
+    let url = line.strip_prefix("courier listening on ").expect("the URL line").to_owned();
+    (child, url)
+}
+
 pub fn courier_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_courier"))
 }
@@ -189,29 +215,13 @@ impl Server {
     }
 
     async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let mut child = Command::new(courier_bin())
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .args(["--database-url", &self.database_url])
-            .args(["--code-sender", "webhook", "--code-webhook-url", &self.hook.url])
-            .args(&self.extra)
-            .env_remove("COURIER_CONFIG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start courier");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(START_TIMEOUT, lines.next_line())
-            .await
-            .expect("courier printed its URL in time")
-            .unwrap()
-            .unwrap_or_else(|| panic!("courier exited before listening; log:\n{}", self.log()));
-        self.url = line.strip_prefix("courier listening on ").expect("the URL line").to_owned();
+        let data_dir = self.dir.path().join("data");
+        let data_dir = data_dir.to_str().expect("a UTF-8 temporary path");
+        let mut args = vec!["--data-dir", data_dir, "--database-url", &self.database_url];
+        args.extend(["--code-sender", "webhook", "--code-webhook-url", &self.hook.url]);
+        args.extend(self.extra.iter().map(String::as_str));
+        let (child, url) = serve(&args, &self.log_path()).await;
+        self.url = url;
         self.child = Some(child);
     }
 
@@ -377,23 +387,7 @@ pub struct Node {
 impl Node {
     /// Starts `courier serve <args> --listen 127.0.0.1:0`, logging to `log`.
     pub async fn start(args: &[&str], log: PathBuf) -> Node {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let mut child = Command::new(courier_bin())
-            .arg("serve")
-            .args(args)
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(file))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start courier");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = tokio::time::timeout(START_TIMEOUT, lines.next_line())
-            .await
-            .expect("the node printed its URL in time")
-            .unwrap()
-            .unwrap_or_else(|| panic!("the node exited: {}", std::fs::read_to_string(&log).unwrap_or_default()));
-        let url = line.strip_prefix("courier listening on ").expect("the URL line").to_owned();
+        let (child, url) = serve(args, &log).await;
         Node { url, child, log }
     }
 

@@ -105,6 +105,42 @@ pub struct ServeOptions {
     /// How long idempotency keys are remembered.
     #[arg(long, env = "COURIER_IDEMPOTENCY_TTL_S")]
     pub idempotency_ttl_s: Option<u64>,
+    /// Largest signaling message a client may send (bytes).
+    #[arg(long, env = "COURIER_WS_MESSAGE_BYTES_MAX")]
+    pub ws_message_bytes_max: Option<usize>,
+    /// Seconds a new signaling socket has to send `auth` (else closed with 4401).
+    #[arg(long, env = "COURIER_WS_AUTH_TIMEOUT_S")]
+    pub ws_auth_timeout_s: Option<u64>,
+    /// Seconds between the server's pings on each socket.
+    #[arg(long, env = "COURIER_WS_PING_INTERVAL_S")]
+    pub ws_ping_interval_s: Option<u64>,
+    /// Seconds of silence (no frame, no pong) after which a socket is dropped as dead.
+    #[arg(long, env = "COURIER_WS_IDLE_TIMEOUT_S")]
+    pub ws_idle_timeout_s: Option<u64>,
+    /// Seconds a client may take to accept one frame before it is disconnected.
+    #[arg(long, env = "COURIER_WS_WRITE_TIMEOUT_S")]
+    pub ws_write_timeout_s: Option<u64>,
+    /// Sustained signaling messages per second per connection.
+    #[arg(long, env = "COURIER_WS_MESSAGES_PER_S")]
+    pub ws_messages_per_s: Option<u32>,
+    /// Messages per connection allowed at once above the sustained rate.
+    #[arg(long, env = "COURIER_WS_MESSAGES_BURST")]
+    pub ws_messages_burst: Option<u32>,
+    /// Frames queued for one socket; a client reading slower is disconnected.
+    #[arg(long, env = "COURIER_WS_OUTBOUND_QUEUE_LEN_MAX")]
+    pub ws_outbound_queue_len_max: Option<usize>,
+    /// Devices of one account connected to signaling at once.
+    #[arg(long, env = "COURIER_DEVICES_PER_ACCOUNT_MAX")]
+    pub devices_per_account_max: Option<usize>,
+    /// Signaling sockets this process holds; beyond it, 503 `overloaded`.
+    #[arg(long, env = "COURIER_WS_CONNECTIONS_MAX")]
+    pub ws_connections_max: Option<usize>,
+    /// Seconds an unanswered call rings before it ends with `invite_timeout`.
+    #[arg(long, env = "COURIER_RING_TIMEOUT_S")]
+    pub ring_timeout_s: Option<u64>,
+    /// Seconds a device that lost its socket mid-call has to `resume`.
+    #[arg(long, env = "COURIER_RECONNECT_GRACE_S")]
+    pub reconnect_grace_s: Option<u64>,
 }
 
 /// Fills every `None` of `self` from `file`.
@@ -147,6 +183,18 @@ impl ServeOptions {
             ledger_batch_len_max,
             ledger_submit_timeout_s,
             idempotency_ttl_s,
+            ws_message_bytes_max,
+            ws_auth_timeout_s,
+            ws_ping_interval_s,
+            ws_idle_timeout_s,
+            ws_write_timeout_s,
+            ws_messages_per_s,
+            ws_messages_burst,
+            ws_outbound_queue_len_max,
+            devices_per_account_max,
+            ws_connections_max,
+            ring_timeout_s,
+            reconnect_grace_s,
         );
         if self.token_previous_key_file.is_empty() {
             self.token_previous_key_file = file.token_previous_key_file;
@@ -217,8 +265,28 @@ impl ServeOptions {
         Duration::from_secs(self.ledger_submit_timeout_s.unwrap_or(courier_payments::api::SUBMIT_TIMEOUT_S_DEFAULT))
     }
 
+    pub fn signaling_config(&self) -> courier_signaling::SignalingConfig {
+        let defaults = courier_signaling::SignalingConfig::default();
+        let seconds = |value: Option<u64>, default: Duration| value.map(Duration::from_secs).unwrap_or(default);
+        courier_signaling::SignalingConfig {
+            ws_message_bytes_max: self.ws_message_bytes_max.unwrap_or(defaults.ws_message_bytes_max),
+            ws_auth_timeout: seconds(self.ws_auth_timeout_s, defaults.ws_auth_timeout),
+            ws_ping_interval: seconds(self.ws_ping_interval_s, defaults.ws_ping_interval),
+            ws_idle_timeout: seconds(self.ws_idle_timeout_s, defaults.ws_idle_timeout),
+            ws_write_timeout: seconds(self.ws_write_timeout_s, defaults.ws_write_timeout),
+            ws_messages_per_s: self.ws_messages_per_s.unwrap_or(defaults.ws_messages_per_s),
+            ws_messages_burst: self.ws_messages_burst.unwrap_or(defaults.ws_messages_burst),
+            ws_outbound_queue_len_max: self.ws_outbound_queue_len_max.unwrap_or(defaults.ws_outbound_queue_len_max),
+            devices_per_account_max: self.devices_per_account_max.unwrap_or(defaults.devices_per_account_max),
+            ws_connections_max: self.ws_connections_max.unwrap_or(defaults.ws_connections_max),
+            ring_timeout: seconds(self.ring_timeout_s, defaults.ring_timeout),
+            reconnect_grace: seconds(self.reconnect_grace_s, defaults.reconnect_grace),
+        }
+    }
+
     /// Refuses settings that cannot work, with what to do instead.
     pub fn validate(&self) -> Result<(), String> {
+        self.signaling_config().validate()?;
         let accounts = self.accounts_config();
         if accounts.sign_in_code_ttl_s == 0 || accounts.sign_in_code_attempts_max == 0 {
             return Err("sign-in codes need a TTL and at least one attempt".into());

@@ -26,6 +26,8 @@ pub enum Service {
     Accounts,
     /// The ledger alone, against the shared database; verifies tokens with --jwks-url.
     Payments,
+    /// Call signaling alone, against the shared database; verifies tokens with --jwks-url.
+    Signaling,
 }
 
 /// A built server: its router and the resources to release on shutdown.
@@ -47,6 +49,7 @@ pub async fn build(
     options.validate()?;
     let runs_accounts = matches!(service, None | Some(Service::Accounts));
     let runs_payments = matches!(service, None | Some(Service::Payments));
+    let runs_signaling = matches!(service, None | Some(Service::Signaling));
     let data_dir = options.data_dir();
     if options.database_url.is_none() || (runs_accounts && options.token_key_file.is_none()) {
         create_private_dir(&data_dir).map_err(|error| {
@@ -68,18 +71,36 @@ pub async fn build(
         router = router.merge(courier_accounts::app(accounts));
         doc.merge(courier_accounts::ApiDoc::openapi());
     }
+    if verifier.is_none() {
+        let url = options.jwks_url.as_deref().ok_or(
+            "without the accounts service, tokens are verified offline: pass --jwks-url http://ACCOUNTS/v1/auth/keys",
+        )?;
+        verifier = Some(Arc::new(TokenVerifier::remote(url).await.map_err(|error| error.to_string())?));
+    }
+    let verifier = verifier.ok_or("no token verifier")?;
     let mut tasks = Vec::new();
     let mut payments = None;
-    if runs_payments {
-        let verifier = match verifier {
-            Some(verifier) => verifier,
-            None => {
-                let url = options.jwks_url.as_deref().ok_or(
-                    "courier serve payments verifies tokens offline: pass --jwks-url http://ACCOUNTS/v1/auth/keys",
-                )?;
-                Arc::new(TokenVerifier::remote(url).await.map_err(|error| error.to_string())?)
+    if runs_signaling {
+        let hub = courier_signaling::Hub::new(database.clone(), options.signaling_config());
+        if options.redis_url.is_none() {
+            // One node routes every call: a call left open in the records died with the previous run.
+            let closed = courier_signaling::store::close_dangling(
+                &database,
+                courier_signaling::protocol::HangupReason::ServerShutdown,
+                courier_common::time::now_ms(),
+            )
+            .await
+            .map_err(|error| format!("cannot read the call records: {error}"))?;
+            if closed > 0 {
+                tracing::warn!(calls = closed, "closed the records of calls the previous run left open");
             }
-        };
+        }
+        tasks.push(tokio::spawn(hub.clone().run(shutdown.clone())));
+        router = router.merge(courier_signaling::app(courier_signaling::Signaling::new(hub, verifier.clone())));
+        doc.merge(courier_signaling::ApiDoc::openapi());
+    }
+    if runs_payments {
+        let verifier = verifier.clone();
         let lock_file = Database::sqlite_path(&database_url)
             .map(|path| path.with_extension("ledger-writer.lock"))
             .unwrap_or_else(|| data_dir.join("ledger-writer.lock"));

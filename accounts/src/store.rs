@@ -331,6 +331,16 @@ pub async fn unblock(db: &Database, account_id: &str, blocked_id: &str) -> Resul
     Ok(done.rows_affected() == 1)
 }
 
+/// Whether `account_id` has blocked `other_id`.
+pub async fn has_blocked(db: &Database, account_id: &str, other_id: &str) -> Result<bool, sqlx::Error> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM blocks WHERE account_id = $1 AND blocked_id = $2")
+        .bind(account_id)
+        .bind(other_id)
+        .fetch_optional(db.pool())
+        .await?;
+    Ok(row.is_some())
+}
+
 /// Blocked accounts in id order after `after_id`: `(account id, blocked at)`.
 pub async fn blocked(
     db: &Database,

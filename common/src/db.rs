@@ -54,6 +54,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0002_ledger.sql"),
         include_str!("../../migrations/postgres/0002_ledger.sql"),
     ),
+    (
+        3,
+        "calls",
+        include_str!("../../migrations/sqlite/0003_calls.sql"),
+        include_str!("../../migrations/postgres/0003_calls.sql"),
+    ),
 ];
 
 /// How long a connection waits for a lock held by another writer before the

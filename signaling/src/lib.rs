@@ -1,15 +1,23 @@
 //! Call signaling: the WebSocket protocol at `GET /v1/calls/ws` (API.md,
-//! "Signaling"), the authoritative call state machine, multi-device routing
-//! (in-process, or across nodes through Redis), ICE server credentials, the
-//! embedded TURN relay and call history.
+//! "Signaling"), the authoritative call state machine, multi-device routing,
+//! and call records (`GET /v1/calls/history`, `POST /v1/calls/{id}/rating`,
+//! `POST /v1/calls/{id}/stats`).
 //!
 //! It negotiates calls and never touches media. It trusts nothing a client
-//! sends: every message is validated, rate limited and checked against the
-//! call's state before anything changes.
-//!
-//! Built so far: [`protocol`], the messages parsed at the boundary into
-//! domain types, and [`machine`], the call state machine as plain code. The
-//! WebSocket endpoint, routing and history come next.
+//! sends: every message is parsed at the boundary ([`protocol`]), rate
+//! limited, and checked by the state machine ([`machine`], plain code tested
+//! without sockets) against the call's state before anything changes. The
+//! [`hub`] routes the machine's events to devices through bounded queues;
+//! [`ws`] runs each connection.
 
+pub mod api;
+pub mod config;
+pub mod hub;
 pub mod machine;
 pub mod protocol;
+pub mod store;
+pub mod ws;
+
+pub use api::{ApiDoc, Signaling, app};
+pub use config::SignalingConfig;
+pub use hub::Hub;

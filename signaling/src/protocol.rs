@@ -34,6 +34,10 @@ pub enum ErrorCode {
     CalleeNotAccepting,
     CalleeBusy,
     AlreadyInCall,
+    /// The account already has as many devices connected as allowed.
+    TooManyDevices,
+    /// The server could not do it (its database failed); retry.
+    Internal,
 }
 
 impl ErrorCode {
@@ -50,6 +54,8 @@ impl ErrorCode {
             ErrorCode::CalleeNotAccepting => "callee_not_accepting",
             ErrorCode::CalleeBusy => "callee_busy",
             ErrorCode::AlreadyInCall => "already_in_call",
+            ErrorCode::TooManyDevices => "too_many_devices",
+            ErrorCode::Internal => "internal",
         }
     }
 }
@@ -71,6 +77,21 @@ pub enum HangupReason {
 }
 
 impl HangupReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HangupReason::UserHangup => "user_hangup",
+            HangupReason::Rejected => "rejected",
+            HangupReason::Busy => "busy",
+            HangupReason::InviteTimeout => "invite_timeout",
+            HangupReason::Unavailable => "unavailable",
+            HangupReason::IceFailed => "ice_failed",
+            HangupReason::AnsweredElsewhere => "answered_elsewhere",
+            HangupReason::LostConnection => "lost_connection",
+            HangupReason::Glare => "glare",
+            HangupReason::ServerShutdown => "server_shutdown",
+        }
+    }
+
     /// The reasons a client may give in its own `hangup`; the others are the
     /// server's to decide.
     pub fn client_may_send(self) -> bool {

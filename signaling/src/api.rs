@@ -1,0 +1,304 @@
+//! HTTP routes of the signaling service (API.md, "Signaling"): the
+//! WebSocket endpoint and the call records a user may read and annotate.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRef, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use courier_accounts::auth::AuthUser;
+use courier_accounts::tokens::TokenVerifier;
+use courier_common::page::PageQuery;
+use courier_common::time::{now_ms, rfc3339};
+use courier_common::{ErrorBody, HttpError, Json, Page, Query};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::hub::Hub;
+use crate::protocol::HangupReason;
+use crate::store::{self, HistoryRow};
+use crate::ws;
+
+pub const COMMENT_CHARS_MAX: usize = 500;
+/// The problem tags a rating may carry (API.md).
+pub const PROBLEMS: [&str; 7] =
+    ["echo", "noise", "interruptions", "distorted_speech", "silent_local", "silent_remote", "dropped"];
+/// Bounds on a client's figures: beyond them a figure is a bug, not a call.
+const MILLISECONDS_MAX: f64 = 600_000.0;
+const BITRATE_KBPS_MAX: f64 = 100_000.0;
+const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// The signaling service's state.
+#[derive(Clone)]
+pub struct Signaling {
+    hub: Hub,
+    verifier: Arc<TokenVerifier>,
+}
+
+impl Signaling {
+    pub fn new(hub: Hub, verifier: Arc<TokenVerifier>) -> Self {
+        Signaling { hub, verifier }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+impl FromRef<Signaling> for Arc<TokenVerifier> {
+    fn from_ref(signaling: &Signaling) -> Self {
+        signaling.verifier.clone()
+    }
+}
+
+/// The signaling router: `/v1/calls/ws`, `/v1/calls/history`, `/v1/calls/{id}/rating|stats`.
+pub fn app(signaling: Signaling) -> Router {
+    Router::new()
+        .route("/v1/calls/ws", get(websocket))
+        .route("/v1/calls/history", get(history))
+        .route("/v1/calls/{id}/rating", post(rate))
+        .route("/v1/calls/{id}/stats", post(stats))
+        .with_state(signaling)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(websocket, history, rate, stats),
+    components(schemas(ErrorBody, CallView, RatingBody, StatsBody)),
+    tags((name = "calls", description = "Call signaling and call records"))
+)]
+pub struct ApiDoc;
+
+/// The signaling WebSocket (API.md, "Signaling"): send `auth` first.
+#[utoipa::path(get, path = "/v1/calls/ws", tag = "calls",
+    responses((status = 101, description = "Switching to the WebSocket protocol"),
+              (status = 503, description = "`overloaded`: the server holds as many connections as allowed", body = ErrorBody)))]
+async fn websocket(State(signaling): State<Signaling>, upgrade: WebSocketUpgrade) -> Response {
+    let Some(permit) = signaling.hub.reserve_connection() else {
+        return HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many connections; retry later")
+            .with_retry_after(1)
+            .into_response();
+    };
+    let bytes_max = ws::transport_message_bytes_max(signaling.hub.config().ws_message_bytes_max);
+    upgrade
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_message_size(bytes_max)
+        .max_frame_size(bytes_max)
+        .on_upgrade(move |socket| ws::serve(socket, signaling.hub.clone(), signaling.verifier.clone(), permit))
+}
+
+/// One call in its party's history.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CallView {
+    pub call_id: String,
+    /// The other party's account id.
+    pub peer: String,
+    /// `outgoing`, `incoming`, or `missed` (incoming, never answered).
+    pub direction: String,
+    pub started_at: String,
+    pub answered_at: Option<String>,
+    pub ended_at: Option<String>,
+    /// Seconds from answer to end; 0 for calls never answered.
+    pub duration_s: Option<i64>,
+    pub end_reason: Option<String>,
+    /// This user's own rating, 1–5.
+    pub rating: Option<i64>,
+    pub problems: Vec<String>,
+    /// This user's client's figures, when it sent them.
+    pub stats: Option<StatsBody>,
+}
+
+impl CallView {
+    fn of(row: HistoryRow, me: &str) -> Self {
+        let outgoing = row.caller_id == me;
+        // Missed: an incoming call that ended unanswered, not by this user's own reject.
+        let missed = !outgoing
+            && row.answered_at.is_none()
+            && row.ended_at.is_some()
+            && row.end_reason.as_deref() != Some(HangupReason::Rejected.as_str());
+        let direction = match (outgoing, missed) {
+            (true, _) => "outgoing",
+            (false, true) => "missed",
+            (false, false) => "incoming",
+        };
+        let duration_s =
+            row.ended_at.map(|ended| row.answered_at.map_or(0, |answered| (ended - answered).max(0) / 1_000));
+        let has_stats = row.rtt_ms.is_some()
+            || row.jitter_ms.is_some()
+            || row.packet_loss_pct.is_some()
+            || row.bitrate_kbps.is_some()
+            || row.candidate_type.is_some()
+            || row.setup_ms.is_some();
+        CallView {
+            peer: if outgoing { row.callee_id } else { row.caller_id },
+            direction: direction.into(),
+            started_at: rfc3339(row.started_at),
+            answered_at: row.answered_at.map(rfc3339),
+            ended_at: row.ended_at.map(rfc3339),
+            duration_s,
+            end_reason: row.end_reason,
+            rating: row.rating,
+            problems: row
+                .problems
+                .as_deref()
+                .filter(|problems| !problems.is_empty())
+                .map(|problems| problems.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
+            stats: has_stats.then_some(StatsBody {
+                rtt_ms: row.rtt_ms,
+                jitter_ms: row.jitter_ms,
+                packet_loss_pct: row.packet_loss_pct,
+                bitrate_kbps: row.bitrate_kbps,
+                candidate_type: row.candidate_type,
+                setup_ms: row.setup_ms,
+            }),
+            call_id: row.id,
+        }
+    }
+}
+
+/// My calls, newest first (cursor pagination).
+#[utoipa::path(get, path = "/v1/calls/history", tag = "calls", security(("user" = [])), params(PageQuery),
+    responses((status = 200, body = inline(Page<CallView>)), (status = 401, body = ErrorBody)))]
+async fn history(
+    State(signaling): State<Signaling>,
+    user: AuthUser,
+    Query(query): Query<PageQuery>,
+) -> Result<axum::Json<Page<CallView>>, HttpError> {
+    let page = query.parse()?;
+    let after = match page.after.as_deref() {
+        None => None,
+        Some(position) => Some(parse_position(position).ok_or_else(|| {
+            HttpError::invalid_request("cursor is not one this server handed out; start again without it")
+        })?),
+    };
+    let rows = store::history(signaling.hub.db(), user.account_id(), after, page.limit).await?;
+    let page = Page::from_rows(rows, page.limit, |row| format!("{}:{}", row.started_at, row.id));
+    Ok(axum::Json(page.map(|row| CallView::of(row, user.account_id()))))
+}
+
+fn parse_position(position: &str) -> Option<(i64, String)> {
+    let (started_at, id) = position.split_once(':')?;
+    Some((started_at.parse().ok()?, id.to_owned()))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RatingBody {
+    /// 1 (bad) to 5 (excellent).
+    pub rating: i64,
+    #[serde(default)]
+    pub problems: Vec<String>,
+    pub comment: Option<String>,
+}
+
+/// Rate a call I was a party of (again, to change the rating).
+#[utoipa::path(post, path = "/v1/calls/{id}/rating", tag = "calls", security(("user" = [])),
+    params(("id" = String, Path, description = "The call id")), request_body = RatingBody,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn rate(
+    State(signaling): State<Signaling>,
+    user: AuthUser,
+    Path(call_id): Path<String>,
+    Json(body): Json<RatingBody>,
+) -> Result<StatusCode, HttpError> {
+    if !(1..=5).contains(&body.rating) {
+        return Err(HttpError::invalid_request("rating must be an integer from 1 to 5"));
+    }
+    let mut problems = Vec::with_capacity(body.problems.len());
+    for problem in &body.problems {
+        if !PROBLEMS.contains(&problem.as_str()) {
+            return Err(HttpError::invalid_request(format!("problems are among: {}", PROBLEMS.join(", "))));
+        }
+        if !problems.contains(problem) {
+            problems.push(problem.clone());
+        }
+    }
+    let comment = match body.comment.as_deref() {
+        None => None,
+        Some(comment) => Some(courier_common::text::printable(comment, COMMENT_CHARS_MAX).ok_or_else(|| {
+            HttpError::invalid_request(format!(
+                "comment must be printable text of at most {COMMENT_CHARS_MAX} characters"
+            ))
+        })?),
+    };
+    let db = signaling.hub.db();
+    if !store::is_party(db, &call_id, user.account_id()).await? {
+        return Err(HttpError::not_found("no such call of yours"));
+    }
+    let rating = store::Rating { rating: body.rating, problems: &problems, comment: comment.as_deref() };
+    store::rate(db, &call_id, user.account_id(), rating, now_ms()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A client's end-of-call figures.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatsBody {
+    pub rtt_ms: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    pub packet_loss_pct: Option<f64>,
+    pub bitrate_kbps: Option<f64>,
+    /// `host`, `srflx`, `prflx` or `relay`: the selected ICE candidate's type.
+    pub candidate_type: Option<String>,
+    pub setup_ms: Option<f64>,
+}
+
+/// Report my client's figures for a call I was a party of.
+#[utoipa::path(post, path = "/v1/calls/{id}/stats", tag = "calls", security(("user" = [])),
+    params(("id" = String, Path, description = "The call id")), request_body = StatsBody,
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn stats(
+    State(signaling): State<Signaling>,
+    user: AuthUser,
+    Path(call_id): Path<String>,
+    Json(body): Json<StatsBody>,
+) -> Result<StatusCode, HttpError> {
+    let in_range =
+        |value: Option<f64>, max: f64| value.is_none_or(|value| value.is_finite() && (0.0..=max).contains(&value));
+    if !in_range(body.rtt_ms, MILLISECONDS_MAX)
+        || !in_range(body.jitter_ms, MILLISECONDS_MAX)
+        || !in_range(body.setup_ms, MILLISECONDS_MAX)
+    {
+        return Err(HttpError::invalid_request(format!("times are milliseconds from 0 to {MILLISECONDS_MAX}")));
+    }
+    if !in_range(body.packet_loss_pct, 100.0) {
+        return Err(HttpError::invalid_request("packet_loss_pct is a percentage from 0 to 100"));
+    }
+    if !in_range(body.bitrate_kbps, BITRATE_KBPS_MAX) {
+        return Err(HttpError::invalid_request(format!("bitrate_kbps is from 0 to {BITRATE_KBPS_MAX}")));
+    }
+    if body.candidate_type.as_deref().is_some_and(|kind| !["host", "srflx", "prflx", "relay"].contains(&kind)) {
+        return Err(HttpError::invalid_request("candidate_type is host, srflx, prflx or relay"));
+    }
+    let db = signaling.hub.db();
+    if !store::is_party(db, &call_id, user.account_id()).await? {
+        return Err(HttpError::not_found("no such call of yours"));
+    }
+    let figures = store::Stats {
+        rtt_ms: body.rtt_ms,
+        jitter_ms: body.jitter_ms,
+        packet_loss_pct: body.packet_loss_pct,
+        bitrate_kbps: body.bitrate_kbps,
+        candidate_type: body.candidate_type.as_deref(),
+        setup_ms: body.setup_ms,
+    };
+    store::record_stats(db, &call_id, user.account_id(), figures, now_ms()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_positions_round_trip_and_refuse_garbage() {
+        assert_eq!(parse_position("1700000000000:c-1"), Some((1_700_000_000_000, "c-1".into())));
+        assert_eq!(parse_position("nope"), None);
+        assert_eq!(parse_position("x:c"), None);
+    }
+}

@@ -1,0 +1,512 @@
+//! The hub: which devices are connected to this process, and the one
+//! [`Switchboard`] their call messages go through. It looks up what the
+//! machine needs to know about a callee (account, settings, blocks), feeds
+//! the machine, delivers its events to the devices' outbound queues and
+//! writes the call records.
+//!
+//! Delivery never waits: each connection has a bounded queue, and a device
+//! whose queue is full is disconnected (a slow reader must not grow the
+//! server's memory). Events are queued while the hub's lock is held, so the
+//! events one device receives keep the order in which the machine made them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Utf8Bytes;
+use courier_accounts::settings::{CallsFrom, P2p};
+use courier_common::Database;
+use courier_common::shutdown::CancellationToken;
+use courier_common::time::now_ms;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::SignalingConfig;
+use crate::machine::{Callee, Endpoint, IcePolicy, Output, Reply, Switchboard};
+use crate::protocol::{CallId, ClientBody, ClientMessage, ErrorCode, HangupReason, PROTOCOL_VERSION};
+use crate::store;
+
+/// WebSocket close codes the server uses.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The server is stopping.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client did not read its frames fast enough.
+    pub const SLOW_READER: u16 = 1008;
+    /// No valid `auth` within the deadline, or a bad token.
+    pub const UNAUTHENTICATED: u16 = 4401;
+    /// A newer connection of the same device took over.
+    pub const REPLACED: u16 = 4409;
+    /// The account has too many devices connected.
+    pub const TOO_MANY_DEVICES: u16 = 4429;
+    /// Nothing heard from the client (not even a pong) for too long.
+    pub const IDLE: u16 = 4408;
+
+    pub fn reason(code: u16) -> &'static str {
+        match code {
+            GOING_AWAY => "server shutting down",
+            SLOW_READER => "outbound queue full: the client reads too slowly",
+            UNAUTHENTICATED => "authenticate first with a valid access token",
+            REPLACED => "another connection of this device took over",
+            TOO_MANY_DEVICES => "too many devices of this account are connected",
+            IDLE => "no frames or pongs for too long",
+            _ => "",
+        }
+    }
+}
+
+/// Tells a connection to close, with which code. The first code wins.
+#[derive(Debug, Default)]
+pub struct Closer {
+    token: CancellationToken,
+    code: AtomicU16,
+}
+
+impl Closer {
+    pub fn close(&self, code: u16) {
+        let _ = self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.token.cancel();
+    }
+
+    pub fn code(&self) -> u16 {
+        match self.code.load(Ordering::Acquire) {
+            0 => close::NORMAL,
+            code => code,
+        }
+    }
+
+    pub async fn closed(&self) {
+        self.token.cancelled().await
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// A connection's outbound side, as the hub holds it.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    pub tx: mpsc::Sender<Utf8Bytes>,
+    pub closer: Arc<Closer>,
+}
+
+impl Outbox {
+    /// Queues `frame`; a full queue disconnects the slow reader.
+    pub fn push(&self, frame: Utf8Bytes) {
+        match self.tx.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.closer.is_closed() {
+                    metrics::counter!("signaling_slow_readers_total").increment(1);
+                }
+                self.closer.close(close::SLOW_READER);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+struct Link {
+    id: u64,
+    outbox: Outbox,
+}
+
+#[derive(Default)]
+struct State {
+    board: Switchboard,
+    links: HashMap<String, Link>,
+    /// Connected devices per account, in connection order.
+    online: HashMap<String, Vec<String>>,
+}
+
+/// Held while a WebSocket connection is open; counts it against the limit.
+pub struct ConnectionPermit {
+    hub: Hub,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let left = self.hub.inner.connections.fetch_sub(1, Ordering::AcqRel) - 1;
+        metrics::gauge!("signaling_connections").set(left as f64);
+    }
+}
+
+/// Why a device could not attach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachError {
+    TooManyDevices,
+    Stopping,
+}
+
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    config: SignalingConfig,
+    state: Mutex<State>,
+    connections: AtomicUsize,
+    next_link: AtomicU64,
+    stopping: CancellationToken,
+}
+
+/// A record write the machine's outputs call for, done after the lock is released.
+enum RecordWrite {
+    Answer { call_id: CallId, device: String },
+    End { call_id: CallId, reason: HangupReason, talking: Option<Duration> },
+}
+
+impl Hub {
+    pub fn new(db: Database, config: SignalingConfig) -> Self {
+        Hub {
+            inner: Arc::new(Inner {
+                db,
+                config,
+                state: Mutex::new(State {
+                    board: Switchboard::new(config.machine_limits()),
+                    links: HashMap::new(),
+                    online: HashMap::new(),
+                }),
+                connections: AtomicUsize::new(0),
+                next_link: AtomicU64::new(1),
+                stopping: CancellationToken::new(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &SignalingConfig {
+        &self.inner.config
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.inner.db
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Counts a new connection, unless the process holds as many as allowed
+    /// or is stopping.
+    pub fn reserve_connection(&self) -> Option<ConnectionPermit> {
+        if self.inner.stopping.is_cancelled() {
+            return None;
+        }
+        let max = self.inner.config.ws_connections_max;
+        let reserved = self
+            .inner
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| (now < max).then_some(now + 1))
+            .ok()?;
+        metrics::gauge!("signaling_connections").set((reserved + 1) as f64);
+        Some(ConnectionPermit { hub: self.clone() })
+    }
+
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::Acquire)
+    }
+
+    /// Registers an authenticated device. A newer connection of a device
+    /// replaces the older one, which is closed.
+    pub fn attach(&self, endpoint: &Endpoint, outbox: Outbox) -> Result<u64, AttachError> {
+        if self.inner.stopping.is_cancelled() {
+            return Err(AttachError::Stopping);
+        }
+        let id = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
+        let mut writes = Vec::new();
+        {
+            let mut state = self.state();
+            let replaced = state.links.get(&endpoint.device).map(|link| link.id);
+            if replaced.is_none()
+                && state.online.get(&endpoint.account).map_or(0, Vec::len) >= self.inner.config.devices_per_account_max
+            {
+                return Err(AttachError::TooManyDevices);
+            }
+            if let Some(old) = replaced {
+                if let Some(link) = state.links.get(&endpoint.device) {
+                    link.outbox.closer.close(close::REPLACED);
+                }
+                // The old socket's calls get the grace period; the new one resumes them.
+                self.unlink(&mut state, endpoint, old, &mut writes);
+            }
+            state.links.insert(endpoint.device.clone(), Link { id, outbox });
+            state.online.entry(endpoint.account.clone()).or_default().push(endpoint.device.clone());
+        }
+        self.spawn_writes(writes);
+        Ok(id)
+    }
+
+    /// Unregisters a device's connection `link` (if it is still the current one).
+    pub async fn detach(&self, endpoint: &Endpoint, link: u64) {
+        let mut writes = Vec::new();
+        {
+            let mut state = self.state();
+            self.unlink(&mut state, endpoint, link, &mut writes);
+        }
+        self.write_records(writes).await;
+    }
+
+    fn unlink(&self, state: &mut State, endpoint: &Endpoint, link: u64, writes: &mut Vec<RecordWrite>) {
+        if state.links.get(&endpoint.device).is_none_or(|current| current.id != link) {
+            return;
+        }
+        state.links.remove(&endpoint.device);
+        if let Some(devices) = state.online.get_mut(&endpoint.account) {
+            devices.retain(|device| *device != endpoint.device);
+            if devices.is_empty() {
+                state.online.remove(&endpoint.account);
+            }
+        }
+        let outputs = state.board.disconnected(endpoint, Instant::now());
+        deliver(state, outputs, writes);
+    }
+
+    /// Handles one message of an authenticated device and returns the frame
+    /// that answers it. Events for other devices are queued on the way.
+    pub async fn handle(&self, from: &Endpoint, message: ClientMessage) -> Utf8Bytes {
+        let id = message.id;
+        match message.body {
+            ClientBody::Ping => frame(&Pong { kind: "pong", id: &id }),
+            ClientBody::Auth { .. } => {
+                error_frame(Some(&id), ErrorCode::InvalidState, "this connection is already authenticated")
+            }
+            ClientBody::Invite { call_id, callee, sdp, sas_commit } => {
+                let facts = match self.callee_facts(from, &callee, &call_id).await {
+                    Ok(Ok(facts)) => facts,
+                    Ok(Err((code, message))) => return error_frame(Some(&id), code, message),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot look up a callee");
+                        return error_frame(
+                            Some(&id),
+                            ErrorCode::Internal,
+                            "the server could not look up the callee; retry",
+                        );
+                    }
+                };
+                let callee = facts.account.clone();
+                let body = ClientBody::Invite { call_id: call_id.clone(), callee: callee.clone(), sdp, sas_commit };
+                let (reply, writes) = self.step(from, body, Some(facts));
+                if let Reply::AckInvite { ice_policy } = reply {
+                    let started = store::Started {
+                        call_id: &call_id,
+                        caller: &from.account,
+                        callee: &callee,
+                        caller_device: &from.device,
+                        ice_policy,
+                        at_ms: now_ms(),
+                    };
+                    if let Err(error) = store::record_start(&self.inner.db, started).await {
+                        tracing::error!(%error, "cannot write a call record");
+                    }
+                }
+                self.finish(&id, reply, writes).await
+            }
+            body => {
+                let (reply, writes) = self.step(from, body, None);
+                self.finish(&id, reply, writes).await
+            }
+        }
+    }
+
+    /// Feeds the machine under the lock and queues its events.
+    fn step(&self, from: &Endpoint, body: ClientBody, facts: Option<Callee>) -> (Reply, Vec<RecordWrite>) {
+        let answering = match &body {
+            ClientBody::Answer { call_id, .. } => Some(call_id.clone()),
+            _ => None,
+        };
+        let mut writes = Vec::new();
+        let mut state = self.state();
+        let facts = facts.map(|mut callee| {
+            callee.online_devices = state.online.get(&callee.account).cloned().unwrap_or_default();
+            callee
+        });
+        let (reply, outputs) = state.board.handle(from, body, facts, Instant::now());
+        if let (Reply::Ack, Some(call_id)) = (&reply, answering) {
+            writes.push(RecordWrite::Answer { call_id, device: from.device.clone() });
+        }
+        deliver(&mut state, outputs, &mut writes);
+        metrics::gauge!("signaling_calls_in_progress").set(state.board.calls_in_progress() as f64);
+        (reply, writes)
+    }
+
+    async fn finish(&self, id: &str, reply: Reply, writes: Vec<RecordWrite>) -> Utf8Bytes {
+        self.write_records(writes).await;
+        match reply {
+            Reply::Ack => frame(&Ack { kind: "ack", id, ice_policy: None }),
+            Reply::AckInvite { ice_policy } => frame(&Ack { kind: "ack", id, ice_policy: Some(ice_policy) }),
+            Reply::Error(code, message) => error_frame(Some(id), code, message),
+        }
+    }
+
+    /// What the machine must know about an invite's callee, or the refusal
+    /// that needs no machine (a call id used before).
+    async fn callee_facts(
+        &self,
+        from: &Endpoint,
+        callee: &str,
+        call_id: &CallId,
+    ) -> Result<Result<Callee, (ErrorCode, &'static str)>, sqlx::Error> {
+        let db = &self.inner.db;
+        if store::call_id_used(db, call_id).await? {
+            return Ok(Err((ErrorCode::InvalidState, "this call_id was used before; every call needs a new one")));
+        }
+        let Some(account) = courier_accounts::store::account(db, callee).await? else {
+            return Ok(Ok(Callee {
+                account: callee.to_owned(),
+                exists: false,
+                accepts_caller: false,
+                online_devices: Vec::new(),
+                relay_only: false,
+            }));
+        };
+        let caller_p2p = courier_accounts::store::account(db, &from.account).await?.map(|caller| caller.settings.p2p);
+        let blocked = courier_accounts::store::has_blocked(db, callee, &from.account).await?;
+        Ok(Ok(Callee {
+            account: account.id,
+            exists: true,
+            accepts_caller: account.settings.calls_from == CallsFrom::Everybody && !blocked,
+            online_devices: Vec::new(),
+            relay_only: account.settings.p2p == P2p::Never || caller_p2p == Some(P2p::Never),
+        }))
+    }
+
+    async fn write_records(&self, writes: Vec<RecordWrite>) {
+        let db = &self.inner.db;
+        for write in writes {
+            let now = now_ms();
+            let result = match &write {
+                RecordWrite::Answer { call_id, device } => store::record_answer(db, call_id, device, now).await,
+                RecordWrite::End { call_id, reason, talking } => {
+                    let answered_at = talking.map(|talking| now.saturating_sub(talking.as_millis() as i64));
+                    metrics::counter!("signaling_calls_ended_total", "reason" => reason.as_str()).increment(1);
+                    store::record_end(db, call_id, *reason, answered_at, now).await
+                }
+            };
+            if let Err(error) = result {
+                tracing::error!(%error, "cannot write a call record");
+            }
+        }
+    }
+
+    fn spawn_writes(&self, writes: Vec<RecordWrite>) {
+        if writes.is_empty() {
+            return;
+        }
+        let hub = self.clone();
+        tokio::spawn(async move { hub.write_records(writes).await });
+    }
+
+    /// Ends what time ran out on (ring timeouts, lost devices past the grace period).
+    pub async fn tick(&self) {
+        let mut writes = Vec::new();
+        {
+            let mut state = self.state();
+            let outputs = state.board.tick(Instant::now());
+            deliver(&mut state, outputs, &mut writes);
+            metrics::gauge!("signaling_calls_in_progress").set(state.board.calls_in_progress() as f64);
+        }
+        self.write_records(writes).await;
+    }
+
+    /// Runs the hub's clock until `shutdown`, then ends every call with
+    /// `server_shutdown`, closes every socket and waits (bounded) for them.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let resolution = (self.inner.config.ring_timeout.min(self.inner.config.reconnect_grace) / 10)
+            .clamp(Duration::from_millis(20), Duration::from_millis(250));
+        let mut clock = tokio::time::interval(resolution);
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = clock.tick() => self.tick().await,
+            }
+        }
+        self.inner.stopping.cancel();
+        let mut writes = Vec::new();
+        {
+            let mut state = self.state();
+            let outputs = state.board.shutdown(Instant::now());
+            deliver(&mut state, outputs, &mut writes);
+            for link in state.links.values() {
+                link.outbox.closer.close(close::GOING_AWAY);
+            }
+        }
+        self.write_records(writes).await;
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        while self.connections() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// How long shutdown waits for sockets to flush their last frames.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
+
+/// Queues the machine's events on the devices' outboxes and collects the
+/// record writes its outputs call for.
+fn deliver(state: &mut State, outputs: Vec<Output>, writes: &mut Vec<RecordWrite>) {
+    for output in outputs {
+        match output {
+            Output::Send { to, event } => {
+                if let Some(link) = state.links.get(&to) {
+                    link.outbox.push(frame(&event));
+                }
+            }
+            Output::Ended(ended) => {
+                writes.push(RecordWrite::End { call_id: ended.call_id, reason: ended.reason, talking: ended.talking })
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Ack<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ice_policy: Option<IcePolicy>,
+}
+
+#[derive(Serialize)]
+struct Pong<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+}
+
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: Option<&'a str>,
+    code: &'static str,
+    message: &'a str,
+}
+
+pub fn error_frame(id: Option<&str>, code: ErrorCode, message: &str) -> Utf8Bytes {
+    frame(&ErrorFrame { kind: "error", id, code: code.as_str(), message })
+}
+
+/// Serializes a server frame, with the protocol version first.
+pub fn frame(message: &impl Serialize) -> Utf8Bytes {
+    let body = serde_json::to_string(message).unwrap_or_else(|_| String::from("{}"));
+    let mut text = String::with_capacity(body.len() + 8);
+    text.push_str("{\"v\":");
+    text.push_str(itoa_version());
+    if body.len() > 2 {
+        text.push(',');
+    }
+    text.push_str(&body[1..]);
+    Utf8Bytes::from(text)
+}
+
+fn itoa_version() -> &'static str {
+    const _: () = assert!(PROTOCOL_VERSION == 1);
+    "1"
+}

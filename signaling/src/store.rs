@@ -1,0 +1,213 @@
+//! Call records: SQL that runs unchanged on SQLite and PostgreSQL. A record
+//! is written when the invite is accepted and completed as the call is
+//! answered and ends, so a call acknowledged to its caller is never lost.
+
+use courier_common::Database;
+
+use crate::machine::IcePolicy;
+use crate::protocol::{CallId, HangupReason};
+
+/// Whether a call id was ever used: ids are the caller's choice and must
+/// name one call forever (ratings and stats refer to them).
+pub async fn call_id_used(db: &Database, call_id: &CallId) -> Result<bool, sqlx::Error> {
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT 1 FROM calls WHERE id = $1").bind(call_id.as_str()).fetch_optional(db.pool()).await?;
+    Ok(row.is_some())
+}
+
+pub struct Started<'a> {
+    pub call_id: &'a CallId,
+    pub caller: &'a str,
+    pub callee: &'a str,
+    pub caller_device: &'a str,
+    pub ice_policy: IcePolicy,
+    pub at_ms: i64,
+}
+
+pub async fn record_start(db: &Database, call: Started<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO calls (id, caller_id, callee_id, caller_device, ice_policy, started_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(call.call_id.as_str())
+    .bind(call.caller)
+    .bind(call.callee)
+    .bind(call.caller_device)
+    .bind(match call.ice_policy {
+        IcePolicy::All => "all",
+        IcePolicy::Relay => "relay",
+    })
+    .bind(call.at_ms)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+pub async fn record_answer(db: &Database, call_id: &CallId, device: &str, at_ms: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE calls SET answered_at = $2, answer_device = $3 WHERE id = $1 AND answered_at IS NULL")
+        .bind(call_id.as_str())
+        .bind(at_ms)
+        .bind(device)
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
+pub async fn record_end(
+    db: &Database,
+    call_id: &CallId,
+    reason: HangupReason,
+    answered_at_ms: Option<i64>,
+    at_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE calls SET ended_at = $2, end_reason = $3, answered_at = COALESCE(answered_at, $4) \
+         WHERE id = $1 AND ended_at IS NULL",
+    )
+    .bind(call_id.as_str())
+    .bind(at_ms)
+    .bind(reason.as_str())
+    .bind(answered_at_ms)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Ends the records of calls a previous run left open (it was killed, so
+/// their devices lost it too). Returns how many there were.
+pub async fn close_dangling(db: &Database, reason: HangupReason, at_ms: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("UPDATE calls SET ended_at = $1, end_reason = $2 WHERE ended_at IS NULL")
+        .bind(at_ms)
+        .bind(reason.as_str())
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// One call as its party sees it, with that party's own report.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct HistoryRow {
+    pub id: String,
+    pub caller_id: String,
+    pub callee_id: String,
+    pub started_at: i64,
+    pub answered_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub end_reason: Option<String>,
+    pub rating: Option<i64>,
+    pub problems: Option<String>,
+    pub comment: Option<String>,
+    pub rtt_ms: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    pub packet_loss_pct: Option<f64>,
+    pub bitrate_kbps: Option<f64>,
+    pub candidate_type: Option<String>,
+    pub setup_ms: Option<f64>,
+}
+
+/// `account`'s calls, newest first, after the position `(started_at, id)`.
+pub async fn history(
+    db: &Database,
+    account: &str,
+    after: Option<(i64, String)>,
+    limit: u32,
+) -> Result<Vec<HistoryRow>, sqlx::Error> {
+    let (before_ms, before_id) = after.unwrap_or((i64::MAX, String::new()));
+    sqlx::query_as(
+        "SELECT c.id, c.caller_id, c.callee_id, c.started_at, c.answered_at, c.ended_at, c.end_reason, \
+                r.rating, r.problems, r.comment, r.rtt_ms, r.jitter_ms, r.packet_loss_pct, r.bitrate_kbps, \
+                r.candidate_type, r.setup_ms \
+         FROM calls c LEFT JOIN call_reports r ON r.call_id = c.id AND r.account_id = $1 \
+         WHERE (c.caller_id = $1 OR c.callee_id = $1) \
+           AND (c.started_at < $2 OR (c.started_at = $2 AND ($3 = '' OR c.id < $3))) \
+         ORDER BY c.started_at DESC, c.id DESC LIMIT $4",
+    )
+    .bind(account)
+    .bind(before_ms)
+    .bind(before_id)
+    .bind(i64::from(limit) + 1)
+    .fetch_all(db.pool())
+    .await
+}
+
+/// Whether `account` is a party of `call_id` (false also when there is no such call).
+pub async fn is_party(db: &Database, call_id: &str, account: &str) -> Result<bool, sqlx::Error> {
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT 1 FROM calls WHERE id = $1 AND (caller_id = $2 OR callee_id = $2)")
+            .bind(call_id)
+            .bind(account)
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(row.is_some())
+}
+
+pub struct Rating<'a> {
+    pub rating: i64,
+    pub problems: &'a [String],
+    pub comment: Option<&'a str>,
+}
+
+/// Sets (or changes) `account`'s rating of a call it was a party of.
+pub async fn rate(
+    db: &Database,
+    call_id: &str,
+    account: &str,
+    rating: Rating<'_>,
+    at_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO call_reports (call_id, account_id, rating, problems, comment, rated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (call_id, account_id) DO UPDATE SET rating = excluded.rating, problems = excluded.problems, \
+             comment = excluded.comment, rated_at = excluded.rated_at",
+    )
+    .bind(call_id)
+    .bind(account)
+    .bind(rating.rating)
+    .bind(rating.problems.join(","))
+    .bind(rating.comment)
+    .bind(at_ms)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// A client's end-of-call figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats<'a> {
+    pub rtt_ms: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    pub packet_loss_pct: Option<f64>,
+    pub bitrate_kbps: Option<f64>,
+    pub candidate_type: Option<&'a str>,
+    pub setup_ms: Option<f64>,
+}
+
+pub async fn record_stats(
+    db: &Database,
+    call_id: &str,
+    account: &str,
+    stats: Stats<'_>,
+    at_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO call_reports (call_id, account_id, rtt_ms, jitter_ms, packet_loss_pct, bitrate_kbps, \
+             candidate_type, setup_ms, stats_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         ON CONFLICT (call_id, account_id) DO UPDATE SET rtt_ms = excluded.rtt_ms, jitter_ms = excluded.jitter_ms, \
+             packet_loss_pct = excluded.packet_loss_pct, bitrate_kbps = excluded.bitrate_kbps, \
+             candidate_type = excluded.candidate_type, setup_ms = excluded.setup_ms, stats_at = excluded.stats_at",
+    )
+    .bind(call_id)
+    .bind(account)
+    .bind(stats.rtt_ms)
+    .bind(stats.jitter_ms)
+    .bind(stats.packet_loss_pct)
+    .bind(stats.bitrate_kbps)
+    .bind(stats.candidate_type)
+    .bind(stats.setup_ms)
+    .bind(at_ms)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}

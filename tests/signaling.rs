@@ -402,6 +402,56 @@ async fn rate_and_device_limits_hold(db: Db) {
     server.finish().await;
 }
 
+async fn heartbeats_drop_dead_connections_and_keep_live_ones(db: Db) {
+    let server = start(db, &["--ws-ping-interval-s", "1", "--ws-idle-timeout-s", "2"]).await;
+    let alice = server.sign_in(ALICE, "phone").await;
+    let bob = server.sign_in(BOB, "phone").await;
+    let carol = server.sign_in(CAROL, "phone").await;
+    // Alice's client stops reading, so it answers no pings; Carol's keeps reading.
+    let _dead = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
+    let mut live = Phone::signed_in(&server.url, "carol", &carol.access_token).await;
+    live.quiet(Duration::from_millis(3_500)).await;
+    let mut b = Phone::signed_in(&server.url, "bob", &bob.access_token).await;
+    b.ok("invite", invite("call-dead", &alice)).await;
+    assert_eq!(b.hangup("call-dead").await, "unavailable", "the silent connection was dropped");
+    b.ok("invite", invite("call-live", &carol)).await;
+    assert_eq!(live.event("incoming").await["call_id"], "call-live");
+    server.finish().await;
+}
+
+async fn signaling_runs_alone_verifying_tokens_with_the_jwks(db: Db) {
+    let server = start(db, &[]).await;
+    let alice = server.sign_in(ALICE, "phone").await;
+    let bob = server.sign_in(BOB, "phone").await;
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = format!("{}/v1/auth/keys", server.url);
+    let data_dir = dir.path().to_str().unwrap();
+    let args = ["signaling", "--database-url", &server.database_url, "--jwks-url", &jwks, "--data-dir", data_dir];
+    let node = support::Node::start(&args, dir.path().join("signaling.log")).await;
+    let (status, body) = server.get("/v1/calls/history", None).await;
+    assert_eq!((status, error_code(&body)), (401, "unauthenticated"));
+
+    let mut a = Phone::signed_in(&node.url, "alice", &alice.access_token).await;
+    let mut b = Phone::signed_in(&node.url, "bob", &bob.access_token).await;
+    a.ok("invite", invite("call-n", &bob)).await;
+    b.event("incoming").await;
+    b.ok("answer", json!({"call_id": "call-n", "sdp": sdp("answer")})).await;
+    a.event("answered").await;
+    b.ok("hangup", json!({"call_id": "call-n", "reason": "user_hangup"})).await;
+    assert_eq!(a.hangup("call-n").await, "user_hangup");
+    let http = reqwest::Client::new();
+    let response =
+        http.get(format!("{}/v1/calls/history", node.url)).bearer_auth(&alice.access_token).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["items"][0]["call_id"], "call-n");
+    let (status, _) = server.get("/v1/wallet", Some(&alice.access_token)).await;
+    assert_eq!(status, 200, "the full server still runs everything");
+    let response = http.get(format!("{}/v1/wallet", node.url)).bearer_auth(&alice.access_token).send().await.unwrap();
+    assert_eq!(response.status(), 404, "the signaling node runs signaling only");
+    server.finish().await;
+}
+
 /// VmRSS of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -501,4 +551,6 @@ on_both_databases!(
     rate_and_device_limits_hold,
     a_slow_reader_is_cut_off_and_memory_stays_flat,
     shutdown_and_crashes_end_calls,
+    heartbeats_drop_dead_connections_and_keep_live_ones,
+    signaling_runs_alone_verifying_tokens_with_the_jwks,
 );

@@ -144,13 +144,18 @@ impl Phone {
         event["reason"].as_str().unwrap_or_default().to_owned()
     }
 
-    /// Asserts that no event arrives within `within` (frames already queued count).
+    /// Asserts that no event arrives within `within` (frames already queued
+    /// count). Reading answers the server's pings meanwhile.
     pub async fn quiet(&mut self, within: Duration) {
         assert!(self.events.is_empty(), "{}: unexpected events {:?}", self.name, self.events);
-        match tokio::time::timeout(within, self.ws.next()).await {
-            Err(_) => {}
-            Ok(Some(Ok(Message::Text(text)))) => panic!("{}: unexpected frame {text}", self.name),
-            Ok(other) => panic!("{}: unexpected {other:?}", self.name),
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(Some(Ok(Message::Text(text)))) => panic!("{}: unexpected frame {text}", self.name),
+                Ok(other) => panic!("{}: unexpected {other:?}", self.name),
+            }
         }
     }
 

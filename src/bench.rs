@@ -28,6 +28,8 @@ enum BenchCommand {
     Accounts(AccountsBench),
     /// Durable P2P transfers/s over HTTP (group commit) against a naive baseline.
     Ledger(crate::bench_ledger::LedgerBench),
+    /// Signaling messages/s, delivery latency and memory per idle connection, against PeerJS.
+    Signaling(crate::bench_signaling::SignalingBench),
 }
 
 #[derive(Args)]
@@ -53,6 +55,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     match args.command {
         BenchCommand::Accounts(bench) => accounts(bench).await,
         BenchCommand::Ledger(bench) => crate::bench_ledger::run(bench).await,
+        BenchCommand::Signaling(bench) => crate::bench_signaling::run(bench).await,
     }
 }
 

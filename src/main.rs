@@ -5,6 +5,7 @@
 mod admin;
 mod bench;
 mod bench_ledger;
+mod bench_signaling;
 mod config;
 mod serve;
 

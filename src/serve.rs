@@ -157,6 +157,12 @@ pub async fn run(options: ServeOptions, service: Option<Service>, shutdown: Canc
     println!("courier listening on http://{local}");
     tracing::info!(url = %format!("http://{local}"), service = ?service, "serving");
     let stop = shutdown.clone();
+    // Signaling frames are small and latency-bound: no Nagle delay.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, built.router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await

@@ -135,6 +135,18 @@ async fn measure_inner(target: &mut Target, bench: &SignalingBench) -> Result<Va
         Kind::PeerJs => "peerjs",
     };
     let pid = target.child.id().ok_or("the server exited")?;
+    // Idle connections first, on the fresh server: its memory before and
+    // after holding them. They stay open through the relay phase.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before_kib = rss_kib(pid)?;
+    let idle = open_idle(target, bench.idle).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_kib = rss_kib(pid)?;
+    let held = idle.len();
+    if !bench.json {
+        eprintln!("{name}: holding {held} idle connections, server RSS {before_kib} → {after_kib} KiB");
+    }
+
     // Relay: pairs in calls, each with a window of messages in flight.
     let mut pairs = Vec::with_capacity(bench.pairs);
     for index in 0..bench.pairs {
@@ -159,16 +171,6 @@ async fn measure_inner(target: &mut Target, bench: &SignalingBench) -> Result<Va
         eprintln!("{name}: {delivered} messages relayed in {elapsed:.1} s");
     }
 
-    // Idle connections: the server's memory before and after holding them.
-    let before_kib = rss_kib(pid)?;
-    let idle = open_idle(target, bench.idle).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after_kib = rss_kib(pid)?;
-    let held = idle.len();
-    if !bench.json {
-        eprintln!("{name}: holding {held} idle connections, server RSS {before_kib} → {after_kib} KiB");
-    }
-
     let mut figures = json!({
         "msgs_per_s": (delivered as f64 / elapsed).round(),
         "delivered": delivered,
@@ -180,12 +182,12 @@ async fn measure_inner(target: &mut Target, bench: &SignalingBench) -> Result<Va
         "server_rss_with_idle_kib": after_kib,
         "memory_per_idle_kib": ((after_kib.saturating_sub(before_kib)) as f64 / held.max(1) as f64 * 100.0).round() / 100.0,
     });
-    drop(idle);
     if target.kind == Kind::Courier && bench.invites > 0 {
         let invite = invite_latency(target, bench.invites).await?;
         figures["invite_incoming_ms_p50"] = json!(ms(invite.value_at_quantile(0.50)));
         figures["invite_incoming_ms_p99"] = json!(ms(invite.value_at_quantile(0.99)));
     }
+    drop(idle);
     Ok(figures)
 }
 

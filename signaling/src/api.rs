@@ -29,7 +29,9 @@ pub const PROBLEMS: [&str; 7] =
 /// Bounds on a client's figures: beyond them a figure is a bug, not a call.
 const MILLISECONDS_MAX: f64 = 600_000.0;
 const BITRATE_KBPS_MAX: f64 = 100_000.0;
-const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Per-connection read buffer: small, because most sockets sit idle.
+const WS_READ_BUFFER_BYTES: usize = 2 * 1024;
+const WS_WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The signaling service's state.
 #[derive(Clone)]
@@ -85,7 +87,8 @@ async fn websocket(State(signaling): State<Signaling>, upgrade: WebSocketUpgrade
     let bytes_max = ws::transport_message_bytes_max(signaling.hub.config().ws_message_bytes_max);
     upgrade
         .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .write_buffer_size(0)
+        // Frames are buffered until the writer flushes its batch.
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .max_message_size(bytes_max)
         .max_frame_size(bytes_max)
         .on_upgrade(move |socket| ws::serve(socket, signaling.hub.clone(), signaling.verifier.clone(), permit))

@@ -23,6 +23,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::config::SignalingConfig;
+#[cfg(test)]
+use crate::machine::ServerEvent;
 use crate::machine::{Callee, Endpoint, IcePolicy, Output, Reply, Switchboard};
 use crate::protocol::{CallId, ClientBody, ClientMessage, ErrorCode, HangupReason, PROTOCOL_VERSION};
 use crate::store;
@@ -493,20 +495,36 @@ pub fn error_frame(id: Option<&str>, code: ErrorCode, message: &str) -> Utf8Byte
     frame(&ErrorFrame { kind: "error", id, code: code.as_str(), message })
 }
 
-/// Serializes a server frame, with the protocol version first.
+/// Serializes a server frame, with the protocol version first, in one allocation.
 pub fn frame(message: &impl Serialize) -> Utf8Bytes {
-    let body = serde_json::to_string(message).unwrap_or_else(|_| String::from("{}"));
-    let mut text = String::with_capacity(body.len() + 8);
-    text.push_str("{\"v\":");
-    text.push_str(itoa_version());
-    if body.len() > 2 {
-        text.push(',');
+    const PREFIX: &[u8] = b"{\"v\":1";
+    const _: () = assert!(PROTOCOL_VERSION == 1);
+    let mut bytes = Vec::with_capacity(128);
+    bytes.extend_from_slice(PREFIX);
+    if serde_json::to_writer(&mut bytes, message).is_err() || bytes.len() < PREFIX.len() + 2 {
+        return Utf8Bytes::from_static("{\"v\":1}");
     }
-    text.push_str(&body[1..]);
-    Utf8Bytes::from(text)
+    // `{"v":1` + `{…}` → `{"v":1,…}` (or `{"v":1}` for an empty object).
+    if bytes[PREFIX.len() + 1] == b'}' {
+        bytes.truncate(PREFIX.len());
+        bytes.push(b'}');
+    } else {
+        bytes[PREFIX.len()] = b',';
+    }
+    // serde_json writes valid UTF-8.
+    Utf8Bytes::from(String::from_utf8(bytes).unwrap_or_default())
 }
 
-fn itoa_version() -> &'static str {
-    const _: () = assert!(PROTOCOL_VERSION == 1);
-    "1"
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_the_version_first() {
+        let event = ServerEvent::Ringing { call_id: CallId::parse("c-1").unwrap() };
+        assert_eq!(frame(&event).as_str(), r#"{"v":1,"type":"ringing","call_id":"c-1"}"#);
+        assert_eq!(frame(&serde_json::json!({})).as_str(), r#"{"v":1}"#);
+        let error = error_frame(None, ErrorCode::BadMessage, "no");
+        assert_eq!(error.as_str(), r#"{"v":1,"type":"error","id":null,"code":"bad_message","message":"no"}"#);
+    }
 }

@@ -32,7 +32,9 @@ pub async fn serve(socket: WebSocket, hub: Hub, verifier: Arc<TokenVerifier>, pe
     let outbox = Outbox { tx, closer: Arc::new(Closer::default()) };
     let writer = tokio::spawn(write_loop(sink, rx, outbox.closer.clone(), config));
 
-    if let Some((endpoint, link)) = authenticate(&mut stream, &hub, &verifier, &outbox).await {
+    // Boxed, so that its space (a possible JWKS fetch) is freed once the device is in.
+    let authenticated = Box::pin(authenticate(&mut stream, &hub, &verifier, &outbox)).await;
+    if let Some((endpoint, link)) = authenticated {
         read_loop(&mut stream, &hub, &endpoint, &outbox).await;
         hub.detach(&endpoint, link).await;
     }
@@ -156,7 +158,9 @@ async fn read_loop(stream: &mut SplitStream<WebSocket>, hub: &Hub, endpoint: &En
             ));
             continue;
         }
-        let reply = hub.handle(endpoint, message).await;
+        // Boxed: the handling future (database look-ups for an invite) is
+        // large, and an idle connection should not carry its space.
+        let reply = Box::pin(hub.handle(endpoint, message)).await;
         outbox.push(reply);
     }
 }
@@ -176,7 +180,7 @@ async fn write_loop(
             biased;
             _ = closer.closed() => break,
             next = rx.recv() => match next {
-                Some(text) => if !send(&mut sink, Message::Text(text)).await {
+                Some(text) => if !write_batch(&mut sink, &mut rx, text, config.ws_write_timeout).await {
                     closer.close(close::SLOW_READER);
                     return;
                 },
@@ -200,4 +204,28 @@ async fn write_loop(
     }
     let close = CloseFrame { code, reason: Utf8Bytes::from_static(close::reason(code)) };
     let _ = send(&mut sink, Message::Close(Some(close))).await;
+}
+
+/// Frames written with one flush when they are already queued.
+const WRITE_BATCH_FRAMES_MAX: usize = 64;
+
+/// Writes `first` and whatever else is queued (up to a batch) with one
+/// flush, so a busy connection makes one write call per batch, not per frame.
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<Utf8Bytes>,
+    first: Utf8Bytes,
+    write_timeout: std::time::Duration,
+) -> bool {
+    let work = async {
+        sink.feed(Message::Text(first)).await?;
+        for _ in 1..WRITE_BATCH_FRAMES_MAX {
+            match rx.try_recv() {
+                Ok(text) => sink.feed(Message::Text(text)).await?,
+                Err(_) => break,
+            }
+        }
+        sink.flush().await
+    };
+    matches!(timeout(write_timeout, work).await, Ok(Ok(())))
 }

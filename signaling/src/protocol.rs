@@ -424,6 +424,8 @@ mod tests {
             ErrorCode::CalleeNotAccepting,
             ErrorCode::CalleeBusy,
             ErrorCode::AlreadyInCall,
+            ErrorCode::TooManyDevices,
+            ErrorCode::Internal,
         ];
         let strings: Vec<&str> = all.iter().map(|code| code.as_str()).collect();
         assert_eq!(
@@ -440,9 +442,24 @@ mod tests {
                 "callee_not_accepting",
                 "callee_busy",
                 "already_in_call",
+                "too_many_devices",
+                "internal",
             ]
         );
-        assert_eq!(serde_json::to_value(HangupReason::AnsweredElsewhere).unwrap(), "answered_elsewhere");
+        for reason in [
+            HangupReason::UserHangup,
+            HangupReason::Rejected,
+            HangupReason::Busy,
+            HangupReason::InviteTimeout,
+            HangupReason::Unavailable,
+            HangupReason::IceFailed,
+            HangupReason::AnsweredElsewhere,
+            HangupReason::LostConnection,
+            HangupReason::Glare,
+            HangupReason::ServerShutdown,
+        ] {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.as_str(), "stored and sent alike");
+        }
         assert!(CallId::parse("01a2-17_x").unwrap() < CallId::parse("01a3").unwrap());
     }
 }

@@ -32,6 +32,14 @@ fn invite(call_id: &str, callee: &Session) -> Value {
     json!({"call_id": call_id, "callee": callee.account_id, "sdp": sdp("offer")})
 }
 
+/// `a` calls `callee` and `b`, its device, answers: the call is up.
+async fn answered_call(a: &mut Phone, b: &mut Phone, call_id: &str, callee: &Session) {
+    a.ok("invite", invite(call_id, callee)).await;
+    b.event("incoming").await;
+    b.ok("answer", json!({"call_id": call_id, "sdp": sdp("answer")})).await;
+    a.event("answered").await;
+}
+
 async fn history(server: &Server, session: &Session) -> Vec<Value> {
     let (status, body) = server.get("/v1/calls/history", Some(&session.access_token)).await;
     assert_eq!(status, 200, "{body}");
@@ -315,10 +323,7 @@ async fn a_dropped_device_resumes_within_the_grace_period_and_is_lost_after_it(d
     let bob = server.sign_in(BOB, "phone").await;
     let mut a = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
     let mut b = Phone::signed_in(&server.url, "bob", &bob.access_token).await;
-    a.ok("invite", invite("call-g", &bob)).await;
-    b.event("incoming").await;
-    b.ok("answer", json!({"call_id": "call-g", "sdp": sdp("answer")})).await;
-    a.event("answered").await;
+    answered_call(&mut a, &mut b, "call-g", &bob).await;
 
     b.drop_connection();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -433,10 +438,7 @@ async fn signaling_runs_alone_verifying_tokens_with_the_jwks(db: Db) {
 
     let mut a = Phone::signed_in(&node.url, "alice", &alice.access_token).await;
     let mut b = Phone::signed_in(&node.url, "bob", &bob.access_token).await;
-    a.ok("invite", invite("call-n", &bob)).await;
-    b.event("incoming").await;
-    b.ok("answer", json!({"call_id": "call-n", "sdp": sdp("answer")})).await;
-    a.event("answered").await;
+    answered_call(&mut a, &mut b, "call-n", &bob).await;
     b.ok("hangup", json!({"call_id": "call-n", "reason": "user_hangup"})).await;
     assert_eq!(a.hangup("call-n").await, "user_hangup");
     let http = reqwest::Client::new();
@@ -481,10 +483,7 @@ async fn a_slow_reader_is_cut_off_and_memory_stays_flat(db: Db) {
     let bob = server.sign_in(BOB, "phone").await;
     let mut a = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
     let mut b = Phone::signed_in(&server.url, "bob", &bob.access_token).await;
-    a.ok("invite", invite("call-s", &bob)).await;
-    b.event("incoming").await;
-    b.ok("answer", json!({"call_id": "call-s", "sdp": sdp("answer")})).await;
-    a.event("answered").await;
+    answered_call(&mut a, &mut b, "call-s", &bob).await;
 
     // Bob stops reading. Alice sends 40 MB of candidates his way.
     let big: Vec<Value> = (0..40)
@@ -514,20 +513,14 @@ async fn shutdown_and_crashes_end_calls(db: Db) {
     let bob = server.sign_in(BOB, "phone").await;
     let mut a = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
     let mut b = Phone::signed_in(&server.url, "bob", &bob.access_token).await;
-    a.ok("invite", invite("call-k", &bob)).await;
-    b.event("incoming").await;
-    b.ok("answer", json!({"call_id": "call-k", "sdp": sdp("answer")})).await;
-    a.event("answered").await;
+    answered_call(&mut a, &mut b, "call-k", &bob).await;
     server.crash_and_restart().await;
     let record = ended_record(&server, &alice, "call-k").await;
     assert_eq!(record["end_reason"], "server_shutdown", "a restart closes what the crash left open");
 
     let mut a = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
     let mut b = Phone::signed_in(&server.url, "bob", &bob.access_token).await;
-    a.ok("invite", invite("call-s", &bob)).await;
-    b.event("incoming").await;
-    b.ok("answer", json!({"call_id": "call-s", "sdp": sdp("answer")})).await;
-    a.event("answered").await;
+    answered_call(&mut a, &mut b, "call-s", &bob).await;
     let status = server.terminate().await;
     assert!(status.success(), "{status:?}");
     assert_eq!(a.hangup("call-s").await, "server_shutdown");

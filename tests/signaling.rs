@@ -435,6 +435,8 @@ async fn signaling_runs_alone_verifying_tokens_with_the_jwks(db: Db) {
     let node = support::Node::start(&args, dir.path().join("signaling.log")).await;
     let (status, body) = server.get("/v1/calls/history", None).await;
     assert_eq!((status, error_code(&body)), (401, "unauthenticated"));
+    let (status, body) = server.get("/v1/calls/ws", None).await;
+    assert_eq!((status, error_code(&body)), (400, "invalid_request"), "a plain GET is not an upgrade: {body}");
 
     let mut a = Phone::signed_in(&node.url, "alice", &alice.access_token).await;
     let mut b = Phone::signed_in(&node.url, "bob", &bob.access_token).await;

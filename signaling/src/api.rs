@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{FromRef, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -77,8 +78,23 @@ pub struct ApiDoc;
 /// The signaling WebSocket (API.md, "Signaling"): send `auth` first.
 #[utoipa::path(get, path = "/v1/calls/ws", tag = "calls",
     responses((status = 101, description = "Switching to the WebSocket protocol"),
+              (status = 400, description = "`invalid_request`: not a WebSocket upgrade", body = ErrorBody),
               (status = 503, description = "`overloaded`: the server holds as many connections as allowed", body = ErrorBody)))]
-async fn websocket(State(signaling): State<Signaling>, upgrade: WebSocketUpgrade) -> Response {
+async fn websocket(
+    State(signaling): State<Signaling>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return HttpError::new(
+                rejection.status(),
+                "invalid_request",
+                format!("this route speaks WebSocket: {}", rejection.body_text()),
+            )
+            .into_response();
+        }
+    };
     let Some(permit) = signaling.hub.reserve_connection() else {
         return HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many connections; retry later")
             .with_retry_after(1)

@@ -72,7 +72,7 @@ struct Target {
     base: String,
     /// Courier: tokens for made-up devices, signed with the server's own key.
     issuer: Option<Arc<TokenIssuer>>,
-    _scratch: Option<tempfile::TempDir>,
+    scratch: Option<tempfile::TempDir>,
 }
 
 pub async fn run(bench: SignalingBench) -> Result<(), String> {
@@ -148,6 +148,8 @@ async fn measure_inner(target: &mut Target, bench: &SignalingBench) -> Result<Va
     }
 
     // Relay: pairs in calls, each with a window of messages in flight.
+    let names: Vec<String> = (0..bench.pairs).flat_map(pair_names).collect();
+    ensure_accounts(target, &names.iter().map(String::as_str).collect::<Vec<_>>()).await?;
     let mut pairs = Vec::with_capacity(bench.pairs);
     for index in 0..bench.pairs {
         pairs.push(open_pair(target, index).await?);
@@ -237,7 +239,7 @@ async fn start_courier() -> Result<Target, String> {
         .map_err(|error| error.to_string())?
         .ok_or("courier serve exited")?;
     let base = line.strip_prefix("courier listening on ").ok_or("unexpected first line")?.replacen("http", "ws", 1);
-    Ok(Target { kind: Kind::Courier, child, base, issuer: Some(issuer), _scratch: Some(scratch) })
+    Ok(Target { kind: Kind::Courier, child, base, issuer: Some(issuer), scratch: Some(scratch) })
 }
 
 async fn start_peerjs(path: &PathBuf) -> Result<Target, String> {
@@ -261,7 +263,7 @@ async fn start_peerjs(path: &PathBuf) -> Result<Target, String> {
     }
     // It logs every connection; keep reading so its stdout never blocks.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Target { kind: Kind::PeerJs, child, base: format!("ws://127.0.0.1:{port}"), issuer: None, _scratch: None })
+    Ok(Target { kind: Kind::PeerJs, child, base: format!("ws://127.0.0.1:{port}"), issuer: None, scratch: None })
 }
 
 async fn connect(url: &str) -> Result<Ws, String> {
@@ -333,12 +335,11 @@ struct Pair {
 
 /// Two devices in a call (Courier: invite and answer; PeerJS has no calls).
 async fn open_pair(target: &Target, index: usize) -> Result<Pair, String> {
-    let (a_name, b_name) = (format!("bench-a{index}"), format!("bench-b{index}"));
+    let [a_name, b_name] = pair_names(index);
     let mut a = open_device(target, &a_name).await?;
     let mut b = open_device(target, &b_name).await?;
     let call_id = format!("bench-call-{index}");
     if target.kind == Kind::Courier {
-        ensure_accounts(target, &[&a_name, &b_name]).await?;
         let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
         let invite = json!({"v": 1, "type": "invite", "id": "i", "call_id": call_id, "callee": b_name, "sdp": sdp});
         a.send(Message::text(invite.to_string())).await.map_err(|error| error.to_string())?;
@@ -352,10 +353,14 @@ async fn open_pair(target: &Target, index: usize) -> Result<Pair, String> {
     Ok(Pair { a, b, b_name, call_id })
 }
 
+fn pair_names(index: usize) -> [String; 2] {
+    [format!("bench-a{index}"), format!("bench-b{index}")]
+}
+
 /// Courier looks callees up in its accounts table: the bench's made-up
 /// accounts are written there directly.
 async fn ensure_accounts(target: &Target, names: &[&str]) -> Result<(), String> {
-    let Some(scratch) = &target._scratch else { return Ok(()) };
+    let Some(scratch) = &target.scratch else { return Ok(()) };
     let url = courier_common::Database::sqlite_url(&scratch.path().join("courier.db"));
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&url).await.map_err(|error| error.to_string())?;

@@ -32,6 +32,13 @@ fn invite(call_id: &str, callee: &Session) -> Value {
     json!({"call_id": call_id, "callee": callee.account_id, "sdp": sdp("offer")})
 }
 
+/// Signs `phone` in as `device` and connects that device to signaling as `name`.
+async fn online(server: &Server, phone: &str, device: &str, name: &str) -> (Session, Phone) {
+    let session = server.sign_in(phone, device).await;
+    let phone = Phone::signed_in(&server.url, name, &session.access_token).await;
+    (session, phone)
+}
+
 /// `a` calls `callee` and `b`, its device, answers: the call is up.
 async fn answered_call(a: &mut Phone, b: &mut Phone, call_id: &str, callee: &Session) {
     a.ok("invite", invite(call_id, callee)).await;
@@ -61,14 +68,10 @@ async fn ended_record(server: &Server, session: &Session, call_id: &str) -> Valu
 
 async fn rings_every_device_and_the_first_answer_wins(db: Db) {
     let server = start(db, &[]).await;
-    let alice = server.sign_in(ALICE, "phone").await;
-    let bob_phone = server.sign_in(BOB, "phone").await;
-    let bob_laptop = server.sign_in(BOB, "laptop").await;
-    let carol = server.sign_in(CAROL, "phone").await;
-    let mut a = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
-    let mut b1 = Phone::signed_in(&server.url, "bob-phone", &bob_phone.access_token).await;
-    let mut b2 = Phone::signed_in(&server.url, "bob-laptop", &bob_laptop.access_token).await;
-    let mut c = Phone::signed_in(&server.url, "carol", &carol.access_token).await;
+    let (alice, mut a) = online(&server, ALICE, "phone", "alice").await;
+    let (bob_phone, mut b1) = online(&server, BOB, "phone", "bob-phone").await;
+    let (bob_laptop, mut b2) = online(&server, BOB, "laptop", "bob-laptop").await;
+    let (carol, mut c) = online(&server, CAROL, "phone", "carol").await;
 
     let mut offer = invite("call-1", &bob_phone);
     offer["sas_commit"] = json!(COMMIT);
@@ -175,14 +178,10 @@ async fn rings_every_device_and_the_first_answer_wins(db: Db) {
 
 async fn reject_busy_and_already_in_call(db: Db) {
     let server = start(db, &[]).await;
-    let alice = server.sign_in(ALICE, "phone").await;
-    let bob_phone = server.sign_in(BOB, "phone").await;
-    let bob_laptop = server.sign_in(BOB, "laptop").await;
-    let carol = server.sign_in(CAROL, "phone").await;
-    let mut a = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
-    let mut b1 = Phone::signed_in(&server.url, "bob-phone", &bob_phone.access_token).await;
-    let mut b2 = Phone::signed_in(&server.url, "bob-laptop", &bob_laptop.access_token).await;
-    let mut c = Phone::signed_in(&server.url, "carol", &carol.access_token).await;
+    let (alice, mut a) = online(&server, ALICE, "phone", "alice").await;
+    let (bob_phone, mut b1) = online(&server, BOB, "phone", "bob-phone").await;
+    let (bob_laptop, mut b2) = online(&server, BOB, "laptop", "bob-laptop").await;
+    let (carol, mut c) = online(&server, CAROL, "phone", "carol").await;
 
     a.ok("invite", invite("call-r", &bob_phone)).await;
     b1.event("incoming").await;
@@ -219,11 +218,9 @@ async fn reject_busy_and_already_in_call(db: Db) {
 
 async fn unanswered_calls_time_out_and_offline_callees_are_unavailable(db: Db) {
     let server = start(db, &["--ring-timeout-s", "1"]).await;
-    let alice = server.sign_in(ALICE, "phone").await;
-    let bob = server.sign_in(BOB, "phone").await;
+    let (_, mut a) = online(&server, ALICE, "phone", "alice").await;
+    let (bob, mut b) = online(&server, BOB, "phone", "bob").await;
     let carol = server.sign_in(CAROL, "phone").await;
-    let mut a = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
-    let mut b = Phone::signed_in(&server.url, "bob", &bob.access_token).await;
 
     a.ok("invite", invite("call-t", &bob)).await;
     b.event("incoming").await;
@@ -248,12 +245,9 @@ async fn unanswered_calls_time_out_and_offline_callees_are_unavailable(db: Db) {
 
 async fn privacy_settings_and_blocks_are_enforced(db: Db) {
     let server = start(db, &[]).await;
-    let alice = server.sign_in(ALICE, "phone").await;
-    let bob = server.sign_in(BOB, "phone").await;
-    let carol = server.sign_in(CAROL, "phone").await;
-    let mut a = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
-    let mut b = Phone::signed_in(&server.url, "bob", &bob.access_token).await;
-    let mut c = Phone::signed_in(&server.url, "carol", &carol.access_token).await;
+    let (alice, mut a) = online(&server, ALICE, "phone", "alice").await;
+    let (bob, mut b) = online(&server, BOB, "phone", "bob").await;
+    let (_, mut c) = online(&server, CAROL, "phone", "carol").await;
     let settings = |body: Value| server.call(Method::PATCH, "/v1/me/settings", Some(&bob.access_token), Some(body));
 
     assert_eq!(settings(json!({"calls_from": "nobody"})).await.0, 200);
@@ -287,10 +281,8 @@ async fn privacy_settings_and_blocks_are_enforced(db: Db) {
 
 async fn glare_resolves_to_the_lesser_call_id(db: Db) {
     let server = start(db, &[]).await;
-    let alice = server.sign_in(ALICE, "phone").await;
-    let bob = server.sign_in(BOB, "phone").await;
-    let mut a = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
-    let mut b = Phone::signed_in(&server.url, "bob", &bob.access_token).await;
+    let (alice, mut a) = online(&server, ALICE, "phone", "alice").await;
+    let (bob, mut b) = online(&server, BOB, "phone", "bob").await;
 
     // Bob's crossing invite has the lesser id: it stands, Alice's ends with glare.
     a.ok("invite", invite("b-call", &bob)).await;
@@ -319,10 +311,8 @@ async fn glare_resolves_to_the_lesser_call_id(db: Db) {
 
 async fn a_dropped_device_resumes_within_the_grace_period_and_is_lost_after_it(db: Db) {
     let server = start(db, &["--reconnect-grace-s", "2"]).await;
-    let alice = server.sign_in(ALICE, "phone").await;
-    let bob = server.sign_in(BOB, "phone").await;
-    let mut a = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
-    let mut b = Phone::signed_in(&server.url, "bob", &bob.access_token).await;
+    let (alice, mut a) = online(&server, ALICE, "phone", "alice").await;
+    let (bob, mut b) = online(&server, BOB, "phone", "bob").await;
     answered_call(&mut a, &mut b, "call-g", &bob).await;
 
     b.drop_connection();
@@ -348,7 +338,7 @@ async fn a_dropped_device_resumes_within_the_grace_period_and_is_lost_after_it(d
 
 async fn bad_frames_get_their_error_codes_and_change_nothing(db: Db) {
     let server = start(db, &["--ws-auth-timeout-s", "1", "--ws-message-bytes-max", "2048"]).await;
-    let alice = server.sign_in(ALICE, "phone").await;
+    let (alice, mut a) = online(&server, ALICE, "phone", "alice").await;
 
     // No auth within the deadline.
     let mut silent = Phone::connect(&server.url, "silent").await;
@@ -363,7 +353,6 @@ async fn bad_frames_get_their_error_codes_and_change_nothing(db: Db) {
     eager.refused("ping", json!({}), "unauthenticated").await;
     assert_eq!(u16::from(eager.closed().await.expect("a close frame").code), 4401);
 
-    let mut a = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
     assert_eq!(a.request("ping", json!({})).await["type"], "pong");
     a.refused("auth", json!({"token": alice.access_token}), "invalid_state").await;
     a.send_text("{not json".into()).await;
@@ -388,9 +377,8 @@ async fn bad_frames_get_their_error_codes_and_change_nothing(db: Db) {
 async fn rate_and_device_limits_hold(db: Db) {
     let server =
         start(db, &["--ws-messages-burst", "5", "--ws-messages-per-s", "1", "--devices-per-account-max", "1"]).await;
-    let alice = server.sign_in(ALICE, "phone").await;
+    let (alice, mut a) = online(&server, ALICE, "phone", "alice").await;
     let alice_laptop = server.sign_in(ALICE, "laptop").await;
-    let mut a = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
     let mut answers = Vec::new();
     for _ in 0..10 {
         answers.push(a.request("ping", json!({})).await);
@@ -411,10 +399,9 @@ async fn heartbeats_drop_dead_connections_and_keep_live_ones(db: Db) {
     let server = start(db, &["--ws-ping-interval-s", "1", "--ws-idle-timeout-s", "2"]).await;
     let alice = server.sign_in(ALICE, "phone").await;
     let bob = server.sign_in(BOB, "phone").await;
-    let carol = server.sign_in(CAROL, "phone").await;
     // Alice's client stops reading, so it answers no pings; Carol's keeps reading.
     let _dead = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
-    let mut live = Phone::signed_in(&server.url, "carol", &carol.access_token).await;
+    let (carol, mut live) = online(&server, CAROL, "phone", "carol").await;
     live.quiet(Duration::from_millis(3_500)).await;
     let mut b = Phone::signed_in(&server.url, "bob", &bob.access_token).await;
     b.ok("invite", invite("call-dead", &alice)).await;
@@ -481,10 +468,8 @@ async fn a_slow_reader_is_cut_off_and_memory_stays_flat(db: Db) {
         ],
     )
     .await;
-    let alice = server.sign_in(ALICE, "phone").await;
-    let bob = server.sign_in(BOB, "phone").await;
-    let mut a = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
-    let mut b = Phone::signed_in(&server.url, "bob", &bob.access_token).await;
+    let (_, mut a) = online(&server, ALICE, "phone", "alice").await;
+    let (bob, mut b) = online(&server, BOB, "phone", "bob").await;
     answered_call(&mut a, &mut b, "call-s", &bob).await;
 
     // Bob stops reading. Alice sends 40 MB of candidates his way.
@@ -511,10 +496,8 @@ async fn a_slow_reader_is_cut_off_and_memory_stays_flat(db: Db) {
 
 async fn shutdown_and_crashes_end_calls(db: Db) {
     let mut server = start(db, &[]).await;
-    let alice = server.sign_in(ALICE, "phone").await;
-    let bob = server.sign_in(BOB, "phone").await;
-    let mut a = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
-    let mut b = Phone::signed_in(&server.url, "bob", &bob.access_token).await;
+    let (alice, mut a) = online(&server, ALICE, "phone", "alice").await;
+    let (bob, mut b) = online(&server, BOB, "phone", "bob").await;
     answered_call(&mut a, &mut b, "call-k", &bob).await;
     server.crash_and_restart().await;
     let record = ended_record(&server, &alice, "call-k").await;

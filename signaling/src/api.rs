@@ -20,7 +20,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::hub::Hub;
 use crate::protocol::HangupReason;
-use crate::store::{self, HistoryRow};
+use crate::store::{self, HistoryRow, Stats};
 use crate::ws;
 
 pub const COMMENT_CHARS_MAX: usize = 500;
@@ -70,7 +70,7 @@ pub fn app(signaling: Signaling) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     paths(websocket, history, rate, stats),
-    components(schemas(ErrorBody, CallView, RatingBody, StatsBody)),
+    components(schemas(ErrorBody, CallView, RatingBody, Stats)),
     tags((name = "calls", description = "Call signaling and call records"))
 )]
 pub struct ApiDoc;
@@ -128,7 +128,7 @@ pub struct CallView {
     pub rating: Option<i64>,
     pub problems: Vec<String>,
     /// This user's client's figures, when it sent them.
-    pub stats: Option<StatsBody>,
+    pub stats: Option<Stats>,
 }
 
 impl CallView {
@@ -146,12 +146,6 @@ impl CallView {
         };
         let duration_s =
             row.ended_at.map(|ended| row.answered_at.map_or(0, |answered| (ended - answered).max(0) / 1_000));
-        let has_stats = row.rtt_ms.is_some()
-            || row.jitter_ms.is_some()
-            || row.packet_loss_pct.is_some()
-            || row.bitrate_kbps.is_some()
-            || row.candidate_type.is_some()
-            || row.setup_ms.is_some();
         CallView {
             peer: if outgoing { row.callee_id } else { row.caller_id },
             direction: direction.into(),
@@ -167,14 +161,7 @@ impl CallView {
                 .filter(|problems| !problems.is_empty())
                 .map(|problems| problems.split(',').map(str::to_owned).collect())
                 .unwrap_or_default(),
-            stats: has_stats.then_some(StatsBody {
-                rtt_ms: row.rtt_ms,
-                jitter_ms: row.jitter_ms,
-                packet_loss_pct: row.packet_loss_pct,
-                bitrate_kbps: row.bitrate_kbps,
-                candidate_type: row.candidate_type,
-                setup_ms: row.setup_ms,
-            }),
+            stats: (row.stats != Stats::default()).then_some(row.stats),
             call_id: row.id,
         }
     }
@@ -254,28 +241,15 @@ async fn rate(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A client's end-of-call figures.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct StatsBody {
-    pub rtt_ms: Option<f64>,
-    pub jitter_ms: Option<f64>,
-    pub packet_loss_pct: Option<f64>,
-    pub bitrate_kbps: Option<f64>,
-    /// `host`, `srflx`, `prflx` or `relay`: the selected ICE candidate's type.
-    pub candidate_type: Option<String>,
-    pub setup_ms: Option<f64>,
-}
-
 /// Report my client's figures for a call I was a party of.
 #[utoipa::path(post, path = "/v1/calls/{id}/stats", tag = "calls", security(("user" = [])),
-    params(("id" = String, Path, description = "The call id")), request_body = StatsBody,
+    params(("id" = String, Path, description = "The call id")), request_body = Stats,
     responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn stats(
     State(signaling): State<Signaling>,
     user: AuthUser,
     Path(call_id): Path<String>,
-    Json(body): Json<StatsBody>,
+    Json(body): Json<Stats>,
 ) -> Result<StatusCode, HttpError> {
     let in_range =
         |value: Option<f64>, max: f64| value.is_none_or(|value| value.is_finite() && (0.0..=max).contains(&value));
@@ -298,15 +272,7 @@ async fn stats(
     if !store::is_party(db, &call_id, user.account_id()).await? {
         return Err(HttpError::not_found("no such call of yours"));
     }
-    let figures = store::Stats {
-        rtt_ms: body.rtt_ms,
-        jitter_ms: body.jitter_ms,
-        packet_loss_pct: body.packet_loss_pct,
-        bitrate_kbps: body.bitrate_kbps,
-        candidate_type: body.candidate_type.as_deref(),
-        setup_ms: body.setup_ms,
-    };
-    store::record_stats(db, &call_id, user.account_id(), figures, now_ms()).await?;
+    store::record_stats(db, &call_id, user.account_id(), &body, now_ms()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -124,6 +124,25 @@ struct State {
     online: HashMap<String, Vec<String>>,
 }
 
+impl State {
+    /// Drops the device's connection `link` if it is still the current one,
+    /// and tells the machine.
+    fn unlink(&mut self, endpoint: &Endpoint, link: u64, writes: &mut Vec<RecordWrite>) {
+        if self.links.get(&endpoint.device).is_none_or(|current| current.id != link) {
+            return;
+        }
+        self.links.remove(&endpoint.device);
+        if let Some(devices) = self.online.get_mut(&endpoint.account) {
+            devices.retain(|device| *device != endpoint.device);
+            if devices.is_empty() {
+                self.online.remove(&endpoint.account);
+            }
+        }
+        let outputs = self.board.disconnected(endpoint, Instant::now());
+        deliver(self, outputs, writes);
+    }
+}
+
 /// Held while a WebSocket connection is open; counts it against the limit.
 pub struct ConnectionPermit {
     hub: Hub,
@@ -223,18 +242,18 @@ impl Hub {
         let mut writes = Vec::new();
         {
             let mut state = self.state();
-            let replaced = state.links.get(&endpoint.device).map(|link| link.id);
+            let replaced = state.links.get(&endpoint.device).map(|old| {
+                old.outbox.closer.close(close::REPLACED);
+                old.id
+            });
             if replaced.is_none()
                 && state.online.get(&endpoint.account).map_or(0, Vec::len) >= self.inner.config.devices_per_account_max
             {
                 return Err(AttachError::TooManyDevices);
             }
             if let Some(old) = replaced {
-                if let Some(link) = state.links.get(&endpoint.device) {
-                    link.outbox.closer.close(close::REPLACED);
-                }
                 // The old socket's calls get the grace period; the new one resumes them.
-                self.unlink(&mut state, endpoint, old, &mut writes);
+                state.unlink(endpoint, old, &mut writes);
             }
             state.links.insert(endpoint.device.clone(), Link { id, outbox });
             state.online.entry(endpoint.account.clone()).or_default().push(endpoint.device.clone());
@@ -247,71 +266,57 @@ impl Hub {
     pub async fn detach(&self, endpoint: &Endpoint, link: u64) {
         let mut writes = Vec::new();
         {
-            let mut state = self.state();
-            self.unlink(&mut state, endpoint, link, &mut writes);
+            self.state().unlink(endpoint, link, &mut writes);
         }
         self.write_records(writes).await;
-    }
-
-    fn unlink(&self, state: &mut State, endpoint: &Endpoint, link: u64, writes: &mut Vec<RecordWrite>) {
-        if state.links.get(&endpoint.device).is_none_or(|current| current.id != link) {
-            return;
-        }
-        state.links.remove(&endpoint.device);
-        if let Some(devices) = state.online.get_mut(&endpoint.account) {
-            devices.retain(|device| *device != endpoint.device);
-            if devices.is_empty() {
-                state.online.remove(&endpoint.account);
-            }
-        }
-        let outputs = state.board.disconnected(endpoint, Instant::now());
-        deliver(state, outputs, writes);
     }
 
     /// Handles one message of an authenticated device and returns the frame
     /// that answers it. Events for other devices are queued on the way.
     pub async fn handle(&self, from: &Endpoint, message: ClientMessage) -> Utf8Bytes {
-        let id = message.id;
-        match message.body {
-            ClientBody::Ping => frame(&Pong { kind: "pong", id: &id }),
+        let (id, body) = (message.id, message.body);
+        let facts = match &body {
+            ClientBody::Ping => return frame(&Pong { kind: "pong", id: &id }),
             ClientBody::Auth { .. } => {
-                error_frame(Some(&id), ErrorCode::InvalidState, "this connection is already authenticated")
+                return error_frame(Some(&id), ErrorCode::InvalidState, "this connection is already authenticated");
             }
-            ClientBody::Invite { call_id, callee, sdp, sas_commit } => {
-                let facts = match self.callee_facts(from, &callee, &call_id).await {
-                    Ok(Ok(facts)) => facts,
-                    Ok(Err((code, message))) => return error_frame(Some(&id), code, message),
-                    Err(error) => {
-                        tracing::error!(%error, "cannot look up a callee");
-                        return error_frame(
-                            Some(&id),
-                            ErrorCode::Internal,
-                            "the server could not look up the callee; retry",
-                        );
-                    }
-                };
-                let callee = facts.account.clone();
-                let body = ClientBody::Invite { call_id: call_id.clone(), callee: callee.clone(), sdp, sas_commit };
-                let (reply, writes) = self.step(from, body, Some(facts));
-                if let Reply::AckInvite { ice_policy } = reply {
-                    let started = store::Started {
-                        call_id: &call_id,
-                        caller: &from.account,
-                        callee: &callee,
-                        caller_device: &from.device,
-                        ice_policy,
-                        at_ms: now_ms(),
-                    };
-                    if let Err(error) = store::record_start(&self.inner.db, started).await {
-                        tracing::error!(%error, "cannot write a call record");
-                    }
+            ClientBody::Invite { call_id, callee, .. } => match self.callee_facts(from, callee, call_id).await {
+                Ok(Ok(facts)) => Some(facts),
+                Ok(Err((code, message))) => return error_frame(Some(&id), code, message),
+                Err(error) => {
+                    tracing::error!(%error, "cannot look up a callee");
+                    return error_frame(
+                        Some(&id),
+                        ErrorCode::Internal,
+                        "the server could not look up the callee; retry",
+                    );
                 }
-                self.finish(&id, reply, writes).await
+            },
+            _ => None,
+        };
+        let invited = match (&body, &facts) {
+            (ClientBody::Invite { call_id, .. }, Some(facts)) => Some((call_id.clone(), facts.account.clone())),
+            _ => None,
+        };
+        let (reply, writes) = self.step(from, body, facts);
+        if let (Reply::AckInvite { ice_policy }, Some((call_id, callee))) = (&reply, invited) {
+            let started = store::Started {
+                call_id: &call_id,
+                caller: &from.account,
+                callee: &callee,
+                caller_device: &from.device,
+                ice_policy: *ice_policy,
+                at_ms: now_ms(),
+            };
+            if let Err(error) = store::record_start(&self.inner.db, started).await {
+                tracing::error!(%error, "cannot write a call record");
             }
-            body => {
-                let (reply, writes) = self.step(from, body, None);
-                self.finish(&id, reply, writes).await
-            }
+        }
+        self.write_records(writes).await;
+        match reply {
+            Reply::Ack => frame(&Ack { kind: "ack", id: &id, ice_policy: None }),
+            Reply::AckInvite { ice_policy } => frame(&Ack { kind: "ack", id: &id, ice_policy: Some(ice_policy) }),
+            Reply::Error(code, message) => error_frame(Some(&id), code, message),
         }
     }
 
@@ -332,17 +337,7 @@ impl Hub {
             writes.push(RecordWrite::Answer { call_id, device: from.device.clone() });
         }
         deliver(&mut state, outputs, &mut writes);
-        metrics::gauge!("signaling_calls_in_progress").set(state.board.calls_in_progress() as f64);
         (reply, writes)
-    }
-
-    async fn finish(&self, id: &str, reply: Reply, writes: Vec<RecordWrite>) -> Utf8Bytes {
-        self.write_records(writes).await;
-        match reply {
-            Reply::Ack => frame(&Ack { kind: "ack", id, ice_policy: None }),
-            Reply::AckInvite { ice_policy } => frame(&Ack { kind: "ack", id, ice_policy: Some(ice_policy) }),
-            Reply::Error(code, message) => error_frame(Some(id), code, message),
-        }
     }
 
     /// What the machine must know about an invite's callee, or the refusal
@@ -410,7 +405,6 @@ impl Hub {
             let mut state = self.state();
             let outputs = state.board.tick(Instant::now());
             deliver(&mut state, outputs, &mut writes);
-            metrics::gauge!("signaling_calls_in_progress").set(state.board.calls_in_progress() as f64);
         }
         self.write_records(writes).await;
     }
@@ -464,6 +458,7 @@ fn deliver(state: &mut State, outputs: Vec<Output>, writes: &mut Vec<RecordWrite
             }
         }
     }
+    metrics::gauge!("signaling_calls_in_progress").set(state.board.calls_in_progress() as f64);
 }
 
 #[derive(Serialize)]

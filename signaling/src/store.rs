@@ -3,6 +3,8 @@
 //! answered and ends, so a call acknowledged to its caller is never lost.
 
 use courier_common::Database;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::machine::IcePolicy;
 use crate::protocol::{CallId, HangupReason};
@@ -97,12 +99,8 @@ pub struct HistoryRow {
     pub rating: Option<i64>,
     pub problems: Option<String>,
     pub comment: Option<String>,
-    pub rtt_ms: Option<f64>,
-    pub jitter_ms: Option<f64>,
-    pub packet_loss_pct: Option<f64>,
-    pub bitrate_kbps: Option<f64>,
-    pub candidate_type: Option<String>,
-    pub setup_ms: Option<f64>,
+    #[sqlx(flatten)]
+    pub stats: Stats,
 }
 
 /// `account`'s calls, newest first, after the position `(started_at, id)`.
@@ -172,14 +170,17 @@ pub async fn rate(
     Ok(())
 }
 
-/// A client's end-of-call figures.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Stats<'a> {
+/// A client's end-of-call figures (the body of `POST /v1/calls/{id}/stats`,
+/// and what history shows of them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
+#[serde(deny_unknown_fields)]
+pub struct Stats {
     pub rtt_ms: Option<f64>,
     pub jitter_ms: Option<f64>,
     pub packet_loss_pct: Option<f64>,
     pub bitrate_kbps: Option<f64>,
-    pub candidate_type: Option<&'a str>,
+    /// `host`, `srflx`, `prflx` or `relay`: the selected ICE candidate's type.
+    pub candidate_type: Option<String>,
     pub setup_ms: Option<f64>,
 }
 
@@ -187,7 +188,7 @@ pub async fn record_stats(
     db: &Database,
     call_id: &str,
     account: &str,
-    stats: Stats<'_>,
+    stats: &Stats,
     at_ms: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -204,7 +205,7 @@ pub async fn record_stats(
     .bind(stats.jitter_ms)
     .bind(stats.packet_loss_pct)
     .bind(stats.bitrate_kbps)
-    .bind(stats.candidate_type)
+    .bind(stats.candidate_type.as_deref())
     .bind(stats.setup_ms)
     .bind(at_ms)
     .execute(db.pool())

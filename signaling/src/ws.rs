@@ -197,7 +197,7 @@ async fn write_loop(
     // out first, unless the queue is the problem.
     if code != close::SLOW_READER {
         while let Ok(text) = rx.try_recv() {
-            if !send(&mut sink, Message::Text(text)).await {
+            if !write_batch(&mut sink, &mut rx, text, config.ws_write_timeout).await {
                 return;
             }
         }

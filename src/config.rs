@@ -50,9 +50,15 @@ pub struct ServeOptions {
     /// Largest number of pooled database connections.
     #[arg(long, env = "COURIER_DATABASE_CONNECTIONS_MAX")]
     pub database_connections_max: Option<u32>,
-    /// Redis, for signaling scale-out across nodes.
+    /// Redis, for signaling scale-out across nodes (shared calls, presence, routing).
     #[arg(long, env = "COURIER_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Prefix of the signaling keys and channels in Redis: nodes with the same prefix form one cluster.
+    #[arg(long, env = "COURIER_REDIS_KEY_PREFIX")]
+    pub redis_key_prefix: Option<String>,
+    /// Seconds without a heartbeat after which a signaling node is taken for dead.
+    #[arg(long, env = "COURIER_REDIS_NODE_TTL_S")]
+    pub redis_node_ttl_s: Option<u64>,
     /// How sign-in codes are delivered.
     #[arg(long, env = "COURIER_CODE_SENDER", value_enum)]
     pub code_sender: Option<CodeSenderKind>,
@@ -164,6 +170,8 @@ impl ServeOptions {
             database_url,
             database_connections_max,
             redis_url,
+            redis_key_prefix,
+            redis_node_ttl_s,
             code_sender,
             code_webhook_url,
             code_webhook_timeout_s,
@@ -284,9 +292,27 @@ impl ServeOptions {
         }
     }
 
+    /// The Redis cluster signaling joins, when `--redis-url` is set.
+    pub fn cluster_config(&self) -> Option<courier_signaling::cluster::ClusterConfig> {
+        use courier_signaling::cluster::{REDIS_KEY_PREFIX_DEFAULT, REDIS_NODE_TTL_S_DEFAULT};
+        Some(courier_signaling::cluster::ClusterConfig {
+            url: self.redis_url.clone()?,
+            key_prefix: self.redis_key_prefix.clone().unwrap_or_else(|| REDIS_KEY_PREFIX_DEFAULT.into()),
+            node_ttl: Duration::from_secs(self.redis_node_ttl_s.unwrap_or(REDIS_NODE_TTL_S_DEFAULT)),
+        })
+    }
+
     /// Refuses settings that cannot work, with what to do instead.
     pub fn validate(&self) -> Result<(), String> {
         self.signaling_config().validate()?;
+        if self.redis_node_ttl_s == Some(0) {
+            return Err("--redis-node-ttl-s must be at least 1".into());
+        }
+        if let Some(prefix) = &self.redis_key_prefix
+            && (prefix.is_empty() || prefix.len() > 100 || prefix.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err("--redis-key-prefix must be 1 to 100 characters without spaces".into());
+        }
         let accounts = self.accounts_config();
         if accounts.sign_in_code_ttl_s == 0 || accounts.sign_in_code_attempts_max == 0 {
             return Err("sign-in codes need a TTL and at least one attempt".into());

@@ -81,7 +81,12 @@ pub async fn build(
     let mut tasks = Vec::new();
     let mut payments = None;
     if runs_signaling {
-        let hub = courier_signaling::Hub::new(database.clone(), options.signaling_config());
+        let hub = match options.cluster_config() {
+            Some(cluster) => {
+                courier_signaling::Hub::clustered(database.clone(), options.signaling_config(), &cluster).await?
+            }
+            None => courier_signaling::Hub::new(database.clone(), options.signaling_config()),
+        };
         if options.redis_url.is_none() {
             // One node routes every call: a call left open in the records died with the previous run.
             let closed = courier_signaling::store::close_dangling(

@@ -8,11 +8,19 @@
 //! whose queue is full is disconnected (a slow reader must not grow the
 //! server's memory). Events are queued while the hub's lock is held, so the
 //! events one device receives keep the order in which the machine made them.
+//!
+//! With a [`Cluster`] (Redis), the calls and the presence of devices are
+//! shared by every node: the machine runs on the part of the shared state a
+//! step needs, its events travel through the devices' channels, and this hub
+//! only delivers what arrives for the devices connected here.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use redis::aio::PubSubStream;
 
 use axum::extract::ws::Utf8Bytes;
 use courier_accounts::settings::{CallsFrom, P2p};
@@ -22,10 +30,11 @@ use courier_common::time::now_ms;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
+use crate::cluster::{Cluster, ClusterConfig, Delivery, Owner, Subscription, TooManyDevices};
 use crate::config::SignalingConfig;
 #[cfg(test)]
 use crate::machine::ServerEvent;
-use crate::machine::{Callee, Endpoint, IcePolicy, Output, Reply, Switchboard};
+use crate::machine::{At, Callee, Endpoint, IcePolicy, Output, Reply, Switchboard};
 use crate::protocol::{CallId, ClientBody, ClientMessage, ErrorCode, HangupReason, PROTOCOL_VERSION};
 use crate::store;
 
@@ -45,6 +54,8 @@ pub mod close {
     pub const TOO_MANY_DEVICES: u16 = 4429;
     /// Nothing heard from the client (not even a pong) for too long.
     pub const IDLE: u16 = 4408;
+    /// The server lost touch with the shared call state: reconnect and resume.
+    pub const RECONNECT: u16 = 1012;
 
     pub fn reason(code: u16) -> &'static str {
         match code {
@@ -54,6 +65,7 @@ pub mod close {
             REPLACED => "another connection of this device took over",
             TOO_MANY_DEVICES => "too many devices of this account are connected",
             IDLE => "no frames or pongs for too long",
+            RECONNECT => "the server lost touch with the call state; reconnect and resume",
             _ => "",
         }
     }
@@ -138,7 +150,7 @@ impl State {
                 self.online.remove(&endpoint.account);
             }
         }
-        let outputs = self.board.disconnected(endpoint, Instant::now());
+        let outputs = self.board.disconnected(endpoint, At::now());
         deliver(self, outputs, writes);
     }
 }
@@ -160,6 +172,8 @@ impl Drop for ConnectionPermit {
 pub enum AttachError {
     TooManyDevices,
     Stopping,
+    /// The shared call state (Redis) could not be reached.
+    Unavailable,
 }
 
 #[derive(Clone)]
@@ -174,6 +188,11 @@ struct Inner {
     connections: AtomicUsize,
     next_link: AtomicU64,
     stopping: CancellationToken,
+    cluster: Option<Arc<Cluster>>,
+    /// What arrives for this node's devices, until the hub's run takes it.
+    subscriber: Mutex<Option<PubSubStream>>,
+    /// Disconnects the shared state has not heard of yet (Redis was down).
+    pending_detaches: Mutex<Vec<(Endpoint, String)>>,
 }
 
 /// A record write the machine's outputs call for, done after the lock is released.
@@ -183,7 +202,29 @@ enum RecordWrite {
 }
 
 impl Hub {
+    /// A hub that routes every call in this process.
     pub fn new(db: Database, config: SignalingConfig) -> Self {
+        Hub::build(db, config, None, None)
+    }
+
+    /// A hub that shares calls and presence with other nodes through Redis.
+    pub async fn clustered(db: Database, config: SignalingConfig, cluster: &ClusterConfig) -> Result<Self, String> {
+        let redacted = courier_common::db::redact(&cluster.url);
+        let cluster = Cluster::connect(cluster, config.machine_limits(), config.devices_per_account_max)
+            .await
+            .map_err(|error| format!("cannot reach Redis at {redacted}: {error}"))?;
+        let subscriber =
+            cluster.subscriber().await.map_err(|error| format!("cannot subscribe on Redis at {redacted}: {error}"))?;
+        tracing::info!(node = cluster.node(), redis = %redacted, "signaling joined its cluster");
+        Ok(Hub::build(db, config, Some(Arc::new(cluster)), Some(subscriber)))
+    }
+
+    fn build(
+        db: Database,
+        config: SignalingConfig,
+        cluster: Option<Arc<Cluster>>,
+        subscriber: Option<PubSubStream>,
+    ) -> Self {
         Hub {
             inner: Arc::new(Inner {
                 db,
@@ -196,6 +237,9 @@ impl Hub {
                 connections: AtomicUsize::new(0),
                 next_link: AtomicU64::new(1),
                 stopping: CancellationToken::new(),
+                cluster,
+                subscriber: Mutex::new(subscriber),
+                pending_detaches: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -209,7 +253,14 @@ impl Hub {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.inner.state)
+    }
+
+    /// Closes every connection of this node with `code`.
+    fn close_all(&self, code: u16) {
+        for link in self.state().links.values() {
+            link.outbox.closer.close(code);
+        }
     }
 
     /// Counts a new connection, unless the process holds as many as allowed
@@ -234,11 +285,14 @@ impl Hub {
 
     /// Registers an authenticated device. A newer connection of a device
     /// replaces the older one, which is closed.
-    pub fn attach(&self, endpoint: &Endpoint, outbox: Outbox) -> Result<u64, AttachError> {
+    pub async fn attach(&self, endpoint: &Endpoint, outbox: Outbox) -> Result<u64, AttachError> {
         if self.inner.stopping.is_cancelled() {
             return Err(AttachError::Stopping);
         }
         let id = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
+        if let Some(cluster) = &self.inner.cluster {
+            return self.attach_clustered(cluster, endpoint, outbox, id).await;
+        }
         let mut writes = Vec::new();
         {
             let mut state = self.state();
@@ -262,11 +316,86 @@ impl Hub {
         Ok(id)
     }
 
+    async fn attach_clustered(
+        &self,
+        cluster: &Cluster,
+        endpoint: &Endpoint,
+        outbox: Outbox,
+        id: u64,
+    ) -> Result<u64, AttachError> {
+        // Linked here first, with the device's channel subscribed, so that no
+        // event published once the device is registered can be missed.
+        let ((), subscribed) = cluster
+            .subscriptions(|| {
+                let mut state = self.state();
+                let replaced = state.links.insert(endpoint.device.clone(), Link { id, outbox });
+                if let Some(old) = &replaced {
+                    old.outbox.closer.close(close::REPLACED);
+                }
+                ((), replaced.is_none().then(|| (Subscription::Subscribe, endpoint.device.clone())))
+            })
+            .await;
+        let registered = match subscribed {
+            Ok(()) => cluster.attach(endpoint, &cluster.tag(id), At::now()).await,
+            Err(error) => Err(error),
+        };
+        match registered {
+            Ok(Ok(outputs)) => {
+                let mut writes = Vec::new();
+                ended_writes(outputs, &mut writes);
+                self.spawn_writes(writes);
+                Ok(id)
+            }
+            Ok(Err(TooManyDevices)) => {
+                self.unlink_clustered(cluster, endpoint, id).await;
+                Err(AttachError::TooManyDevices)
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot register a device in the shared call state");
+                self.unlink_clustered(cluster, endpoint, id).await;
+                Err(AttachError::Unavailable)
+            }
+        }
+    }
+
+    /// Drops this node's link `id` of a device (if it is still the current
+    /// one); returns whether the node now holds no connection of the device.
+    async fn unlink_clustered(&self, cluster: &Cluster, endpoint: &Endpoint, id: u64) -> bool {
+        let (last, unsubscribed) = cluster
+            .subscriptions(|| {
+                let mut state = self.state();
+                if state.links.get(&endpoint.device).is_some_and(|current| current.id == id) {
+                    state.links.remove(&endpoint.device);
+                }
+                let last = !state.links.contains_key(&endpoint.device);
+                (last, last.then(|| (Subscription::Unsubscribe, endpoint.device.clone())))
+            })
+            .await;
+        if let Err(error) = unsubscribed {
+            tracing::warn!(%error, "cannot unsubscribe a device's channel");
+        }
+        last
+    }
+
     /// Unregisters a device's connection `link` (if it is still the current one).
     pub async fn detach(&self, endpoint: &Endpoint, link: u64) {
         let mut writes = Vec::new();
-        {
-            self.state().unlink(endpoint, link, &mut writes);
+        match &self.inner.cluster {
+            None => self.state().unlink(endpoint, link, &mut writes),
+            Some(cluster) => {
+                let last = self.unlink_clustered(cluster, endpoint, link).await;
+                let tag = cluster.tag(link);
+                match cluster.detach(endpoint, Owner::Link(&tag), At::now()).await {
+                    Ok(outputs) => ended_writes(outputs, &mut writes),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot record a disconnect in the shared call state; will retry");
+                        lock(&self.inner.pending_detaches).push((endpoint.clone(), tag));
+                    }
+                }
+                if last && let Err(error) = cluster.forget_device(&endpoint.device).await {
+                    tracing::warn!(%error, "cannot drop a device from this node's list");
+                }
+            }
         }
         self.write_records(writes).await;
     }
@@ -298,7 +427,31 @@ impl Hub {
             (ClientBody::Invite { call_id, .. }, Some(facts)) => Some((call_id.clone(), facts.account.clone())),
             _ => None,
         };
-        let (reply, writes) = self.step(from, body, facts);
+        let answering = match &body {
+            ClientBody::Answer { call_id, .. } => Some(call_id.clone()),
+            _ => None,
+        };
+        let (reply, mut writes) = match &self.inner.cluster {
+            None => self.step(from, body, facts),
+            Some(cluster) => match cluster.handle(from, body, facts, At::now()).await {
+                Ok((reply, outputs)) => {
+                    let mut writes = Vec::new();
+                    ended_writes(outputs, &mut writes);
+                    (reply, writes)
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot reach the shared call state");
+                    return error_frame(
+                        Some(&id),
+                        ErrorCode::Internal,
+                        "the server could not reach the call state; retry",
+                    );
+                }
+            },
+        };
+        if let (Reply::Ack, Some(call_id)) = (&reply, answering) {
+            writes.insert(0, RecordWrite::Answer { call_id, device: from.device.clone() });
+        }
         if let (Reply::AckInvite { ice_policy }, Some((call_id, callee))) = (&reply, invited) {
             let started = store::Started {
                 call_id: &call_id,
@@ -322,20 +475,13 @@ impl Hub {
 
     /// Feeds the machine under the lock and queues its events.
     fn step(&self, from: &Endpoint, body: ClientBody, facts: Option<Callee>) -> (Reply, Vec<RecordWrite>) {
-        let answering = match &body {
-            ClientBody::Answer { call_id, .. } => Some(call_id.clone()),
-            _ => None,
-        };
         let mut writes = Vec::new();
         let mut state = self.state();
         let facts = facts.map(|mut callee| {
             callee.online_devices = state.online.get(&callee.account).cloned().unwrap_or_default();
             callee
         });
-        let (reply, outputs) = state.board.handle(from, body, facts, Instant::now());
-        if let (Reply::Ack, Some(call_id)) = (&reply, answering) {
-            writes.push(RecordWrite::Answer { call_id, device: from.device.clone() });
-        }
+        let (reply, outputs) = state.board.handle(from, body, facts, At::now());
         deliver(&mut state, outputs, &mut writes);
         (reply, writes)
     }
@@ -401,12 +547,83 @@ impl Hub {
     /// Ends what time ran out on (ring timeouts, lost devices past the grace period).
     pub async fn tick(&self) {
         let mut writes = Vec::new();
-        {
-            let mut state = self.state();
-            let outputs = state.board.tick(Instant::now());
-            deliver(&mut state, outputs, &mut writes);
+        match &self.inner.cluster {
+            None => {
+                let mut state = self.state();
+                let outputs = state.board.tick(At::now());
+                deliver(&mut state, outputs, &mut writes);
+            }
+            Some(cluster) => match cluster.tick(At::now()).await {
+                Ok(outputs) => ended_writes(outputs, &mut writes),
+                Err(error) => tracing::warn!(%error, "cannot check the calls' deadlines in the shared call state"),
+            },
         }
         self.write_records(writes).await;
+    }
+
+    /// Keeps this node's heartbeat fresh, disconnects the devices of nodes
+    /// whose heartbeat lapsed, and retries disconnects Redis missed.
+    async fn keep_alive(&self, cluster: &Cluster) {
+        match cluster.heartbeat().await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!("this node's heartbeat lapsed; dropping its connections so their devices reconnect");
+                self.close_all(close::RECONNECT);
+            }
+            Err(error) => tracing::warn!(%error, "cannot refresh this node's heartbeat"),
+        }
+        let mut writes = Vec::new();
+        let pending = std::mem::take(&mut *lock(&self.inner.pending_detaches));
+        for (endpoint, tag) in pending {
+            match cluster.detach(&endpoint, Owner::Link(&tag), At::now()).await {
+                Ok(outputs) => ended_writes(outputs, &mut writes),
+                Err(_) => lock(&self.inner.pending_detaches).push((endpoint, tag)),
+            }
+        }
+        match cluster.reap(At::now()).await {
+            Ok(outputs) => ended_writes(outputs, &mut writes),
+            Err(error) => tracing::warn!(%error, "cannot check the other signaling nodes"),
+        }
+        self.write_records(writes).await;
+    }
+
+    /// Hands what arrives on the devices' channels to their connections here.
+    /// When the subscription breaks, this node's connections are dropped
+    /// (they may have missed events) and a new subscription is made.
+    async fn dispatch(self, cluster: Arc<Cluster>, mut stream: PubSubStream) {
+        loop {
+            while let Some(message) = stream.next().await {
+                let Some(device) = cluster.channel_device(message.get_channel_name()) else { continue };
+                let Some(delivery) = Delivery::parse(message.get_payload_bytes()) else { continue };
+                let state = self.state();
+                let Some(link) = state.links.get(device) else { continue };
+                match delivery {
+                    Delivery::Frame(frame) => link.outbox.push(frame),
+                    Delivery::Replaced(tag) => {
+                        if cluster.tag(link.id) != tag {
+                            link.outbox.closer.close(close::REPLACED);
+                        }
+                    }
+                }
+            }
+            if self.inner.stopping.is_cancelled() {
+                return;
+            }
+            tracing::error!("lost the Redis subscription; dropping this node's connections so their devices reconnect");
+            self.close_all(close::RECONNECT);
+            stream = loop {
+                match cluster.subscriber().await {
+                    Ok(stream) => break stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot subscribe on Redis; retrying");
+                        if self.inner.stopping.is_cancelled() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+        }
     }
 
     /// Runs the hub's clock until `shutdown`, then ends every call with
@@ -416,26 +633,50 @@ impl Hub {
             .clamp(Duration::from_millis(20), Duration::from_millis(250));
         let mut clock = tokio::time::interval(resolution);
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let cluster = self.inner.cluster.clone();
+        let beat = cluster.as_ref().map_or(Duration::from_secs(3600), |cluster| cluster.heartbeat_interval());
+        let mut heartbeat = tokio::time::interval(beat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let subscriber = lock(&self.inner.subscriber).take();
+        if let (Some(cluster), Some(stream)) = (&cluster, subscriber) {
+            tokio::spawn(self.clone().dispatch(cluster.clone(), stream));
+        }
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = clock.tick() => self.tick().await,
+                _ = heartbeat.tick(), if cluster.is_some() => {
+                    if let Some(cluster) = &cluster {
+                        self.keep_alive(cluster).await;
+                    }
+                }
             }
         }
         self.inner.stopping.cancel();
         let mut writes = Vec::new();
-        {
+        if cluster.is_none() {
+            // This process held every call: they end with it.
             let mut state = self.state();
-            let outputs = state.board.shutdown(Instant::now());
+            let outputs = state.board.shutdown(At::now());
             deliver(&mut state, outputs, &mut writes);
-            for link in state.links.values() {
-                link.outbox.closer.close(close::GOING_AWAY);
-            }
         }
+        // With a cluster, the calls live on: their devices reconnect to another
+        // node and resume within the grace period.
+        self.close_all(close::GOING_AWAY);
         self.write_records(writes).await;
         let deadline = Instant::now() + SHUTDOWN_DRAIN;
         while self.connections() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(cluster) = &cluster {
+            let mut writes = Vec::new();
+            match cluster.leave(At::now()).await {
+                Ok(outputs) => ended_writes(outputs, &mut writes),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot leave the cluster; other nodes will notice the lapsed heartbeat")
+                }
+            }
+            self.write_records(writes).await;
         }
     }
 }
@@ -459,6 +700,20 @@ fn deliver(state: &mut State, outputs: Vec<Output>, writes: &mut Vec<RecordWrite
         }
     }
     metrics::gauge!("signaling_calls_in_progress").set(state.board.calls_in_progress() as f64);
+}
+
+/// The record writes for the calls among `outputs` that ended (their events
+/// went out through the cluster).
+fn ended_writes(outputs: Vec<Output>, writes: &mut Vec<RecordWrite>) {
+    for output in outputs {
+        if let Output::Ended(ended) = output {
+            writes.push(RecordWrite::End { call_id: ended.call_id, reason: ended.reason, talking: ended.talking });
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[derive(Serialize)]

@@ -11,6 +11,7 @@
 //! [`ws`] runs each connection.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod hub;
 pub mod machine;

@@ -12,9 +12,10 @@
 //! connection mid-call has a grace period to `resume`.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::ops::Add;
+use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::protocol::{CallId, ClientBody, ErrorCode, HangupReason, NegotiateKind, SasHex, Sdp};
@@ -25,14 +26,43 @@ pub type DeviceId = String;
 pub const RING_TIMEOUT_S_DEFAULT: u64 = 45;
 pub const RECONNECT_GRACE_S_DEFAULT: u64 = 20;
 
+/// A moment on the wall clock, in milliseconds since the Unix epoch. Call
+/// state outlives a process and moves between signaling nodes, so its
+/// deadlines are wall-clock times (the nodes keep their clocks in step).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct At(pub u64);
+
+impl At {
+    pub fn now() -> At {
+        At(u64::try_from(courier_common::time::now_ms()).unwrap_or(0))
+    }
+
+    pub fn checked_add(self, duration: Duration) -> Option<At> {
+        u64::try_from(duration.as_millis()).ok().and_then(|ms| self.0.checked_add(ms)).map(At)
+    }
+
+    pub fn saturating_duration_since(self, earlier: At) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl Add<Duration> for At {
+    type Output = At;
+
+    fn add(self, duration: Duration) -> At {
+        self.checked_add(duration).unwrap_or(At(u64::MAX))
+    }
+}
+
 /// One signed-in device of an account.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Endpoint {
     pub account: AccountId,
     pub device: DeviceId,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IcePolicy {
     All,
@@ -142,8 +172,10 @@ pub enum Reply {
     Error(ErrorCode, &'static str),
 }
 
-#[derive(Debug, Clone)]
-struct Call {
+/// One call in progress. It serializes, so that a cluster of signaling
+/// nodes can keep it in shared storage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Call {
     id: CallId,
     caller: Endpoint,
     callee: AccountId,
@@ -151,14 +183,30 @@ struct Call {
     rung: Vec<DeviceId>,
     answered: Option<DeviceId>,
     ice_policy: IcePolicy,
-    started: Instant,
-    answered_at: Option<Instant>,
-    ring_deadline: Instant,
+    started: At,
+    answered_at: Option<At>,
+    ring_deadline: At,
     /// Devices of the call that lost their connection, with their deadline.
-    lost: HashMap<DeviceId, Instant>,
+    lost: HashMap<DeviceId, At>,
 }
 
 impl Call {
+    pub fn id(&self) -> &CallId {
+        &self.id
+    }
+
+    /// The caller's and the callee's accounts.
+    pub fn accounts(&self) -> [&str; 2] {
+        [&self.caller.account, &self.callee]
+    }
+
+    /// The next moment [`Switchboard::tick`] has something to do for this
+    /// call: the end of its ringing or of a lost device's grace period.
+    pub fn next_deadline(&self) -> Option<At> {
+        let ringing = self.answered.is_none().then_some(self.ring_deadline);
+        self.lost.values().copied().chain(ringing).min()
+    }
+
     /// The device on the other side of `device`, once answered.
     fn peer_of(&self, device: &str) -> Option<&DeviceId> {
         let answered = self.answered.as_ref()?;
@@ -202,8 +250,22 @@ impl Switchboard {
         Switchboard { calls: HashMap::new(), limits }
     }
 
+    /// A switchboard holding `calls`: the part of a shared state a cluster
+    /// node loaded for one step.
+    pub fn with_calls(limits: Limits, calls: impl IntoIterator<Item = Call>) -> Self {
+        Switchboard { calls: calls.into_iter().map(|call| (call.id.clone(), call)).collect(), limits }
+    }
+
     pub fn calls_in_progress(&self) -> usize {
         self.calls.len()
+    }
+
+    pub fn calls(&self) -> impl Iterator<Item = &Call> {
+        self.calls.values()
+    }
+
+    pub fn call(&self, call_id: &str) -> Option<&Call> {
+        self.calls.get(call_id)
     }
 
     /// Handles a call message from `from` at `now`. An invite comes with
@@ -213,7 +275,7 @@ impl Switchboard {
         from: &Endpoint,
         body: ClientBody,
         callee: Option<Callee>,
-        now: Instant,
+        now: At,
     ) -> (Reply, Vec<Output>) {
         let mut out = Vec::new();
         let reply = match (body, callee) {
@@ -237,7 +299,7 @@ impl Switchboard {
         sdp: Sdp,
         sas_commit: Option<SasHex>,
         callee: Callee,
-        now: Instant,
+        now: At,
         out: &mut Vec<Output>,
     ) -> Reply {
         if self.calls.contains_key(&call_id) {
@@ -318,19 +380,10 @@ impl Switchboard {
             .any(|call| call.caller.account == account || (call.callee == account && call.answered.is_some()))
     }
 
-    fn in_call(&mut self, from: &Endpoint, request: ClientBody, now: Instant, out: &mut Vec<Output>) -> Reply {
-        let call_id = match &request {
-            ClientBody::Ringing { call_id }
-            | ClientBody::Answer { call_id, .. }
-            | ClientBody::Reject { call_id }
-            | ClientBody::Hangup { call_id, .. }
-            | ClientBody::Candidates { call_id, .. }
-            | ClientBody::Negotiate { call_id, .. }
-            | ClientBody::SasReveal { call_id, .. }
-            | ClientBody::Resume { call_id } => call_id.clone(),
-            ClientBody::Invite { .. } | ClientBody::Auth { .. } | ClientBody::Ping => {
-                return Reply::Error(ErrorCode::InvalidState, "not a message about a call in progress");
-            }
+    fn in_call(&mut self, from: &Endpoint, request: ClientBody, now: At, out: &mut Vec<Output>) -> Reply {
+        let call_id = match request.call_id() {
+            Some(call_id) if !matches!(request, ClientBody::Invite { .. }) => call_id.clone(),
+            _ => return Reply::Error(ErrorCode::InvalidState, "not a message about a call in progress"),
         };
         let Some(call) = self.calls.get_mut(&call_id) else {
             return Reply::Error(ErrorCode::UnknownCall, "there is no such call in progress");
@@ -429,14 +482,7 @@ impl Switchboard {
     }
 
     /// Ends a call: tells its devices (but `except`) and records it.
-    fn end(
-        &mut self,
-        call_id: &CallId,
-        reason: HangupReason,
-        except: Option<&str>,
-        now: Instant,
-        out: &mut Vec<Output>,
-    ) {
+    fn end(&mut self, call_id: &CallId, reason: HangupReason, except: Option<&str>, now: At, out: &mut Vec<Output>) {
         let Some(call) = self.calls.remove(call_id) else { return };
         for device in call.audience(except) {
             if call.lost.contains_key(&device) {
@@ -456,7 +502,7 @@ impl Switchboard {
     }
 
     /// A device's connection closed at `now`.
-    pub fn disconnected(&mut self, who: &Endpoint, now: Instant) -> Vec<Output> {
+    pub fn disconnected(&mut self, who: &Endpoint, now: At) -> Vec<Output> {
         let mut out = Vec::new();
         let grace = now.checked_add(self.limits.reconnect_grace).unwrap_or(now);
         let mut unreachable_calls = Vec::new();
@@ -479,7 +525,7 @@ impl Switchboard {
 
     /// Ends what time has run out on: unanswered calls past the ring timeout
     /// and calls whose lost device did not come back within the grace period.
-    pub fn tick(&mut self, now: Instant) -> Vec<Output> {
+    pub fn tick(&mut self, now: At) -> Vec<Output> {
         let mut out = Vec::new();
         let expired: Vec<(CallId, HangupReason)> = self
             .calls
@@ -501,7 +547,7 @@ impl Switchboard {
     }
 
     /// Ends every call: the server is stopping.
-    pub fn shutdown(&mut self, now: Instant) -> Vec<Output> {
+    pub fn shutdown(&mut self, now: At) -> Vec<Output> {
         let mut out = Vec::new();
         let ids: Vec<CallId> = self.calls.keys().cloned().collect();
         for call_id in ids {

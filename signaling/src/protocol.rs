@@ -101,8 +101,17 @@ impl HangupReason {
 
 /// A call id chosen by the caller: 1–64 of `A–Z a–z 0–9 - _` (a UUID fits).
 /// Ids compare as strings; glare resolves to the lesser.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String")]
 pub struct CallId(String);
+
+impl TryFrom<String> for CallId {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        CallId::parse(&value)
+    }
+}
 
 impl CallId {
     pub fn parse(value: &str) -> Result<Self, String> {
@@ -114,6 +123,12 @@ impl CallId {
     }
 
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for CallId {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }
@@ -220,6 +235,37 @@ pub enum ClientBody {
         nonce: SasHex,
     },
     Ping,
+}
+
+impl ClientBody {
+    /// The call a message is about; `None` for `auth` and `ping`.
+    pub fn call_id(&self) -> Option<&CallId> {
+        match self {
+            ClientBody::Invite { call_id, .. }
+            | ClientBody::Ringing { call_id }
+            | ClientBody::Answer { call_id, .. }
+            | ClientBody::Reject { call_id }
+            | ClientBody::Hangup { call_id, .. }
+            | ClientBody::Candidates { call_id, .. }
+            | ClientBody::Negotiate { call_id, .. }
+            | ClientBody::Resume { call_id }
+            | ClientBody::SasReveal { call_id, .. } => Some(call_id),
+            ClientBody::Auth { .. } | ClientBody::Ping => None,
+        }
+    }
+
+    /// Whether the message can change a call's state (rather than only be
+    /// relayed within it).
+    pub fn changes_call(&self) -> bool {
+        matches!(
+            self,
+            ClientBody::Invite { .. }
+                | ClientBody::Answer { .. }
+                | ClientBody::Reject { .. }
+                | ClientBody::Hangup { .. }
+                | ClientBody::Resume { .. }
+        )
+    }
 }
 
 /// Why a frame was refused, with the frame's id when it had a readable one.

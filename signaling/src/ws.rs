@@ -80,7 +80,7 @@ async fn authenticate(
             Err(error) => return refuse(Some(&message.id), &error.to_string()),
         };
         let endpoint = Endpoint { account: claims.sub, device: claims.did };
-        return match hub.attach(&endpoint, outbox.clone()) {
+        return match hub.attach(&endpoint, outbox.clone()).await {
             Ok(link) => {
                 outbox.push(frame(&AuthAck {
                     kind: "ack",
@@ -97,6 +97,15 @@ async fn authenticate(
                     "this account has as many devices connected as allowed",
                 ));
                 outbox.closer.close(close::TOO_MANY_DEVICES);
+                None
+            }
+            Err(AttachError::Unavailable) => {
+                outbox.push(error_frame(
+                    Some(&message.id),
+                    ErrorCode::Internal,
+                    "the server could not register this device; reconnect",
+                ));
+                outbox.closer.close(close::RECONNECT);
                 None
             }
             Err(AttachError::Stopping) => {

@@ -44,7 +44,7 @@ fn invite(call: &str, to: Callee) -> Message {
 }
 
 impl Switchboard {
-    fn send(&mut self, from: &Endpoint, message: impl Into<Message>, now: Instant) -> (Reply, Vec<Output>) {
+    fn send(&mut self, from: &Endpoint, message: impl Into<Message>, now: At) -> (Reply, Vec<Output>) {
         let Message(body, callee) = message.into();
         self.handle(from, body, callee, now)
     }
@@ -69,7 +69,7 @@ fn hangup(call: &str, reason: HangupReason) -> ServerEvent {
 
 struct World {
     board: Switchboard,
-    t0: Instant,
+    t0: At,
     alice: Endpoint,
     bob_phone: Endpoint,
     bob_laptop: Endpoint,
@@ -82,7 +82,7 @@ fn world() -> World {
             ring_timeout: Duration::from_secs(45),
             reconnect_grace: Duration::from_secs(20),
         }),
-        t0: Instant::now(),
+        t0: At(1_800_000_000_000),
         alice: device("alice", "a1"),
         bob_phone: device("bob", "b1"),
         bob_laptop: device("bob", "b2"),
@@ -91,7 +91,7 @@ fn world() -> World {
 }
 
 impl World {
-    fn at(&self, seconds: u64) -> Instant {
+    fn at(&self, seconds: u64) -> At {
         self.t0 + Duration::from_secs(seconds)
     }
 
@@ -319,4 +319,28 @@ fn shutdown_ends_every_call() {
     assert_eq!(sent(&out).len(), 3);
     assert!(sent(&out).iter().all(|(_, event)| *event == hangup("c1", HangupReason::ServerShutdown)));
     assert_eq!(w.board.calls_in_progress(), 0);
+}
+
+#[test]
+fn a_call_survives_serialization_with_its_deadlines() {
+    let mut w = world();
+    w.ring();
+    let call = w.board.call("c1").unwrap().clone();
+    assert_eq!(call.next_deadline(), Some(w.at(45)));
+    assert_eq!(call.accounts(), ["alice", "bob"]);
+    let json = serde_json::to_string(&call).unwrap();
+    let back: Call = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, call);
+
+    // A board rebuilt from the stored call goes on where the first left off.
+    let mut board = Switchboard::with_calls(w.board.limits, [back]);
+    let (reply, _) =
+        board.send(&w.bob_phone, ClientBody::Answer { call_id: id("c1"), sdp: sdp(), sas_nonce: None }, w.at(3));
+    assert_eq!(reply, Reply::Ack);
+    assert_eq!(board.call("c1").unwrap().next_deadline(), None);
+    let out = board.disconnected(&w.alice, w.at(10));
+    assert!(out.is_empty());
+    assert_eq!(board.call("c1").unwrap().next_deadline(), Some(w.at(30)));
+    let out = board.tick(w.at(30));
+    assert_eq!(sent(&out), vec![("b1".to_string(), hangup("c1", HangupReason::LostConnection))]);
 }

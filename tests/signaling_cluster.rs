@@ -36,6 +36,10 @@ impl Cluster {
 
     /// Starts a `courier serve signaling` node of the cluster.
     async fn node(&self, name: &str) -> Node {
+        self.node_with(name, &[]).await
+    }
+
+    async fn node_with(&self, name: &str, extra: &[&str]) -> Node {
         let jwks = format!("{}/v1/auth/keys", self.server.url);
         let data_dir = self.dir.path().join(name);
         let redis = support::redis_url();
@@ -58,6 +62,7 @@ impl Cluster {
             "--devices-per-account-max",
             "2",
         ];
+        let args: Vec<&str> = args.into_iter().chain(extra.iter().copied()).collect();
         Node::start(&args, self.dir.path().join(format!("{name}.log"))).await
     }
 
@@ -248,4 +253,44 @@ async fn two_nodes_share_calls_and_presence(db: Db) {
     cluster.finish().await;
 }
 
-on_both_databases!(two_nodes_share_calls_and_presence);
+async fn deadlines_and_missed_calls_across_nodes(db: Db) {
+    let cluster = Cluster::new(db).await;
+    let server = &cluster.server;
+    let (alice, bob, carol) = (
+        server.sign_in(ALICE, "phone").await,
+        server.sign_in(BOB, "phone").await,
+        server.sign_in(CAROL, "phone").await,
+    );
+    let node_a = cluster.node_with("a", &["--ring-timeout-s", "1"]).await;
+    let mut node_b = cluster.node_with("b", &["--ring-timeout-s", "1"]).await;
+    let mut a = Phone::signed_in(&node_a.url, "alice@A", &alice.access_token).await;
+    let mut b = Phone::signed_in(&node_b.url, "bob@B", &bob.access_token).await;
+
+    // Nobody answers: the ring timeout ends the call on both nodes.
+    a.ok("invite", invite("t-1", &bob)).await;
+    b.event("incoming").await;
+    assert_eq!(a.hangup("t-1").await, "invite_timeout");
+    assert_eq!(b.hangup("t-1").await, "invite_timeout");
+    let record = history_of(&node_a, &bob, "t-1").await;
+    assert_eq!((record["direction"].as_str(), record["end_reason"].as_str()), (Some("missed"), Some("invite_timeout")));
+
+    // Carol has no device connected anywhere: a missed call at once.
+    a.ok("invite", invite("t-2", &carol)).await;
+    assert_eq!(a.hangup("t-2").await, "unavailable");
+
+    // Bob's only device is ringing on a node that dies: the call ends as
+    // unavailable once the node is found dead, long before its ring timeout.
+    let node_c = cluster.node_with("c", &["--ring-timeout-s", "60"]).await;
+    let mut c = Phone::signed_in(&node_c.url, "carol@C", &carol.access_token).await;
+    c.ok("invite", invite("t-3", &bob)).await;
+    b.event("incoming").await;
+    node_b.kill().await;
+    assert_eq!(c.hangup("t-3").await, "unavailable", "before the 60 s ring timeout");
+    let record = history_of(&node_c, &bob, "t-3").await;
+    assert_eq!((record["direction"].as_str(), record["end_reason"].as_str()), (Some("missed"), Some("unavailable")));
+    drop((a, b, c));
+    assert!(cluster.keys("call").await.is_empty());
+    cluster.finish().await;
+}
+
+on_both_databases!(two_nodes_share_calls_and_presence, deadlines_and_missed_calls_across_nodes);

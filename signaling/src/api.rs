@@ -30,8 +30,9 @@ pub const PROBLEMS: [&str; 7] =
 /// Bounds on a client's figures: beyond them a figure is a bug, not a call.
 const MILLISECONDS_MAX: f64 = 600_000.0;
 const BITRATE_KBPS_MAX: f64 = 100_000.0;
-/// Per-connection read buffer: small, because most sockets sit idle.
-const WS_READ_BUFFER_BYTES: usize = 2 * 1024;
+/// Per-connection read buffer to start with: small, because most sockets sit
+/// idle; it grows to the largest frame the connection has read.
+const WS_READ_BUFFER_BYTES: usize = 1024;
 const WS_WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The signaling service's state.

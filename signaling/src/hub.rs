@@ -14,7 +14,7 @@
 //! step needs, its events travel through the devices' channels, and this hub
 //! only delivers what arrives for the devices connected here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use courier_common::Database;
 use courier_common::shutdown::CancellationToken;
 use courier_common::time::now_ms;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use crate::cluster::{Cluster, ClusterConfig, Delivery, Owner, Subscription, TooManyDevices};
 use crate::config::SignalingConfig;
@@ -71,19 +71,67 @@ pub mod close {
     }
 }
 
-/// Tells a connection to close, with which code. The first code wins.
-#[derive(Debug, Default)]
-pub struct Closer {
-    token: CancellationToken,
+/// A connection's outbound side, shared by the hub (which queues frames and
+/// may ask for a close) and the connection's task (which writes them): a
+/// bounded queue, the close code, and one wake-up. One small allocation per
+/// connection; the queue holds memory only while frames wait.
+#[derive(Debug)]
+pub struct Outbox {
+    queue: Mutex<VecDeque<Utf8Bytes>>,
+    len_max: usize,
+    /// 0 while open; the first close code wins.
     code: AtomicU16,
+    wake: Notify,
 }
 
-impl Closer {
-    pub fn close(&self, code: u16) {
-        let _ = self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.token.cancel();
+impl Outbox {
+    pub fn new(len_max: usize) -> Arc<Outbox> {
+        Arc::new(Outbox { queue: Mutex::new(VecDeque::new()), len_max, code: AtomicU16::new(0), wake: Notify::new() })
     }
 
+    /// Queues `frame`; a full queue disconnects the slow reader.
+    pub fn push(&self, frame: Utf8Bytes) {
+        {
+            let mut queue = lock(&self.queue);
+            if queue.len() < self.len_max {
+                queue.push_back(frame);
+                drop(queue);
+                self.wake.notify_one();
+                return;
+            }
+        }
+        if !self.is_closed() {
+            metrics::counter!("signaling_slow_readers_total").increment(1);
+        }
+        self.close(close::SLOW_READER);
+    }
+
+    /// The next queued frame.
+    pub fn pop(&self) -> Option<Utf8Bytes> {
+        let mut queue = lock(&self.queue);
+        let frame = queue.pop_front();
+        if queue.is_empty() {
+            // Most connections sit idle: an empty queue holds no memory.
+            *queue = VecDeque::new();
+        }
+        frame
+    }
+
+    pub fn is_empty(&self) -> bool {
+        lock(&self.queue).is_empty()
+    }
+
+    /// Asks the connection to close with `code` (the first code asked wins).
+    pub fn close(&self, code: u16) {
+        let _ = self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.wake.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.code.load(Ordering::Acquire) != 0
+    }
+
+    /// The close code asked for, or a normal closure.
     pub fn code(&self) -> u16 {
         match self.code.load(Ordering::Acquire) {
             0 => close::NORMAL,
@@ -91,41 +139,15 @@ impl Closer {
         }
     }
 
-    pub async fn closed(&self) {
-        self.token.cancelled().await
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.token.is_cancelled()
-    }
-}
-
-/// A connection's outbound side, as the hub holds it.
-#[derive(Debug, Clone)]
-pub struct Outbox {
-    pub tx: mpsc::Sender<Utf8Bytes>,
-    pub closer: Arc<Closer>,
-}
-
-impl Outbox {
-    /// Queues `frame`; a full queue disconnects the slow reader.
-    pub fn push(&self, frame: Utf8Bytes) {
-        match self.tx.try_send(frame) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.closer.is_closed() {
-                    metrics::counter!("signaling_slow_readers_total").increment(1);
-                }
-                self.closer.close(close::SLOW_READER);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
+    /// Waits until a frame was queued or a close asked for since the last wait.
+    pub async fn changed(&self) {
+        self.wake.notified().await
     }
 }
 
 struct Link {
     id: u64,
-    outbox: Outbox,
+    outbox: Arc<Outbox>,
 }
 
 #[derive(Default)]
@@ -259,7 +281,7 @@ impl Hub {
     /// Closes every connection of this node with `code`.
     fn close_all(&self, code: u16) {
         for link in self.state().links.values() {
-            link.outbox.closer.close(code);
+            link.outbox.close(code);
         }
     }
 
@@ -285,7 +307,7 @@ impl Hub {
 
     /// Registers an authenticated device. A newer connection of a device
     /// replaces the older one, which is closed.
-    pub async fn attach(&self, endpoint: &Endpoint, outbox: Outbox) -> Result<u64, AttachError> {
+    pub async fn attach(&self, endpoint: &Endpoint, outbox: Arc<Outbox>) -> Result<u64, AttachError> {
         if self.inner.stopping.is_cancelled() {
             return Err(AttachError::Stopping);
         }
@@ -297,7 +319,7 @@ impl Hub {
         {
             let mut state = self.state();
             let replaced = state.links.get(&endpoint.device).map(|old| {
-                old.outbox.closer.close(close::REPLACED);
+                old.outbox.close(close::REPLACED);
                 old.id
             });
             if replaced.is_none()
@@ -320,7 +342,7 @@ impl Hub {
         &self,
         cluster: &Cluster,
         endpoint: &Endpoint,
-        outbox: Outbox,
+        outbox: Arc<Outbox>,
         id: u64,
     ) -> Result<u64, AttachError> {
         // Linked here first, with the device's channel subscribed, so that no
@@ -330,7 +352,7 @@ impl Hub {
                 let mut state = self.state();
                 let replaced = state.links.insert(endpoint.device.clone(), Link { id, outbox });
                 if let Some(old) = &replaced {
-                    old.outbox.closer.close(close::REPLACED);
+                    old.outbox.close(close::REPLACED);
                 }
                 ((), replaced.is_none().then(|| (Subscription::Subscribe, endpoint.device.clone())))
             })
@@ -601,7 +623,7 @@ impl Hub {
                     Delivery::Frame(frame) => link.outbox.push(frame),
                     Delivery::Replaced(tag) => {
                         if cluster.tag(link.id) != tag {
-                            link.outbox.closer.close(close::REPLACED);
+                            link.outbox.close(close::REPLACED);
                         }
                     }
                 }

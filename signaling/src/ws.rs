@@ -1,20 +1,20 @@
-//! One WebSocket connection: authenticate within the deadline, then read,
-//! rate-limit, parse and hand each message to the [`Hub`], while a second
-//! task writes the connection's outbound queue and pings. The end of either
-//! half ends the other; one connection's fault is its own.
+//! One WebSocket connection, run by one task: authenticate within the
+//! deadline, then read, rate-limit, parse and hand each message to the
+//! [`Hub`], and write what the hub queued on the connection's [`Outbox`],
+//! pinging on a clock. One task and one timer per connection keep an idle
+//! connection small; one connection's fault is its own.
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use courier_accounts::tokens::TokenVerifier;
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use governor::{Quota, RateLimiter};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::hub::{AttachError, Closer, ConnectionPermit, Hub, Outbox, close, error_frame, frame};
+use crate::hub::{AttachError, ConnectionPermit, Hub, Outbox, close, error_frame, frame};
 use crate::machine::Endpoint;
 use crate::protocol::{self, ClientBody, ErrorCode};
 
@@ -24,49 +24,43 @@ pub fn transport_message_bytes_max(ws_message_bytes_max: usize) -> usize {
     ws_message_bytes_max.saturating_mul(2).saturating_add(4_096)
 }
 
-/// Runs one upgraded connection to its end.
-pub async fn serve(socket: WebSocket, hub: Hub, verifier: Arc<TokenVerifier>, permit: ConnectionPermit) {
-    let config = *hub.config();
-    let (sink, mut stream) = socket.split();
-    let (tx, rx) = mpsc::channel(config.ws_outbound_queue_len_max);
-    let outbox = Outbox { tx, closer: Arc::new(Closer::default()) };
-    let writer = tokio::spawn(write_loop(sink, rx, outbox.closer.clone(), config));
+/// Frames written with one flush when they are already queued, and client
+/// frames already received handled before the replies are written.
+const BATCH_FRAMES_MAX: usize = 64;
 
+/// Runs one upgraded connection to its end.
+pub async fn serve(mut socket: WebSocket, hub: Hub, verifier: Arc<TokenVerifier>, permit: ConnectionPermit) {
+    let outbox = Outbox::new(hub.config().ws_outbound_queue_len_max);
     // Boxed, so that its space (a possible JWKS fetch) is freed once the device is in.
-    let authenticated = Box::pin(authenticate(&mut stream, &hub, &verifier, &outbox)).await;
+    let authenticated = Box::pin(authenticate(&mut socket, &hub, &verifier, &outbox)).await;
     if let Some((endpoint, link)) = authenticated {
-        read_loop(&mut stream, &hub, &endpoint, &outbox).await;
-        hub.detach(&endpoint, link).await;
+        connected(&mut socket, &hub, &endpoint, &outbox).await;
+        Box::pin(hub.detach(&endpoint, link)).await;
     }
-    outbox.closer.close(close::NORMAL);
-    drop(outbox);
-    let _ = writer.await;
+    finish(&mut socket, &outbox, hub.config().ws_write_timeout).await;
     drop(permit);
 }
 
 /// Waits for `auth` until the deadline; answers it and attaches the device.
 async fn authenticate(
-    stream: &mut SplitStream<WebSocket>,
+    socket: &mut WebSocket,
     hub: &Hub,
     verifier: &TokenVerifier,
-    outbox: &Outbox,
+    outbox: &Arc<Outbox>,
 ) -> Option<(Endpoint, u64)> {
     let deadline = Instant::now() + hub.config().ws_auth_timeout;
     let refuse = |id: Option<&str>, message: &str| {
         outbox.push(error_frame(id, ErrorCode::Unauthenticated, message));
-        outbox.closer.close(close::UNAUTHENTICATED);
+        outbox.close(close::UNAUTHENTICATED);
         None
     };
     loop {
-        let text = tokio::select! {
-            _ = outbox.closer.closed() => return None,
-            next = timeout_at(deadline, stream.next()) => match next {
-                Err(_) => return refuse(None, "send auth with an access token first, within the deadline"),
-                Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return None,
-                Ok(Some(Ok(Message::Text(text)))) => text,
-                Ok(Some(Ok(Message::Binary(_)))) => return refuse(None, "messages are JSON text frames"),
-                Ok(Some(Ok(_))) => continue,
-            },
+        let text = match timeout_at(deadline, socket.next()).await {
+            Err(_) => return refuse(None, "send auth with an access token first, within the deadline"),
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return None,
+            Ok(Some(Ok(Message::Text(text)))) => text,
+            Ok(Some(Ok(Message::Binary(_)))) => return refuse(None, "messages are JSON text frames"),
+            Ok(Some(Ok(_))) => continue,
         };
         let message = match protocol::parse(&text, hub.config().ws_message_bytes_max) {
             Ok(message) => message,
@@ -75,7 +69,7 @@ async fn authenticate(
         let ClientBody::Auth { token } = message.body else {
             return refuse(Some(&message.id), "the first message must be auth");
         };
-        let claims = match verifier.verify(&token).await {
+        let claims = match verifier.verify_once(&token).await {
             Ok(claims) => claims,
             Err(error) => return refuse(Some(&message.id), &error.to_string()),
         };
@@ -96,7 +90,7 @@ async fn authenticate(
                     ErrorCode::TooManyDevices,
                     "this account has as many devices connected as allowed",
                 ));
-                outbox.closer.close(close::TOO_MANY_DEVICES);
+                outbox.close(close::TOO_MANY_DEVICES);
                 None
             }
             Err(AttachError::Unavailable) => {
@@ -105,11 +99,11 @@ async fn authenticate(
                     ErrorCode::Internal,
                     "the server could not register this device; reconnect",
                 ));
-                outbox.closer.close(close::RECONNECT);
+                outbox.close(close::RECONNECT);
                 None
             }
             Err(AttachError::Stopping) => {
-                outbox.closer.close(close::GOING_AWAY);
+                outbox.close(close::GOING_AWAY);
                 None
             }
         };
@@ -125,116 +119,150 @@ struct AuthAck<'a> {
     device_id: &'a str,
 }
 
-async fn read_loop(stream: &mut SplitStream<WebSocket>, hub: &Hub, endpoint: &Endpoint, outbox: &Outbox) {
-    let config = *hub.config();
+/// What one read of the socket gave.
+enum Read {
+    /// Keep going.
+    Continue,
+    /// The connection is over (closed by the client, broken, or asked to close).
+    End,
+}
+
+/// The authenticated connection: reads and handles the client's messages,
+/// writes what is queued, pings, and drops a connection silent for too long.
+/// One timer serves both the ping clock and the idle deadline.
+async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbox: &Outbox) {
+    let config = hub.config();
     let limiter = RateLimiter::direct(
         Quota::per_second(NonZeroU32::new(config.ws_messages_per_s).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(config.ws_messages_burst).unwrap_or(NonZeroU32::MIN)),
     );
+    let mut heard = Instant::now();
+    let mut next_ping = heard + config.ws_ping_interval;
+    let timer = tokio::time::sleep_until(next_ping.min(heard + config.ws_idle_timeout));
+    tokio::pin!(timer);
     loop {
-        let next = tokio::select! {
-            _ = outbox.closer.closed() => return,
-            next = timeout(config.ws_idle_timeout, stream.next()) => next,
-        };
-        let text = match next {
-            Err(_) => {
-                outbox.closer.close(close::IDLE);
+        if outbox.is_closed() {
+            return;
+        }
+        if !outbox.is_empty() {
+            if !write_queued(socket, outbox, config.ws_write_timeout).await {
+                outbox.close(close::SLOW_READER);
                 return;
             }
-            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return,
-            Ok(Some(Ok(Message::Text(text)))) => text,
-            Ok(Some(Ok(Message::Binary(_)))) => {
-                outbox.push(error_frame(None, ErrorCode::BadMessage, "messages are JSON text frames"));
-                continue;
-            }
-            // Pings are answered by the transport; any frame shows the peer is alive.
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-        };
-        metrics::counter!("signaling_messages_total").increment(1);
-        let message = match protocol::parse(&text, config.ws_message_bytes_max) {
-            Ok(message) => message,
-            Err(refused) => {
-                outbox.push(error_frame(refused.id.as_deref(), refused.code, &refused.message));
-                continue;
-            }
-        };
-        if limiter.check().is_err() {
-            metrics::counter!("signaling_rate_limited_total").increment(1);
-            outbox.push(error_frame(
-                Some(&message.id),
-                ErrorCode::RateLimited,
-                "too many messages; slow down (see ws_messages_per_s)",
-            ));
             continue;
         }
-        // Boxed: the handling future (database look-ups for an invite) is
-        // large, and an idle connection should not carry its space.
-        let reply = Box::pin(hub.handle(endpoint, message)).await;
-        outbox.push(reply);
-    }
-}
-
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Utf8Bytes>,
-    closer: Arc<Closer>,
-    config: crate::config::SignalingConfig,
-) {
-    let mut ping = tokio::time::interval_at(Instant::now() + config.ws_ping_interval, config.ws_ping_interval);
-    let send = async |sink: &mut SplitSink<WebSocket, Message>, message: Message| {
-        matches!(timeout(config.ws_write_timeout, sink.send(message)).await, Ok(Ok(())))
-    };
-    loop {
         tokio::select! {
             biased;
-            _ = closer.closed() => break,
-            next = rx.recv() => match next {
-                Some(text) => if !write_batch(&mut sink, &mut rx, text, config.ws_write_timeout).await {
-                    closer.close(close::SLOW_READER);
+            _ = outbox.changed() => {}
+            next = socket.next() => {
+                heard = Instant::now();
+                if let Read::End = read(next, hub, endpoint, outbox, &limiter).await {
                     return;
-                },
-                None => break,
-            },
-            _ = ping.tick() => if !send(&mut sink, Message::Ping(Default::default())).await {
-                closer.close(close::SLOW_READER);
-                return;
-            },
-        }
-    }
-    let code = closer.code();
-    // What was queued before the close (a last error, `server_shutdown`) goes
-    // out first, unless the queue is the problem.
-    if code != close::SLOW_READER {
-        while let Ok(text) = rx.try_recv() {
-            if !write_batch(&mut sink, &mut rx, text, config.ws_write_timeout).await {
-                return;
+                }
+                // Handle what else has arrived before writing the replies, so
+                // that a busy connection writes a batch per flush.
+                for _ in 1..BATCH_FRAMES_MAX {
+                    let Some(next) = socket.next().now_or_never() else { break };
+                    if let Read::End = read(next, hub, endpoint, outbox, &limiter).await {
+                        return;
+                    }
+                }
+            }
+            () = &mut timer => {
+                let now = Instant::now();
+                if now >= heard + config.ws_idle_timeout {
+                    outbox.close(close::IDLE);
+                    return;
+                }
+                if now >= next_ping {
+                    next_ping = now + config.ws_ping_interval;
+                    let ping = async {
+                        socket.feed(Message::Ping(Default::default())).await?;
+                        socket.flush().await
+                    };
+                    if !matches!(timeout(config.ws_write_timeout, ping).await, Ok(Ok(()))) {
+                        outbox.close(close::SLOW_READER);
+                        return;
+                    }
+                }
+                timer.as_mut().reset(next_ping.min(heard + config.ws_idle_timeout));
             }
         }
     }
-    let close = CloseFrame { code, reason: Utf8Bytes::from_static(close::reason(code)) };
-    let _ = send(&mut sink, Message::Close(Some(close))).await;
 }
 
-/// Frames written with one flush when they are already queued.
-const WRITE_BATCH_FRAMES_MAX: usize = 64;
-
-/// Writes `first` and whatever else is queued (up to a batch) with one
-/// flush, so a busy connection makes one write call per batch, not per frame.
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
-    rx: &mut mpsc::Receiver<Utf8Bytes>,
-    first: Utf8Bytes,
-    write_timeout: std::time::Duration,
-) -> bool {
-    let work = async {
-        sink.feed(Message::Text(first)).await?;
-        for _ in 1..WRITE_BATCH_FRAMES_MAX {
-            match rx.try_recv() {
-                Ok(text) => sink.feed(Message::Text(text)).await?,
-                Err(_) => break,
-            }
+/// Handles one thing read from the socket.
+async fn read(
+    next: Option<Result<Message, axum::Error>>,
+    hub: &Hub,
+    endpoint: &Endpoint,
+    outbox: &Outbox,
+    limiter: &governor::DefaultDirectRateLimiter,
+) -> Read {
+    let text = match next {
+        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Read::End,
+        Some(Ok(Message::Text(text))) => text,
+        Some(Ok(Message::Binary(_))) => {
+            outbox.push(error_frame(None, ErrorCode::BadMessage, "messages are JSON text frames"));
+            return Read::Continue;
         }
-        sink.flush().await
+        // Pings are answered by the transport; any frame shows the peer is alive.
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Read::Continue,
+    };
+    metrics::counter!("signaling_messages_total").increment(1);
+    let config = hub.config();
+    let message = match protocol::parse(&text, config.ws_message_bytes_max) {
+        Ok(message) => message,
+        Err(refused) => {
+            outbox.push(error_frame(refused.id.as_deref(), refused.code, &refused.message));
+            return Read::Continue;
+        }
+    };
+    if limiter.check().is_err() {
+        metrics::counter!("signaling_rate_limited_total").increment(1);
+        outbox.push(error_frame(
+            Some(&message.id),
+            ErrorCode::RateLimited,
+            "too many messages; slow down (see ws_messages_per_s)",
+        ));
+        return Read::Continue;
+    }
+    // Boxed: the handling future (database look-ups for an invite) is
+    // large, and an idle connection should not carry its space.
+    let reply = Box::pin(hub.handle(endpoint, message)).await;
+    outbox.push(reply);
+    if outbox.is_closed() { Read::End } else { Read::Continue }
+}
+
+/// Writes what is queued, a batch per flush; false when the client does not
+/// take it within the write timeout.
+async fn write_queued(socket: &mut WebSocket, outbox: &Outbox, write_timeout: Duration) -> bool {
+    let work = async {
+        while let Some(first) = outbox.pop() {
+            socket.feed(Message::Text(first)).await?;
+            for _ in 1..BATCH_FRAMES_MAX {
+                match outbox.pop() {
+                    Some(text) => socket.feed(Message::Text(text)).await?,
+                    None => break,
+                }
+            }
+            socket.flush().await?;
+        }
+        Ok::<(), axum::Error>(())
     };
     matches!(timeout(write_timeout, work).await, Ok(Ok(())))
 }
+
+/// The end of a connection: what was queued before the close (a last error,
+/// `server_shutdown`) goes out first, unless the queue is the problem; then
+/// the close frame with its code.
+async fn finish(socket: &mut WebSocket, outbox: &Outbox, write_timeout: Duration) {
+    let code = outbox.code();
+    outbox.close(code);
+    if code != close::SLOW_READER && !write_queued(socket, outbox, write_timeout).await {
+        return;
+    }
+    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(close::reason(code)) };
+    let _ = timeout(write_timeout, socket.send(Message::Close(Some(frame)))).await;
+}
+

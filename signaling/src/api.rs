@@ -108,7 +108,10 @@ async fn websocket(
         .write_buffer_size(WS_WRITE_BUFFER_BYTES)
         .max_message_size(bytes_max)
         .max_frame_size(bytes_max)
-        .on_upgrade(move |socket| ws::serve(socket, signaling.hub.clone(), signaling.verifier.clone(), permit))
+        .on_upgrade(move |mut socket| async move {
+            ws::serve(&mut socket, &signaling.hub, &signaling.verifier).await;
+            drop(permit);
+        })
 }
 
 /// One call in its party's history.

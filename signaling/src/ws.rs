@@ -14,7 +14,7 @@ use futures::{FutureExt, SinkExt, StreamExt};
 use governor::{Quota, RateLimiter};
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::hub::{AttachError, ConnectionPermit, Hub, Outbox, close, error_frame, frame};
+use crate::hub::{AttachError, Hub, Outbox, close, error_frame, frame};
 use crate::machine::Endpoint;
 use crate::protocol::{self, ClientBody, ErrorCode};
 
@@ -29,16 +29,18 @@ pub fn transport_message_bytes_max(ws_message_bytes_max: usize) -> usize {
 const BATCH_FRAMES_MAX: usize = 64;
 
 /// Runs one upgraded connection to its end.
-pub async fn serve(mut socket: WebSocket, hub: Hub, verifier: Arc<TokenVerifier>, permit: ConnectionPermit) {
+pub async fn serve(socket: &mut WebSocket, hub: &Hub, verifier: &TokenVerifier) {
     let outbox = Outbox::new(hub.config().ws_outbound_queue_len_max);
-    // Boxed, so that its space (a possible JWKS fetch) is freed once the device is in.
-    let authenticated = Box::pin(authenticate(&mut socket, &hub, &verifier, &outbox)).await;
+    // Boxed, in statements of their own (a temporary of the awaiting statement
+    // would keep its space in this future): rarely running, they are large.
+    let authenticating = Box::pin(authenticate(socket, hub, verifier, &outbox));
+    let authenticated = authenticating.await;
     if let Some((endpoint, link)) = authenticated {
-        connected(&mut socket, &hub, &endpoint, &outbox).await;
-        Box::pin(hub.detach(&endpoint, link)).await;
+        connected(socket, hub, &endpoint, &outbox).await;
+        let detaching = Box::pin(hub.detach(&endpoint, link));
+        detaching.await;
     }
-    finish(&mut socket, &outbox, hub.config().ws_write_timeout).await;
-    drop(permit);
+    finish(socket, &outbox, hub.config().ws_write_timeout).await;
 }
 
 /// Waits for `auth` until the deadline; answers it and attaches the device.
@@ -229,7 +231,8 @@ async fn read(
     }
     // Boxed: the handling future (database look-ups for an invite) is
     // large, and an idle connection should not carry its space.
-    let reply = Box::pin(hub.handle(endpoint, message)).await;
+    let handling = Box::pin(hub.handle(endpoint, message));
+    let reply = handling.await;
     outbox.push(reply);
     if outbox.is_closed() { Read::End } else { Read::Continue }
 }
@@ -265,4 +268,3 @@ async fn finish(socket: &mut WebSocket, outbox: &Outbox, write_timeout: Duration
     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(close::reason(code)) };
     let _ = timeout(write_timeout, socket.send(Message::Close(Some(frame)))).await;
 }
-

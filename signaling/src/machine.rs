@@ -16,9 +16,8 @@ use std::ops::Add;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use crate::protocol::{CallId, ClientBody, ErrorCode, HangupReason, NegotiateKind, SasHex, Sdp};
+use crate::protocol::{CallId, Candidates, ClientBody, ErrorCode, HangupReason, NegotiateKind, SasHex, Sdp};
 
 pub type AccountId = String;
 pub type DeviceId = String;
@@ -125,7 +124,7 @@ pub enum ServerEvent {
     },
     Candidates {
         call_id: CallId,
-        candidates: Vec<Value>,
+        candidates: Candidates,
     },
     Negotiate {
         call_id: CallId,

@@ -7,6 +7,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// The protocol version every frame carries as `"v": 1`.
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -220,7 +221,7 @@ pub enum ClientBody {
     /// Trickle ICE candidates, relayed as they are (each a JSON object).
     Candidates {
         call_id: CallId,
-        candidates: Vec<Value>,
+        candidates: Candidates,
     },
     Negotiate {
         call_id: CallId,
@@ -276,21 +277,115 @@ pub struct Refused {
     pub message: String,
 }
 
-/// The wire shape, before validation into [`ClientBody`].
+/// A JSON array of 1 to 64 candidate objects, kept as the text it came in:
+/// checked once, relayed verbatim.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct Candidates(Box<RawValue>);
+
+impl Candidates {
+    pub fn parse(raw: &RawValue) -> Result<Self, String> {
+        let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| candidates_rule())?;
+        if items.is_empty()
+            || items.len() > CANDIDATES_PER_MESSAGE_MAX
+            || !items.iter().all(|item| item.get().trim_start().starts_with('{'))
+        {
+            return Err(candidates_rule());
+        }
+        Ok(Candidates(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for Candidates {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+fn candidates_rule() -> String {
+    format!("candidates is a list of 1 to {CANDIDATES_PER_MESSAGE_MAX} objects")
+}
+
+/// The message types a client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Auth,
+    Invite,
+    Ringing,
+    Answer,
+    Reject,
+    Hangup,
+    Candidates,
+    Negotiate,
+    Resume,
+    SasReveal,
+    Ping,
+}
+
+impl Kind {
+    /// The fields a message of this type may carry besides `v`, `type` and `id`.
+    fn fields(self) -> &'static [&'static str] {
+        match self {
+            Kind::Auth => &["token"],
+            Kind::Invite => &["call_id", "callee", "sdp", "sas_commit"],
+            Kind::Ringing | Kind::Reject | Kind::Resume => &["call_id"],
+            Kind::Answer => &["call_id", "sdp", "sas_nonce"],
+            Kind::Hangup => &["call_id", "reason"],
+            Kind::Candidates => &["call_id", "candidates"],
+            Kind::Negotiate => &["call_id", "sdp", "kind"],
+            Kind::SasReveal => &["call_id", "nonce"],
+            Kind::Ping => &[],
+        }
+    }
+}
+
+/// The wire shape, before validation into [`ClientBody`]: one flat struct
+/// (no tagged enum, whose parser buffers the whole message first), with the
+/// candidates borrowed from the frame.
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum Wire {
-    Auth { v: u64, id: String, token: String },
-    Invite { v: u64, id: String, call_id: String, callee: String, sdp: String, sas_commit: Option<String> },
-    Ringing { v: u64, id: String, call_id: String },
-    Answer { v: u64, id: String, call_id: String, sdp: String, sas_nonce: Option<String> },
-    Reject { v: u64, id: String, call_id: String },
-    Hangup { v: u64, id: String, call_id: String, reason: HangupReason },
-    Candidates { v: u64, id: String, call_id: String, candidates: Vec<Value> },
-    Negotiate { v: u64, id: String, call_id: String, sdp: String, kind: NegotiateKind },
-    Resume { v: u64, id: String, call_id: String },
-    SasReveal { v: u64, id: String, call_id: String, nonce: String },
-    Ping { v: u64, id: String },
+#[serde(deny_unknown_fields)]
+struct Wire<'a> {
+    v: u64,
+    #[serde(rename = "type")]
+    kind: Kind,
+    id: String,
+    token: Option<String>,
+    call_id: Option<String>,
+    callee: Option<String>,
+    sdp: Option<String>,
+    sas_commit: Option<String>,
+    sas_nonce: Option<String>,
+    reason: Option<HangupReason>,
+    #[serde(borrow)]
+    candidates: Option<&'a RawValue>,
+    #[serde(rename = "kind")]
+    negotiate: Option<NegotiateKind>,
+    nonce: Option<String>,
+}
+
+impl Wire<'_> {
+    /// The optional fields this frame carries.
+    fn present(&self) -> impl Iterator<Item = &'static str> {
+        [
+            ("token", self.token.is_some()),
+            ("call_id", self.call_id.is_some()),
+            ("callee", self.callee.is_some()),
+            ("sdp", self.sdp.is_some()),
+            ("sas_commit", self.sas_commit.is_some()),
+            ("sas_nonce", self.sas_nonce.is_some()),
+            ("reason", self.reason.is_some()),
+            ("candidates", self.candidates.is_some()),
+            ("kind", self.negotiate.is_some()),
+            ("nonce", self.nonce.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+    }
 }
 
 /// Parses one text frame of at most `bytes_max` bytes.
@@ -310,75 +405,84 @@ pub fn parse(frame: &str, bytes_max: usize) -> Result<ClientMessage, Refused> {
             message: format!("frames are at most {bytes_max} bytes"),
         });
     }
-    let wire: Wire = serde_json::from_str(frame)
+    let mut wire: Wire = serde_json::from_str(frame)
         .map_err(|error| refuse(ErrorCode::BadMessage, format!("not a valid message: {error}")))?;
     let bad = |message: String| refuse(ErrorCode::BadMessage, message);
-    let call = |value: &str| CallId::parse(value).map_err(bad);
-    let sdp = |value: &str| Sdp::parse(value).map_err(bad);
-    let sas = |value: &Option<String>| value.as_deref().map(SasHex::parse).transpose().map_err(bad);
-    let (v, id, body) = match wire {
-        Wire::Auth { v, id, token } => {
-            if token.is_empty() || token.len() > TOKEN_CHARS_MAX {
-                return Err(bad("token must be an access token".into()));
+    let kind = wire.kind;
+    if let Some(stray) = wire.present().find(|field| !kind.fields().contains(field)) {
+        return Err(bad(format!("not a valid message: unknown field `{stray}` in {kind:?}")));
+    }
+    fn required<T>(value: Option<T>, name: &str) -> Result<T, String> {
+        value.ok_or_else(|| format!("not a valid message: missing field `{name}`"))
+    }
+    let call = |value: Option<String>| CallId::parse(&required(value, "call_id")?);
+    let sdp = |value: Option<String>| Sdp::parse(&required(value, "sdp")?);
+    let sas = |value: Option<String>| value.as_deref().map(SasHex::parse).transpose();
+    let body = (|| -> Result<ClientBody, String> {
+        Ok(match kind {
+            Kind::Auth => {
+                let token = required(wire.token.take(), "token")?;
+                if token.is_empty() || token.len() > TOKEN_CHARS_MAX {
+                    return Err("token must be an access token".into());
+                }
+                ClientBody::Auth { token }
             }
-            (v, id, ClientBody::Auth { token })
-        }
-        Wire::Invite { v, id, call_id, callee, sdp: offer, sas_commit } => {
-            if !is_token(&callee, ACCOUNT_ID_CHARS_MAX) {
-                return Err(bad("callee must be an account id".into()));
-            }
-            (
-                v,
-                id,
+            Kind::Invite => {
+                let callee = required(wire.callee.take(), "callee")?;
+                let sdp = sdp(wire.sdp.take())?;
+                if !is_token(&callee, ACCOUNT_ID_CHARS_MAX) {
+                    return Err("callee must be an account id".into());
+                }
                 ClientBody::Invite {
-                    call_id: call(&call_id)?,
+                    call_id: call(wire.call_id.take())?,
                     callee,
-                    sdp: sdp(&offer)?,
-                    sas_commit: sas(&sas_commit)?,
-                },
-            )
-        }
-        Wire::Ringing { v, id, call_id } => (v, id, ClientBody::Ringing { call_id: call(&call_id)? }),
-        Wire::Answer { v, id, call_id, sdp: answer, sas_nonce } => {
-            (v, id, ClientBody::Answer { call_id: call(&call_id)?, sdp: sdp(&answer)?, sas_nonce: sas(&sas_nonce)? })
-        }
-        Wire::Reject { v, id, call_id } => (v, id, ClientBody::Reject { call_id: call(&call_id)? }),
-        Wire::Hangup { v, id, call_id, reason } => {
-            if !reason.client_may_send() {
-                return Err(bad("a client hangs up with user_hangup, busy or ice_failed".into()));
+                    sdp,
+                    sas_commit: sas(wire.sas_commit.take())?,
+                }
             }
-            (v, id, ClientBody::Hangup { call_id: call(&call_id)?, reason })
-        }
-        Wire::Candidates { v, id, call_id, candidates } => {
-            if candidates.is_empty()
-                || candidates.len() > CANDIDATES_PER_MESSAGE_MAX
-                || !candidates.iter().all(Value::is_object)
-            {
-                return Err(bad(format!("candidates is a list of 1 to {CANDIDATES_PER_MESSAGE_MAX} objects")));
+            Kind::Ringing => ClientBody::Ringing { call_id: call(wire.call_id.take())? },
+            Kind::Answer => ClientBody::Answer {
+                call_id: call(wire.call_id.take())?,
+                sdp: sdp(wire.sdp.take())?,
+                sas_nonce: sas(wire.sas_nonce.take())?,
+            },
+            Kind::Reject => ClientBody::Reject { call_id: call(wire.call_id.take())? },
+            Kind::Hangup => {
+                let reason = required(wire.reason, "reason")?;
+                if !reason.client_may_send() {
+                    return Err("a client hangs up with user_hangup, busy or ice_failed".into());
+                }
+                ClientBody::Hangup { call_id: call(wire.call_id.take())?, reason }
             }
-            (v, id, ClientBody::Candidates { call_id: call(&call_id)?, candidates })
-        }
-        Wire::Negotiate { v, id, call_id, sdp: description, kind } => {
-            (v, id, ClientBody::Negotiate { call_id: call(&call_id)?, sdp: sdp(&description)?, kind })
-        }
-        Wire::Resume { v, id, call_id } => (v, id, ClientBody::Resume { call_id: call(&call_id)? }),
-        Wire::SasReveal { v, id, call_id, nonce } => {
-            let nonce = SasHex::parse(&nonce).map_err(bad)?;
-            (v, id, ClientBody::SasReveal { call_id: call(&call_id)?, nonce })
-        }
-        Wire::Ping { v, id } => (v, id, ClientBody::Ping),
-    };
-    if v != PROTOCOL_VERSION {
+            Kind::Candidates => {
+                let candidates = Candidates::parse(required(wire.candidates, "candidates")?)?;
+                ClientBody::Candidates { call_id: call(wire.call_id.take())?, candidates }
+            }
+            Kind::Negotiate => ClientBody::Negotiate {
+                call_id: call(wire.call_id.take())?,
+                sdp: sdp(wire.sdp.take())?,
+                kind: required(wire.negotiate, "kind")?,
+            },
+            Kind::Resume => ClientBody::Resume { call_id: call(wire.call_id.take())? },
+            Kind::SasReveal => {
+                let nonce = SasHex::parse(&required(wire.nonce.take(), "nonce")?)?;
+                ClientBody::SasReveal { call_id: call(wire.call_id.take())?, nonce }
+            }
+            Kind::Ping => ClientBody::Ping,
+        })
+    })()
+    .map_err(bad)?;
+    if wire.v != PROTOCOL_VERSION {
         return Err(bad(format!("this server speaks protocol version {PROTOCOL_VERSION}")));
     }
-    if !is_token(&id, MESSAGE_ID_CHARS_MAX) {
+    if !is_token(&wire.id, MESSAGE_ID_CHARS_MAX) {
         return Err(Refused {
             id: None,
             code: ErrorCode::BadMessage,
             message: format!("id must be 1 to {MESSAGE_ID_CHARS_MAX} letters, digits, '-' or '_'"),
         });
     }
-    Ok(ClientMessage { id, body })
+    Ok(ClientMessage { id: wire.id, body })
 }
 
 #[cfg(test)]

@@ -211,7 +211,7 @@ async fn read(
         // Pings are answered by the transport; any frame shows the peer is alive.
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Read::Continue,
     };
-    metrics::counter!("signaling_messages_total").increment(1);
+    crate::hub::meters().messages.increment(1);
     let config = hub.config();
     let message = match protocol::parse(&text, config.ws_message_bytes_max) {
         Ok(message) => message,

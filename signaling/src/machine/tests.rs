@@ -10,6 +10,10 @@ fn id(value: &str) -> CallId {
     CallId::parse(value).unwrap()
 }
 
+fn raw(candidates: &str) -> Candidates {
+    Candidates::parse(&serde_json::value::RawValue::from_string(candidates.into()).unwrap()).unwrap()
+}
+
 fn sdp() -> Sdp {
     Sdp::parse("v=0\r\n").unwrap()
 }
@@ -202,7 +206,7 @@ fn refusals_are_errors_and_change_nothing() {
     ));
     let ringing = ClientBody::Ringing { call_id: id("nope") };
     assert!(matches!(w.board.send(&carol, ringing, w.t0).0, Reply::Error(ErrorCode::UnknownCall, _)));
-    let snoop = ClientBody::Candidates { call_id: id("c1"), candidates: vec![serde_json::json!({})] };
+    let snoop = ClientBody::Candidates { call_id: id("c1"), candidates: raw(r#"[{}]"#) };
     assert!(
         matches!(w.board.send(&carol, snoop, w.t0).0, Reply::Error(ErrorCode::NotInCall, _)),
         "only the two devices signal"
@@ -258,14 +262,13 @@ fn glare_resolves_to_the_lesser_call_id() {
 fn signaling_flows_only_between_the_two_devices() {
     let mut w = world();
     w.ring();
-    let early = ClientBody::Candidates { call_id: id("c1"), candidates: vec![serde_json::json!({"candidate": "x"})] };
+    let early = ClientBody::Candidates { call_id: id("c1"), candidates: raw(r#"[{"candidate": "x"}]"#) };
     let (reply, out) = w.board.send(&w.alice.clone(), early, w.at(1));
     assert_eq!(reply, Reply::Ack);
     assert_eq!(sent(&out).len(), 2, "before the answer the caller's candidates reach every rung device");
     w.answer_on_phone();
     for (from, to) in [(w.alice.clone(), "b1"), (w.bob_phone.clone(), "a1")] {
-        let request =
-            ClientBody::Candidates { call_id: id("c1"), candidates: vec![serde_json::json!({"candidate": "y"})] };
+        let request = ClientBody::Candidates { call_id: id("c1"), candidates: raw(r#"[{"candidate": "y"}]"#) };
         let (_, out) = w.board.send(&from, request, w.at(3));
         assert_eq!(sent(&out)[0].0, to);
         let request = ClientBody::Negotiate { call_id: id("c1"), sdp: sdp(), kind: NegotiateKind::Offer };

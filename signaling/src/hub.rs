@@ -332,7 +332,9 @@ impl Hub {
                 state.unlink(endpoint, old, &mut writes);
             }
             state.links.insert(endpoint.device.clone(), Link { id, outbox });
-            state.online.entry(endpoint.account.clone()).or_default().push(endpoint.device.clone());
+            // Most accounts have one device connected: room for one, not the default four.
+            let devices = state.online.entry(endpoint.account.clone()).or_insert_with(|| Vec::with_capacity(1));
+            devices.push(endpoint.device.clone());
         }
         self.spawn_writes(writes);
         Ok(id)

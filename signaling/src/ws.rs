@@ -40,7 +40,8 @@ pub async fn serve(socket: &mut WebSocket, hub: &Hub, verifier: &TokenVerifier) 
         let detaching = Box::pin(hub.detach(&endpoint, link));
         detaching.await;
     }
-    finish(socket, &outbox, hub.config().ws_write_timeout).await;
+    let finishing = Box::pin(finish(socket, &outbox, hub.config().ws_write_timeout));
+    finishing.await;
 }
 
 /// Waits for `auth` until the deadline; answers it and attaches the device.
@@ -147,7 +148,10 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbo
             return;
         }
         if !outbox.is_empty() {
-            if !write_queued(socket, outbox, config.ws_write_timeout).await {
+            // Writes are boxed (in statements of their own) so that an idle
+            // connection does not carry their space, timers included.
+            let writing = Box::pin(write_queued(socket, outbox, None, config.ws_write_timeout));
+            if !writing.await {
                 outbox.close(close::SLOW_READER);
                 return;
             }
@@ -178,11 +182,9 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbo
                 }
                 if now >= next_ping {
                     next_ping = now + config.ws_ping_interval;
-                    let ping = async {
-                        socket.feed(Message::Ping(Default::default())).await?;
-                        socket.flush().await
-                    };
-                    if !matches!(timeout(config.ws_write_timeout, ping).await, Ok(Ok(()))) {
+                    let ping = Some(Message::Ping(Default::default()));
+                    let pinging = Box::pin(write_queued(socket, outbox, ping, config.ws_write_timeout));
+                    if !pinging.await {
                         outbox.close(close::SLOW_READER);
                         return;
                     }
@@ -237,10 +239,19 @@ async fn read(
     if outbox.is_closed() { Read::End } else { Read::Continue }
 }
 
-/// Writes what is queued, a batch per flush; false when the client does not
-/// take it within the write timeout.
-async fn write_queued(socket: &mut WebSocket, outbox: &Outbox, write_timeout: Duration) -> bool {
+/// Writes `first` (a ping) and what is queued, a batch per flush; false
+/// when the client does not take it within the write timeout.
+async fn write_queued(
+    socket: &mut WebSocket,
+    outbox: &Outbox,
+    first: Option<Message>,
+    write_timeout: Duration,
+) -> bool {
     let work = async {
+        if let Some(first) = first {
+            socket.feed(first).await?;
+            socket.flush().await?;
+        }
         while let Some(first) = outbox.pop() {
             socket.feed(Message::Text(first)).await?;
             for _ in 1..BATCH_FRAMES_MAX {
@@ -262,7 +273,7 @@ async fn write_queued(socket: &mut WebSocket, outbox: &Outbox, write_timeout: Du
 async fn finish(socket: &mut WebSocket, outbox: &Outbox, write_timeout: Duration) {
     let code = outbox.code();
     outbox.close(code);
-    if code != close::SLOW_READER && !write_queued(socket, outbox, write_timeout).await {
+    if code != close::SLOW_READER && !write_queued(socket, outbox, None, write_timeout).await {
         return;
     }
     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(close::reason(code)) };

@@ -35,7 +35,7 @@ use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{Client, RedisError, Value};
 use tokio::sync::Mutex;
 
-use crate::hub::frame;
+use crate::hub::frame_sized;
 use crate::machine::{At, Call, Callee, Endpoint, Limits, Output, Reply, Switchboard};
 use crate::protocol::{CallId, ClientBody};
 
@@ -355,7 +355,11 @@ impl Cluster {
         let mut publish = redis::pipe();
         for output in &outputs {
             if let Output::Send { to, event } = output {
-                publish.cmd("PUBLISH").arg(self.keys.device_channel(to)).arg(frame(event).as_str()).ignore();
+                publish
+                    .cmd("PUBLISH")
+                    .arg(self.keys.device_channel(to))
+                    .arg(frame_sized(event, event.frame_bytes_hint()).as_str())
+                    .ignore();
             }
         }
         if !publish.is_empty() {
@@ -658,7 +662,11 @@ impl Cluster {
         }
         for output in &effects.outputs {
             if let Output::Send { to, event } = output {
-                commit.cmd("PUBLISH").arg(keys.device_channel(to)).arg(frame(event).as_str()).ignore();
+                commit
+                    .cmd("PUBLISH")
+                    .arg(keys.device_channel(to))
+                    .arg(frame_sized(event, event.frame_bytes_hint()).as_str())
+                    .ignore();
                 commands += 1;
             }
         }

@@ -426,6 +426,26 @@ impl Hub {
 
     /// Handles one message of an authenticated device and returns the frame
     /// that answers it. Events for other devices are queued on the way.
+    /// Handles, without waiting, a message that needs no I/O: on a single
+    /// node, `ping` and the messages that only relay within a call (the hot
+    /// path: candidates). Gives other messages back for [`Hub::handle`].
+    pub fn handle_now(&self, from: &Endpoint, message: ClientMessage) -> Result<Utf8Bytes, ClientMessage> {
+        if self.inner.cluster.is_some() || !matches!(message.body, ClientBody::Ping) && message.body.changes_call() {
+            return Err(message);
+        }
+        let (id, body) = (message.id, message.body);
+        if let ClientBody::Ping = body {
+            return Ok(frame(&Pong { kind: "pong", id: &id }));
+        }
+        if matches!(body, ClientBody::Auth { .. }) {
+            return Err(ClientMessage { id, body });
+        }
+        let (reply, writes) = self.step(from, body, None);
+        // Relaying ends no call; should that ever change, the records are still written.
+        self.spawn_writes(writes);
+        Ok(reply_frame(&id, reply))
+    }
+
     pub async fn handle(&self, from: &Endpoint, message: ClientMessage) -> Utf8Bytes {
         let (id, body) = (message.id, message.body);
         let facts = match &body {
@@ -490,11 +510,7 @@ impl Hub {
             }
         }
         self.write_records(writes).await;
-        match reply {
-            Reply::Ack => frame(&Ack { kind: "ack", id: &id, ice_policy: None }),
-            Reply::AckInvite { ice_policy } => frame(&Ack { kind: "ack", id: &id, ice_policy: Some(ice_policy) }),
-            Reply::Error(code, message) => error_frame(Some(&id), code, message),
-        }
+        reply_frame(&id, reply)
     }
 
     /// Feeds the machine under the lock and queues its events.
@@ -715,7 +731,7 @@ fn deliver(state: &mut State, outputs: Vec<Output>, writes: &mut Vec<RecordWrite
         match output {
             Output::Send { to, event } => {
                 if let Some(link) = state.links.get(&to) {
-                    link.outbox.push(frame(&event));
+                    link.outbox.push(frame_sized(&event, event.frame_bytes_hint()));
                 }
             }
             Output::Ended(ended) => {
@@ -755,6 +771,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn reply_frame(id: &str, reply: Reply) -> Utf8Bytes {
+    match reply {
+        Reply::Ack => frame(&Ack { kind: "ack", id, ice_policy: None }),
+        Reply::AckInvite { ice_policy } => frame(&Ack { kind: "ack", id, ice_policy: Some(ice_policy) }),
+        Reply::Error(code, message) => error_frame(Some(id), code, message),
+    }
+}
+
 #[derive(Serialize)]
 struct Ack<'a> {
     #[serde(rename = "type")]
@@ -786,9 +810,15 @@ pub fn error_frame(id: Option<&str>, code: ErrorCode, message: &str) -> Utf8Byte
 
 /// Serializes a server frame, with the protocol version first, in one allocation.
 pub fn frame(message: &impl Serialize) -> Utf8Bytes {
+    frame_sized(message, 128)
+}
+
+/// [`frame`], with room for `capacity` bytes from the start (no regrowth
+/// for a frame carrying SDP or candidates).
+pub fn frame_sized(message: &impl Serialize, capacity: usize) -> Utf8Bytes {
     const PREFIX: &[u8] = b"{\"v\":1";
     const _: () = assert!(PROTOCOL_VERSION == 1);
-    let mut bytes = Vec::with_capacity(128);
+    let mut bytes = Vec::with_capacity(capacity);
     bytes.extend_from_slice(PREFIX);
     if serde_json::to_writer(&mut bytes, message).is_err() || bytes.len() < PREFIX.len() + 2 {
         return Utf8Bytes::from_static("{\"v\":1}");

@@ -141,6 +141,20 @@ pub enum ServerEvent {
     },
 }
 
+impl ServerEvent {
+    /// About how long the event's frame is (the bulky fields plus room for the rest).
+    pub fn frame_bytes_hint(&self) -> usize {
+        const REST: usize = 192;
+        REST + match self {
+            ServerEvent::Incoming { sdp, .. }
+            | ServerEvent::Answered { sdp, .. }
+            | ServerEvent::Negotiate { sdp, .. } => sdp.as_str().len() + sdp.as_str().len() / 8,
+            ServerEvent::Candidates { candidates, .. } => candidates.as_str().len(),
+            _ => 0,
+        }
+    }
+}
+
 /// How a call ended, for its record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ended {

@@ -231,10 +231,15 @@ async fn read(
         ));
         return Read::Continue;
     }
-    // Boxed: the handling future (database look-ups for an invite) is
-    // large, and an idle connection should not carry its space.
-    let handling = Box::pin(hub.handle(endpoint, message));
-    let reply = handling.await;
+    let reply = match hub.handle_now(endpoint, message) {
+        Ok(reply) => reply,
+        Err(message) => {
+            // Boxed: the handling future (database look-ups for an invite) is
+            // large, and an idle connection should not carry its space.
+            let handling = Box::pin(hub.handle(endpoint, message));
+            handling.await
+        }
+    };
     outbox.push(reply);
     if outbox.is_closed() { Read::End } else { Read::Continue }
 }

@@ -330,7 +330,7 @@ impl Cluster {
                 let mut devices: Vec<String> =
                     view.online(&callee.account).map(|online| online.keys().cloned().collect()).unwrap_or_default();
                 devices.sort();
-                callee.online_devices = devices;
+                callee.online_devices = devices.into_iter().map(Into::into).collect();
                 callee
             });
             let (reply, outputs) = view.board.handle(from, body.clone(), callee, now);
@@ -381,18 +381,18 @@ impl Cluster {
         let (result, outputs) = self
             .transact(&[&endpoint.account], &[], |view| {
                 let online = view.online(&endpoint.account);
-                let previous = online.and_then(|online| online.get(&endpoint.device)).cloned();
+                let previous = online.and_then(|online| online.get(&*endpoint.device)).cloned();
                 if previous.is_none() && online.map_or(0, HashMap::len) >= max {
                     return (Err(TooManyDevices), Effects::default());
                 }
                 let mut effects = Effects::default();
                 if previous.is_some() {
                     effects.outputs = view.board.disconnected(endpoint, now);
-                    effects.notices.push((endpoint.device.clone(), format!("{REPLACED_PREFIX}{tag}")));
+                    effects.notices.push((endpoint.device.to_string(), format!("{REPLACED_PREFIX}{tag}")));
                 }
                 effects.presence.push(Presence::Online {
-                    account: endpoint.account.clone(),
-                    device: endpoint.device.clone(),
+                    account: endpoint.account.to_string(),
+                    device: endpoint.device.to_string(),
                     tag: tag.to_owned(),
                 });
                 (Ok(()), effects)
@@ -408,15 +408,16 @@ impl Cluster {
             .transact(&[&endpoint.account], &[], |view| {
                 let owned = view
                     .online(&endpoint.account)
-                    .and_then(|online| online.get(&endpoint.device))
+                    .and_then(|online| online.get(&*endpoint.device))
                     .is_some_and(|tag| owner.owns(tag));
                 if !owned {
                     return ((), Effects::default());
                 }
                 let mut effects = Effects::outputs(view.board.disconnected(endpoint, now));
-                effects
-                    .presence
-                    .push(Presence::Offline { account: endpoint.account.clone(), device: endpoint.device.clone() });
+                effects.presence.push(Presence::Offline {
+                    account: endpoint.account.to_string(),
+                    device: endpoint.device.to_string(),
+                });
                 ((), effects)
             })
             .await?;
@@ -495,7 +496,10 @@ impl Cluster {
             self.query(redis::cmd("HGETALL").arg(self.keys.node_devices(node))).await?;
         let mut outputs = Vec::new();
         for (device, account) in devices {
-            outputs.extend(self.detach(&Endpoint { account, device }, Owner::Node(node), now).await?);
+            outputs.extend(
+                self.detach(&Endpoint { account: account.into(), device: device.into() }, Owner::Node(node), now)
+                    .await?,
+            );
         }
         let mut forget = redis::pipe();
         forget.cmd("DEL").arg(self.keys.node_devices(node)).ignore();

@@ -34,7 +34,7 @@ use crate::cluster::{Cluster, ClusterConfig, Delivery, Owner, Subscription, TooM
 use crate::config::SignalingConfig;
 #[cfg(test)]
 use crate::machine::ServerEvent;
-use crate::machine::{At, Callee, Endpoint, IcePolicy, Output, Reply, Switchboard};
+use crate::machine::{AccountId, At, Callee, DeviceId, Endpoint, IcePolicy, Output, Reply, Switchboard};
 use crate::protocol::{CallId, ClientBody, ClientMessage, ErrorCode, HangupReason, PROTOCOL_VERSION};
 use crate::store;
 
@@ -153,9 +153,9 @@ struct Link {
 #[derive(Default)]
 struct State {
     board: Switchboard,
-    links: HashMap<String, Link>,
+    links: HashMap<DeviceId, Link>,
     /// Connected devices per account, in connection order.
-    online: HashMap<String, Vec<String>>,
+    online: HashMap<AccountId, Vec<DeviceId>>,
 }
 
 impl State {
@@ -356,7 +356,7 @@ impl Hub {
                 if let Some(old) = &replaced {
                     old.outbox.close(close::REPLACED);
                 }
-                ((), replaced.is_none().then(|| (Subscription::Subscribe, endpoint.device.clone())))
+                ((), replaced.is_none().then(|| (Subscription::Subscribe, endpoint.device.to_string())))
             })
             .await;
         let registered = match subscribed {
@@ -392,7 +392,7 @@ impl Hub {
                     state.links.remove(&endpoint.device);
                 }
                 let last = !state.links.contains_key(&endpoint.device);
-                (last, last.then(|| (Subscription::Unsubscribe, endpoint.device.clone())))
+                (last, last.then(|| (Subscription::Unsubscribe, endpoint.device.to_string())))
             })
             .await;
         if let Err(error) = unsubscribed {
@@ -494,7 +494,7 @@ impl Hub {
             },
         };
         if let (Reply::Ack, Some(call_id)) = (&reply, answering) {
-            writes.insert(0, RecordWrite::Answer { call_id, device: from.device.clone() });
+            writes.insert(0, RecordWrite::Answer { call_id, device: from.device.to_string() });
         }
         if let (Reply::AckInvite { ice_policy }, Some((call_id, callee))) = (&reply, invited) {
             let started = store::Started {
@@ -540,7 +540,7 @@ impl Hub {
         }
         let Some(account) = courier_accounts::store::account(db, callee).await? else {
             return Ok(Ok(Callee {
-                account: callee.to_owned(),
+                account: callee.into(),
                 exists: false,
                 accepts_caller: false,
                 online_devices: Vec::new(),
@@ -550,7 +550,7 @@ impl Hub {
         let caller_p2p = courier_accounts::store::account(db, &from.account).await?.map(|caller| caller.settings.p2p);
         let blocked = courier_accounts::store::has_blocked(db, callee, &from.account).await?;
         Ok(Ok(Callee {
-            account: account.id,
+            account: account.id.into(),
             exists: true,
             accepts_caller: account.settings.calls_from == CallsFrom::Everybody && !blocked,
             online_devices: Vec::new(),

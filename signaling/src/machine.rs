@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::protocol::{CallId, Candidates, ClientBody, ErrorCode, HangupReason, NegotiateKind, SasHex, Sdp};
 
-pub type AccountId = String;
-pub type DeviceId = String;
+pub type AccountId = std::sync::Arc<str>;
+pub type DeviceId = std::sync::Arc<str>;
 
 pub const RING_TIMEOUT_S_DEFAULT: u64 = 45;
 pub const RECONNECT_GRACE_S_DEFAULT: u64 = 20;
@@ -223,9 +223,9 @@ impl Call {
     /// The device on the other side of `device`, once answered.
     fn peer_of(&self, device: &str) -> Option<&DeviceId> {
         let answered = self.answered.as_ref()?;
-        if device == self.caller.device {
+        if device == &*self.caller.device {
             Some(answered)
-        } else if device == answered {
+        } else if device == &**answered {
             Some(&self.caller.device)
         } else {
             None
@@ -235,7 +235,7 @@ impl Call {
     fn is_party(&self, from: &Endpoint) -> bool {
         from == &self.caller
             || (from.account == self.callee
-                && (self.answered.as_deref() == Some(from.device.as_str())
+                && (self.answered.as_deref() == Some(&*from.device)
                     || (self.answered.is_none() && self.rung.contains(&from.device))))
     }
 
@@ -246,7 +246,7 @@ impl Call {
             Some(answered) => devices.push(answered.clone()),
             None => devices.extend(self.rung.iter().cloned()),
         }
-        devices.retain(|device| Some(device.as_str()) != except);
+        devices.retain(|device| Some(&**device) != except);
         devices
     }
 }
@@ -390,7 +390,7 @@ impl Switchboard {
     fn account_busy(&self, account: &str) -> bool {
         self.calls
             .values()
-            .any(|call| call.caller.account == account || (call.callee == account && call.answered.is_some()))
+            .any(|call| &*call.caller.account == account || (&*call.callee == account && call.answered.is_some()))
     }
 
     fn in_call(&mut self, from: &Endpoint, request: ClientBody, now: At, out: &mut Vec<Output>) -> Reply {
@@ -520,7 +520,7 @@ impl Switchboard {
         let grace = now.checked_add(self.limits.reconnect_grace).unwrap_or(now);
         let mut unreachable_calls = Vec::new();
         for call in self.calls.values_mut() {
-            let in_call = who == &call.caller || call.answered.as_deref() == Some(who.device.as_str());
+            let in_call = who == &call.caller || call.answered.as_deref() == Some(&*who.device);
             if in_call {
                 call.lost.insert(who.device.clone(), grace);
             } else if call.answered.is_none() && call.callee == who.account && call.rung.contains(&who.device) {

@@ -76,7 +76,7 @@ async fn authenticate(
             Ok(claims) => claims,
             Err(error) => return refuse(Some(&message.id), &error.to_string()),
         };
-        let endpoint = Endpoint { account: claims.sub, device: claims.did };
+        let endpoint = Endpoint { account: claims.sub.into(), device: claims.did.into() };
         return match hub.attach(&endpoint, outbox.clone()).await {
             Ok(link) => {
                 outbox.push(frame(&AuthAck {

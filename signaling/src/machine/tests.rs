@@ -23,7 +23,7 @@ fn callee(account: &str, devices: &[&str]) -> Callee {
         account: account.into(),
         exists: true,
         accepts_caller: true,
-        online_devices: devices.iter().map(|d| d.to_string()).collect(),
+        online_devices: devices.iter().map(|d| (*d).into()).collect(),
         relay_only: false,
     }
 }
@@ -40,7 +40,7 @@ impl From<ClientBody> for Message {
 fn invite(call: &str, to: Callee) -> Message {
     let body = ClientBody::Invite {
         call_id: id(call),
-        callee: to.account.clone(),
+        callee: to.account.to_string(),
         sdp: sdp(),
         sas_commit: Some(SasHex::parse(HEX).unwrap()),
     };
@@ -57,7 +57,7 @@ impl Switchboard {
 fn sent(out: &[Output]) -> Vec<(String, ServerEvent)> {
     out.iter()
         .filter_map(|o| match o {
-            Output::Send { to, event } => Some((to.clone(), event.clone())),
+            Output::Send { to, event } => Some((to.to_string(), event.clone())),
             Output::Ended(_) => None,
         })
         .collect()

@@ -139,7 +139,11 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbo
         Quota::per_second(NonZeroU32::new(config.ws_messages_per_s).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(config.ws_messages_burst).unwrap_or(NonZeroU32::MIN)),
     );
+    // When the client was last heard from, as of the last timer event; a
+    // frame only sets `heard_since` (no clock read per frame), and the timer
+    // moves `heard` on. The idle deadline is thus kept within a timer period.
     let mut heard = Instant::now();
+    let mut heard_since = false;
     let mut next_ping = heard + config.ws_ping_interval;
     let timer = tokio::time::sleep_until(next_ping.min(heard + config.ws_idle_timeout));
     tokio::pin!(timer);
@@ -161,7 +165,7 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbo
             biased;
             _ = outbox.changed() => {}
             next = socket.next() => {
-                heard = Instant::now();
+                heard_since = true;
                 if let Read::End = read(next, hub, endpoint, outbox, &limiter).await {
                     return;
                 }
@@ -176,6 +180,9 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbo
             }
             () = &mut timer => {
                 let now = Instant::now();
+                if std::mem::take(&mut heard_since) {
+                    heard = now;
+                }
                 if now >= heard + config.ws_idle_timeout {
                     outbox.close(close::IDLE);
                     return;

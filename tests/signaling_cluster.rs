@@ -88,7 +88,7 @@ impl Cluster {
     }
 }
 
-/// The next `kind` event about `call_id`, skipping those about other calls.
+/// The next `kind` event about `call_id`; events of that kind about other calls are passed over.
 async fn event_for(phone: &mut Phone, kind: &str, call_id: &str) -> Value {
     loop {
         let event = phone.event(kind).await;

@@ -52,11 +52,14 @@ async fn authenticate(
     outbox: &Arc<Outbox>,
 ) -> Option<(Endpoint, u64)> {
     let deadline = Instant::now() + hub.config().ws_auth_timeout;
-    let refuse = |id: Option<&str>, message: &str| {
-        outbox.push(error_frame(id, ErrorCode::Unauthenticated, message));
-        outbox.close(close::UNAUTHENTICATED);
+    // Answers with an error and closes the connection with `close_code`.
+    let refuse_with = |id: Option<&str>, code: ErrorCode, message: &str, close_code: u16| {
+        outbox.push(error_frame(id, code, message));
+        outbox.close(close_code);
         None
     };
+    let refuse =
+        |id: Option<&str>, message: &str| refuse_with(id, ErrorCode::Unauthenticated, message, close::UNAUTHENTICATED);
     loop {
         let text = match timeout_at(deadline, socket.next()).await {
             Err(_) => return refuse(None, "send auth with an access token first, within the deadline"),
@@ -87,24 +90,18 @@ async fn authenticate(
                 }));
                 Some((endpoint, link))
             }
-            Err(AttachError::TooManyDevices) => {
-                outbox.push(error_frame(
-                    Some(&message.id),
-                    ErrorCode::TooManyDevices,
-                    "this account has as many devices connected as allowed",
-                ));
-                outbox.close(close::TOO_MANY_DEVICES);
-                None
-            }
-            Err(AttachError::Unavailable) => {
-                outbox.push(error_frame(
-                    Some(&message.id),
-                    ErrorCode::Internal,
-                    "the server could not register this device; reconnect",
-                ));
-                outbox.close(close::RECONNECT);
-                None
-            }
+            Err(AttachError::TooManyDevices) => refuse_with(
+                Some(&message.id),
+                ErrorCode::TooManyDevices,
+                "this account has as many devices connected as allowed",
+                close::TOO_MANY_DEVICES,
+            ),
+            Err(AttachError::Unavailable) => refuse_with(
+                Some(&message.id),
+                ErrorCode::Internal,
+                "the server could not register this device; reconnect",
+                close::RECONNECT,
+            ),
             Err(AttachError::Stopping) => {
                 outbox.close(close::GOING_AWAY);
                 None

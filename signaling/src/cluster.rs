@@ -35,7 +35,7 @@ use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{Client, RedisError, Value};
 use tokio::sync::Mutex;
 
-use crate::hub::frame_sized;
+use crate::hub::event_frame;
 use crate::machine::{At, Call, Callee, Endpoint, Limits, Output, Reply, Switchboard};
 use crate::protocol::{CallId, ClientBody};
 
@@ -137,6 +137,19 @@ impl Keys {
     }
     fn device_channel(&self, device: &str) -> String {
         format!("{}:dev:{device}", self.prefix)
+    }
+
+    /// Adds a PUBLISH of each event among `outputs` to its device's channel;
+    /// returns how many.
+    fn publish_events(&self, pipe: &mut redis::Pipeline, outputs: &[Output]) -> usize {
+        let mut published = 0;
+        for output in outputs {
+            if let Output::Send { to, event } = output {
+                pipe.cmd("PUBLISH").arg(self.device_channel(to)).arg(event_frame(event).as_str()).ignore();
+                published += 1;
+            }
+        }
+        published
     }
 }
 
@@ -353,16 +366,7 @@ impl Cluster {
         let mut board = Switchboard::with_calls(self.limits, calls);
         let (reply, outputs) = board.handle(from, body, None, now);
         let mut publish = redis::pipe();
-        for output in &outputs {
-            if let Output::Send { to, event } = output {
-                publish
-                    .cmd("PUBLISH")
-                    .arg(self.keys.device_channel(to))
-                    .arg(frame_sized(event, event.frame_bytes_hint()).as_str())
-                    .ignore();
-            }
-        }
-        if !publish.is_empty() {
+        if self.keys.publish_events(&mut publish, &outputs) > 0 {
             self.query_pipe::<()>(&publish).await?;
         }
         Ok((reply, outputs))
@@ -664,16 +668,7 @@ impl Cluster {
             commit.cmd("PUBLISH").arg(keys.device_channel(device)).arg(notice).ignore();
             commands += 1;
         }
-        for output in &effects.outputs {
-            if let Output::Send { to, event } = output {
-                commit
-                    .cmd("PUBLISH")
-                    .arg(keys.device_channel(to))
-                    .arg(frame_sized(event, event.frame_bytes_hint()).as_str())
-                    .ignore();
-                commands += 1;
-            }
-        }
+        commands += keys.publish_events(&mut commit, &effects.outputs);
         if commands == 0 {
             redis::cmd("UNWATCH").query_async::<()>(connection).await?;
             return Ok(Some((result, effects.outputs)));

@@ -32,9 +32,9 @@ use tokio::sync::Notify;
 
 use crate::cluster::{Cluster, ClusterConfig, Delivery, Owner, Subscription, TooManyDevices};
 use crate::config::SignalingConfig;
-#[cfg(test)]
-use crate::machine::ServerEvent;
-use crate::machine::{AccountId, At, Callee, DeviceId, Endpoint, IcePolicy, Output, Reply, Switchboard};
+use crate::machine::{
+    AccountId, At, Callee, DeviceId, Ended, Endpoint, IcePolicy, Output, Reply, ServerEvent, Switchboard,
+};
 use crate::protocol::{CallId, ClientBody, ClientMessage, ErrorCode, HangupReason, PROTOCOL_VERSION};
 use crate::store;
 
@@ -722,6 +722,12 @@ impl Hub {
 /// How long shutdown waits for sockets to flush their last frames.
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 
+impl From<Ended> for RecordWrite {
+    fn from(ended: Ended) -> Self {
+        RecordWrite::End { call_id: ended.call_id, reason: ended.reason, talking: ended.talking }
+    }
+}
+
 /// Queues the machine's events on the devices' outboxes and collects the
 /// record writes its outputs call for.
 fn deliver(state: &mut State, outputs: Vec<Output>, writes: &mut Vec<RecordWrite>) {
@@ -729,12 +735,10 @@ fn deliver(state: &mut State, outputs: Vec<Output>, writes: &mut Vec<RecordWrite
         match output {
             Output::Send { to, event } => {
                 if let Some(link) = state.links.get(&to) {
-                    link.outbox.push(frame_sized(&event, event.frame_bytes_hint()));
+                    link.outbox.push(event_frame(&event));
                 }
             }
-            Output::Ended(ended) => {
-                writes.push(RecordWrite::End { call_id: ended.call_id, reason: ended.reason, talking: ended.talking })
-            }
+            Output::Ended(ended) => writes.push(ended.into()),
         }
     }
     meters().calls_in_progress.set(state.board.calls_in_progress() as f64);
@@ -760,7 +764,7 @@ pub fn meters() -> &'static Meters {
 fn ended_writes(outputs: Vec<Output>, writes: &mut Vec<RecordWrite>) {
     for output in outputs {
         if let Output::Ended(ended) = output {
-            writes.push(RecordWrite::End { call_id: ended.call_id, reason: ended.reason, talking: ended.talking });
+            writes.push(ended.into());
         }
     }
 }
@@ -811,9 +815,14 @@ pub fn frame(message: &impl Serialize) -> Utf8Bytes {
     frame_sized(message, 128)
 }
 
+/// An event's frame, in a buffer sized for it.
+pub fn event_frame(event: &ServerEvent) -> Utf8Bytes {
+    frame_sized(event, event.frame_bytes_hint())
+}
+
 /// [`frame`], with room for `capacity` bytes from the start (no regrowth
 /// for a frame carrying SDP or candidates).
-pub fn frame_sized(message: &impl Serialize, capacity: usize) -> Utf8Bytes {
+fn frame_sized(message: &impl Serialize, capacity: usize) -> Utf8Bytes {
     const PREFIX: &[u8] = b"{\"v\":1";
     const _: () = assert!(PROTOCOL_VERSION == 1);
     let mut bytes = Vec::with_capacity(capacity);

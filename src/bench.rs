@@ -89,6 +89,8 @@ async fn accounts(bench: AccountsBench) -> Result<(), String> {
         code_sender: Some(CodeSenderKind::Webhook),
         code_webhook_url: Some(hook_url),
         sign_in_codes_per_addr_per_hour_max: Some(0),
+        // Calls are not measured here: no TURN relay.
+        turn: Some(crate::config::TurnMode::Off),
         ..Default::default()
     };
     let built = crate::serve::build(&options, None, courier_common::shutdown::CancellationToken::new()).await?;

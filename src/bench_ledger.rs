@@ -53,6 +53,8 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
         data_dir: Some(scratch.path().to_path_buf()),
         database_url: bench.database_url.clone(),
         database_connections_max: Some(bench.clients as u32 + 8),
+        // Calls are not measured here: no TURN relay.
+        turn: Some(crate::config::TurnMode::Off),
         ..Default::default()
     };
     let shutdown = courier_common::shutdown::CancellationToken::new();

@@ -26,6 +26,18 @@ pub enum CodeSenderKind {
     Webhook,
 }
 
+/// Where calls' media is relayed when peers cannot reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TurnMode {
+    /// The relay built into this process (development, small deployments).
+    Embedded,
+    /// coturn (production): --turn-urls and --turn-secret name it.
+    External,
+    /// No relay: only STUN URLs are handed out.
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -147,6 +159,50 @@ pub struct ServeOptions {
     /// Seconds a device that lost its socket mid-call has to `resume`.
     #[arg(long, env = "COURIER_RECONNECT_GRACE_S")]
     pub reconnect_grace_s: Option<u64>,
+    /// The TURN relay calls use: embedded (default), external (coturn) or off.
+    #[arg(long, env = "COURIER_TURN", value_enum)]
+    pub turn: Option<TurnMode>,
+    /// TURN shared secrets, comma-separated: the first signs credentials, all are accepted
+    /// (rotation). Default for the embedded relay: a secret created in the data directory.
+    #[arg(long, env = "COURIER_TURN_SECRET", value_delimiter = ',', hide_env_values = true)]
+    #[serde(default)]
+    pub turn_secret: Vec<String>,
+    /// TURN URLs handed to clients (external relay), comma-separated, e.g. turn:turn.example.com?transport=udp.
+    #[arg(long, env = "COURIER_TURN_URLS", value_delimiter = ',')]
+    #[serde(default)]
+    pub turn_urls: Vec<String>,
+    /// STUN URLs handed to clients, comma-separated; default with the embedded relay: the relay itself.
+    #[arg(long, env = "COURIER_STUN_URLS", value_delimiter = ',')]
+    #[serde(default)]
+    pub stun_urls: Vec<String>,
+    /// Seconds the TURN credentials handed out stay valid.
+    #[arg(long, env = "COURIER_TURN_CREDENTIAL_TTL_S")]
+    pub turn_credential_ttl_s: Option<u64>,
+    /// Where the embedded TURN relay listens, UDP and TCP; port 0 picks a free one.
+    #[arg(long, env = "COURIER_TURN_LISTEN")]
+    pub turn_listen: Option<SocketAddr>,
+    /// The address the embedded relay's relayed sockets bind to and announce (default: the listen address).
+    #[arg(long, env = "COURIER_TURN_RELAY_IP")]
+    pub turn_relay_ip: Option<std::net::IpAddr>,
+    /// Ports of the embedded relay's relayed sockets, LOW-HIGH.
+    #[arg(long, env = "COURIER_TURN_RELAY_PORTS")]
+    pub turn_relay_ports: Option<String>,
+    /// The embedded relay's realm.
+    #[arg(long, env = "COURIER_TURN_REALM")]
+    pub turn_realm: Option<String>,
+    /// Peer ranges (CIDR) the embedded relay may reach although they are not public, comma-separated.
+    #[arg(long, env = "COURIER_TURN_ALLOW_PEER", value_delimiter = ',')]
+    #[serde(default)]
+    pub turn_allow_peer: Vec<String>,
+    /// Allocations the embedded relay holds at once.
+    #[arg(long, env = "COURIER_TURN_ALLOCATIONS_MAX")]
+    pub turn_allocations_max: Option<usize>,
+    /// Allocations one account holds at once on the embedded relay.
+    #[arg(long, env = "COURIER_TURN_ALLOCATIONS_PER_USER_MAX")]
+    pub turn_allocations_per_user_max: Option<usize>,
+    /// The longest lifetime (seconds) the embedded relay grants an allocation before it must be refreshed.
+    #[arg(long, env = "COURIER_TURN_ALLOCATION_LIFETIME_MAX_S")]
+    pub turn_allocation_lifetime_max_s: Option<u64>,
 }
 
 /// Fills every `None` of `self` from `file`.
@@ -203,9 +259,28 @@ impl ServeOptions {
             ws_connections_max,
             ring_timeout_s,
             reconnect_grace_s,
+            turn,
+            turn_credential_ttl_s,
+            turn_listen,
+            turn_relay_ip,
+            turn_relay_ports,
+            turn_realm,
+            turn_allocations_max,
+            turn_allocations_per_user_max,
+            turn_allocation_lifetime_max_s,
         );
         if self.token_previous_key_file.is_empty() {
             self.token_previous_key_file = file.token_previous_key_file;
+        }
+        for (mine, theirs) in [
+            (&mut self.turn_secret, file.turn_secret),
+            (&mut self.turn_urls, file.turn_urls),
+            (&mut self.stun_urls, file.stun_urls),
+            (&mut self.turn_allow_peer, file.turn_allow_peer),
+        ] {
+            if mine.is_empty() {
+                *mine = theirs;
+            }
         }
         Ok(self)
     }
@@ -302,9 +377,69 @@ impl ServeOptions {
         })
     }
 
+    pub fn turn_mode(&self) -> TurnMode {
+        self.turn.unwrap_or(TurnMode::Embedded)
+    }
+
+    pub fn turn_credential_ttl(&self) -> Duration {
+        Duration::from_secs(
+            self.turn_credential_ttl_s.unwrap_or(courier_signaling::turn::TURN_CREDENTIAL_TTL_S_DEFAULT),
+        )
+    }
+
+    /// The embedded relay's settings, signing with `secrets`.
+    pub fn turn_config(
+        &self,
+        secrets: courier_signaling::turn::TurnSecrets,
+    ) -> Result<courier_signaling::turn::TurnConfig, String> {
+        use courier_signaling::turn::server::TURN_LISTEN_DEFAULT;
+        let listen = self.turn_listen.unwrap_or_else(|| TURN_LISTEN_DEFAULT.parse().expect("a valid default"));
+        let mut config = courier_signaling::turn::TurnConfig::new(listen, secrets);
+        if let Some(ip) = self.turn_relay_ip {
+            config.relay_ip = ip;
+        }
+        if let Some(ports) = &self.turn_relay_ports {
+            config.relay_ports = parse_port_range(ports)
+                .ok_or_else(|| format!("--turn-relay-ports {ports:?} is not a range LOW-HIGH such as 49152-65535"))?;
+        }
+        if let Some(realm) = &self.turn_realm {
+            config.realm = realm.clone();
+        }
+        config.allow_peers = self
+            .turn_allow_peer
+            .iter()
+            .map(|cidr| cidr.trim().parse().map_err(|_| format!("--turn-allow-peer {cidr:?} is not a CIDR range")))
+            .collect::<Result<_, _>>()?;
+        if let Some(max) = self.turn_allocations_max {
+            config.allocations_max = max;
+        }
+        if let Some(max) = self.turn_allocations_per_user_max {
+            config.allocations_per_user_max = max;
+        }
+        if let Some(max) = self.turn_allocation_lifetime_max_s {
+            config.allocation_lifetime_max = Duration::from_secs(max);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Refuses settings that cannot work, with what to do instead.
     pub fn validate(&self) -> Result<(), String> {
         self.signaling_config().validate()?;
+        for url in self.turn_urls.iter().chain(&self.stun_urls) {
+            courier_signaling::turn::check_url(url)?;
+        }
+        if !self.turn_secret.is_empty() {
+            courier_signaling::turn::TurnSecrets::new(self.turn_secret.clone())?;
+        }
+        if self.turn_mode() == TurnMode::External && (self.turn_urls.is_empty() || self.turn_secret.is_empty()) {
+            return Err(
+                "--turn external needs --turn-urls and --turn-secret (the secret coturn's use-auth-secret uses)".into(),
+            );
+        }
+        if self.turn_credential_ttl_s.is_some_and(|ttl| !(60..=7 * 24 * 3_600).contains(&ttl)) {
+            return Err("--turn-credential-ttl-s must be between 60 and 604800".into());
+        }
         if self.redis_node_ttl_s == Some(0) {
             return Err("--redis-node-ttl-s must be at least 1".into());
         }
@@ -339,9 +474,34 @@ impl ServeOptions {
     }
 }
 
+/// `LOW-HIGH`, both ports above 0 and in order.
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let (low, high) = text.split_once('-')?;
+    let (low, high): (u16, u16) = (low.trim().parse().ok()?, high.trim().parse().ok()?);
+    (low > 0 && low <= high).then_some((low, high))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn turn_settings_are_checked() {
+        assert_eq!(parse_port_range("49152-65535"), Some((49_152, 65_535)));
+        assert_eq!(parse_port_range("5000-4000"), None);
+        assert_eq!(parse_port_range("0-10"), None);
+        let external = ServeOptions { turn: Some(TurnMode::External), ..Default::default() };
+        assert!(external.validate().unwrap_err().contains("--turn-urls"));
+        let bad_url = ServeOptions { turn_urls: vec!["http://x".into()], ..Default::default() };
+        assert!(bad_url.validate().is_err());
+        let weak = ServeOptions { turn_secret: vec!["short".into()], ..Default::default() };
+        assert!(weak.validate().unwrap_err().contains("at least"));
+        let secrets = courier_signaling::turn::TurnSecrets::new(vec!["0123456789abcdef".into()]).unwrap();
+        let bad_cidr = ServeOptions { turn_allow_peer: vec!["10.0.0.0/33".into()], ..Default::default() };
+        assert!(bad_cidr.turn_config(secrets.clone()).unwrap_err().contains("CIDR"));
+        let wildcard = ServeOptions { turn_listen: Some("0.0.0.0:3478".parse().unwrap()), ..Default::default() };
+        assert!(wildcard.turn_config(secrets).unwrap_err().contains("--turn-relay-ip"));
+    }
 
     #[test]
     fn the_file_fills_only_what_flags_and_env_left_open() {

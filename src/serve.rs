@@ -14,10 +14,13 @@ use courier_common::observe::{OpsDoc, ops_routes};
 use courier_common::shutdown::CancellationToken;
 use courier_payments::Payments;
 use courier_payments::writer::{self, WriterLock};
+use courier_signaling::turn::{IceServers, TurnSecrets, TurnServer};
 use std::sync::Arc;
 use utoipa::OpenApi;
 
-use crate::config::{CodeSenderKind, ServeOptions};
+use crate::config::{CodeSenderKind, ServeOptions, TurnMode};
+
+const TURN_SECRET_FILE_NAME: &str = "turn-secret";
 
 /// Which services one process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -37,6 +40,8 @@ pub struct Built {
     /// Background tasks that finish their work once shutdown is signalled.
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
     pub payments: Option<Payments>,
+    /// Where the embedded TURN relay listens (UDP and TCP), when it runs.
+    pub turn: Option<SocketAddr>,
 }
 
 /// Builds the routers of `service` (all services when `None`). Background
@@ -80,6 +85,7 @@ pub async fn build(
     let verifier = verifier.ok_or("no token verifier")?;
     let mut tasks = Vec::new();
     let mut payments = None;
+    let mut turn = None;
     if runs_signaling {
         let hub = match options.cluster_config() {
             Some(cluster) => {
@@ -101,7 +107,33 @@ pub async fn build(
             }
         }
         tasks.push(tokio::spawn(hub.clone().run(shutdown.clone())));
-        router = router.merge(courier_signaling::app(courier_signaling::Signaling::new(hub, verifier.clone())));
+        let ice = match options.turn_mode() {
+            TurnMode::Embedded => {
+                let secrets = turn_secrets(options, &data_dir)?;
+                let relay = TurnServer::bind(options.turn_config(secrets.clone())?).await?;
+                let addr = relay.local_addr();
+                turn = Some(addr);
+                tasks.push(relay.spawn(shutdown.clone()));
+                let mut ice = IceServers::embedded(addr, secrets, options.turn_credential_ttl());
+                // A relay behind a public name or a NAT is announced by the URLs given.
+                if !options.turn_urls.is_empty() {
+                    ice.turn_urls = options.turn_urls.clone();
+                }
+                if !options.stun_urls.is_empty() {
+                    ice.stun_urls = options.stun_urls.clone();
+                }
+                ice
+            }
+            TurnMode::External => IceServers {
+                stun_urls: options.stun_urls.clone(),
+                turn_urls: options.turn_urls.clone(),
+                secrets: Some(TurnSecrets::new(options.turn_secret.clone())?),
+                credential_ttl: options.turn_credential_ttl(),
+            },
+            TurnMode::Off => IceServers { stun_urls: options.stun_urls.clone(), ..IceServers::default() },
+        };
+        let signaling = courier_signaling::Signaling::new(hub, verifier.clone()).with_ice_servers(ice);
+        router = router.merge(courier_signaling::app(signaling));
         doc.merge(courier_signaling::ApiDoc::openapi());
     }
     if runs_payments {
@@ -124,7 +156,42 @@ pub async fn build(
     let router = router
         .merge(ops_routes(Some(database.clone())))
         .route("/openapi.json", axum::routing::get(move || std::future::ready(axum::Json(doc.as_ref().clone()))));
-    Ok(Built { router: courier_common::http::stack(router, options.http_limits()), database, tasks, payments })
+    Ok(Built { router: courier_common::http::stack(router, options.http_limits()), database, tasks, payments, turn })
+}
+
+/// The configured TURN secrets, or else one kept in the data directory
+/// (created on first use), so that credentials outlive a restart.
+fn turn_secrets(options: &ServeOptions, data_dir: &std::path::Path) -> Result<TurnSecrets, String> {
+    if !options.turn_secret.is_empty() {
+        return TurnSecrets::new(options.turn_secret.clone());
+    }
+    let path = data_dir.join(TURN_SECRET_FILE_NAME);
+    let secret = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().to_owned(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            create_private_dir(data_dir)
+                .map_err(|error| format!("cannot create the data directory {}: {error}", data_dir.display()))?;
+            let mut bytes = [0u8; 32];
+            rand::fill(&mut bytes);
+            let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            write_private(&path, &secret).map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+            secret
+        }
+        Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+    };
+    TurnSecrets::new(vec![secret]).map_err(|error| format!("{}: {error}", path.display()))
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)?.write_all(text.as_bytes())
 }
 
 fn build_accounts(options: &ServeOptions, database: &Database) -> Result<Accounts, String> {
@@ -158,8 +225,11 @@ pub async fn run(options: ServeOptions, service: Option<Service>, shutdown: Canc
         _ => format!("cannot listen on {listen}: {error}"),
     })?;
     let local = listener.local_addr().map_err(|error| error.to_string())?;
-    // The one line on stdout: scripts and tests read the URL from it.
-    println!("courier listening on http://{local}");
+    // The first line on stdout: scripts and tests read the URL from it. Both
+    // lines go out in one write, so a reader that stops after the first one
+    // cannot fail a later write.
+    let turn = built.turn.map(|turn| format!("courier TURN relay on {turn} (udp, tcp)\n")).unwrap_or_default();
+    print!("courier listening on http://{local}\n{turn}");
     tracing::info!(url = %format!("http://{local}"), service = ?service, "serving");
     let stop = shutdown.clone();
     // Signaling frames are small and latency-bound: no Nagle delay.

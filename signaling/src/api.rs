@@ -21,6 +21,7 @@ use utoipa::{OpenApi, ToSchema};
 use crate::hub::Hub;
 use crate::protocol::HangupReason;
 use crate::store::{self, HistoryRow, Stats};
+use crate::turn::IceServers;
 use crate::ws;
 
 pub const COMMENT_CHARS_MAX: usize = 500;
@@ -40,11 +41,18 @@ const WS_WRITE_BUFFER_BYTES: usize = 64 * 1024;
 pub struct Signaling {
     hub: Hub,
     verifier: Arc<TokenVerifier>,
+    ice: Arc<IceServers>,
 }
 
 impl Signaling {
     pub fn new(hub: Hub, verifier: Arc<TokenVerifier>) -> Self {
-        Signaling { hub, verifier }
+        Signaling { hub, verifier, ice: Arc::new(IceServers::default()) }
+    }
+
+    /// The STUN and TURN servers `GET /v1/calls/ice-servers` hands out.
+    pub fn with_ice_servers(mut self, ice: IceServers) -> Self {
+        self.ice = Arc::new(ice);
+        self
     }
 
     pub fn hub(&self) -> &Hub {
@@ -58,10 +66,12 @@ impl FromRef<Signaling> for Arc<TokenVerifier> {
     }
 }
 
-/// The signaling router: `/v1/calls/ws`, `/v1/calls/history`, `/v1/calls/{id}/rating|stats`.
+/// The signaling router: `/v1/calls/ws`, `/v1/calls/ice-servers`, `/v1/calls/history`,
+/// `/v1/calls/{id}/rating|stats`.
 pub fn app(signaling: Signaling) -> Router {
     Router::new()
         .route("/v1/calls/ws", get(websocket))
+        .route("/v1/calls/ice-servers", get(ice_servers))
         .route("/v1/calls/history", get(history))
         .route("/v1/calls/{id}/rating", post(rate))
         .route("/v1/calls/{id}/stats", post(stats))
@@ -70,8 +80,8 @@ pub fn app(signaling: Signaling) -> Router {
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(websocket, history, rate, stats),
-    components(schemas(ErrorBody, CallView, RatingBody, Stats)),
+    paths(websocket, ice_servers, history, rate, stats),
+    components(schemas(ErrorBody, IceServersView, IceServerView, CallView, RatingBody, Stats)),
     tags((name = "calls", description = "Call signaling and call records"))
 )]
 pub struct ApiDoc;
@@ -112,6 +122,49 @@ async fn websocket(
             ws::serve(&mut socket, &signaling.hub, &signaling.verifier).await;
             drop(permit);
         })
+}
+
+/// One STUN or TURN server, as WebRTC's `RTCIceServer` takes it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IceServerView {
+    pub urls: Vec<String>,
+    /// TURN only: `<expiry unix time>:<account_id>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN only: base64(HMAC-SHA1(shared secret, username)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IceServersView {
+    pub ice_servers: Vec<IceServerView>,
+    /// Seconds the TURN credentials stay valid.
+    pub ttl: u64,
+}
+
+/// STUN and TURN servers for my calls, with TURN credentials of my own that
+/// expire after `ttl` seconds (the TURN REST API scheme coturn's
+/// `use-auth-secret` checks).
+#[utoipa::path(get, path = "/v1/calls/ice-servers", tag = "calls", security(("user" = [])),
+    responses((status = 200, body = IceServersView), (status = 401, body = ErrorBody)))]
+async fn ice_servers(State(signaling): State<Signaling>, user: AuthUser) -> axum::Json<IceServersView> {
+    let ice = &signaling.ice;
+    let ttl = ice.credential_ttl.as_secs();
+    let mut servers = Vec::with_capacity(2);
+    if !ice.stun_urls.is_empty() {
+        servers.push(IceServerView { urls: ice.stun_urls.clone(), username: None, credential: None });
+    }
+    if let Some(secrets) = ice.secrets.as_ref().filter(|_| !ice.turn_urls.is_empty()) {
+        let expires_at_s = (now_ms() / 1_000).max(0) as u64 + ttl;
+        let issued = secrets.issue(user.account_id(), expires_at_s);
+        servers.push(IceServerView {
+            urls: ice.turn_urls.clone(),
+            username: Some(issued.username),
+            credential: Some(issued.credential),
+        });
+    }
+    axum::Json(IceServersView { ice_servers: servers, ttl })
 }
 
 /// One call in its party's history.

@@ -17,6 +17,7 @@ pub mod hub;
 pub mod machine;
 pub mod protocol;
 pub mod store;
+pub mod turn;
 pub mod ws;
 
 pub use api::{ApiDoc, Signaling, app};

@@ -448,7 +448,7 @@ impl Shared {
         }
         let Ok(expires) = u64::from_str_radix(&nonce[..16], 16) else { return false };
         let expected = hex(&self.nonce_mac(expires, tuple.client.ip()));
-        let genuine: bool = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), nonce[16..].as_bytes()).into();
+        let genuine: bool = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), &nonce.as_bytes()[16..]).into();
         genuine && expires >= unix_now_s()
     }
 

@@ -437,8 +437,8 @@ impl ServeOptions {
                 "--turn external needs --turn-urls and --turn-secret (the secret coturn's use-auth-secret uses)".into(),
             );
         }
-        if self.turn_credential_ttl_s.is_some_and(|ttl| !(60..=7 * 24 * 3_600).contains(&ttl)) {
-            return Err("--turn-credential-ttl-s must be between 60 and 604800".into());
+        if self.turn_credential_ttl_s.is_some_and(|ttl| !(1..=7 * 24 * 3_600).contains(&ttl)) {
+            return Err("--turn-credential-ttl-s must be between 1 and 604800".into());
         }
         if self.redis_node_ttl_s == Some(0) {
             return Err("--redis-node-ttl-s must be at least 1".into());

@@ -225,11 +225,14 @@ pub async fn run(options: ServeOptions, service: Option<Service>, shutdown: Canc
         _ => format!("cannot listen on {listen}: {error}"),
     })?;
     let local = listener.local_addr().map_err(|error| error.to_string())?;
-    // The first line on stdout: scripts and tests read the URL from it. Both
-    // lines go out in one write, so a reader that stops after the first one
-    // cannot fail a later write.
-    let turn = built.turn.map(|turn| format!("courier TURN relay on {turn} (udp, tcp)\n")).unwrap_or_default();
-    print!("courier listening on http://{local}\n{turn}");
+    // The first line on stdout: scripts and tests read the URL from it. A
+    // reader that stops after that line must not fail the second one, so the
+    // lines go out in one write whose failure is ignored.
+    let mut lines = format!("courier listening on http://{local}\n");
+    if let Some(turn) = built.turn {
+        lines.push_str(&format!("courier TURN relay on {turn} (udp, tcp)\n"));
+    }
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), lines.as_bytes());
     tracing::info!(url = %format!("http://{local}"), service = ?service, "serving");
     let stop = shutdown.clone();
     // Signaling frames are small and latency-bound: no Nagle delay.

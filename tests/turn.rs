@@ -14,19 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use TurnError::Code;
+use courier_signaling::turn::client::{Allocated, TurnClient, TurnError, code_of};
 use courier_signaling::turn::credentials::{long_term_key, password};
 use rtc_stun::attributes::*;
-use rtc_stun::error_code::ErrorCodeAttribute;
-use rtc_stun::fingerprint::FINGERPRINT;
 use rtc_stun::integrity::MessageIntegrity;
 use rtc_stun::message::*;
 use rtc_stun::textattrs::TextAttribute;
-use rtc_stun::xoraddr::XorMappedAddress;
-use rtc_turn::proto::channum::ChannelNumber;
-use rtc_turn::proto::data::Data;
 use rtc_turn::proto::lifetime::Lifetime;
 use rtc_turn::proto::peeraddr::PeerAddress;
-use rtc_turn::proto::relayaddr::RelayedAddress;
 use rtc_turn::proto::reqfamily::REQUESTED_FAMILY_IPV6;
 use rtc_turn::proto::reqtrans::RequestedTransport;
 use rtc_turn::proto::rsrvtoken::ReservationToken;
@@ -51,192 +47,9 @@ fn credentials(secret: &str, account: &str, expires_at_s: u64) -> (String, Strin
     (username, credential)
 }
 
-/// A TURN client over UDP that speaks just enough RFC 5766 to drive a relay:
-/// it answers the 401 challenge with long-term credentials and reports each
-/// request's error code.
-struct TurnClient {
-    socket: UdpSocket,
-    server: SocketAddr,
-    username: String,
-    password: String,
-    realm: Option<String>,
-    nonce: Option<String>,
-    crypto: std::sync::Arc<dyn rtc_turn::crypto::RTCCryptoProvider>,
-}
-
-type Attributes = Vec<Box<dyn Setter>>;
-
-impl TurnClient {
-    async fn new(server: SocketAddr, username: &str, password: &str) -> TurnClient {
-        TurnClient {
-            socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
-            server,
-            username: username.into(),
-            password: password.into(),
-            realm: None,
-            nonce: None,
-            crypto: rtc_turn::crypto::default_provider().unwrap(),
-        }
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.socket.local_addr().unwrap()
-    }
-
-    /// Sends one request (retransmitted on loss), answering a challenge
-    /// (401 or 438 with a nonce) once with credentials.
-    async fn request(&mut self, method: Method, attributes: impl Fn() -> Attributes) -> Message {
-        let mut retried = false;
-        loop {
-            let signed = self.nonce.is_some();
-            let mut setters: Vec<Box<dyn Setter + '_>> =
-                vec![Box::new(MessageType::new(method, CLASS_REQUEST)), Box::new(TransactionId::new())];
-            setters.extend(attributes().into_iter().map(|setter| setter as Box<dyn Setter>));
-            if let (Some(realm), Some(nonce)) = (&self.realm, &self.nonce) {
-                let key = long_term_key(&self.username, realm, &self.password);
-                setters.push(Box::new(TextAttribute::new(ATTR_USERNAME, self.username.clone())));
-                setters.push(Box::new(TextAttribute::new(ATTR_REALM, realm.clone())));
-                setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.clone())));
-                setters.push(Box::new(MessageIntegrity::new_raw_integrity_with_provider(
-                    key.to_vec(),
-                    self.crypto.crypto(),
-                )));
-            }
-            setters.push(Box::new(FINGERPRINT));
-            let mut request = Message::new();
-            request.build(&setters).unwrap();
-            let response = self.exchange(&request).await;
-            // A challenge (401 to an unsigned request) or a stale nonce (438)
-            // is answered once with a fresh nonce.
-            let retry = !retried
-                && match code_of(&response) {
-                    Some(438) => true,
-                    Some(401) => !signed,
-                    _ => false,
-                };
-            if retry {
-                retried = true;
-                self.realm = TextAttribute::get_from_as(&response, ATTR_REALM).ok().map(|t| t.text);
-                self.nonce = TextAttribute::get_from_as(&response, ATTR_NONCE).ok().map(|t| t.text);
-                if self.nonce.is_some() {
-                    continue;
-                }
-            }
-            return response;
-        }
-    }
-
-    async fn exchange(&self, request: &Message) -> Message {
-        let mut buffer = vec![0u8; 2_048];
-        for _ in 0..5 {
-            self.socket.send_to(&request.raw, self.server).await.unwrap();
-            let deadline = tokio::time::Instant::now() + Duration::from_millis(800);
-            while let Ok(Ok((length, _))) = tokio::time::timeout_at(deadline, self.socket.recv_from(&mut buffer)).await
-            {
-                let mut response = Message::new();
-                if response.unmarshal_binary(&buffer[..length]).is_ok()
-                    && response.transaction_id == request.transaction_id
-                {
-                    return response;
-                }
-            }
-        }
-        panic!("no answer from the TURN server at {}", self.server);
-    }
-
-    async fn allocate_with(&mut self, extra: impl Fn() -> Attributes) -> Result<(SocketAddr, u64), u16> {
-        let response = self
-            .request(METHOD_ALLOCATE, || {
-                let mut attributes: Attributes = vec![Box::new(RequestedTransport { protocol: PROTO_UDP })];
-                attributes.extend(extra());
-                attributes
-            })
-            .await;
-        if let Some(code) = code_of(&response) {
-            return Err(code);
-        }
-        let mut relayed = RelayedAddress::default();
-        relayed.get_from(&response).expect("XOR-RELAYED-ADDRESS");
-        let mut lifetime = Lifetime::default();
-        lifetime.get_from(&response).expect("LIFETIME");
-        self.check_integrity(&response);
-        Ok((SocketAddr::new(relayed.ip, relayed.port), lifetime.0.as_secs()))
-    }
-
-    async fn allocate(&mut self) -> Result<(SocketAddr, u64), u16> {
-        self.allocate_with(Vec::new).await
-    }
-
-    async fn create_permission(&mut self, peers: &[SocketAddr]) -> Result<(), u16> {
-        let response = self
-            .request(METHOD_CREATE_PERMISSION, || {
-                peers
-                    .iter()
-                    .map(|peer| Box::new(PeerAddress { ip: peer.ip(), port: peer.port() }) as Box<dyn Setter>)
-                    .collect()
-            })
-            .await;
-        code_of(&response).map_or(Ok(()), Err)
-    }
-
-    async fn channel_bind(&mut self, number: u16, peer: SocketAddr) -> Result<(), u16> {
-        let response = self
-            .request(METHOD_CHANNEL_BIND, || {
-                vec![Box::new(ChannelNumber(number)), Box::new(PeerAddress { ip: peer.ip(), port: peer.port() })]
-            })
-            .await;
-        code_of(&response).map_or(Ok(()), Err)
-    }
-
-    async fn refresh(&mut self, lifetime_s: u64) -> Result<u64, u16> {
-        let response = self.request(METHOD_REFRESH, || vec![Box::new(Lifetime(Duration::from_secs(lifetime_s)))]).await;
-        if let Some(code) = code_of(&response) {
-            return Err(code);
-        }
-        let mut lifetime = Lifetime::default();
-        lifetime.get_from(&response).expect("LIFETIME");
-        Ok(lifetime.0.as_secs())
-    }
-
-    /// A STUN Binding request: the address the server sees us at.
-    async fn binding(&mut self) -> SocketAddr {
-        let mut request = Message::new();
-        request.build(&[Box::new(BINDING_REQUEST), Box::new(TransactionId::new())]).unwrap();
-        let response = self.exchange(&request).await;
-        let mut mapped = XorMappedAddress::default();
-        mapped.get_from(&response).expect("XOR-MAPPED-ADDRESS");
-        SocketAddr::new(mapped.ip, mapped.port)
-    }
-
-    /// A Send indication (no answer comes back).
-    async fn send_indication(&self, peer: SocketAddr, payload: &[u8]) {
-        let mut indication = Message::new();
-        indication
-            .build(&[
-                Box::new(MessageType::new(METHOD_SEND, CLASS_INDICATION)),
-                Box::new(TransactionId::new()),
-                Box::new(PeerAddress { ip: peer.ip(), port: peer.port() }),
-                Box::new(Data(payload.to_vec())),
-            ])
-            .unwrap();
-        self.socket.send_to(&indication.raw, self.server).await.unwrap();
-    }
-
-    /// Responses to authenticated requests are signed with the same key.
-    fn check_integrity(&self, response: &Message) {
-        let key = long_term_key(&self.username, self.realm.as_deref().unwrap(), &self.password);
-        let mut response = response.clone();
-        MessageIntegrity::check(&mut response, &key, self.crypto.crypto()).expect("a signed response");
-    }
-}
-
-fn code_of(response: &Message) -> Option<u16> {
-    if response.typ.class != CLASS_ERROR_RESPONSE {
-        return None;
-    }
-    let mut error = ErrorCodeAttribute::default();
-    error.get_from(response).expect("ERROR-CODE");
-    Some(error.code.0)
+async fn turn_client(server: SocketAddr, username: &str, password: &str) -> TurnClient {
+    let local: SocketAddr = if server.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }.parse().unwrap();
+    TurnClient::bind(local, server, username, password).await.unwrap()
 }
 
 /// The TURN server behind the first turn: URL of an ice-servers answer.
@@ -324,16 +137,16 @@ async fn ice_servers_hand_out_credentials_the_relay_accepts(db: Db) {
     assert_eq!(credential, password(SECRET, &username), "base64(HMAC-SHA1(secret, username))");
 
     // The relay answers STUN and takes the credentials while they are valid.
-    let mut client = TurnClient::new(relay, &username, &credential).await;
-    assert_eq!(client.binding().await, client.local_addr());
-    let (relayed, _) = client.allocate().await.expect("an allocation with fresh credentials");
+    let mut client = turn_client(relay, &username, &credential).await;
+    assert_eq!(client.binding().await.unwrap(), client.local_addr().unwrap());
+    let Allocated { relayed, .. } = client.allocate().await.expect("an allocation with fresh credentials");
     assert_eq!(relayed.ip(), relay.ip());
 
     // Once they expire, they open nothing.
     tokio::time::sleep(Duration::from_secs(expiry + 1).saturating_sub(Duration::from_secs(unix_now_s()))).await;
-    let mut late = TurnClient::new(relay, &username, &credential).await;
-    assert_eq!(late.allocate().await, Err(401), "expired credentials");
-    assert_eq!(client.refresh(600).await, Err(401), "a refresh with expired credentials");
+    let mut late = turn_client(relay, &username, &credential).await;
+    assert_eq!(late.allocate().await, Err(Code(401)), "expired credentials");
+    assert_eq!(client.refresh(600).await, Err(Code(401)), "a refresh with expired credentials");
     server.finish().await;
 }
 
@@ -372,22 +185,22 @@ async fn every_refusal_of_the_embedded_relay() {
 
     // Credentials: the current and the previous secret work; expired ones,
     // another secret, another username or a username not in the scheme do not.
-    let mut good = TurnClient::new(relay, &username, &credential).await;
+    let mut good = turn_client(relay, &username, &credential).await;
     good.allocate().await.expect("the current secret");
     let (old_username, old_credential) = credentials(OLD_SECRET, &alice.account_id, later);
-    TurnClient::new(relay, &old_username, &old_credential).await.allocate().await.expect("the previous secret");
+    turn_client(relay, &old_username, &old_credential).await.allocate().await.expect("the previous secret");
     let (expired, expired_credential) = credentials(SECRET, &alice.account_id, unix_now_s() - 10);
-    assert_eq!(TurnClient::new(relay, &expired, &expired_credential).await.allocate().await, Err(401), "expired");
+    assert_eq!(turn_client(relay, &expired, &expired_credential).await.allocate().await, Err(Code(401)), "expired");
     let (_, foreign) = credentials("someone-elses-secret-0123", &alice.account_id, later);
-    assert_eq!(TurnClient::new(relay, &username, &foreign).await.allocate().await, Err(401), "wrong secret");
+    assert_eq!(turn_client(relay, &username, &foreign).await.allocate().await, Err(Code(401)), "wrong secret");
     let (bob_username, _) = credentials(SECRET, "bob", later);
-    assert_eq!(TurnClient::new(relay, &bob_username, &credential).await.allocate().await, Err(401), "wrong username");
+    assert_eq!(turn_client(relay, &bob_username, &credential).await.allocate().await, Err(Code(401)), "wrong username");
     let plain = password(SECRET, "alice");
-    assert_eq!(TurnClient::new(relay, "alice", &plain).await.allocate().await, Err(401), "not <expiry>:<account>");
+    assert_eq!(turn_client(relay, "alice", &plain).await.allocate().await, Err(Code(401)), "not <expiry>:<account>");
 
     // A nonce the server did not hand out is stale (438); the client then
     // retries with a fresh one, as RFC 5389 says, and succeeds.
-    let mut forged = TurnClient::new(relay, &username, &credential).await;
+    let mut forged = turn_client(relay, &username, &credential).await;
     forged.realm = Some("courier".into());
     forged.nonce = Some("0000000000000000forgedforgedforged00".into());
     let mut request = Message::new();
@@ -400,45 +213,46 @@ async fn every_refusal_of_the_embedded_relay() {
             Box::new(TextAttribute::new(ATTR_USERNAME, username.clone())),
             Box::new(TextAttribute::new(ATTR_REALM, "courier".into())),
             Box::new(TextAttribute::new(ATTR_NONCE, forged.nonce.clone().unwrap())),
-            Box::new(MessageIntegrity::new_raw_integrity_with_provider(key.to_vec(), forged.crypto.crypto())),
+            Box::new(MessageIntegrity::new_raw_integrity_with_provider(key.to_vec(), forged.crypto())),
         ])
         .unwrap();
-    assert_eq!(code_of(&forged.exchange(&request).await), Some(438));
+    assert_eq!(code_of(&forged.exchange(&request).await.unwrap()), Some(438));
     forged.allocate().await.expect("after 438, a fresh nonce");
 
     // 437: a second allocation on the same 5-tuple, or none to refresh.
-    assert_eq!(good.allocate().await, Err(437));
-    let mut none = TurnClient::new(relay, &username, &credential).await;
-    assert_eq!(none.refresh(600).await, Err(437));
-    assert_eq!(none.create_permission(&["8.8.8.8:53".parse().unwrap()]).await, Err(437));
+    assert_eq!(good.allocate().await, Err(Code(437)));
+    let mut none = turn_client(relay, &username, &credential).await;
+    assert_eq!(none.refresh(600).await, Err(Code(437)));
+    assert_eq!(none.create_permission(&["8.8.8.8:53".parse().unwrap()]).await, Err(Code(437)));
     // 441: the allocation's requests must come from its own username.
     let (other, other_credential) = credentials(SECRET, &alice.account_id, later + 1);
-    let mut impostor = TurnClient::new(relay, &other, &other_credential).await;
+    let mut impostor = turn_client(relay, &other, &other_credential).await;
     impostor.socket = std::mem::replace(&mut good.socket, UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    assert_eq!(impostor.refresh(600).await, Err(441));
+    assert_eq!(impostor.refresh(600).await, Err(Code(441)));
     std::mem::swap(&mut good.socket, &mut impostor.socket);
     assert!(good.refresh(600).await.is_ok(), "its own username refreshes it");
 
     // 442 / 400 / 440 / 508 at Allocate.
-    let mut fresh = TurnClient::new(relay, &username, &credential).await;
-    let response = fresh.request(METHOD_ALLOCATE, || vec![Box::new(RequestedTransport { protocol: PROTO_TCP })]).await;
+    let mut fresh = turn_client(relay, &username, &credential).await;
+    let response =
+        fresh.request(METHOD_ALLOCATE, || vec![Box::new(RequestedTransport { protocol: PROTO_TCP })]).await.unwrap();
     assert_eq!(code_of(&response), Some(442), "TCP relaying is not offered");
-    assert_eq!(code_of(&fresh.request(METHOD_ALLOCATE, Vec::new).await), Some(400), "no REQUESTED-TRANSPORT");
-    let ipv6 = || vec![Box::new(REQUESTED_FAMILY_IPV6) as Box<dyn Setter>];
-    assert_eq!(fresh.allocate_with(ipv6).await, Err(440), "an IPv6 relay from an IPv4 server");
-    let token = || vec![Box::new(ReservationToken(vec![7; 8])) as Box<dyn Setter>];
-    assert_eq!(fresh.allocate_with(token).await, Err(508), "no port is reserved");
+    assert_eq!(code_of(&fresh.request(METHOD_ALLOCATE, Vec::new).await.unwrap()), Some(400), "no REQUESTED-TRANSPORT");
+    let ipv6 = || vec![Box::new(REQUESTED_FAMILY_IPV6) as Box<dyn Setter + Send>];
+    assert_eq!(fresh.allocate_with(ipv6).await, Err(Code(440)), "an IPv6 relay from an IPv4 server");
+    let token = || vec![Box::new(ReservationToken(vec![7; 8])) as Box<dyn Setter + Send>];
+    assert_eq!(fresh.allocate_with(token).await, Err(Code(508)), "no port is reserved");
     let connect = fresh.request(METHOD_CONNECT, || vec![Box::new(PeerAddress { ip: [8, 8, 8, 8].into(), port: 80 })]);
-    assert_eq!(code_of(&connect.await), Some(400), "RFC 6062 TCP relaying is not offered");
+    assert_eq!(code_of(&connect.await.unwrap()), Some(400), "RFC 6062 TCP relaying is not offered");
 
     // 400 / 443 at ChannelBind and CreatePermission.
     let public: SocketAddr = "8.8.8.8:3478".parse().unwrap();
-    assert_eq!(good.channel_bind(0x1000, public).await, Err(400), "a channel number below 0x4000");
-    assert_eq!(good.create_permission(&[]).await, Err(400), "no XOR-PEER-ADDRESS");
+    assert_eq!(good.channel_bind(0x1000, public).await, Err(Code(400)), "a channel number below 0x4000");
+    assert_eq!(good.create_permission(&[]).await, Err(Code(400)), "no XOR-PEER-ADDRESS");
     good.channel_bind(0x4001, public).await.expect("a public peer");
-    assert_eq!(good.channel_bind(0x4002, public).await, Err(400), "the peer is bound to another channel");
+    assert_eq!(good.channel_bind(0x4002, public).await, Err(Code(400)), "the peer is bound to another channel");
     let ipv6_peer: SocketAddr = "[2606:4700::1111]:3478".parse().unwrap();
-    assert_eq!(good.create_permission(&[ipv6_peer]).await, Err(443), "an IPv6 peer on an IPv4 relay");
+    assert_eq!(good.create_permission(&[ipv6_peer]).await, Err(Code(443)), "an IPv6 peer on an IPv4 relay");
     server.finish().await;
 }
 
@@ -476,7 +290,7 @@ async fn the_relay_refuses_every_non_public_peer() {
     let alice = server.sign_in(ALICE, "phone").await;
     let (ice, username, credential) = ice_credentials(&server, &alice.access_token).await;
     let relay = turn_addr(&ice);
-    let mut v4 = TurnClient::new(relay, &username, &credential).await;
+    let mut v4 = turn_client(relay, &username, &credential).await;
     v4.allocate().await.unwrap();
     // The same filter behind an IPv6 relay, for the IPv6 forms.
     let server6 = Server::start_with(Db::Sqlite, &["--turn-secret", SECRET, "--turn-listen", "[::1]:0"]).await;
@@ -484,29 +298,28 @@ async fn the_relay_refuses_every_non_public_peer() {
         ice_credentials(&server6, &server6.sign_in(ALICE, "phone").await.access_token).await;
     let relay6 = turn_addr(&ice6);
     assert!(relay6.is_ipv6());
-    let mut v6 = TurnClient::new(relay6, &username6, &credential6).await;
-    v6.socket = UdpSocket::bind("[::1]:0").await.unwrap();
-    let (relayed6, _) = v6.allocate().await.unwrap();
+    let mut v6 = turn_client(relay6, &username6, &credential6).await;
+    let Allocated { relayed: relayed6, .. } = v6.allocate().await.unwrap();
     assert_eq!(relayed6.ip(), relay6.ip());
     for (index, peer) in FORBIDDEN_PEERS.iter().enumerate() {
         let peer: SocketAddr = peer.parse().unwrap();
         // Each form is refused with 403 by the relay of its family; the
         // relay of the other family refuses it too (443: family mismatch).
         let (same, other) = if peer.is_ipv6() { (&mut v6, &mut v4) } else { (&mut v4, &mut v6) };
-        assert_eq!(same.create_permission(&[peer]).await, Err(403), "CreatePermission {peer}");
-        assert_eq!(same.channel_bind(0x4000 + index as u16, peer).await, Err(403), "ChannelBind {peer}");
+        assert_eq!(same.create_permission(&[peer]).await, Err(Code(403)), "CreatePermission {peer}");
+        assert_eq!(same.channel_bind(0x4000 + index as u16, peer).await, Err(Code(403)), "ChannelBind {peer}");
         let public: SocketAddr = if peer.is_ipv6() { "[2606:4700::1111]:53" } else { "8.8.8.8:53" }.parse().unwrap();
         assert_eq!(
             same.create_permission(&[public, peer]).await,
-            Err(403),
+            Err(Code(403)),
             "one forbidden peer among public ones refuses the whole request: {peer}"
         );
-        assert_eq!(other.create_permission(&[peer]).await, Err(443), "CreatePermission {peer} across families");
+        assert_eq!(other.create_permission(&[peer]).await, Err(Code(443)), "CreatePermission {peer} across families");
     }
     server6.finish().await;
     // Sends to a loopback peer are dropped: a socket of ours never hears them.
     let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    v4.send_indication(peer.local_addr().unwrap(), b"let me in").await;
+    v4.send_indication(peer.local_addr().unwrap(), b"let me in").await.unwrap();
     let mut buffer = [0u8; 64];
     let heard = tokio::time::timeout(Duration::from_millis(500), peer.recv_from(&mut buffer)).await;
     assert!(heard.is_err(), "a Send indication to loopback went through");
@@ -518,15 +331,15 @@ async fn the_relay_refuses_every_non_public_peer() {
             .await;
     let alice = server.sign_in(ALICE, "phone").await;
     let (ice, username, credential) = ice_credentials(&server, &alice.access_token).await;
-    let mut client = TurnClient::new(turn_addr(&ice), &username, &credential).await;
+    let mut client = turn_client(turn_addr(&ice), &username, &credential).await;
     client.allocate().await.unwrap();
     client.create_permission(&["10.1.2.3:9".parse().unwrap()]).await.expect("allow-listed");
     client.create_permission(&["[::ffff:10.1.2.3]:9".parse().unwrap()]).await.expect_err("but not across families");
-    assert_eq!(client.create_permission(&["127.0.0.2:9".parse().unwrap()]).await, Err(403), "outside the /32");
-    assert_eq!(client.create_permission(&["192.168.0.1:9".parse().unwrap()]).await, Err(403));
-    assert_eq!(client.create_permission(&["169.254.169.254:80".parse().unwrap()]).await, Err(403));
+    assert_eq!(client.create_permission(&["127.0.0.2:9".parse().unwrap()]).await, Err(Code(403)), "outside the /32");
+    assert_eq!(client.create_permission(&["192.168.0.1:9".parse().unwrap()]).await, Err(Code(403)));
+    assert_eq!(client.create_permission(&["169.254.169.254:80".parse().unwrap()]).await, Err(Code(403)));
     client.create_permission(&[peer.local_addr().unwrap()]).await.expect("allow-listed loopback");
-    client.send_indication(peer.local_addr().unwrap(), b"hello").await;
+    client.send_indication(peer.local_addr().unwrap(), b"hello").await.unwrap();
     let (length, from) =
         tokio::time::timeout(Duration::from_secs(2), peer.recv_from(&mut buffer)).await.unwrap().unwrap();
     assert_eq!(&buffer[..length], b"hello");
@@ -560,18 +373,18 @@ async fn quotas_and_lifetimes_of_the_embedded_relay() {
     let (_, bob_user, bob_credential) = ice_credentials(&server, &bob.access_token).await;
     let relay = turn_addr(&ice);
 
-    let mut first = TurnClient::new(relay, &alice_user, &alice_credential).await;
-    let lifetime = || vec![Box::new(Lifetime(Duration::from_secs(3_600))) as Box<dyn Setter>];
-    let (_, granted) = first.allocate_with(lifetime).await.unwrap();
+    let mut first = turn_client(relay, &alice_user, &alice_credential).await;
+    let lifetime = || vec![Box::new(Lifetime(Duration::from_secs(3_600))) as Box<dyn Setter + Send>];
+    let granted = first.allocate_with(lifetime).await.unwrap().lifetime_s;
     assert_eq!(granted, 2, "capped at --turn-allocation-lifetime-max-s");
-    let mut second = TurnClient::new(relay, &alice_user, &alice_credential).await;
+    let mut second = turn_client(relay, &alice_user, &alice_credential).await;
     second.allocate().await.unwrap();
-    let mut third = TurnClient::new(relay, &alice_user, &alice_credential).await;
-    assert_eq!(third.allocate().await, Err(486), "per-account quota");
-    let mut bobs = TurnClient::new(relay, &bob_user, &bob_credential).await;
+    let mut third = turn_client(relay, &alice_user, &alice_credential).await;
+    assert_eq!(third.allocate().await, Err(Code(486)), "per-account quota");
+    let mut bobs = turn_client(relay, &bob_user, &bob_credential).await;
     bobs.allocate().await.unwrap();
-    let mut bobs_second = TurnClient::new(relay, &bob_user, &bob_credential).await;
-    assert_eq!(bobs_second.allocate().await, Err(508), "total capacity");
+    let mut bobs_second = turn_client(relay, &bob_user, &bob_credential).await;
+    assert_eq!(bobs_second.allocate().await, Err(Code(508)), "total capacity");
 
     // Refresh with lifetime 0 ends an allocation and frees its place.
     assert_eq!(second.refresh(0).await, Ok(0));
@@ -579,7 +392,7 @@ async fn quotas_and_lifetimes_of_the_embedded_relay() {
 
     // An allocation that is not refreshed ends with its lifetime.
     tokio::time::sleep(Duration::from_millis(3_500)).await;
-    assert_eq!(first.refresh(600).await, Err(437), "expired after 2 s");
+    assert_eq!(first.refresh(600).await, Err(Code(437)), "expired after 2 s");
     first.allocate().await.expect("the expired allocations freed their places");
     server.finish().await;
 }
@@ -694,7 +507,7 @@ async fn coturn_accepts_the_credentials_courier_hands_out() {
     assert_eq!(turn_addr(&ice), turn);
     assert_eq!(ice["ice_servers"][0]["urls"][0], format!("stun:{turn}"));
 
-    let mut client = TurnClient::new(turn, &username, &credential).await;
+    let mut client = turn_client(turn, &username, &credential).await;
     client.allocate().await.expect("coturn takes Courier's credentials");
     let run = uclient(turn, &username, &credential, &["-y", "-c", "-n", "50", "-m", "2", "-l", "170"]).await;
     assert_eq!((run.received, run.lost), (100, 0), "{}", run.output);
@@ -702,9 +515,9 @@ async fn coturn_accepts_the_credentials_courier_hands_out() {
     // coturn refuses what the embedded relay refuses.
     let later = unix_now_s() + 600;
     let (expired, expired_credential) = credentials(SECRET, &alice.account_id, unix_now_s() - 10);
-    assert_eq!(TurnClient::new(turn, &expired, &expired_credential).await.allocate().await, Err(401), "expired");
+    assert_eq!(turn_client(turn, &expired, &expired_credential).await.allocate().await, Err(Code(401)), "expired");
     let (_, foreign) = credentials("someone-elses-secret-0123", &alice.account_id, later);
-    assert_eq!(TurnClient::new(turn, &username, &foreign).await.allocate().await, Err(401), "wrong secret");
+    assert_eq!(turn_client(turn, &username, &foreign).await.allocate().await, Err(Code(401)), "wrong secret");
     server.finish().await;
     drop(coturn);
 
@@ -713,7 +526,7 @@ async fn coturn_accepts_the_credentials_courier_hands_out() {
     let coturn = Coturn::start(SECRET, &[]);
     coturn.ready().await;
     let (username, credential) = credentials(SECRET, &alice.account_id, later);
-    let mut client = TurnClient::new(coturn.addr, &username, &credential).await;
+    let mut client = turn_client(coturn.addr, &username, &credential).await;
     client.allocate().await.unwrap();
     for peer in [
         "127.0.0.1:9",
@@ -726,7 +539,11 @@ async fn coturn_accepts_the_credentials_courier_hands_out() {
         "224.0.0.1:9",
         "255.255.255.255:9",
     ] {
-        assert_eq!(client.create_permission(&[peer.parse().unwrap()]).await, Err(403), "coturn, sample config: {peer}");
+        assert_eq!(
+            client.create_permission(&[peer.parse().unwrap()]).await,
+            Err(Code(403)),
+            "coturn, sample config: {peer}"
+        );
     }
     client.create_permission(&["8.8.8.8:53".parse().unwrap()]).await.expect("a public peer");
 }

@@ -4,6 +4,7 @@
 //! `courier serve` runs for development and small deployments. Production
 //! runs coturn with the same shared secret (`deploy/turnserver.conf`).
 
+pub mod client;
 pub mod credentials;
 pub mod filter;
 pub mod server;

@@ -30,6 +30,8 @@ enum BenchCommand {
     Ledger(crate::bench_ledger::LedgerBench),
     /// Signaling messages/s, delivery latency and memory per idle connection, against PeerJS.
     Signaling(crate::bench_signaling::SignalingBench),
+    /// TURN packets/s relayed at 0 % loss by the embedded relay, against coturn.
+    Turn(crate::bench_turn::TurnBench),
 }
 
 #[derive(Args)]
@@ -56,6 +58,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         BenchCommand::Accounts(bench) => accounts(bench).await,
         BenchCommand::Ledger(bench) => crate::bench_ledger::run(bench).await,
         BenchCommand::Signaling(bench) => crate::bench_signaling::run(bench).await,
+        BenchCommand::Turn(bench) => crate::bench_turn::run(bench).await,
     }
 }
 

@@ -6,6 +6,7 @@ mod admin;
 mod bench;
 mod bench_ledger;
 mod bench_signaling;
+mod bench_turn;
 mod config;
 mod serve;
 

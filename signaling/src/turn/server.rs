@@ -65,6 +65,10 @@ const RELAY_BIND_ATTEMPTS: usize = 64;
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Largest UDP payload.
 const DATAGRAM_BYTES_MAX: usize = 65_535;
+/// Kernel buffers of the UDP listener, which every client's packets share:
+/// room for bursts while its task waits for a core (the kernel caps them at
+/// net.core.rmem_max / wmem_max).
+const LISTENER_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 const SOFTWARE: &str = concat!("courier/", env!("CARGO_PKG_VERSION"));
 
 #[derive(Debug, Clone)]
@@ -138,6 +142,13 @@ impl TurnServer {
         let (udp, tcp) = loop {
             attempt += 1;
             let udp = UdpSocket::bind(listen).await.map_err(|error| bind_error("UDP", listen, &error))?;
+            let buffers = socket2::SockRef::from(&udp);
+            if let Err(error) = buffers
+                .set_recv_buffer_size(LISTENER_BUFFER_BYTES)
+                .and_then(|()| buffers.set_send_buffer_size(LISTENER_BUFFER_BYTES))
+            {
+                tracing::warn!(%error, "cannot size the TURN listener's buffers");
+            }
             let port = udp.local_addr().map_err(|error| error.to_string())?.port();
             match TcpListener::bind(SocketAddr::new(listen.ip(), port)).await {
                 Ok(tcp) => break (udp, tcp),

@@ -39,7 +39,7 @@ const CHANNEL: u16 = 0x4000;
 #[derive(Args)]
 pub struct TurnBench {
     /// Session counts to step through (each session: two clients relaying to each other).
-    #[arg(long, value_delimiter = ',', default_value = "100,200,400,600,800,1000,1200,1600,2000")]
+    #[arg(long, value_delimiter = ',', default_value = "100,200,400,500,600,700,800,900,1000,1200,1600")]
     sessions: Vec<usize>,
     /// Packets per second each client sends (Opus with 20 ms frames: 50).
     #[arg(long, default_value_t = 50)]

@@ -174,24 +174,41 @@ fn turn_secrets(options: &ServeOptions, data_dir: &std::path::Path) -> Result<Tu
             let mut bytes = [0u8; 32];
             rand::fill(&mut bytes);
             let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            write_private(&path, &secret).map_err(|error| format!("cannot write {}: {error}", path.display()))?;
-            secret
+            match write_private(&path, &secret) {
+                Ok(()) => secret,
+                // Another process on the same data directory made it first.
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read_to_string(&path)
+                    .map_err(|error| format!("cannot read {}: {error}", path.display()))?
+                    .trim()
+                    .to_owned(),
+                Err(error) => return Err(format!("cannot write {}: {error}", path.display())),
+            }
         }
         Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
     };
     TurnSecrets::new(vec![secret]).map_err(|error| format!("{}: {error}", path.display()))
 }
 
+/// Writes `text` to a new file at `path` (mode 0600) whole or not at all:
+/// a concurrent reader never sees it half-written, and an existing file is
+/// left alone (AlreadyExists).
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
+    let staging = path.with_extension(format!("{}.tmp", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    options.open(path)?.write_all(text.as_bytes())
+    let written = options.open(&staging).and_then(|mut file| {
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&staging, path));
+    let _ = std::fs::remove_file(&staging);
+    linked
 }
 
 fn build_accounts(options: &ServeOptions, database: &Database) -> Result<Accounts, String> {

@@ -6,5 +6,7 @@
 //! It must never send a host or server-reflexive candidate when the call's
 //! ICE policy is `relay`.
 //!
-//! The client lands with its own milestone; this crate holds its place in the
-//! workspace.
+//! So far: the short authentication string ([`sas`]). The signaling client,
+//! the peer connection and the audio pipeline follow.
+
+pub mod sas;

@@ -6,7 +6,8 @@
 //! It must never send a host or server-reflexive candidate when the call's
 //! ICE policy is `relay`.
 //!
-//! So far: the short authentication string ([`sas`]). The signaling client,
-//! the peer connection and the audio pipeline follow.
+//! So far: the audio pipeline ([`audio`]) and the short authentication string
+//! ([`sas`]). The signaling client and the peer connection follow.
 
+pub mod audio;
 pub mod sas;

@@ -7,7 +7,9 @@
 //! ICE policy is `relay`.
 //!
 //! So far: the audio pipeline ([`audio`]) and the short authentication string
-//! ([`sas`]). The signaling client and the peer connection follow.
+//! ([`sas`]), and the signaling client ([`signaling`]). The peer connection
+//! and the `courier call` commands follow.
 
 pub mod audio;
 pub mod sas;
+pub mod signaling;

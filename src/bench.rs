@@ -308,3 +308,39 @@ fn token_throughput(threads: usize, phase: Duration) -> (f64, f64, f64) {
     }));
     (verify, cached, issue)
 }
+
+/// How long a server started by a benchmark may take to say where it listens.
+const SERVE_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Lines a child `courier serve` prints on stdout.
+pub type ServeLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Starts `courier serve <args>` as a child process on a free port, its data
+/// in `scratch`, logging warnings only; returns it and its stdout lines.
+pub fn spawn_serve(scratch: &std::path::Path, args: &[&str]) -> Result<(tokio::process::Child, ServeLines), String> {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(scratch)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("COURIER_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| format!("cannot start courier serve: {error}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    Ok((child, tokio::io::BufReader::new(stdout).lines()))
+}
+
+/// The next line a child server prints, within the start-up timeout.
+pub async fn next_serve_line(lines: &mut ServeLines) -> Result<String, String> {
+    tokio::time::timeout(SERVE_START_TIMEOUT, lines.next_line())
+        .await
+        .map_err(|_| "courier serve did not start in time")?
+        .map_err(|error| error.to_string())?
+        .ok_or_else(|| "courier serve exited".to_owned())
+}

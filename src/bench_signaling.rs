@@ -219,25 +219,21 @@ async fn start_courier() -> Result<Target, String> {
     let scratch = tempfile::tempdir().map_err(|error| error.to_string())?;
     let key = TokenKey::load_or_create(&scratch.path().join("token-signing-key.pem")).map_err(|e| e.to_string())?;
     let issuer = Arc::new(TokenIssuer::new(key, vec![], 3_600));
-    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
-    let mut child = Command::new(exe)
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(scratch.path())
-        .args(["--listen", "127.0.0.1:0", "--ws-messages-per-s", "1000000", "--ws-messages-burst", "1000000"])
-        .args(["--ws-outbound-queue-len-max", "1024"])
-        .env("COURIER_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|error| format!("cannot start courier serve: {error}"))?;
-    let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-    let line = tokio::time::timeout(STEP_TIMEOUT, lines.next_line())
-        .await
-        .map_err(|_| "courier serve did not start")?
-        .map_err(|error| error.to_string())?
-        .ok_or("courier serve exited")?;
+    // Calls' media is not measured here: no TURN relay.
+    let (child, mut lines) = crate::bench::spawn_serve(
+        scratch.path(),
+        &[
+            "--turn",
+            "off",
+            "--ws-messages-per-s",
+            "1000000",
+            "--ws-messages-burst",
+            "1000000",
+            "--ws-outbound-queue-len-max",
+            "1024",
+        ],
+    )?;
+    let line = crate::bench::next_serve_line(&mut lines).await?;
     let base = line.strip_prefix("courier listening on ").ok_or("unexpected first line")?.replacen("http", "ws", 1);
     Ok(Target { kind: Kind::Courier, child, base, issuer: Some(issuer), scratch: Some(scratch) })
 }

@@ -20,13 +20,11 @@ use courier_signaling::turn::client::{TurnClient, channel_data};
 use courier_signaling::turn::credentials::password;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UdpSocket;
 use tokio::process::{Child, Command};
 
 const SECRET: &str = "courier-bench-turn-secret-0123";
 const SAMPLE_CONFIG: &str = include_str!("../deploy/turnserver.conf");
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 const SETUP_CONCURRENCY: usize = 32;
 /// Time after a step's last send for its packets to arrive.
 const DRAIN: Duration = Duration::from_millis(1_000);
@@ -133,28 +131,24 @@ struct Relay {
 impl Relay {
     async fn embedded() -> Result<Relay, String> {
         let scratch = tempfile::tempdir().map_err(|error| error.to_string())?;
-        let exe = std::env::current_exe().map_err(|error| error.to_string())?;
-        let mut child = Command::new(exe)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(scratch.path())
-            .args(["--listen", "127.0.0.1:0", "--turn-listen", "127.0.0.1:0", "--turn-secret", SECRET])
-            .args(["--turn-allow-peer", "127.0.0.1/32", "--turn-allocations-max", "100000"])
-            .args(["--turn-allocations-per-user-max", "100000"])
-            .env("COURIER_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|error| format!("cannot start courier serve: {error}"))?;
-        let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-        let mut addr = None;
+        let (child, mut lines) = crate::bench::spawn_serve(
+            scratch.path(),
+            &[
+                "--turn-listen",
+                "127.0.0.1:0",
+                "--turn-secret",
+                SECRET,
+                "--turn-allow-peer",
+                "127.0.0.1/32",
+                "--turn-allocations-max",
+                "100000",
+                "--turn-allocations-per-user-max",
+                "100000",
+            ],
+        )?;
+        let mut addr: Option<SocketAddr> = None;
         while addr.is_none() {
-            let line = tokio::time::timeout(START_TIMEOUT, lines.next_line())
-                .await
-                .map_err(|_| "courier serve did not start")?
-                .map_err(|error| error.to_string())?
-                .ok_or("courier serve exited")?;
+            let line = crate::bench::next_serve_line(&mut lines).await?;
             addr = line
                 .strip_prefix("courier TURN relay on ")
                 .and_then(|rest| rest.split(' ').next())

@@ -344,3 +344,15 @@ pub async fn next_serve_line(lines: &mut ServeLines) -> Result<String, String> {
         .map_err(|error| error.to_string())?
         .ok_or_else(|| "courier serve exited".to_owned())
 }
+
+/// A loopback port free for both UDP and TCP (a server may take either).
+pub fn free_port() -> Result<u16, String> {
+    for _ in 0..100 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|error| error.to_string())?;
+        let port = udp.local_addr().map_err(|error| error.to_string())?.port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no free port".into())
+}

@@ -210,11 +210,6 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| "no VmRSS in /proc".to_owned())
 }
 
-fn free_port() -> Result<u16, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|error| error.to_string())?;
-    Ok(listener.local_addr().map_err(|error| error.to_string())?.port())
-}
-
 async fn start_courier() -> Result<Target, String> {
     let scratch = tempfile::tempdir().map_err(|error| error.to_string())?;
     let key = TokenKey::load_or_create(&scratch.path().join("token-signing-key.pem")).map_err(|e| e.to_string())?;
@@ -239,7 +234,7 @@ async fn start_courier() -> Result<Target, String> {
 }
 
 async fn start_peerjs(path: &PathBuf) -> Result<Target, String> {
-    let port = free_port()?;
+    let port = crate::bench::free_port()?;
     let mut child = Command::new(path)
         .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--concurrent_limit", "1000000"])
         .args(["--alive_timeout", "3600000"])

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use courier_signaling::turn::client::{TurnClient, channel_data};
@@ -160,7 +160,7 @@ impl Relay {
 
     async fn coturn(turnserver: &PathBuf) -> Result<Relay, String> {
         let scratch = tempfile::tempdir().map_err(|error| error.to_string())?;
-        let port = free_port()?;
+        let port = crate::bench::free_port()?;
         let path = |name: &str| scratch.path().join(name).display().to_string();
         let mut config: Vec<String> = SAMPLE_CONFIG
             .lines()
@@ -221,17 +221,6 @@ impl Relay {
     }
 }
 
-fn free_port() -> Result<u16, String> {
-    for _ in 0..100 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|error| error.to_string())?;
-        let port = udp.local_addr().map_err(|error| error.to_string())?.port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Err("no free port".into())
-}
-
 /// One session: two clients whose allocations relay to each other.
 struct Session {
     sockets: [Arc<UdpSocket>; 2],
@@ -245,7 +234,7 @@ struct Tally {
 }
 
 async fn open_session(server: SocketAddr, index: usize, tally: Arc<Tally>) -> Result<Session, String> {
-    let expires = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|error| error.to_string())?.as_secs() + 3_600;
+    let expires = courier_common::time::now_s() + 3_600;
     let mut clients = Vec::with_capacity(2);
     for side in 0..2 {
         let username = format!("{expires}:bench-{index}-{side}");

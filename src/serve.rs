@@ -173,7 +173,7 @@ fn turn_secrets(options: &ServeOptions, data_dir: &std::path::Path) -> Result<Tu
                 .map_err(|error| format!("cannot create the data directory {}: {error}", data_dir.display()))?;
             let mut bytes = [0u8; 32];
             rand::fill(&mut bytes);
-            let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let secret = courier_common::text::hex(&bytes);
             match write_private(&path, &secret) {
                 Ok(()) => secret,
                 // Another process on the same data directory made it first.

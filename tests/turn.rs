@@ -15,6 +15,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use TurnError::Code;
+use courier_common::time::now_s;
 use courier_signaling::turn::client::{Allocated, TurnClient, TurnError, code_of};
 use courier_signaling::turn::credentials::{long_term_key, password};
 use rtc_stun::attributes::*;
@@ -35,10 +36,6 @@ const ALICE: &str = "+79161120001";
 const BOB: &str = "+79161120002";
 const SECRET: &str = "tests-turn-secret-0123456789";
 const OLD_SECRET: &str = "tests-turn-secret-previous-0123";
-
-fn unix_now_s() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
 
 /// Credentials as the TURN REST API scheme makes them.
 fn credentials(secret: &str, account: &str, expires_at_s: u64) -> (String, String) {
@@ -119,7 +116,7 @@ async fn ice_servers_hand_out_credentials_the_relay_accepts(db: Db) {
     assert_eq!((status, error_code(&body)), (401, "unauthenticated"));
 
     let alice = server.sign_in(ALICE, "phone").await;
-    let before = unix_now_s();
+    let before = now_s();
     let (ice, username, credential) = ice_credentials(&server, &alice.access_token).await;
     let relay = turn_addr(&ice);
     assert_eq!(ice["ttl"], 3);
@@ -133,7 +130,7 @@ async fn ice_servers_hand_out_credentials_the_relay_accepts(db: Db) {
     let (expiry, account) = username.split_once(':').unwrap();
     assert_eq!(account, alice.account_id);
     let expiry: u64 = expiry.parse().unwrap();
-    assert!((before + 3..=unix_now_s() + 3).contains(&expiry), "expires ttl seconds from now");
+    assert!((before + 3..=now_s() + 3).contains(&expiry), "expires ttl seconds from now");
     assert_eq!(credential, password(SECRET, &username), "base64(HMAC-SHA1(secret, username))");
 
     // The relay answers STUN and takes the credentials while they are valid.
@@ -143,7 +140,7 @@ async fn ice_servers_hand_out_credentials_the_relay_accepts(db: Db) {
     assert_eq!(relayed.ip(), relay.ip());
 
     // Once they expire, they open nothing.
-    tokio::time::sleep(Duration::from_secs(expiry + 1).saturating_sub(Duration::from_secs(unix_now_s()))).await;
+    tokio::time::sleep(Duration::from_secs(expiry + 1).saturating_sub(Duration::from_secs(now_s()))).await;
     let mut late = turn_client(relay, &username, &credential).await;
     assert_eq!(late.allocate().await, Err(Code(401)), "expired credentials");
     assert_eq!(client.refresh(600).await, Err(Code(401)), "a refresh with expired credentials");
@@ -180,7 +177,7 @@ async fn every_refusal_of_the_embedded_relay() {
     let alice = server.sign_in(ALICE, "phone").await;
     let (ice, _, _) = ice_credentials(&server, &alice.access_token).await;
     let relay = turn_addr(&ice);
-    let later = unix_now_s() + 600;
+    let later = now_s() + 600;
     let (username, credential) = credentials(SECRET, &alice.account_id, later);
 
     // Credentials: the current and the previous secret work; expired ones,
@@ -189,7 +186,7 @@ async fn every_refusal_of_the_embedded_relay() {
     good.allocate().await.expect("the current secret");
     let (old_username, old_credential) = credentials(OLD_SECRET, &alice.account_id, later);
     turn_client(relay, &old_username, &old_credential).await.allocate().await.expect("the previous secret");
-    let (expired, expired_credential) = credentials(SECRET, &alice.account_id, unix_now_s() - 10);
+    let (expired, expired_credential) = credentials(SECRET, &alice.account_id, now_s() - 10);
     assert_eq!(turn_client(relay, &expired, &expired_credential).await.allocate().await, Err(Code(401)), "expired");
     let (_, foreign) = credentials("someone-elses-secret-0123", &alice.account_id, later);
     assert_eq!(turn_client(relay, &username, &foreign).await.allocate().await, Err(Code(401)), "wrong secret");
@@ -343,12 +340,8 @@ async fn the_relay_refuses_every_non_public_peer() {
     let (length, from) =
         tokio::time::timeout(Duration::from_secs(2), peer.recv_from(&mut buffer)).await.unwrap().unwrap();
     assert_eq!(&buffer[..length], b"hello");
-    assert_eq!(from.ip(), relay_ip(&ice));
+    assert_eq!(from.ip(), turn_addr(&ice).ip(), "relayed from the relay's address");
     server.finish().await;
-}
-
-fn relay_ip(ice: &Value) -> std::net::IpAddr {
-    turn_addr(ice).ip()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,8 +506,8 @@ async fn coturn_accepts_the_credentials_courier_hands_out() {
     assert_eq!((run.received, run.lost), (100, 0), "{}", run.output);
 
     // coturn refuses what the embedded relay refuses.
-    let later = unix_now_s() + 600;
-    let (expired, expired_credential) = credentials(SECRET, &alice.account_id, unix_now_s() - 10);
+    let later = now_s() + 600;
+    let (expired, expired_credential) = credentials(SECRET, &alice.account_id, now_s() - 10);
     assert_eq!(turn_client(turn, &expired, &expired_credential).await.allocate().await, Err(Code(401)), "expired");
     let (_, foreign) = credentials("someone-elses-secret-0123", &alice.account_id, later);
     assert_eq!(turn_client(turn, &username, &foreign).await.allocate().await, Err(Code(401)), "wrong secret");

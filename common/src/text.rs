@@ -8,9 +8,19 @@ pub fn printable(value: &str, chars_max: usize) -> Option<String> {
     fits.then(|| value.to_owned())
 }
 
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_lower_case_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xab]), "000fab");
+    }
 
     #[test]
     fn trims_and_bounds_and_refuses_control_characters() {

@@ -8,6 +8,12 @@ pub fn now_ms() -> i64 {
     Timestamp::now().as_millisecond()
 }
 
+/// Seconds since the Unix epoch, now (TURN credentials and nonces count in
+/// whole seconds).
+pub fn now_s() -> u64 {
+    Timestamp::now().as_second().max(0) as u64
+}
+
 /// RFC 3339 UTC with millisecond precision, e.g. `2026-11-26T08:00:00.123Z`.
 pub fn rfc3339(ms: i64) -> String {
     match Timestamp::from_millisecond(ms) {

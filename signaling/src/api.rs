@@ -156,7 +156,7 @@ async fn ice_servers(State(signaling): State<Signaling>, user: AuthUser) -> axum
         servers.push(IceServerView { urls: ice.stun_urls.clone(), username: None, credential: None });
     }
     if let Some(secrets) = ice.secrets.as_ref().filter(|_| !ice.turn_urls.is_empty()) {
-        let expires_at_s = (now_ms() / 1_000).max(0) as u64 + ttl;
+        let expires_at_s = courier_common::time::now_s() + ttl;
         let issued = secrets.issue(user.account_id(), expires_at_s);
         servers.push(IceServerView {
             urls: ice.turn_urls.clone(),

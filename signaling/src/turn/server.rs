@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use courier_common::shutdown::CancellationToken;
+use courier_common::text::hex;
+use courier_common::time::now_s;
 use hmac::{Hmac, Mac};
 use ipnet::IpNet;
 use metrics::{Counter, Gauge};
@@ -436,7 +438,7 @@ impl Shared {
     /// A stateless nonce: its expiry and a MAC over the expiry and the
     /// client's address, so it cannot be forged or carried elsewhere.
     fn nonce(&self, tuple: FiveTuple) -> String {
-        let expires = unix_now_s() + NONCE_LIFETIME_S;
+        let expires = now_s() + NONCE_LIFETIME_S;
         format!("{expires:016x}{}", hex(&self.nonce_mac(expires, tuple.client.ip())))
     }
 
@@ -460,7 +462,7 @@ impl Shared {
         let Ok(expires) = u64::from_str_radix(&nonce[..16], 16) else { return false };
         let expected = hex(&self.nonce_mac(expires, tuple.client.ip()));
         let genuine: bool = subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), &nonce.as_bytes()[16..]).into();
-        genuine && expires >= unix_now_s()
+        genuine && expires >= now_s()
     }
 
     /// Long-term credentials (RFC 5389 §10.2): a request without integrity
@@ -489,7 +491,7 @@ impl Shared {
         let Some((expires_at_s, account)) = parse_username(&username) else {
             return Err(Refusal::challenge(401, "Unauthorized: the username is not <expiry>:<account>"));
         };
-        if expires_at_s < unix_now_s() {
+        if expires_at_s < now_s() {
             return Err(Refusal::challenge(401, "Unauthorized: the credentials have expired"));
         }
         let crypto = self.crypto.crypto();
@@ -725,9 +727,9 @@ impl Shared {
         }
     }
 
-    /// ChannelData from a client: relayed to the channel's peer.
-    fn channel_data(&self, tuple: FiveTuple, packet: &[u8]) {
-        let (Some(number), Some(payload)) = (channel_number(packet), channel_payload(packet)) else { return };
+    /// ChannelData on channel `number` from a client: relayed to the channel's peer.
+    fn channel_data(&self, tuple: FiveTuple, number: u16, packet: &[u8]) {
+        let Some(payload) = channel_payload(packet) else { return };
         let Some(allocation) = self.allocation(&tuple) else { return };
         let peer = {
             let now = Instant::now();
@@ -812,14 +814,6 @@ fn channel_payload(packet: &[u8]) -> Option<&[u8]> {
     packet.get(4..4 + length)
 }
 
-fn unix_now_s() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>, shutdown: CancellationToken) {
     let sink = ClientSink::Udp(socket.clone());
     let mut buffer = vec![0u8; DATAGRAM_BYTES_MAX];
@@ -838,8 +832,8 @@ async fn serve_udp(shared: Arc<Shared>, socket: Arc<UdpSocket>, shutdown: Cancel
         };
         let packet = &buffer[..length];
         let tuple = FiveTuple { client, tcp: false };
-        if channel_number(packet).is_some() {
-            shared.channel_data(tuple, packet);
+        if let Some(number) = channel_number(packet) {
+            shared.channel_data(tuple, number, packet);
         } else if is_stun_message(packet)
             && let Some(response) = shared.handle_stun(tuple, &sink, packet)
         {
@@ -905,21 +899,24 @@ async fn serve_tcp(shared: &Arc<Shared>, stream: TcpStream, client: SocketAddr, 
     let sink = ClientSink::Tcp(sender.clone());
     let mut buffer: Vec<u8> = Vec::with_capacity(4_096);
     let mut chunk = vec![0u8; 16 * 1_024];
+    // Silence is checked for an allocation only when it lasts, not per read.
+    let idle = tokio::time::sleep(TCP_IDLE_WITHOUT_ALLOCATION);
+    tokio::pin!(idle);
     loop {
-        let idle = async {
-            if shared.allocation(&tuple).is_some() {
-                std::future::pending::<()>().await
-            } else {
-                tokio::time::sleep(TCP_IDLE_WITHOUT_ALLOCATION).await
-            }
-        };
         let read = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = idle => break,
+            _ = &mut idle => {
+                if shared.allocation(&tuple).is_none() {
+                    break;
+                }
+                idle.as_mut().reset(tokio::time::Instant::now() + TCP_IDLE_WITHOUT_ALLOCATION);
+                continue;
+            }
             read = reader.read(&mut chunk) => read,
         };
         let Ok(read @ 1..) = read else { break };
+        idle.as_mut().reset(tokio::time::Instant::now() + TCP_IDLE_WITHOUT_ALLOCATION);
         buffer.extend_from_slice(&chunk[..read]);
         let mut start = 0;
         let mut broken = false;
@@ -932,8 +929,8 @@ async fn serve_tcp(shared: &Arc<Shared>, stream: TcpStream, client: SocketAddr, 
                 break;
             }
             let packet = &buffer[start..start + length];
-            if channel_number(packet).is_some() {
-                shared.channel_data(tuple, packet);
+            if let Some(number) = channel_number(packet) {
+                shared.channel_data(tuple, number, packet);
             } else if let Some(response) = shared.handle_stun(tuple, &sink, packet)
                 && sender.send(response).await.is_err()
             {
@@ -977,6 +974,7 @@ async fn relay_to_client(shared: Arc<Shared>, allocation: Arc<Allocation>) {
             }
             state.channel_to(peer, now)
         };
+        let indication;
         let frame: &[u8] = match channel {
             Some(number) => {
                 buffer[..2].copy_from_slice(&number.to_be_bytes());
@@ -989,33 +987,35 @@ async fn relay_to_client(shared: Arc<Shared>, allocation: Arc<Allocation>) {
                 }
                 &buffer[..end]
             }
-            None => {
-                let mut indication = Message::new();
-                let built = indication.build(&[
-                    Box::new(MessageType::new(METHOD_DATA, CLASS_INDICATION)),
-                    Box::new(TransactionId::new()),
-                    Box::new(rtc_turn::proto::peeraddr::PeerAddress { ip: peer.ip(), port: peer.port() }),
-                    Box::new(Data(buffer[4..4 + length].to_vec())),
-                ]);
-                if built.is_err() {
-                    continue;
+            None => match data_indication(peer, &buffer[4..4 + length]) {
+                Some(built) => {
+                    indication = built;
+                    &indication
                 }
-                let sent = send_to_client(&allocation.client, client, &indication.raw).await;
-                count(&shared, sent);
-                continue;
-            }
+                None => continue,
+            },
         };
         let sent = send_to_client(&allocation.client, client, frame).await;
-        count(&shared, sent);
+        if sent {
+            shared.meters.to_client.increment(1);
+        } else {
+            shared.meters.dropped.increment(1);
+        }
     }
 }
 
-fn count(shared: &Shared, sent: bool) {
-    if sent {
-        shared.meters.to_client.increment(1);
-    } else {
-        shared.meters.dropped.increment(1);
-    }
+/// A Data indication carrying what `peer` sent (no channel is bound to it).
+fn data_indication(peer: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    let mut indication = Message::new();
+    indication
+        .build(&[
+            Box::new(MessageType::new(METHOD_DATA, CLASS_INDICATION)),
+            Box::new(TransactionId::new()),
+            Box::new(rtc_turn::proto::peeraddr::PeerAddress { ip: peer.ip(), port: peer.port() }),
+            Box::new(Data(payload.to_vec())),
+        ])
+        .ok()?;
+    Some(indication.raw)
 }
 
 async fn send_to_client(sink: &ClientSink, client: SocketAddr, frame: &[u8]) -> bool {

@@ -182,29 +182,44 @@ impl ApiClient {
     }
 
     pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
-        let mut request =
-            self.http.request(method, format!("{}{path}", self.base)).bearer_auth(self.key.expose_secret());
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.map_err(|error| format!("cannot reach {}: {error}", self.base))?;
-        let status = response.status();
-        let text = response.text().await.map_err(|error| error.to_string())?;
-        if status.is_success() {
-            return Ok(if text.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_str(&text).unwrap_or(Value::String(text))
-            });
-        }
-        match serde_json::from_str::<Value>(&text) {
-            Ok(value) if value["error"]["code"].is_string() => Err(format!(
-                "{} ({status}): {}",
-                value["error"]["code"].as_str().unwrap_or(""),
-                value["error"]["message"].as_str().unwrap_or("")
-            )),
-            _ => Err(format!("the server answered {status}")),
-        }
+        request(&self.http, &self.base, method, path, Some(self.key.expose_secret()), body).await
+    }
+}
+
+/// One JSON request to a Courier server with an optional bearer credential;
+/// errors come back as the server's `code (status): message`.
+pub async fn request(
+    http: &reqwest::Client,
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<Value>,
+) -> Result<Value, String> {
+    let mut request = http.request(method, format!("{base}{path}"));
+    if let Some(bearer) = bearer {
+        request = request.bearer_auth(bearer);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.map_err(|error| format!("cannot reach {base}: {error}"))?;
+    let status = response.status();
+    let text = response.text().await.map_err(|error| error.to_string())?;
+    if status.is_success() {
+        return Ok(if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        });
+    }
+    match serde_json::from_str::<Value>(&text) {
+        Ok(value) if value["error"]["code"].is_string() => Err(format!(
+            "{} ({status}): {}",
+            value["error"]["code"].as_str().unwrap_or(""),
+            value["error"]["message"].as_str().unwrap_or("")
+        )),
+        _ => Err(format!("the server answered {status}")),
     }
 }
 

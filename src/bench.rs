@@ -32,6 +32,8 @@ enum BenchCommand {
     Signaling(crate::bench_signaling::SignalingBench),
     /// TURN packets/s relayed at 0 % loss by the embedded relay, against coturn.
     Turn(crate::bench_turn::TurnBench),
+    /// Real calls between softphone pairs: setup times, mouth-to-ear latency, CPU per call.
+    Calls(crate::bench_calls::CallsBench),
 }
 
 #[derive(Args)]
@@ -59,6 +61,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         BenchCommand::Ledger(bench) => crate::bench_ledger::run(bench).await,
         BenchCommand::Signaling(bench) => crate::bench_signaling::run(bench).await,
         BenchCommand::Turn(bench) => crate::bench_turn::run(bench).await,
+        BenchCommand::Calls(bench) => crate::bench_calls::run(bench).await,
     }
 }
 
@@ -68,23 +71,7 @@ async fn accounts(bench: AccountsBench) -> Result<(), String> {
     let (verify_per_s, cached_per_s, issue_per_s) = token_throughput(threads, phase.min(Duration::from_secs(3)));
 
     let scratch = tempfile::tempdir().map_err(|error| error.to_string())?;
-    let codes: Arc<Mutex<HashMap<String, String>>> = Arc::default();
-    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?;
-    let hook_url = format!("http://{}/hook", hook_listener.local_addr().map_err(|error| error.to_string())?);
-    let sink = codes.clone();
-    let hook = axum::Router::new().route(
-        "/hook",
-        post(move |axum::Json(body): axum::Json<serde_json::Value>| {
-            let sink = sink.clone();
-            async move {
-                if let (Some(phone), Some(code)) = (body["phone"].as_str(), body["code"].as_str()) {
-                    sink.lock().unwrap_or_else(|p| p.into_inner()).insert(phone.to_owned(), code.to_owned());
-                }
-                axum::http::StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(hook_listener, hook).await });
+    let (hook_url, codes) = code_hook().await?;
 
     let options = ServeOptions {
         data_dir: Some(scratch.path().to_path_buf()),
@@ -111,7 +98,7 @@ async fn accounts(bench: AccountsBench) -> Result<(), String> {
     let bar = progress("sign-ins over HTTP", bench.sign_ins, bench.json);
     let phase = run_clients(bench.clients as usize, bench.sign_ins, phase, &bar, move |index, _| {
         let (http, base, codes) = (http.clone(), base.clone(), codes.clone());
-        async move { sign_in(&http, &base, &format!("+7916{run_prefix:02}{index:05}"), &codes).await }
+        async move { sign_in(&http, &base, &format!("+7916{run_prefix:02}{index:05}"), &codes).await.map(drop) }
     })
     .await?;
     bar.finish();
@@ -230,13 +217,40 @@ where
     Ok(phase)
 }
 
-/// One whole sign-in: request a code (delivered to our webhook), then use it.
-async fn sign_in(
+/// Sign-in codes by phone number, as a server's webhook delivered them.
+pub type Codes = Arc<Mutex<HashMap<String, String>>>;
+
+/// A local receiver for a server's `--code-sender webhook`: its URL, and the
+/// codes it has been sent.
+pub async fn code_hook() -> Result<(String, Codes), String> {
+    let codes: Codes = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?;
+    let url = format!("http://{}/hook", listener.local_addr().map_err(|error| error.to_string())?);
+    let sink = codes.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let sink = sink.clone();
+            async move {
+                if let (Some(phone), Some(code)) = (body["phone"].as_str(), body["code"].as_str()) {
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).insert(phone.to_owned(), code.to_owned());
+                }
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+    Ok((url, codes))
+}
+
+/// One whole sign-in: request a code (delivered to our webhook), then use
+/// it; returns the session (tokens and account).
+pub async fn sign_in(
     http: &reqwest::Client,
     base: &str,
     phone: &str,
     codes: &Mutex<HashMap<String, String>>,
-) -> Result<(), String> {
+) -> Result<serde_json::Value, String> {
     let response = http
         .post(format!("{base}/v1/auth/codes"))
         .json(&json!({"phone": phone}))
@@ -256,7 +270,7 @@ async fn sign_in(
     if response.status() != reqwest::StatusCode::CREATED {
         return Err(format!("sign-in: {}", response.status()));
     }
-    Ok(())
+    response.json().await.map_err(|e| e.to_string())
 }
 
 /// Access-token verifications/s (signature checked each time), cached
@@ -355,4 +369,14 @@ pub fn free_port() -> Result<u16, String> {
         }
     }
     Err("no free port".into())
+}
+
+/// CPU seconds (user and system) process `pid` has used so far; 0 when it
+/// cannot be read.
+pub fn cpu_s(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // utime and stime are fields 14 and 15, after the command name in parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: u64 = fields.get(11..13).map_or(0, |both| both.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
+    ticks as f64 / 100.0
 }

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::net::UdpSocket;
 use tokio::process::{Child, Command};
 
-const SECRET: &str = "courier-bench-turn-secret-0123";
+pub const SECRET: &str = "courier-bench-turn-secret-0123";
 const SAMPLE_CONFIG: &str = include_str!("../deploy/turnserver.conf");
 const SETUP_CONCURRENCY: usize = 32;
 /// Time after a step's last send for its packets to arrive.
@@ -122,9 +122,10 @@ fn print_table(figures: &Value) {
 }
 
 /// A relay under load: a child process and where it listens.
-struct Relay {
+/// A TURN relay running as a child process, using [`SECRET`].
+pub struct Relay {
     child: Child,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     _scratch: tempfile::TempDir,
 }
 
@@ -158,7 +159,9 @@ impl Relay {
         Ok(Relay { child, addr, _scratch: scratch })
     }
 
-    async fn coturn(turnserver: &PathBuf) -> Result<Relay, String> {
+    /// coturn from `deploy/turnserver.conf` on a free loopback port, without
+    /// quotas and with loopback peers allowed; returns once it answers.
+    pub async fn coturn(turnserver: &PathBuf) -> Result<Relay, String> {
         let scratch = tempfile::tempdir().map_err(|error| error.to_string())?;
         let port = crate::bench::free_port()?;
         let path = |name: &str| scratch.path().join(name).display().to_string();
@@ -212,12 +215,7 @@ impl Relay {
     }
 
     fn cpu_s(&self) -> f64 {
-        let Some(pid) = self.child.id() else { return 0.0 };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-        // utime and stime are fields 14 and 15, after the command name in parentheses.
-        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-        let ticks: u64 = fields.get(11..13).map_or(0, |both| both.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
-        ticks as f64 / 100.0
+        self.child.id().map_or(0.0, crate::bench::cpu_s)
     }
 }
 

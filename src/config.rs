@@ -511,7 +511,7 @@ mod tests {
             .unwrap();
         let flags = ServeOptions { listen: Some("127.0.0.1:1".parse().unwrap()), ..Default::default() };
         let merged = flags.with_file(&path).unwrap();
-        assert_eq!(merged.listen(), "127.0.0.1:1".parse().unwrap());
+        assert_eq!(merged.listen(), "127.0.0.1:1".parse::<std::net::SocketAddr>().unwrap());
         assert_eq!(merged.accounts_config().sign_in_code_ttl_s, 120);
         assert_eq!(
             merged.validate().unwrap_err(),

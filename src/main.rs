@@ -4,9 +4,11 @@
 
 mod admin;
 mod bench;
+mod bench_calls;
 mod bench_ledger;
 mod bench_signaling;
 mod bench_turn;
+mod call;
 mod config;
 mod serve;
 
@@ -41,6 +43,8 @@ enum Command {
     },
     /// Finance-ops administration.
     Admin(admin::AdminArgs),
+    /// The softphone: sign in, place and answer voice calls.
+    Call(call::CallArgs),
     /// Benchmarks (figures go to BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -68,9 +72,13 @@ fn main() -> ExitCode {
                 init_logging(LogFormat::Human, "warn");
                 admin::run(args).await
             }
+            Command::Call(args) => {
+                init_logging(LogFormat::Human, CLIENT_LOG_FILTER);
+                call::run(args).await
+            }
             Command::Bench(args) => {
                 // The per-request info lines would drown the figures.
-                init_logging(LogFormat::Human, "warn");
+                init_logging(LogFormat::Human, CLIENT_LOG_FILTER);
                 bench::run(args).await
             }
         }
@@ -85,6 +93,10 @@ fn main() -> ExitCode {
 }
 
 const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn,tower_http=warn";
+/// Clients log warnings, but not the WebRTC stack's: it reports what a call
+/// survives as a matter of course (early RTP, stray STUN), and the softphone
+/// says what matters itself. `COURIER_LOG=debug` shows them.
+const CLIENT_LOG_FILTER: &str = "warn,webrtc=off,rtc=off";
 
 /// Logs to stderr; `COURIER_LOG` (an `EnvFilter` directive) overrides `default_filter`.
 fn init_logging(format: LogFormat, default_filter: &str) {

@@ -1,7 +1,8 @@
 //! The softphone's audio: Opus at 48 kHz mono in 20 ms frames, with in-band
 //! FEC and loss concealment on receive; sources (a tone, or a WAV file of
-//! any rate and channel count, mixed down and resampled); a WAV sink; and
-//! the Goertzel filter the tests and the benchmark use to tell tones apart.
+//! any rate and channel count, mixed down and resampled, or clicks); a WAV
+//! sink; the Goertzel filter the tests use to tell tones apart; and the
+//! click detector the benchmark times mouth-to-ear latency with.
 
 use std::f32::consts::TAU;
 use std::fs::File;
@@ -17,6 +18,11 @@ pub const FRAME_MS: u32 = 20;
 pub const FRAME_SAMPLES: usize = 960;
 /// A tone's amplitude: well below full scale.
 const TONE_AMPLITUDE: f32 = 0.3;
+/// A click: 5 ms of 1 kHz near full scale, starting at its peak, loud enough
+/// to find after Opus.
+const CLICK_SAMPLES: usize = 240;
+const CLICK_HZ: f32 = 1_000.0;
+const CLICK_AMPLITUDE: f32 = 0.9;
 /// Speech-grade Opus: about 32 kb/s, and room for FEC.
 const BITRATE_BPS: i32 = 32_000;
 /// The loss the encoder plans its FEC for.
@@ -55,6 +61,11 @@ pub enum Source {
         samples: Vec<f32>,
         position: usize,
     },
+    /// A click every `every` samples, silence between (`clicks:500`).
+    Clicks {
+        every: usize,
+        position: usize,
+    },
     Silence,
 }
 
@@ -68,6 +79,14 @@ impl Source {
                 return Err(AudioError::Spec(format!("{spec:?}: a tone is between 20 and 20000 Hz")));
             }
             return Ok(Source::Tone { hz, phase: 0.0 });
+        }
+        if let Some(ms) = spec.strip_prefix("clicks:") {
+            let ms: u32 = ms
+                .parse()
+                .ok()
+                .filter(|ms| (50..=10_000).contains(ms))
+                .ok_or_else(|| AudioError::Spec(format!("{spec:?}: clicks are clicks:MS, every 50 to 10000 ms")))?;
+            return Ok(Source::Clicks { every: (ms * SAMPLE_RATE / 1_000) as usize, position: 0 });
         }
         Ok(Source::Samples { samples: read_wav(Path::new(spec))?, position: 0 })
     }
@@ -88,6 +107,17 @@ impl Source {
                     *position += 1;
                 }
             }
+            Source::Clicks { every, position } => {
+                for sample in frame.iter_mut() {
+                    let at = *position % *every;
+                    *sample = if at < CLICK_SAMPLES {
+                        to_i16(CLICK_AMPLITUDE * (TAU * CLICK_HZ * at as f32 / SAMPLE_RATE as f32).cos())
+                    } else {
+                        0
+                    };
+                    *position += 1;
+                }
+            }
             Source::Silence => frame.fill(0),
         }
     }
@@ -95,6 +125,45 @@ impl Source {
     /// A file source that has played to its end.
     pub fn finished(&self) -> bool {
         matches!(self, Source::Samples { samples, position } if *position >= samples.len())
+    }
+}
+
+/// Finds the onsets of clicks in a stream of samples: the first sample
+/// above a threshold after at least `quiet` samples below it.
+#[derive(Debug, Clone)]
+pub struct ClickDetector {
+    threshold: i16,
+    quiet: usize,
+    below: usize,
+}
+
+impl ClickDetector {
+    /// A detector for [`Source::Clicks`]: a quarter of full scale, after 100 ms of quiet.
+    pub fn new() -> ClickDetector {
+        let quiet = SAMPLE_RATE as usize / 10;
+        ClickDetector { threshold: i16::MAX / 4, quiet, below: quiet }
+    }
+
+    /// The offsets in `samples` where a click begins.
+    pub fn onsets(&mut self, samples: &[i16]) -> Vec<usize> {
+        let mut found = Vec::new();
+        for (offset, sample) in samples.iter().enumerate() {
+            if sample.unsigned_abs() > self.threshold.unsigned_abs() {
+                if self.below >= self.quiet {
+                    found.push(offset);
+                }
+                self.below = 0;
+            } else {
+                self.below += 1;
+            }
+        }
+        found
+    }
+}
+
+impl Default for ClickDetector {
+    fn default() -> Self {
+        ClickDetector::new()
     }
 }
 
@@ -352,8 +421,29 @@ mod tests {
         let text = dir.path().join("notes.wav");
         std::fs::write(&text, "not a wav file").unwrap();
         assert!(Source::parse(text.to_str().unwrap()).unwrap_err().to_string().contains("cannot be read as WAV"));
-        for bad in ["tone:", "tone:abc", "tone:5", "tone:30000"] {
+        for bad in ["tone:", "tone:abc", "tone:5", "tone:30000", "clicks:", "clicks:10", "clicks:-5", "clicks:99999"] {
             assert!(matches!(Source::parse(bad), Err(AudioError::Spec(_))), "{bad}");
+        }
+    }
+
+    /// Clicks survive Opus and are found once each, a few milliseconds
+    /// (the codec's look-ahead) after where they were sent.
+    #[test]
+    fn clicks_are_found_once_each_after_opus() {
+        let mut source = Source::parse("clicks:500").unwrap();
+        let (mut encoder, mut decoder) = (Encoder::new().unwrap(), Decoder::new().unwrap());
+        let (mut sent, mut heard) = (ClickDetector::new(), ClickDetector::new());
+        let (mut sent_at, mut heard_at) = (Vec::new(), Vec::new());
+        for (index, frame) in frames(&mut source, 100).iter().enumerate() {
+            sent_at.extend(sent.onsets(frame).iter().map(|offset| index * FRAME_SAMPLES + offset));
+            let decoded = decoder.decode(&encoder.encode(frame).unwrap()).unwrap();
+            heard_at.extend(heard.onsets(&decoded).iter().map(|offset| index * FRAME_SAMPLES + offset));
+        }
+        assert_eq!(sent_at, [0, 24_000, 48_000, 72_000]);
+        assert_eq!(heard_at.len(), 4, "{heard_at:?}");
+        for (sent, heard) in sent_at.iter().zip(&heard_at) {
+            let delay_ms = (*heard as f64 - *sent as f64) / 48.0;
+            assert!((0.0..15.0).contains(&delay_ms), "{sent} → {heard}");
         }
     }
 

@@ -11,5 +11,7 @@
 //! and the `courier call` commands follow.
 
 pub mod audio;
+pub mod call;
+pub mod peer;
 pub mod sas;
 pub mod signaling;

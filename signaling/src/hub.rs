@@ -536,7 +536,15 @@ impl Hub {
         if store::call_id_used(db, call_id).await? {
             return Ok(Err((ErrorCode::InvalidState, "this call_id was used before; every call needs a new one")));
         }
-        let Some(account) = courier_accounts::store::account(db, callee).await? else {
+        let found = if callee.starts_with('+') {
+            match courier_accounts::phone::PhoneNumber::parse(callee) {
+                Ok(phone) => courier_accounts::store::account_by_phone(db, &phone).await?,
+                Err(_) => None,
+            }
+        } else {
+            courier_accounts::store::account(db, callee).await?
+        };
+        let Some(account) = found else {
             return Ok(Ok(Callee {
                 account: callee.into(),
                 exists: false,
@@ -546,7 +554,7 @@ impl Hub {
             }));
         };
         let caller_p2p = courier_accounts::store::account(db, &from.account).await?.map(|caller| caller.settings.p2p);
-        let blocked = courier_accounts::store::has_blocked(db, callee, &from.account).await?;
+        let blocked = courier_accounts::store::has_blocked(db, &account.id, &from.account).await?;
         Ok(Ok(Callee {
             account: account.id.into(),
             exists: true,

@@ -140,6 +140,13 @@ impl fmt::Display for CallId {
     }
 }
 
+/// `+` and 1 to 15 digits (E.164); resolved to an account by the hub.
+fn is_phone_number(value: &str) -> bool {
+    value
+        .strip_prefix('+')
+        .is_some_and(|digits| (1..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn is_token(value: &str, max: usize) -> bool {
     !value.is_empty()
         && value.len() <= max
@@ -430,8 +437,8 @@ pub fn parse(frame: &str, bytes_max: usize) -> Result<ClientMessage, Refused> {
             Kind::Invite => {
                 let callee = required(wire.callee.take(), "callee")?;
                 let sdp = sdp(wire.sdp.take())?;
-                if !is_token(&callee, ACCOUNT_ID_CHARS_MAX) {
-                    return Err("callee must be an account id".into());
+                if !is_token(&callee, ACCOUNT_ID_CHARS_MAX) && !is_phone_number(&callee) {
+                    return Err("callee must be an account id or a phone number in E.164 form (+79161234567)".into());
                 }
                 ClientBody::Invite {
                     call_id: call(wire.call_id.take())?,

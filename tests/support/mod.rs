@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod coturn;
+pub mod proxy;
 pub mod ws;
 
 use std::collections::HashMap;

@@ -1,0 +1,697 @@
+//! One call from dial or answer to hangup: signaling, the peer connection,
+//! audio paced by a clock, the SAS with its commit-then-reveal, ICE restart
+//! and resume, and the figures reported at the end.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::audio::{Decoder, Encoder, FRAME_SAMPLES, Source, WavSink};
+use crate::peer::{AudioPacket, IceServer, MediaPeer, PeerEvent, PeerSettings, PeerState, WebRtcPeer, candidate_type};
+use crate::sas::{self, NONCE_BYTES, Sas, SasInput};
+use crate::signaling::{Event, IcePolicy, Signaling, SignalingError};
+
+/// How long a dropped signaling connection is retried (the server's grace
+/// period is 20 s by default).
+const RECONNECT_FOR: Duration = Duration::from_secs(20);
+/// A call neither answered nor connected by then is given up (the server's
+/// ring timeout normally ends it long before).
+const UNANSWERED_GIVE_UP: Duration = Duration::from_secs(90);
+/// How often the round-trip time is read while the media path is up.
+const RTT_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("signaling: {0}")]
+    Signaling(#[from] SignalingError),
+    #[error("media: {0}")]
+    Peer(#[from] crate::peer::PeerError),
+    #[error("audio: {0}")]
+    Audio(#[from] crate::audio::AudioError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What a call needs besides its signaling connection.
+pub struct CallSetup {
+    /// The server's base URL, for reconnecting.
+    pub server: String,
+    pub token: String,
+    pub ice_servers: Vec<IceServer>,
+    /// This account's own `p2p: never`.
+    pub relay_only: bool,
+    pub peer: PeerSettings,
+    pub play: Source,
+    pub record: Option<PathBuf>,
+    /// Hang up after this long in the call (from the answer).
+    pub duration: Option<Duration>,
+    /// Progress lines for a person (state changes, the SAS, the path).
+    pub progress: Arc<dyn Fn(&str) + Send + Sync>,
+    /// Sees each 20 ms frame as it goes into the encoder.
+    pub mouth: Option<AudioTap>,
+    /// Sees each decoded block as it goes to the sink.
+    pub ear: Option<AudioTap>,
+}
+
+/// A view of the audio at one end of the pipeline: the samples (48 kHz mono)
+/// and the moment they were handed on. The benchmark finds its clicks here.
+pub type AudioTap = Arc<dyn Fn(&[i16], Instant) + Send + Sync>;
+
+/// The end of a call, as `courier call … --json` prints it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallReport {
+    pub call_id: String,
+    pub direction: String,
+    pub peer: String,
+    pub sas: Option<String>,
+    pub sas_names: Vec<String>,
+    pub sas_warning: Option<String>,
+    pub candidate_type: Option<String>,
+    pub remote_candidate_type: Option<String>,
+    /// dial → `ringing`, or `incoming` → answer sent.
+    pub ringing_ms: Option<u64>,
+    /// dial or answer → media connected.
+    pub setup_ms: Option<u64>,
+    /// answer → first audio packet.
+    pub first_audio_ms: Option<u64>,
+    pub rtt_ms: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    pub packet_loss_pct: Option<f64>,
+    pub bitrate_kbps: Option<f64>,
+    pub packets_received: u64,
+    pub packets_sent: u64,
+    pub ice_restarts: u32,
+    pub end_reason: String,
+    /// Every candidate this client sent, and every one it received.
+    pub candidates_sent: Vec<String>,
+    pub candidates_received: Vec<String>,
+    pub ice_policy: String,
+}
+
+/// RFC 3550 interarrival jitter and loss over the received sequence numbers.
+#[derive(Debug, Default)]
+struct Reception {
+    first: Option<(u64, Instant, u32)>,
+    highest: u64,
+    received: u64,
+    bytes: u64,
+    jitter: f64,
+    last: Option<(Instant, u32)>,
+}
+
+impl Reception {
+    /// Records a packet; returns how many packets are missing right before it.
+    fn record(&mut self, packet: &AudioPacket) -> u64 {
+        self.received += 1;
+        self.bytes += packet.payload.len() as u64;
+        let gap;
+        match self.first {
+            None => {
+                self.first = Some((u64::from(packet.sequence), packet.arrived, packet.timestamp));
+                self.highest = u64::from(packet.sequence);
+                gap = 0;
+            }
+            Some(_) => {
+                // Extend the 16-bit sequence number around the highest seen.
+                let base = self.highest & !0xffff;
+                let mut extended = base | u64::from(packet.sequence);
+                if extended + 0x8000 < self.highest {
+                    extended += 0x1_0000;
+                } else if extended > self.highest + 0x8000 && extended >= 0x1_0000 {
+                    extended -= 0x1_0000;
+                }
+                gap = extended.saturating_sub(self.highest + 1);
+                self.highest = self.highest.max(extended);
+            }
+        }
+        if let Some((arrived, timestamp)) = self.last {
+            let arrival_units = packet.arrived.duration_since(arrived).as_secs_f64() * 48_000.0;
+            let sent_units = f64::from(packet.timestamp.wrapping_sub(timestamp) as i32);
+            self.jitter += ((arrival_units - sent_units).abs() - self.jitter) / 16.0;
+        }
+        self.last = Some((packet.arrived, packet.timestamp));
+        gap
+    }
+
+    fn loss_pct(&self) -> Option<f64> {
+        let (first, _, _) = self.first?;
+        let expected = self.highest - first + 1;
+        Some((expected.saturating_sub(self.received)) as f64 * 100.0 / expected as f64)
+    }
+
+    fn jitter_ms(&self) -> Option<f64> {
+        self.first.map(|_| self.jitter / 48.0)
+    }
+}
+
+/// Which side of the call this client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Caller,
+    Callee,
+}
+
+struct Session<'a> {
+    setup: &'a CallSetup,
+    signaling: Signaling,
+    peer: Arc<WebRtcPeer>,
+    peer_events: mpsc::Receiver<PeerEvent>,
+    role: Role,
+    call_id: String,
+    policy: IcePolicy,
+    report: CallReport,
+    started: Instant,
+    answered: Option<Instant>,
+    connected: bool,
+    own_fingerprint: Option<String>,
+    /// The fingerprint the other side's SDP announced first.
+    their_fingerprint: Option<String>,
+    /// Candidates gathered before the invite was acknowledged (the policy unknown).
+    held_candidates: Option<Vec<Value>>,
+    reception: Reception,
+    decoder: Decoder,
+    encoder: Encoder,
+    sink: Option<WavSink>,
+    restarting: bool,
+    said: std::collections::HashSet<String>,
+}
+
+fn new_call_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    sas::hex(&bytes)
+}
+
+/// Places a call to `callee` (an account id or an E.164 number) and runs it
+/// until it ends or `stop` resolves.
+pub async fn dial(setup: &CallSetup, callee: &str, stop: impl Future<Output = ()>) -> Result<CallReport, CallError> {
+    let started = Instant::now();
+    let signaling = Signaling::connect(&setup.server, &setup.token).await?;
+    let settings =
+        PeerSettings { ice_servers: setup.ice_servers.clone(), relay_only: setup.relay_only, ..setup.peer.clone() };
+    let (peer, peer_events) = WebRtcPeer::create(&settings).await?;
+    let offer = peer.offer(false).await?;
+    let call_id = new_call_id();
+    let nonce = sas::nonce();
+    let mut session = Session::new(setup, signaling, peer, peer_events, Role::Caller, call_id.clone(), started)?;
+    session.own_fingerprint = sas::fingerprint_in_sdp(&offer);
+    session.report.peer = callee.to_owned();
+    (setup.progress)(&format!("calling {callee} (call {call_id})"));
+    let policy = session.signaling.invite(&call_id, callee, &offer, Some(&sas::commitment(&nonce))).await?;
+    session.set_policy(policy).await?;
+    session.run(Some(nonce), None, stop).await
+}
+
+/// Waits for the next incoming call, answers it and runs it until it ends
+/// or `stop` resolves. `ring_for` bounds the wait; `decide`, when given, is
+/// asked (on a blocking thread) whether to take the call.
+pub async fn answer_next(
+    setup: &CallSetup,
+    ring_for: Option<Duration>,
+    decide: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
+    stop: impl Future<Output = ()>,
+) -> Result<CallReport, CallError> {
+    let mut signaling = Signaling::connect(&setup.server, &setup.token).await?;
+    (setup.progress)("waiting for a call");
+    let deadline = ring_for.map(|wait| tokio::time::Instant::now() + wait);
+    let (call_id, caller, offer, policy, commit) = loop {
+        let event = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, signaling.next_event())
+                .await
+                .map_err(|_| CallError::Failed("no call came in time".into()))?,
+            None => signaling.next_event().await,
+        };
+        match event {
+            Event::Incoming { call_id, caller, sdp, ice_policy, sas_commit } => {
+                break (call_id, caller, sdp, ice_policy, sas_commit);
+            }
+            Event::Closed(code) => return Err(SignalingError::Closed(code).into()),
+            _ => {}
+        }
+    };
+    let started = Instant::now();
+    (setup.progress)(&format!("incoming call {call_id} from {caller}"));
+    signaling.ringing(&call_id).await?;
+    if let Some(decide) = decide {
+        let asked = caller.clone();
+        let take = tokio::task::spawn_blocking(move || decide(&asked)).await.unwrap_or(false);
+        if !take {
+            signaling.reject(&call_id).await?;
+            (setup.progress)("rejected");
+            return Ok(CallReport {
+                call_id,
+                direction: "incoming".into(),
+                peer: caller,
+                end_reason: "rejected".into(),
+                ..CallReport::default()
+            });
+        }
+    }
+    let settings = PeerSettings {
+        ice_servers: setup.ice_servers.clone(),
+        relay_only: setup.relay_only || policy == IcePolicy::Relay,
+        ..setup.peer.clone()
+    };
+    let (peer, peer_events) = WebRtcPeer::create(&settings).await?;
+    let mut session = Session::new(setup, signaling, peer, peer_events, Role::Callee, call_id.clone(), started)?;
+    session.report.peer = caller;
+    session.their_fingerprint = sas::fingerprint_in_sdp(&offer);
+    let answer = session.peer.answer(&offer).await?;
+    session.own_fingerprint = sas::fingerprint_in_sdp(&answer);
+    let nonce = sas::nonce();
+    session.set_policy(policy).await?;
+    session.signaling.answer(&call_id, &answer, Some(&sas::hex(&nonce))).await?;
+    session.report.ringing_ms = Some(started.elapsed().as_millis() as u64);
+    session.answered = Some(Instant::now());
+    (setup.progress)("answered");
+    session.run(Some(nonce), commit, stop).await
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        setup: &'a CallSetup,
+        signaling: Signaling,
+        peer: WebRtcPeer,
+        peer_events: mpsc::Receiver<PeerEvent>,
+        role: Role,
+        call_id: String,
+        started: Instant,
+    ) -> Result<Session<'a>, CallError> {
+        let sink = setup.record.as_deref().map(WavSink::create).transpose()?;
+        Ok(Session {
+            setup,
+            signaling,
+            peer: Arc::new(peer),
+            peer_events,
+            role,
+            report: CallReport {
+                call_id: call_id.clone(),
+                direction: if role == Role::Caller { "outgoing" } else { "incoming" }.into(),
+                ..CallReport::default()
+            },
+            call_id,
+            policy: IcePolicy::All,
+            started,
+            answered: None,
+            connected: false,
+            own_fingerprint: None,
+            their_fingerprint: None,
+            held_candidates: Some(Vec::new()),
+            reception: Reception::default(),
+            decoder: Decoder::new()?,
+            encoder: Encoder::new()?,
+            sink,
+            restarting: false,
+            said: Default::default(),
+        })
+    }
+
+    fn say(&self, line: &str) {
+        (self.setup.progress)(line);
+    }
+
+    /// A line said once per call, for conditions that repeat every packet.
+    fn say_once(&mut self, line: &str) {
+        if self.said.insert(line.to_owned()) {
+            self.say(line);
+        }
+    }
+
+    fn warn(&mut self, warning: String) {
+        self.say(&format!("WARNING: {warning}"));
+        let joined = match self.report.sas_warning.take() {
+            Some(earlier) => format!("{earlier}; {warning}"),
+            None => warning,
+        };
+        self.report.sas_warning = Some(joined);
+    }
+
+    /// The policy is known: candidates held until now go out, filtered.
+    async fn set_policy(&mut self, policy: IcePolicy) -> Result<(), CallError> {
+        self.policy = policy;
+        self.report.ice_policy = if policy == IcePolicy::Relay { "relay" } else { "all" }.into();
+        if policy == IcePolicy::Relay {
+            self.say("relay-only call: this device's address is not shared");
+        }
+        let held = self.held_candidates.take().unwrap_or_default();
+        self.send_candidates(held).await
+    }
+
+    async fn send_candidates(&mut self, candidates: Vec<Value>) -> Result<(), CallError> {
+        let relay_only = self.policy == IcePolicy::Relay || self.setup.relay_only;
+        let allowed: Vec<Value> = candidates
+            .into_iter()
+            .filter(|candidate| {
+                let line = candidate["candidate"].as_str().unwrap_or_default();
+                !relay_only || candidate_type(line) == Some("relay")
+            })
+            .collect();
+        if allowed.is_empty() {
+            return Ok(());
+        }
+        for candidate in &allowed {
+            self.report.candidates_sent.push(candidate["candidate"].as_str().unwrap_or_default().to_owned());
+        }
+        match self.signaling.candidates(&self.call_id, allowed).await {
+            // Sent while the socket was down: the ICE restart after resume gathers anew.
+            Err(SignalingError::Closed(_)) | Err(SignalingError::Timeout) => Ok(()),
+            other => other.map_err(CallError::from),
+        }
+    }
+
+    fn compute_sas(&mut self, caller_nonce: [u8; NONCE_BYTES], callee_nonce: [u8; NONCE_BYTES]) {
+        let (Some(own), Some(theirs)) = (self.own_fingerprint.clone(), self.their_fingerprint.clone()) else {
+            self.warn("an SDP without a usable DTLS fingerprint: no SAS".into());
+            return;
+        };
+        let (caller_fingerprint, callee_fingerprint) =
+            if self.role == Role::Caller { (own, theirs) } else { (theirs, own) };
+        let sas = Sas::compute(&SasInput {
+            call_id: &self.call_id,
+            caller_fingerprint: &caller_fingerprint,
+            callee_fingerprint: &callee_fingerprint,
+            caller_nonce,
+            callee_nonce,
+        });
+        self.say(&format!("SAS: {sas} (compare it with the other person)"));
+        self.report.sas = Some(sas.symbols());
+        self.report.sas_names = sas.names().iter().map(|name| (*name).to_owned()).collect();
+    }
+
+    /// The call loop: signaling events, the peer's events, and the 20 ms
+    /// send clock.
+    async fn run(
+        mut self,
+        own_nonce: Option<[u8; NONCE_BYTES]>,
+        their_commit: Option<String>,
+        stop: impl Future<Output = ()>,
+    ) -> Result<CallReport, CallError> {
+        tokio::pin!(stop);
+        let mut play = self.setup.play.clone();
+        let mut clock = tokio::time::interval(Duration::from_millis(u64::from(crate::audio::FRAME_MS)));
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut hangup_at: Option<tokio::time::Instant> = None;
+        let give_up_at = tokio::time::Instant::now() + UNANSWERED_GIVE_UP;
+        let mut rtt_clock = tokio::time::interval(RTT_EVERY);
+        let mut last_rtt: Option<f64> = None;
+        let reason = loop {
+            let hangup_sleep = async {
+                match hangup_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => break self.hang_up("user_hangup").await,
+                _ = hangup_sleep => break self.hang_up("user_hangup").await,
+                _ = tokio::time::sleep_until(give_up_at), if !self.connected && self.answered.is_none() => {
+                    break self.hang_up("user_hangup").await;
+                }
+                _ = rtt_clock.tick(), if self.connected => {
+                    last_rtt = self.peer.rtt_ms().await.or(last_rtt);
+                }
+                _ = clock.tick() => {
+                    let mut frame = [0i16; FRAME_SAMPLES];
+                    play.next_frame(&mut frame);
+                    if self.connected {
+                        if let Some(mouth) = &self.setup.mouth {
+                            mouth(&frame, Instant::now());
+                        }
+                        let packet = self.encoder.encode(&frame)?;
+                        match self.peer.send_opus(packet).await {
+                            Ok(()) => self.report.packets_sent += 1,
+                            // The path is down for now; ICE restart or hangup follows.
+                            Err(error) => self.say_once(&format!("audio not sent: {error}")),
+                        }
+                    }
+                }
+                event = self.signaling.next_event() => {
+                    match event {
+                        Event::Ringing { call_id } if call_id == self.call_id => {
+                            self.report.ringing_ms = Some(self.started.elapsed().as_millis() as u64);
+                            self.say(&format!("ringing ({} ms)", self.started.elapsed().as_millis()));
+                        }
+                        Event::Answered { call_id, sdp, ice_policy, sas_nonce } if call_id == self.call_id => {
+                            self.answered = Some(Instant::now());
+                            self.say("answered");
+                            if ice_policy != self.policy {
+                                self.set_policy(ice_policy).await?;
+                            }
+                            self.their_fingerprint = sas::fingerprint_in_sdp(&sdp);
+                            self.peer.accept_answer(&sdp).await?;
+                            match (own_nonce, sas_nonce.as_deref().and_then(sas::parse_nonce)) {
+                                (Some(own), Some(theirs)) => {
+                                    self.signaling.sas_reveal(&self.call_id, &sas::hex(&own)).await?;
+                                    self.compute_sas(own, theirs);
+                                }
+                                _ => self.warn("the answer carries no SAS nonce: no SAS".into()),
+                            }
+                            if let Some(duration) = self.setup.duration {
+                                hangup_at = Some(tokio::time::Instant::now() + duration);
+                            }
+                        }
+                        Event::SasReveal { call_id, nonce } if call_id == self.call_id => {
+                            match (own_nonce, sas::parse_nonce(&nonce), their_commit.as_deref()) {
+                                (Some(own), Some(revealed), Some(commit)) if sas::reveal_matches(commit, &revealed) => {
+                                    self.compute_sas(revealed, own);
+                                }
+                                _ => self.warn("the caller's SAS reveal does not match its commitment".into()),
+                            }
+                            if let Some(duration) = self.setup.duration && hangup_at.is_none() {
+                                hangup_at = Some(tokio::time::Instant::now() + duration);
+                            }
+                        }
+                        Event::Candidates { call_id, candidates } if call_id == self.call_id => {
+                            for candidate in candidates {
+                                self.report
+                                    .candidates_received
+                                    .push(candidate["candidate"].as_str().unwrap_or_default().to_owned());
+                                if let Err(error) = self.peer.add_remote_candidate(&candidate).await {
+                                    self.say(&format!("a candidate was not taken: {error}"));
+                                }
+                            }
+                        }
+                        Event::Negotiate { call_id, sdp, kind } if call_id == self.call_id => {
+                            // A failed renegotiation leaves the call as it was (or dead,
+                            // and the other side hangs up); it does not end this client.
+                            if let Err(error) = self.negotiated(&sdp, &kind).await {
+                                self.say(&format!("renegotiation failed: {error}"));
+                            }
+                        }
+                        Event::Hangup { call_id, reason } if call_id == self.call_id => {
+                            self.say(&format!("call ended: {reason}"));
+                            break reason;
+                        }
+                        Event::Closed(_) => {
+                            self.say("signaling connection lost; reconnecting");
+                            if !self.reconnect().await {
+                                break "lost_connection".to_owned();
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Some(event) = self.peer_events.recv() => {
+                    match event {
+                        PeerEvent::LocalCandidate(candidate) => match &mut self.held_candidates {
+                            Some(held) => held.push(candidate),
+                            None => self.send_candidates(vec![candidate]).await?,
+                        },
+                        PeerEvent::State(state) => self.peer_state(state).await?,
+                        PeerEvent::Audio(packet) => {
+                            // A packet that cannot be decoded is dropped, never the call.
+                            if let Err(error) = self.received(packet) {
+                                self.say_once(&format!("audio dropped: {error}"));
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        self.finish(reason, last_rtt).await
+    }
+
+    async fn hang_up(&mut self, reason: &str) -> String {
+        let _ = self.signaling.hangup(&self.call_id, reason).await;
+        self.say("hung up");
+        reason.to_owned()
+    }
+
+    async fn negotiated(&mut self, sdp: &str, kind: &str) -> Result<(), CallError> {
+        if let (Some(first), Some(now)) = (&self.their_fingerprint, sas::fingerprint_in_sdp(sdp))
+            && *first != now
+        {
+            self.warn("the other side's DTLS fingerprint changed in a renegotiation".into());
+        }
+        if kind == "offer" {
+            let answer = self.peer.answer(sdp).await?;
+            self.signaling.negotiate(&self.call_id, &answer, "answer").await?;
+        } else {
+            self.peer.accept_answer(sdp).await?;
+            self.restarting = false;
+        }
+        self.say("renegotiated (ICE restart)");
+        Ok(())
+    }
+
+    /// The caller restarts ICE; the callee answers the restart.
+    async fn restart_ice(&mut self) -> Result<(), CallError> {
+        if self.role != Role::Caller || self.restarting {
+            return Ok(());
+        }
+        self.restarting = true;
+        self.report.ice_restarts += 1;
+        self.say("restarting ICE");
+        let offer = self.peer.offer(true).await?;
+        match self.signaling.negotiate(&self.call_id, &offer, "offer").await {
+            Ok(()) => Ok(()),
+            Err(SignalingError::Closed(_)) | Err(SignalingError::Timeout) => {
+                self.restarting = false;
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn peer_state(&mut self, state: PeerState) -> Result<(), CallError> {
+        match state {
+            PeerState::Connected => {
+                self.restarting = false;
+                if !self.connected {
+                    self.connected = true;
+                    self.report.setup_ms = Some(self.started.elapsed().as_millis() as u64);
+                }
+                if let Some(path) = self.peer.selected_path().await {
+                    self.say(&format!("connected over {} (remote {})", path.local, path.remote));
+                    self.report.candidate_type = Some(path.local);
+                    self.report.remote_candidate_type = Some(path.remote);
+                } else {
+                    self.say("connected");
+                }
+                self.check_dtls().await;
+            }
+            PeerState::Disconnected | PeerState::Failed => {
+                self.say(&format!("media path {}", if state == PeerState::Failed { "failed" } else { "interrupted" }));
+                if let Err(error) = self.restart_ice().await {
+                    self.restarting = false;
+                    self.say(&format!("ICE restart failed: {error}"));
+                }
+            }
+            PeerState::Connecting | PeerState::Closed => {}
+        }
+        Ok(())
+    }
+
+    /// The certificate DTLS saw must be the one the SDP announced (and the
+    /// SAS covers).
+    async fn check_dtls(&mut self) {
+        let seen = self.peer.remote_certificate_fingerprint().await;
+        match (seen, self.their_fingerprint.clone()) {
+            (Some(seen), Some(announced)) if seen != announced => {
+                self.warn(format!("the DTLS certificate ({seen}) is not the one the SDP announced ({announced})"));
+            }
+            (None, _) => self.warn("the DTLS certificate of the other side could not be read".into()),
+            _ => {}
+        }
+    }
+
+    fn received(&mut self, packet: AudioPacket) -> Result<(), CallError> {
+        if self.report.first_audio_ms.is_none() {
+            let since = self.answered.unwrap_or(self.started);
+            let ms = since.elapsed().as_millis() as u64;
+            self.report.first_audio_ms = Some(ms);
+            self.say(&format!("first audio {ms} ms after the answer"));
+        }
+        let missing = self.reception.record(&packet);
+        self.report.packets_received += 1;
+        let mut samples = Vec::with_capacity(FRAME_SAMPLES * (missing as usize + 1));
+        if missing > 0 && missing < 50 {
+            for _ in 1..missing {
+                samples.extend(self.decoder.conceal()?);
+            }
+            // The packet before this one rides in-band in this one (FEC).
+            samples.extend(self.decoder.recover(&packet.payload)?);
+        }
+        samples.extend(self.decoder.decode(&packet.payload)?);
+        if let Some(ear) = &self.setup.ear {
+            ear(&samples, Instant::now());
+        }
+        if let Some(sink) = &mut self.sink {
+            sink.write(&samples)?;
+        }
+        Ok(())
+    }
+
+    /// Connects again and resumes the call; the caller restarts ICE.
+    async fn reconnect(&mut self) -> bool {
+        let until = Instant::now() + RECONNECT_FOR;
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let Ok(signaling) = Signaling::connect(&self.setup.server, &self.setup.token).await else { continue };
+            self.signaling = signaling;
+            match self.signaling.resume(&self.call_id).await {
+                Ok(()) => {
+                    self.say("resumed");
+                    self.restarting = false;
+                    return self.restart_ice().await.is_ok();
+                }
+                Err(SignalingError::Refused { code, .. }) => {
+                    self.say(&format!("the call could not be resumed: {code}"));
+                    return false;
+                }
+                Err(_) => continue,
+            }
+        }
+        false
+    }
+
+    async fn finish(mut self, reason: String, rtt: Option<f64>) -> Result<CallReport, CallError> {
+        let rtt = self.peer.rtt_ms().await.or(rtt);
+        self.peer.close().await;
+        self.signaling.close().await;
+        if let Some(sink) = self.sink.take() {
+            sink.finish()?;
+        }
+        let talking = self.answered.map(|at| at.elapsed().as_secs_f64()).unwrap_or(0.0);
+        self.report.end_reason = reason;
+        self.report.rtt_ms = rtt.map(round2);
+        self.report.jitter_ms = self.reception.jitter_ms().map(round2);
+        self.report.packet_loss_pct = self.reception.loss_pct().map(round2);
+        if talking > 0.0 && self.reception.received > 0 {
+            self.report.bitrate_kbps = Some(round2(self.reception.bytes as f64 * 8.0 / talking / 1_000.0));
+        }
+        Ok(self.report)
+    }
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(sequence: u16, timestamp: u32, arrived: Instant) -> AudioPacket {
+        AudioPacket { sequence, timestamp, payload: vec![0; 10], arrived }
+    }
+
+    #[test]
+    fn reception_counts_gaps_loss_and_jitter() {
+        let start = Instant::now();
+        let mut reception = Reception::default();
+        assert_eq!(reception.record(&packet(65_534, 0, start)), 0);
+        assert_eq!(reception.record(&packet(65_535, 960, start + Duration::from_millis(20))), 0);
+        // 0 and 1 are lost across the wrap.
+        assert_eq!(reception.record(&packet(2, 3_840, start + Duration::from_millis(80))), 2);
+        assert_eq!(reception.loss_pct(), Some(40.0));
+        assert!(reception.jitter_ms().unwrap() < 0.1);
+        // A late packet arriving 30 ms off its schedule adds jitter.
+        reception.record(&packet(3, 4_800, start + Duration::from_millis(130)));
+        assert!(reception.jitter_ms().unwrap() > 1.0);
+    }
+}

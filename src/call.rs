@@ -89,7 +89,7 @@ enum P2p {
 
 #[derive(Args)]
 struct MediaArgs {
-    /// What to send: a WAV file or tone:HZ (default: silence).
+    /// What to send: a WAV file, tone:HZ or clicks:MS (default: silence).
     #[arg(long)]
     play: Option<String>,
     /// Record what the other side sends to this WAV file (48 kHz mono).
@@ -304,7 +304,7 @@ async fn place(
     let result = match to {
         Some(to) => courier_calls::call::dial(&setup, to, stop).await,
         None => {
-            let decide: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>> = if auto {
+            let decide: Option<courier_calls::call::Decide> = if auto {
                 None
             } else {
                 Some(Arc::new(|caller: &str| {

@@ -56,7 +56,9 @@ impl Running {
         let mut stdout = String::new();
         let mut out = self.child.stdout.take().unwrap();
         let reading = tokio::io::AsyncReadExt::read_to_string(&mut out, &mut stdout);
-        tokio::time::timeout(Duration::from_secs(90), reading).await.expect("the softphone ended").unwrap();
+        if tokio::time::timeout(Duration::from_secs(90), reading).await.is_err() {
+            panic!("the softphone did not end; printed:\n{}", self.lines.lock().unwrap().join("\n"));
+        }
         let status = self.child.wait().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
         let log = self.lines.lock().unwrap().join("\n");
@@ -338,4 +340,33 @@ async fn ice_restarts_after_the_signaling_socket_drops() {
     assert_eq!(a["end_reason"], "user_hangup", "{a}");
     assert_heard_each_other(&alice, &bob, (&a, &b));
     server.finish().await;
+}
+
+/// `courier bench calls` places real calls in each of its three set-ups and
+/// reports every figure (the figures themselves go to BENCHMARKS.md; here
+/// only that they were measured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_calls_benchmark_measures_each_setup() {
+    let output = Command::new(courier_bin())
+        .args(["bench", "calls", "--pairs", "1", "--duration-s", "3", "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let figures: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for (setup, on_relay) in [("p2p", 0), ("relay", 1), ("relay_coturn", 1)] {
+        let phase = &figures[setup];
+        assert_eq!(phase["calls"], 1, "{setup}: {phase}");
+        assert_eq!(phase["failed"], 0, "{setup}: {phase}");
+        assert_eq!(phase["sas_matched"], 1, "{setup}: {phase}");
+        // Relay-only: the callee's end of the path is its relay candidate;
+        // the caller's is its own address toward that relay.
+        assert_eq!(phase["ends_on_relay"], on_relay, "{setup}: {phase}");
+        assert!(phase["clicks_heard"].as_u64().unwrap() > 0, "{setup}: {phase}");
+        for figure in
+            ["dial_to_ringing_ms_p99", "answer_to_first_audio_ms_p99", "mouth_to_ear_ms_p50", "cpu_per_call_pct"]
+        {
+            assert!(phase[figure].as_f64().is_some_and(|value| value > 0.0), "{setup} {figure}: {phase}");
+        }
+    }
 }

@@ -22,6 +22,9 @@ const RECONNECT_FOR: Duration = Duration::from_secs(20);
 /// A call neither answered nor connected by then is given up (the server's
 /// ring timeout normally ends it long before).
 const UNANSWERED_GIVE_UP: Duration = Duration::from_secs(90);
+/// How long hanging up may wait for the peer connection and the signaling
+/// socket to close.
+const CLOSE_WITHIN: Duration = Duration::from_secs(3);
 /// How often the round-trip time is read while the media path is up.
 const RTT_EVERY: Duration = Duration::from_secs(1);
 
@@ -57,6 +60,9 @@ pub struct CallSetup {
     /// Sees each decoded block as it goes to the sink.
     pub ear: Option<AudioTap>,
 }
+
+/// Asked, with the caller's name, whether to take an incoming call.
+pub type Decide = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// A view of the audio at one end of the pipeline: the samples (48 kHz mono)
 /// and the moment they were handed on. The benchmark finds its clicks here.
@@ -212,7 +218,7 @@ pub async fn dial(setup: &CallSetup, callee: &str, stop: impl Future<Output = ()
 pub async fn answer_next(
     setup: &CallSetup,
     ring_for: Option<Duration>,
-    decide: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
+    decide: Option<Decide>,
     stop: impl Future<Output = ()>,
 ) -> Result<CallReport, CallError> {
     let mut signaling = Signaling::connect(&setup.server, &setup.token).await?;
@@ -651,8 +657,10 @@ impl<'a> Session<'a> {
 
     async fn finish(mut self, reason: String, rtt: Option<f64>) -> Result<CallReport, CallError> {
         let rtt = self.peer.rtt_ms().await.or(rtt);
-        self.peer.close().await;
-        self.signaling.close().await;
+        // Closing is a courtesy to the other side and the relay; it never
+        // holds the report back.
+        let _ = tokio::time::timeout(CLOSE_WITHIN, self.peer.close()).await;
+        let _ = tokio::time::timeout(CLOSE_WITHIN, self.signaling.close()).await;
         if let Some(sink) = self.sink.take() {
             sink.finish()?;
         }

@@ -251,7 +251,7 @@ impl WebRtcPeer {
             rtcp_feedback: vec![],
         };
         media_engine.register_codec(
-            RTCRtpCodecParameters { rtp_codec: opus.clone(), payload_type: OPUS_PAYLOAD_TYPE, ..Default::default() },
+            RTCRtpCodecParameters { rtp_codec: opus.clone(), payload_type: OPUS_PAYLOAD_TYPE },
             RtpCodecKind::Audio,
         )?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;

@@ -119,8 +119,8 @@ async fn relay(shared: Shared, client: WebSocket) {
             frame = from_server.next() => {
                 let Some(Ok(frame)) = frame else { return };
                 match frame {
-                    Message::Text(text) => {
-                        if to_client.send(AxumMessage::Text(text.as_str().into())).await.is_err() { return }
+                    Message::Text(text) if to_client.send(AxumMessage::Text(text.as_str().into())).await.is_err() => {
+                        return
                     }
                     Message::Close(_) => { let _ = to_client.close().await; return }
                     _ => {}

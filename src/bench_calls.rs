@@ -7,7 +7,6 @@
 //! per call.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ const CLICK_EVERY_MS: u32 = 500;
 const CLICK_MATCH_MS: f64 = 400.0;
 /// Bounds of a call's ringing and setup, so a broken run still ends.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// The targets of issue-level acceptance, printed next to the figures.
+/// The latency targets, printed with the figures.
 const TARGET_RINGING_MS: f64 = 300.0;
 const TARGET_FIRST_AUDIO_MS: f64 = 1_000.0;
 const TARGET_MOUTH_TO_EAR_MS: f64 = 80.0;
@@ -37,12 +36,8 @@ pub struct CallsBench {
     /// Seconds each call lasts after the answer.
     #[arg(long, default_value_t = 10)]
     duration_s: u64,
-    /// coturn's `turnserver` executable (Debian package coturn).
-    #[arg(long, default_value = "turnserver")]
-    turnserver: PathBuf,
-    /// Leave out the relay-only calls through coturn.
-    #[arg(long)]
-    no_coturn: bool,
+    #[command(flatten)]
+    coturn: crate::bench_turn::CoturnArgs,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -74,10 +69,10 @@ pub async fn run(bench: CallsBench) -> Result<(), String> {
     };
     embedded.stop().await;
     let (p2p, relay) = (p2p?, relay?);
-    let coturn = if bench.no_coturn {
+    let coturn = if bench.coturn.no_coturn {
         None
     } else {
-        let coturn = crate::bench_turn::Relay::coturn(&bench.turnserver).await?;
+        let coturn = crate::bench_turn::Relay::coturn(&bench.coturn.turnserver).await?;
         let urls = format!("turn:{}?transport=udp", coturn.addr);
         let secret = crate::bench_turn::SECRET;
         let mut external =

@@ -34,6 +34,17 @@ const STOP_LOSS_PCT: f64 = 1.0;
 const LATENCY_SAMPLE_EVERY: u64 = 8;
 const CHANNEL: u16 = 0x4000;
 
+/// Where the benchmarks that compare with coturn find it.
+#[derive(Args)]
+pub struct CoturnArgs {
+    /// coturn's `turnserver` executable (Debian package coturn).
+    #[arg(long, default_value = "turnserver")]
+    pub turnserver: PathBuf,
+    /// Leave coturn out: measure Courier's own relay only.
+    #[arg(long)]
+    pub no_coturn: bool,
+}
+
 #[derive(Args)]
 pub struct TurnBench {
     /// Session counts to step through (each session: two clients relaying to each other).
@@ -48,12 +59,8 @@ pub struct TurnBench {
     /// Seconds each step sends.
     #[arg(long, default_value_t = 5)]
     step_s: u64,
-    /// coturn's `turnserver` executable (Debian package coturn).
-    #[arg(long, default_value = "turnserver")]
-    turnserver: PathBuf,
-    /// Measure the embedded relay only.
-    #[arg(long)]
-    no_coturn: bool,
+    #[command(flatten)]
+    coturn: CoturnArgs,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -67,10 +74,10 @@ pub async fn run(bench: TurnBench) -> Result<(), String> {
         let relay = Relay::embedded().await?;
         measure(&relay, &bench, "embedded").await?
     };
-    let coturn = if bench.no_coturn {
+    let coturn = if bench.coturn.no_coturn {
         None
     } else {
-        let relay = Relay::coturn(&bench.turnserver).await?;
+        let relay = Relay::coturn(&bench.coturn.turnserver).await?;
         Some(measure(&relay, &bench, "coturn").await?)
     };
     let best = |figures: &Value| figures["max_pps_at_zero_loss"].as_f64().unwrap_or(0.0);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use courier_calls::audio::{ClickDetector, FRAME_SAMPLES, SAMPLE_RATE, Source};
-use courier_calls::call::{AudioTap, CallReport, CallSetup};
+use courier_calls::call::{AudioTap, CallReport, CallSetup, round2};
 use courier_calls::peer::{IceServer, PeerSettings};
 use serde_json::{Value, json};
 
@@ -197,8 +197,26 @@ async fn account(
 /// microphone and when each reached the receiver's speaker.
 #[derive(Default)]
 struct Clicks {
-    sent: Mutex<(ClickDetector, Vec<Instant>)>,
-    heard: Mutex<(ClickDetector, Vec<Instant>)>,
+    sent: Onsets,
+    heard: Onsets,
+}
+
+/// The clicks found in one stream of audio, as instants.
+#[derive(Default)]
+struct Onsets(Mutex<(ClickDetector, Vec<Instant>)>);
+
+impl Onsets {
+    /// Finds the clicks that begin in `samples`; `when` gives the instant of
+    /// the sample at an offset.
+    fn find(&self, samples: &[i16], when: impl Fn(usize) -> Instant) {
+        let mut found = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (detector, times) = &mut *found;
+        times.extend(detector.onsets(samples).into_iter().map(when));
+    }
+
+    fn times(&self) -> Vec<Instant> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).1.clone()
+    }
 }
 
 impl Clicks {
@@ -208,11 +226,7 @@ impl Clicks {
     fn mouth(self: &Arc<Self>) -> AudioTap {
         let clicks = self.clone();
         Arc::new(move |frame: &[i16], at: Instant| {
-            let mut sent = clicks.sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let (detector, times) = &mut *sent;
-            for offset in detector.onsets(frame) {
-                times.push(at - samples_to_duration(FRAME_SAMPLES - offset));
-            }
+            clicks.sent.find(frame, |offset| at - samples_to_duration(FRAME_SAMPLES - offset));
         })
     }
 
@@ -220,19 +234,12 @@ impl Clicks {
     /// `at`, one sample after another.
     fn ear(self: &Arc<Self>) -> AudioTap {
         let clicks = self.clone();
-        Arc::new(move |block: &[i16], at: Instant| {
-            let mut heard = clicks.heard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let (detector, times) = &mut *heard;
-            for offset in detector.onsets(block) {
-                times.push(at + samples_to_duration(offset));
-            }
-        })
+        Arc::new(move |block: &[i16], at: Instant| clicks.heard.find(block, |offset| at + samples_to_duration(offset)))
     }
 
     /// Mouth-to-ear latencies (ms) of the clicks heard, and how many were sent.
     fn latencies(&self) -> (Vec<f64>, usize) {
-        let sent = self.sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).1.clone();
-        let heard = self.heard.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).1.clone();
+        let (sent, heard) = (self.sent.times(), self.heard.times());
         let mut latencies = Vec::new();
         for at in heard {
             // The latest click sent before it was heard.
@@ -406,10 +413,6 @@ fn quantile(values: &[f64], q: f64) -> Value {
     json!(round2(sorted[rank - 1]))
 }
 
-fn round2(value: f64) -> f64 {
-    (value * 100.0).round() / 100.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,8 +434,8 @@ mod tests {
         let clicks = Arc::new(Clicks::default());
         let start = Instant::now();
         let ms = |value: u64| start + Duration::from_millis(value);
-        clicks.sent.lock().unwrap().1.extend([ms(0), ms(500), ms(1_000)]);
-        clicks.heard.lock().unwrap().1.extend([ms(40), ms(560), ms(1_450)]);
+        clicks.sent.0.lock().unwrap().1.extend([ms(0), ms(500), ms(1_000)]);
+        clicks.heard.0.lock().unwrap().1.extend([ms(40), ms(560), ms(1_450)]);
         let (latencies, sent) = clicks.latencies();
         assert_eq!(sent, 3);
         assert_eq!(latencies.len(), 2);

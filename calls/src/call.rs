@@ -676,7 +676,8 @@ impl<'a> Session<'a> {
     }
 }
 
-fn round2(value: f64) -> f64 {
+/// `value` to two decimal places, as the reports give figures.
+pub fn round2(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
 

@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::Request;
 use axum::extract::{FromRef, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -16,12 +15,14 @@ use courier_common::page::PageQuery;
 use courier_common::time::{now_ms, rfc3339};
 use courier_common::{ErrorBody, HttpError, Json, Page, Query};
 use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::hub::Hub;
 use crate::protocol::HangupReason;
 use crate::store::{self, HistoryRow, Stats};
 use crate::turn::IceServers;
+use crate::upgrade::Upgrade;
 use crate::ws;
 
 pub const COMMENT_CHARS_MAX: usize = 500;
@@ -31,9 +32,10 @@ pub const PROBLEMS: [&str; 7] =
 /// Bounds on a client's figures: beyond them a figure is a bug, not a call.
 const MILLISECONDS_MAX: f64 = 600_000.0;
 const BITRATE_KBPS_MAX: f64 = 100_000.0;
-/// Per-connection read buffer to start with: small, because most sockets sit
-/// idle; it grows to the largest frame the connection has read.
-const WS_READ_BUFFER_BYTES: usize = 1024;
+/// The WebSocket codec's read buffer to start with: small, because most
+/// sockets sit idle (it grows to the largest frame the connection has read);
+/// the socket itself is read in larger pieces (`upgrade::ReadAhead`).
+const WS_READ_BUFFER_BYTES: usize = 256;
 const WS_WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The signaling service's state.
@@ -91,17 +93,14 @@ pub struct ApiDoc;
     responses((status = 101, description = "Switching to the WebSocket protocol"),
               (status = 400, description = "`invalid_request`: not a WebSocket upgrade", body = ErrorBody),
               (status = 503, description = "`overloaded`: the server holds as many connections as allowed", body = ErrorBody)))]
-async fn websocket(
-    State(signaling): State<Signaling>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let upgrade = match upgrade {
+async fn websocket(State(signaling): State<Signaling>, mut request: Request) -> Response {
+    let upgrade = match Upgrade::from_request(&mut request) {
         Ok(upgrade) => upgrade,
-        Err(rejection) => {
+        Err(why) => {
             return HttpError::new(
-                rejection.status(),
+                StatusCode::BAD_REQUEST,
                 "invalid_request",
-                format!("this route speaks WebSocket: {}", rejection.body_text()),
+                format!("this route speaks WebSocket: {why}"),
             )
             .into_response();
         }
@@ -112,16 +111,16 @@ async fn websocket(
             .into_response();
     };
     let bytes_max = ws::transport_message_bytes_max(signaling.hub.config().ws_message_bytes_max);
-    upgrade
+    let config = WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         // Frames are buffered until the writer flushes its batch.
         .write_buffer_size(WS_WRITE_BUFFER_BYTES)
-        .max_message_size(bytes_max)
-        .max_frame_size(bytes_max)
-        .on_upgrade(move |mut socket| async move {
-            ws::serve(&mut socket, &signaling.hub, &signaling.verifier).await;
-            drop(permit);
-        })
+        .max_message_size(Some(bytes_max))
+        .max_frame_size(Some(bytes_max));
+    upgrade.respond(config, move |mut socket| async move {
+        ws::serve(&mut socket, &signaling.hub, &signaling.verifier).await;
+        drop(permit);
+    })
 }
 
 /// One STUN or TURN server, as WebRTC's `RTCIceServer` takes it.

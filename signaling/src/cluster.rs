@@ -30,10 +30,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use redis::{Client, RedisError, Value};
 use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::hub::event_frame;
 use crate::machine::{At, Call, Callee, Endpoint, Limits, Output, Reply, Switchboard};

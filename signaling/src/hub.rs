@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use redis::aio::PubSubStream;
 
-use axum::extract::ws::Utf8Bytes;
 use courier_accounts::settings::{CallsFrom, P2p};
 use courier_common::Database;
 use courier_common::shutdown::CancellationToken;
 use courier_common::time::now_ms;
 use serde::Serialize;
 use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::cluster::{Cluster, ClusterConfig, Delivery, Owner, Subscription, TooManyDevices};
 use crate::config::SignalingConfig;

@@ -18,6 +18,7 @@ pub mod machine;
 pub mod protocol;
 pub mod store;
 pub mod turn;
+pub mod upgrade;
 pub mod ws;
 
 pub use api::{ApiDoc, Signaling, app};

@@ -8,15 +8,17 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use courier_accounts::tokens::TokenVerifier;
 use futures::{FutureExt, SinkExt, StreamExt};
 use governor::{Quota, RateLimiter};
 use tokio::time::{Instant, timeout, timeout_at};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::hub::{AttachError, Hub, Outbox, close, error_frame, frame};
 use crate::machine::Endpoint;
-use crate::protocol::{self, ClientBody, ErrorCode};
+use crate::protocol::{self, ClientBody, ClientMessage, ErrorCode};
+use crate::upgrade::Socket as WebSocket;
 
 /// Largest frame the transport reads at all; between the protocol limit and
 /// this, the client gets `message_too_large` and the connection stays up.
@@ -125,6 +127,8 @@ enum Read {
     Continue,
     /// The connection is over (closed by the client, broken, or asked to close).
     End,
+    /// A message the hub handles with an await (database look-ups for an invite).
+    Later(ClientMessage),
 }
 
 /// The authenticated connection: reads and handles the client's messages,
@@ -163,15 +167,22 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbo
             _ = outbox.changed() => {}
             next = socket.next() => {
                 heard_since = true;
-                if let Read::End = read(next, hub, endpoint, outbox, &limiter).await {
-                    return;
-                }
                 // Handle what else has arrived before writing the replies, so
                 // that a busy connection writes a batch per flush.
-                for _ in 1..BATCH_FRAMES_MAX {
-                    let Some(next) = socket.next().now_or_never() else { break };
-                    if let Read::End = read(next, hub, endpoint, outbox, &limiter).await {
-                        return;
+                let mut next = Some(next);
+                for _ in 0..BATCH_FRAMES_MAX {
+                    let Some(item) = next.take().or_else(|| socket.next().now_or_never()) else { break };
+                    match read(item, hub, endpoint, outbox, &limiter) {
+                        Read::Continue => {}
+                        Read::End => return,
+                        Read::Later(message) => {
+                            // Boxed: the handling future is large, and an idle
+                            // connection should not carry its space.
+                            let handling = Box::pin(handle_later(hub, endpoint, outbox, message));
+                            if !handling.await {
+                                return;
+                            }
+                        }
                     }
                 }
             }
@@ -199,9 +210,11 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbo
     }
 }
 
-/// Handles one thing read from the socket.
-async fn read(
-    next: Option<Result<Message, axum::Error>>,
+/// Handles one thing read from the socket, without an await: what needs
+/// one comes back as [`Read::Later`]. The connection's future thus holds no
+/// message-handling state while it waits.
+fn read(
+    next: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
     hub: &Hub,
     endpoint: &Endpoint,
     outbox: &Outbox,
@@ -214,8 +227,9 @@ async fn read(
             outbox.push(error_frame(None, ErrorCode::BadMessage, "messages are JSON text frames"));
             return Read::Continue;
         }
-        // Pings are answered by the transport; any frame shows the peer is alive.
-        Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Read::Continue,
+        // Pings are answered by the transport; any frame shows the peer is
+        // alive (a raw `Frame` is only ever written, never read).
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Read::Continue,
     };
     crate::hub::meters().messages.increment(1);
     let config = hub.config();
@@ -235,17 +249,20 @@ async fn read(
         ));
         return Read::Continue;
     }
-    let reply = match hub.handle_now(endpoint, message) {
-        Ok(reply) => reply,
-        Err(message) => {
-            // Boxed: the handling future (database look-ups for an invite) is
-            // large, and an idle connection should not carry its space.
-            let handling = Box::pin(hub.handle(endpoint, message));
-            handling.await
+    match hub.handle_now(endpoint, message) {
+        Ok(reply) => {
+            outbox.push(reply);
+            if outbox.is_closed() { Read::End } else { Read::Continue }
         }
-    };
+        Err(message) => Read::Later(message),
+    }
+}
+
+/// Handles a message that needs an await; false when the connection is to end.
+async fn handle_later(hub: &Hub, endpoint: &Endpoint, outbox: &Outbox, message: ClientMessage) -> bool {
+    let reply = hub.handle(endpoint, message).await;
     outbox.push(reply);
-    if outbox.is_closed() { Read::End } else { Read::Continue }
+    !outbox.is_closed()
 }
 
 /// Writes `first` (a ping) and what is queued, a batch per flush; false
@@ -271,7 +288,7 @@ async fn write_queued(
             }
             socket.flush().await?;
         }
-        Ok::<(), axum::Error>(())
+        Ok::<(), tokio_tungstenite::tungstenite::Error>(())
     };
     matches!(timeout(write_timeout, work).await, Ok(Ok(())))
 }
@@ -285,6 +302,6 @@ async fn finish(socket: &mut WebSocket, outbox: &Outbox, write_timeout: Duration
     if code != close::SLOW_READER && !write_queued(socket, outbox, None, write_timeout).await {
         return;
     }
-    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(close::reason(code)) };
+    let frame = CloseFrame { code: code.into(), reason: Utf8Bytes::from_static(close::reason(code)) };
     let _ = timeout(write_timeout, socket.send(Message::Close(Some(frame)))).await;
 }

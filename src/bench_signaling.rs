@@ -442,39 +442,35 @@ async fn relay(
             break;
         }
         tokio::select! {
-            next = b.next() => {
-                let mut next = next;
-                loop {
-                    match next {
-                        Some(Ok(Message::Text(text))) => arrived(&text, &mut in_flight),
-                        Some(Ok(_)) => {}
-                        Some(Err(error)) => return Err(error.to_string()),
-                        None => return Err("B's connection closed".into()),
-                    }
-                    match b.next().now_or_never() {
-                        Some(more) => next = more,
-                        None => break,
-                    }
-                }
-            },
-            next = a.next() => {
-                let mut next = next;
-                loop {
-                    match next {
-                        Some(Ok(_)) => {}
-                        Some(Err(error)) => return Err(error.to_string()),
-                        None => return Err("A's connection closed".into()),
-                    }
-                    match a.next().now_or_never() {
-                        Some(more) => next = more,
-                        None => break,
-                    }
-                }
-            },
+            next = b.next() => drain(next, &mut b, "B", |text| arrived(text, &mut in_flight))?,
+            next = a.next() => drain(next, &mut a, "A", |_| {})?,
             () = &mut give_up => break,
         }
     }
     Ok((latency, delivered))
+}
+
+/// Hands `each` the text of `first` and of every frame already waiting on
+/// `ws`, without waiting for more.
+fn drain(
+    first: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ws: &mut Ws,
+    side: &str,
+    mut each: impl FnMut(&str),
+) -> Result<(), String> {
+    let mut next = first;
+    loop {
+        match next {
+            Some(Ok(Message::Text(text))) => each(&text),
+            Some(Ok(_)) => {}
+            Some(Err(error)) => return Err(error.to_string()),
+            None => return Err(format!("{side}'s connection closed")),
+        }
+        match ws.next().now_or_never() {
+            Some(more) => next = more,
+            None => return Ok(()),
+        }
+    }
 }
 
 /// `count` idle authenticated connections, opened a few dozen at a time.

@@ -142,7 +142,8 @@ pub async fn build(
             .map(|path| path.with_extension("ledger-writer.lock"))
             .unwrap_or_else(|| data_dir.join("ledger-writer.lock"));
         let lock = WriterLock::for_database(&database, lock_file);
-        let (writer, task) = writer::spawn(database.clone(), lock, options.writer_config(), shutdown.clone());
+        let (writer, task) = writer::spawn(database.clone(), lock, options.writer_config(), shutdown.clone())
+            .map_err(|e| format!("cannot start the ledger writer: {e}"))?;
         tasks.push(task);
         let state = Payments::new(database.clone(), writer, verifier, options.ledger_submit_timeout());
         router = router.merge(courier_payments::app(state.clone()));

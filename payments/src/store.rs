@@ -4,7 +4,8 @@
 
 use std::collections::HashMap;
 
-use courier_common::Database;
+use courier_common::{Backend, Database};
+use serde::Serialize;
 use sqlx::AnyConnection;
 
 use crate::ledger::{AccountId, AccountKind, LedgerAccount, Transfer, TransferKind, Usage};
@@ -204,108 +205,210 @@ pub async fn idempotent_response(
     Ok(row.map(|(fingerprint, status, body)| (fingerprint, StoredResponse { status: status as u16, body })))
 }
 
-/// The stored keys among `keys`.
+/// The stored keys among `keys`, found with one statement whose text does
+/// not depend on how many keys there are (they travel as one JSON array).
 pub async fn idempotent_responses(
     connection: &mut AnyConnection,
+    backend: Backend,
     keys: &[&IdempotencyKey],
 ) -> Result<HashMap<IdempotencyKey, (String, StoredResponse)>, sqlx::Error> {
-    let mut found = HashMap::new();
-    for chunk in keys.chunks(PARAMS_PER_STATEMENT_MAX / 2) {
-        let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
-        let sql = format!(
-            "SELECT scope, key, fingerprint, status, body FROM idempotency_keys WHERE (scope, key) IN ({})",
-            pairs.join(", ")
-        );
-        // Built from constants and numbered placeholders only; values are bound.
-        let mut query = sqlx::query_as::<_, (String, String, String, i64, String)>(&sql);
-        for key in chunk {
-            query = query.bind(&key.scope).bind(&key.key);
-        }
-        for (scope, key, fingerprint, status, body) in query.fetch_all(&mut *connection).await? {
-            found.insert(IdempotencyKey { scope, key }, (fingerprint, StoredResponse { status: status as u16, body }));
-        }
+    #[derive(Serialize)]
+    struct KeyRef<'a> {
+        scope: &'a str,
+        key: &'a str,
     }
-    Ok(found)
+    let wanted: Vec<KeyRef<'_>> = keys.iter().map(|k| KeyRef { scope: &k.scope, key: &k.key }).collect();
+    let wanted = serde_json::to_string(&wanted).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let sql = match backend {
+        Backend::Postgres => {
+            "SELECT k.scope, k.key, k.fingerprint, k.status, k.body \
+             FROM json_populate_recordset(NULL::idempotency_keys, $1::json) AS w \
+             JOIN idempotency_keys AS k ON k.scope = w.scope AND k.key = w.key"
+        }
+        Backend::Sqlite => {
+            "SELECT k.scope, k.key, k.fingerprint, k.status, k.body FROM json_each($1) AS w \
+             JOIN idempotency_keys AS k ON k.scope = w.value ->> 'scope' AND k.key = w.value ->> 'key'"
+        }
+    };
+    let rows: Vec<(String, String, String, i64, String)> =
+        sqlx::query_as(sql).bind(wanted).fetch_all(&mut *connection).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(scope, key, fingerprint, status, body)| {
+            (IdempotencyKey { scope, key }, (fingerprint, StoredResponse { status: status as u16, body }))
+        })
+        .collect())
 }
 
 /// What one batch writes, in one transaction.
 #[derive(Debug, Default)]
 pub struct BatchWrite {
     pub transfers: Vec<Transfer>,
-    /// New balances of the accounts the transfers touched.
-    pub balances: Vec<(AccountId, i64)>,
-    pub frozen: Vec<(AccountId, bool)>,
+    /// The new state (balance, frozen) of every account the batch changed.
+    pub accounts: Vec<(AccountId, i64, bool)>,
     pub idempotency: Vec<(IdempotencyKey, String, StoredResponse)>,
 }
 
+impl BatchWrite {
+    pub fn is_empty(&self) -> bool {
+        self.transfers.is_empty() && self.accounts.is_empty() && self.idempotency.is_empty()
+    }
+}
+
+/// A transfer row as the batch's JSON parameter carries it (keys are the
+/// column names).
+#[derive(Serialize)]
+struct TransferJson<'a> {
+    id: &'a str,
+    kind: &'a str,
+    debit_account: &'a str,
+    credit_account: &'a str,
+    amount: i64,
+    fee: i64,
+    currency: &'a str,
+    region: &'a str,
+    linked_id: Option<&'a str>,
+    initiator: &'a str,
+    note: Option<&'a str>,
+    external_ref: Option<&'a str>,
+    created_at: i64,
+}
+
+#[derive(Serialize)]
+struct AccountJson<'a> {
+    id: &'a str,
+    balance: i64,
+    frozen: i64,
+}
+
+#[derive(Serialize)]
+struct KeyJson<'a> {
+    scope: &'a str,
+    key: &'a str,
+    fingerprint: &'a str,
+    status: i64,
+    body: &'a str,
+    created_at: i64,
+}
+
+/// The batch as three JSON arrays (transfers, accounts, idempotency keys):
+/// each statement below takes a whole batch as one parameter, so its text
+/// never changes, it is prepared once per connection, and a batch of any size
+/// is one statement per table.
+fn batch_json(batch: &BatchWrite, now_ms: i64) -> Result<[String; 3], sqlx::Error> {
+    let transfers: Vec<TransferJson<'_>> = batch
+        .transfers
+        .iter()
+        .map(|t| TransferJson {
+            id: &t.id,
+            kind: t.kind.as_str(),
+            debit_account: &t.debit,
+            credit_account: &t.credit,
+            amount: t.amount_minor,
+            fee: t.fee_minor,
+            currency: t.currency.code(),
+            region: t.region.as_str(),
+            linked_id: t.linked_id.as_deref(),
+            initiator: &t.initiator,
+            note: t.note.as_deref(),
+            external_ref: t.external_ref.as_deref(),
+            created_at: t.created_at_ms,
+        })
+        .collect();
+    let accounts: Vec<AccountJson<'_>> = batch
+        .accounts
+        .iter()
+        .map(|(id, balance, frozen)| AccountJson { id, balance: *balance, frozen: i64::from(*frozen) })
+        .collect();
+    let keys: Vec<KeyJson<'_>> = batch
+        .idempotency
+        .iter()
+        .map(|(key, fingerprint, response)| KeyJson {
+            scope: &key.scope,
+            key: &key.key,
+            fingerprint,
+            status: i64::from(response.status),
+            body: &response.body,
+            created_at: now_ms,
+        })
+        .collect();
+    let encode = |value: Result<String, serde_json::Error>| value.map_err(|e| sqlx::Error::Encode(Box::new(e)));
+    Ok([
+        encode(serde_json::to_string(&transfers))?,
+        encode(serde_json::to_string(&accounts))?,
+        encode(serde_json::to_string(&keys))?,
+    ])
+}
+
+/// PostgreSQL: the whole batch is one statement (one round trip between
+/// BEGIN and COMMIT), which returns the rows it wrote per table. The accounts
+/// are found through their primary key (`= ANY`).
+const COMMIT_POSTGRES_SQL: &str = "\
+WITH moved AS ( \
+  INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, \
+    initiator, note, external_ref, created_at) \
+  SELECT id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, initiator, note, \
+    external_ref, created_at FROM json_populate_recordset(NULL::transfers, $1::json) \
+  RETURNING 1 \
+), changed AS ( \
+  UPDATE ledger_accounts AS a SET balance = c.balance, frozen = c.frozen \
+  FROM json_populate_recordset(NULL::ledger_accounts, $2::json) AS c \
+  WHERE a.id = c.id AND a.id = ANY (ARRAY(SELECT json_array_elements($2::json) ->> 'id')) \
+  RETURNING 1 \
+), keyed AS ( \
+  INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) \
+  SELECT scope, key, fingerprint, status, body, created_at FROM json_populate_recordset(NULL::idempotency_keys, $3::json) \
+  RETURNING 1 \
+) SELECT (SELECT COUNT(*) FROM moved), (SELECT COUNT(*) FROM changed), (SELECT COUNT(*) FROM keyed)";
+
+const INSERT_TRANSFERS_SQLITE_SQL: &str = "\
+INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, initiator, \
+  note, external_ref, created_at) \
+SELECT value ->> 'id', value ->> 'kind', value ->> 'debit_account', value ->> 'credit_account', value ->> 'amount', \
+  value ->> 'fee', value ->> 'currency', value ->> 'region', value ->> 'linked_id', value ->> 'initiator', \
+  value ->> 'note', value ->> 'external_ref', value ->> 'created_at' FROM json_each($1)";
+
+const UPDATE_ACCOUNTS_SQLITE_SQL: &str = "\
+UPDATE ledger_accounts SET balance = c.value ->> 'balance', frozen = c.value ->> 'frozen' \
+FROM json_each($1) AS c WHERE ledger_accounts.id = c.value ->> 'id'";
+
+const INSERT_KEYS_SQLITE_SQL: &str = "\
+INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) \
+SELECT value ->> 'scope', value ->> 'key', value ->> 'fingerprint', value ->> 'status', value ->> 'body', \
+  value ->> 'created_at' FROM json_each($1)";
+
 /// Writes a batch in one transaction and commits it durably.
-pub async fn commit(connection: &mut AnyConnection, batch: &BatchWrite, now_ms: i64) -> Result<(), sqlx::Error> {
+pub async fn commit(
+    connection: &mut AnyConnection,
+    backend: Backend,
+    batch: &BatchWrite,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
     use sqlx::Connection;
+    let [transfers, accounts, keys] = batch_json(batch, now_ms)?;
+    let expected = (batch.transfers.len() as u64, batch.accounts.len() as u64, batch.idempotency.len() as u64);
     let mut tx = connection.begin().await?;
-    for chunk in batch.transfers.chunks(PARAMS_PER_STATEMENT_MAX / 13) {
-        let rows: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(13 * i + 1, 13))).collect();
-        let sql = format!(
-            "INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, \
-             initiator, note, external_ref, created_at) VALUES {}",
-            rows.join(", ")
-        );
-        // Built from constants and numbered placeholders only; values are bound.
-        let mut query = sqlx::query(&sql);
-        for t in chunk {
-            query = query
-                .bind(&t.id)
-                .bind(t.kind.as_str())
-                .bind(&t.debit)
-                .bind(&t.credit)
-                .bind(t.amount_minor)
-                .bind(t.fee_minor)
-                .bind(t.currency.code())
-                .bind(t.region.as_str())
-                .bind(&t.linked_id)
-                .bind(&t.initiator)
-                .bind(&t.note)
-                .bind(&t.external_ref)
-                .bind(t.created_at_ms);
+    let written = match backend {
+        Backend::Postgres => {
+            let (moved, changed, keyed): (i64, i64, i64) = sqlx::query_as(COMMIT_POSTGRES_SQL)
+                .bind(transfers)
+                .bind(accounts)
+                .bind(keys)
+                .fetch_one(&mut *tx)
+                .await?;
+            (moved as u64, changed as u64, keyed as u64)
         }
-        query.execute(&mut *tx).await?;
-    }
-    for chunk in batch.balances.chunks(PARAMS_PER_STATEMENT_MAX / 2) {
-        let rows: Vec<String> = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect();
-        // VALUES columns are column1, column2 in both SQLite and PostgreSQL.
-        let sql = format!(
-            "UPDATE ledger_accounts SET balance = v.column2 FROM (VALUES {}) AS v WHERE ledger_accounts.id = v.column1",
-            rows.join(", ")
-        );
-        let mut query = sqlx::query(&sql);
-        for (id, balance) in chunk {
-            query = query.bind(id).bind(*balance);
+        Backend::Sqlite => {
+            let moved = sqlx::query(INSERT_TRANSFERS_SQLITE_SQL).bind(transfers).execute(&mut *tx).await?;
+            let changed = sqlx::query(UPDATE_ACCOUNTS_SQLITE_SQL).bind(accounts).execute(&mut *tx).await?;
+            let keyed = sqlx::query(INSERT_KEYS_SQLITE_SQL).bind(keys).execute(&mut *tx).await?;
+            (moved.rows_affected(), changed.rows_affected(), keyed.rows_affected())
         }
-        query.execute(&mut *tx).await?;
-    }
-    for (id, frozen) in &batch.frozen {
-        sqlx::query("UPDATE ledger_accounts SET frozen = $2 WHERE id = $1")
-            .bind(id)
-            .bind(i64::from(*frozen))
-            .execute(&mut *tx)
-            .await?;
-    }
-    for chunk in batch.idempotency.chunks(PARAMS_PER_STATEMENT_MAX / 6) {
-        let rows: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(6 * i + 1, 6))).collect();
-        let sql = format!(
-            "INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) VALUES {}",
-            rows.join(", ")
-        );
-        let mut query = sqlx::query(&sql);
-        for (key, fingerprint, response) in chunk {
-            query = query
-                .bind(&key.scope)
-                .bind(&key.key)
-                .bind(fingerprint)
-                .bind(i64::from(response.status))
-                .bind(&response.body)
-                .bind(now_ms);
-        }
-        query.execute(&mut *tx).await?;
+    };
+    if written != expected {
+        // A bug (an account the writer knows that the table lacks): dropping
+        // the transaction rolls the batch back.
+        return Err(sqlx::Error::Protocol(format!("the batch wrote {written:?} rows where {expected:?} were due")));
     }
     tx.commit().await
 }

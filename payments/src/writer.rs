@@ -136,36 +136,46 @@ impl WriterHandle {
     }
 }
 
-/// Starts the writer task. It waits as a standby until it holds the lock,
-/// and drains its queue when `shutdown` is cancelled. Should it ever panic
-/// (a bug), the batch in hand is answered `ledger_unavailable` by the dropped
-/// replies, the lock is released with its connection, and the writer starts
-/// again from the database with an empty cache.
+/// Starts the writer on a thread and runtime of its own, so that its
+/// database round trips never queue behind HTTP work on the shared runtime.
+/// It waits as a standby until it holds the lock, and drains its queue when
+/// `shutdown` is cancelled. Should it ever panic (a bug), the batch in hand is
+/// answered `ledger_unavailable` by the dropped replies, the lock is released
+/// with its connection, and the writer starts again from the database with an
+/// empty cache. The returned task ends when the writer has stopped.
 pub fn spawn(
     database: Database,
     lock: WriterLock,
     config: WriterConfig,
     shutdown: CancellationToken,
-) -> (WriterHandle, tokio::task::JoinHandle<()>) {
+) -> std::io::Result<(WriterHandle, tokio::task::JoinHandle<()>)> {
     let (queue, requests) = mpsc::channel(config.queue_len_max.max(1));
     let stats = Arc::new(WriterStats::default());
     let handle = WriterHandle { queue, stats: stats.clone() };
-    let task = tokio::spawn(async move {
-        let mut requests = requests;
-        loop {
-            let writer = run(&database, &lock, &config, &shutdown, &mut requests, &stats);
-            match AssertUnwindSafe(writer).catch_unwind().await {
-                Ok(()) => return,
-                Err(_) => {
-                    metrics::gauge!("ledger_writer_active").set(0.0);
-                    metrics::counter!("ledger_writer_restarts_total").increment(1);
-                    tracing::error!("the ledger writer panicked; starting it again from the database");
-                    tokio::time::sleep(STANDBY_POLL).await;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (stopped, on_stop) = oneshot::channel::<()>();
+    std::thread::Builder::new().name("ledger-writer".into()).spawn(move || {
+        runtime.block_on(async move {
+            let mut requests = requests;
+            loop {
+                let writer = run(&database, &lock, &config, &shutdown, &mut requests, &stats);
+                match AssertUnwindSafe(writer).catch_unwind().await {
+                    Ok(()) => return,
+                    Err(_) => {
+                        metrics::gauge!("ledger_writer_active").set(0.0);
+                        metrics::counter!("ledger_writer_restarts_total").increment(1);
+                        tracing::error!("the ledger writer panicked; starting it again from the database");
+                        tokio::time::sleep(STANDBY_POLL).await;
+                    }
                 }
             }
-        }
+        });
+        let _ = stopped.send(());
+    })?;
+    let task = tokio::spawn(async move {
+        let _ = on_stop.await;
     });
-    (handle, task)
+    Ok((handle, task))
 }
 
 /// Holds the writer's exclusivity for as long as it lives.
@@ -241,6 +251,7 @@ async fn run(
             ledger: Ledger::default(),
             config: config.clone(),
             system: Vec::new(),
+            backend: database.backend(),
             regions_loaded: std::time::Instant::now(),
         };
         if let Err(error) = writer.load_system(&mut connection).await {
@@ -314,11 +325,23 @@ struct Writer {
     ledger: Ledger,
     config: WriterConfig,
     system: Vec<AccountId>,
+    backend: Backend,
     regions_loaded: std::time::Instant,
 }
 
 impl Writer {
     async fn load_system(&mut self, connection: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        if self.backend == Backend::Postgres {
+            // The writer only looks rows up by key, a batch at a time. A fresh
+            // ledger's tables grow faster than autoanalyze follows them, and a
+            // plan made from a near-empty table's statistics scans or hashes the
+            // whole table on every batch (milliseconds each, growing with the
+            // table). On this connection the planner takes the index and a
+            // nested loop wherever one applies.
+            for setting in ["SET enable_seqscan = off", "SET enable_hashjoin = off", "SET enable_mergejoin = off"] {
+                sqlx::query(setting).execute(&mut *connection).await?;
+            }
+        }
         self.ledger.regions = store::regions(connection).await?;
         self.system.clear();
         for account in store::system_accounts(connection).await? {
@@ -354,7 +377,7 @@ impl Writer {
         let stored = if keys.is_empty() {
             HashMap::new()
         } else {
-            match store::idempotent_responses(connection, &keys).await {
+            match store::idempotent_responses(connection, self.backend, &keys).await {
                 Ok(stored) => stored,
                 Err(error) => {
                     reply_all(batch, WriteOutcome::Unavailable);
@@ -373,6 +396,7 @@ impl Writer {
         let snapshot = self.ledger.snapshot(touched.iter());
 
         let mut write = BatchWrite::default();
+        let mut frozen: Vec<AccountId> = Vec::new();
         let mut replies = Vec::with_capacity(batch.len());
         let mut in_batch: HashMap<IdempotencyKey, (String, StoredResponse)> = HashMap::new();
         for request in batch {
@@ -393,8 +417,8 @@ impl Writer {
                 Ok(transfers) => {
                     metrics::counter!("ledger_transfers_total").increment(transfers.len() as u64);
                     write.transfers.extend(transfers.iter().cloned());
-                    if let Command::SetFrozen { wallet, frozen } = &request.command {
-                        write.frozen.push((wallet.clone(), *frozen));
+                    if let Command::SetFrozen { wallet, .. } = &request.command {
+                        frozen.push(wallet.clone());
                     }
                 }
                 Err(refusal) => metrics::counter!("ledger_refusals_total", "code" => refusal.code()).increment(1),
@@ -405,8 +429,12 @@ impl Writer {
             }
             replies.push((request.reply, WriteOutcome::Response(response)));
         }
-        let changed: HashSet<&AccountId> = write.transfers.iter().flat_map(|t| [&t.debit, &t.credit]).collect();
-        write.balances = changed.into_iter().map(|id| (id.clone(), self.ledger.accounts[id].balance_minor)).collect();
+        let changed: HashSet<&AccountId> =
+            write.transfers.iter().flat_map(|t| [&t.debit, &t.credit]).chain(frozen.iter()).collect();
+        write.accounts = changed
+            .into_iter()
+            .filter_map(|id| self.ledger.accounts.get(id).map(|a| (id.clone(), a.balance_minor, a.frozen)))
+            .collect();
 
         if let Err(violation) = self.ledger.verify_batch(&before, &write.transfers) {
             // A bug, never a client's doing: refuse the whole batch rather than
@@ -419,8 +447,8 @@ impl Writer {
             return Ok(());
         }
         let applied = started.elapsed();
-        if !(write.transfers.is_empty() && write.idempotency.is_empty() && write.frozen.is_empty())
-            && let Err(error) = store::commit(connection, &write, now).await
+        if !write.is_empty()
+            && let Err(error) = store::commit(connection, self.backend, &write, now).await
         {
             // The commit may or may not have happened: forget the cache, so the
             // next writer reads the truth from the database.

@@ -341,8 +341,8 @@ fn batch_json(batch: &BatchWrite, now_ms: i64) -> Result<[String; 3], sqlx::Erro
 }
 
 /// PostgreSQL: the whole batch is one statement (one round trip between
-/// BEGIN and COMMIT), which returns the rows it wrote per table. The accounts
-/// are found through their primary key (`= ANY`).
+/// BEGIN and COMMIT), which returns the rows it wrote per table. The writer's
+/// connection plans it with index lookups (see the writer's settings).
 const COMMIT_POSTGRES_SQL: &str = "\
 WITH moved AS ( \
   INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, \
@@ -353,7 +353,7 @@ WITH moved AS ( \
 ), changed AS ( \
   UPDATE ledger_accounts AS a SET balance = c.balance, frozen = c.frozen \
   FROM json_populate_recordset(NULL::ledger_accounts, $2::json) AS c \
-  WHERE a.id = c.id AND a.id = ANY (ARRAY(SELECT json_array_elements($2::json) ->> 'id')) \
+  WHERE a.id = c.id \
   RETURNING 1 \
 ), keyed AS ( \
   INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) \

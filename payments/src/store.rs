@@ -185,7 +185,7 @@ pub struct StoredResponse {
     pub body: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct IdempotencyKey {
     pub scope: String,
     pub key: String,
@@ -212,13 +212,7 @@ pub async fn idempotent_responses(
     backend: Backend,
     keys: &[&IdempotencyKey],
 ) -> Result<HashMap<IdempotencyKey, (String, StoredResponse)>, sqlx::Error> {
-    #[derive(Serialize)]
-    struct KeyRef<'a> {
-        scope: &'a str,
-        key: &'a str,
-    }
-    let wanted: Vec<KeyRef<'_>> = keys.iter().map(|k| KeyRef { scope: &k.scope, key: &k.key }).collect();
-    let wanted = serde_json::to_string(&wanted).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let wanted = json_param(&keys)?;
     let sql = match backend {
         Backend::Postgres => {
             "SELECT k.scope, k.key, k.fingerprint, k.status, k.body \
@@ -332,12 +326,12 @@ fn batch_json(batch: &BatchWrite, now_ms: i64) -> Result<[String; 3], sqlx::Erro
             created_at: now_ms,
         })
         .collect();
-    let encode = |value: Result<String, serde_json::Error>| value.map_err(|e| sqlx::Error::Encode(Box::new(e)));
-    Ok([
-        encode(serde_json::to_string(&transfers))?,
-        encode(serde_json::to_string(&accounts))?,
-        encode(serde_json::to_string(&keys))?,
-    ])
+    Ok([json_param(&transfers)?, json_param(&accounts)?, json_param(&keys)?])
+}
+
+/// Rows as one JSON text parameter.
+fn json_param<T: Serialize>(rows: &T) -> Result<String, sqlx::Error> {
+    serde_json::to_string(rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
 /// PostgreSQL: the whole batch is one statement (one round trip between

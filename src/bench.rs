@@ -55,6 +55,18 @@ struct AccountsBench {
     json: bool,
 }
 
+impl BenchArgs {
+    /// The CPUs the load generator keeps, when the benchmark pins its
+    /// servers to cores of their own; set before the runtime starts, so that
+    /// every thread of this process inherits it.
+    pub fn load_generator_cpus(&self) -> Option<Vec<usize>> {
+        match &self.command {
+            BenchCommand::Signaling(bench) => bench.cpus().map(|(generator, _)| generator),
+            _ => None,
+        }
+    }
+}
+
 pub async fn run(args: BenchArgs) -> Result<(), String> {
     match args.command {
         BenchCommand::Accounts(bench) => accounts(bench).await,
@@ -332,9 +344,22 @@ pub type ServeLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::Chil
 /// Starts `courier serve <args>` as a child process on a free port, its data
 /// in `scratch`, logging warnings only; returns it and its stdout lines.
 pub fn spawn_serve(scratch: &std::path::Path, args: &[&str]) -> Result<(tokio::process::Child, ServeLines), String> {
+    spawn_serve_on(scratch, args, None)
+}
+
+/// [`spawn_serve`], with the server confined to `cpus` when given.
+pub fn spawn_serve_on(
+    scratch: &std::path::Path,
+    args: &[&str],
+    cpus: Option<&[usize]>,
+) -> Result<(tokio::process::Child, ServeLines), String> {
     use tokio::io::AsyncBufReadExt;
     let exe = std::env::current_exe().map_err(|error| error.to_string())?;
-    let mut child = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    if let Some(cpus) = cpus {
+        affinity::confine(&mut command, cpus);
+    }
+    let mut child = command
         .arg("serve")
         .arg("--data-dir")
         .arg(scratch)
@@ -379,4 +404,72 @@ pub fn cpu_s(pid: u32) -> f64 {
     let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
     let ticks: u64 = fields.get(11..13).map_or(0, |both| both.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
     ticks as f64 / 100.0
+}
+
+/// CPU affinity for benchmarks whose server and load generator would
+/// otherwise preempt each other on a small machine: the generator keeps the
+/// first half of the CPUs this process may use and each server under test
+/// gets the rest. Worker pools sized by `available_parallelism` (tokio's,
+/// Node's) then match the cores each side has.
+pub mod affinity {
+    /// The CPUs this process may run on, in order.
+    pub fn allowed() -> Vec<usize> {
+        // SAFETY: `set` is a properly sized, zeroed cpu_set_t that the call fills.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                return Vec::new();
+            }
+            (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
+        }
+    }
+
+    /// `(load generator, server)` CPUs, or `None` with fewer than two CPUs.
+    /// Taken from the CPUs allowed at the first call (before this process
+    /// pins itself) and the same for the rest of the run.
+    pub fn split() -> Option<(Vec<usize>, Vec<usize>)> {
+        static SPLIT: std::sync::OnceLock<Option<(Vec<usize>, Vec<usize>)>> = std::sync::OnceLock::new();
+        SPLIT
+            .get_or_init(|| {
+                let cpus = allowed();
+                let (generator, server) = cpus.split_at(cpus.len() / 2);
+                (cpus.len() >= 2).then(|| (generator.to_vec(), server.to_vec()))
+            })
+            .clone()
+    }
+
+    fn set_of(cpus: &[usize]) -> libc::cpu_set_t {
+        // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays within it for cpu < CPU_SETSIZE.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for &cpu in cpus.iter().filter(|&&cpu| cpu < libc::CPU_SETSIZE as usize) {
+                libc::CPU_SET(cpu, &mut set);
+            }
+            set
+        }
+    }
+
+    /// Confines the calling thread (and the threads it starts afterwards) to `cpus`.
+    pub fn pin_this_thread(cpus: &[usize]) -> Result<(), String> {
+        let set = set_of(cpus);
+        // SAFETY: `set` is a valid cpu_set_t of the size passed.
+        let done = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        if done == 0 { Ok(()) } else { Err(std::io::Error::last_os_error().to_string()) }
+    }
+
+    /// Starts `command`'s process confined to `cpus`.
+    pub fn confine(command: &mut tokio::process::Command, cpus: &[usize]) {
+        let set = set_of(cpus);
+        // SAFETY: between fork and exec the closure only makes one
+        // async-signal-safe system call on memory it owns.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
 }

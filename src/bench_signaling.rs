@@ -54,9 +54,21 @@ pub struct SignalingBench {
     /// The PeerJS server's `peerjs` executable (npm package `peer`); without it only Courier runs.
     #[arg(long, env = "COURIER_BENCH_PEERJS")]
     peerjs: Option<PathBuf>,
+    /// Let the servers and the load generator share every core, rather than
+    /// giving each server under test half of the CPUs and the generator the
+    /// other half.
+    #[arg(long)]
+    no_pin: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+impl SignalingBench {
+    /// `(load generator, server)` CPUs, unless pinning is off or there is one CPU.
+    pub fn cpus(&self) -> Option<(Vec<usize>, Vec<usize>)> {
+        if self.no_pin { None } else { crate::bench::affinity::split() }
+    }
 }
 
 /// The server under load, and how to speak to it.
@@ -76,9 +88,11 @@ struct Target {
 }
 
 pub async fn run(bench: SignalingBench) -> Result<(), String> {
-    let courier = measure(start_courier().await?, &bench).await?;
+    // main() has already confined this process to the generator's CPUs.
+    let server_cpus = bench.cpus().map(|(_, server)| server);
+    let courier = measure(start_courier(server_cpus.as_deref()).await?, &bench).await?;
     let peerjs = match &bench.peerjs {
-        Some(path) => Some(measure(start_peerjs(path).await?, &bench).await?),
+        Some(path) => Some(measure(start_peerjs(path, server_cpus.as_deref()).await?, &bench).await?),
         None => None,
     };
     let ratio = |ours: &Value, theirs: &Value, key: &str| match (ours[key].as_f64(), theirs[key].as_f64()) {
@@ -94,6 +108,8 @@ pub async fn run(bench: SignalingBench) -> Result<(), String> {
     });
     let figures = json!({
         "bench": "signaling",
+        "server_cpus": server_cpus,
+        "load_generator_cpus": bench.cpus().map(|(generator, _)| generator),
         "pairs": bench.pairs,
         "window": bench.window,
         "message_bytes": MESSAGE_BYTES,
@@ -210,12 +226,12 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| "no VmRSS in /proc".to_owned())
 }
 
-async fn start_courier() -> Result<Target, String> {
+async fn start_courier(cpus: Option<&[usize]>) -> Result<Target, String> {
     let scratch = tempfile::tempdir().map_err(|error| error.to_string())?;
     let key = TokenKey::load_or_create(&scratch.path().join("token-signing-key.pem")).map_err(|e| e.to_string())?;
     let issuer = Arc::new(TokenIssuer::new(key, vec![], 3_600));
     // Calls' media is not measured here: no TURN relay.
-    let (child, mut lines) = crate::bench::spawn_serve(
+    let (child, mut lines) = crate::bench::spawn_serve_on(
         scratch.path(),
         &[
             "--turn",
@@ -227,15 +243,20 @@ async fn start_courier() -> Result<Target, String> {
             "--ws-outbound-queue-len-max",
             "1024",
         ],
+        cpus,
     )?;
     let line = crate::bench::next_serve_line(&mut lines).await?;
     let base = line.strip_prefix("courier listening on ").ok_or("unexpected first line")?.replacen("http", "ws", 1);
     Ok(Target { kind: Kind::Courier, child, base, issuer: Some(issuer), scratch: Some(scratch) })
 }
 
-async fn start_peerjs(path: &PathBuf) -> Result<Target, String> {
+async fn start_peerjs(path: &PathBuf, cpus: Option<&[usize]>) -> Result<Target, String> {
     let port = crate::bench::free_port()?;
-    let mut child = Command::new(path)
+    let mut command = Command::new(path);
+    if let Some(cpus) = cpus {
+        crate::bench::affinity::confine(&mut command, cpus);
+    }
+    let mut child = command
         .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--concurrent_limit", "1000000"])
         .args(["--alive_timeout", "3600000"])
         .stdout(Stdio::piped())

@@ -51,6 +51,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Bench(args) = &cli.command
+        && let Some(cpus) = args.load_generator_cpus()
+        && let Err(error) = bench::affinity::pin_this_thread(&cpus)
+    {
+        eprintln!("courier: cannot pin the load generator to CPUs {cpus:?}: {error}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -532,3 +532,33 @@ on_both_databases!(
     heartbeats_drop_dead_connections_and_keep_live_ones,
     signaling_runs_alone_verifying_tokens_with_the_jwks,
 );
+
+/// `courier bench signaling` relays its whole budget, holds its idle
+/// connections and times invites, with the server on cores of its own and
+/// the load generator on the others (the figures go to BENCHMARKS.md; here
+/// only that they were measured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_signaling_benchmark_measures_relay_idle_and_invites() {
+    let output = tokio::process::Command::new(support::courier_bin())
+        .args(["bench", "signaling", "--pairs", "2", "--messages", "2000", "--idle", "100", "--invites", "5", "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let figures: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let courier = &figures["courier"];
+    assert_eq!(courier["delivered"], 2000, "{figures}");
+    assert_eq!(courier["idle_held"], 100, "{figures}");
+    for figure in ["msgs_per_s", "delivery_ms_p99", "memory_per_idle_kib", "invite_incoming_ms_p99"] {
+        assert!(courier[figure].as_f64().is_some_and(|value| value > 0.0), "{figure}: {figures}");
+    }
+    let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+    if cpus >= 2 {
+        let set = |key: &str| -> Vec<u64> {
+            figures[key].as_array().unwrap().iter().map(|cpu| cpu.as_u64().unwrap()).collect()
+        };
+        let (server, generator) = (set("server_cpus"), set("load_generator_cpus"));
+        assert!(!server.is_empty() && !generator.is_empty(), "{figures}");
+        assert!(server.iter().all(|cpu| !generator.contains(cpu)), "the two sides share a CPU: {figures}");
+    }
+}

@@ -342,6 +342,44 @@ async fn concurrent_requests_with_one_key_apply_once(db: Db) {
     w.finish().await;
 }
 
+/// A batch whose statements write other rows than the writer meant (here an
+/// account the table lacks) fails whole: nothing of it stays. The writer
+/// then answers `ledger_unavailable` and reloads from the database.
+async fn a_batch_that_writes_other_rows_than_due_leaves_nothing(db: Db) {
+    use courier_payments::store::{self, BatchWrite, IdempotencyKey, StoredResponse};
+    let dir = tempfile::tempdir().unwrap();
+    let (url, name) = support::fresh_database(db, dir.path()).await;
+    let database = courier_common::Database::connect(&url, 2).await.unwrap();
+    let mut connection = database.dedicated_connection().await.unwrap();
+    let key = IdempotencyKey { scope: "account:a".into(), key: "k".into() };
+    let response = StoredResponse { status: 201, body: "{}".into() };
+    let batch = BatchWrite {
+        transfers: Vec::new(),
+        accounts: vec![("sys:RU:settlement".into(), 0, false), ("no-such-account".into(), 500, false)],
+        idempotency: vec![(key, "fingerprint".into(), response)],
+    };
+    let error = store::commit(&mut connection, database.backend(), &batch, 1).await.unwrap_err();
+    assert!(error.to_string().contains("the batch wrote"), "{error}");
+    let (keys,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM idempotency_keys").fetch_one(database.pool()).await.unwrap();
+    assert_eq!(keys, 0, "the batch's idempotency key was rolled back with it");
+    if db == Db::Postgres {
+        // Balance updates stay on their page (migration 4).
+        let (filled,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM pg_class WHERE relname = 'ledger_accounts' AND 'fillfactor=70' = ANY (reloptions)",
+        )
+        .fetch_one(database.pool())
+        .await
+        .unwrap();
+        assert_eq!(filled, 1);
+    }
+    drop(connection);
+    database.close().await;
+    if let Some(name) = name {
+        support::drop_database(&name).await;
+    }
+}
+
 async fn deposits_and_withdrawals(db: Db) {
     let w = world(db).await;
     let money = |amount: &str| json!({"account_id": w.alice.account_id, "amount": amount, "currency": "RUB", "external_ref": "sbp-42"});
@@ -437,4 +475,5 @@ on_both_databases!(
     idempotency_keys_replay_refuse_and_survive_a_restart,
     concurrent_requests_with_one_key_apply_once,
     deposits_and_withdrawals,
+    a_batch_that_writes_other_rows_than_due_leaves_nothing,
 );

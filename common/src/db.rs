@@ -60,6 +60,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0003_calls.sql"),
         include_str!("../../migrations/postgres/0003_calls.sql"),
     ),
+    (
+        4,
+        "ledger_fill",
+        include_str!("../../migrations/sqlite/0004_ledger_fill.sql"),
+        include_str!("../../migrations/postgres/0004_ledger_fill.sql"),
+    ),
 ];
 
 /// How long a connection waits for a lock held by another writer before the

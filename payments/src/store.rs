@@ -334,9 +334,12 @@ fn json_param<T: Serialize>(rows: &T) -> Result<String, sqlx::Error> {
     serde_json::to_string(rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
-/// PostgreSQL: the whole batch is one statement (one round trip between
-/// BEGIN and COMMIT), which returns the rows it wrote per table. The writer's
-/// connection plans it with index lookups (see the writer's settings).
+/// PostgreSQL: the whole batch is one statement, run on its own (its implicit
+/// transaction is the batch's: one round trip, no BEGIN or COMMIT, durable
+/// when it returns). It checks the rows it wrote per table against `$4`,
+/// `$5` and `$6` and fails, rolling everything back, when they differ: the
+/// cast of a text that is not a number is the error. The writer's connection
+/// plans it with index lookups (see the writer's settings).
 const COMMIT_POSTGRES_SQL: &str = "\
 WITH moved AS ( \
   INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, \
@@ -353,7 +356,12 @@ WITH moved AS ( \
   INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) \
   SELECT scope, key, fingerprint, status, body, created_at FROM json_populate_recordset(NULL::idempotency_keys, $3::json) \
   RETURNING 1 \
-) SELECT (SELECT COUNT(*) FROM moved), (SELECT COUNT(*) FROM changed), (SELECT COUNT(*) FROM keyed)";
+), counted AS ( \
+  SELECT (SELECT COUNT(*) FROM moved) AS moved, (SELECT COUNT(*) FROM changed) AS changed, \
+    (SELECT COUNT(*) FROM keyed) AS keyed \
+) SELECT CASE WHEN moved = $4 AND changed = $5 AND keyed = $6 THEN moved \
+  ELSE CAST('the batch wrote ' || moved || ' transfers, ' || changed || ' accounts, ' || keyed || ' keys' AS BIGINT) \
+  END FROM counted";
 
 const INSERT_TRANSFERS_SQLITE_SQL: &str = "\
 INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, initiator, \
@@ -381,24 +389,24 @@ pub async fn commit(
     use sqlx::Connection;
     let [transfers, accounts, keys] = batch_json(batch, now_ms)?;
     let expected = (batch.transfers.len() as u64, batch.accounts.len() as u64, batch.idempotency.len() as u64);
+    if backend == Backend::Postgres {
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let _moved: i64 = sqlx::query_scalar(COMMIT_POSTGRES_SQL)
+            .bind(transfers)
+            .bind(accounts)
+            .bind(keys)
+            .bind(count(expected.0))
+            .bind(count(expected.1))
+            .bind(count(expected.2))
+            .fetch_one(&mut *connection)
+            .await?;
+        return Ok(());
+    }
     let mut tx = connection.begin().await?;
-    let written = match backend {
-        Backend::Postgres => {
-            let (moved, changed, keyed): (i64, i64, i64) = sqlx::query_as(COMMIT_POSTGRES_SQL)
-                .bind(transfers)
-                .bind(accounts)
-                .bind(keys)
-                .fetch_one(&mut *tx)
-                .await?;
-            (moved as u64, changed as u64, keyed as u64)
-        }
-        Backend::Sqlite => {
-            let moved = sqlx::query(INSERT_TRANSFERS_SQLITE_SQL).bind(transfers).execute(&mut *tx).await?;
-            let changed = sqlx::query(UPDATE_ACCOUNTS_SQLITE_SQL).bind(accounts).execute(&mut *tx).await?;
-            let keyed = sqlx::query(INSERT_KEYS_SQLITE_SQL).bind(keys).execute(&mut *tx).await?;
-            (moved.rows_affected(), changed.rows_affected(), keyed.rows_affected())
-        }
-    };
+    let moved = sqlx::query(INSERT_TRANSFERS_SQLITE_SQL).bind(transfers).execute(&mut *tx).await?;
+    let changed = sqlx::query(UPDATE_ACCOUNTS_SQLITE_SQL).bind(accounts).execute(&mut *tx).await?;
+    let keyed = sqlx::query(INSERT_KEYS_SQLITE_SQL).bind(keys).execute(&mut *tx).await?;
+    let written = (moved.rows_affected(), changed.rows_affected(), keyed.rows_affected());
     if written != expected {
         // A bug (an account the writer knows that the table lacks): dropping
         // the transaction rolls the batch back.

@@ -56,13 +56,13 @@ struct AccountsBench {
 }
 
 impl BenchArgs {
-    /// The CPUs the load generator keeps, when the benchmark pins its
-    /// servers to cores of their own; set before the runtime starts, so that
-    /// every thread of this process inherits it.
-    pub fn load_generator_cpus(&self) -> Option<Vec<usize>> {
-        match &self.command {
-            BenchCommand::Signaling(bench) => bench.cpus().map(|(generator, _)| generator),
-            _ => None,
+    /// Confines this process to the load generator's CPUs when the benchmark
+    /// gives its servers cores of their own. Called before the runtime
+    /// starts, so that every thread of this process inherits it.
+    pub fn pin_load_generator(&mut self) -> Result<(), String> {
+        match &mut self.command {
+            BenchCommand::Signaling(bench) => bench.pin_load_generator(),
+            _ => Ok(()),
         }
     }
 }
@@ -343,12 +343,8 @@ pub type ServeLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::Chil
 
 /// Starts `courier serve <args>` as a child process on a free port, its data
 /// in `scratch`, logging warnings only; returns it and its stdout lines.
-pub fn spawn_serve(scratch: &std::path::Path, args: &[&str]) -> Result<(tokio::process::Child, ServeLines), String> {
-    spawn_serve_on(scratch, args, None)
-}
-
-/// [`spawn_serve`], with the server confined to `cpus` when given.
-pub fn spawn_serve_on(
+/// With `cpus`, the server is confined to them.
+pub fn spawn_serve(
     scratch: &std::path::Path,
     args: &[&str],
     cpus: Option<&[usize]>,
@@ -356,9 +352,7 @@ pub fn spawn_serve_on(
     use tokio::io::AsyncBufReadExt;
     let exe = std::env::current_exe().map_err(|error| error.to_string())?;
     let mut command = tokio::process::Command::new(exe);
-    if let Some(cpus) = cpus {
-        affinity::confine(&mut command, cpus);
-    }
+    affinity::confine(&mut command, cpus);
     let mut child = command
         .arg("serve")
         .arg("--data-dir")
@@ -424,18 +418,12 @@ pub mod affinity {
         }
     }
 
-    /// `(load generator, server)` CPUs, or `None` with fewer than two CPUs.
-    /// Taken from the CPUs allowed at the first call (before this process
-    /// pins itself) and the same for the rest of the run.
+    /// `(load generator, server)` halves of the CPUs allowed now, or `None`
+    /// with fewer than two CPUs.
     pub fn split() -> Option<(Vec<usize>, Vec<usize>)> {
-        static SPLIT: std::sync::OnceLock<Option<(Vec<usize>, Vec<usize>)>> = std::sync::OnceLock::new();
-        SPLIT
-            .get_or_init(|| {
-                let cpus = allowed();
-                let (generator, server) = cpus.split_at(cpus.len() / 2);
-                (cpus.len() >= 2).then(|| (generator.to_vec(), server.to_vec()))
-            })
-            .clone()
+        let cpus = allowed();
+        let (generator, server) = cpus.split_at(cpus.len() / 2);
+        (cpus.len() >= 2).then(|| (generator.to_vec(), server.to_vec()))
     }
 
     fn set_of(cpus: &[usize]) -> libc::cpu_set_t {
@@ -457,8 +445,9 @@ pub mod affinity {
         if done == 0 { Ok(()) } else { Err(std::io::Error::last_os_error().to_string()) }
     }
 
-    /// Starts `command`'s process confined to `cpus`.
-    pub fn confine(command: &mut tokio::process::Command, cpus: &[usize]) {
+    /// Starts `command`'s process confined to `cpus`, when given.
+    pub fn confine(command: &mut tokio::process::Command, cpus: Option<&[usize]>) {
+        let Some(cpus) = cpus else { return };
         let set = set_of(cpus);
         // SAFETY: between fork and exec the closure only makes one
         // async-signal-safe system call on memory it owns.

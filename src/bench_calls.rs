@@ -128,7 +128,7 @@ impl Deployment {
             "0",
         ];
         args.extend_from_slice(turn_args);
-        let (server, mut lines) = crate::bench::spawn_serve(scratch.path(), &args)?;
+        let (server, mut lines) = crate::bench::spawn_serve(scratch.path(), &args, None)?;
         let line = crate::bench::next_serve_line(&mut lines).await?;
         let base = line.strip_prefix("courier listening on ").ok_or("unexpected first line")?.to_owned();
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });

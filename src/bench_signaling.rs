@@ -62,12 +62,25 @@ pub struct SignalingBench {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// `(load generator, server)` CPUs, once this process is pinned.
+    #[arg(skip)]
+    cpus: Option<(Vec<usize>, Vec<usize>)>,
 }
 
 impl SignalingBench {
-    /// `(load generator, server)` CPUs, unless pinning is off or there is one CPU.
-    pub fn cpus(&self) -> Option<(Vec<usize>, Vec<usize>)> {
-        if self.no_pin { None } else { crate::bench::affinity::split() }
+    /// Splits the CPUs (unless pinning is off or there is one CPU) and
+    /// confines this process to the generator's half; the servers get the
+    /// other half when they start.
+    pub fn pin_load_generator(&mut self) -> Result<(), String> {
+        if self.no_pin {
+            return Ok(());
+        }
+        self.cpus = crate::bench::affinity::split();
+        match &self.cpus {
+            Some((generator, _)) => crate::bench::affinity::pin_this_thread(generator)
+                .map_err(|error| format!("cannot pin the load generator to CPUs {generator:?}: {error}")),
+            None => Ok(()),
+        }
     }
 }
 
@@ -89,7 +102,7 @@ struct Target {
 
 pub async fn run(bench: SignalingBench) -> Result<(), String> {
     // main() has already confined this process to the generator's CPUs.
-    let server_cpus = bench.cpus().map(|(_, server)| server);
+    let (generator_cpus, server_cpus) = bench.cpus.clone().unzip();
     let courier = measure(start_courier(server_cpus.as_deref()).await?, &bench).await?;
     let peerjs = match &bench.peerjs {
         Some(path) => Some(measure(start_peerjs(path, server_cpus.as_deref()).await?, &bench).await?),
@@ -109,7 +122,7 @@ pub async fn run(bench: SignalingBench) -> Result<(), String> {
     let figures = json!({
         "bench": "signaling",
         "server_cpus": server_cpus,
-        "load_generator_cpus": bench.cpus().map(|(generator, _)| generator),
+        "load_generator_cpus": generator_cpus,
         "pairs": bench.pairs,
         "window": bench.window,
         "message_bytes": MESSAGE_BYTES,
@@ -231,7 +244,7 @@ async fn start_courier(cpus: Option<&[usize]>) -> Result<Target, String> {
     let key = TokenKey::load_or_create(&scratch.path().join("token-signing-key.pem")).map_err(|e| e.to_string())?;
     let issuer = Arc::new(TokenIssuer::new(key, vec![], 3_600));
     // Calls' media is not measured here: no TURN relay.
-    let (child, mut lines) = crate::bench::spawn_serve_on(
+    let (child, mut lines) = crate::bench::spawn_serve(
         scratch.path(),
         &[
             "--turn",
@@ -253,9 +266,7 @@ async fn start_courier(cpus: Option<&[usize]>) -> Result<Target, String> {
 async fn start_peerjs(path: &PathBuf, cpus: Option<&[usize]>) -> Result<Target, String> {
     let port = crate::bench::free_port()?;
     let mut command = Command::new(path);
-    if let Some(cpus) = cpus {
-        crate::bench::affinity::confine(&mut command, cpus);
-    }
+    crate::bench::affinity::confine(&mut command, cpus);
     let mut child = command
         .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--concurrent_limit", "1000000"])
         .args(["--alive_timeout", "3600000"])

@@ -153,6 +153,7 @@ impl Relay {
                 "--turn-allocations-per-user-max",
                 "100000",
             ],
+            None,
         )?;
         let mut addr: Option<SocketAddr> = None;
         while addr.is_none() {

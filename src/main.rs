@@ -50,12 +50,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Command::Bench(args) = &cli.command
-        && let Some(cpus) = args.load_generator_cpus()
-        && let Err(error) = bench::affinity::pin_this_thread(&cpus)
+    let mut cli = Cli::parse();
+    if let Command::Bench(args) = &mut cli.command
+        && let Err(message) = args.pin_load_generator()
     {
-        eprintln!("courier: cannot pin the load generator to CPUs {cpus:?}: {error}");
+        eprintln!("courier: {message}");
         return ExitCode::FAILURE;
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

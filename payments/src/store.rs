@@ -390,15 +390,14 @@ pub async fn commit(
     let [transfers, accounts, keys] = batch_json(batch, now_ms)?;
     let expected = (batch.transfers.len() as u64, batch.accounts.len() as u64, batch.idempotency.len() as u64);
     if backend == Backend::Postgres {
-        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        let _moved: i64 = sqlx::query_scalar(COMMIT_POSTGRES_SQL)
+        sqlx::query(COMMIT_POSTGRES_SQL)
             .bind(transfers)
             .bind(accounts)
             .bind(keys)
-            .bind(count(expected.0))
-            .bind(count(expected.1))
-            .bind(count(expected.2))
-            .fetch_one(&mut *connection)
+            .bind(batch.transfers.len() as i64)
+            .bind(batch.accounts.len() as i64)
+            .bind(batch.idempotency.len() as i64)
+            .execute(&mut *connection)
             .await?;
         return Ok(());
     }

@@ -73,6 +73,15 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
 const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
 /// Page cache per SQLite connection, in KiB (SQLite's default is 2 MiB).
 const SQLITE_CACHE_KIB: u64 = 16 * 1024;
+/// WAL frames (pages) written before a commit checkpoints them into the
+/// database: 64 MiB of 4 KiB pages, where SQLite's default is 1,000. A
+/// checkpoint runs on the committing connection (the ledger writer) and
+/// copies each page once, however many frames it had: checkpointing 16 times
+/// less often copies far fewer pages when commits rewrite the same ones (the
+/// ledger's balances and index pages). Measured in BENCHMARKS.md.
+const SQLITE_WAL_AUTOCHECKPOINT_PAGES: u64 = 16_384;
+/// Once checkpointed, the WAL file is cut back to this size.
+const SQLITE_WAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 const ACQUIRE_TIMEOUT_S: u64 = 10;
 
 impl Database {
@@ -141,8 +150,9 @@ impl Database {
 /// Per-connection settings. SQLite: WAL lets readers run beside the writer;
 /// `synchronous = FULL` makes every commit durable before it is acknowledged.
 /// Statement journals (multi-row statements inside a transaction) stay in
-/// memory rather than in temporary files, and each connection caches up to
-/// `SQLITE_CACHE_KIB` of pages instead of SQLite's 2 MiB.
+/// memory rather than in temporary files, each connection caches up to
+/// `SQLITE_CACHE_KIB` of pages instead of SQLite's 2 MiB, and the WAL is
+/// checkpointed every `SQLITE_WAL_AUTOCHECKPOINT_PAGES` pages.
 async fn configure(connection: &mut AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
     if backend == Backend::Sqlite {
         connection.execute("PRAGMA journal_mode = WAL").await?;
@@ -153,6 +163,10 @@ async fn configure(connection: &mut AnyConnection, backend: Backend) -> Result<(
         connection.execute("PRAGMA temp_store = MEMORY").await?;
         let cache_size = format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}");
         connection.execute(cache_size.as_str()).await?;
+        let autocheckpoint = format!("PRAGMA wal_autocheckpoint = {SQLITE_WAL_AUTOCHECKPOINT_PAGES}");
+        connection.execute(autocheckpoint.as_str()).await?;
+        let size_limit = format!("PRAGMA journal_size_limit = {SQLITE_WAL_SIZE_LIMIT_BYTES}");
+        connection.execute(size_limit.as_str()).await?;
     }
     Ok(())
 }
@@ -220,6 +234,10 @@ mod tests {
         assert_eq!(mode, "wal");
         let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous").fetch_one(database.pool()).await.unwrap();
         assert_eq!(sync, 2, "synchronous=FULL");
+        let (pages,): (i64,) = sqlx::query_as("PRAGMA wal_autocheckpoint").fetch_one(database.pool()).await.unwrap();
+        assert_eq!(pages as u64, SQLITE_WAL_AUTOCHECKPOINT_PAGES);
+        let (limit,): (i64,) = sqlx::query_as("PRAGMA journal_size_limit").fetch_one(database.pool()).await.unwrap();
+        assert_eq!(limit as u64, SQLITE_WAL_SIZE_LIMIT_BYTES);
         // Applying again is a no-op.
         database.close().await;
         Database::connect(&url, 2).await.unwrap();

@@ -437,12 +437,18 @@ pub mod affinity {
         }
     }
 
+    /// Confines the calling thread (after fork: the process) to `set`. Makes
+    /// one system call and allocates nothing, so it may run between fork and
+    /// exec.
+    fn apply(set: &libc::cpu_set_t) -> std::io::Result<()> {
+        // SAFETY: `set` is a valid cpu_set_t of the size passed.
+        let done = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+        if done == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    }
+
     /// Confines the calling thread (and the threads it starts afterwards) to `cpus`.
     pub fn pin_this_thread(cpus: &[usize]) -> Result<(), String> {
-        let set = set_of(cpus);
-        // SAFETY: `set` is a valid cpu_set_t of the size passed.
-        let done = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-        if done == 0 { Ok(()) } else { Err(std::io::Error::last_os_error().to_string()) }
+        apply(&set_of(cpus)).map_err(|error| error.to_string())
     }
 
     /// Starts `command`'s process confined to `cpus`, when given.
@@ -452,13 +458,7 @@ pub mod affinity {
         // SAFETY: between fork and exec the closure only makes one
         // async-signal-safe system call on memory it owns.
         unsafe {
-            command.pre_exec(move || {
-                if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
+            command.pre_exec(move || apply(&set));
         }
     }
 }

@@ -155,18 +155,14 @@ impl Database {
 /// checkpointed every `SQLITE_WAL_AUTOCHECKPOINT_PAGES` pages.
 async fn configure(connection: &mut AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
     if backend == Backend::Sqlite {
-        connection.execute("PRAGMA journal_mode = WAL").await?;
-        connection.execute("PRAGMA synchronous = FULL").await?;
-        connection.execute("PRAGMA foreign_keys = ON").await?;
-        let busy_timeout = format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}");
-        connection.execute(busy_timeout.as_str()).await?;
-        connection.execute("PRAGMA temp_store = MEMORY").await?;
-        let cache_size = format!("PRAGMA cache_size = -{SQLITE_CACHE_KIB}");
-        connection.execute(cache_size.as_str()).await?;
-        let autocheckpoint = format!("PRAGMA wal_autocheckpoint = {SQLITE_WAL_AUTOCHECKPOINT_PAGES}");
-        connection.execute(autocheckpoint.as_str()).await?;
-        let size_limit = format!("PRAGMA journal_size_limit = {SQLITE_WAL_SIZE_LIMIT_BYTES}");
-        connection.execute(size_limit.as_str()).await?;
+        // One script, one round trip to the connection's thread.
+        let settings = format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+             PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA temp_store = MEMORY; \
+             PRAGMA cache_size = -{SQLITE_CACHE_KIB}; PRAGMA wal_autocheckpoint = {SQLITE_WAL_AUTOCHECKPOINT_PAGES}; \
+             PRAGMA journal_size_limit = {SQLITE_WAL_SIZE_LIMIT_BYTES};"
+        );
+        connection.execute(settings.as_str()).await?;
     }
     Ok(())
 }

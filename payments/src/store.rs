@@ -394,9 +394,9 @@ pub async fn commit(
             .bind(transfers)
             .bind(accounts)
             .bind(keys)
-            .bind(batch.transfers.len() as i64)
-            .bind(batch.accounts.len() as i64)
-            .bind(batch.idempotency.len() as i64)
+            .bind(expected.0 as i64)
+            .bind(expected.1 as i64)
+            .bind(expected.2 as i64)
             .execute(&mut *connection)
             .await?;
         return Ok(());

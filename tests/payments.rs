@@ -346,11 +346,12 @@ async fn concurrent_requests_with_one_key_apply_once(db: Db) {
 /// account the table lacks) fails whole: nothing of it stays. The writer
 /// then answers `ledger_unavailable` and reloads from the database.
 async fn a_batch_that_writes_other_rows_than_due_leaves_nothing(db: Db) {
-    use courier_payments::store::{self, BatchWrite, IdempotencyKey, StoredResponse};
+    use courier_payments::store::{BatchWrite, IdempotencyKey, StoredResponse};
+    use courier_payments::writer_store::WriterStore;
     let dir = tempfile::tempdir().unwrap();
     let (url, name) = support::fresh_database(db, dir.path()).await;
     let database = courier_common::Database::connect(&url, 2).await.unwrap();
-    let mut connection = database.dedicated_connection().await.unwrap();
+    let mut connection = WriterStore::connect(&database).await.unwrap();
     let key = IdempotencyKey { scope: "account:a".into(), key: "k".into() };
     let response = StoredResponse { status: 201, body: "{}".into() };
     let batch = BatchWrite {
@@ -358,7 +359,7 @@ async fn a_batch_that_writes_other_rows_than_due_leaves_nothing(db: Db) {
         accounts: vec![("sys:RU:settlement".into(), 0, false), ("no-such-account".into(), 500, false)],
         idempotency: vec![(key, "fingerprint".into(), response)],
     };
-    let error = store::commit(&mut connection, database.backend(), &batch, 1).await.unwrap_err();
+    let error = connection.commit(&batch, 1).await.unwrap_err();
     assert!(error.to_string().contains("the batch wrote"), "{error}");
     let (keys,): (i64,) =
         sqlx::query_as("SELECT COUNT(*) FROM idempotency_keys").fetch_one(database.pool()).await.unwrap();

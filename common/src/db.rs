@@ -121,6 +121,11 @@ impl Database {
         (!path.is_empty() && path != ":memory:").then(|| std::path::PathBuf::from(path))
     }
 
+    /// The database file, for SQLite.
+    pub fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        (self.backend == Backend::Sqlite).then(|| Self::sqlite_path(&self.url)).flatten()
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
@@ -156,15 +161,20 @@ impl Database {
 async fn configure(connection: &mut AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
     if backend == Backend::Sqlite {
         // One script, one round trip to the connection's thread.
-        let settings = format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-             PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA temp_store = MEMORY; \
-             PRAGMA cache_size = -{SQLITE_CACHE_KIB}; PRAGMA wal_autocheckpoint = {SQLITE_WAL_AUTOCHECKPOINT_PAGES}; \
-             PRAGMA journal_size_limit = {SQLITE_WAL_SIZE_LIMIT_BYTES};"
-        );
-        connection.execute(settings.as_str()).await?;
+        connection.execute(sqlite_settings().as_str()).await?;
     }
     Ok(())
+}
+
+/// The settings script every SQLite connection runs first, also the ones
+/// opened outside sqlx (the ledger writer's).
+pub fn sqlite_settings() -> String {
+    format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+         PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; PRAGMA temp_store = MEMORY; \
+         PRAGMA cache_size = -{SQLITE_CACHE_KIB}; PRAGMA wal_autocheckpoint = {SQLITE_WAL_AUTOCHECKPOINT_PAGES}; \
+         PRAGMA journal_size_limit = {SQLITE_WAL_SIZE_LIMIT_BYTES};"
+    )
 }
 
 /// The migrations compiled into the binary, in the dialect of one backend.

@@ -1,10 +1,11 @@
 //! Ledger storage: SQL that runs unchanged on SQLite and PostgreSQL. Reads go
 //! through the pool concurrently; only the writer task writes balances and
-//! transfers.
+//! transfers, through its own connection ([`crate::writer_store`]): on
+//! PostgreSQL with the batch statements here, on SQLite with its own.
 
 use std::collections::HashMap;
 
-use courier_common::{Backend, Database};
+use courier_common::Database;
 use serde::Serialize;
 use sqlx::AnyConnection;
 
@@ -21,10 +22,10 @@ fn placeholders(first: usize, count: usize) -> String {
     (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
 }
 
-type RegionRow =
+pub(crate) type RegionRow =
     (String, i64, String, String, i64, i64, i64, Option<i64>, i64, i64, Option<i64>, Option<i64>, Option<i64>);
 
-fn region_from_row(row: RegionRow) -> Option<RegionRules> {
+pub(crate) fn region_from_row(row: RegionRow) -> Option<RegionRules> {
     let (
         code,
         enabled,
@@ -61,7 +62,7 @@ fn region_from_row(row: RegionRow) -> Option<RegionRules> {
     })
 }
 
-const REGION_COLUMNS_SQL: &str = "SELECT code, enabled, currency, time_zone, per_transfer_max, daily_max, monthly_max, \
+pub(crate) const REGION_COLUMNS_SQL: &str = "SELECT code, enabled, currency, time_zone, per_transfer_max, daily_max, monthly_max, \
      night_max, night_start_hour, night_end_hour, fee_free_monthly, fee_rate_bp, fee_cap FROM regions ORDER BY code";
 
 pub async fn regions(connection: &mut AnyConnection) -> Result<HashMap<RegionCode, RegionRules>, sqlx::Error> {
@@ -90,9 +91,11 @@ pub async fn ensure_wallet(
     Ok(())
 }
 
-type AccountRow = (String, String, String, String, i64, i64);
+pub(crate) type AccountRow = (String, String, String, String, i64, i64);
 
-fn account_from_row((id, kind, region, currency, balance, frozen): AccountRow) -> Option<LedgerAccount> {
+pub(crate) const ACCOUNT_COLUMNS_SQL: &str = "SELECT id, kind, region, currency, balance, frozen FROM ledger_accounts";
+
+pub(crate) fn account_from_row((id, kind, region, currency, balance, frozen): AccountRow) -> Option<LedgerAccount> {
     Some(LedgerAccount {
         id,
         kind: AccountKind::parse(&kind)?,
@@ -107,10 +110,7 @@ fn account_from_row((id, kind, region, currency, balance, frozen): AccountRow) -
 pub async fn accounts(connection: &mut AnyConnection, ids: &[AccountId]) -> Result<Vec<LedgerAccount>, sqlx::Error> {
     let mut found = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(PARAMS_PER_STATEMENT_MAX) {
-        let sql = format!(
-            "SELECT id, kind, region, currency, balance, frozen FROM ledger_accounts WHERE id IN ({})",
-            placeholders(1, chunk.len())
-        );
+        let sql = format!("{ACCOUNT_COLUMNS_SQL} WHERE id IN ({})", placeholders(1, chunk.len()));
         // Built from constants and numbered placeholders only; values are bound.
         let mut query = sqlx::query_as::<_, AccountRow>(&sql);
         for id in chunk {
@@ -123,21 +123,14 @@ pub async fn accounts(connection: &mut AnyConnection, ids: &[AccountId]) -> Resu
 
 /// Every system account (settlement, fee revenue, adjustments).
 pub async fn system_accounts(connection: &mut AnyConnection) -> Result<Vec<LedgerAccount>, sqlx::Error> {
-    let rows: Vec<AccountRow> = sqlx::query_as(
-        "SELECT id, kind, region, currency, balance, frozen FROM ledger_accounts WHERE kind <> 'wallet'",
-    )
-    .fetch_all(&mut *connection)
-    .await?;
+    let sql = format!("{ACCOUNT_COLUMNS_SQL} WHERE kind <> 'wallet'");
+    let rows: Vec<AccountRow> = sqlx::query_as(&sql).fetch_all(&mut *connection).await?;
     Ok(rows.into_iter().filter_map(account_from_row).collect())
 }
 
 pub async fn wallet(db: &Database, account_id: &str) -> Result<Option<LedgerAccount>, sqlx::Error> {
-    let row: Option<AccountRow> = sqlx::query_as(
-        "SELECT id, kind, region, currency, balance, frozen FROM ledger_accounts WHERE id = $1 AND kind = 'wallet'",
-    )
-    .bind(account_id)
-    .fetch_optional(db.pool())
-    .await?;
+    let sql = format!("{ACCOUNT_COLUMNS_SQL} WHERE id = $1 AND kind = 'wallet'");
+    let row: Option<AccountRow> = sqlx::query_as(&sql).bind(account_id).fetch_optional(db.pool()).await?;
     Ok(row.and_then(account_from_row))
 }
 
@@ -205,27 +198,23 @@ pub async fn idempotent_response(
     Ok(row.map(|(fingerprint, status, body)| (fingerprint, StoredResponse { status: status as u16, body })))
 }
 
-/// The stored keys among `keys`, found with one statement whose text does
-/// not depend on how many keys there are (they travel as one JSON array).
+/// PostgreSQL: the stored keys among `keys`, found with one statement whose
+/// text does not depend on how many keys there are (they travel as one JSON
+/// array). The SQLite writer looks keys up one by one
+/// ([`crate::writer_store::SqliteWriter`]).
 pub async fn idempotent_responses(
     connection: &mut AnyConnection,
-    backend: Backend,
     keys: &[&IdempotencyKey],
 ) -> Result<HashMap<IdempotencyKey, (String, StoredResponse)>, sqlx::Error> {
     let wanted = json_param(&keys)?;
-    let sql = match backend {
-        Backend::Postgres => {
-            "SELECT k.scope, k.key, k.fingerprint, k.status, k.body \
-             FROM json_populate_recordset(NULL::idempotency_keys, $1::json) AS w \
-             JOIN idempotency_keys AS k ON k.scope = w.scope AND k.key = w.key"
-        }
-        Backend::Sqlite => {
-            "SELECT k.scope, k.key, k.fingerprint, k.status, k.body FROM json_each($1) AS w \
-             JOIN idempotency_keys AS k ON k.scope = w.value ->> 'scope' AND k.key = w.value ->> 'key'"
-        }
-    };
-    let rows: Vec<(String, String, String, i64, String)> =
-        sqlx::query_as(sql).bind(wanted).fetch_all(&mut *connection).await?;
+    let rows: Vec<(String, String, String, i64, String)> = sqlx::query_as(
+        "SELECT k.scope, k.key, k.fingerprint, k.status, k.body \
+         FROM json_populate_recordset(NULL::idempotency_keys, $1::json) AS w \
+         JOIN idempotency_keys AS k ON k.scope = w.scope AND k.key = w.key",
+    )
+    .bind(wanted)
+    .fetch_all(&mut *connection)
+    .await?;
     Ok(rows
         .into_iter()
         .map(|(scope, key, fingerprint, status, body)| {
@@ -363,55 +352,22 @@ WITH moved AS ( \
   ELSE CAST('the batch wrote ' || moved || ' transfers, ' || changed || ' accounts, ' || keyed || ' keys' AS BIGINT) \
   END FROM counted";
 
-const INSERT_TRANSFERS_SQLITE_SQL: &str = "\
-INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, initiator, \
-  note, external_ref, created_at) \
-SELECT value ->> 'id', value ->> 'kind', value ->> 'debit_account', value ->> 'credit_account', value ->> 'amount', \
-  value ->> 'fee', value ->> 'currency', value ->> 'region', value ->> 'linked_id', value ->> 'initiator', \
-  value ->> 'note', value ->> 'external_ref', value ->> 'created_at' FROM json_each($1)";
-
-const UPDATE_ACCOUNTS_SQLITE_SQL: &str = "\
-UPDATE ledger_accounts SET balance = c.value ->> 'balance', frozen = c.value ->> 'frozen' \
-FROM json_each($1) AS c WHERE ledger_accounts.id = c.value ->> 'id'";
-
-const INSERT_KEYS_SQLITE_SQL: &str = "\
-INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) \
-SELECT value ->> 'scope', value ->> 'key', value ->> 'fingerprint', value ->> 'status', value ->> 'body', \
-  value ->> 'created_at' FROM json_each($1)";
-
-/// Writes a batch in one transaction and commits it durably.
-pub async fn commit(
-    connection: &mut AnyConnection,
-    backend: Backend,
-    batch: &BatchWrite,
-    now_ms: i64,
-) -> Result<(), sqlx::Error> {
-    use sqlx::Connection;
+/// PostgreSQL: writes a batch as one statement and commits it durably. The
+/// SQLite writer binds the same rows one by one
+/// ([`crate::writer_store::SqliteWriter::commit`]).
+pub async fn commit(connection: &mut AnyConnection, batch: &BatchWrite, now_ms: i64) -> Result<(), sqlx::Error> {
     let [transfers, accounts, keys] = batch_json(batch, now_ms)?;
-    let expected = (batch.transfers.len() as u64, batch.accounts.len() as u64, batch.idempotency.len() as u64);
-    if backend == Backend::Postgres {
-        sqlx::query(COMMIT_POSTGRES_SQL)
-            .bind(transfers)
-            .bind(accounts)
-            .bind(keys)
-            .bind(expected.0 as i64)
-            .bind(expected.1 as i64)
-            .bind(expected.2 as i64)
-            .execute(&mut *connection)
-            .await?;
-        return Ok(());
-    }
-    let mut tx = connection.begin().await?;
-    let moved = sqlx::query(INSERT_TRANSFERS_SQLITE_SQL).bind(transfers).execute(&mut *tx).await?;
-    let changed = sqlx::query(UPDATE_ACCOUNTS_SQLITE_SQL).bind(accounts).execute(&mut *tx).await?;
-    let keyed = sqlx::query(INSERT_KEYS_SQLITE_SQL).bind(keys).execute(&mut *tx).await?;
-    let written = (moved.rows_affected(), changed.rows_affected(), keyed.rows_affected());
-    if written != expected {
-        // A bug (an account the writer knows that the table lacks): dropping
-        // the transaction rolls the batch back.
-        return Err(sqlx::Error::Protocol(format!("the batch wrote {written:?} rows where {expected:?} were due")));
-    }
-    tx.commit().await
+    let expected = (batch.transfers.len() as i64, batch.accounts.len() as i64, batch.idempotency.len() as i64);
+    sqlx::query(COMMIT_POSTGRES_SQL)
+        .bind(transfers)
+        .bind(accounts)
+        .bind(keys)
+        .bind(expected.0)
+        .bind(expected.1)
+        .bind(expected.2)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
 }
 
 /// Forgets idempotency keys older than `before_ms`.

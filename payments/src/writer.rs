@@ -19,12 +19,12 @@ use courier_common::shutdown::CancellationToken;
 use courier_common::time::now_ms;
 use courier_common::{Backend, Database};
 use futures::FutureExt;
-use sqlx::AnyConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ledger::{AccountId, AccountKind, Command, Ledger};
-use crate::store::{self, BatchWrite, IdempotencyKey, StoredResponse};
+use crate::store::{BatchWrite, IdempotencyKey, StoredResponse};
 use crate::view;
+use crate::writer_store::{StoreError, WriterStore};
 
 /// The PostgreSQL advisory lock that makes one process the writer ("courledg").
 const WRITER_LOCK_KEY: i64 = 0x636f_7572_6c65_6467;
@@ -184,20 +184,17 @@ enum Held {
     File(#[allow(dead_code)] std::fs::File),
 }
 
-async fn acquire(
-    database: &Database,
-    lock: &WriterLock,
-    shutdown: &CancellationToken,
-) -> Option<(AnyConnection, Held)> {
+async fn acquire(database: &Database, lock: &WriterLock, shutdown: &CancellationToken) -> Option<(WriterStore, Held)> {
     let mut announced = false;
     loop {
-        let attempt: Result<Option<(AnyConnection, Held)>, String> = async {
-            let mut connection = database.dedicated_connection().await.map_err(|e| e.to_string())?;
+        let attempt: Result<Option<(WriterStore, Held)>, String> = async {
+            let mut connection = WriterStore::connect(database).await.map_err(|e| e.to_string())?;
             match lock {
                 WriterLock::PostgresAdvisory => {
+                    let postgres = connection.postgres().ok_or("an advisory lock needs PostgreSQL")?;
                     let (held,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
                         .bind(WRITER_LOCK_KEY)
-                        .fetch_one(&mut connection)
+                        .fetch_one(postgres)
                         .await
                         .map_err(|e| e.to_string())?;
                     Ok(held.then_some((connection, Held::Postgres)))
@@ -251,7 +248,6 @@ async fn run(
             ledger: Ledger::default(),
             config: config.clone(),
             system: Vec::new(),
-            backend: database.backend(),
             regions_loaded: std::time::Instant::now(),
         };
         if let Err(error) = writer.load_system(&mut connection).await {
@@ -270,7 +266,7 @@ async fn run(
                 request = requests.recv() => request,
                 _ = sweep.tick() => {
                     let before = now_ms() - i64::try_from(config.idempotency_ttl_s * 1_000).unwrap_or(i64::MAX);
-                    match store::expire_idempotency_keys(&mut connection, before).await {
+                    match connection.expire_idempotency_keys(before).await {
                         Ok(0) => {}
                         Ok(expired) => tracing::info!(expired, "expired idempotency keys"),
                         Err(error) => break Some(error),
@@ -325,26 +321,14 @@ struct Writer {
     ledger: Ledger,
     config: WriterConfig,
     system: Vec<AccountId>,
-    backend: Backend,
     regions_loaded: std::time::Instant,
 }
 
 impl Writer {
-    async fn load_system(&mut self, connection: &mut AnyConnection) -> Result<(), sqlx::Error> {
-        if self.backend == Backend::Postgres {
-            // The writer only looks rows up by key, a batch at a time. A fresh
-            // ledger's tables grow faster than autoanalyze follows them, and a
-            // plan made from a near-empty table's statistics scans or hashes the
-            // whole table on every batch (milliseconds each, growing with the
-            // table). On this connection the planner takes the index and a
-            // nested loop wherever one applies.
-            for setting in ["SET enable_seqscan = off", "SET enable_hashjoin = off", "SET enable_mergejoin = off"] {
-                sqlx::query(setting).execute(&mut *connection).await?;
-            }
-        }
-        self.ledger.regions = store::regions(connection).await?;
+    async fn load_system(&mut self, connection: &mut WriterStore) -> Result<(), StoreError> {
+        self.ledger.regions = connection.regions().await?;
         self.system.clear();
-        for account in store::system_accounts(connection).await? {
+        for account in connection.system_accounts().await? {
             self.system.push(account.id.clone());
             self.ledger.accounts.insert(account.id.clone(), account);
         }
@@ -353,10 +337,10 @@ impl Writer {
 
     async fn process(
         &mut self,
-        connection: &mut AnyConnection,
+        connection: &mut WriterStore,
         batch: Vec<WriteRequest>,
         stats: &WriterStats,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         stats.batches.fetch_add(1, Ordering::Relaxed);
         stats.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -377,7 +361,7 @@ impl Writer {
         let stored = if keys.is_empty() {
             HashMap::new()
         } else {
-            match store::idempotent_responses(connection, self.backend, &keys).await {
+            match connection.idempotent_responses(&keys).await {
                 Ok(stored) => stored,
                 Err(error) => {
                     reply_all(batch, WriteOutcome::Unavailable);
@@ -448,7 +432,7 @@ impl Writer {
         }
         let applied = started.elapsed();
         if !write.is_empty()
-            && let Err(error) = store::commit(connection, self.backend, &write, now).await
+            && let Err(error) = connection.commit(&write, now).await
         {
             // The commit may or may not have happened: forget the cache, so the
             // next writer reads the truth from the database.
@@ -475,12 +459,12 @@ impl Writer {
     /// the senders' usage in their current windows.
     async fn prepare(
         &mut self,
-        connection: &mut AnyConnection,
+        connection: &mut WriterStore,
         batch: &[WriteRequest],
         now: i64,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), StoreError> {
         if self.regions_loaded.elapsed() >= REGIONS_RELOAD_EVERY {
-            self.ledger.regions = store::regions(connection).await?;
+            self.ledger.regions = connection.regions().await?;
             self.regions_loaded = std::time::Instant::now();
         }
         let missing: Vec<AccountId> = batch
@@ -491,7 +475,7 @@ impl Writer {
             .into_iter()
             .collect();
         if !missing.is_empty() {
-            for account in store::accounts(connection, &missing).await? {
+            for account in connection.accounts(&missing).await? {
                 self.ledger.accounts.insert(account.id.clone(), account);
             }
         }
@@ -517,7 +501,7 @@ impl Writer {
                 ..Default::default()
             };
             let senders: Vec<AccountId> = senders.into_iter().collect();
-            self.ledger.usage.extend(store::usage(connection, &senders, base).await?);
+            self.ledger.usage.extend(connection.usage(&senders, base).await?);
         }
         Ok(())
     }

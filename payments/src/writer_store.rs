@@ -1,0 +1,365 @@
+//! The ledger writer's connection: the only one that writes balances,
+//! transfers and idempotency keys.
+//!
+//! On PostgreSQL it is a sqlx connection and a batch is one statement
+//! ([`crate::store::commit`]). On SQLite the writer, which runs on a thread of
+//! its own, calls SQLite directly ([`SqliteWriter`]): every statement is
+//! prepared once and cached, rows are bound one at a time, and a batch is one
+//! `BEGIN IMMEDIATE` transaction with one durable commit. Single-row
+//! statements need neither JSON decoding nor a statement journal, which
+//! multi-row statements sent through sqlx's worker thread did. Reads outside
+//! the writer keep going through the shared pool ([`crate::store`]).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use courier_common::{Backend, Database};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use sqlx::AnyConnection;
+
+use crate::ledger::{AccountId, LedgerAccount, Usage};
+use crate::region::{RegionCode, RegionRules};
+use crate::store::{
+    self, ACCOUNT_COLUMNS_SQL, AccountRow, BatchWrite, IdempotencyKey, REGION_COLUMNS_SQL, RegionRow, StoredResponse,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// A bug: a batch's statements wrote other rows than the writer meant.
+    #[error("the batch wrote {0}")]
+    RowsMismatch(String),
+    #[error("the SQLite database has no file the writer can open")]
+    NoFile,
+}
+
+/// The writer's connection to either database.
+pub enum WriterStore {
+    Postgres(AnyConnection),
+    Sqlite(SqliteWriter),
+}
+
+impl WriterStore {
+    /// A connection of the writer's own, outside the pool.
+    pub async fn connect(database: &Database) -> Result<Self, StoreError> {
+        match database.backend() {
+            Backend::Postgres => {
+                let mut connection = database.dedicated_connection().await?;
+                // The writer only looks rows up by key, a batch at a time. A
+                // fresh ledger's tables grow faster than autoanalyze follows
+                // them, and a plan made from a near-empty table's statistics
+                // scans or hashes the whole table on every batch (milliseconds
+                // each, growing with the table). On this connection the
+                // planner takes the index and a nested loop wherever one
+                // applies.
+                for setting in ["SET enable_seqscan = off", "SET enable_hashjoin = off", "SET enable_mergejoin = off"] {
+                    sqlx::query(setting).execute(&mut connection).await?;
+                }
+                Ok(WriterStore::Postgres(connection))
+            }
+            Backend::Sqlite => {
+                Ok(WriterStore::Sqlite(SqliteWriter::open(&database.sqlite_file().ok_or(StoreError::NoFile)?)?))
+            }
+        }
+    }
+
+    /// A sqlx connection on PostgreSQL (for the advisory lock).
+    pub fn postgres(&mut self) -> Option<&mut AnyConnection> {
+        match self {
+            WriterStore::Postgres(connection) => Some(connection),
+            WriterStore::Sqlite(_) => None,
+        }
+    }
+
+    pub async fn regions(&mut self) -> Result<HashMap<RegionCode, RegionRules>, StoreError> {
+        match self {
+            WriterStore::Postgres(connection) => Ok(store::regions(connection).await?),
+            WriterStore::Sqlite(sqlite) => Ok(sqlite.regions()?),
+        }
+    }
+
+    pub async fn system_accounts(&mut self) -> Result<Vec<LedgerAccount>, StoreError> {
+        match self {
+            WriterStore::Postgres(connection) => Ok(store::system_accounts(connection).await?),
+            WriterStore::Sqlite(sqlite) => Ok(sqlite.system_accounts()?),
+        }
+    }
+
+    pub async fn accounts(&mut self, ids: &[AccountId]) -> Result<Vec<LedgerAccount>, StoreError> {
+        match self {
+            WriterStore::Postgres(connection) => Ok(store::accounts(connection, ids).await?),
+            WriterStore::Sqlite(sqlite) => Ok(sqlite.accounts(ids)?),
+        }
+    }
+
+    pub async fn usage(
+        &mut self,
+        senders: &[AccountId],
+        windows: Usage,
+    ) -> Result<HashMap<AccountId, Usage>, StoreError> {
+        match self {
+            WriterStore::Postgres(connection) => Ok(store::usage(connection, senders, windows).await?),
+            WriterStore::Sqlite(sqlite) => Ok(sqlite.usage(senders, windows)?),
+        }
+    }
+
+    pub async fn idempotent_responses(
+        &mut self,
+        keys: &[&IdempotencyKey],
+    ) -> Result<HashMap<IdempotencyKey, (String, StoredResponse)>, StoreError> {
+        match self {
+            WriterStore::Postgres(connection) => Ok(store::idempotent_responses(connection, keys).await?),
+            WriterStore::Sqlite(sqlite) => Ok(sqlite.idempotent_responses(keys)?),
+        }
+    }
+
+    /// Writes a batch in one transaction and commits it durably; on any
+    /// error nothing of it stays.
+    pub async fn commit(&mut self, batch: &BatchWrite, now_ms: i64) -> Result<(), StoreError> {
+        match self {
+            WriterStore::Postgres(connection) => Ok(store::commit(connection, batch, now_ms).await?),
+            WriterStore::Sqlite(sqlite) => sqlite.commit(batch, now_ms),
+        }
+    }
+
+    /// Forgets idempotency keys older than `before_ms`.
+    pub async fn expire_idempotency_keys(&mut self, before_ms: i64) -> Result<u64, StoreError> {
+        match self {
+            WriterStore::Postgres(connection) => Ok(store::expire_idempotency_keys(connection, before_ms).await?),
+            WriterStore::Sqlite(sqlite) => Ok(sqlite.expire_idempotency_keys(before_ms)?),
+        }
+    }
+}
+
+const ACCOUNT_BY_ID_SQL: &str = "WHERE id = ?1";
+const SYSTEM_ACCOUNTS_SQL: &str = "WHERE kind <> 'wallet'";
+
+const USAGE_SQL: &str = "\
+SELECT CAST(COALESCE(SUM(CASE WHEN created_at >= ?1 THEN amount ELSE 0 END), 0) AS BIGINT), \
+  CAST(COALESCE(SUM(CASE WHEN created_at >= ?2 THEN amount ELSE 0 END), 0) AS BIGINT), \
+  CAST(COALESCE(SUM(CASE WHEN created_at >= ?3 THEN amount ELSE 0 END), 0) AS BIGINT) \
+FROM transfers WHERE kind = 'p2p' AND created_at >= ?4 AND debit_account = ?5";
+
+const IDEMPOTENT_RESPONSE_SQL: &str =
+    "SELECT fingerprint, status, body FROM idempotency_keys WHERE scope = ?1 AND key = ?2";
+
+const INSERT_TRANSFER_SQL: &str = "\
+INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, initiator, \
+  note, external_ref, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+const UPDATE_ACCOUNT_SQL: &str = "UPDATE ledger_accounts SET balance = ?2, frozen = ?3 WHERE id = ?1";
+
+const INSERT_KEY_SQL: &str = "\
+INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+const EXPIRE_KEYS_SQL: &str = "DELETE FROM idempotency_keys WHERE created_at < ?1";
+
+/// Statements the writer keeps prepared (SQLite's default cache holds 16).
+const STATEMENTS_CACHED: usize = 32;
+
+pub struct SqliteWriter {
+    connection: Connection,
+}
+
+fn account_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRow> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+}
+
+impl SqliteWriter {
+    /// Opens `path` with the settings of every other connection to it
+    /// ([`courier_common::db::sqlite_settings`]): WAL, `synchronous = FULL`,
+    /// foreign keys, the busy timeout and the checkpoint threshold.
+    pub fn open(path: &Path) -> rusqlite::Result<Self> {
+        let connection = Connection::open(path)?;
+        connection.execute_batch(&courier_common::db::sqlite_settings())?;
+        connection.set_prepared_statement_cache_capacity(STATEMENTS_CACHED);
+        Ok(SqliteWriter { connection })
+    }
+
+    /// The connection, for tests that check its settings.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    pub fn regions(&self) -> rusqlite::Result<HashMap<RegionCode, RegionRules>> {
+        let mut statement = self.connection.prepare_cached(REGION_COLUMNS_SQL)?;
+        let rows = statement.query_map([], |row| {
+            let region: RegionRow = (
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(5)?,
+                row.get(6)?,
+                row.get(7)?,
+                row.get(8)?,
+                row.get(9)?,
+                row.get(10)?,
+                row.get(11)?,
+                row.get(12)?,
+            );
+            Ok(region)
+        })?;
+        let mut regions = HashMap::new();
+        for row in rows {
+            if let Some(rules) = store::region_from_row(row?) {
+                regions.insert(rules.code, rules);
+            }
+        }
+        Ok(regions)
+    }
+
+    pub fn system_accounts(&self) -> rusqlite::Result<Vec<LedgerAccount>> {
+        let mut statement = self.connection.prepare_cached(&format!("{ACCOUNT_COLUMNS_SQL} {SYSTEM_ACCOUNTS_SQL}"))?;
+        let rows = statement.query_map([], account_row)?;
+        let mut found = Vec::new();
+        for row in rows {
+            found.extend(store::account_from_row(row?));
+        }
+        Ok(found)
+    }
+
+    /// The ledger accounts among `ids` that exist.
+    pub fn accounts(&self, ids: &[AccountId]) -> rusqlite::Result<Vec<LedgerAccount>> {
+        let mut statement = self.connection.prepare_cached(&format!("{ACCOUNT_COLUMNS_SQL} {ACCOUNT_BY_ID_SQL}"))?;
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(row) = statement.query_row([id], account_row).optional()? {
+                found.extend(store::account_from_row(row));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The P2P totals of `senders` (all of one region) in the windows of `windows`.
+    pub fn usage(&self, senders: &[AccountId], windows: Usage) -> rusqlite::Result<HashMap<AccountId, Usage>> {
+        let night_start = windows.night_start_ms.unwrap_or(i64::MAX);
+        let since = windows.month_start_ms.min(night_start).min(windows.day_start_ms);
+        let mut statement = self.connection.prepare_cached(USAGE_SQL)?;
+        let mut found = HashMap::with_capacity(senders.len());
+        for id in senders {
+            let (day, month, night): (i64, i64, i64) = statement
+                .query_row(params![windows.day_start_ms, windows.month_start_ms, night_start, since, id], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })?;
+            found.insert(id.clone(), Usage { day_minor: day, month_minor: month, night_minor: night, ..windows });
+        }
+        Ok(found)
+    }
+
+    /// The stored keys among `keys`, with their fingerprints and responses.
+    pub fn idempotent_responses(
+        &self,
+        keys: &[&IdempotencyKey],
+    ) -> rusqlite::Result<HashMap<IdempotencyKey, (String, StoredResponse)>> {
+        let mut statement = self.connection.prepare_cached(IDEMPOTENT_RESPONSE_SQL)?;
+        let mut found = HashMap::new();
+        for key in keys {
+            let row: Option<(String, i64, String)> = statement
+                .query_row([&key.scope, &key.key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .optional()?;
+            if let Some((fingerprint, status, body)) = row {
+                let status = u16::try_from(status).unwrap_or(500);
+                found.insert((*key).clone(), (fingerprint, StoredResponse { status, body }));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes a batch in one transaction and commits it durably. Every
+    /// account update must change exactly one row; anything else is a bug
+    /// and rolls the whole batch back.
+    pub fn commit(&mut self, batch: &BatchWrite, now_ms: i64) -> Result<(), StoreError> {
+        let transaction = self.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut insert = transaction.prepare_cached(INSERT_TRANSFER_SQL)?;
+            for t in &batch.transfers {
+                insert.execute(params![
+                    t.id,
+                    t.kind.as_str(),
+                    t.debit,
+                    t.credit,
+                    t.amount_minor,
+                    t.fee_minor,
+                    t.currency.code(),
+                    t.region.as_str(),
+                    t.linked_id,
+                    t.initiator,
+                    t.note,
+                    t.external_ref,
+                    t.created_at_ms,
+                ])?;
+            }
+            let mut update = transaction.prepare_cached(UPDATE_ACCOUNT_SQL)?;
+            for (id, balance, frozen) in &batch.accounts {
+                let changed = update.execute(params![id, balance, i64::from(*frozen)])?;
+                if changed != 1 {
+                    // Returning drops the transaction: the batch rolls back.
+                    return Err(StoreError::RowsMismatch(format!("{changed} rows for account {id} where 1 was due")));
+                }
+            }
+            let mut keyed = transaction.prepare_cached(INSERT_KEY_SQL)?;
+            for (key, fingerprint, response) in &batch.idempotency {
+                keyed.execute(params![
+                    key.scope,
+                    key.key,
+                    fingerprint,
+                    i64::from(response.status),
+                    response.body,
+                    now_ms
+                ])?;
+            }
+        }
+        Ok(transaction.commit()?)
+    }
+
+    /// Forgets idempotency keys older than `before_ms`.
+    pub fn expire_idempotency_keys(&self, before_ms: i64) -> rusqlite::Result<u64> {
+        let deleted = self.connection.prepare_cached(EXPIRE_KEYS_SQL)?.execute([before_ms])?;
+        Ok(deleted as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer's own connection is as durable as the pool's: same journal
+    /// mode, `synchronous = FULL`, foreign keys, checkpoint threshold.
+    #[tokio::test]
+    async fn the_sqlite_writer_connection_has_the_pools_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = Database::connect(&Database::sqlite_url(&dir.path().join("w.db")), 1).await.unwrap();
+        let WriterStore::Sqlite(writer) = WriterStore::connect(&database).await.unwrap() else {
+            panic!("a SQLite database gets the SQLite writer");
+        };
+        let pragmas =
+            ["journal_mode", "synchronous", "foreign_keys", "wal_autocheckpoint", "journal_size_limit", "busy_timeout"];
+        for pragma in pragmas {
+            let sql = format!("PRAGMA {pragma}");
+            let from_pool: String = match sqlx::query_as::<_, (String,)>(&sql).fetch_one(database.pool()).await {
+                Ok((text,)) => text,
+                Err(_) => sqlx::query_as::<_, (i64,)>(&sql).fetch_one(database.pool()).await.unwrap().0.to_string(),
+            };
+            let from_writer: String = writer
+                .connection()
+                .query_row(&sql, [], |row| row.get::<_, rusqlite::types::Value>(0))
+                .map(|value| match value {
+                    rusqlite::types::Value::Integer(n) => n.to_string(),
+                    rusqlite::types::Value::Text(text) => text,
+                    other => format!("{other:?}"),
+                })
+                .unwrap();
+            assert_eq!(from_writer, from_pool, "PRAGMA {pragma}");
+        }
+        let (mode, sync): (String, i64) = (
+            writer.connection().query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap(),
+            writer.connection().query_row("PRAGMA synchronous", [], |row| row.get(0)).unwrap(),
+        );
+        assert_eq!((mode.as_str(), sync), ("wal", 2), "WAL with synchronous=FULL");
+    }
+}

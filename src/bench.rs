@@ -98,8 +98,7 @@ async fn accounts(bench: AccountsBench) -> Result<(), String> {
     let built = crate::serve::build(&options, None, courier_common::shutdown::CancellationToken::new()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?;
     let base = format!("http://{}", listener.local_addr().map_err(|error| error.to_string())?);
-    let router = built.router;
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    tokio::spawn(crate::serve::serve_router(listener, built.router, std::future::pending()));
 
     // A per-run prefix keeps numbers unique when a database is reused.
     let run_prefix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() % 90 + 10).unwrap_or(10);

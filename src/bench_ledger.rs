@@ -64,7 +64,8 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let base = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
     let router = built.router;
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let stop = shutdown.clone();
+    tokio::spawn(crate::serve::serve_router(listener, router, async move { stop.cancelled().await }));
 
     let progress = |message: &str, length: u64| progress(message, length, bench.json);
 

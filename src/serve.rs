@@ -253,14 +253,7 @@ pub async fn run(options: ServeOptions, service: Option<Service>, shutdown: Canc
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), lines.as_bytes());
     tracing::info!(url = %format!("http://{local}"), service = ?service, "serving");
     let stop = shutdown.clone();
-    // Signaling frames are small and latency-bound: no Nagle delay.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, built.router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move { stop.cancelled().await })
+    serve_router(listener, built.router, async move { stop.cancelled().await })
         .await
         .map_err(|error| format!("server error: {error}"))?;
     for task in built.tasks {
@@ -269,6 +262,25 @@ pub async fn run(options: ServeOptions, service: Option<Service>, shutdown: Canc
     built.database.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves `router` on `listener` until `stop` resolves, the way `courier
+/// serve` does (the benches serve through this too): TCP_NODELAY on every
+/// connection, since signaling frames and API answers are small and
+/// latency-bound, and the peer's address for per-address limits.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(stop)
+        .await
 }
 
 fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {

@@ -27,6 +27,9 @@ const UNANSWERED_GIVE_UP: Duration = Duration::from_secs(90);
 const CLOSE_WITHIN: Duration = Duration::from_secs(3);
 /// How often the round-trip time is read while the media path is up.
 const RTT_EVERY: Duration = Duration::from_secs(1);
+/// An ICE restart offer unanswered for this long is made again: the server
+/// drops an offer whose callee has not resumed yet after a dropped socket.
+const RESTART_ANSWER_WITHIN: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -184,6 +187,8 @@ struct Session<'a> {
     encoder: Encoder,
     sink: Option<WavSink>,
     restarting: bool,
+    /// When the answer to the ICE restart offer in flight is overdue.
+    restart_answer_due: Option<tokio::time::Instant>,
     said: std::collections::HashSet<String>,
 }
 
@@ -312,6 +317,7 @@ impl<'a> Session<'a> {
             encoder: Encoder::new()?,
             sink,
             restarting: false,
+            restart_answer_due: None,
             said: Default::default(),
         })
     }
@@ -405,17 +411,19 @@ impl<'a> Session<'a> {
         let mut rtt_clock = tokio::time::interval(RTT_EVERY);
         let mut last_rtt: Option<f64> = None;
         let reason = loop {
-            let hangup_sleep = async {
-                match hangup_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 _ = &mut stop => break self.hang_up("user_hangup").await,
-                _ = hangup_sleep => break self.hang_up("user_hangup").await,
+                _ = sleep_until_some(hangup_at) => break self.hang_up("user_hangup").await,
                 _ = tokio::time::sleep_until(give_up_at), if !self.connected && self.answered.is_none() => {
                     break self.hang_up("user_hangup").await;
+                }
+                _ = sleep_until_some(self.restart_answer_due), if self.restart_answer_due.is_some() => {
+                    self.say("no answer to the ICE restart; offering it again");
+                    self.restart_answer_due = None;
+                    self.restarting = false;
+                    if let Err(error) = self.restart_ice().await {
+                        self.say(&format!("ICE restart failed: {error}"));
+                    }
                 }
                 _ = rtt_clock.tick(), if self.connected => {
                     last_rtt = self.peer.rtt_ms().await.or(last_rtt);
@@ -539,6 +547,7 @@ impl<'a> Session<'a> {
         } else {
             self.peer.accept_answer(sdp).await?;
             self.restarting = false;
+            self.restart_answer_due = None;
         }
         self.say("renegotiated (ICE restart)");
         Ok(())
@@ -554,7 +563,10 @@ impl<'a> Session<'a> {
         self.say("restarting ICE");
         let offer = self.peer.offer(true).await?;
         match self.signaling.negotiate(&self.call_id, &offer, "offer").await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.restart_answer_due = Some(tokio::time::Instant::now() + RESTART_ANSWER_WITHIN);
+                Ok(())
+            }
             Err(SignalingError::Closed(_)) | Err(SignalingError::Timeout) => {
                 self.restarting = false;
                 Ok(())
@@ -673,6 +685,14 @@ impl<'a> Session<'a> {
             self.report.bitrate_kbps = Some(round2(self.reception.bytes as f64 * 8.0 / talking / 1_000.0));
         }
         Ok(self.report)
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -18,7 +18,7 @@ use crate::region::{FeeRule, RegionCode, RegionRules};
 const PARAMS_PER_STATEMENT_MAX: usize = 30_000;
 
 /// `$first, $first+1, …` for `count` parameters.
-fn placeholders(first: usize, count: usize) -> String {
+pub(crate) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
 }
 
@@ -134,24 +134,32 @@ pub async fn wallet(db: &Database, account_id: &str) -> Result<Option<LedgerAcco
     Ok(row.and_then(account_from_row))
 }
 
+/// The P2P totals per sender in three windows (`$1` day, `$2` month, `$3`
+/// night start) over its transfers since `$4`; the caller ends it with the
+/// senders it wants and `GROUP BY debit_account`.
+pub(crate) const USAGE_SQL_HEAD: &str = "SELECT debit_account, \
+       CAST(COALESCE(SUM(CASE WHEN created_at >= $1 THEN amount ELSE 0 END), 0) AS BIGINT), \
+       CAST(COALESCE(SUM(CASE WHEN created_at >= $2 THEN amount ELSE 0 END), 0) AS BIGINT), \
+       CAST(COALESCE(SUM(CASE WHEN created_at >= $3 THEN amount ELSE 0 END), 0) AS BIGINT) \
+     FROM transfers WHERE kind = 'p2p' AND created_at >= $4 AND debit_account";
+
+/// The night window's start (none: never) and the earliest start of the
+/// three windows of `windows`: `$3` and `$4` of [`USAGE_SQL_HEAD`].
+pub(crate) fn usage_bounds(windows: &Usage) -> (i64, i64) {
+    let night_start = windows.night_start_ms.unwrap_or(i64::MAX);
+    (night_start, windows.month_start_ms.min(night_start).min(windows.day_start_ms))
+}
+
 /// The P2P totals of `senders` (all of one region) in the windows of `usage`.
 pub async fn usage(
     connection: &mut AnyConnection,
     senders: &[AccountId],
     windows: Usage,
 ) -> Result<HashMap<AccountId, Usage>, sqlx::Error> {
-    let night_start = windows.night_start_ms.unwrap_or(i64::MAX);
-    let since = windows.month_start_ms.min(night_start).min(windows.day_start_ms);
+    let (night_start, since) = usage_bounds(&windows);
     let mut found = HashMap::new();
     for chunk in senders.chunks(PARAMS_PER_STATEMENT_MAX - 4) {
-        let sql = format!(
-            "SELECT debit_account, \
-               CAST(COALESCE(SUM(CASE WHEN created_at >= $1 THEN amount ELSE 0 END), 0) AS BIGINT), \
-               CAST(COALESCE(SUM(CASE WHEN created_at >= $2 THEN amount ELSE 0 END), 0) AS BIGINT), \
-               CAST(COALESCE(SUM(CASE WHEN created_at >= $3 THEN amount ELSE 0 END), 0) AS BIGINT) \
-             FROM transfers WHERE kind = 'p2p' AND created_at >= $4 AND debit_account IN ({}) GROUP BY debit_account",
-            placeholders(5, chunk.len())
-        );
+        let sql = format!("{USAGE_SQL_HEAD} IN ({}) GROUP BY debit_account", placeholders(5, chunk.len()));
         // Built from constants and numbered placeholders only; values are bound.
         let mut query = sqlx::query_as::<_, (String, i64, i64, i64)>(&sql)
             .bind(windows.day_start_ms)
@@ -184,17 +192,16 @@ pub struct IdempotencyKey {
     pub key: String,
 }
 
+pub(crate) const IDEMPOTENT_RESPONSE_SQL: &str =
+    "SELECT fingerprint, status, body FROM idempotency_keys WHERE scope = $1 AND key = $2";
+
 /// The fingerprint and response stored for a key, if any.
 pub async fn idempotent_response(
     db: &Database,
     key: &IdempotencyKey,
 ) -> Result<Option<(String, StoredResponse)>, sqlx::Error> {
     let row: Option<(String, i64, String)> =
-        sqlx::query_as("SELECT fingerprint, status, body FROM idempotency_keys WHERE scope = $1 AND key = $2")
-            .bind(&key.scope)
-            .bind(&key.key)
-            .fetch_optional(db.pool())
-            .await?;
+        sqlx::query_as(IDEMPOTENT_RESPONSE_SQL).bind(&key.scope).bind(&key.key).fetch_optional(db.pool()).await?;
     Ok(row.map(|(fingerprint, status, body)| (fingerprint, StoredResponse { status: status as u16, body })))
 }
 
@@ -370,12 +377,11 @@ pub async fn commit(connection: &mut AnyConnection, batch: &BatchWrite, now_ms: 
     Ok(())
 }
 
+pub(crate) const EXPIRE_KEYS_SQL: &str = "DELETE FROM idempotency_keys WHERE created_at < $1";
+
 /// Forgets idempotency keys older than `before_ms`.
 pub async fn expire_idempotency_keys(connection: &mut AnyConnection, before_ms: i64) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-        .bind(before_ms)
-        .execute(&mut *connection)
-        .await?;
+    let done = sqlx::query(EXPIRE_KEYS_SQL).bind(before_ms).execute(&mut *connection).await?;
     Ok(done.rows_affected())
 }
 
@@ -395,7 +401,7 @@ type TransferRow = (
     i64,
 );
 
-const TRANSFER_COLUMNS: &str = "id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, \
+pub(crate) const TRANSFER_COLUMNS: &str = "id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, \
      initiator, note, external_ref, created_at";
 
 fn transfer_from_row(row: TransferRow) -> Option<Transfer> {

@@ -20,7 +20,8 @@ use sqlx::AnyConnection;
 use crate::ledger::{AccountId, LedgerAccount, Usage};
 use crate::region::{RegionCode, RegionRules};
 use crate::store::{
-    self, ACCOUNT_COLUMNS_SQL, AccountRow, BatchWrite, IdempotencyKey, REGION_COLUMNS_SQL, RegionRow, StoredResponse,
+    self, ACCOUNT_COLUMNS_SQL, AccountRow, BatchWrite, EXPIRE_KEYS_SQL, IDEMPOTENT_RESPONSE_SQL, IdempotencyKey,
+    REGION_COLUMNS_SQL, RegionRow, StoredResponse, TRANSFER_COLUMNS, USAGE_SQL_HEAD,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -134,38 +135,42 @@ impl WriterStore {
     }
 }
 
-const ACCOUNT_BY_ID_SQL: &str = "WHERE id = ?1";
-const SYSTEM_ACCOUNTS_SQL: &str = "WHERE kind <> 'wallet'";
-
-const USAGE_SQL: &str = "\
-SELECT CAST(COALESCE(SUM(CASE WHEN created_at >= ?1 THEN amount ELSE 0 END), 0) AS BIGINT), \
-  CAST(COALESCE(SUM(CASE WHEN created_at >= ?2 THEN amount ELSE 0 END), 0) AS BIGINT), \
-  CAST(COALESCE(SUM(CASE WHEN created_at >= ?3 THEN amount ELSE 0 END), 0) AS BIGINT) \
-FROM transfers WHERE kind = 'p2p' AND created_at >= ?4 AND debit_account = ?5";
-
-const IDEMPOTENT_RESPONSE_SQL: &str =
-    "SELECT fingerprint, status, body FROM idempotency_keys WHERE scope = ?1 AND key = ?2";
-
-const INSERT_TRANSFER_SQL: &str = "\
-INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, initiator, \
-  note, external_ref, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
-
+// SQLite reads `$1` as a named parameter, numbered by first appearance: the
+// texts shared with the pool's queries ([`crate::store`]) and those built
+// with its placeholders name theirs in order, so they bind by position here
+// too. The writer's own texts number theirs (`?N`).
 const UPDATE_ACCOUNT_SQL: &str = "UPDATE ledger_accounts SET balance = ?2, frozen = ?3 WHERE id = ?1";
 
 const INSERT_KEY_SQL: &str = "\
 INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
-const EXPIRE_KEYS_SQL: &str = "DELETE FROM idempotency_keys WHERE created_at < ?1";
-
 /// Statements the writer keeps prepared (SQLite's default cache holds 16).
 const STATEMENTS_CACHED: usize = 32;
 
-pub struct SqliteWriter {
-    connection: Connection,
+/// The texts of the writer's statements that are built from the shared
+/// column lists, built once per connection.
+struct Statements {
+    account_by_id: String,
+    system_accounts: String,
+    usage: String,
+    insert_transfer: String,
 }
 
-fn account_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRow> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+impl Statements {
+    fn new() -> Self {
+        let values = store::placeholders(1, TRANSFER_COLUMNS.split(',').count());
+        Statements {
+            account_by_id: format!("{ACCOUNT_COLUMNS_SQL} WHERE id = $1"),
+            system_accounts: format!("{ACCOUNT_COLUMNS_SQL} WHERE kind <> 'wallet'"),
+            usage: format!("{USAGE_SQL_HEAD} = $5 GROUP BY debit_account"),
+            insert_transfer: format!("INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES ({values})"),
+        }
+    }
+}
+
+pub struct SqliteWriter {
+    connection: Connection,
+    statements: Statements,
 }
 
 impl SqliteWriter {
@@ -176,7 +181,7 @@ impl SqliteWriter {
         let connection = Connection::open(path)?;
         connection.execute_batch(&courier_common::db::sqlite_settings())?;
         connection.set_prepared_statement_cache_capacity(STATEMENTS_CACHED);
-        Ok(SqliteWriter { connection })
+        Ok(SqliteWriter { connection, statements: Statements::new() })
     }
 
     /// The connection, for tests that check its settings.
@@ -186,26 +191,8 @@ impl SqliteWriter {
 
     pub fn regions(&self) -> rusqlite::Result<HashMap<RegionCode, RegionRules>> {
         let mut statement = self.connection.prepare_cached(REGION_COLUMNS_SQL)?;
-        let rows = statement.query_map([], |row| {
-            let region: RegionRow = (
-                row.get(0)?,
-                row.get(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-                row.get(5)?,
-                row.get(6)?,
-                row.get(7)?,
-                row.get(8)?,
-                row.get(9)?,
-                row.get(10)?,
-                row.get(11)?,
-                row.get(12)?,
-            );
-            Ok(region)
-        })?;
         let mut regions = HashMap::new();
-        for row in rows {
+        for row in statement.query_map([], |row| RegionRow::try_from(row))? {
             if let Some(rules) = store::region_from_row(row?) {
                 regions.insert(rules.code, rules);
             }
@@ -214,10 +201,9 @@ impl SqliteWriter {
     }
 
     pub fn system_accounts(&self) -> rusqlite::Result<Vec<LedgerAccount>> {
-        let mut statement = self.connection.prepare_cached(&format!("{ACCOUNT_COLUMNS_SQL} {SYSTEM_ACCOUNTS_SQL}"))?;
-        let rows = statement.query_map([], account_row)?;
+        let mut statement = self.connection.prepare_cached(&self.statements.system_accounts)?;
         let mut found = Vec::new();
-        for row in rows {
+        for row in statement.query_map([], |row| AccountRow::try_from(row))? {
             found.extend(store::account_from_row(row?));
         }
         Ok(found)
@@ -225,10 +211,10 @@ impl SqliteWriter {
 
     /// The ledger accounts among `ids` that exist.
     pub fn accounts(&self, ids: &[AccountId]) -> rusqlite::Result<Vec<LedgerAccount>> {
-        let mut statement = self.connection.prepare_cached(&format!("{ACCOUNT_COLUMNS_SQL} {ACCOUNT_BY_ID_SQL}"))?;
+        let mut statement = self.connection.prepare_cached(&self.statements.account_by_id)?;
         let mut found = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(row) = statement.query_row([id], account_row).optional()? {
+            if let Some(row) = statement.query_row([id], |row| AccountRow::try_from(row)).optional()? {
                 found.extend(store::account_from_row(row));
             }
         }
@@ -237,16 +223,22 @@ impl SqliteWriter {
 
     /// The P2P totals of `senders` (all of one region) in the windows of `windows`.
     pub fn usage(&self, senders: &[AccountId], windows: Usage) -> rusqlite::Result<HashMap<AccountId, Usage>> {
-        let night_start = windows.night_start_ms.unwrap_or(i64::MAX);
-        let since = windows.month_start_ms.min(night_start).min(windows.day_start_ms);
-        let mut statement = self.connection.prepare_cached(USAGE_SQL)?;
+        let (night_start, since) = store::usage_bounds(&windows);
+        let mut statement = self.connection.prepare_cached(&self.statements.usage)?;
         let mut found = HashMap::with_capacity(senders.len());
         for id in senders {
-            let (day, month, night): (i64, i64, i64) = statement
+            let totals: Option<(String, i64, i64, i64)> = statement
                 .query_row(params![windows.day_start_ms, windows.month_start_ms, night_start, since, id], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-                })?;
-            found.insert(id.clone(), Usage { day_minor: day, month_minor: month, night_minor: night, ..windows });
+                    <(String, i64, i64, i64)>::try_from(row)
+                })
+                .optional()?;
+            let usage = match totals {
+                Some((_, day, month, night)) => {
+                    Usage { day_minor: day, month_minor: month, night_minor: night, ..windows }
+                }
+                None => windows,
+            };
+            found.insert(id.clone(), usage);
         }
         Ok(found)
     }
@@ -259,9 +251,8 @@ impl SqliteWriter {
         let mut statement = self.connection.prepare_cached(IDEMPOTENT_RESPONSE_SQL)?;
         let mut found = HashMap::new();
         for key in keys {
-            let row: Option<(String, i64, String)> = statement
-                .query_row([&key.scope, &key.key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                .optional()?;
+            let row: Option<(String, i64, String)> =
+                statement.query_row([&key.scope, &key.key], |row| <(String, i64, String)>::try_from(row)).optional()?;
             if let Some((fingerprint, status, body)) = row {
                 let status = u16::try_from(status).unwrap_or(500);
                 found.insert((*key).clone(), (fingerprint, StoredResponse { status, body }));
@@ -276,7 +267,7 @@ impl SqliteWriter {
     pub fn commit(&mut self, batch: &BatchWrite, now_ms: i64) -> Result<(), StoreError> {
         let transaction = self.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
-            let mut insert = transaction.prepare_cached(INSERT_TRANSFER_SQL)?;
+            let mut insert = transaction.prepare_cached(&self.statements.insert_transfer)?;
             for t in &batch.transfers {
                 insert.execute(params![
                     t.id,

@@ -271,55 +271,66 @@ async fn naive_body(
     amount: i64,
 ) -> Result<(), String> {
     let lock = if postgres {
-        "SELECT id, balance, frozen FROM ledger_accounts WHERE id IN ($1, $2) ORDER BY id FOR UPDATE"
+        "SELECT id, balance, frozen, last_transfer, usage_day_start, usage_day, usage_month_start, usage_month \
+         FROM ledger_accounts WHERE id IN ($1, $2) ORDER BY id FOR UPDATE"
     } else {
-        "SELECT id, balance, frozen FROM ledger_accounts WHERE id IN ($1, $2) ORDER BY id"
+        "SELECT id, balance, frozen, last_transfer, usage_day_start, usage_day, usage_month_start, usage_month \
+         FROM ledger_accounts WHERE id IN ($1, $2) ORDER BY id"
     };
-    let rows: Vec<(String, i64, i64)> =
+    type Row = (String, i64, i64, Option<String>, i64, i64, Option<i64>, i64);
+    let rows: Vec<Row> =
         sqlx::query_as(lock).bind(from).bind(to).fetch_all(&mut *connection).await.map_err(|e| e.to_string())?;
     let sender = rows.iter().find(|r| r.0 == from).ok_or("no sender wallet")?;
-    if rows.len() != 2 || rows.iter().any(|r| r.2 == 1) || sender.1 < amount {
+    let recipient = rows.iter().find(|r| r.0 == to).ok_or("no recipient wallet")?;
+    if rows.iter().any(|r| r.2 == 1) || sender.1 < amount {
         return Err("refused".into());
     }
     let now = courier_common::time::now_ms();
     let rules = RegionRules::default_for(RegionCode::Ru);
     let windows = rules.windows(now);
-    let (day_start, month_start) = (windows.day_start_ms, windows.month_start_ms);
-    let (day, month): (i64, i64) = sqlx::query_as(
-        "SELECT CAST(COALESCE(SUM(CASE WHEN created_at >= $2 THEN amount ELSE 0 END), 0) AS BIGINT), \
-                CAST(COALESCE(SUM(amount), 0) AS BIGINT) \
-         FROM transfers WHERE debit_account = $1 AND kind = 'p2p' AND created_at >= $3",
-    )
-    .bind(from)
-    .bind(day_start)
-    .bind(month_start)
-    .fetch_one(&mut *connection)
-    .await
-    .map_err(|e| e.to_string())?;
+    // The sender's totals, kept on its row as the ledger writer keeps them.
+    let day = if sender.4 == windows.day_start_ms { sender.5 } else { 0 };
+    let month = if sender.6 == Some(windows.month_start_ms) { sender.7 } else { 0 };
     if amount > rules.per_transfer_max_minor
         || day + amount > rules.daily_max_minor
         || month + amount > rules.monthly_max_minor
     {
         return Err("limit".into());
     }
-    for (id, delta) in [(from, -amount), (to, amount)] {
-        sqlx::query("UPDATE ledger_accounts SET balance = balance + $2 WHERE id = $1")
-            .bind(id)
-            .bind(delta)
-            .execute(&mut *connection)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
     let id = uuid::Uuid::now_v7().to_string();
     sqlx::query(
-        "INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, initiator, created_at) \
-         VALUES ($1, 'p2p', $2, $3, $4, 0, 'RUB', 'RU', $2, $5)",
+        "UPDATE ledger_accounts SET balance = balance - $2, last_transfer = $3, usage_day_start = $4, usage_day = $5, \
+         usage_month_start = $6, usage_month = $7 WHERE id = $1",
+    )
+    .bind(from)
+    .bind(amount)
+    .bind(&id)
+    .bind(windows.day_start_ms)
+    .bind(day + amount)
+    .bind(windows.month_start_ms)
+    .bind(month + amount)
+    .execute(&mut *connection)
+    .await
+    .map_err(|e| e.to_string())?;
+    sqlx::query("UPDATE ledger_accounts SET balance = balance + $2, last_transfer = $3 WHERE id = $1")
+        .bind(to)
+        .bind(amount)
+        .bind(&id)
+        .execute(&mut *connection)
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::query(
+        "INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, initiator, \
+         created_at, debit_prev, credit_prev) VALUES ($1, 'p2p', $2, $3, $4, 0, 'RUB', 'RU', $5, $6, $7, $8)",
     )
     .bind(&id)
     .bind(from)
     .bind(to)
     .bind(amount)
+    .bind(from)
     .bind(now)
+    .bind(sender.3.as_deref())
+    .bind(recipient.3.as_deref())
     .execute(&mut *connection)
     .await
     .map_err(|e| e.to_string())?;

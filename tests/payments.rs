@@ -346,6 +346,9 @@ async fn concurrent_requests_with_one_key_apply_once(db: Db) {
 /// account the table lacks) fails whole: nothing of it stays. The writer
 /// then answers `ledger_unavailable` and reloads from the database.
 async fn a_batch_that_writes_other_rows_than_due_leaves_nothing(db: Db) {
+    use courier_payments::ledger::{AccountKind, LedgerAccount};
+    use courier_payments::money::Currency;
+    use courier_payments::region::RegionCode;
     use courier_payments::store::{BatchWrite, IdempotencyKey, StoredResponse};
     use courier_payments::writer_store::WriterStore;
     let dir = tempfile::tempdir().unwrap();
@@ -356,7 +359,13 @@ async fn a_batch_that_writes_other_rows_than_due_leaves_nothing(db: Db) {
     let response = StoredResponse { status: 201, body: "{}".into() };
     let batch = BatchWrite {
         transfers: Vec::new(),
-        accounts: vec![("sys:RU:settlement".into(), 0, false), ("no-such-account".into(), 500, false)],
+        accounts: vec![
+            LedgerAccount::new("sys:RU:settlement".into(), AccountKind::Settlement, RegionCode::Ru, Currency::Rub),
+            LedgerAccount {
+                balance_minor: 500,
+                ..LedgerAccount::new("no-such-account".into(), AccountKind::Wallet, RegionCode::Ru, Currency::Rub)
+            },
+        ],
         idempotency: vec![(key, "fingerprint".into(), response)],
     };
     let error = connection.commit(&batch, 1).await.unwrap_err();
@@ -375,6 +384,139 @@ async fn a_batch_that_writes_other_rows_than_due_leaves_nothing(db: Db) {
         assert_eq!(filled, 1);
     }
     drop(connection);
+    database.close().await;
+    if let Some(name) = name {
+        support::drop_database(&name).await;
+    }
+}
+
+/// Migration 5 on a ledger written before it: every account's history
+/// becomes a chain through its transfers (in the order they were made), the
+/// per-party indexes go, and the writer counts each wallet's usage in its
+/// current windows from the transfers when it starts.
+async fn migration_5_chains_the_history_and_counts_usage(db: Db) {
+    use courier_common::Database;
+    use courier_payments::writer_store::WriterStore;
+    let dir = tempfile::tempdir().unwrap();
+    let (url, name) = support::fresh_database(db, dir.path()).await;
+    let before = Database::connect_migrated_to(&url, 2, 4).await.unwrap();
+    let now = courier_common::time::now_ms();
+    let day_ms = 86_400_000;
+    for wallet in ["w1", "w2"] {
+        sqlx::query("INSERT INTO ledger_accounts (id, kind, region, currency, balance, created_at) VALUES ($1, 'wallet', 'RU', 'RUB', $2, 0)")
+            .bind(wallet)
+            .bind(if wallet == "w1" { 10_000 - 100 - 250 - 40 - 1 } else { 100 + 250 + 40 })
+            .execute(before.pool())
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE ledger_accounts SET balance = CASE id WHEN 'sys:RU:settlement' THEN -10000 WHEN 'sys:RU:fee_revenue' THEN 1 ELSE 0 END WHERE region = 'RU' AND kind <> 'wallet'")
+        .execute(before.pool())
+        .await
+        .unwrap();
+    // Oldest first: a deposit 40 days ago, a P2P transfer then, one today
+    // with its fee, and one more today.
+    let made: Vec<(String, &str, &str, &str, i64, i64)> = [
+        ("deposit", "sys:RU:settlement", "w1", 10_000, now - 40 * day_ms),
+        ("p2p", "w1", "w2", 100, now - 40 * day_ms),
+        ("p2p", "w1", "w2", 250, now),
+        ("fee", "w1", "sys:RU:fee_revenue", 1, now),
+        ("p2p", "w1", "w2", 40, now),
+    ]
+    .into_iter()
+    .map(|(kind, debit, credit, amount, at)| (uuid::Uuid::now_v7().to_string(), kind, debit, credit, amount, at))
+    .collect();
+    for (id, kind, debit, credit, amount, at) in &made {
+        sqlx::query(
+            "INSERT INTO transfers (id, kind, debit_account, credit_account, amount, currency, region, initiator, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'RUB', 'RU', 'test', $6)",
+        )
+        .bind(id)
+        .bind(kind)
+        .bind(debit)
+        .bind(credit)
+        .bind(amount)
+        .bind(at)
+        .execute(before.pool())
+        .await
+        .unwrap();
+    }
+    before.close().await;
+
+    let database = Database::connect(&url, 2).await.unwrap();
+    let ids: Vec<&str> = made.iter().map(|t| t.0.as_str()).collect();
+    let chains: Vec<(String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT id, debit_prev, credit_prev FROM transfers ORDER BY id")
+            .fetch_all(database.pool())
+            .await
+            .unwrap();
+    let link = |i: usize| Some(ids[i].to_owned());
+    assert_eq!(
+        chains,
+        vec![
+            (ids[0].to_owned(), None, None),
+            (ids[1].to_owned(), link(0), None),
+            (ids[2].to_owned(), link(1), link(1)),
+            (ids[3].to_owned(), link(2), None),
+            (ids[4].to_owned(), link(3), link(2)),
+        ],
+        "each transfer names the one before it of each of its accounts"
+    );
+    let heads: Vec<(String, Option<String>, Option<i64>)> = sqlx::query_as(
+        "SELECT id, last_transfer, usage_month_start FROM ledger_accounts WHERE id IN ('w1', 'w2', 'sys:RU:fee_revenue', 'sys:RU:adjustments') ORDER BY id",
+    )
+    .fetch_all(database.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        heads,
+        vec![
+            ("sys:RU:adjustments".into(), None, Some(0)),
+            ("sys:RU:fee_revenue".into(), link(3), Some(0)),
+            ("w1".into(), link(4), None),
+            ("w2".into(), link(4), None),
+        ],
+        "heads of the chains; wallets' usage is not counted yet"
+    );
+    let (indexes,): (i64,) = sqlx::query_as(if db == Db::Postgres {
+        "SELECT COUNT(*) FROM pg_indexes WHERE indexname IN ('transfers_by_debit', 'transfers_by_credit')"
+    } else {
+        "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('transfers_by_debit', 'transfers_by_credit')"
+    })
+    .fetch_one(database.pool())
+    .await
+    .unwrap();
+    assert_eq!(indexes, 0, "the per-party indexes are gone");
+
+    // The writer counts usage once, when it starts.
+    let mut writer = WriterStore::connect(&database).await.unwrap();
+    let regions = writer.regions().await.unwrap();
+    assert_eq!(writer.count_usage(&regions, now).await.unwrap(), 2, "both RU wallets");
+    assert_eq!(writer.count_usage(&regions, now).await.unwrap(), 0, "and only once");
+    let windows = regions[&courier_payments::region::RegionCode::Ru].windows(now);
+    let accounts = writer.accounts(&["w1".into(), "w2".into()]).await.unwrap();
+    let w1 = accounts.iter().find(|a| a.id == "w1").unwrap();
+    let w2 = accounts.iter().find(|a| a.id == "w2").unwrap();
+    assert_eq!(
+        (w1.usage.day_start_ms, w1.usage.day_minor, w1.usage.month_start_ms, w1.usage.month_minor),
+        (windows.day_start_ms, 290, windows.month_start_ms, 290),
+        "today's P2P sends, not the fee nor those of 40 days ago"
+    );
+    assert_eq!((w2.usage.day_minor, w2.usage.month_minor, w2.usage.month_start_ms), (0, 0, windows.month_start_ms));
+    drop(writer);
+
+    // History follows the chains, newest first, fees shown on their transfer.
+    let page = courier_payments::store::transfers_of(&database, "w1", None, 2).await.unwrap();
+    assert_eq!(page.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec![ids[4], ids[2]]);
+    let rest = courier_payments::store::transfers_of(&database, "w1", Some(ids[2]), 10).await.unwrap();
+    assert_eq!(rest.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec![ids[1], ids[0]]);
+    let of_w2 = courier_payments::store::transfers_of(&database, "w2", None, 10).await.unwrap();
+    assert_eq!(of_w2.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec![ids[4], ids[2], ids[1]]);
+    assert!(
+        courier_payments::store::transfers_of(&database, "w2", Some(ids[0]), 10).await.unwrap().is_empty(),
+        "not w2's"
+    );
+    assert_eq!(courier_payments::store::balance_mismatches(&database).await.unwrap(), vec![]);
     database.close().await;
     if let Some(name) = name {
         support::drop_database(&name).await;
@@ -477,4 +619,5 @@ on_both_databases!(
     concurrent_requests_with_one_key_apply_once,
     deposits_and_withdrawals,
     a_batch_that_writes_other_rows_than_due_leaves_nothing,
+    migration_5_chains_the_history_and_counts_usage,
 );

@@ -66,6 +66,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0004_ledger_fill.sql"),
         include_str!("../../migrations/postgres/0004_ledger_fill.sql"),
     ),
+    (
+        5,
+        "ledger_chains",
+        include_str!("../../migrations/sqlite/0005_ledger_chains.sql"),
+        include_str!("../../migrations/postgres/0005_ledger_chains.sql"),
+    ),
 ];
 
 /// How long a connection waits for a lock held by another writer before the
@@ -88,6 +94,12 @@ impl Database {
     /// Connects to `url` (`sqlite://…` or `postgres://…`) and applies the
     /// migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        Self::connect_migrated_to(url, max_connections, i64::MAX).await
+    }
+
+    /// Connects to `url` and applies the migrations up to `version` only:
+    /// for tests of what a later migration does to data written before it.
+    pub async fn connect_migrated_to(url: &str, max_connections: u32, version: i64) -> Result<Self, DbError> {
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -104,7 +116,7 @@ impl Database {
             .await
             .map_err(DbError::Connect)?;
         let database = Database { pool, backend, url: url.into() };
-        let migrator = Migrator::new(Embedded(backend)).await.map_err(DbError::Migrate)?;
+        let migrator = Migrator::new(Embedded(backend, version)).await.map_err(DbError::Migrate)?;
         migrator.run(&database.pool).await.map_err(DbError::Migrate)?;
         Ok(database)
     }
@@ -177,14 +189,16 @@ pub fn sqlite_settings() -> String {
     )
 }
 
-/// The migrations compiled into the binary, in the dialect of one backend.
+/// The migrations compiled into the binary, in the dialect of one backend,
+/// up to a version.
 #[derive(Debug)]
-struct Embedded(Backend);
+struct Embedded(Backend, i64);
 
 impl<'s> MigrationSource<'s> for Embedded {
     fn resolve(self) -> futures::future::BoxFuture<'s, Result<Vec<Migration>, BoxDynError>> {
         let migrations = MIGRATIONS
             .iter()
+            .filter(|migration| migration.0 <= self.1)
             .map(|&(version, name, sqlite, postgres)| {
                 let sql = match self.0 {
                     Backend::Sqlite => sqlite,

@@ -56,9 +56,33 @@ pub struct LedgerAccount {
     pub currency: Currency,
     pub balance_minor: i64,
     pub frozen: bool,
+    /// The newest transfer this account is a party to: the head of its
+    /// chain, which each transfer continues through its `debit_prev` and
+    /// `credit_prev` (see [`Transfer`]).
+    pub last_transfer: Option<String>,
+    /// What the account has sent P2P in its current windows, kept on the
+    /// account (a wallet's limits are checked against it).
+    pub usage: Usage,
 }
 
-/// A sender's P2P totals in the current local day, month and night.
+impl LedgerAccount {
+    /// A new account: no money, no transfers, nothing sent.
+    pub fn new(id: AccountId, kind: AccountKind, region: RegionCode, currency: Currency) -> Self {
+        LedgerAccount {
+            id,
+            kind,
+            region,
+            currency,
+            balance_minor: 0,
+            frozen: false,
+            last_transfer: None,
+            usage: Usage::default(),
+        }
+    }
+}
+
+/// A sender's P2P totals in its local day, month and night windows, named
+/// by their starts (a window that has moved on starts again from zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub day_start_ms: i64,
@@ -72,7 +96,7 @@ pub struct Usage {
 impl Usage {
     /// Moves the windows to those of `windows`, starting fresh totals for any
     /// window that has changed.
-    fn roll(&mut self, windows: crate::region::Windows) {
+    pub fn roll(&mut self, windows: crate::region::Windows) {
         if self.day_start_ms != windows.day_start_ms {
             self.day_start_ms = windows.day_start_ms;
             self.day_minor = 0;
@@ -118,6 +142,13 @@ impl TransferKind {
 }
 
 /// An immutable movement of money: `amount_minor` from `debit` to `credit`.
+///
+/// Each transfer also names the transfer before it of each of its two
+/// accounts (`None`: the account's first), so that every account's history
+/// is a chain from its `last_transfer` back to its first. An account's
+/// history costs nothing to write beyond the account row that every
+/// transfer rewrites anyway, where an index per party would put an entry
+/// on a page of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transfer {
     pub id: String,
@@ -136,6 +167,8 @@ pub struct Transfer {
     pub note: Option<String>,
     pub external_ref: Option<String>,
     pub created_at_ms: i64,
+    pub debit_prev: Option<String>,
+    pub credit_prev: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,12 +296,10 @@ impl Refusal {
     }
 }
 
-/// The in-memory ledger: the accounts and usage loaded so far, and the
-/// regions' rules.
+/// The in-memory ledger: the accounts loaded so far, and the regions' rules.
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
     pub accounts: HashMap<AccountId, LedgerAccount>,
-    pub usage: HashMap<AccountId, Usage>,
     pub regions: HashMap<RegionCode, RegionRules>,
 }
 
@@ -276,18 +307,12 @@ pub struct Ledger {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     accounts: Vec<(AccountId, Option<LedgerAccount>)>,
-    usage: Vec<(AccountId, Option<Usage>)>,
 }
 
 impl Ledger {
-    /// Saves the state of `ids` (accounts and usage).
+    /// Saves the state of the accounts `ids`.
     pub fn snapshot<'a>(&self, ids: impl IntoIterator<Item = &'a AccountId>) -> Snapshot {
-        let mut snapshot = Snapshot::default();
-        for id in ids {
-            snapshot.accounts.push((id.clone(), self.accounts.get(id).cloned()));
-            snapshot.usage.push((id.clone(), self.usage.get(id).copied()));
-        }
-        snapshot
+        Snapshot { accounts: ids.into_iter().map(|id| (id.clone(), self.accounts.get(id).cloned())).collect() }
     }
 
     /// Puts back what `snapshot` saved.
@@ -296,12 +321,6 @@ impl Ledger {
             match account {
                 Some(account) => self.accounts.insert(id, account),
                 None => self.accounts.remove(&id),
-            };
-        }
-        for (id, usage) in snapshot.usage {
-            match usage {
-                Some(usage) => self.usage.insert(id, usage),
-                None => self.usage.remove(&id),
             };
         }
     }
@@ -371,7 +390,7 @@ impl Ledger {
         if amount > rules.per_transfer_max_minor {
             return Err(Refusal::LimitPerTransfer);
         }
-        let mut usage = self.usage.get(request.from).copied().unwrap_or_default();
+        let mut usage = sender.usage;
         usage.roll(rules.windows(now_ms));
         if usage.day_minor + amount > rules.daily_max_minor {
             return Err(Refusal::LimitDaily);
@@ -400,9 +419,10 @@ impl Ledger {
         if usage.night_start_ms.is_some() {
             usage.night_minor += amount;
         }
-        self.usage.insert(request.from.clone(), usage);
-        self.move_money(request.from, to, amount);
-        let transfer = Transfer {
+        if let Some(account) = self.accounts.get_mut(request.from) {
+            account.usage = usage;
+        }
+        let mut transfer = Transfer {
             id: request.id.clone(),
             kind: TransferKind::P2p,
             debit: request.from.clone(),
@@ -416,11 +436,13 @@ impl Ledger {
             note: request.note.cloned(),
             external_ref: None,
             created_at_ms: now_ms,
+            debit_prev: None,
+            credit_prev: None,
         };
+        self.post(&mut transfer);
         let mut transfers = vec![transfer];
         if fee > 0 {
-            self.move_money(request.from, &fee_account, fee);
-            transfers.push(Transfer {
+            let mut fee_transfer = Transfer {
                 id: request.fee_id.clone(),
                 kind: TransferKind::Fee,
                 debit: request.from.clone(),
@@ -434,7 +456,11 @@ impl Ledger {
                 note: None,
                 external_ref: None,
                 created_at_ms: now_ms,
-            });
+                debit_prev: None,
+                credit_prev: None,
+            };
+            self.post(&mut fee_transfer);
+            transfers.push(fee_transfer);
         }
         Ok(transfers)
     }
@@ -470,8 +496,7 @@ impl Ledger {
             }
             _ => (settlement, wallet.clone()),
         };
-        self.move_money(&debit, &credit, amount.minor());
-        Ok(vec![Transfer {
+        let mut transfer = Transfer {
             id: id.to_owned(),
             kind,
             debit,
@@ -485,15 +510,23 @@ impl Ledger {
             note: None,
             external_ref: Some(external_ref.to_owned()),
             created_at_ms: now_ms,
-        }])
+            debit_prev: None,
+            credit_prev: None,
+        };
+        self.post(&mut transfer);
+        Ok(vec![transfer])
     }
 
-    fn move_money(&mut self, debit: &str, credit: &str, amount: i64) {
-        if let Some(account) = self.accounts.get_mut(debit) {
-            account.balance_minor -= amount;
+    /// Moves the transfer's money and makes it the head of both accounts'
+    /// chains, linking it to their previous heads.
+    fn post(&mut self, transfer: &mut Transfer) {
+        if let Some(account) = self.accounts.get_mut(&transfer.debit) {
+            account.balance_minor -= transfer.amount_minor;
+            transfer.debit_prev = account.last_transfer.replace(transfer.id.clone());
         }
-        if let Some(account) = self.accounts.get_mut(credit) {
-            account.balance_minor += amount;
+        if let Some(account) = self.accounts.get_mut(&transfer.credit) {
+            account.balance_minor += transfer.amount_minor;
+            transfer.credit_prev = account.last_transfer.replace(transfer.id.clone());
         }
     }
 
@@ -501,8 +534,9 @@ impl Ledger {
     /// batch, of every account the batch could touch. Every transfer must be
     /// positive and in its accounts' currency; every one of those accounts
     /// must now hold its balance before plus the batch's transfers (so nothing
-    /// moved outside a transfer); no wallet may be negative; and per currency
-    /// the accounts must hold in total what they held before.
+    /// moved outside a transfer); no wallet may be negative; per currency the
+    /// accounts must hold in total what they held before; and each account's
+    /// chain must link its transfers of the batch in order, ending at the last.
     pub fn verify_batch(&self, before: &HashMap<AccountId, i64>, transfers: &[Transfer]) -> Result<(), String> {
         let mut expected = before.clone();
         for transfer in transfers {
@@ -542,6 +576,23 @@ impl Ledger {
         }
         if totals_before != totals_after {
             return Err(format!("the batch does not net to zero: {totals_before:?} became {totals_after:?}"));
+        }
+        // Each account's chain runs through the batch's transfers in order
+        // and ends at its head.
+        let mut heads: HashMap<&str, &str> = HashMap::new();
+        for transfer in transfers {
+            for (id, prev) in [(&transfer.debit, &transfer.debit_prev), (&transfer.credit, &transfer.credit_prev)] {
+                if let Some(head) = heads.insert(id, &transfer.id)
+                    && prev.as_deref() != Some(head)
+                {
+                    return Err(format!("transfer {} does not follow {head} in the chain of {id}", transfer.id));
+                }
+            }
+        }
+        for (id, head) in heads {
+            if self.accounts.get(id).and_then(|a| a.last_transfer.as_deref()) != Some(head) {
+                return Err(format!("the chain of {id} does not end at its newest transfer {head}"));
+            }
         }
         Ok(())
     }

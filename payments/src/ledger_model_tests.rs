@@ -212,10 +212,7 @@ fn setup() -> (Ledger, Model) {
         for kind in [AccountKind::Settlement, AccountKind::FeeRevenue, AccountKind::Adjustments] {
             let id = system_account(code, kind);
             let currency = RegionRules::default_for(code).currency;
-            ledger.accounts.insert(
-                id.clone(),
-                LedgerAccount { id: id.clone(), kind, region: code, currency, balance_minor: 0, frozen: false },
-            );
+            ledger.accounts.insert(id.clone(), LedgerAccount::new(id.clone(), kind, code, currency));
             model.balances.insert(id, 0);
         }
     }
@@ -223,17 +220,7 @@ fn setup() -> (Ledger, Model) {
         let id = wallet_id(index);
         let region = region_of(index);
         let currency = RegionRules::default_for(region).currency;
-        ledger.accounts.insert(
-            id.clone(),
-            LedgerAccount {
-                id: id.clone(),
-                kind: AccountKind::Wallet,
-                region,
-                currency,
-                balance_minor: 0,
-                frozen: false,
-            },
-        );
+        ledger.accounts.insert(id.clone(), LedgerAccount::new(id.clone(), AccountKind::Wallet, region, currency));
         model.balances.insert(id.clone(), 0);
         model.frozen.insert(id, false);
     }
@@ -290,6 +277,25 @@ proptest! {
                 *totals.entry(account.currency).or_default() += account.balance_minor;
             }
             prop_assert!(totals.values().all(|&total| total == 0), "{:?}", totals);
+
+            // Every account's chain, from its head back, is exactly its
+            // transfers, newest first.
+            let by_id: HashMap<&str, &Transfer> = journal.iter().map(|t| (t.id.as_str(), t)).collect();
+            for (id, account) in &ledger.accounts {
+                let mut chain = Vec::new();
+                let mut next = account.last_transfer.as_deref();
+                while let Some(transfer_id) = next {
+                    let transfer = by_id.get(transfer_id).copied();
+                    prop_assert!(transfer.is_some(), "{} names unknown transfer {}", id, transfer_id);
+                    let transfer = transfer.unwrap();
+                    chain.push(transfer_id);
+                    next = if &transfer.debit == id { transfer.debit_prev.as_deref() } else { transfer.credit_prev.as_deref() };
+                }
+                let mut expected: Vec<&str> =
+                    journal.iter().filter(|t| &t.debit == id || &t.credit == id).map(|t| t.id.as_str()).collect();
+                expected.reverse();
+                prop_assert_eq!(chain, expected, "the chain of {}", id);
+            }
         }
     }
 }

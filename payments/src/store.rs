@@ -11,7 +11,7 @@ use sqlx::AnyConnection;
 
 use crate::ledger::{AccountId, AccountKind, LedgerAccount, Transfer, TransferKind, Usage};
 use crate::money::Currency;
-use crate::region::{FeeRule, RegionCode, RegionRules};
+use crate::region::{FeeRule, RegionCode, RegionRules, Windows};
 
 /// Bound parameters per statement: below SQLite's 32,766 and PostgreSQL's
 /// 65,535. Multi-row statements take as many rows as fit.
@@ -91,11 +91,28 @@ pub async fn ensure_wallet(
     Ok(())
 }
 
-pub(crate) type AccountRow = (String, String, String, String, i64, i64);
+pub(crate) type AccountRow =
+    (String, String, String, String, i64, i64, Option<String>, i64, i64, Option<i64>, i64, Option<i64>, i64);
 
-pub(crate) const ACCOUNT_COLUMNS_SQL: &str = "SELECT id, kind, region, currency, balance, frozen FROM ledger_accounts";
+pub(crate) const ACCOUNT_COLUMNS_SQL: &str = "SELECT id, kind, region, currency, balance, frozen, last_transfer, \
+     usage_day_start, usage_day, usage_month_start, usage_month, usage_night_start, usage_night FROM ledger_accounts";
 
-pub(crate) fn account_from_row((id, kind, region, currency, balance, frozen): AccountRow) -> Option<LedgerAccount> {
+pub(crate) fn account_from_row(row: AccountRow) -> Option<LedgerAccount> {
+    let (
+        id,
+        kind,
+        region,
+        currency,
+        balance,
+        frozen,
+        last_transfer,
+        day_start_ms,
+        day_minor,
+        month_start_ms,
+        month_minor,
+        night_start_ms,
+        night_minor,
+    ) = row;
     Some(LedgerAccount {
         id,
         kind: AccountKind::parse(&kind)?,
@@ -103,6 +120,17 @@ pub(crate) fn account_from_row((id, kind, region, currency, balance, frozen): Ac
         currency: Currency::parse(&currency)?,
         balance_minor: balance,
         frozen: frozen == 1,
+        last_transfer,
+        // A month start not yet counted (only before the writer has counted
+        // the wallets of migration 5) reads as an old window.
+        usage: Usage {
+            day_start_ms,
+            day_minor,
+            month_start_ms: month_start_ms.unwrap_or(0),
+            month_minor,
+            night_start_ms,
+            night_minor,
+        },
     })
 }
 
@@ -134,49 +162,82 @@ pub async fn wallet(db: &Database, account_id: &str) -> Result<Option<LedgerAcco
     Ok(row.and_then(account_from_row))
 }
 
-/// The P2P totals per sender in three windows (`$1` day, `$2` month, `$3`
-/// night start) over its transfers since `$4`; the caller ends it with the
-/// senders it wants and `GROUP BY debit_account`.
-pub(crate) const USAGE_SQL_HEAD: &str = "SELECT debit_account, \
-       CAST(COALESCE(SUM(CASE WHEN created_at >= $1 THEN amount ELSE 0 END), 0) AS BIGINT), \
-       CAST(COALESCE(SUM(CASE WHEN created_at >= $2 THEN amount ELSE 0 END), 0) AS BIGINT), \
-       CAST(COALESCE(SUM(CASE WHEN created_at >= $3 THEN amount ELSE 0 END), 0) AS BIGINT) \
-     FROM transfers WHERE kind = 'p2p' AND created_at >= $4 AND debit_account";
+/// The regions that have wallets whose usage is not counted yet: those
+/// from before migration 5, which moved usage onto the account rows.
+pub(crate) const USAGE_UNCOUNTED_SQL: &str =
+    "SELECT region FROM ledger_accounts WHERE usage_month_start IS NULL GROUP BY region ORDER BY region";
 
-/// The night window's start (none: never) and the earliest start of the
-/// three windows of `windows`: `$3` and `$4` of [`USAGE_SQL_HEAD`].
-pub(crate) fn usage_bounds(windows: &Usage) -> (i64, i64) {
-    let night_start = windows.night_start_ms.unwrap_or(i64::MAX);
-    (night_start, windows.month_start_ms.min(night_start).min(windows.day_start_ms))
+/// Counts the uncounted wallets of region `$7` that have sent P2P since `$8`:
+/// their totals since the day (`$4`), month (`$5`) and night (`$6`, or never)
+/// starts, in the windows `$1`, `$2` and `$3` (`NULL`: not night). One pass
+/// over the transfers of the period, by time.
+pub(crate) const USAGE_COUNT_SQL: &str = "\
+UPDATE ledger_accounts SET usage_day_start = $1, usage_month_start = $2, usage_night_start = $3, \
+  usage_day = counted.day, usage_month = counted.month, usage_night = counted.night \
+FROM ( \
+  SELECT debit_account AS sender, \
+    SUM(CASE WHEN created_at >= $4 THEN amount ELSE 0 END) AS day, \
+    SUM(CASE WHEN created_at >= $5 THEN amount ELSE 0 END) AS month, \
+    SUM(CASE WHEN created_at >= $6 THEN amount ELSE 0 END) AS night \
+  FROM transfers WHERE kind = 'p2p' AND region = $7 AND created_at >= $8 GROUP BY debit_account \
+) AS counted \
+WHERE ledger_accounts.id = counted.sender AND ledger_accounts.usage_month_start IS NULL";
+
+/// The rest of region `$4`'s uncounted wallets sent nothing in the windows
+/// `$1`, `$2`, `$3`.
+pub(crate) const USAGE_ZERO_SQL: &str = "\
+UPDATE ledger_accounts SET usage_day_start = $1, usage_month_start = $2, usage_night_start = $3, \
+  usage_day = 0, usage_month = 0, usage_night = 0 \
+WHERE usage_month_start IS NULL AND region = $4";
+
+/// The parameters of [`USAGE_COUNT_SQL`] for windows `windows` of `region`
+/// (the first three are also [`USAGE_ZERO_SQL`]'s).
+pub(crate) fn usage_count_params(windows: &Windows) -> [Option<i64>; 7] {
+    let night_from = windows.night_start_ms.unwrap_or(i64::MAX);
+    let since = windows.month_start_ms.min(windows.day_start_ms).min(night_from);
+    [
+        Some(windows.day_start_ms),
+        Some(windows.month_start_ms),
+        windows.night_start_ms,
+        Some(windows.day_start_ms),
+        Some(windows.month_start_ms),
+        Some(night_from),
+        Some(since),
+    ]
 }
 
-/// The P2P totals of `senders` (all of one region) in the windows of `usage`.
-pub async fn usage(
+/// Counts the usage of the wallets that have none counted (see
+/// [`USAGE_COUNT_SQL`]), in one transaction; the writer does this when it
+/// takes over, before its first batch.
+pub async fn count_usage(
     connection: &mut AnyConnection,
-    senders: &[AccountId],
-    windows: Usage,
-) -> Result<HashMap<AccountId, Usage>, sqlx::Error> {
-    let (night_start, since) = usage_bounds(&windows);
-    let mut found = HashMap::new();
-    for chunk in senders.chunks(PARAMS_PER_STATEMENT_MAX - 4) {
-        let sql = format!("{USAGE_SQL_HEAD} IN ({}) GROUP BY debit_account", placeholders(5, chunk.len()));
-        // Built from constants and numbered placeholders only; values are bound.
-        let mut query = sqlx::query_as::<_, (String, i64, i64, i64)>(&sql)
-            .bind(windows.day_start_ms)
-            .bind(windows.month_start_ms)
-            .bind(night_start)
-            .bind(since);
-        for id in chunk {
-            query = query.bind(id);
-        }
-        for (id, day, month, night) in query.fetch_all(&mut *connection).await? {
-            found.insert(id, Usage { day_minor: day, month_minor: month, night_minor: night, ..windows });
-        }
+    regions: &HashMap<RegionCode, RegionRules>,
+    now_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    let uncounted: Vec<(String,)> = sqlx::query_as(USAGE_UNCOUNTED_SQL).fetch_all(&mut *connection).await?;
+    if uncounted.is_empty() {
+        return Ok(0);
     }
-    for id in senders {
-        found.entry(id.clone()).or_insert(windows);
+    let mut counted = 0;
+    let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
+    for (region,) in uncounted {
+        let Some(rules) = RegionCode::parse(&region).and_then(|code| regions.get(&code)) else {
+            continue;
+        };
+        let params = usage_count_params(&rules.windows(now_ms));
+        let mut query = sqlx::query(USAGE_COUNT_SQL);
+        for param in &params[..6] {
+            query = query.bind(*param);
+        }
+        counted += query.bind(&region).bind(params[6]).execute(&mut *transaction).await?.rows_affected();
+        let mut zero = sqlx::query(USAGE_ZERO_SQL);
+        for param in &params[..3] {
+            zero = zero.bind(*param);
+        }
+        counted += zero.bind(&region).execute(&mut *transaction).await?.rows_affected();
     }
-    Ok(found)
+    transaction.commit().await?;
+    Ok(counted)
 }
 
 /// A stored idempotent response.
@@ -234,8 +295,8 @@ pub async fn idempotent_responses(
 #[derive(Debug, Default)]
 pub struct BatchWrite {
     pub transfers: Vec<Transfer>,
-    /// The new state (balance, frozen) of every account the batch changed.
-    pub accounts: Vec<(AccountId, i64, bool)>,
+    /// The new state of every account the batch changed.
+    pub accounts: Vec<LedgerAccount>,
     pub idempotency: Vec<(IdempotencyKey, String, StoredResponse)>,
 }
 
@@ -262,6 +323,8 @@ struct TransferJson<'a> {
     note: Option<&'a str>,
     external_ref: Option<&'a str>,
     created_at: i64,
+    debit_prev: Option<&'a str>,
+    credit_prev: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -269,6 +332,13 @@ struct AccountJson<'a> {
     id: &'a str,
     balance: i64,
     frozen: i64,
+    last_transfer: Option<&'a str>,
+    usage_day_start: i64,
+    usage_day: i64,
+    usage_month_start: i64,
+    usage_month: i64,
+    usage_night_start: Option<i64>,
+    usage_night: i64,
 }
 
 #[derive(Serialize)]
@@ -303,12 +373,25 @@ fn batch_json(batch: &BatchWrite, now_ms: i64) -> Result<[String; 3], sqlx::Erro
             note: t.note.as_deref(),
             external_ref: t.external_ref.as_deref(),
             created_at: t.created_at_ms,
+            debit_prev: t.debit_prev.as_deref(),
+            credit_prev: t.credit_prev.as_deref(),
         })
         .collect();
     let accounts: Vec<AccountJson<'_>> = batch
         .accounts
         .iter()
-        .map(|(id, balance, frozen)| AccountJson { id, balance: *balance, frozen: i64::from(*frozen) })
+        .map(|a| AccountJson {
+            id: &a.id,
+            balance: a.balance_minor,
+            frozen: i64::from(a.frozen),
+            last_transfer: a.last_transfer.as_deref(),
+            usage_day_start: a.usage.day_start_ms,
+            usage_day: a.usage.day_minor,
+            usage_month_start: a.usage.month_start_ms,
+            usage_month: a.usage.month_minor,
+            usage_night_start: a.usage.night_start_ms,
+            usage_night: a.usage.night_minor,
+        })
         .collect();
     let keys: Vec<KeyJson<'_>> = batch
         .idempotency
@@ -339,12 +422,14 @@ fn json_param<T: Serialize>(rows: &T) -> Result<String, sqlx::Error> {
 const COMMIT_POSTGRES_SQL: &str = "\
 WITH moved AS ( \
   INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, \
-    initiator, note, external_ref, created_at) \
+    initiator, note, external_ref, created_at, debit_prev, credit_prev) \
   SELECT id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, initiator, note, \
-    external_ref, created_at FROM json_populate_recordset(NULL::transfers, $1::json) \
+    external_ref, created_at, debit_prev, credit_prev FROM json_populate_recordset(NULL::transfers, $1::json) \
   RETURNING 1 \
 ), changed AS ( \
-  UPDATE ledger_accounts AS a SET balance = c.balance, frozen = c.frozen \
+  UPDATE ledger_accounts AS a SET balance = c.balance, frozen = c.frozen, last_transfer = c.last_transfer, \
+    usage_day_start = c.usage_day_start, usage_day = c.usage_day, usage_month_start = c.usage_month_start, \
+    usage_month = c.usage_month, usage_night_start = c.usage_night_start, usage_night = c.usage_night \
   FROM json_populate_recordset(NULL::ledger_accounts, $2::json) AS c \
   WHERE a.id = c.id \
   RETURNING 1 \
@@ -399,14 +484,31 @@ type TransferRow = (
     Option<String>,
     Option<String>,
     i64,
+    Option<String>,
+    Option<String>,
 );
 
 pub(crate) const TRANSFER_COLUMNS: &str = "id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, \
-     initiator, note, external_ref, created_at";
+     initiator, note, external_ref, created_at, debit_prev, credit_prev";
 
 fn transfer_from_row(row: TransferRow) -> Option<Transfer> {
-    let (id, kind, debit, credit, amount, fee, currency, region, linked_id, initiator, note, external_ref, created_at) =
-        row;
+    let (
+        id,
+        kind,
+        debit,
+        credit,
+        amount,
+        fee,
+        currency,
+        region,
+        linked_id,
+        initiator,
+        note,
+        external_ref,
+        created_at,
+        debit_prev,
+        credit_prev,
+    ) = row;
     Some(Transfer {
         id,
         kind: TransferKind::parse(&kind)?,
@@ -421,6 +523,8 @@ fn transfer_from_row(row: TransferRow) -> Option<Transfer> {
         note,
         external_ref,
         created_at_ms: created_at,
+        debit_prev,
+        credit_prev,
     })
 }
 
@@ -433,22 +537,40 @@ pub async fn transfer_of(db: &Database, account_id: &str, id: &str) -> Result<Op
     Ok(row.and_then(transfer_from_row))
 }
 
-/// An account's transfers, newest first, before `before_id` (fee transfers
-/// are shown on their P2P transfer).
+/// An account's transfers, newest first, after the cursor `after_id` (one of
+/// its transfers; `None`: from its newest). Fee transfers are shown on their
+/// P2P transfer. The account's chain is followed from its head (or from the
+/// cursor) back, one primary-key look-up a step; every fee follows its P2P
+/// transfer, so `2 × limit` steps always find `limit` transfers to show.
 pub async fn transfers_of(
     db: &Database,
     account_id: &str,
-    before_id: Option<&str>,
+    after_id: Option<&str>,
     limit: u32,
 ) -> Result<Vec<Transfer>, sqlx::Error> {
     let sql = format!(
-        "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE (debit_account = $1 OR credit_account = $1) AND kind <> 'fee' \
-         AND id < $2 ORDER BY id DESC LIMIT $3"
+        "WITH RECURSIVE wanted (account, after_id, steps) AS ( \
+           SELECT CAST($1 AS TEXT), CAST($2 AS TEXT), CAST($3 AS BIGINT) \
+         ), chain (link, depth) AS ( \
+           SELECT CASE WHEN w.after_id = '' \
+               THEN (SELECT a.last_transfer FROM ledger_accounts a WHERE a.id = w.account) \
+               ELSE (SELECT CASE WHEN c.debit_account = w.account THEN c.debit_prev ELSE c.credit_prev END \
+                     FROM transfers c \
+                     WHERE c.id = w.after_id AND (c.debit_account = w.account OR c.credit_account = w.account)) \
+             END, CAST(0 AS BIGINT) \
+           FROM wanted w \
+           UNION ALL \
+           SELECT CASE WHEN t.debit_account = w.account THEN t.debit_prev ELSE t.credit_prev END, chain.depth + 1 \
+           FROM chain JOIN transfers t ON t.id = chain.link CROSS JOIN wanted w \
+           WHERE chain.depth + 1 < w.steps \
+         ) \
+         SELECT {TRANSFER_COLUMNS} FROM chain JOIN transfers ON transfers.id = chain.link \
+         WHERE kind <> 'fee' ORDER BY chain.depth LIMIT $4"
     );
-    // '~' sorts after every UUID, so "no cursor" is "before the end".
     let rows: Vec<TransferRow> = sqlx::query_as(&sql)
         .bind(account_id)
-        .bind(before_id.unwrap_or("~"))
+        .bind(after_id.unwrap_or(""))
+        .bind(2 * i64::from(limit))
         .bind(i64::from(limit))
         .fetch_all(db.pool())
         .await?;
@@ -465,15 +587,17 @@ pub async fn trial_balance(db: &Database) -> Result<Vec<(String, i64)>, sqlx::Er
 }
 
 /// Accounts whose stored balance differs from the sum of their transfers:
-/// `(id, stored, computed)`.
+/// `(id, stored, computed)`. One pass over the transfers.
 pub async fn balance_mismatches(db: &Database) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, balance, computed FROM ( \
-           SELECT a.id, a.balance, CAST( \
-             COALESCE((SELECT SUM(amount) FROM transfers WHERE credit_account = a.id), 0) \
-             - COALESCE((SELECT SUM(amount) FROM transfers WHERE debit_account = a.id), 0) AS BIGINT) AS computed \
-           FROM ledger_accounts a) AS balances \
-         WHERE balance <> computed ORDER BY id",
+        "SELECT a.id, a.balance, CAST(COALESCE(moved.net, 0) AS BIGINT) \
+         FROM ledger_accounts a LEFT JOIN ( \
+           SELECT account, SUM(delta) AS net FROM ( \
+             SELECT credit_account AS account, amount AS delta FROM transfers \
+             UNION ALL SELECT debit_account, -amount FROM transfers \
+           ) AS postings GROUP BY account \
+         ) AS moved ON moved.account = a.id \
+         WHERE a.balance <> COALESCE(moved.net, 0) ORDER BY a.id",
     )
     .fetch_all(db.pool())
     .await

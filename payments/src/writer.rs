@@ -21,7 +21,7 @@ use courier_common::{Backend, Database};
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ledger::{AccountId, AccountKind, Command, Ledger};
+use crate::ledger::{AccountId, Command, Ledger};
 use crate::store::{BatchWrite, IdempotencyKey, StoredResponse};
 use crate::view;
 use crate::writer_store::{StoreError, WriterStore};
@@ -325,8 +325,14 @@ struct Writer {
 }
 
 impl Writer {
+    /// Loads the regions and the system accounts, and counts the usage of
+    /// wallets that have none counted yet (once, after migration 5).
     async fn load_system(&mut self, connection: &mut WriterStore) -> Result<(), StoreError> {
         self.ledger.regions = connection.regions().await?;
+        let counted = connection.count_usage(&self.ledger.regions, now_ms()).await?;
+        if counted > 0 {
+            tracing::info!(wallets = counted, "counted the usage of wallets from before the usage columns");
+        }
         self.system.clear();
         for account in connection.system_accounts().await? {
             self.system.push(account.id.clone());
@@ -349,7 +355,7 @@ impl Writer {
         metrics::histogram!("ledger_batch_size").record(batch.len() as f64);
 
         let started = std::time::Instant::now();
-        match self.prepare(connection, &batch, now).await {
+        match self.prepare(connection, &batch).await {
             Ok(()) => {}
             Err(error) => {
                 reply_all(batch, WriteOutcome::Unavailable);
@@ -415,10 +421,7 @@ impl Writer {
         }
         let changed: HashSet<&AccountId> =
             write.transfers.iter().flat_map(|t| [&t.debit, &t.credit]).chain(frozen.iter()).collect();
-        write.accounts = changed
-            .into_iter()
-            .filter_map(|id| self.ledger.accounts.get(id).map(|a| (id.clone(), a.balance_minor, a.frozen)))
-            .collect();
+        write.accounts = changed.into_iter().filter_map(|id| self.ledger.accounts.get(id).cloned()).collect();
 
         if let Err(violation) = self.ledger.verify_batch(&before, &write.transfers) {
             // A bug, never a client's doing: refuse the whole batch rather than
@@ -450,19 +453,13 @@ impl Writer {
         if self.ledger.accounts.len() > self.config.cache_accounts_max {
             let system: HashSet<&AccountId> = self.system.iter().collect();
             self.ledger.accounts.retain(|id, _| system.contains(id));
-            self.ledger.usage.clear();
         }
         Ok(())
     }
 
-    /// Loads what the batch needs and the cache lacks: regions, accounts, and
-    /// the senders' usage in their current windows.
-    async fn prepare(
-        &mut self,
-        connection: &mut WriterStore,
-        batch: &[WriteRequest],
-        now: i64,
-    ) -> Result<(), StoreError> {
+    /// Loads what the batch needs and the cache lacks: regions and accounts
+    /// (with their usage).
+    async fn prepare(&mut self, connection: &mut WriterStore, batch: &[WriteRequest]) -> Result<(), StoreError> {
         if self.regions_loaded.elapsed() >= REGIONS_RELOAD_EVERY {
             self.ledger.regions = connection.regions().await?;
             self.regions_loaded = std::time::Instant::now();
@@ -478,30 +475,6 @@ impl Writer {
             for account in connection.accounts(&missing).await? {
                 self.ledger.accounts.insert(account.id.clone(), account);
             }
-        }
-        let mut senders: HashMap<crate::region::RegionCode, HashSet<AccountId>> = HashMap::new();
-        for request in batch {
-            if let Command::P2p { from, .. } = &request.command
-                && let Some(account) = self.ledger.accounts.get(from)
-                && account.kind == AccountKind::Wallet
-                && !self.ledger.usage.contains_key(from)
-            {
-                senders.entry(account.region).or_default().insert(from.clone());
-            }
-        }
-        for (region, senders) in senders {
-            let Some(rules) = self.ledger.regions.get(&region) else {
-                continue;
-            };
-            let windows = rules.windows(now);
-            let base = crate::ledger::Usage {
-                day_start_ms: windows.day_start_ms,
-                month_start_ms: windows.month_start_ms,
-                night_start_ms: windows.night_start_ms,
-                ..Default::default()
-            };
-            let senders: Vec<AccountId> = senders.into_iter().collect();
-            self.ledger.usage.extend(connection.usage(&senders, base).await?);
         }
         Ok(())
     }

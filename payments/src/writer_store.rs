@@ -17,11 +17,12 @@ use courier_common::{Backend, Database};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sqlx::AnyConnection;
 
-use crate::ledger::{AccountId, LedgerAccount, Usage};
+use crate::ledger::{AccountId, LedgerAccount};
 use crate::region::{RegionCode, RegionRules};
 use crate::store::{
     self, ACCOUNT_COLUMNS_SQL, AccountRow, BatchWrite, EXPIRE_KEYS_SQL, IDEMPOTENT_RESPONSE_SQL, IdempotencyKey,
-    REGION_COLUMNS_SQL, RegionRow, StoredResponse, TRANSFER_COLUMNS, USAGE_SQL_HEAD,
+    REGION_COLUMNS_SQL, RegionRow, StoredResponse, TRANSFER_COLUMNS, USAGE_COUNT_SQL, USAGE_UNCOUNTED_SQL,
+    USAGE_ZERO_SQL,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -96,14 +97,16 @@ impl WriterStore {
         }
     }
 
-    pub async fn usage(
+    /// Counts the usage of wallets that have none counted yet (those from
+    /// before migration 5) in one transaction: how many it counted.
+    pub async fn count_usage(
         &mut self,
-        senders: &[AccountId],
-        windows: Usage,
-    ) -> Result<HashMap<AccountId, Usage>, StoreError> {
+        regions: &HashMap<RegionCode, RegionRules>,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
         match self {
-            WriterStore::Postgres(connection) => Ok(store::usage(connection, senders, windows).await?),
-            WriterStore::Sqlite(sqlite) => Ok(sqlite.usage(senders, windows)?),
+            WriterStore::Postgres(connection) => Ok(store::count_usage(connection, regions, now_ms).await?),
+            WriterStore::Sqlite(sqlite) => Ok(sqlite.count_usage(regions, now_ms)?),
         }
     }
 
@@ -139,7 +142,9 @@ impl WriterStore {
 // texts shared with the pool's queries ([`crate::store`]) and those built
 // with its placeholders name theirs in order, so they bind by position here
 // too. The writer's own texts number theirs (`?N`).
-const UPDATE_ACCOUNT_SQL: &str = "UPDATE ledger_accounts SET balance = ?2, frozen = ?3 WHERE id = ?1";
+const UPDATE_ACCOUNT_SQL: &str = "\
+UPDATE ledger_accounts SET balance = ?2, frozen = ?3, last_transfer = ?4, usage_day_start = ?5, usage_day = ?6, \
+  usage_month_start = ?7, usage_month = ?8, usage_night_start = ?9, usage_night = ?10 WHERE id = ?1";
 
 const INSERT_KEY_SQL: &str = "\
 INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -152,7 +157,6 @@ const STATEMENTS_CACHED: usize = 32;
 struct Statements {
     account_by_id: String,
     system_accounts: String,
-    usage: String,
     insert_transfer: String,
 }
 
@@ -162,7 +166,6 @@ impl Statements {
         Statements {
             account_by_id: format!("{ACCOUNT_COLUMNS_SQL} WHERE id = $1"),
             system_accounts: format!("{ACCOUNT_COLUMNS_SQL} WHERE kind <> 'wallet'"),
-            usage: format!("{USAGE_SQL_HEAD} = $5 GROUP BY debit_account"),
             insert_transfer: format!("INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES ({values})"),
         }
     }
@@ -221,26 +224,29 @@ impl SqliteWriter {
         Ok(found)
     }
 
-    /// The P2P totals of `senders` (all of one region) in the windows of `windows`.
-    pub fn usage(&self, senders: &[AccountId], windows: Usage) -> rusqlite::Result<HashMap<AccountId, Usage>> {
-        let (night_start, since) = store::usage_bounds(&windows);
-        let mut statement = self.connection.prepare_cached(&self.statements.usage)?;
-        let mut found = HashMap::with_capacity(senders.len());
-        for id in senders {
-            let totals: Option<(String, i64, i64, i64)> = statement
-                .query_row(params![windows.day_start_ms, windows.month_start_ms, night_start, since, id], |row| {
-                    <(String, i64, i64, i64)>::try_from(row)
-                })
-                .optional()?;
-            let usage = match totals {
-                Some((_, day, month, night)) => {
-                    Usage { day_minor: day, month_minor: month, night_minor: night, ..windows }
-                }
-                None => windows,
-            };
-            found.insert(id.clone(), usage);
+    /// Counts the usage of the wallets that have none counted
+    /// ([`store::count_usage`]).
+    pub fn count_usage(&mut self, regions: &HashMap<RegionCode, RegionRules>, now_ms: i64) -> rusqlite::Result<u64> {
+        let uncounted: Vec<String> = {
+            let mut statement = self.connection.prepare(USAGE_UNCOUNTED_SQL)?;
+            statement.query_map([], |row| row.get(0))?.collect::<Result<_, _>>()?
+        };
+        if uncounted.is_empty() {
+            return Ok(0);
         }
-        Ok(found)
+        let transaction = self.connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut counted = 0;
+        for region in uncounted {
+            let Some(rules) = RegionCode::parse(&region).and_then(|code| regions.get(&code)) else {
+                continue;
+            };
+            let p = store::usage_count_params(&rules.windows(now_ms));
+            counted +=
+                transaction.execute(USAGE_COUNT_SQL, params![p[0], p[1], p[2], p[3], p[4], p[5], region, p[6]])?;
+            counted += transaction.execute(USAGE_ZERO_SQL, params![p[0], p[1], p[2], region])?;
+        }
+        transaction.commit()?;
+        Ok(counted as u64)
     }
 
     /// The stored keys among `keys`, with their fingerprints and responses.
@@ -283,13 +289,27 @@ impl SqliteWriter {
                     t.note,
                     t.external_ref,
                     t.created_at_ms,
+                    t.debit_prev,
+                    t.credit_prev,
                 ])?;
             }
             let mut update = transaction.prepare_cached(UPDATE_ACCOUNT_SQL)?;
-            for (id, balance, frozen) in &batch.accounts {
-                let changed = update.execute(params![id, balance, i64::from(*frozen)])?;
+            for a in &batch.accounts {
+                let changed = update.execute(params![
+                    a.id,
+                    a.balance_minor,
+                    i64::from(a.frozen),
+                    a.last_transfer,
+                    a.usage.day_start_ms,
+                    a.usage.day_minor,
+                    a.usage.month_start_ms,
+                    a.usage.month_minor,
+                    a.usage.night_start_ms,
+                    a.usage.night_minor,
+                ])?;
                 if changed != 1 {
                     // Returning drops the transaction: the batch rolls back.
+                    let id = &a.id;
                     return Err(StoreError::RowsMismatch(format!("{changed} rows for account {id} where 1 was due")));
                 }
             }

@@ -530,20 +530,24 @@ impl Ledger {
         }
     }
 
-    /// Checks a batch before commit. `before` holds the balances, before the
+    /// Checks a batch before commit. `before` holds the state, before the
     /// batch, of every account the batch could touch. Every transfer must be
     /// positive and in its accounts' currency; every one of those accounts
     /// must now hold its balance before plus the batch's transfers (so nothing
     /// moved outside a transfer); no wallet may be negative; per currency the
     /// accounts must hold in total what they held before; and each account's
-    /// chain must link its transfers of the batch in order, ending at the last.
-    pub fn verify_batch(&self, before: &HashMap<AccountId, i64>, transfers: &[Transfer]) -> Result<(), String> {
-        let mut expected = before.clone();
+    /// chain must run from its head before the batch through its transfers of
+    /// the batch, in order, to its head now.
+    pub fn verify_batch(&self, before: &Snapshot, transfers: &[Transfer]) -> Result<(), String> {
+        let before: HashMap<&AccountId, &LedgerAccount> =
+            before.accounts.iter().filter_map(|(id, account)| account.as_ref().map(|a| (id, a))).collect();
+        let mut expected: HashMap<&AccountId, i64> = before.iter().map(|(id, a)| (*id, a.balance_minor)).collect();
+        let mut heads: HashMap<&AccountId, Option<&str>> = HashMap::new();
         for transfer in transfers {
             if transfer.amount_minor <= 0 {
                 return Err(format!("transfer {} has a non-positive amount", transfer.id));
             }
-            for id in [&transfer.debit, &transfer.credit] {
+            for (id, prev) in [(&transfer.debit, &transfer.debit_prev), (&transfer.credit, &transfer.credit_prev)] {
                 let account = self
                     .accounts
                     .get(id)
@@ -554,45 +558,38 @@ impl Ledger {
                         transfer.id, transfer.currency, account.currency
                     ));
                 }
-                if !before.contains_key(id) {
+                let Some(old) = before.get(id) else {
                     return Err(format!("transfer {} touches {id}, which the batch did not account for", transfer.id));
+                };
+                let head = heads.entry(id).or_insert(old.last_transfer.as_deref());
+                if prev.as_deref() != *head {
+                    return Err(format!("transfer {} does not follow {head:?} in the chain of {id}", transfer.id));
                 }
+                *head = Some(&transfer.id);
             }
-            *expected.entry(transfer.debit.clone()).or_default() -= transfer.amount_minor;
-            *expected.entry(transfer.credit.clone()).or_default() += transfer.amount_minor;
+            *expected.entry(&transfer.debit).or_default() -= transfer.amount_minor;
+            *expected.entry(&transfer.credit).or_default() += transfer.amount_minor;
+        }
+        for (id, head) in heads {
+            if self.accounts.get(id).and_then(|a| a.last_transfer.as_deref()) != head {
+                return Err(format!("the chain of {id} does not end at its newest transfer {head:?}"));
+            }
         }
         let mut totals_before: HashMap<Currency, i64> = HashMap::new();
         let mut totals_after: HashMap<Currency, i64> = HashMap::new();
         for (id, balance) in &expected {
-            let account = self.accounts.get(id).ok_or_else(|| format!("account {id} vanished"))?;
+            let account = self.accounts.get(*id).ok_or_else(|| format!("account {id} vanished"))?;
             if account.balance_minor != *balance {
                 return Err(format!("account {id} holds {} but its transfers give {balance}", account.balance_minor));
             }
             if account.kind == AccountKind::Wallet && account.balance_minor < 0 {
                 return Err(format!("wallet {id} would go negative: {}", account.balance_minor));
             }
-            *totals_before.entry(account.currency).or_default() += before[id];
+            *totals_before.entry(account.currency).or_default() += before[id].balance_minor;
             *totals_after.entry(account.currency).or_default() += account.balance_minor;
         }
         if totals_before != totals_after {
             return Err(format!("the batch does not net to zero: {totals_before:?} became {totals_after:?}"));
-        }
-        // Each account's chain runs through the batch's transfers in order
-        // and ends at its head.
-        let mut heads: HashMap<&str, &str> = HashMap::new();
-        for transfer in transfers {
-            for (id, prev) in [(&transfer.debit, &transfer.debit_prev), (&transfer.credit, &transfer.credit_prev)] {
-                if let Some(head) = heads.insert(id, &transfer.id)
-                    && prev.as_deref() != Some(head)
-                {
-                    return Err(format!("transfer {} does not follow {head} in the chain of {id}", transfer.id));
-                }
-            }
-        }
-        for (id, head) in heads {
-            if self.accounts.get(id).and_then(|a| a.last_transfer.as_deref()) != Some(head) {
-                return Err(format!("the chain of {id} does not end at its newest transfer {head}"));
-            }
         }
         Ok(())
     }

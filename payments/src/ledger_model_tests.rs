@@ -240,7 +240,8 @@ proptest! {
         let mut journal: Vec<Transfer> = Vec::new();
         let mut n = 0;
         for batch in batches {
-            let before: HashMap<String, i64> = ledger.accounts.iter().map(|(id, a)| (id.clone(), a.balance_minor)).collect();
+            let ids: Vec<String> = ledger.accounts.keys().cloned().collect();
+            let before = ledger.snapshot(ids.iter());
             let mut made = Vec::new();
             for (op, step) in batch {
                 now += step;
@@ -324,9 +325,31 @@ fn a_failed_commit_is_undone_by_the_snapshot() {
 #[test]
 fn verify_batch_catches_money_moved_outside_a_transfer() {
     let (mut ledger, _) = setup();
-    let before: HashMap<String, i64> = ledger.accounts.iter().map(|(id, a)| (id.clone(), a.balance_minor)).collect();
+    let ids: Vec<String> = ledger.accounts.keys().cloned().collect();
+    let before = ledger.snapshot(ids.iter());
     ledger.accounts.get_mut("ru0").unwrap().balance_minor += 1;
     ledger.accounts.get_mut("sys:RU:settlement").unwrap().balance_minor -= 1;
     let error = ledger.verify_batch(&before, &[]).unwrap_err();
     assert!(error.contains("ru0") || error.contains("sys:RU:settlement"), "{error}");
+}
+
+#[test]
+fn verify_batch_catches_a_transfer_that_skips_the_chain() {
+    let (mut ledger, _) = setup();
+    let ids: Vec<String> = ledger.accounts.keys().cloned().collect();
+    let deposit = |id: &str| Command::Deposit {
+        id: id.into(),
+        wallet: "ru0".into(),
+        amount: Money::from_minor(500, Currency::Rub),
+        external_ref: "x".into(),
+        operator: "op".into(),
+    };
+    ledger.apply(&deposit("d1"), "op", START_MS).unwrap();
+    let before = ledger.snapshot(ids.iter());
+    let mut made = ledger.apply(&deposit("d2"), "op", START_MS).unwrap();
+    assert_eq!(made[0].credit_prev.as_deref(), Some("d1"));
+    assert_eq!(ledger.verify_batch(&before, &made), Ok(()));
+    made[0].credit_prev = None;
+    let error = ledger.verify_batch(&before, &made).unwrap_err();
+    assert!(error.contains("chain of ru0"), "{error}");
 }

@@ -379,10 +379,6 @@ impl Writer {
         let prepared = started.elapsed();
         let touched: HashSet<AccountId> =
             batch.iter().flat_map(|r| r.command.accounts()).chain(self.system.iter().cloned()).collect();
-        let before: HashMap<AccountId, i64> = touched
-            .iter()
-            .filter_map(|id| self.ledger.accounts.get(id).map(|a| (id.clone(), a.balance_minor)))
-            .collect();
         let snapshot = self.ledger.snapshot(touched.iter());
 
         let mut write = BatchWrite::default();
@@ -423,7 +419,7 @@ impl Writer {
             write.transfers.iter().flat_map(|t| [&t.debit, &t.credit]).chain(frozen.iter()).collect();
         write.accounts = changed.into_iter().filter_map(|id| self.ledger.accounts.get(id).cloned()).collect();
 
-        if let Err(violation) = self.ledger.verify_batch(&before, &write.transfers) {
+        if let Err(violation) = self.ledger.verify_batch(&snapshot, &write.transfers) {
             // A bug, never a client's doing: refuse the whole batch rather than
             // write a ledger that does not balance.
             tracing::error!(%violation, "ledger invariant violated: batch refused");

@@ -14,6 +14,7 @@ use indicatif::ProgressBar;
 use serde_json::json;
 use sqlx::{AnyConnection, Executor};
 
+use courier_payments::ledger::Usage;
 use courier_payments::region::{RegionCode, RegionRules};
 
 use crate::bench::{Phase, progress, run_clients};
@@ -270,16 +271,14 @@ async fn naive_body(
     to: &str,
     amount: i64,
 ) -> Result<(), String> {
-    let lock = if postgres {
+    let lock = format!(
         "SELECT id, balance, frozen, last_transfer, usage_day_start, usage_day, usage_month_start, usage_month \
-         FROM ledger_accounts WHERE id IN ($1, $2) ORDER BY id FOR UPDATE"
-    } else {
-        "SELECT id, balance, frozen, last_transfer, usage_day_start, usage_day, usage_month_start, usage_month \
-         FROM ledger_accounts WHERE id IN ($1, $2) ORDER BY id"
-    };
+         FROM ledger_accounts WHERE id IN ($1, $2) ORDER BY id{}",
+        if postgres { " FOR UPDATE" } else { "" }
+    );
     type Row = (String, i64, i64, Option<String>, i64, i64, Option<i64>, i64);
     let rows: Vec<Row> =
-        sqlx::query_as(lock).bind(from).bind(to).fetch_all(&mut *connection).await.map_err(|e| e.to_string())?;
+        sqlx::query_as(&lock).bind(from).bind(to).fetch_all(&mut *connection).await.map_err(|e| e.to_string())?;
     let sender = rows.iter().find(|r| r.0 == from).ok_or("no sender wallet")?;
     let recipient = rows.iter().find(|r| r.0 == to).ok_or("no recipient wallet")?;
     if rows.iter().any(|r| r.2 == 1) || sender.1 < amount {
@@ -288,12 +287,19 @@ async fn naive_body(
     let now = courier_common::time::now_ms();
     let rules = RegionRules::default_for(RegionCode::Ru);
     let windows = rules.windows(now);
-    // The sender's totals, kept on its row as the ledger writer keeps them.
-    let day = if sender.4 == windows.day_start_ms { sender.5 } else { 0 };
-    let month = if sender.6 == Some(windows.month_start_ms) { sender.7 } else { 0 };
+    // The sender's totals, kept on its row and rolled to the current windows
+    // as the ledger writer does.
+    let mut usage = Usage {
+        day_start_ms: sender.4,
+        day_minor: sender.5,
+        month_start_ms: sender.6.unwrap_or(0),
+        month_minor: sender.7,
+        ..Usage::default()
+    };
+    usage.roll(windows);
     if amount > rules.per_transfer_max_minor
-        || day + amount > rules.daily_max_minor
-        || month + amount > rules.monthly_max_minor
+        || usage.day_minor + amount > rules.daily_max_minor
+        || usage.month_minor + amount > rules.monthly_max_minor
     {
         return Err("limit".into());
     }
@@ -305,10 +311,10 @@ async fn naive_body(
     .bind(from)
     .bind(amount)
     .bind(&id)
-    .bind(windows.day_start_ms)
-    .bind(day + amount)
-    .bind(windows.month_start_ms)
-    .bind(month + amount)
+    .bind(usage.day_start_ms)
+    .bind(usage.day_minor + amount)
+    .bind(usage.month_start_ms)
+    .bind(usage.month_minor + amount)
     .execute(&mut *connection)
     .await
     .map_err(|e| e.to_string())?;

@@ -4,6 +4,7 @@
 //! PostgreSQL with the batch statements here, on SQLite with its own.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use courier_common::Database;
 use serde::Serialize;
@@ -167,43 +168,32 @@ pub async fn wallet(db: &Database, account_id: &str) -> Result<Option<LedgerAcco
 pub(crate) const USAGE_UNCOUNTED_SQL: &str =
     "SELECT region FROM ledger_accounts WHERE usage_month_start IS NULL GROUP BY region ORDER BY region";
 
-/// Counts the uncounted wallets of region `$7` that have sent P2P since `$8`:
-/// their totals since the day (`$4`), month (`$5`) and night (`$6`, or never)
-/// starts, in the windows `$1`, `$2` and `$3` (`NULL`: not night). One pass
-/// over the transfers of the period, by time.
+/// Counts the uncounted wallets of region `$4` that have sent P2P since `$5`:
+/// their totals in the windows that start at `$1` (day), `$2` (month) and
+/// `$3` (night; `NULL` outside one, so that its total is zero). One pass over
+/// the transfers of the period, by time.
 pub(crate) const USAGE_COUNT_SQL: &str = "\
 UPDATE ledger_accounts SET usage_day_start = $1, usage_month_start = $2, usage_night_start = $3, \
   usage_day = counted.day, usage_month = counted.month, usage_night = counted.night \
 FROM ( \
   SELECT debit_account AS sender, \
-    SUM(CASE WHEN created_at >= $4 THEN amount ELSE 0 END) AS day, \
-    SUM(CASE WHEN created_at >= $5 THEN amount ELSE 0 END) AS month, \
-    SUM(CASE WHEN created_at >= $6 THEN amount ELSE 0 END) AS night \
-  FROM transfers WHERE kind = 'p2p' AND region = $7 AND created_at >= $8 GROUP BY debit_account \
+    SUM(CASE WHEN created_at >= $1 THEN amount ELSE 0 END) AS day, \
+    SUM(CASE WHEN created_at >= $2 THEN amount ELSE 0 END) AS month, \
+    SUM(CASE WHEN created_at >= $3 THEN amount ELSE 0 END) AS night \
+  FROM transfers WHERE kind = 'p2p' AND region = $4 AND created_at >= $5 GROUP BY debit_account \
 ) AS counted \
 WHERE ledger_accounts.id = counted.sender AND ledger_accounts.usage_month_start IS NULL";
 
 /// The rest of region `$4`'s uncounted wallets sent nothing in the windows
-/// `$1`, `$2`, `$3`.
+/// `$1`, `$2`, `$3` (the first four parameters of [`USAGE_COUNT_SQL`]).
 pub(crate) const USAGE_ZERO_SQL: &str = "\
 UPDATE ledger_accounts SET usage_day_start = $1, usage_month_start = $2, usage_night_start = $3, \
   usage_day = 0, usage_month = 0, usage_night = 0 \
 WHERE usage_month_start IS NULL AND region = $4";
 
-/// The parameters of [`USAGE_COUNT_SQL`] for windows `windows` of `region`
-/// (the first three are also [`USAGE_ZERO_SQL`]'s).
-pub(crate) fn usage_count_params(windows: &Windows) -> [Option<i64>; 7] {
-    let night_from = windows.night_start_ms.unwrap_or(i64::MAX);
-    let since = windows.month_start_ms.min(windows.day_start_ms).min(night_from);
-    [
-        Some(windows.day_start_ms),
-        Some(windows.month_start_ms),
-        windows.night_start_ms,
-        Some(windows.day_start_ms),
-        Some(windows.month_start_ms),
-        Some(night_from),
-        Some(since),
-    ]
+/// The earliest start of the three windows: `$5` of [`USAGE_COUNT_SQL`].
+pub(crate) fn usage_since(windows: &Windows) -> i64 {
+    windows.month_start_ms.min(windows.day_start_ms).min(windows.night_start_ms.unwrap_or(i64::MAX))
 }
 
 /// Counts the usage of the wallets that have none counted (see
@@ -224,17 +214,24 @@ pub async fn count_usage(
         let Some(rules) = RegionCode::parse(&region).and_then(|code| regions.get(&code)) else {
             continue;
         };
-        let params = usage_count_params(&rules.windows(now_ms));
-        let mut query = sqlx::query(USAGE_COUNT_SQL);
-        for param in &params[..6] {
-            query = query.bind(*param);
-        }
-        counted += query.bind(&region).bind(params[6]).execute(&mut *transaction).await?.rows_affected();
-        let mut zero = sqlx::query(USAGE_ZERO_SQL);
-        for param in &params[..3] {
-            zero = zero.bind(*param);
-        }
-        counted += zero.bind(&region).execute(&mut *transaction).await?.rows_affected();
+        let w = rules.windows(now_ms);
+        counted += sqlx::query(USAGE_COUNT_SQL)
+            .bind(w.day_start_ms)
+            .bind(w.month_start_ms)
+            .bind(w.night_start_ms)
+            .bind(&region)
+            .bind(usage_since(&w))
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        counted += sqlx::query(USAGE_ZERO_SQL)
+            .bind(w.day_start_ms)
+            .bind(w.month_start_ms)
+            .bind(w.night_start_ms)
+            .bind(&region)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
     }
     transaction.commit().await?;
     Ok(counted)
@@ -419,12 +416,12 @@ fn json_param<T: Serialize>(rows: &T) -> Result<String, sqlx::Error> {
 /// `$5` and `$6` and fails, rolling everything back, when they differ: the
 /// cast of a text that is not a number is the error. The writer's connection
 /// plans it with index lookups (see the writer's settings).
-const COMMIT_POSTGRES_SQL: &str = "\
+static COMMIT_POSTGRES_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "\
 WITH moved AS ( \
-  INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, \
-    initiator, note, external_ref, created_at, debit_prev, credit_prev) \
-  SELECT id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, initiator, note, \
-    external_ref, created_at, debit_prev, credit_prev FROM json_populate_recordset(NULL::transfers, $1::json) \
+  INSERT INTO transfers ({TRANSFER_COLUMNS}) \
+  SELECT {TRANSFER_COLUMNS} FROM json_populate_recordset(NULL::transfers, $1::json) \
   RETURNING 1 \
 ), changed AS ( \
   UPDATE ledger_accounts AS a SET balance = c.balance, frozen = c.frozen, last_transfer = c.last_transfer, \
@@ -442,7 +439,9 @@ WITH moved AS ( \
     (SELECT COUNT(*) FROM keyed) AS keyed \
 ) SELECT CASE WHEN moved = $4 AND changed = $5 AND keyed = $6 THEN moved \
   ELSE CAST('the batch wrote ' || moved || ' transfers, ' || changed || ' accounts, ' || keyed || ' keys' AS BIGINT) \
-  END FROM counted";
+  END FROM counted"
+    )
+});
 
 /// PostgreSQL: writes a batch as one statement and commits it durably. The
 /// SQLite writer binds the same rows one by one
@@ -450,7 +449,7 @@ WITH moved AS ( \
 pub async fn commit(connection: &mut AnyConnection, batch: &BatchWrite, now_ms: i64) -> Result<(), sqlx::Error> {
     let [transfers, accounts, keys] = batch_json(batch, now_ms)?;
     let expected = (batch.transfers.len() as i64, batch.accounts.len() as i64, batch.idempotency.len() as i64);
-    sqlx::query(COMMIT_POSTGRES_SQL)
+    sqlx::query(COMMIT_POSTGRES_SQL.as_str())
         .bind(transfers)
         .bind(accounts)
         .bind(keys)

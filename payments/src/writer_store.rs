@@ -240,10 +240,11 @@ impl SqliteWriter {
             let Some(rules) = RegionCode::parse(&region).and_then(|code| regions.get(&code)) else {
                 continue;
             };
-            let p = store::usage_count_params(&rules.windows(now_ms));
+            let w = rules.windows(now_ms);
+            let (day, month, night) = (w.day_start_ms, w.month_start_ms, w.night_start_ms);
             counted +=
-                transaction.execute(USAGE_COUNT_SQL, params![p[0], p[1], p[2], p[3], p[4], p[5], region, p[6]])?;
-            counted += transaction.execute(USAGE_ZERO_SQL, params![p[0], p[1], p[2], region])?;
+                transaction.execute(USAGE_COUNT_SQL, params![day, month, night, region, store::usage_since(&w)])?;
+            counted += transaction.execute(USAGE_ZERO_SQL, params![day, month, night, region])?;
         }
         transaction.commit()?;
         Ok(counted as u64)

@@ -10,6 +10,7 @@ use clap::Args;
 use courier_accounts::operators::{self, Role};
 use courier_accounts::tokens::{TokenIssuer, TokenKey};
 use courier_common::{Backend, Database};
+use hyper::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use indicatif::ProgressBar;
 use serde_json::json;
 use sqlx::{AnyConnection, Executor};
@@ -18,6 +19,9 @@ use courier_payments::ledger::Usage;
 use courier_payments::region::{RegionCode, RegionRules};
 
 use crate::bench::{Phase, progress, run_clients};
+use crate::bench_http::Clients;
+
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 use crate::config::ServeOptions;
 
 #[derive(Args)]
@@ -63,7 +67,7 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     let database = built.database.clone();
     let payments = built.payments.clone().ok_or("the ledger is not mounted")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
-    let base = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let router = built.router;
     let stop = shutdown.clone();
     tokio::spawn(crate::serve::serve_router(listener, router, async move { stop.cancelled().await }));
@@ -78,29 +82,24 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     let key = TokenKey::load(&scratch.path().join("token-signing-key.pem")).map_err(|e| e.to_string())?;
     let issuer = TokenIssuer::new(key, vec![], 3_600);
     let now_s = jiff::Timestamp::now().as_second() as u64;
-    let tokens: Arc<Vec<String>> = Arc::new(accounts.iter().map(|id| issuer.issue(id, "bench", "RU", now_s)).collect());
+    let tokens: Vec<String> = accounts.iter().map(|id| issuer.issue(id, "bench", "RU", now_s)).collect();
     let (_, admin_key) = operators::create(&database, "bench", Role::Admin, None).await.map_err(|e| e.to_string())?;
-    let http = courier_accounts::http_client_builder()
-        .pool_max_idle_per_host(bench.clients)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let http = Arc::new(Clients::new(addr, bench.clients)?);
     let bar = progress("depositing", bench.wallets as u64);
     let accounts = Arc::new(accounts);
+    let admin = bearer(&admin_key)?;
     run_clients(bench.clients, bench.wallets as u64, Duration::from_secs(600), &bar, {
-        let (http, base, accounts, admin_key) = (http.clone(), base.clone(), accounts.clone(), admin_key.clone());
-        move |index, _| {
-            let (http, base, accounts, admin_key) = (http.clone(), base.clone(), accounts.clone(), admin_key.clone());
+        let (http, accounts) = (http.clone(), accounts.clone());
+        move |index, client| {
+            let (http, accounts, admin) = (http.clone(), accounts.clone(), admin.clone());
             async move {
-                let body = json!({"account_id": accounts[index as usize], "amount": "1000000.00", "currency": "RUB", "external_ref": "bench"});
-                let response = http
-                    .post(format!("{base}/admin/v1/deposits"))
-                    .bearer_auth(&admin_key)
-                    .header("idempotency-key", format!("seed-{index}"))
-                    .json(&body)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if response.status() == 201 { Ok(()) } else { Err(format!("deposit: {}", response.status())) }
+                let body = format!(
+                    r#"{{"account_id":"{}","amount":"1000000.00","currency":"RUB","external_ref":"bench"}}"#,
+                    accounts[index as usize]
+                );
+                let headers = [(AUTHORIZATION, admin), (IDEMPOTENCY_KEY, header(&format!("seed-{index}"))?)];
+                let answer = http.post_json(client, "/admin/v1/deposits", &headers, body).await?;
+                answer.created("deposit")
             }
         }
     })
@@ -115,22 +114,22 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     let bar = progress("transfers over HTTP", bench.transfers);
     let wallets = bench.wallets as u64;
     let hot = bench.hot;
+    let bearers: Arc<Vec<HeaderValue>> = Arc::new(tokens.iter().map(|token| bearer(token)).collect::<Result<_, _>>()?);
     let grouped = run_clients(bench.clients, bench.transfers, Duration::from_secs(bench.duration_s), &bar, {
-        let (http, base, accounts, tokens) = (http.clone(), base.clone(), accounts.clone(), tokens.clone());
+        let (http, accounts) = (http.clone(), accounts.clone());
         move |index, client| {
-            let (http, base, accounts, tokens) = (http.clone(), base.clone(), accounts.clone(), tokens.clone());
+            let (http, accounts, bearers) = (http.clone(), accounts.clone(), bearers.clone());
             async move {
                 let (from, to) = pick(index, client, wallets, hot);
-                let body = json!({"to": {"account_id": accounts[to]}, "amount": amount(index), "currency": "RUB"});
-                let response = http
-                    .post(format!("{base}/v1/transfers"))
-                    .bearer_auth(&tokens[from])
-                    .header("idempotency-key", uuid::Uuid::now_v7().to_string())
-                    .json(&body)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if response.status() == 201 { Ok(()) } else { Err(format!("transfer: {}", response.status())) }
+                let body = format!(
+                    r#"{{"to":{{"account_id":"{}"}},"amount":"{}","currency":"RUB"}}"#,
+                    accounts[to],
+                    amount(index)
+                );
+                let key = header(&uuid::Uuid::now_v7().to_string())?;
+                let headers = [(AUTHORIZATION, bearers[from].clone()), (IDEMPOTENCY_KEY, key)];
+                let answer = http.post_json(client, "/v1/transfers", &headers, body).await?;
+                answer.created("transfer")
             }
         }
     })
@@ -226,6 +225,14 @@ fn pick(index: u64, client: usize, wallets: u64, hot: bool) -> (usize, usize) {
     let to = if hot { 0 } else { (from + 1 + (mix >> 20) % (wallets - 2)) % wallets };
     let to = if to == from { 0 } else { to };
     (from as usize, to as usize)
+}
+
+fn header(value: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(value).map_err(|e| e.to_string())
+}
+
+fn bearer(token: &str) -> Result<HeaderValue, String> {
+    header(&format!("Bearer {token}"))
 }
 
 fn amount(index: u64) -> String {

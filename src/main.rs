@@ -5,6 +5,7 @@
 mod admin;
 mod bench;
 mod bench_calls;
+mod bench_http;
 mod bench_ledger;
 mod bench_signaling;
 mod bench_turn;

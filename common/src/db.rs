@@ -72,6 +72,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0005_ledger_chains.sql"),
         include_str!("../../migrations/postgres/0005_ledger_chains.sql"),
     ),
+    (
+        6,
+        "idempotency_by_key",
+        include_str!("../../migrations/sqlite/0006_idempotency_by_key.sql"),
+        include_str!("../../migrations/postgres/0006_idempotency_by_key.sql"),
+    ),
 ];
 
 /// How long a connection waits for a lock held by another writer before the

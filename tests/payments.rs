@@ -517,6 +517,23 @@ async fn migration_5_chains_the_history_and_counts_usage(db: Db) {
         "not w2's"
     );
     assert_eq!(courier_payments::store::balance_mismatches(&database).await.unwrap(), vec![]);
+
+    // Transfers carry no foreign keys since migration 7 (the writer checks
+    // their accounts): reconciliation is where a transfer naming an account
+    // that does not exist would show, with the account it debited.
+    sqlx::query(
+        "INSERT INTO transfers (id, kind, debit_account, credit_account, amount, currency, region, initiator, created_at) \
+         VALUES ('orphan', 'p2p', 'w1', 'ghost', 5, 'RUB', 'RU', 'w1', 0)",
+    )
+    .execute(database.pool())
+    .await
+    .unwrap();
+    let (w1_balance,): (i64,) =
+        sqlx::query_as("SELECT balance FROM ledger_accounts WHERE id = 'w1'").fetch_one(database.pool()).await.unwrap();
+    assert_eq!(
+        courier_payments::store::balance_mismatches(&database).await.unwrap(),
+        vec![("ghost".to_owned(), 0, 5), ("w1".to_owned(), w1_balance, w1_balance - 5)]
+    );
     database.close().await;
     if let Some(name) = name {
         support::drop_database(&name).await;

@@ -78,6 +78,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0006_idempotency_by_key.sql"),
         include_str!("../../migrations/postgres/0006_idempotency_by_key.sql"),
     ),
+    (
+        7,
+        "transfers_unreferenced",
+        include_str!("../../migrations/sqlite/0007_transfers_unreferenced.sql"),
+        include_str!("../../migrations/postgres/0007_transfers_unreferenced.sql"),
+    ),
 ];
 
 /// How long a connection waits for a lock held by another writer before the

@@ -586,17 +586,21 @@ pub async fn trial_balance(db: &Database) -> Result<Vec<(String, i64)>, sqlx::Er
 }
 
 /// Accounts whose stored balance differs from the sum of their transfers:
-/// `(id, stored, computed)`. One pass over the transfers.
+/// `(id, stored, computed)`, in one pass over the transfers. An account that
+/// transfers name but `ledger_accounts` lacks is always listed, with a
+/// stored balance of 0 (transfers carry no foreign keys: the writer checks
+/// their accounts, and this is where a break would show).
 pub async fn balance_mismatches(db: &Database) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT a.id, a.balance, CAST(COALESCE(moved.net, 0) AS BIGINT) \
-         FROM ledger_accounts a LEFT JOIN ( \
+        "SELECT COALESCE(a.id, moved.account) AS account, CAST(COALESCE(a.balance, 0) AS BIGINT), \
+           CAST(COALESCE(moved.net, 0) AS BIGINT) \
+         FROM ledger_accounts a FULL OUTER JOIN ( \
            SELECT account, SUM(delta) AS net FROM ( \
              SELECT credit_account AS account, amount AS delta FROM transfers \
              UNION ALL SELECT debit_account, -amount FROM transfers \
            ) AS postings GROUP BY account \
          ) AS moved ON moved.account = a.id \
-         WHERE a.balance <> COALESCE(moved.net, 0) ORDER BY a.id",
+         WHERE a.id IS NULL OR a.balance <> COALESCE(moved.net, 0) ORDER BY account",
     )
     .fetch_all(db.pool())
     .await

@@ -441,6 +441,14 @@ async fn migration_5_chains_the_history_and_counts_usage(db: Db) {
         .await
         .unwrap();
     }
+    // A fee names its P2P transfer: migration 7 rebuilds SQLite's transfers
+    // table around such rows, whose reference it drops.
+    let p2p = made.iter().find(|made| made.1 == "p2p" && made.4 == 250).map(|made| made.0.clone()).unwrap();
+    sqlx::query("UPDATE transfers SET linked_id = $1 WHERE kind = 'fee'")
+        .bind(&p2p)
+        .execute(before.pool())
+        .await
+        .unwrap();
     before.close().await;
 
     let database = Database::connect(&url, 2).await.unwrap();
@@ -626,7 +634,49 @@ async fn a_full_queue_is_overloaded_not_unbounded(db: Db) {
     server.finish().await;
 }
 
+/// `courier bench ledger` moves money over HTTP through the writer and in
+/// its naive baseline, fails nothing and leaves a ledger that reconciles
+/// (the figures go to BENCHMARKS.md; here only that they were measured).
+async fn the_ledger_benchmark_measures_group_commit_and_the_baseline(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "bench",
+        "ledger",
+        "--json",
+        "--wallets",
+        "50",
+        "--clients",
+        "8",
+        "--transfers",
+        "400",
+        "--duration-s",
+        "20",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
+    let mut name = None;
+    if db == Db::Postgres {
+        let (url, database) = support::fresh_database(db, dir.path()).await;
+        args.extend(["--database-url".to_owned(), url]);
+        name = database;
+    }
+    let output = tokio::process::Command::new(support::courier_bin()).args(&args).output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let figures: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((figures["transfers"].as_u64(), figures["failures"].as_u64()), (Some(400), Some(0)), "{figures}");
+    assert_eq!(figures["reconciled"], true, "{figures}");
+    assert_eq!(figures["database"], if db == Db::Postgres { "postgres" } else { "sqlite" }, "{figures}");
+    for figure in ["transfers_per_s", "latency_ms_p99", "batch_size_mean", "naive_transfers_per_s"] {
+        assert!(figures[figure].as_f64().is_some_and(|value| value > 0.0), "{figure}: {figures}");
+    }
+    if let Some(name) = name {
+        support::drop_database(&name).await;
+    }
+}
+
 on_both_databases!(
+    the_ledger_benchmark_measures_group_commit_and_the_baseline,
     a_full_queue_is_overloaded_not_unbounded,
     a_transfer_moves_money_and_balances,
     the_ru_fee_goes_to_fee_revenue_in_the_same_transfer,

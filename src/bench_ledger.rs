@@ -20,9 +20,9 @@ use courier_payments::region::{RegionCode, RegionRules};
 
 use crate::bench::{Phase, progress, run_clients};
 use crate::bench_http::Clients;
+use crate::config::ServeOptions;
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-use crate::config::ServeOptions;
 
 #[derive(Args)]
 pub struct LedgerBench {
@@ -82,7 +82,9 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     let key = TokenKey::load(&scratch.path().join("token-signing-key.pem")).map_err(|e| e.to_string())?;
     let issuer = TokenIssuer::new(key, vec![], 3_600);
     let now_s = jiff::Timestamp::now().as_second() as u64;
-    let tokens: Vec<String> = accounts.iter().map(|id| issuer.issue(id, "bench", "RU", now_s)).collect();
+    // Each wallet's `Authorization` header, built once.
+    let bearers: Arc<Vec<HeaderValue>> =
+        Arc::new(accounts.iter().map(|id| bearer(&issuer.issue(id, "bench", "RU", now_s))).collect::<Result<_, _>>()?);
     let (_, admin_key) = operators::create(&database, "bench", Role::Admin, None).await.map_err(|e| e.to_string())?;
     let http = Arc::new(Clients::new(addr, bench.clients)?);
     let bar = progress("depositing", bench.wallets as u64);
@@ -114,7 +116,6 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     let bar = progress("transfers over HTTP", bench.transfers);
     let wallets = bench.wallets as u64;
     let hot = bench.hot;
-    let bearers: Arc<Vec<HeaderValue>> = Arc::new(tokens.iter().map(|token| bearer(token)).collect::<Result<_, _>>()?);
     let grouped = run_clients(bench.clients, bench.transfers, Duration::from_secs(bench.duration_s), &bar, {
         let (http, accounts) = (http.clone(), accounts.clone());
         move |index, client| {

@@ -418,15 +418,19 @@ async fn coturn_accepts_the_credentials_courier_hands_out() {
 
     let mut client = turn_client(turn, &username, &credential).await;
     client.allocate().await.expect("coturn takes Courier's credentials");
-    let run = uclient(turn, &username, &credential, &["-y", "-c", "-n", "50", "-m", "2", "-l", "170"]).await;
-    assert_eq!((run.received, run.lost), (100, 0), "{}", run.output);
 
-    // coturn refuses what the embedded relay refuses.
+    // coturn refuses what the embedded relay refuses. These run before
+    // turnutils_uclient: its allocations outlive it, and a client socket
+    // that the kernel gives one of its ports would meet 437 (allocation
+    // mismatch) before coturn looks at the credentials.
     let later = now_s() + 600;
     let (expired, expired_credential) = credentials(SECRET, &alice.account_id, now_s() - 10);
     assert_eq!(turn_client(turn, &expired, &expired_credential).await.allocate().await, Err(Code(401)), "expired");
     let (_, foreign) = credentials("someone-elses-secret-0123", &alice.account_id, later);
     assert_eq!(turn_client(turn, &username, &foreign).await.allocate().await, Err(Code(401)), "wrong secret");
+
+    let run = uclient(turn, &username, &credential, &["-y", "-c", "-n", "50", "-m", "2", "-l", "170"]).await;
+    assert_eq!((run.received, run.lost), (100, 0), "{}", run.output);
     server.finish().await;
     drop(coturn);
 

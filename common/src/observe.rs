@@ -3,7 +3,7 @@
 //! routes `/healthz`, `/readyz`, `/metrics`.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -19,15 +19,32 @@ use crate::error::HttpError;
 const LATENCY_BUCKETS_S: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// The process-wide Prometheus recorder, installed on first use.
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The process-wide Prometheus recorder, installed on first use, with a
+/// thread that keeps it: the recorder holds every histogram sample until
+/// upkeep folds it into its buckets, so without upkeep a process nobody
+/// scrapes would keep every request's latency forever.
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
+        let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), LATENCY_BUCKETS_S)
             .expect("the bucket list is a non-empty constant")
             .install_recorder()
-            .expect("nothing else in the process installs a metrics recorder")
+            .expect("nothing else in the process installs a metrics recorder");
+        let kept = handle.clone();
+        let upkeep = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                kept.run_upkeep();
+            }
+        });
+        if let Err(error) = upkeep {
+            tracing::error!(%error, "cannot start the metrics upkeep thread; histograms are folded only when scraped");
+        }
+        handle
     })
 }
 

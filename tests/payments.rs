@@ -311,6 +311,19 @@ async fn idempotency_keys_replay_refuse_and_survive_a_restart(db: Db) {
     let (status, _, replay) = w.send(&w.alice, &k2, body.clone()).await;
     assert_eq!((status, &replay), (422, &refused_text));
 
+    // PostgreSQL's writer stores keys without looking them up first: each
+    // of the three repeats above made its batch fail whole on the taken key,
+    // and the writer applied it again knowing the stored answer. SQLite's
+    // writer looks keys up first and never retries.
+    let (_, metrics) = w.server.get("/metrics", None).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    let retries = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("ledger_batch_key_retries_total "))
+        .map_or(0.0, |value| value.trim().parse::<f64>().unwrap());
+    let expected = if db == Db::Postgres { 3.0 } else { 0.0 };
+    assert_eq!(retries, expected, "batches applied again after a taken key:\n{metrics}");
+
     // Keys belong to their account: Bob may use the same key for his own request.
     let (status, _, _) =
         w.send(&w.bob, &k1, json!({"to": {"phone": ALICE}, "amount": "1.00", "currency": "RUB"})).await;

@@ -84,6 +84,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0007_transfers_unreferenced.sql"),
         include_str!("../../migrations/postgres/0007_transfers_unreferenced.sql"),
     ),
+    (
+        8,
+        "ledger_batch_checks",
+        include_str!("../../migrations/sqlite/0008_ledger_batch_checks.sql"),
+        include_str!("../../migrations/postgres/0008_ledger_batch_checks.sql"),
+    ),
 ];
 
 /// How long a connection waits for a lock held by another writer before the
@@ -169,6 +175,16 @@ impl Database {
         let mut connection = AnyConnection::connect(&self.url).await?;
         configure(&mut connection, self.backend).await?;
         Ok(connection)
+    }
+
+    /// PostgreSQL only: a connection of its own through the PostgreSQL
+    /// driver itself, for a task that binds arrays, which the pool's
+    /// database-neutral driver cannot (the ledger writer).
+    pub async fn dedicated_postgres_connection(&self) -> Result<sqlx::PgConnection, sqlx::Error> {
+        if self.backend != Backend::Postgres {
+            return Err(sqlx::Error::Configuration("not a PostgreSQL database".into()));
+        }
+        sqlx::PgConnection::connect(&self.url).await
     }
 
     pub async fn close(&self) {

@@ -8,15 +8,11 @@ use std::sync::LazyLock;
 
 use courier_common::Database;
 use serde::Serialize;
-use sqlx::AnyConnection;
+use sqlx::PgConnection;
 
 use crate::ledger::{AccountId, AccountKind, LedgerAccount, Transfer, TransferKind, Usage};
 use crate::money::Currency;
 use crate::region::{FeeRule, RegionCode, RegionRules, Windows};
-
-/// Bound parameters per statement: below SQLite's 32,766 and PostgreSQL's
-/// 65,535. Multi-row statements take as many rows as fit.
-const PARAMS_PER_STATEMENT_MAX: usize = 30_000;
 
 /// `$first, $first+1, …` for `count` parameters.
 pub(crate) fn placeholders(first: usize, count: usize) -> String {
@@ -66,7 +62,7 @@ pub(crate) fn region_from_row(row: RegionRow) -> Option<RegionRules> {
 pub(crate) const REGION_COLUMNS_SQL: &str = "SELECT code, enabled, currency, time_zone, per_transfer_max, daily_max, monthly_max, \
      night_max, night_start_hour, night_end_hour, fee_free_monthly, fee_rate_bp, fee_cap FROM regions ORDER BY code";
 
-pub async fn regions(connection: &mut AnyConnection) -> Result<HashMap<RegionCode, RegionRules>, sqlx::Error> {
+pub async fn regions(connection: &mut PgConnection) -> Result<HashMap<RegionCode, RegionRules>, sqlx::Error> {
     let rows: Vec<RegionRow> = sqlx::query_as(REGION_COLUMNS_SQL).fetch_all(&mut *connection).await?;
     Ok(rows.into_iter().filter_map(region_from_row).map(|rules| (rules.code, rules)).collect())
 }
@@ -135,23 +131,16 @@ pub(crate) fn account_from_row(row: AccountRow) -> Option<LedgerAccount> {
     })
 }
 
-/// The ledger accounts among `ids` that exist.
-pub async fn accounts(connection: &mut AnyConnection, ids: &[AccountId]) -> Result<Vec<LedgerAccount>, sqlx::Error> {
-    let mut found = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(PARAMS_PER_STATEMENT_MAX) {
-        let sql = format!("{ACCOUNT_COLUMNS_SQL} WHERE id IN ({})", placeholders(1, chunk.len()));
-        // Built from constants and numbered placeholders only; values are bound.
-        let mut query = sqlx::query_as::<_, AccountRow>(&sql);
-        for id in chunk {
-            query = query.bind(id);
-        }
-        found.extend(query.fetch_all(&mut *connection).await?.into_iter().filter_map(account_from_row));
-    }
-    Ok(found)
+/// PostgreSQL: the ledger accounts among `ids` that exist, with one
+/// statement whatever their number (the ids travel as one array).
+pub async fn accounts(connection: &mut PgConnection, ids: &[AccountId]) -> Result<Vec<LedgerAccount>, sqlx::Error> {
+    let sql = format!("{ACCOUNT_COLUMNS_SQL} WHERE id = ANY($1::text[])");
+    let rows: Vec<AccountRow> = sqlx::query_as(&sql).bind(ids).fetch_all(&mut *connection).await?;
+    Ok(rows.into_iter().filter_map(account_from_row).collect())
 }
 
 /// Every system account (settlement, fee revenue, adjustments).
-pub async fn system_accounts(connection: &mut AnyConnection) -> Result<Vec<LedgerAccount>, sqlx::Error> {
+pub async fn system_accounts(connection: &mut PgConnection) -> Result<Vec<LedgerAccount>, sqlx::Error> {
     let sql = format!("{ACCOUNT_COLUMNS_SQL} WHERE kind <> 'wallet'");
     let rows: Vec<AccountRow> = sqlx::query_as(&sql).fetch_all(&mut *connection).await?;
     Ok(rows.into_iter().filter_map(account_from_row).collect())
@@ -200,7 +189,7 @@ pub(crate) fn usage_since(windows: &Windows) -> i64 {
 /// [`USAGE_COUNT_SQL`]), in one transaction; the writer does this when it
 /// takes over, before its first batch.
 pub async fn count_usage(
-    connection: &mut AnyConnection,
+    connection: &mut PgConnection,
     regions: &HashMap<RegionCode, RegionRules>,
     now_ms: i64,
 ) -> Result<u64, sqlx::Error> {
@@ -264,20 +253,22 @@ pub async fn idempotent_response(
 }
 
 /// PostgreSQL: the stored keys among `keys`, found with one statement whose
-/// text does not depend on how many keys there are (they travel as one JSON
-/// array). The SQLite writer looks keys up one by one
+/// text does not depend on how many keys there are (scopes and keys travel as
+/// two arrays). The SQLite writer looks keys up one by one
 /// ([`crate::writer_store::SqliteWriter`]).
 pub async fn idempotent_responses(
-    connection: &mut AnyConnection,
+    connection: &mut PgConnection,
     keys: &[&IdempotencyKey],
 ) -> Result<HashMap<IdempotencyKey, (String, StoredResponse)>, sqlx::Error> {
-    let wanted = json_param(&keys)?;
+    let scopes: Vec<&str> = keys.iter().map(|k| k.scope.as_str()).collect();
+    let names: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
     let rows: Vec<(String, String, String, i64, String)> = sqlx::query_as(
         "SELECT k.scope, k.key, k.fingerprint, k.status, k.body \
-         FROM json_populate_recordset(NULL::idempotency_keys, $1::json) AS w \
-         JOIN idempotency_keys AS k ON k.scope = w.scope AND k.key = w.key",
+         FROM UNNEST($1::text[], $2::text[]) AS w (scope, key) \
+         JOIN idempotency_keys AS k ON k.key = w.key AND k.scope = w.scope",
     )
-    .bind(wanted)
+    .bind(scopes)
+    .bind(names)
     .fetch_all(&mut *connection)
     .await?;
     Ok(rows
@@ -303,142 +294,55 @@ impl BatchWrite {
     }
 }
 
-/// A transfer row as the batch's JSON parameter carries it (keys are the
-/// column names).
-#[derive(Serialize)]
-struct TransferJson<'a> {
-    id: &'a str,
-    kind: &'a str,
-    debit_account: &'a str,
-    credit_account: &'a str,
-    amount: i64,
-    fee: i64,
-    currency: &'a str,
-    region: &'a str,
-    linked_id: Option<&'a str>,
-    initiator: &'a str,
-    note: Option<&'a str>,
-    external_ref: Option<&'a str>,
-    created_at: i64,
-    debit_prev: Option<&'a str>,
-    credit_prev: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct AccountJson<'a> {
-    id: &'a str,
-    balance: i64,
-    frozen: i64,
-    last_transfer: Option<&'a str>,
-    usage_day_start: i64,
-    usage_day: i64,
-    usage_month_start: i64,
-    usage_month: i64,
-    usage_night_start: Option<i64>,
-    usage_night: i64,
-}
-
-#[derive(Serialize)]
-struct KeyJson<'a> {
-    scope: &'a str,
-    key: &'a str,
-    fingerprint: &'a str,
-    status: i64,
-    body: &'a str,
-    created_at: i64,
-}
-
-/// The batch as three JSON arrays (transfers, accounts, idempotency keys):
-/// each statement below takes a whole batch as one parameter, so its text
-/// never changes, it is prepared once per connection, and a batch of any size
-/// is one statement per table.
-fn batch_json(batch: &BatchWrite, now_ms: i64) -> Result<[String; 3], sqlx::Error> {
-    let transfers: Vec<TransferJson<'_>> = batch
-        .transfers
-        .iter()
-        .map(|t| TransferJson {
-            id: &t.id,
-            kind: t.kind.as_str(),
-            debit_account: &t.debit,
-            credit_account: &t.credit,
-            amount: t.amount_minor,
-            fee: t.fee_minor,
-            currency: t.currency.code(),
-            region: t.region.as_str(),
-            linked_id: t.linked_id.as_deref(),
-            initiator: &t.initiator,
-            note: t.note.as_deref(),
-            external_ref: t.external_ref.as_deref(),
-            created_at: t.created_at_ms,
-            debit_prev: t.debit_prev.as_deref(),
-            credit_prev: t.credit_prev.as_deref(),
-        })
-        .collect();
-    let accounts: Vec<AccountJson<'_>> = batch
-        .accounts
-        .iter()
-        .map(|a| AccountJson {
-            id: &a.id,
-            balance: a.balance_minor,
-            frozen: i64::from(a.frozen),
-            last_transfer: a.last_transfer.as_deref(),
-            usage_day_start: a.usage.day_start_ms,
-            usage_day: a.usage.day_minor,
-            usage_month_start: a.usage.month_start_ms,
-            usage_month: a.usage.month_minor,
-            usage_night_start: a.usage.night_start_ms,
-            usage_night: a.usage.night_minor,
-        })
-        .collect();
-    let keys: Vec<KeyJson<'_>> = batch
-        .idempotency
-        .iter()
-        .map(|(key, fingerprint, response)| KeyJson {
-            scope: &key.scope,
-            key: &key.key,
-            fingerprint,
-            status: i64::from(response.status),
-            body: &response.body,
-            created_at: now_ms,
-        })
-        .collect();
-    Ok([json_param(&transfers)?, json_param(&accounts)?, json_param(&keys)?])
-}
-
-/// Rows as one JSON text parameter.
-fn json_param<T: Serialize>(rows: &T) -> Result<String, sqlx::Error> {
-    serde_json::to_string(rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))
-}
-
 /// PostgreSQL: the whole batch is one statement, run on its own (its implicit
 /// transaction is the batch's: one round trip, no BEGIN or COMMIT, durable
-/// when it returns). It checks the rows it wrote per table against `$4`,
-/// `$5` and `$6` and fails, rolling everything back, when they differ: the
-/// cast of a text that is not a number is the error. The writer's connection
-/// plans it with index lookups (see the writer's settings).
+/// when it returns). Each table's rows travel column by column, one array a
+/// column (`$1`–`$15` transfers, `$16`–`$25` accounts, `$26`–`$30` keys, `$31`
+/// the keys' time), in PostgreSQL's binary format: the text never changes, it
+/// is prepared once per connection, and nothing is parsed on the server. It
+/// checks the rows it wrote per table against `$32`, `$33` and `$34` and
+/// fails, rolling everything back, when they differ (migration 8's
+/// `ledger_batch_refused`). Keys are inserted without being looked up first:
+/// a key stored before makes the insert skip its row, and the statement
+/// fails with [`KEYS_TAKEN_SQLSTATE`]; the writer then looks the batch's keys
+/// up and applies it again ([`crate::writer`]). The writer's connection plans
+/// it with index lookups (see the writer's settings).
+/// The SQLSTATE of a batch statement that found one of its idempotency keys
+/// stored before.
+pub const KEYS_TAKEN_SQLSTATE: &str = "CLKEY";
+
 static COMMIT_POSTGRES_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "\
 WITH moved AS ( \
   INSERT INTO transfers ({TRANSFER_COLUMNS}) \
-  SELECT {TRANSFER_COLUMNS} FROM json_populate_recordset(NULL::transfers, $1::json) \
+  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::text[], \
+    $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], $14::text[], $15::text[]) \
   RETURNING 1 \
 ), changed AS ( \
   UPDATE ledger_accounts AS a SET balance = c.balance, frozen = c.frozen, last_transfer = c.last_transfer, \
     usage_day_start = c.usage_day_start, usage_day = c.usage_day, usage_month_start = c.usage_month_start, \
     usage_month = c.usage_month, usage_night_start = c.usage_night_start, usage_night = c.usage_night \
-  FROM json_populate_recordset(NULL::ledger_accounts, $2::json) AS c \
+  FROM UNNEST($16::text[], $17::int8[], $18::int8[], $19::text[], $20::int8[], $21::int8[], $22::int8[], \
+    $23::int8[], $24::int8[], $25::int8[]) \
+    AS c (id, balance, frozen, last_transfer, usage_day_start, usage_day, usage_month_start, usage_month, \
+      usage_night_start, usage_night) \
   WHERE a.id = c.id \
   RETURNING 1 \
 ), keyed AS ( \
   INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) \
-  SELECT scope, key, fingerprint, status, body, created_at FROM json_populate_recordset(NULL::idempotency_keys, $3::json) \
+  SELECT scope, key, fingerprint, status, body, $31 \
+  FROM UNNEST($26::text[], $27::text[], $28::text[], $29::int8[], $30::text[]) AS k (scope, key, fingerprint, status, body) \
+  ON CONFLICT (key, scope) DO NOTHING \
   RETURNING 1 \
 ), counted AS ( \
   SELECT (SELECT COUNT(*) FROM moved) AS moved, (SELECT COUNT(*) FROM changed) AS changed, \
     (SELECT COUNT(*) FROM keyed) AS keyed \
-) SELECT CASE WHEN moved = $4 AND changed = $5 AND keyed = $6 THEN moved \
-  ELSE CAST('the batch wrote ' || moved || ' transfers, ' || changed || ' accounts, ' || keyed || ' keys' AS BIGINT) \
+) SELECT CASE WHEN moved = $32 AND changed = $33 AND keyed = $34 THEN moved \
+  WHEN moved = $32 AND changed = $33 AND keyed < $34 \
+    THEN ledger_batch_refused('{KEYS_TAKEN_SQLSTATE}', 'an idempotency key of the batch is taken') \
+  ELSE ledger_batch_refused('CLROW', \
+    'the batch wrote ' || moved || ' transfers, ' || changed || ' accounts, ' || keyed || ' keys') \
   END FROM counted"
     )
 });
@@ -446,25 +350,54 @@ WITH moved AS ( \
 /// PostgreSQL: writes a batch as one statement and commits it durably. The
 /// SQLite writer binds the same rows one by one
 /// ([`crate::writer_store::SqliteWriter::commit`]).
-pub async fn commit(connection: &mut AnyConnection, batch: &BatchWrite, now_ms: i64) -> Result<(), sqlx::Error> {
-    let [transfers, accounts, keys] = batch_json(batch, now_ms)?;
-    let expected = (batch.transfers.len() as i64, batch.accounts.len() as i64, batch.idempotency.len() as i64);
-    sqlx::query(COMMIT_POSTGRES_SQL.as_str())
-        .bind(transfers)
-        .bind(accounts)
-        .bind(keys)
-        .bind(expected.0)
-        .bind(expected.1)
-        .bind(expected.2)
-        .execute(&mut *connection)
-        .await?;
+pub async fn commit(connection: &mut PgConnection, batch: &BatchWrite, now_ms: i64) -> Result<(), sqlx::Error> {
+    fn column<'a, T, U>(rows: &'a [T], value: impl Fn(&'a T) -> U) -> Vec<U> {
+        rows.iter().map(value).collect()
+    }
+    let (t, a, k) = (&batch.transfers, &batch.accounts, &batch.idempotency);
+    let query = sqlx::query(COMMIT_POSTGRES_SQL.as_str())
+        .bind(column(t, |t| t.id.as_str()))
+        .bind(column(t, |t| t.kind.as_str()))
+        .bind(column(t, |t| t.debit.as_str()))
+        .bind(column(t, |t| t.credit.as_str()))
+        .bind(column(t, |t| t.amount_minor))
+        .bind(column(t, |t| t.fee_minor))
+        .bind(column(t, |t| t.currency.code()))
+        .bind(column(t, |t| t.region.as_str()))
+        .bind(column(t, |t| t.linked_id.as_deref()))
+        .bind(column(t, |t| t.initiator.as_str()))
+        .bind(column(t, |t| t.note.as_deref()))
+        .bind(column(t, |t| t.external_ref.as_deref()))
+        .bind(column(t, |t| t.created_at_ms))
+        .bind(column(t, |t| t.debit_prev.as_deref()))
+        .bind(column(t, |t| t.credit_prev.as_deref()))
+        .bind(column(a, |a| a.id.as_str()))
+        .bind(column(a, |a| a.balance_minor))
+        .bind(column(a, |a| i64::from(a.frozen)))
+        .bind(column(a, |a| a.last_transfer.as_deref()))
+        .bind(column(a, |a| a.usage.day_start_ms))
+        .bind(column(a, |a| a.usage.day_minor))
+        .bind(column(a, |a| a.usage.month_start_ms))
+        .bind(column(a, |a| a.usage.month_minor))
+        .bind(column(a, |a| a.usage.night_start_ms))
+        .bind(column(a, |a| a.usage.night_minor))
+        .bind(column(k, |(key, _, _)| key.scope.as_str()))
+        .bind(column(k, |(key, _, _)| key.key.as_str()))
+        .bind(column(k, |(_, fingerprint, _)| fingerprint.as_str()))
+        .bind(column(k, |(_, _, response)| i64::from(response.status)))
+        .bind(column(k, |(_, _, response)| response.body.as_str()))
+        .bind(now_ms)
+        .bind(t.len() as i64)
+        .bind(a.len() as i64)
+        .bind(k.len() as i64);
+    query.execute(&mut *connection).await?;
     Ok(())
 }
 
 pub(crate) const EXPIRE_KEYS_SQL: &str = "DELETE FROM idempotency_keys WHERE created_at < $1";
 
 /// Forgets idempotency keys older than `before_ms`.
-pub async fn expire_idempotency_keys(connection: &mut AnyConnection, before_ms: i64) -> Result<u64, sqlx::Error> {
+pub async fn expire_idempotency_keys(connection: &mut PgConnection, before_ms: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(EXPIRE_KEYS_SQL).bind(before_ms).execute(&mut *connection).await?;
     Ok(done.rows_affected())
 }

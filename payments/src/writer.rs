@@ -364,93 +364,130 @@ impl Writer {
         }
         let keys: Vec<&IdempotencyKey> =
             batch.iter().filter_map(|r| r.idempotency.as_ref().map(|(key, _)| key)).collect();
-        let stored = if keys.is_empty() {
-            HashMap::new()
-        } else {
+        // Keys stored before: looked up first, unless the commit finds them
+        // itself (PostgreSQL). Almost every key is new, so there the batch is
+        // applied as if none were taken, and only when the commit finds one
+        // is the batch undone, its keys looked up, and the batch applied again.
+        let mut looked_up = keys.is_empty() || !connection.finds_taken_keys();
+        let mut stored = HashMap::new();
+        if looked_up && !keys.is_empty() {
             match connection.idempotent_responses(&keys).await {
-                Ok(stored) => stored,
+                Ok(found) => stored = found,
                 Err(error) => {
                     reply_all(batch, WriteOutcome::Unavailable);
                     return Err(error);
                 }
             }
-        };
+        }
 
         let prepared = started.elapsed();
         let touched: HashSet<AccountId> =
             batch.iter().flat_map(|r| r.command.accounts()).chain(self.system.iter().cloned()).collect();
-        let snapshot = self.ledger.snapshot(touched.iter());
-
-        let mut write = BatchWrite::default();
-        let mut frozen: Vec<AccountId> = Vec::new();
-        let mut replies = Vec::with_capacity(batch.len());
-        let mut in_batch: HashMap<IdempotencyKey, (String, StoredResponse)> = HashMap::new();
-        for request in batch {
-            if let Some((key, fingerprint)) = &request.idempotency
-                && let Some((stored_fingerprint, response)) = stored.get(key).or_else(|| in_batch.get(key))
-            {
-                let outcome = if stored_fingerprint == fingerprint {
-                    WriteOutcome::Response(response.clone())
-                } else {
-                    WriteOutcome::KeyReused
-                };
-                replies.push((request.reply, outcome));
-                continue;
+        let applied = loop {
+            let snapshot = self.ledger.snapshot(touched.iter());
+            let applied = self.apply_batch(&batch, &stored, now);
+            if let Err(violation) = self.ledger.verify_batch(&snapshot, &applied.write.transfers) {
+                // A bug, never a client's doing: refuse the whole batch rather than
+                // write a ledger that does not balance.
+                tracing::error!(%violation, "ledger invariant violated: batch refused");
+                self.ledger.restore(snapshot);
+                reply_all(batch, WriteOutcome::Unavailable);
+                return Ok(());
             }
-            let outcome = self.ledger.apply(&request.command, &request.initiator, now);
-            let response = view::render(&request.command, &outcome);
-            match &outcome {
-                Ok(transfers) => {
-                    metrics::counter!("ledger_transfers_total").increment(transfers.len() as u64);
-                    write.transfers.extend(transfers.iter().cloned());
-                    if let Command::SetFrozen { wallet, .. } = &request.command {
-                        frozen.push(wallet.clone());
+            if applied.write.is_empty() {
+                break applied;
+            }
+            match connection.commit(&applied.write, now).await {
+                Ok(()) => break applied,
+                Err(StoreError::KeysTaken) if !looked_up => {
+                    // Nothing of the batch stayed: undo it in memory too, learn
+                    // the stored answers, and apply it again.
+                    metrics::counter!("ledger_batch_key_retries_total").increment(1);
+                    self.ledger.restore(snapshot);
+                    looked_up = true;
+                    match connection.idempotent_responses(&keys).await {
+                        Ok(found) => stored = found,
+                        Err(error) => {
+                            reply_all(batch, WriteOutcome::Unavailable);
+                            return Err(error);
+                        }
                     }
                 }
-                Err(refusal) => metrics::counter!("ledger_refusals_total", "code" => refusal.code()).increment(1),
+                Err(error) => {
+                    // The commit may or may not have happened: forget the cache,
+                    // so the next writer reads the truth from the database.
+                    self.ledger = Ledger::default();
+                    reply_all(batch, WriteOutcome::Unavailable);
+                    return Err(error);
+                }
             }
-            if let Some((key, fingerprint)) = request.idempotency {
-                in_batch.insert(key.clone(), (fingerprint.clone(), response.clone()));
-                write.idempotency.push((key, fingerprint, response.clone()));
-            }
-            replies.push((request.reply, WriteOutcome::Response(response)));
+        };
+        let committed = started.elapsed();
+        tracing::debug!(size = batch.len(), ?prepared, ?committed, "batch");
+        metrics::histogram!("ledger_batch_duration_seconds").record(committed.as_secs_f64());
+        metrics::counter!("ledger_transfers_total").increment(applied.write.transfers.len() as u64);
+        for code in applied.refusals {
+            metrics::counter!("ledger_refusals_total", "code" => code).increment(1);
         }
-        let changed: HashSet<&AccountId> =
-            write.transfers.iter().flat_map(|t| [&t.debit, &t.credit]).chain(frozen.iter()).collect();
-        write.accounts = changed.into_iter().filter_map(|id| self.ledger.accounts.get(id).cloned()).collect();
-
-        if let Err(violation) = self.ledger.verify_batch(&snapshot, &write.transfers) {
-            // A bug, never a client's doing: refuse the whole batch rather than
-            // write a ledger that does not balance.
-            tracing::error!(%violation, "ledger invariant violated: batch refused");
-            self.ledger.restore(snapshot);
-            for (reply, _) in replies {
-                let _ = reply.send(WriteOutcome::Unavailable);
-            }
-            return Ok(());
-        }
-        let applied = started.elapsed();
-        if !write.is_empty()
-            && let Err(error) = connection.commit(&write, now).await
-        {
-            // The commit may or may not have happened: forget the cache, so the
-            // next writer reads the truth from the database.
-            self.ledger = Ledger::default();
-            for (reply, _) in replies {
-                let _ = reply.send(WriteOutcome::Unavailable);
-            }
-            return Err(error);
-        }
-        tracing::debug!(size = replies.len(), ?prepared, ?applied, committed = ?started.elapsed(), "batch");
-        metrics::histogram!("ledger_batch_duration_seconds").record(started.elapsed().as_secs_f64());
-        for (reply, outcome) in replies {
-            let _ = reply.send(outcome);
+        for (request, outcome) in batch.into_iter().zip(applied.outcomes) {
+            let _ = request.reply.send(outcome);
         }
         if self.ledger.accounts.len() > self.config.cache_accounts_max {
             let system: HashSet<&AccountId> = self.system.iter().collect();
             self.ledger.accounts.retain(|id, _| system.contains(id));
         }
         Ok(())
+    }
+
+    /// Applies the batch's requests in order to the in-memory ledger, given
+    /// the responses `stored` for keys used before: what to write, and each
+    /// request's outcome (in the batch's order).
+    fn apply_batch(
+        &mut self,
+        batch: &[WriteRequest],
+        stored: &HashMap<IdempotencyKey, (String, StoredResponse)>,
+        now: i64,
+    ) -> Applied {
+        let mut write = BatchWrite::default();
+        let mut frozen: Vec<AccountId> = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut refusals = Vec::new();
+        let mut in_batch: HashMap<&IdempotencyKey, (&str, StoredResponse)> = HashMap::new();
+        for request in batch {
+            if let Some((key, fingerprint)) = &request.idempotency {
+                let before = stored.get(key).map(|(f, response)| (f.as_str(), response));
+                if let Some((stored_fingerprint, response)) =
+                    before.or_else(|| in_batch.get(key).map(|(f, response)| (*f, response)))
+                {
+                    outcomes.push(if stored_fingerprint == fingerprint.as_str() {
+                        WriteOutcome::Response(response.clone())
+                    } else {
+                        WriteOutcome::KeyReused
+                    });
+                    continue;
+                }
+            }
+            let outcome = self.ledger.apply(&request.command, &request.initiator, now);
+            let response = view::render(&request.command, &outcome);
+            match &outcome {
+                Ok(transfers) => {
+                    write.transfers.extend(transfers.iter().cloned());
+                    if let Command::SetFrozen { wallet, .. } = &request.command {
+                        frozen.push(wallet.clone());
+                    }
+                }
+                Err(refusal) => refusals.push(refusal.code()),
+            }
+            if let Some((key, fingerprint)) = &request.idempotency {
+                in_batch.insert(key, (fingerprint, response.clone()));
+                write.idempotency.push((key.clone(), fingerprint.clone(), response.clone()));
+            }
+            outcomes.push(WriteOutcome::Response(response));
+        }
+        let changed: HashSet<&AccountId> =
+            write.transfers.iter().flat_map(|t| [&t.debit, &t.credit]).chain(frozen.iter()).collect();
+        write.accounts = changed.into_iter().filter_map(|id| self.ledger.accounts.get(id).cloned()).collect();
+        Applied { write, outcomes, refusals }
     }
 
     /// Loads what the batch needs and the cache lacks: regions and accounts
@@ -474,6 +511,15 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// A batch applied in memory.
+struct Applied {
+    write: BatchWrite,
+    /// One per request, in the batch's order.
+    outcomes: Vec<WriteOutcome>,
+    /// The codes of the requests the ledger refused.
+    refusals: Vec<&'static str>,
 }
 
 fn reply_all(batch: Vec<WriteRequest>, outcome: WriteOutcome) {

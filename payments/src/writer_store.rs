@@ -1,8 +1,8 @@
 //! The ledger writer's connection: the only one that writes balances,
 //! transfers and idempotency keys.
 //!
-//! On PostgreSQL it is a sqlx connection and a batch is one statement
-//! ([`crate::store::commit`]). On SQLite the writer, which runs on a thread of
+//! On PostgreSQL it is a connection of sqlx's PostgreSQL driver (which binds
+//! arrays) and a batch is one statement ([`crate::store::commit`]). On SQLite the writer, which runs on a thread of
 //! its own, calls SQLite directly ([`SqliteWriter`]): every statement is
 //! prepared once and cached, rows are bound one at a time, and a batch is one
 //! `BEGIN IMMEDIATE` transaction with one durable commit. Single-row
@@ -15,7 +15,7 @@ use std::path::Path;
 
 use courier_common::{Backend, Database};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use sqlx::AnyConnection;
+use sqlx::PgConnection;
 
 use crate::ledger::{AccountId, LedgerAccount};
 use crate::region::{RegionCode, RegionRules};
@@ -31,6 +31,10 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+    /// An idempotency key of the batch was stored before (PostgreSQL, whose
+    /// batch statement finds taken keys itself); nothing of the batch stays.
+    #[error("an idempotency key of the batch is taken")]
+    KeysTaken,
     /// A bug: a batch's statements wrote other rows than the writer meant.
     #[error("the batch wrote {0}")]
     RowsMismatch(String),
@@ -40,7 +44,7 @@ pub enum StoreError {
 
 /// The writer's connection to either database.
 pub enum WriterStore {
-    Postgres(AnyConnection),
+    Postgres(PgConnection),
     Sqlite(SqliteWriter),
 }
 
@@ -49,7 +53,7 @@ impl WriterStore {
     pub async fn connect(database: &Database) -> Result<Self, StoreError> {
         match database.backend() {
             Backend::Postgres => {
-                let mut connection = database.dedicated_connection().await?;
+                let mut connection = database.dedicated_postgres_connection().await?;
                 // The writer only looks rows up by key, a batch at a time. A
                 // fresh ledger's tables grow faster than autoanalyze follows
                 // them, and a plan made from a near-empty table's statistics
@@ -68,8 +72,8 @@ impl WriterStore {
         }
     }
 
-    /// A sqlx connection on PostgreSQL (for the advisory lock).
-    pub fn postgres(&mut self) -> Option<&mut AnyConnection> {
+    /// The connection on PostgreSQL (for the advisory lock).
+    pub fn postgres(&mut self) -> Option<&mut PgConnection> {
         match self {
             WriterStore::Postgres(connection) => Some(connection),
             WriterStore::Sqlite(_) => None,
@@ -120,11 +124,26 @@ impl WriterStore {
         }
     }
 
+    /// Whether [`WriterStore::commit`] finds idempotency keys stored before
+    /// ([`StoreError::KeysTaken`]), so that the writer need not look keys up
+    /// first. PostgreSQL: yes, a look-up is a round trip and a statement of
+    /// its own. SQLite: no, the writer looks keys up in-process, row by row.
+    pub fn finds_taken_keys(&self) -> bool {
+        matches!(self, WriterStore::Postgres(_))
+    }
+
     /// Writes a batch in one transaction and commits it durably; on any
     /// error nothing of it stays.
     pub async fn commit(&mut self, batch: &BatchWrite, now_ms: i64) -> Result<(), StoreError> {
         match self {
-            WriterStore::Postgres(connection) => Ok(store::commit(connection, batch, now_ms).await?),
+            WriterStore::Postgres(connection) => {
+                store::commit(connection, batch, now_ms).await.map_err(|error| match &error {
+                    sqlx::Error::Database(e) if e.code().as_deref() == Some(store::KEYS_TAKEN_SQLSTATE) => {
+                        StoreError::KeysTaken
+                    }
+                    _ => StoreError::Sqlx(error),
+                })
+            }
             WriterStore::Sqlite(sqlite) => sqlite.commit(batch, now_ms),
         }
     }

@@ -169,17 +169,10 @@ impl Database {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
     }
 
-    /// A connection of its own, outside the pool, configured like the pool's:
-    /// for a task that runs on a runtime of its own (the ledger writer).
-    pub async fn dedicated_connection(&self) -> Result<AnyConnection, sqlx::Error> {
-        let mut connection = AnyConnection::connect(&self.url).await?;
-        configure(&mut connection, self.backend).await?;
-        Ok(connection)
-    }
-
-    /// PostgreSQL only: a connection of its own through the PostgreSQL
-    /// driver itself, for a task that binds arrays, which the pool's
-    /// database-neutral driver cannot (the ledger writer).
+    /// PostgreSQL only: a connection of its own, outside the pool, through
+    /// the PostgreSQL driver itself, for a task that runs on a runtime of its
+    /// own and binds arrays, which the pool's database-neutral driver cannot
+    /// (the ledger writer).
     pub async fn dedicated_postgres_connection(&self) -> Result<sqlx::PgConnection, sqlx::Error> {
         if self.backend != Backend::Postgres {
             return Err(sqlx::Error::Configuration("not a PostgreSQL database".into()));

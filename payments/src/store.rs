@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use courier_common::Database;
-use serde::Serialize;
 use sqlx::PgConnection;
 
 use crate::ledger::{AccountId, AccountKind, LedgerAccount, Transfer, TransferKind, Usage};
@@ -233,7 +232,7 @@ pub struct StoredResponse {
     pub body: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey {
     pub scope: String,
     pub key: String,
@@ -294,6 +293,10 @@ impl BatchWrite {
     }
 }
 
+/// The SQLSTATE of a batch statement that found one of its idempotency keys
+/// stored before.
+pub const KEYS_TAKEN_SQLSTATE: &str = "CLKEY";
+
 /// PostgreSQL: the whole batch is one statement, run on its own (its implicit
 /// transaction is the batch's: one round trip, no BEGIN or COMMIT, durable
 /// when it returns). Each table's rows travel column by column, one array a
@@ -307,10 +310,6 @@ impl BatchWrite {
 /// fails with [`KEYS_TAKEN_SQLSTATE`]; the writer then looks the batch's keys
 /// up and applies it again ([`crate::writer`]). The writer's connection plans
 /// it with index lookups (see the writer's settings).
-/// The SQLSTATE of a batch statement that found one of its idempotency keys
-/// stored before.
-pub const KEYS_TAKEN_SQLSTATE: &str = "CLKEY";
-
 static COMMIT_POSTGRES_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "\

@@ -368,22 +368,21 @@ impl Writer {
         // itself (PostgreSQL). Almost every key is new, so there the batch is
         // applied as if none were taken, and only when the commit finds one
         // is the batch undone, its keys looked up, and the batch applied again.
-        let mut looked_up = keys.is_empty() || !connection.finds_taken_keys();
+        let mut look_up = !keys.is_empty() && !connection.finds_taken_keys();
         let mut stored = HashMap::new();
-        if looked_up && !keys.is_empty() {
-            match connection.idempotent_responses(&keys).await {
-                Ok(found) => stored = found,
-                Err(error) => {
-                    reply_all(batch, WriteOutcome::Unavailable);
-                    return Err(error);
-                }
-            }
-        }
-
         let prepared = started.elapsed();
         let touched: HashSet<AccountId> =
             batch.iter().flat_map(|r| r.command.accounts()).chain(self.system.iter().cloned()).collect();
         let applied = loop {
+            if look_up {
+                match connection.idempotent_responses(&keys).await {
+                    Ok(found) => stored = found,
+                    Err(error) => {
+                        reply_all(batch, WriteOutcome::Unavailable);
+                        return Err(error);
+                    }
+                }
+            }
             let snapshot = self.ledger.snapshot(touched.iter());
             let applied = self.apply_batch(&batch, &stored, now);
             if let Err(violation) = self.ledger.verify_batch(&snapshot, &applied.write.transfers) {
@@ -399,19 +398,12 @@ impl Writer {
             }
             match connection.commit(&applied.write, now).await {
                 Ok(()) => break applied,
-                Err(StoreError::KeysTaken) if !looked_up => {
-                    // Nothing of the batch stayed: undo it in memory too, learn
-                    // the stored answers, and apply it again.
+                Err(StoreError::KeysTaken) if !look_up => {
+                    // Nothing of the batch stayed: undo it in memory too, and
+                    // apply it again knowing the stored answers.
                     metrics::counter!("ledger_batch_key_retries_total").increment(1);
                     self.ledger.restore(snapshot);
-                    looked_up = true;
-                    match connection.idempotent_responses(&keys).await {
-                        Ok(found) => stored = found,
-                        Err(error) => {
-                            reply_all(batch, WriteOutcome::Unavailable);
-                            return Err(error);
-                        }
-                    }
+                    look_up = true;
                 }
                 Err(error) => {
                     // The commit may or may not have happened: forget the cache,
@@ -452,14 +444,18 @@ impl Writer {
         let mut frozen: Vec<AccountId> = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut refusals = Vec::new();
-        let mut in_batch: HashMap<&IdempotencyKey, (&str, StoredResponse)> = HashMap::new();
+        // A key used earlier in this batch: its place in `write.idempotency`.
+        let mut in_batch: HashMap<&IdempotencyKey, usize> = HashMap::new();
         for request in batch {
             if let Some((key, fingerprint)) = &request.idempotency {
-                let before = stored.get(key).map(|(f, response)| (f.as_str(), response));
-                if let Some((stored_fingerprint, response)) =
-                    before.or_else(|| in_batch.get(key).map(|(f, response)| (*f, response)))
-                {
-                    outcomes.push(if stored_fingerprint == fingerprint.as_str() {
+                let earlier = stored.get(key).map(|(f, response)| (f, response)).or_else(|| {
+                    in_batch.get(key).map(|&at| {
+                        let (_, f, response) = &write.idempotency[at];
+                        (f, response)
+                    })
+                });
+                if let Some((earlier_fingerprint, response)) = earlier {
+                    outcomes.push(if earlier_fingerprint == fingerprint {
                         WriteOutcome::Response(response.clone())
                     } else {
                         WriteOutcome::KeyReused
@@ -479,7 +475,7 @@ impl Writer {
                 Err(refusal) => refusals.push(refusal.code()),
             }
             if let Some((key, fingerprint)) = &request.idempotency {
-                in_batch.insert(key, (fingerprint, response.clone()));
+                in_batch.insert(key, write.idempotency.len());
                 write.idempotency.push((key.clone(), fingerprint.clone(), response.clone()));
             }
             outcomes.push(WriteOutcome::Response(response));

@@ -2,8 +2,8 @@
 //! transfers and idempotency keys.
 //!
 //! On PostgreSQL it is a connection of sqlx's PostgreSQL driver (which binds
-//! arrays) and a batch is one statement ([`crate::store::commit`]). On SQLite the writer, which runs on a thread of
-//! its own, calls SQLite directly ([`SqliteWriter`]): every statement is
+//! arrays) and a batch is one statement ([`crate::store::commit`]). On SQLite
+//! the writer, which runs on a thread of its own, calls SQLite directly ([`SqliteWriter`]): every statement is
 //! prepared once and cached, rows are bound one at a time, and a batch is one
 //! `BEGIN IMMEDIATE` transaction with one durable commit. Single-row
 //! statements need neither JSON decoding nor a statement journal, which

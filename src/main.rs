@@ -20,6 +20,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, ServeOptions};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "courier", version, about = "Encrypted voice calls and peer-to-peer payments for a messenger")]
 struct Cli {

@@ -45,7 +45,21 @@ impl AccountKind {
 
 /// The id of a region's system account of `kind`, e.g. `sys:RU:settlement`.
 pub fn system_account(region: RegionCode, kind: AccountKind) -> AccountId {
-    format!("sys:{}:{}", region.as_str(), kind.as_str())
+    system_account_id(region, kind).to_owned()
+}
+
+/// [`system_account`] without an allocation (the writer asks for it per transfer).
+pub fn system_account_id(region: RegionCode, kind: AccountKind) -> &'static str {
+    match (region, kind) {
+        (RegionCode::Ru, AccountKind::Settlement) => "sys:RU:settlement",
+        (RegionCode::Ru, AccountKind::FeeRevenue) => "sys:RU:fee_revenue",
+        (RegionCode::Ru, AccountKind::Adjustments) => "sys:RU:adjustments",
+        (RegionCode::Br, AccountKind::Settlement) => "sys:BR:settlement",
+        (RegionCode::Br, AccountKind::FeeRevenue) => "sys:BR:fee_revenue",
+        (RegionCode::Br, AccountKind::Adjustments) => "sys:BR:adjustments",
+        // Wallets are named by their account's id; there is no system wallet.
+        (_, AccountKind::Wallet) => "",
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,20 +224,20 @@ pub enum Command {
 }
 
 impl Command {
-    /// The ledger accounts this command may read or change.
-    pub fn accounts(&self) -> Vec<AccountId> {
-        match self {
-            Command::P2p { from, from_region, to, .. } => {
-                let mut ids = vec![from.clone()];
-                ids.extend(to.iter().cloned());
-                ids.extend(from_region.map(|region| system_account(region, AccountKind::FeeRevenue)));
-                ids
+    /// The ledger accounts this command may read or change, besides the
+    /// settlement accounts (at most three).
+    pub fn accounts(&self) -> impl Iterator<Item = &str> {
+        let ids: [Option<&str>; 3] = match self {
+            Command::P2p { from, from_region, to, .. } => [
+                Some(from),
+                to.as_deref(),
+                from_region.map(|region| system_account_id(region, AccountKind::FeeRevenue)),
+            ],
+            Command::Deposit { wallet, .. } | Command::Withdrawal { wallet, .. } | Command::SetFrozen { wallet, .. } => {
+                [Some(wallet), None, None]
             }
-            Command::Deposit { wallet, .. } | Command::Withdrawal { wallet, .. } => {
-                vec![wallet.clone()]
-            }
-            Command::SetFrozen { wallet, .. } => vec![wallet.clone()],
-        }
+        };
+        ids.into_iter().flatten()
     }
 }
 
@@ -303,24 +317,26 @@ pub struct Ledger {
     pub regions: HashMap<RegionCode, RegionRules>,
 }
 
-/// What a batch touched, saved so that a failed commit can be undone.
+/// What a batch touched, saved so that a failed commit can be undone: each
+/// account as it was, or the id of one the ledger had not loaded.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    accounts: Vec<(AccountId, Option<LedgerAccount>)>,
+    accounts: Vec<Result<LedgerAccount, AccountId>>,
 }
 
 impl Ledger {
     /// Saves the state of the accounts `ids`.
-    pub fn snapshot<'a>(&self, ids: impl IntoIterator<Item = &'a AccountId>) -> Snapshot {
-        Snapshot { accounts: ids.into_iter().map(|id| (id.clone(), self.accounts.get(id).cloned())).collect() }
+    pub fn snapshot(&self, ids: impl IntoIterator<Item = impl AsRef<str>>) -> Snapshot {
+        let saved = |id: &str| self.accounts.get(id).cloned().ok_or_else(|| id.to_owned());
+        Snapshot { accounts: ids.into_iter().map(|id| saved(id.as_ref())).collect() }
     }
 
     /// Puts back what `snapshot` saved.
     pub fn restore(&mut self, snapshot: Snapshot) {
-        for (id, account) in snapshot.accounts {
-            match account {
-                Some(account) => self.accounts.insert(id, account),
-                None => self.accounts.remove(&id),
+        for saved in snapshot.accounts {
+            match saved {
+                Ok(account) => self.accounts.insert(account.id.clone(), account),
+                Err(id) => self.accounts.remove(&id),
             };
         }
     }
@@ -364,8 +380,12 @@ impl Ledger {
 
     fn p2p(&mut self, request: P2pRequest<'_>, initiator: &str, now_ms: i64) -> Result<Vec<Transfer>, Refusal> {
         let region = request.from_region.ok_or(Refusal::RegionNotSupported)?;
-        let rules = self.regions.get(&region).ok_or(Refusal::RegionNotSupported)?.clone();
-        let sender = self.wallet_mut(request.from).ok_or(Refusal::RegionNotSupported)?.clone();
+        let rules = self.regions.get(&region).ok_or(Refusal::RegionNotSupported)?;
+        let sender = self
+            .accounts
+            .get(request.from)
+            .filter(|account| account.kind == AccountKind::Wallet)
+            .ok_or(Refusal::RegionNotSupported)?;
         if !rules.enabled {
             return Err(Refusal::RegionDisabled);
         }
@@ -407,13 +427,14 @@ impl Ledger {
         if sender.balance_minor < amount + fee {
             return Err(Refusal::InsufficientFunds);
         }
-        let fee_account = system_account(region, AccountKind::FeeRevenue);
-        if fee > 0 && !self.accounts.contains_key(&fee_account) {
+        let fee_account = system_account_id(region, AccountKind::FeeRevenue);
+        if fee > 0 && !self.accounts.contains_key(fee_account) {
             // The migrations create every region's system accounts.
             return Err(Refusal::RegionNotSupported);
         }
 
         // Every check passed: change state.
+        let currency = sender.currency;
         usage.day_minor += amount;
         usage.month_minor += amount;
         if usage.night_start_ms.is_some() {
@@ -429,7 +450,7 @@ impl Ledger {
             credit: to.clone(),
             amount_minor: amount,
             fee_minor: fee,
-            currency: sender.currency,
+            currency,
             region,
             linked_id: None,
             initiator: initiator.to_owned(),
@@ -446,10 +467,10 @@ impl Ledger {
                 id: request.fee_id.clone(),
                 kind: TransferKind::Fee,
                 debit: request.from.clone(),
-                credit: fee_account,
+                credit: fee_account.to_owned(),
                 amount_minor: fee,
                 fee_minor: 0,
-                currency: sender.currency,
+                currency,
                 region,
                 linked_id: Some(request.id.clone()),
                 initiator: initiator.to_owned(),
@@ -540,7 +561,7 @@ impl Ledger {
     /// the batch, in order, to its head now.
     pub fn verify_batch(&self, before: &Snapshot, transfers: &[Transfer]) -> Result<(), String> {
         let before: HashMap<&AccountId, &LedgerAccount> =
-            before.accounts.iter().filter_map(|(id, account)| account.as_ref().map(|a| (id, a))).collect();
+            before.accounts.iter().filter_map(|saved| saved.as_ref().ok().map(|a| (&a.id, a))).collect();
         let mut expected: HashMap<&AccountId, i64> = before.iter().map(|(id, a)| (*id, a.balance_minor)).collect();
         let mut heads: HashMap<&AccountId, Option<&str>> = HashMap::new();
         for transfer in transfers {

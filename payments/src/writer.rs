@@ -21,7 +21,7 @@ use courier_common::{Backend, Database};
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ledger::{AccountId, Command, Ledger};
+use crate::ledger::{AccountId, AccountKind, Command, Ledger};
 use crate::store::{BatchWrite, IdempotencyKey, StoredResponse};
 use crate::view;
 use crate::writer_store::{StoreError, WriterStore};
@@ -371,8 +371,8 @@ impl Writer {
         let mut look_up = !keys.is_empty() && !connection.finds_taken_keys();
         let mut stored = HashMap::new();
         let prepared = started.elapsed();
-        let touched: HashSet<AccountId> =
-            batch.iter().flat_map(|r| r.command.accounts()).chain(self.system.iter().cloned()).collect();
+        let touched: HashSet<&str> =
+            batch.iter().flat_map(|r| r.command.accounts()).chain(self.system.iter().map(String::as_str)).collect();
         let applied = loop {
             if look_up {
                 match connection.idempotent_responses(&keys).await {
@@ -383,8 +383,8 @@ impl Writer {
                     }
                 }
             }
-            let snapshot = self.ledger.snapshot(touched.iter());
-            let applied = self.apply_batch(&batch, &stored, now);
+            let snapshot = self.ledger.snapshot(&touched);
+            let applied = Self::apply_batch(&mut self.ledger, &batch, &stored, now);
             if let Err(violation) = self.ledger.verify_batch(&snapshot, &applied.write.transfers) {
                 // A bug, never a client's doing: refuse the whole batch rather than
                 // write a ledger that does not balance.
@@ -435,7 +435,7 @@ impl Writer {
     /// the responses `stored` for keys used before: what to write, and each
     /// request's outcome (in the batch's order).
     fn apply_batch(
-        &mut self,
+        ledger: &mut Ledger,
         batch: &[WriteRequest],
         stored: &HashMap<IdempotencyKey, (String, StoredResponse)>,
         now: i64,
@@ -463,11 +463,11 @@ impl Writer {
                     continue;
                 }
             }
-            let outcome = self.ledger.apply(&request.command, &request.initiator, now);
+            let outcome = ledger.apply(&request.command, &request.initiator, now);
             let response = view::render(&request.command, &outcome);
-            match &outcome {
+            match outcome {
                 Ok(transfers) => {
-                    write.transfers.extend(transfers.iter().cloned());
+                    write.transfers.extend(transfers);
                     if let Command::SetFrozen { wallet, .. } = &request.command {
                         frozen.push(wallet.clone());
                     }
@@ -482,7 +482,7 @@ impl Writer {
         }
         let changed: HashSet<&AccountId> =
             write.transfers.iter().flat_map(|t| [&t.debit, &t.credit]).chain(frozen.iter()).collect();
-        write.accounts = changed.into_iter().filter_map(|id| self.ledger.accounts.get(id).cloned()).collect();
+        write.accounts = changed.into_iter().filter_map(|id| ledger.accounts.get(id).cloned()).collect();
         Applied { write, outcomes, refusals }
     }
 
@@ -496,12 +496,18 @@ impl Writer {
         let missing: Vec<AccountId> = batch
             .iter()
             .flat_map(|r| r.command.accounts())
-            .filter(|id| !self.ledger.accounts.contains_key(id))
+            .filter(|id| !self.ledger.accounts.contains_key(*id))
             .collect::<HashSet<_>>()
             .into_iter()
+            .map(str::to_owned)
             .collect();
         if !missing.is_empty() {
             for account in connection.accounts(&missing).await? {
+                // A system account made after the writer started (a new
+                // region's): every batch's snapshot covers it from now on.
+                if account.kind != AccountKind::Wallet && !self.system.contains(&account.id) {
+                    self.system.push(account.id.clone());
+                }
                 self.ledger.accounts.insert(account.id.clone(), account);
             }
         }

@@ -233,9 +233,9 @@ impl Command {
                 to.as_deref(),
                 from_region.map(|region| system_account_id(region, AccountKind::FeeRevenue)),
             ],
-            Command::Deposit { wallet, .. } | Command::Withdrawal { wallet, .. } | Command::SetFrozen { wallet, .. } => {
-                [Some(wallet), None, None]
-            }
+            Command::Deposit { wallet, .. }
+            | Command::Withdrawal { wallet, .. }
+            | Command::SetFrozen { wallet, .. } => [Some(wallet), None, None],
         };
         ids.into_iter().flatten()
     }
@@ -374,6 +374,10 @@ impl Ledger {
         }
     }
 
+    fn wallet(&self, id: &str) -> Option<&LedgerAccount> {
+        self.accounts.get(id).filter(|account| account.kind == AccountKind::Wallet)
+    }
+
     fn wallet_mut(&mut self, id: &str) -> Option<&mut LedgerAccount> {
         self.accounts.get_mut(id).filter(|account| account.kind == AccountKind::Wallet)
     }
@@ -381,11 +385,7 @@ impl Ledger {
     fn p2p(&mut self, request: P2pRequest<'_>, initiator: &str, now_ms: i64) -> Result<Vec<Transfer>, Refusal> {
         let region = request.from_region.ok_or(Refusal::RegionNotSupported)?;
         let rules = self.regions.get(&region).ok_or(Refusal::RegionNotSupported)?;
-        let sender = self
-            .accounts
-            .get(request.from)
-            .filter(|account| account.kind == AccountKind::Wallet)
-            .ok_or(Refusal::RegionNotSupported)?;
+        let sender = self.wallet(request.from).ok_or(Refusal::RegionNotSupported)?;
         if !rules.enabled {
             return Err(Refusal::RegionDisabled);
         }
@@ -399,7 +399,7 @@ impl Ledger {
         if request.to_region != Some(region) {
             return Err(Refusal::CrossRegion);
         }
-        let recipient = self.accounts.get(to).filter(|a| a.kind == AccountKind::Wallet).ok_or(Refusal::CrossRegion)?;
+        let recipient = self.wallet(to).ok_or(Refusal::CrossRegion)?;
         if sender.frozen {
             return Err(Refusal::WalletFrozen);
         }

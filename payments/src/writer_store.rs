@@ -3,9 +3,10 @@
 //!
 //! On PostgreSQL it is a connection of sqlx's PostgreSQL driver (which binds
 //! arrays) and a batch is one statement ([`crate::store::commit`]). On SQLite
-//! the writer, which runs on a thread of its own, calls SQLite directly ([`SqliteWriter`]): every statement is
-//! prepared once and cached, rows are bound one at a time, and a batch is one
-//! `BEGIN IMMEDIATE` transaction with one durable commit. Single-row
+//! the writer, which runs on a thread of its own, calls SQLite directly
+//! ([`SqliteWriter`]): every statement is prepared once and cached, rows are
+//! bound one at a time, and a batch is one `BEGIN IMMEDIATE` transaction with
+//! one durable commit. Single-row
 //! statements need neither JSON decoding nor a statement journal, which
 //! multi-row statements sent through sqlx's worker thread did. Reads outside
 //! the writer keep going through the shared pool ([`crate::store`]).

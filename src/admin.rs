@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use courier_accounts::operators::{self, Role};
 use courier_common::Database;
+use courier_common::client::print_table;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
@@ -36,7 +37,7 @@ enum AdminCommand {
         /// Create another admin even though one exists.
         #[arg(long)]
         force: bool,
-        #[arg(long, env = "COURIER_DATA_DIR", default_value = crate::config::DATA_DIR_DEFAULT)]
+        #[arg(long, env = "COURIER_DATA_DIR", default_value = courier_server::config::DATA_DIR_DEFAULT)]
         data_dir: PathBuf,
         /// Default: the SQLite database in the data directory.
         #[arg(long, env = "COURIER_DATABASE_URL")]
@@ -174,7 +175,7 @@ pub struct ApiClient {
 impl ApiClient {
     pub fn new(base: &str, key: Option<String>) -> Result<Self, String> {
         let key = key.ok_or("set COURIER_ADMIN_KEY (or pass --admin-key) to an operator API key")?;
-        let http = courier_accounts::http_client_builder()
+        let http = courier_common::client::http_client_builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .map_err(|error| error.to_string())?;
@@ -182,70 +183,7 @@ impl ApiClient {
     }
 
     pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
-        request(&self.http, &self.base, method, path, Some(self.key.expose_secret()), body).await
-    }
-}
-
-/// One JSON request to a Courier server with an optional bearer credential;
-/// errors come back as the server's `code (status): message`.
-pub async fn request(
-    http: &reqwest::Client,
-    base: &str,
-    method: reqwest::Method,
-    path: &str,
-    bearer: Option<&str>,
-    body: Option<Value>,
-) -> Result<Value, String> {
-    let mut request = http.request(method, format!("{base}{path}"));
-    if let Some(bearer) = bearer {
-        request = request.bearer_auth(bearer);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.map_err(|error| format!("cannot reach {base}: {error}"))?;
-    let status = response.status();
-    let text = response.text().await.map_err(|error| error.to_string())?;
-    if status.is_success() {
-        return Ok(if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        });
-    }
-    match serde_json::from_str::<Value>(&text) {
-        Ok(value) if value["error"]["code"].is_string() => Err(format!(
-            "{} ({status}): {}",
-            value["error"]["code"].as_str().unwrap_or(""),
-            value["error"]["message"].as_str().unwrap_or("")
-        )),
-        _ => Err(format!("the server answered {status}")),
-    }
-}
-
-/// Prints rows as an aligned table with the given columns.
-pub fn print_table(columns: &[&str], rows: &[Value]) {
-    let cell = |row: &Value, column: &str| match &row[column] {
-        Value::String(text) => text.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    };
-    let widths: Vec<usize> = columns
-        .iter()
-        .map(|column| rows.iter().map(|row| cell(row, column).chars().count()).max().unwrap_or(0).max(column.len()))
-        .collect();
-    let line = |cells: Vec<String>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(text, width)| format!("{text:<width$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    println!("{}", line(columns.iter().map(|c| c.to_uppercase()).collect()));
-    for row in rows {
-        println!("{}", line(columns.iter().map(|column| cell(row, column)).collect()));
+        courier_common::client::request(&self.http, &self.base, method, path, Some(self.key.expose_secret()), body)
+            .await
     }
 }

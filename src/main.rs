@@ -1,24 +1,15 @@
 //! `courier`: the one binary. `serve` runs the services, `admin` is the
-//! finance-ops CLI, `bench` measures. Wiring only; the logic lives in the
-//! library crates.
+//! finance-ops CLI, `call` the softphone, `bench` measures. Wiring only; the
+//! logic lives in the library crates.
 
 mod admin;
-mod bench;
-mod bench_calls;
-mod bench_http;
-mod bench_ledger;
-mod bench_signaling;
-mod bench_turn;
-mod call;
-mod config;
-mod serve;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use courier_server::ServeCommand;
+use courier_server::config::LogFormat;
 use tracing_subscriber::EnvFilter;
-
-use crate::config::{LogFormat, ServeOptions};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -35,26 +26,29 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the services (all of them in one process unless one is named).
-    Serve {
-        /// Run one service alone, for split deployments.
-        #[arg(value_enum)]
-        service: Option<serve::Service>,
-        /// A TOML file with any of the options below (flags and COURIER_* win over it).
-        #[arg(long, env = "COURIER_CONFIG")]
-        config: Option<std::path::PathBuf>,
-        #[command(flatten)]
-        options: ServeOptions,
-    },
+    Serve(ServeCommand),
     /// Finance-ops administration.
     Admin(admin::AdminArgs),
     /// The softphone: sign in, place and answer voice calls.
-    Call(call::CallArgs),
+    Call(courier_calls::cli::CallArgs),
     /// Benchmarks (figures go to BENCHMARKS.md).
-    Bench(bench::BenchArgs),
+    Bench(courier_bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
+    if let Command::Serve(serve) = &mut cli.command
+        && serve.config.is_some()
+    {
+        // Read again with the file: `courier serve`'s own arguments follow `serve`.
+        match ServeCommand::parse_args(std::env::args_os().skip(2)) {
+            Ok(with_file) => *serve = with_file,
+            Err(message) => {
+                eprintln!("courier: {message}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if let Command::Bench(args) = &mut cli.command
         && let Err(message) = args.pin_load_generator()
     {
@@ -70,13 +64,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve { service, config, options } => {
-                let options = match config {
-                    Some(path) => options.with_file(&path)?,
-                    None => options,
-                };
-                init_logging(options.log_format.unwrap_or(LogFormat::Human), DEFAULT_LOG_FILTER);
-                serve::run(options, service, courier_common::shutdown::on_signal()).await
+            Command::Serve(serve) => {
+                init_logging(serve.options.server.log_format, DEFAULT_LOG_FILTER);
+                courier_server::run(serve.options, serve.service, courier_common::shutdown::on_signal()).await
             }
             Command::Admin(args) => {
                 init_logging(LogFormat::Human, "warn");
@@ -84,12 +74,12 @@ fn main() -> ExitCode {
             }
             Command::Call(args) => {
                 init_logging(LogFormat::Human, CLIENT_LOG_FILTER);
-                call::run(args).await
+                courier_calls::cli::run(args).await
             }
             Command::Bench(args) => {
                 // The per-request info lines would drown the figures.
                 init_logging(LogFormat::Human, CLIENT_LOG_FILTER);
-                bench::run(args).await
+                courier_bench::run(args).await
             }
         }
     });

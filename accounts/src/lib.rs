@@ -29,10 +29,3 @@ pub mod tokens;
 pub use api::{ApiDoc, app};
 pub use error::AccountsError;
 pub use service::{Accounts, AccountsConfig};
-
-/// An HTTP client builder with TLS ready (rustls with the ring provider).
-pub fn http_client_builder() -> reqwest::ClientBuilder {
-    // Installing twice is harmless: the first provider stays.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-}

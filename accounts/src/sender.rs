@@ -36,7 +36,7 @@ impl CodeSender {
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(DeliveryError(format!("the webhook URL must be http(s), not {:?}", parsed.scheme())));
         }
-        let client = crate::http_client_builder()
+        let client = courier_common::client::http_client_builder()
             .timeout(timeout)
             .build()
             .map_err(|error| DeliveryError(format!("cannot build the webhook client: {error}")))?;

@@ -25,7 +25,7 @@ const REFRESH_TOKEN_PREFIX: &str = "crt";
 const ADDR_LIMITER_SWEEP_EVERY: u64 = 1_024;
 
 /// The accounts service's limits, each named with its unit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountsConfig {
     pub sign_in_code_ttl_s: u64,
     pub sign_in_code_attempts_max: u32,

@@ -76,6 +76,29 @@ pub async fn upsert_account(
     sqlx::query_as("SELECT id, region FROM accounts WHERE phone = $1").bind(phone.as_e164()).fetch_one(&mut **tx).await
 }
 
+/// Accounts made without a sign-in (seeding a benchmark's or an import's
+/// users): each id with its number; a number that has an account already
+/// keeps it.
+pub async fn insert_accounts(db: &Database, accounts: &[(&str, &PhoneNumber)], now_ms: i64) -> Result<(), sqlx::Error> {
+    const ROWS_PER_STATEMENT: usize = 500;
+    for chunk in accounts.chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4))
+            .collect();
+        // Built from numbered placeholders only.
+        let sql = format!(
+            "INSERT INTO accounts (id, phone, region, created_at) VALUES {} ON CONFLICT DO NOTHING",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for (id, phone) in chunk {
+            query = query.bind(*id).bind(phone.as_e164()).bind(phone.region()).bind(now_ms);
+        }
+        query.execute(db.pool()).await?;
+    }
+    Ok(())
+}
+
 pub async fn update_settings(db: &Database, account_id: &str, settings: Settings) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE accounts SET calls_from = $2, p2p = $3 WHERE id = $1")
         .bind(account_id)

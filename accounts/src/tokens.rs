@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::RwLock;
+
+use courier_common::sync::lock;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -255,7 +257,7 @@ impl TokenVerifier {
     /// Fetches the JWKS at `url` now, and again when a token names a key id
     /// it does not know (at most every 30 s).
     pub async fn remote(url: &str) -> Result<Self, KeyError> {
-        let client = crate::http_client_builder()
+        let client = courier_common::client::http_client_builder()
             .timeout(JWKS_FETCH_TIMEOUT)
             .build()
             .map_err(|error| KeyError::Jwks(error.to_string()))?;
@@ -295,13 +297,13 @@ impl TokenVerifier {
     /// Verification without any I/O (the hot path).
     pub fn verify_with_known_keys(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let cached = self.verified.lock().unwrap_or_else(|p| p.into_inner()).get(&digest).cloned();
+        let cached = lock(&self.verified).get(&digest).cloned();
         if let Some(claims) = cached {
             let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
             return if claims.exp + CLOCK_SKEW_S >= now_s { Ok(claims) } else { Err(TokenError::Expired) };
         }
         let claims = self.verify_signature(token)?;
-        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        let mut verified = lock(&self.verified);
         if verified.len() >= VERIFIED_TOKENS_CACHED_MAX {
             verified.clear();
         }
@@ -316,7 +318,7 @@ impl TokenVerifier {
             return Err(TokenError::Invalid);
         }
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
-        let keys = self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let keys = courier_common::sync::read(&self.keys);
         let key = keys.get(&kid).ok_or(TokenError::UnknownKey)?;
         match jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation) {
             Ok(data) => Ok(data.claims),
@@ -335,7 +337,7 @@ impl TokenVerifier {
         }
         *last_fetch = Instant::now();
         match fetch_jwks(&remote.client, &remote.url).await.and_then(|jwks| decoding_keys(&jwks)) {
-            Ok(keys) => *self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = keys,
+            Ok(keys) => *courier_common::sync::write(&self.keys) = keys,
             Err(error) => {
                 tracing::warn!(%error, "could not refresh the JWKS; keeping the keys we have")
             }

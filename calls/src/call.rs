@@ -13,8 +13,10 @@ use tokio::sync::mpsc;
 
 use crate::audio::{Decoder, Encoder, FRAME_SAMPLES, Source, WavSink};
 use crate::peer::{AudioPacket, IceServer, MediaPeer, PeerEvent, PeerSettings, PeerState, WebRtcPeer, candidate_type};
-use crate::sas::{self, NONCE_BYTES, Sas, SasInput};
-use crate::signaling::{Event, IcePolicy, Signaling, SignalingError};
+use crate::signaling_client::{Event, SignalingClient, SignalingError};
+use courier_common::text::hex;
+use courier_protocol::sas::{self, NONCE_BYTES, Sas, SasInput};
+use courier_protocol::{HangupReason, IcePolicy, NegotiateKind, SasHex, ServerEvent};
 
 /// How long a dropped signaling connection is retried (the server's grace
 /// period is 20 s by default).
@@ -167,7 +169,7 @@ enum Role {
 
 struct Session<'a> {
     setup: &'a CallSetup,
-    signaling: Signaling,
+    signaling: SignalingClient,
     peer: Arc<WebRtcPeer>,
     peer_events: mpsc::Receiver<PeerEvent>,
     role: Role,
@@ -190,18 +192,25 @@ struct Session<'a> {
     /// When the answer to the ICE restart offer in flight is overdue.
     restart_answer_due: Option<tokio::time::Instant>,
     said: std::collections::HashSet<String>,
+    /// This side's SAS nonce, and the caller's commitment to its own (callee).
+    own_nonce: Option<[u8; NONCE_BYTES]>,
+    their_commit: Option<SasHex>,
+    /// When the call is hung up by itself (`--duration`), once answered.
+    hangup_at: Option<tokio::time::Instant>,
+    /// The last round-trip time read while the media path was up.
+    last_rtt: Option<f64>,
 }
 
 fn new_call_id() -> String {
     let bytes: [u8; 16] = rand::random();
-    sas::hex(&bytes)
+    hex(&bytes)
 }
 
 /// Places a call to `callee` (an account id or an E.164 number) and runs it
 /// until it ends or `stop` resolves.
 pub async fn dial(setup: &CallSetup, callee: &str, stop: impl Future<Output = ()>) -> Result<CallReport, CallError> {
     let started = Instant::now();
-    let signaling = Signaling::connect(&setup.server, &setup.token).await?;
+    let signaling = SignalingClient::connect(&setup.server, &setup.token).await?;
     let settings =
         PeerSettings { ice_servers: setup.ice_servers.clone(), relay_only: setup.relay_only, ..setup.peer.clone() };
     let (peer, peer_events) = WebRtcPeer::create(&settings).await?;
@@ -214,7 +223,8 @@ pub async fn dial(setup: &CallSetup, callee: &str, stop: impl Future<Output = ()
     (setup.progress)(&format!("calling {callee} (call {call_id})"));
     let policy = session.signaling.invite(&call_id, callee, &offer, Some(&sas::commitment(&nonce))).await?;
     session.set_policy(policy).await?;
-    session.run(Some(nonce), None, stop).await
+    session.own_nonce = Some(nonce);
+    session.run(stop).await
 }
 
 /// Waits for the next incoming call, answers it and runs it until it ends
@@ -226,7 +236,7 @@ pub async fn answer_next(
     decide: Option<Decide>,
     stop: impl Future<Output = ()>,
 ) -> Result<CallReport, CallError> {
-    let mut signaling = Signaling::connect(&setup.server, &setup.token).await?;
+    let mut signaling = SignalingClient::connect(&setup.server, &setup.token).await?;
     (setup.progress)("waiting for a call");
     let deadline = ring_for.map(|wait| tokio::time::Instant::now() + wait);
     let (call_id, caller, offer, policy, commit) = loop {
@@ -237,8 +247,8 @@ pub async fn answer_next(
             None => signaling.next_event().await,
         };
         match event {
-            Event::Incoming { call_id, caller, sdp, ice_policy, sas_commit } => {
-                break (call_id, caller, sdp, ice_policy, sas_commit);
+            Event::Server(ServerEvent::Incoming { call_id, caller, sdp, ice_policy, sas_commit }) => {
+                break (call_id.to_string(), caller.to_string(), sdp, ice_policy, sas_commit);
             }
             Event::Closed(code) => return Err(SignalingError::Closed(code).into()),
             _ => {}
@@ -257,7 +267,7 @@ pub async fn answer_next(
                 call_id,
                 direction: "incoming".into(),
                 peer: caller,
-                end_reason: "rejected".into(),
+                end_reason: HangupReason::Rejected.as_str().into(),
                 ..CallReport::default()
             });
         }
@@ -270,22 +280,24 @@ pub async fn answer_next(
     let (peer, peer_events) = WebRtcPeer::create(&settings).await?;
     let mut session = Session::new(setup, signaling, peer, peer_events, Role::Callee, call_id.clone(), started)?;
     session.report.peer = caller;
-    session.their_fingerprint = sas::fingerprint_in_sdp(&offer);
-    let answer = session.peer.answer(&offer).await?;
+    session.their_fingerprint = sas::fingerprint_in_sdp(offer.as_str());
+    let answer = session.peer.answer(offer.as_str()).await?;
     session.own_fingerprint = sas::fingerprint_in_sdp(&answer);
     let nonce = sas::nonce();
     session.set_policy(policy).await?;
-    session.signaling.answer(&call_id, &answer, Some(&sas::hex(&nonce))).await?;
+    session.signaling.answer(&call_id, &answer, Some(&hex(&nonce))).await?;
     session.report.ringing_ms = Some(started.elapsed().as_millis() as u64);
     session.answered = Some(Instant::now());
     (setup.progress)("answered");
-    session.run(Some(nonce), commit, stop).await
+    session.own_nonce = Some(nonce);
+    session.their_commit = commit;
+    session.run(stop).await
 }
 
 impl<'a> Session<'a> {
     fn new(
         setup: &'a CallSetup,
-        signaling: Signaling,
+        signaling: SignalingClient,
         peer: WebRtcPeer,
         peer_events: mpsc::Receiver<PeerEvent>,
         role: Role,
@@ -319,6 +331,10 @@ impl<'a> Session<'a> {
             restarting: false,
             restart_answer_due: None,
             said: Default::default(),
+            own_nonce: None,
+            their_commit: None,
+            hangup_at: None,
+            last_rtt: None,
         })
     }
 
@@ -368,7 +384,7 @@ impl<'a> Session<'a> {
         for candidate in &allowed {
             self.report.candidates_sent.push(candidate["candidate"].as_str().unwrap_or_default().to_owned());
         }
-        match self.signaling.candidates(&self.call_id, allowed).await {
+        match self.signaling.candidates(&self.call_id, &allowed).await {
             // Sent while the socket was down: the ICE restart after resume gathers anew.
             Err(SignalingError::Closed(_)) | Err(SignalingError::Timeout) => Ok(()),
             other => other.map_err(CallError::from),
@@ -395,27 +411,20 @@ impl<'a> Session<'a> {
     }
 
     /// The call loop: signaling events, the peer's events, and the 20 ms
-    /// send clock.
-    async fn run(
-        mut self,
-        own_nonce: Option<[u8; NONCE_BYTES]>,
-        their_commit: Option<String>,
-        stop: impl Future<Output = ()>,
-    ) -> Result<CallReport, CallError> {
+    /// send clock, until the call ends.
+    async fn run(mut self, stop: impl Future<Output = ()>) -> Result<CallReport, CallError> {
         tokio::pin!(stop);
         let mut play = self.setup.play.clone();
         let mut clock = tokio::time::interval(Duration::from_millis(u64::from(crate::audio::FRAME_MS)));
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let mut hangup_at: Option<tokio::time::Instant> = None;
         let give_up_at = tokio::time::Instant::now() + UNANSWERED_GIVE_UP;
         let mut rtt_clock = tokio::time::interval(RTT_EVERY);
-        let mut last_rtt: Option<f64> = None;
         let reason = loop {
             tokio::select! {
-                _ = &mut stop => break self.hang_up("user_hangup").await,
-                _ = sleep_until_some(hangup_at) => break self.hang_up("user_hangup").await,
+                _ = &mut stop => break self.hang_up(HangupReason::UserHangup).await,
+                _ = sleep_until_some(self.hangup_at) => break self.hang_up(HangupReason::UserHangup).await,
                 _ = tokio::time::sleep_until(give_up_at), if !self.connected && self.answered.is_none() => {
-                    break self.hang_up("user_hangup").await;
+                    break self.hang_up(HangupReason::UserHangup).await;
                 }
                 _ = sleep_until_some(self.restart_answer_due), if self.restart_answer_due.is_some() => {
                     self.say("no answer to the ICE restart; offering it again");
@@ -426,124 +435,162 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = rtt_clock.tick(), if self.connected => {
-                    last_rtt = self.peer.rtt_ms().await.or(last_rtt);
+                    self.last_rtt = self.peer.rtt_ms().await.or(self.last_rtt);
                 }
-                _ = clock.tick() => {
-                    let mut frame = [0i16; FRAME_SAMPLES];
-                    play.next_frame(&mut frame);
-                    if self.connected {
-                        if let Some(mouth) = &self.setup.mouth {
-                            mouth(&frame, Instant::now());
-                        }
-                        let packet = self.encoder.encode(&frame)?;
-                        match self.peer.send_opus(packet).await {
-                            Ok(()) => self.report.packets_sent += 1,
-                            // The path is down for now; ICE restart or hangup follows.
-                            Err(error) => self.say_once(&format!("audio not sent: {error}")),
-                        }
-                    }
-                }
+                _ = clock.tick() => self.send_frame(&mut play).await?,
                 event = self.signaling.next_event() => {
-                    match event {
-                        Event::Ringing { call_id } if call_id == self.call_id => {
-                            self.report.ringing_ms = Some(self.started.elapsed().as_millis() as u64);
-                            self.say(&format!("ringing ({} ms)", self.started.elapsed().as_millis()));
-                        }
-                        Event::Answered { call_id, sdp, ice_policy, sas_nonce } if call_id == self.call_id => {
-                            self.answered = Some(Instant::now());
-                            self.say("answered");
-                            if ice_policy != self.policy {
-                                self.set_policy(ice_policy).await?;
-                            }
-                            self.their_fingerprint = sas::fingerprint_in_sdp(&sdp);
-                            self.peer.accept_answer(&sdp).await?;
-                            match (own_nonce, sas_nonce.as_deref().and_then(sas::parse_nonce)) {
-                                (Some(own), Some(theirs)) => {
-                                    self.signaling.sas_reveal(&self.call_id, &sas::hex(&own)).await?;
-                                    self.compute_sas(own, theirs);
-                                }
-                                _ => self.warn("the answer carries no SAS nonce: no SAS".into()),
-                            }
-                            if let Some(duration) = self.setup.duration {
-                                hangup_at = Some(tokio::time::Instant::now() + duration);
-                            }
-                        }
-                        Event::SasReveal { call_id, nonce } if call_id == self.call_id => {
-                            match (own_nonce, sas::parse_nonce(&nonce), their_commit.as_deref()) {
-                                (Some(own), Some(revealed), Some(commit)) if sas::reveal_matches(commit, &revealed) => {
-                                    self.compute_sas(revealed, own);
-                                }
-                                _ => self.warn("the caller's SAS reveal does not match its commitment".into()),
-                            }
-                            if let Some(duration) = self.setup.duration && hangup_at.is_none() {
-                                hangup_at = Some(tokio::time::Instant::now() + duration);
-                            }
-                        }
-                        Event::Candidates { call_id, candidates } if call_id == self.call_id => {
-                            for candidate in candidates {
-                                self.report
-                                    .candidates_received
-                                    .push(candidate["candidate"].as_str().unwrap_or_default().to_owned());
-                                if let Err(error) = self.peer.add_remote_candidate(&candidate).await {
-                                    self.say(&format!("a candidate was not taken: {error}"));
-                                }
-                            }
-                        }
-                        Event::Negotiate { call_id, sdp, kind } if call_id == self.call_id => {
-                            // A failed renegotiation leaves the call as it was (or dead,
-                            // and the other side hangs up); it does not end this client.
-                            if let Err(error) = self.negotiated(&sdp, &kind).await {
-                                self.say(&format!("renegotiation failed: {error}"));
-                            }
-                        }
-                        Event::Hangup { call_id, reason } if call_id == self.call_id => {
-                            self.say(&format!("call ended: {reason}"));
-                            break reason;
-                        }
-                        Event::Closed(_) => {
-                            self.say("signaling connection lost; reconnecting");
-                            if !self.reconnect().await {
-                                break "lost_connection".to_owned();
-                            }
-                        }
-                        _ => {}
+                    if let Some(reason) = self.signaled(event).await? {
+                        break reason;
                     }
                 }
-                Some(event) = self.peer_events.recv() => {
-                    match event {
-                        PeerEvent::LocalCandidate(candidate) => match &mut self.held_candidates {
-                            Some(held) => held.push(candidate),
-                            None => self.send_candidates(vec![candidate]).await?,
-                        },
-                        PeerEvent::State(state) => self.peer_state(state).await?,
-                        PeerEvent::Audio(packet) => {
-                            // A packet that cannot be decoded is dropped, never the call.
-                            if let Err(error) = self.received(packet) {
-                                self.say_once(&format!("audio dropped: {error}"));
-                            }
-                        }
+                Some(event) = self.peer_events.recv() => self.peer_event(event).await?,
+            }
+        };
+        self.finish(reason).await
+    }
+
+    /// The next 20 ms of the source, encoded and sent once the media path is up.
+    async fn send_frame(&mut self, play: &mut Source) -> Result<(), CallError> {
+        let mut frame = [0i16; FRAME_SAMPLES];
+        play.next_frame(&mut frame);
+        if !self.connected {
+            return Ok(());
+        }
+        if let Some(mouth) = &self.setup.mouth {
+            mouth(&frame, Instant::now());
+        }
+        let packet = self.encoder.encode(&frame)?;
+        match self.peer.send_opus(packet).await {
+            Ok(()) => self.report.packets_sent += 1,
+            // The path is down for now; ICE restart or hangup follows.
+            Err(error) => self.say_once(&format!("audio not sent: {error}")),
+        }
+        Ok(())
+    }
+
+    /// Acts on one signaling event; the end reason when the call is over.
+    async fn signaled(&mut self, event: Event) -> Result<Option<String>, CallError> {
+        let event = match event {
+            Event::Server(event) => event,
+            Event::Closed(_) => {
+                self.say("signaling connection lost; reconnecting");
+                let resumed = self.reconnect().await;
+                return Ok((!resumed).then(|| HangupReason::LostConnection.as_str().to_owned()));
+            }
+        };
+        match event {
+            ServerEvent::Ringing { call_id } if call_id.as_str() == self.call_id => {
+                self.report.ringing_ms = Some(self.started.elapsed().as_millis() as u64);
+                self.say(&format!("ringing ({} ms)", self.started.elapsed().as_millis()));
+            }
+            ServerEvent::Answered { call_id, sdp, ice_policy, sas_nonce } if call_id.as_str() == self.call_id => {
+                self.answered_by_callee(sdp.as_str(), ice_policy, sas_nonce).await?;
+            }
+            ServerEvent::SasReveal { call_id, nonce } if call_id.as_str() == self.call_id => {
+                self.revealed(&nonce);
+            }
+            ServerEvent::Candidates { call_id, candidates } if call_id.as_str() == self.call_id => {
+                for candidate in candidates.values() {
+                    self.report
+                        .candidates_received
+                        .push(candidate["candidate"].as_str().unwrap_or_default().to_owned());
+                    if let Err(error) = self.peer.add_remote_candidate(&candidate).await {
+                        self.say(&format!("a candidate was not taken: {error}"));
                     }
                 }
             }
-        };
-        self.finish(reason, last_rtt).await
+            ServerEvent::Negotiate { call_id, sdp, kind } if call_id.as_str() == self.call_id => {
+                // A failed renegotiation leaves the call as it was (or dead,
+                // and the other side hangs up); it does not end this client.
+                if let Err(error) = self.negotiated(sdp.as_str(), kind).await {
+                    self.say(&format!("renegotiation failed: {error}"));
+                }
+            }
+            ServerEvent::Hangup { call_id, reason } if call_id.as_str() == self.call_id => {
+                self.say(&format!("call ended: {reason}"));
+                return Ok(Some(reason.as_str().to_owned()));
+            }
+            _ => {}
+        }
+        Ok(None)
     }
 
-    async fn hang_up(&mut self, reason: &str) -> String {
+    /// The caller hears the answer: the peer takes it, and the caller
+    /// reveals its nonce and shows the SAS.
+    async fn answered_by_callee(
+        &mut self,
+        sdp: &str,
+        ice_policy: IcePolicy,
+        sas_nonce: Option<SasHex>,
+    ) -> Result<(), CallError> {
+        self.answered = Some(Instant::now());
+        self.say("answered");
+        if ice_policy != self.policy {
+            self.set_policy(ice_policy).await?;
+        }
+        self.their_fingerprint = sas::fingerprint_in_sdp(sdp);
+        self.peer.accept_answer(sdp).await?;
+        match (self.own_nonce, sas_nonce.as_ref().and_then(|nonce| sas::parse_nonce(nonce.as_str()))) {
+            (Some(own), Some(theirs)) => {
+                self.signaling.sas_reveal(&self.call_id, &hex(&own)).await?;
+                self.compute_sas(own, theirs);
+            }
+            _ => self.warn("the answer carries no SAS nonce: no SAS".into()),
+        }
+        if let Some(duration) = self.setup.duration {
+            self.hangup_at = Some(tokio::time::Instant::now() + duration);
+        }
+        Ok(())
+    }
+
+    /// The callee hears the caller's nonce: it must match the commitment.
+    fn revealed(&mut self, nonce: &SasHex) {
+        let commit = self.their_commit.as_ref().map(SasHex::as_str);
+        match (self.own_nonce, sas::parse_nonce(nonce.as_str()), commit) {
+            (Some(own), Some(revealed), Some(commit)) if sas::reveal_matches(commit, &revealed) => {
+                self.compute_sas(revealed, own);
+            }
+            _ => self.warn("the caller's SAS reveal does not match its commitment".into()),
+        }
+        if let Some(duration) = self.setup.duration
+            && self.hangup_at.is_none()
+        {
+            self.hangup_at = Some(tokio::time::Instant::now() + duration);
+        }
+    }
+
+    async fn peer_event(&mut self, event: PeerEvent) -> Result<(), CallError> {
+        match event {
+            PeerEvent::LocalCandidate(candidate) => match &mut self.held_candidates {
+                Some(held) => held.push(candidate),
+                None => self.send_candidates(vec![candidate]).await?,
+            },
+            PeerEvent::State(state) => self.peer_state(state).await?,
+            PeerEvent::Audio(packet) => {
+                // A packet that cannot be decoded is dropped, never the call.
+                if let Err(error) = self.received(packet) {
+                    self.say_once(&format!("audio dropped: {error}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn hang_up(&mut self, reason: HangupReason) -> String {
         let _ = self.signaling.hangup(&self.call_id, reason).await;
         self.say("hung up");
-        reason.to_owned()
+        reason.as_str().to_owned()
     }
 
-    async fn negotiated(&mut self, sdp: &str, kind: &str) -> Result<(), CallError> {
+    async fn negotiated(&mut self, sdp: &str, kind: NegotiateKind) -> Result<(), CallError> {
         if let (Some(first), Some(now)) = (&self.their_fingerprint, sas::fingerprint_in_sdp(sdp))
             && *first != now
         {
             self.warn("the other side's DTLS fingerprint changed in a renegotiation".into());
         }
-        if kind == "offer" {
+        if kind == NegotiateKind::Offer {
             let answer = self.peer.answer(sdp).await?;
-            self.signaling.negotiate(&self.call_id, &answer, "answer").await?;
+            self.signaling.negotiate(&self.call_id, &answer, NegotiateKind::Answer).await?;
         } else {
             self.peer.accept_answer(sdp).await?;
             self.restarting = false;
@@ -562,7 +609,7 @@ impl<'a> Session<'a> {
         self.report.ice_restarts += 1;
         self.say("restarting ICE");
         let offer = self.peer.offer(true).await?;
-        match self.signaling.negotiate(&self.call_id, &offer, "offer").await {
+        match self.signaling.negotiate(&self.call_id, &offer, NegotiateKind::Offer).await {
             Ok(()) => {
                 self.restart_answer_due = Some(tokio::time::Instant::now() + RESTART_ANSWER_WITHIN);
                 Ok(())
@@ -649,7 +696,7 @@ impl<'a> Session<'a> {
         let until = Instant::now() + RECONNECT_FOR;
         while Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let Ok(signaling) = Signaling::connect(&self.setup.server, &self.setup.token).await else { continue };
+            let Ok(signaling) = SignalingClient::connect(&self.setup.server, &self.setup.token).await else { continue };
             self.signaling = signaling;
             match self.signaling.resume(&self.call_id).await {
                 Ok(()) => {
@@ -667,8 +714,8 @@ impl<'a> Session<'a> {
         false
     }
 
-    async fn finish(mut self, reason: String, rtt: Option<f64>) -> Result<CallReport, CallError> {
-        let rtt = self.peer.rtt_ms().await.or(rtt);
+    async fn finish(mut self, reason: String) -> Result<CallReport, CallError> {
+        let rtt = self.peer.rtt_ms().await.or(self.last_rtt);
         // Closing is a courtesy to the other side and the relay; it never
         // holds the report back.
         let _ = tokio::time::timeout(CLOSE_WITHIN, self.peer.close()).await;

@@ -1,17 +1,15 @@
-//! The call client: a signaling client for API.md's protocol, a WebRTC peer
-//! connection with Opus audio, the short authentication string (emoji) that
-//! exposes a man in the middle, and the `courier call` softphone built on
-//! them.
+//! The call client: a signaling client for API.md's protocol
+//! ([`signaling_client`], on the server's own message types), a WebRTC peer
+//! connection ([`peer`]) with Opus audio ([`audio`]), one call from dial or
+//! answer to hangup with the short authentication string that exposes a man
+//! in the middle ([`call`]), and the `courier call` softphone commands
+//! ([`cli`]) built on them.
 //!
 //! It must never send a host or server-reflexive candidate when the call's
 //! ICE policy is `relay`.
-//!
-//! So far: the audio pipeline ([`audio`]) and the short authentication string
-//! ([`sas`]), and the signaling client ([`signaling`]). The peer connection
-//! and the `courier call` commands follow.
 
 pub mod audio;
 pub mod call;
+pub mod cli;
 pub mod peer;
-pub mod sas;
-pub mod signaling;
+pub mod signaling_client;

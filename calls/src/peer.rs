@@ -497,7 +497,7 @@ mod tests {
         let path = a.selected_path().await.unwrap();
         assert_eq!(path.local, "host");
         let seen = a.remote_certificate_fingerprint().await.unwrap();
-        assert_eq!(Some(seen), crate::sas::fingerprint_in_sdp(&answer));
+        assert_eq!(Some(seen), courier_protocol::sas::fingerprint_in_sdp(&answer));
         a.close().await;
         b.close().await;
     }

@@ -3,6 +3,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+
+use courier_common::sync::lock;
 use std::time::Duration;
 
 use axum::Router;
@@ -75,11 +77,11 @@ impl Payments {
     }
 
     async fn ensure_wallet(&self, account_id: &str, region: RegionCode) -> Result<(), sqlx::Error> {
-        if self.inner.known_wallets.lock().unwrap_or_else(|p| p.into_inner()).contains(account_id) {
+        if lock(&self.inner.known_wallets).contains(account_id) {
             return Ok(());
         }
         store::ensure_wallet(&self.inner.db, account_id, region, RegionRules::default_for(region).currency).await?;
-        let mut known = self.inner.known_wallets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut known = lock(&self.inner.known_wallets);
         if known.len() >= KNOWN_WALLETS_MAX {
             known.clear();
         }
@@ -110,15 +112,15 @@ impl Payments {
         phone: Option<&PhoneNumber>,
     ) -> Result<Option<(String, Option<RegionCode>)>, PaymentsError> {
         let cache_key = match (recipient, phone) {
-            (Recipient::AccountId { account_id }, _) => format!("id:{account_id}"),
+            (Recipient::LedgerAccountId { account_id }, _) => format!("id:{account_id}"),
             (Recipient::Phone { .. }, Some(phone)) => format!("phone:{}", phone.as_e164()),
             (Recipient::Phone { .. }, None) => return Ok(None),
         };
-        if let Some(found) = self.inner.recipients.lock().unwrap_or_else(|p| p.into_inner()).get(&cache_key) {
+        if let Some(found) = lock(&self.inner.recipients).get(&cache_key) {
             return Ok(Some(found.clone()));
         }
         let account = match (recipient, phone) {
-            (Recipient::AccountId { account_id }, _) => {
+            (Recipient::LedgerAccountId { account_id }, _) => {
                 courier_accounts::store::account(&self.inner.db, account_id).await?
             }
             (_, Some(phone)) => courier_accounts::store::account_by_phone(&self.inner.db, phone).await?,
@@ -126,7 +128,7 @@ impl Payments {
         };
         let Some(account) = account else { return Ok(None) };
         let found = (account.id.clone(), RegionCode::parse(account.region()));
-        let mut cache = self.inner.recipients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = lock(&self.inner.recipients);
         if cache.len() >= RECIPIENTS_CACHED_MAX {
             cache.clear();
         }
@@ -157,13 +159,13 @@ struct InFlight<'a> {
 
 impl<'a> InFlight<'a> {
     fn claim(set: &'a Mutex<HashSet<IdempotencyKey>>, key: &IdempotencyKey) -> Option<Self> {
-        set.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone()).then(|| InFlight { set, key: key.clone() })
+        lock(&set).insert(key.clone()).then(|| InFlight { set, key: key.clone() })
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        lock(&self.set).remove(&self.key);
     }
 }
 
@@ -268,7 +270,7 @@ async fn wallet(State(payments): State<Payments>, user: AuthUser) -> Result<axum
 #[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Recipient {
-    AccountId { account_id: String },
+    LedgerAccountId { account_id: String },
     Phone { phone: String },
 }
 
@@ -311,7 +313,7 @@ async fn send(
             PhoneNumber::parse(phone)
                 .map_err(|error| HttpError::new(StatusCode::BAD_REQUEST, "invalid_phone", error.to_string()))?,
         ),
-        Recipient::AccountId { .. } => None,
+        Recipient::LedgerAccountId { .. } => None,
     };
     let from = user.account_id().to_owned();
     let from_region = RegionCode::parse(user.region());

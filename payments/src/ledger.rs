@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use crate::money::{Currency, Money};
 use crate::region::{RegionCode, RegionRules};
 
-pub type AccountId = String;
+/// A ledger account: a user's wallet (its account id) or a region's system
+/// account (`sys:RU:settlement`).
+pub type LedgerAccountId = String;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AccountKind {
@@ -44,7 +46,7 @@ impl AccountKind {
 }
 
 /// The id of a region's system account of `kind`, e.g. `sys:RU:settlement`.
-pub fn system_account(region: RegionCode, kind: AccountKind) -> AccountId {
+pub fn system_account(region: RegionCode, kind: AccountKind) -> LedgerAccountId {
     system_account_id(region, kind).to_owned()
 }
 
@@ -64,7 +66,7 @@ pub fn system_account_id(region: RegionCode, kind: AccountKind) -> &'static str 
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerAccount {
-    pub id: AccountId,
+    pub id: LedgerAccountId,
     pub kind: AccountKind,
     pub region: RegionCode,
     pub currency: Currency,
@@ -81,7 +83,7 @@ pub struct LedgerAccount {
 
 impl LedgerAccount {
     /// A new account: no money, no transfers, nothing sent.
-    pub fn new(id: AccountId, kind: AccountKind, region: RegionCode, currency: Currency) -> Self {
+    pub fn new(id: LedgerAccountId, kind: AccountKind, region: RegionCode, currency: Currency) -> Self {
         LedgerAccount {
             id,
             kind,
@@ -167,8 +169,8 @@ impl TransferKind {
 pub struct Transfer {
     pub id: String,
     pub kind: TransferKind,
-    pub debit: AccountId,
-    pub credit: AccountId,
+    pub debit: LedgerAccountId,
+    pub credit: LedgerAccountId,
     pub amount_minor: i64,
     /// For a P2P transfer, the fee its linked fee transfer carries.
     pub fee_minor: i64,
@@ -192,9 +194,9 @@ pub enum Command {
     P2p {
         id: String,
         fee_id: String,
-        from: AccountId,
+        from: LedgerAccountId,
         from_region: Option<RegionCode>,
-        to: Option<AccountId>,
+        to: Option<LedgerAccountId>,
         to_region: Option<RegionCode>,
         amount_minor: i64,
         /// `None` when the request named a currency no region uses.
@@ -204,7 +206,7 @@ pub enum Command {
     /// Money enters a wallet from the region's settlement account.
     Deposit {
         id: String,
-        wallet: AccountId,
+        wallet: LedgerAccountId,
         amount: Money,
         external_ref: String,
         operator: String,
@@ -212,13 +214,13 @@ pub enum Command {
     /// Money leaves a wallet to the region's settlement account.
     Withdrawal {
         id: String,
-        wallet: AccountId,
+        wallet: LedgerAccountId,
         amount: Money,
         external_ref: String,
         operator: String,
     },
     SetFrozen {
-        wallet: AccountId,
+        wallet: LedgerAccountId,
         frozen: bool,
     },
 }
@@ -313,7 +315,7 @@ impl Refusal {
 /// The in-memory ledger: the accounts loaded so far, and the regions' rules.
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
-    pub accounts: HashMap<AccountId, LedgerAccount>,
+    pub accounts: HashMap<LedgerAccountId, LedgerAccount>,
     pub regions: HashMap<RegionCode, RegionRules>,
 }
 
@@ -321,7 +323,7 @@ pub struct Ledger {
 /// account as it was, or the id of one the ledger had not loaded.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    accounts: Vec<Result<LedgerAccount, AccountId>>,
+    accounts: Vec<Result<LedgerAccount, LedgerAccountId>>,
 }
 
 impl Ledger {
@@ -383,6 +385,13 @@ impl Ledger {
     }
 
     fn p2p(&mut self, request: P2pRequest<'_>, initiator: &str, now_ms: i64) -> Result<Vec<Transfer>, Refusal> {
+        let plan = self.check_p2p(&request, now_ms)?;
+        Ok(self.apply_p2p(&request, plan, initiator, now_ms))
+    }
+
+    /// Every rule a P2P transfer must pass, in the order their refusals take
+    /// precedence; changes nothing.
+    fn check_p2p(&self, request: &P2pRequest<'_>, now_ms: i64) -> Result<P2pPlan, Refusal> {
         let region = request.from_region.ok_or(Refusal::RegionNotSupported)?;
         let rules = self.regions.get(&region).ok_or(Refusal::RegionNotSupported)?;
         let sender = self.wallet(request.from).ok_or(Refusal::RegionNotSupported)?;
@@ -432,58 +441,48 @@ impl Ledger {
             // The migrations create every region's system accounts.
             return Err(Refusal::RegionNotSupported);
         }
-
-        // Every check passed: change state.
-        let currency = sender.currency;
         usage.day_minor += amount;
         usage.month_minor += amount;
         if usage.night_start_ms.is_some() {
             usage.night_minor += amount;
         }
+        Ok(P2pPlan { to: to.clone(), region, currency: sender.currency, usage, fee_minor: fee, fee_account })
+    }
+
+    /// Posts a checked P2P transfer (and its fee, if any) as `plan` says.
+    fn apply_p2p(&mut self, request: &P2pRequest<'_>, plan: P2pPlan, initiator: &str, now_ms: i64) -> Vec<Transfer> {
         if let Some(account) = self.accounts.get_mut(request.from) {
-            account.usage = usage;
+            account.usage = plan.usage;
         }
-        let mut transfer = Transfer {
-            id: request.id.clone(),
-            kind: TransferKind::P2p,
+        let posting = |id: &str, kind, credit: LedgerAccountId, amount_minor, fee_minor| Transfer {
+            id: id.to_owned(),
+            kind,
             debit: request.from.clone(),
-            credit: to.clone(),
-            amount_minor: amount,
-            fee_minor: fee,
-            currency,
-            region,
+            credit,
+            amount_minor,
+            fee_minor,
+            currency: plan.currency,
+            region: plan.region,
             linked_id: None,
             initiator: initiator.to_owned(),
-            note: request.note.cloned(),
+            note: None,
             external_ref: None,
             created_at_ms: now_ms,
             debit_prev: None,
             credit_prev: None,
         };
+        let amount = request.amount_minor;
+        let mut transfer = posting(request.id, TransferKind::P2p, plan.to, amount, plan.fee_minor);
+        transfer.note = request.note.cloned();
         self.post(&mut transfer);
         let mut transfers = vec![transfer];
-        if fee > 0 {
-            let mut fee_transfer = Transfer {
-                id: request.fee_id.clone(),
-                kind: TransferKind::Fee,
-                debit: request.from.clone(),
-                credit: fee_account.to_owned(),
-                amount_minor: fee,
-                fee_minor: 0,
-                currency,
-                region,
-                linked_id: Some(request.id.clone()),
-                initiator: initiator.to_owned(),
-                note: None,
-                external_ref: None,
-                created_at_ms: now_ms,
-                debit_prev: None,
-                credit_prev: None,
-            };
-            self.post(&mut fee_transfer);
-            transfers.push(fee_transfer);
+        if plan.fee_minor > 0 {
+            let mut fee = posting(request.fee_id, TransferKind::Fee, plan.fee_account.to_owned(), plan.fee_minor, 0);
+            fee.linked_id = Some(request.id.clone());
+            self.post(&mut fee);
+            transfers.push(fee);
         }
-        Ok(transfers)
+        transfers
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -491,7 +490,7 @@ impl Ledger {
         &mut self,
         kind: TransferKind,
         id: &str,
-        wallet: &AccountId,
+        wallet: &LedgerAccountId,
         amount: Money,
         external_ref: &str,
         operator: &str,
@@ -560,10 +559,11 @@ impl Ledger {
     /// chain must run from its head before the batch through its transfers of
     /// the batch, in order, to its head now.
     pub fn verify_batch(&self, before: &Snapshot, transfers: &[Transfer]) -> Result<(), String> {
-        let before: HashMap<&AccountId, &LedgerAccount> =
+        let before: HashMap<&LedgerAccountId, &LedgerAccount> =
             before.accounts.iter().filter_map(|saved| saved.as_ref().ok().map(|a| (&a.id, a))).collect();
-        let mut expected: HashMap<&AccountId, i64> = before.iter().map(|(id, a)| (*id, a.balance_minor)).collect();
-        let mut heads: HashMap<&AccountId, Option<&str>> = HashMap::new();
+        let mut expected: HashMap<&LedgerAccountId, i64> =
+            before.iter().map(|(id, a)| (*id, a.balance_minor)).collect();
+        let mut heads: HashMap<&LedgerAccountId, Option<&str>> = HashMap::new();
         for transfer in transfers {
             if transfer.amount_minor <= 0 {
                 return Err(format!("transfer {} has a non-positive amount", transfer.id));
@@ -619,11 +619,22 @@ impl Ledger {
 struct P2pRequest<'a> {
     id: &'a String,
     fee_id: &'a String,
-    from: &'a AccountId,
+    from: &'a LedgerAccountId,
     from_region: Option<RegionCode>,
-    to: Option<&'a AccountId>,
+    to: Option<&'a LedgerAccountId>,
     to_region: Option<RegionCode>,
     amount_minor: i64,
     currency: Option<Currency>,
     note: Option<&'a String>,
+}
+
+/// What a checked P2P transfer will post: the sender's usage with it
+/// counted, and its fee.
+struct P2pPlan {
+    to: LedgerAccountId,
+    region: RegionCode,
+    currency: Currency,
+    usage: Usage,
+    fee_minor: i64,
+    fee_account: &'static str,
 }

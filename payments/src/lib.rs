@@ -21,6 +21,8 @@ pub mod api;
 pub mod error;
 pub mod ledger;
 pub mod money;
+#[cfg(feature = "naive-baseline")]
+pub mod naive;
 pub mod region;
 pub mod store;
 pub mod view;

@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use courier_common::Database;
 use sqlx::PgConnection;
 
-use crate::ledger::{AccountId, AccountKind, LedgerAccount, Transfer, TransferKind, Usage};
+use crate::ledger::{AccountKind, LedgerAccount, LedgerAccountId, Transfer, TransferKind, Usage};
 use crate::money::Currency;
 use crate::region::{FeeRule, RegionCode, RegionRules, Windows};
 
@@ -132,7 +132,10 @@ pub(crate) fn account_from_row(row: AccountRow) -> Option<LedgerAccount> {
 
 /// PostgreSQL: the ledger accounts among `ids` that exist, with one
 /// statement whatever their number (the ids travel as one array).
-pub async fn accounts(connection: &mut PgConnection, ids: &[AccountId]) -> Result<Vec<LedgerAccount>, sqlx::Error> {
+pub async fn accounts(
+    connection: &mut PgConnection,
+    ids: &[LedgerAccountId],
+) -> Result<Vec<LedgerAccount>, sqlx::Error> {
     let sql = format!("{ACCOUNT_COLUMNS_SQL} WHERE id = ANY($1::text[])");
     let rows: Vec<AccountRow> = sqlx::query_as(&sql).bind(ids).fetch_all(&mut *connection).await?;
     Ok(rows.into_iter().filter_map(account_from_row).collect())

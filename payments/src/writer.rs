@@ -21,7 +21,7 @@ use courier_common::{Backend, Database};
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ledger::{AccountId, AccountKind, Command, Ledger};
+use crate::ledger::{AccountKind, Command, Ledger, LedgerAccountId};
 use crate::store::{BatchWrite, IdempotencyKey, StoredResponse};
 use crate::view;
 use crate::writer_store::{StoreError, WriterStore};
@@ -320,7 +320,7 @@ fn take_batch(
 struct Writer {
     ledger: Ledger,
     config: WriterConfig,
-    system: Vec<AccountId>,
+    system: Vec<LedgerAccountId>,
     regions_loaded: std::time::Instant,
 }
 
@@ -425,7 +425,7 @@ impl Writer {
             let _ = request.reply.send(outcome);
         }
         if self.ledger.accounts.len() > self.config.cache_accounts_max {
-            let system: HashSet<&AccountId> = self.system.iter().collect();
+            let system: HashSet<&LedgerAccountId> = self.system.iter().collect();
             self.ledger.accounts.retain(|id, _| system.contains(id));
         }
         Ok(())
@@ -441,7 +441,7 @@ impl Writer {
         now: i64,
     ) -> Applied {
         let mut write = BatchWrite::default();
-        let mut frozen: Vec<AccountId> = Vec::new();
+        let mut frozen: Vec<LedgerAccountId> = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut refusals = Vec::new();
         // A key used earlier in this batch: its place in `write.idempotency`.
@@ -480,7 +480,7 @@ impl Writer {
             }
             outcomes.push(WriteOutcome::Response(response));
         }
-        let changed: HashSet<&AccountId> =
+        let changed: HashSet<&LedgerAccountId> =
             write.transfers.iter().flat_map(|t| [&t.debit, &t.credit]).chain(frozen.iter()).collect();
         write.accounts = changed.into_iter().filter_map(|id| ledger.accounts.get(id).cloned()).collect();
         Applied { write, outcomes, refusals }
@@ -493,7 +493,7 @@ impl Writer {
             self.ledger.regions = connection.regions().await?;
             self.regions_loaded = std::time::Instant::now();
         }
-        let missing: Vec<AccountId> = batch
+        let missing: Vec<LedgerAccountId> = batch
             .iter()
             .flat_map(|r| r.command.accounts())
             .filter(|id| !self.ledger.accounts.contains_key(*id))

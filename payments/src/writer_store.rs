@@ -18,7 +18,7 @@ use courier_common::{Backend, Database};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sqlx::PgConnection;
 
-use crate::ledger::{AccountId, LedgerAccount};
+use crate::ledger::{LedgerAccount, LedgerAccountId};
 use crate::region::{RegionCode, RegionRules};
 use crate::store::{
     self, ACCOUNT_COLUMNS_SQL, AccountRow, BatchWrite, EXPIRE_KEYS_SQL, IDEMPOTENT_RESPONSE_SQL, IdempotencyKey,
@@ -95,7 +95,7 @@ impl WriterStore {
         }
     }
 
-    pub async fn accounts(&mut self, ids: &[AccountId]) -> Result<Vec<LedgerAccount>, StoreError> {
+    pub async fn accounts(&mut self, ids: &[LedgerAccountId]) -> Result<Vec<LedgerAccount>, StoreError> {
         match self {
             WriterStore::Postgres(connection) => Ok(store::accounts(connection, ids).await?),
             WriterStore::Sqlite(sqlite) => Ok(sqlite.accounts(ids)?),
@@ -233,7 +233,7 @@ impl SqliteWriter {
     }
 
     /// The ledger accounts among `ids` that exist.
-    pub fn accounts(&self, ids: &[AccountId]) -> rusqlite::Result<Vec<LedgerAccount>> {
+    pub fn accounts(&self, ids: &[LedgerAccountId]) -> rusqlite::Result<Vec<LedgerAccount>> {
         let mut statement = self.connection.prepare_cached(&self.statements.account_by_id)?;
         let mut found = Vec::with_capacity(ids.len());
         for id in ids {

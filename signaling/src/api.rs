@@ -19,11 +19,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::hub::Hub;
-use crate::protocol::HangupReason;
+use crate::ice::IceServers;
 use crate::store::{self, HistoryRow, Stats};
-use crate::turn::IceServers;
 use crate::upgrade::Upgrade;
 use crate::ws;
+use courier_protocol::HangupReason;
 
 pub const COMMENT_CHARS_MAX: usize = 500;
 /// The problem tags a rating may carry (API.md).

@@ -35,9 +35,8 @@ use redis::{Client, RedisError, Value};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::hub::event_frame;
 use crate::machine::{At, Call, Callee, Endpoint, Limits, Output, Reply, Switchboard};
-use crate::protocol::{CallId, ClientBody};
+use courier_protocol::{CallId, ClientBody};
 
 pub const REDIS_KEY_PREFIX_DEFAULT: &str = "courier:signaling";
 pub const REDIS_NODE_TTL_S_DEFAULT: u64 = 10;
@@ -145,7 +144,7 @@ impl Keys {
         let mut published = 0;
         for output in outputs {
             if let Output::Send { to, event } = output {
-                pipe.cmd("PUBLISH").arg(self.device_channel(to)).arg(event_frame(event).as_str()).ignore();
+                pipe.cmd("PUBLISH").arg(self.device_channel(to)).arg(event.frame()).ignore();
                 published += 1;
             }
         }

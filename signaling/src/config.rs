@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::machine::{RECONNECT_GRACE_S_DEFAULT, RING_TIMEOUT_S_DEFAULT};
-use crate::protocol::WS_MESSAGE_BYTES_MAX_DEFAULT;
+use courier_protocol::message::WS_MESSAGE_BYTES_MAX_DEFAULT;
 
 pub const WS_AUTH_TIMEOUT_S_DEFAULT: u64 = 10;
 pub const WS_PING_INTERVAL_S_DEFAULT: u64 = 15;

@@ -17,10 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{CallId, Candidates, ClientBody, ErrorCode, HangupReason, NegotiateKind, SasHex, Sdp};
-
-pub type AccountId = std::sync::Arc<str>;
-pub type DeviceId = std::sync::Arc<str>;
+pub use courier_common::ids::{AccountId, DeviceId};
+use courier_protocol::{CallId, ClientBody, ErrorCode, HangupReason, IcePolicy, SasHex, Sdp, ServerEvent};
 
 pub const RING_TIMEOUT_S_DEFAULT: u64 = 45;
 pub const RECONNECT_GRACE_S_DEFAULT: u64 = 20;
@@ -61,14 +59,6 @@ pub struct Endpoint {
     pub device: DeviceId,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IcePolicy {
-    All,
-    /// Either party allows no peer-to-peer path: media only through TURN.
-    Relay,
-}
-
 /// What the I/O layer found out about an invite's callee.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Callee {
@@ -93,64 +83,6 @@ impl Default for Limits {
         Limits {
             ring_timeout: Duration::from_secs(RING_TIMEOUT_S_DEFAULT),
             reconnect_grace: Duration::from_secs(RECONNECT_GRACE_S_DEFAULT),
-        }
-    }
-}
-
-/// Server → device events.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ServerEvent {
-    Incoming {
-        call_id: CallId,
-        caller: AccountId,
-        sdp: Sdp,
-        ice_policy: IcePolicy,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        sas_commit: Option<SasHex>,
-    },
-    Ringing {
-        call_id: CallId,
-    },
-    Answered {
-        call_id: CallId,
-        sdp: Sdp,
-        ice_policy: IcePolicy,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        sas_nonce: Option<SasHex>,
-    },
-    AnsweredElsewhere {
-        call_id: CallId,
-    },
-    Candidates {
-        call_id: CallId,
-        candidates: Candidates,
-    },
-    Negotiate {
-        call_id: CallId,
-        sdp: Sdp,
-        kind: NegotiateKind,
-    },
-    SasReveal {
-        call_id: CallId,
-        nonce: SasHex,
-    },
-    Hangup {
-        call_id: CallId,
-        reason: HangupReason,
-    },
-}
-
-impl ServerEvent {
-    /// About how long the event's frame is (the bulky fields plus room for the rest).
-    pub fn frame_bytes_hint(&self) -> usize {
-        const REST: usize = 192;
-        REST + match self {
-            ServerEvent::Incoming { sdp, .. }
-            | ServerEvent::Answered { sdp, .. }
-            | ServerEvent::Negotiate { sdp, .. } => sdp.as_str().len() + sdp.as_str().len() / 8,
-            ServerEvent::Candidates { candidates, .. } => candidates.as_str().len(),
-            _ => 0,
         }
     }
 }

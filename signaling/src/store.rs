@@ -6,8 +6,8 @@ use courier_common::Database;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::machine::IcePolicy;
-use crate::protocol::{CallId, HangupReason};
+use courier_protocol::IcePolicy;
+use courier_protocol::{CallId, HangupReason};
 
 /// Whether a call id was ever used: ids are the caller's choice and must
 /// name one call forever (ratings and stats refer to them).

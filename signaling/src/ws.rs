@@ -4,7 +4,9 @@
 //! pinging on a clock. One task and one timer per connection keep an idle
 //! connection small; one connection's fault is its own.
 
+use std::future::Future;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,10 +17,15 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::hub::{AttachError, Hub, Outbox, close, error_frame, frame};
+use crate::hub::{Handled, Hub};
 use crate::machine::Endpoint;
-use crate::protocol::{self, ClientBody, ClientMessage, ErrorCode};
+use crate::meters::meters;
+use crate::outbox::Outbox;
+use crate::routing::AttachError;
 use crate::upgrade::Socket as WebSocket;
+use courier_protocol::event::error_frame;
+use courier_protocol::{self as protocol, ClientBody, ErrorCode};
+use courier_protocol::{Reply, close};
 
 /// Largest frame the transport reads at all; between the protocol limit and
 /// this, the client gets `message_too_large` and the connection stays up.
@@ -84,12 +91,15 @@ async fn authenticate(
         let endpoint = Endpoint { account: claims.sub.into(), device: claims.did.into() };
         return match hub.attach(&endpoint, outbox.clone()).await {
             Ok(link) => {
-                outbox.push(frame(&AuthAck {
-                    kind: "ack",
-                    id: &message.id,
-                    account_id: &endpoint.account,
-                    device_id: &endpoint.device,
-                }));
+                outbox.push(
+                    Reply::Ack {
+                        id: message.id,
+                        ice_policy: None,
+                        account_id: Some(endpoint.account.to_string()),
+                        device_id: Some(endpoint.device.to_string()),
+                    }
+                    .frame(),
+                );
                 Some((endpoint, link))
             }
             Err(AttachError::TooManyDevices) => refuse_with(
@@ -112,23 +122,14 @@ async fn authenticate(
     }
 }
 
-#[derive(serde::Serialize)]
-struct AuthAck<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    id: &'a str,
-    account_id: &'a str,
-    device_id: &'a str,
-}
-
 /// What one read of the socket gave.
-enum Read {
+enum Read<'a> {
     /// Keep going.
     Continue,
     /// The connection is over (closed by the client, broken, or asked to close).
     End,
     /// A message the hub handles with an await (database look-ups for an invite).
-    Later(ClientMessage),
+    Later(Pin<Box<dyn Future<Output = String> + Send + 'a>>),
 }
 
 /// The authenticated connection: reads and handles the client's messages,
@@ -175,11 +176,11 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbo
                     match read(item, hub, endpoint, outbox, &limiter) {
                         Read::Continue => {}
                         Read::End => return,
-                        Read::Later(message) => {
-                            // Boxed: the handling future is large, and an idle
-                            // connection should not carry its space.
-                            let handling = Box::pin(handle_later(hub, endpoint, outbox, message));
-                            if !handling.await {
+                        Read::Later(handling) => {
+                            // Boxed by the hub: the handling future is large,
+                            // and an idle connection should not carry its space.
+                            outbox.push(handling.await);
+                            if outbox.is_closed() {
                                 return;
                             }
                         }
@@ -213,13 +214,13 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbo
 /// Handles one thing read from the socket, without an await: what needs
 /// one comes back as [`Read::Later`]. The connection's future thus holds no
 /// message-handling state while it waits.
-fn read(
+fn read<'a>(
     next: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-    hub: &Hub,
-    endpoint: &Endpoint,
+    hub: &'a Hub,
+    endpoint: &'a Endpoint,
     outbox: &Outbox,
     limiter: &governor::DefaultDirectRateLimiter,
-) -> Read {
+) -> Read<'a> {
     let text = match next {
         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Read::End,
         Some(Ok(Message::Text(text))) => text,
@@ -231,7 +232,7 @@ fn read(
         // alive (a raw `Frame` is only ever written, never read).
         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Read::Continue,
     };
-    crate::hub::meters().messages.increment(1);
+    meters().messages.increment(1);
     let config = hub.config();
     let message = match protocol::parse(&text, config.ws_message_bytes_max) {
         Ok(message) => message,
@@ -249,20 +250,13 @@ fn read(
         ));
         return Read::Continue;
     }
-    match hub.handle_now(endpoint, message) {
-        Ok(reply) => {
+    match hub.handle(endpoint, message) {
+        Handled::Now(reply) => {
             outbox.push(reply);
             if outbox.is_closed() { Read::End } else { Read::Continue }
         }
-        Err(message) => Read::Later(message),
+        Handled::Later(handling) => Read::Later(handling),
     }
-}
-
-/// Handles a message that needs an await; false when the connection is to end.
-async fn handle_later(hub: &Hub, endpoint: &Endpoint, outbox: &Outbox, message: ClientMessage) -> bool {
-    let reply = hub.handle(endpoint, message).await;
-    outbox.push(reply);
-    !outbox.is_closed()
 }
 
 /// Writes `first` (a ping) and what is queued, a batch per flush; false

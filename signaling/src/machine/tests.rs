@@ -1,4 +1,5 @@
 use super::*;
+use courier_protocol::{Candidates, NegotiateKind};
 
 const HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 

@@ -1,0 +1,17 @@
+//! Courier's services wired together, as a library: the configuration of
+//! `courier serve` ([`config`]: one section per service, read from flags,
+//! `COURIER_*` variables and a TOML file by one parser), [`build`] (the
+//! routers of the services a process runs, mounted side by side over one
+//! database, with their background tasks) and [`run`] (bind, serve, drain on
+//! shutdown). The `courier` binary, the benchmarks and tests start a whole
+//! server through here.
+//!
+//! It holds no service logic: each service crate owns its routes, its state
+//! and its SQL.
+
+pub mod config;
+mod files;
+mod serve;
+
+pub use config::{ServeCommand, ServeOptions, Service};
+pub use serve::{Built, build, run, serve_router};

@@ -1,0 +1,265 @@
+//! Builds the services' routers over one database ([`build`]) and serves
+//! them until shutdown ([`run`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use courier_accounts::Accounts;
+use courier_accounts::sender::CodeSender;
+use courier_accounts::tokens::{TokenIssuer, TokenKey, TokenVerifier};
+use courier_common::Database;
+use courier_common::observe::{OpsDoc, ops_routes};
+use courier_common::shutdown::CancellationToken;
+use courier_payments::Payments;
+use courier_payments::writer::{self, WriterLock};
+use courier_signaling::ice::IceServers;
+use courier_turn::{TurnSecrets, TurnServer};
+use tokio::task::JoinHandle;
+use utoipa::OpenApi;
+
+use crate::config::{CodeSenderKind, ServeOptions, Service, TurnMode};
+use crate::files::{create_private_dir, turn_secret};
+
+/// A built server: its router and the resources to release on shutdown.
+pub struct Built {
+    pub router: Router,
+    pub database: Database,
+    /// Background tasks that finish their work once shutdown is signalled.
+    pub tasks: Vec<JoinHandle<()>>,
+    pub payments: Option<Payments>,
+    /// Where the embedded TURN relay listens (UDP and TCP), when it runs.
+    pub turn: Option<SocketAddr>,
+}
+
+/// What the services being built share.
+struct Parts<'a> {
+    options: &'a ServeOptions,
+    database: Database,
+    verifier: Arc<TokenVerifier>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Builds the routers of `service` (all services when `None`). Background
+/// tasks stop when `shutdown` is cancelled.
+pub async fn build(
+    options: &ServeOptions,
+    service: Option<Service>,
+    shutdown: CancellationToken,
+) -> Result<Built, String> {
+    options.validate()?;
+    let runs = |one: Service| service.is_none_or(|only| only == one);
+    let database = open_database(options, runs(Service::Accounts)).await?;
+    let mut doc = OpsDoc::openapi();
+    let mut router = Router::new();
+    let verifier = if runs(Service::Accounts) {
+        let accounts = build_accounts(options, &database)?;
+        let verifier = accounts.verifier();
+        router = router.merge(courier_accounts::app(accounts));
+        doc.merge(courier_accounts::ApiDoc::openapi());
+        verifier
+    } else {
+        remote_verifier(options).await?
+    };
+    let mut parts = Parts { options, database: database.clone(), verifier, shutdown, tasks: Vec::new() };
+    let mut turn = None;
+    if runs(Service::Signaling) {
+        let (signaling, relay) = build_signaling(&mut parts).await?;
+        turn = relay;
+        router = router.merge(courier_signaling::app(signaling));
+        doc.merge(courier_signaling::ApiDoc::openapi());
+    }
+    let mut payments = None;
+    if runs(Service::Payments) {
+        let state = build_payments(&mut parts)?;
+        router = router.merge(courier_payments::app(state.clone()));
+        doc.merge(courier_payments::ApiDoc::openapi());
+        payments = Some(state);
+    }
+    doc.info.title = "Courier".into();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc.info.description = Some("Encrypted voice calls and peer-to-peer payments for a messenger (API.md)".into());
+    let doc = Arc::new(doc);
+    let router = router
+        .merge(ops_routes(Some(database.clone())))
+        .route("/openapi.json", axum::routing::get(move || std::future::ready(axum::Json(doc.as_ref().clone()))));
+    let router = courier_common::http::stack(router, options.server.http_limits());
+    Ok(Built { router, database, tasks: parts.tasks, payments, turn })
+}
+
+/// The database the options name, its directory created first when it is
+/// the embedded one (or the signing key lives there).
+async fn open_database(options: &ServeOptions, signs_tokens: bool) -> Result<Database, String> {
+    let data_dir = &options.server.data_dir;
+    if options.server.database_url.is_none() || (signs_tokens && options.accounts.token_key_file.is_none()) {
+        create_private_dir(data_dir).map_err(|error| {
+            format!("cannot create the data directory {}: {error}; pass --data-dir", data_dir.display())
+        })?;
+    }
+    let url = options.server.database_url();
+    let database =
+        Database::connect(&url, options.server.database_connections_max).await.map_err(|error| error.to_string())?;
+    tracing::info!(database = %courier_common::db::redact(&url), "database ready");
+    Ok(database)
+}
+
+fn build_accounts(options: &ServeOptions, database: &Database) -> Result<Accounts, String> {
+    let section = &options.accounts;
+    let key = TokenKey::load_or_create(&section.token_key_file(&options.server.data_dir))
+        .map_err(|error| error.to_string())?;
+    let previous = section
+        .token_previous_key_file
+        .iter()
+        .map(|path| TokenKey::load(path))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| error.to_string())?;
+    let issuer = TokenIssuer::new(key, previous, section.access_token_ttl_s);
+    let sender = match section.code_sender {
+        CodeSenderKind::Log => CodeSender::Log,
+        CodeSenderKind::Webhook => {
+            let url = section.code_webhook_url.as_deref().ok_or("--code-sender webhook needs --code-webhook-url")?;
+            CodeSender::webhook(url, Duration::from_secs(section.code_webhook_timeout_s))
+                .map_err(|error| error.to_string())?
+        }
+    };
+    Ok(Accounts::new(database.clone(), section.config(), issuer, sender))
+}
+
+/// Without the accounts service in this process, tokens are verified with
+/// the keys it publishes.
+async fn remote_verifier(options: &ServeOptions) -> Result<Arc<TokenVerifier>, String> {
+    let url = options.server.jwks_url.as_deref().ok_or(
+        "without the accounts service, tokens are verified offline: pass --jwks-url http://ACCOUNTS/v1/auth/keys",
+    )?;
+    Ok(Arc::new(TokenVerifier::remote(url).await.map_err(|error| error.to_string())?))
+}
+
+/// The signaling service with its hub running, and the embedded relay's
+/// address when it runs one.
+async fn build_signaling(parts: &mut Parts<'_>) -> Result<(courier_signaling::Signaling, Option<SocketAddr>), String> {
+    let section = &parts.options.signaling;
+    let hub = match section.cluster_config() {
+        Some(cluster) => courier_signaling::Hub::clustered(parts.database.clone(), section.config(), &cluster).await?,
+        None => {
+            // One node routes every call: a call left open in the records died with the previous run.
+            close_dangling_calls(&parts.database).await?;
+            courier_signaling::Hub::new(parts.database.clone(), section.config())
+        }
+    };
+    parts.tasks.push(tokio::spawn(hub.clone().run(parts.shutdown.clone())));
+    let (ice, relay) = ice_servers(parts).await?;
+    Ok((courier_signaling::Signaling::new(hub, parts.verifier.clone()).with_ice_servers(ice), relay))
+}
+
+async fn close_dangling_calls(database: &Database) -> Result<(), String> {
+    let closed = courier_signaling::store::close_dangling(
+        database,
+        courier_protocol::HangupReason::ServerShutdown,
+        courier_common::time::now_ms(),
+    )
+    .await
+    .map_err(|error| format!("cannot read the call records: {error}"))?;
+    if closed > 0 {
+        tracing::warn!(calls = closed, "closed the records of calls the previous run left open");
+    }
+    Ok(())
+}
+
+/// The ICE servers calls are handed, starting the embedded relay when it is the one.
+async fn ice_servers(parts: &mut Parts<'_>) -> Result<(IceServers, Option<SocketAddr>), String> {
+    let turn = &parts.options.turn;
+    let ice = match turn.mode {
+        TurnMode::Embedded => {
+            let secrets = if turn.turn_secret.is_empty() {
+                turn_secret(&parts.options.server.data_dir)?
+            } else {
+                TurnSecrets::new(turn.turn_secret.clone())?
+            };
+            let relay = TurnServer::bind(turn.relay_config(secrets.clone())?).await?;
+            let addr = relay.local_addr();
+            parts.tasks.push(relay.spawn(parts.shutdown.clone()));
+            let mut ice = IceServers::embedded(addr, secrets, turn.credential_ttl());
+            // A relay behind a public name or a NAT is announced by the URLs given.
+            if !turn.turn_urls.is_empty() {
+                ice.turn_urls = turn.turn_urls.clone();
+            }
+            if !turn.stun_urls.is_empty() {
+                ice.stun_urls = turn.stun_urls.clone();
+            }
+            return Ok((ice, Some(addr)));
+        }
+        TurnMode::External => IceServers {
+            stun_urls: turn.stun_urls.clone(),
+            turn_urls: turn.turn_urls.clone(),
+            secrets: Some(TurnSecrets::new(turn.turn_secret.clone())?),
+            credential_ttl: turn.credential_ttl(),
+        },
+        TurnMode::Off => IceServers { stun_urls: turn.stun_urls.clone(), ..IceServers::default() },
+    };
+    Ok((ice, None))
+}
+
+/// The ledger with its writer running (or waiting as a standby).
+fn build_payments(parts: &mut Parts<'_>) -> Result<Payments, String> {
+    let options = parts.options;
+    let lock_file = Database::sqlite_path(&options.server.database_url())
+        .map(|path| path.with_extension("ledger-writer.lock"))
+        .unwrap_or_else(|| options.server.data_dir.join("ledger-writer.lock"));
+    let lock = WriterLock::for_database(&parts.database, lock_file);
+    let (writer, task) =
+        writer::spawn(parts.database.clone(), lock, options.ledger.writer_config(), parts.shutdown.clone())
+            .map_err(|error| format!("cannot start the ledger writer: {error}"))?;
+    parts.tasks.push(task);
+    Ok(Payments::new(parts.database.clone(), writer, parts.verifier.clone(), options.ledger.submit_timeout()))
+}
+
+/// Binds, prints the URL, serves until `shutdown` is cancelled, then drains.
+pub async fn run(options: ServeOptions, service: Option<Service>, shutdown: CancellationToken) -> Result<(), String> {
+    let built = build(&options, service, shutdown.clone()).await?;
+    let listen = options.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            format!("{listen} is taken: pass --listen 127.0.0.1:0 for a free port")
+        }
+        _ => format!("cannot listen on {listen}: {error}"),
+    })?;
+    let local = listener.local_addr().map_err(|error| error.to_string())?;
+    // The first line on stdout: scripts and tests read the URL from it. A
+    // reader that stops after that line must not fail the second one, so the
+    // lines go out in one write whose failure is ignored.
+    let mut lines = format!("courier listening on http://{local}\n");
+    if let Some(turn) = built.turn {
+        lines.push_str(&format!("courier TURN relay on {turn} (udp, tcp)\n"));
+    }
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), lines.as_bytes());
+    tracing::info!(url = %format!("http://{local}"), service = ?service, "serving");
+    let stop = shutdown.clone();
+    serve_router(listener, built.router, async move { stop.cancelled().await })
+        .await
+        .map_err(|error| format!("server error: {error}"))?;
+    for task in built.tasks {
+        let _ = task.await;
+    }
+    built.database.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves `router` on `listener` until `stop` resolves, the way `courier
+/// serve` does (the benchmarks serve through this too): TCP_NODELAY on every
+/// connection, since signaling frames and API answers are small and
+/// latency-bound, and the peer's address for per-address limits.
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stop).await
+}

@@ -1,0 +1,372 @@
+//! Real calls between two `courier call` softphones (real binaries, real
+//! WebRTC and Opus on loopback): each side plays its own tone and records
+//! the other, and the recordings are checked with the Goertzel filter.
+//! P2P, relay-only through the embedded relay and through a real coturn, the
+//! SAS against a signaling server that rewrites fingerprints, and an ICE
+//! restart after the signaling socket drops mid-call.
+
+use crate::support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use courier_calls::audio::{dominant, read_wav};
+use courier_calls::peer::candidate_type;
+use serde_json::{Value, json};
+use support::coturn::Coturn;
+use support::proxy::Proxy;
+use support::{Db, Server, courier_bin};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const ALICE: &str = "+79161140001";
+const BOB: &str = "+79161140002";
+/// Long enough that setting up the media path (2 s and more on a loaded
+/// two-core machine) leaves the 80 % bar meaningful.
+const CALL_S: f64 = 12.0;
+/// The embedded relay hands out loopback relay addresses in these tests.
+const LOOPBACK_PEERS: [&str; 2] = ["--turn-allow-peer", "127.0.0.0/8"];
+
+struct Softphone {
+    profile: tempfile::TempDir,
+}
+
+/// A running `dial` or `answer`: its stderr lines collected as they come.
+struct Running {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn wait_for(&self, text: &str) {
+        for _ in 0..300 {
+            if self.lines.lock().unwrap().iter().any(|line| line.contains(text)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("never printed {text:?}; printed:\n{}", self.lines.lock().unwrap().join("\n"));
+    }
+
+    /// The JSON object printed at the end.
+    async fn report(mut self) -> Value {
+        let mut stdout = String::new();
+        let mut out = self.child.stdout.take().unwrap();
+        let reading = tokio::io::AsyncReadExt::read_to_string(&mut out, &mut stdout);
+        if tokio::time::timeout(Duration::from_secs(90), reading).await.is_err() {
+            panic!("the softphone did not end; printed:\n{}", self.lines.lock().unwrap().join("\n"));
+        }
+        let status = self.child.wait().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
+        let log = self.lines.lock().unwrap().join("\n");
+        serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|_| panic!("no JSON report: {stdout:?} ({status:?}); stderr:\n{log}"))
+    }
+}
+
+impl Softphone {
+    async fn login(server_url: &str, server: &Server, phone: &'static str) -> Softphone {
+        let profile = tempfile::tempdir().unwrap();
+        let (status, _) = server.post("/v1/auth/codes", None, json!({"phone": phone})).await;
+        assert_eq!(status, 202);
+        let code = server.hook.last_code(phone);
+        let softphone = Softphone { profile };
+        let output =
+            softphone.command(server_url).args(["login", "--phone", phone, "--code", &code]).output().await.unwrap();
+        assert!(output.status.success(), "login: {}", String::from_utf8_lossy(&output.stderr));
+        softphone
+    }
+
+    fn command(&self, server_url: &str) -> Command {
+        let mut command = Command::new(courier_bin());
+        command
+            .arg("call")
+            .args(["--server", server_url])
+            .args(["--profile", self.profile.path().to_str().unwrap()])
+            .env("COURIER_LOG", "warn")
+            .kill_on_drop(true);
+        command
+    }
+
+    async fn settings(&self, server_url: &str, args: &[&str]) -> Value {
+        let output = self.command(server_url).args(["--json", "settings"]).args(args).output().await.unwrap();
+        assert!(output.status.success(), "settings: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    fn recording(&self) -> PathBuf {
+        self.profile.path().join("heard.wav")
+    }
+
+    fn spawn(&self, server_url: &str, args: &[&str], tone: u32) -> Running {
+        let duration = CALL_S.to_string();
+        let recording = self.recording();
+        let mut child = self
+            .command(server_url)
+            .arg("--json")
+            .args(args)
+            .args(["--play", &format!("tone:{tone}"), "--record", recording.to_str().unwrap()])
+            .args(["--duration", &duration, "--bind", "127.0.0.1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = lines.clone();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Running { child, lines, reader }
+    }
+
+    fn answer(&self, server_url: &str, tone: u32) -> Running {
+        self.spawn(server_url, &["answer", "--auto", "--wait-s", "60"], tone)
+    }
+
+    fn dial(&self, server_url: &str, to: &str, tone: u32) -> Running {
+        self.spawn(server_url, &["dial", to], tone)
+    }
+}
+
+/// Bob answers (through `bob_url`), Alice dials him by phone number
+/// (through `alice_url`); the two JSON reports once both have ended.
+async fn call(alice: &Softphone, alice_url: &str, bob: &Softphone, bob_url: &str) -> (Value, Value) {
+    let answering = bob.answer(bob_url, 880);
+    answering.wait_for("waiting for a call").await;
+    let dialing = alice.dial(alice_url, BOB, 440);
+    (dialing.report().await, answering.report().await)
+}
+
+/// Seconds of `path` (100 ms windows) in which `expected` is the louder of
+/// the two tones, with real signal in the window.
+fn seconds_of_tone(path: &Path, expected: f32) -> f64 {
+    let samples: Vec<i16> = read_wav(path).unwrap().iter().map(|value| (value * 32_767.0) as i16).collect();
+    let windows = samples.chunks_exact(4_800);
+    let mut heard = 0usize;
+    for window in windows {
+        let loud = window.iter().map(|s| i64::from(*s).abs()).max().unwrap_or(0) > 1_000;
+        if loud && dominant(window, &[440.0, 880.0]) == Some(expected) {
+            heard += 1;
+        }
+    }
+    heard as f64 / 10.0
+}
+
+/// Both recordings hold the other side's tone over at least 80 % of the call.
+fn assert_heard_each_other(caller: &Softphone, callee: &Softphone, reports: (&Value, &Value)) {
+    let at_caller = seconds_of_tone(&caller.recording(), 880.0);
+    let at_callee = seconds_of_tone(&callee.recording(), 440.0);
+    let (a, b) = reports;
+    assert!(at_caller >= 0.8 * CALL_S, "the caller heard 880 Hz for only {at_caller} s of {CALL_S}:\n{a}\n{b}");
+    assert!(at_callee >= 0.8 * CALL_S, "the callee heard 440 Hz for only {at_callee} s of {CALL_S}:\n{a}\n{b}");
+}
+
+fn assert_same_sas(a: &Value, b: &Value) {
+    assert!(a["sas"].is_string(), "{a}");
+    assert_eq!(a["sas"], b["sas"]);
+    assert_eq!(a["sas_names"], b["sas_names"]);
+    assert_eq!(a["sas_names"].as_array().unwrap().len(), 4);
+    assert!(a["sas_warning"].is_null() && b["sas_warning"].is_null(), "{a}\n{b}");
+}
+
+fn candidate_lines(report: &Value, field: &str) -> Vec<String> {
+    report[field].as_array().unwrap().iter().map(|line| line.as_str().unwrap().to_owned()).collect()
+}
+
+async fn a_p2p_call_carries_each_sides_tone(db: Db) {
+    let server = Server::start_with(db, &LOOPBACK_PEERS).await;
+    let alice = Softphone::login(&server.url, &server, ALICE).await;
+    let bob = Softphone::login(&server.url, &server, BOB).await;
+    let (a, b) = call(&alice, &server.url, &bob, &server.url).await;
+    assert_same_sas(&a, &b);
+    assert_eq!(a["candidate_type"], "host", "{a}");
+    assert_eq!(b["candidate_type"], "host", "{b}");
+    assert_eq!(a["ice_policy"], "all");
+    for report in [&a, &b] {
+        assert_eq!(report["end_reason"], "user_hangup", "{report}");
+        assert!(report["setup_ms"].as_u64().unwrap() < 10_000, "{report}");
+        assert!(report["packet_loss_pct"].as_f64().unwrap() < 5.0, "{report}");
+        assert!(report["rtt_ms"].as_f64().is_some(), "{report}");
+        assert!(report["jitter_ms"].as_f64().is_some(), "{report}");
+    }
+    assert!(a["ringing_ms"].as_u64().is_some());
+    assert_heard_each_other(&alice, &bob, (&a, &b));
+
+    // Both posted their figures; the history shows the call to both.
+    let output = alice.command(&server.url).args(["--json", "history"]).output().await.unwrap();
+    let history: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let item = &history["items"][0];
+    assert_eq!(item["call_id"], a["call_id"]);
+    assert_eq!(item["end_reason"], "user_hangup");
+    server.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_p2p_call_carries_each_sides_tone_sqlite() {
+    a_p2p_call_carries_each_sides_tone(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_p2p_call_carries_each_sides_tone_postgres() {
+    a_p2p_call_carries_each_sides_tone(Db::Postgres).await;
+}
+
+/// Bob hides his address: `p2p: never`. Only relay candidates of his ever
+/// leave his softphone — neither the server (through the recording proxy)
+/// nor Alice saw anything else — and the audio still flows both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_only_call_never_shares_the_address() {
+    let server = Server::start_with(Db::Sqlite, &LOOPBACK_PEERS).await;
+    let proxy = Proxy::start(&server.url, None).await;
+    let alice = Softphone::login(&server.url, &server, ALICE).await;
+    let bob = Softphone::login(&proxy.url, &server, BOB).await;
+    assert_eq!(bob.settings(&proxy.url, &["--p2p", "never"]).await["p2p"], "never");
+    let (a, b) = call(&alice, &server.url, &bob, &proxy.url).await;
+    assert_same_sas(&a, &b);
+    assert_eq!(a["ice_policy"], "relay");
+    assert_eq!(b["ice_policy"], "relay");
+    assert_eq!(b["candidate_type"], "relay", "{b}");
+    // Alice may use her own address (she did not ask to hide it), but only
+    // toward Bob's relay.
+    assert_eq!(a["remote_candidate_type"], "relay", "{a}");
+    let sent_by_bob = candidate_lines(&b, "candidates_sent");
+    assert!(!sent_by_bob.is_empty());
+    let received_by_alice = candidate_lines(&a, "candidates_received");
+    let seen_by_server: Vec<String> = proxy
+        .sent()
+        .iter()
+        .filter(|message| message["type"] == "candidates")
+        .flat_map(|message| message["candidates"].as_array().unwrap().clone())
+        .map(|candidate| candidate["candidate"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!seen_by_server.is_empty());
+    for line in sent_by_bob.iter().chain(&received_by_alice).chain(&seen_by_server) {
+        assert_eq!(candidate_type(line), Some("relay"), "{line}");
+    }
+    // Nor did Bob's SDP carry an address of his in its candidates.
+    for message in proxy.sent().iter().filter(|message| message["type"] == "answer") {
+        let sdp = message["sdp"].as_str().unwrap();
+        assert!(sdp.lines().filter(|l| l.starts_with("a=candidate")).all(|l| l.contains("typ relay")), "{sdp}");
+    }
+    assert_heard_each_other(&alice, &bob, (&a, &b));
+    server.finish().await;
+}
+
+/// The same relay-only call through a real coturn (`--turn external`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_only_call_through_coturn() {
+    const SECRET: &str = "a-coturn-secret-for-the-call-test";
+    let coturn = Coturn::start(SECRET, &["allow-loopback-peers", "allowed-peer-ip=127.0.0.1"]);
+    coturn.ready().await;
+    let turn_url = format!("turn:{}?transport=udp", coturn.addr);
+    let server =
+        Server::start_with(Db::Sqlite, &["--turn", "external", "--turn-secret", SECRET, "--turn-urls", &turn_url])
+            .await;
+    let alice = Softphone::login(&server.url, &server, ALICE).await;
+    let bob = Softphone::login(&server.url, &server, BOB).await;
+    bob.settings(&server.url, &["--p2p", "never"]).await;
+    let (a, b) = call(&alice, &server.url, &bob, &server.url).await;
+    assert_same_sas(&a, &b);
+    assert_eq!(b["candidate_type"], "relay", "{b}");
+    for line in candidate_lines(&a, "candidates_received") {
+        assert_eq!(candidate_type(&line), Some("relay"), "{line}");
+        assert!(line.contains(&coturn.addr.ip().to_string()), "{line}");
+    }
+    assert_heard_each_other(&alice, &bob, (&a, &b));
+    server.finish().await;
+}
+
+/// A signaling server that swaps the callee's DTLS fingerprint (to sit in
+/// the middle) never gets a silently matching SAS: the two sides' SAS
+/// differ, or the caller shows the warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_fingerprint_never_yields_a_matching_sas() {
+    let server = Server::start_with(Db::Sqlite, &LOOPBACK_PEERS).await;
+    let forged =
+        "sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
+    let rewrite: support::proxy::Rewrite = Arc::new(move |mut message: Value| {
+        if message["type"] == "answer" {
+            let sdp = message["sdp"].as_str().unwrap_or_default();
+            let forged_sdp: Vec<String> = sdp
+                .split("\r\n")
+                .map(|line| {
+                    if line.starts_with("a=fingerprint:") { format!("a=fingerprint:{forged}") } else { line.to_owned() }
+                })
+                .collect();
+            message["sdp"] = json!(forged_sdp.join("\r\n"));
+        }
+        message
+    });
+    let proxy = Proxy::start(&server.url, Some(rewrite)).await;
+    let alice = Softphone::login(&server.url, &server, ALICE).await;
+    let bob = Softphone::login(&proxy.url, &server, BOB).await;
+    let (a, b) = call(&alice, &server.url, &bob, &proxy.url).await;
+    assert!(proxy.sent().iter().any(|m| m["type"] == "answer" && m["sdp"].as_str().unwrap().contains(forged)));
+    let silently_matching = a["sas"] == b["sas"] && a["sas_warning"].is_null() && b["sas_warning"].is_null();
+    assert!(!silently_matching, "a man in the middle went unnoticed:\n{a}\n{b}");
+    assert!(a["sas"].is_string() && b["sas"].is_string());
+    assert_ne!(a["sas"], b["sas"], "the forged fingerprint is in the caller's SAS");
+    server.finish().await;
+}
+
+/// Mid-call both signaling sockets drop (as on a network change); the
+/// softphones reconnect, `resume`, restart ICE with `negotiate`, and the
+/// audio goes on to the end of the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_restarts_after_the_signaling_socket_drops() {
+    let server = Server::start_with(Db::Sqlite, &LOOPBACK_PEERS).await;
+    let proxy = Proxy::start(&server.url, None).await;
+    let alice = Softphone::login(&proxy.url, &server, ALICE).await;
+    let bob = Softphone::login(&proxy.url, &server, BOB).await;
+    let answering = bob.answer(&proxy.url, 880);
+    answering.wait_for("waiting for a call").await;
+    let dialing = alice.dial(&proxy.url, BOB, 440);
+    dialing.wait_for("connected over").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.cut();
+    dialing.wait_for("renegotiated").await;
+    let (a, b) = (dialing.report().await, answering.report().await);
+    assert!(a["ice_restarts"].as_u64().unwrap() >= 1, "{a}");
+    assert!(proxy.sent().iter().any(|m| m["type"] == "resume"));
+    assert!(proxy.sent().iter().any(|m| m["type"] == "negotiate" && m["kind"] == "offer"));
+    assert!(proxy.sent().iter().any(|m| m["type"] == "negotiate" && m["kind"] == "answer"));
+    assert_same_sas(&a, &b);
+    assert_eq!(a["end_reason"], "user_hangup", "{a}");
+    assert_heard_each_other(&alice, &bob, (&a, &b));
+    server.finish().await;
+}
+
+/// `courier bench calls` places real calls in each of its three set-ups and
+/// reports every figure (the figures themselves go to BENCHMARKS.md; here
+/// only that they were measured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_calls_benchmark_measures_each_setup() {
+    let output = Command::new(courier_bin())
+        .args(["bench", "calls", "--pairs", "1", "--duration-s", "3", "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let figures: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for (setup, on_relay) in [("p2p", 0), ("relay", 1), ("relay_coturn", 1)] {
+        let phase = &figures[setup];
+        assert_eq!(phase["calls"], 1, "{setup}: {phase}");
+        assert_eq!(phase["failed"], 0, "{setup}: {phase}");
+        assert_eq!(phase["sas_matched"], 1, "{setup}: {phase}");
+        // Relay-only: the callee's end of the path is its relay candidate;
+        // the caller's is its own address toward that relay.
+        assert_eq!(phase["ends_on_relay"], on_relay, "{setup}: {phase}");
+        assert!(phase["clicks_heard"].as_u64().unwrap() > 0, "{setup}: {phase}");
+        for figure in
+            ["dial_to_ringing_ms_p99", "answer_to_first_audio_ms_p99", "mouth_to_ear_ms_p50", "cpu_per_call_pct"]
+        {
+            assert!(phase[figure].as_f64().is_some_and(|value| value > 0.0), "{setup} {figure}: {phase}");
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! Courier end to end: the real `courier` binary (or real services: coturn,
+//! PostgreSQL, Redis) on ephemeral ports with a fresh database per test, one
+//! module per service. One test binary, so that the suite links once.
+
+#[macro_use]
+mod support;
+
+mod accounts;
+mod calls_media;
+mod calls_signaling;
+mod ledger_crash;
+mod ledger_standby;
+mod payments;
+mod signaling;
+mod signaling_cluster;
+mod turn;

@@ -27,7 +27,6 @@ pub mod region;
 pub mod store;
 pub mod view;
 pub mod writer;
-pub mod writer_store;
 
 #[cfg(test)]
 mod ledger_model_tests;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use courier_common::ids::{AccountId, DeviceId};
-use courier_protocol::{CallId, ClientBody, ErrorCode, HangupReason, IcePolicy, SasHex, Sdp, ServerEvent};
+use courier_protocol::{CallId, Candidates, ClientBody, ErrorCode, HangupReason, IcePolicy, SasHex, Sdp, ServerEvent};
 
 pub const RING_TIMEOUT_S_DEFAULT: u64 = 45;
 pub const RECONNECT_GRACE_S_DEFAULT: u64 = 20;
@@ -181,6 +181,76 @@ impl Call {
         devices.retain(|device| Some(&**device) != except);
         devices
     }
+
+    /// A rung device says it is ringing; the caller hears it.
+    fn ringing(&self, is_caller: bool, out: &mut Vec<Output>) -> Reply {
+        if is_caller || self.answered.is_some() {
+            return Reply::Error(ErrorCode::InvalidState, "only a rung device says ringing, before the answer");
+        }
+        out.push(Output::Send {
+            to: self.caller.device.clone(),
+            event: ServerEvent::Ringing { call_id: self.id.clone() },
+        });
+        Reply::Ack
+    }
+
+    /// The first answer wins: the caller gets it, the other rung devices
+    /// are told the call was answered elsewhere.
+    fn answer(
+        &mut self,
+        from: &Endpoint,
+        is_caller: bool,
+        sdp: Sdp,
+        sas_nonce: Option<SasHex>,
+        now: At,
+        out: &mut Vec<Output>,
+    ) -> Reply {
+        if is_caller || self.answered.is_some() {
+            return Reply::Error(ErrorCode::InvalidState, "the call is already answered");
+        }
+        self.answered = Some(from.device.clone());
+        self.answered_at = Some(now);
+        let call_id = &self.id;
+        let ice_policy = self.ice_policy;
+        let answered = ServerEvent::Answered { call_id: call_id.clone(), sdp, ice_policy, sas_nonce };
+        out.push(Output::Send { to: self.caller.device.clone(), event: answered });
+        for device in self.rung.iter().filter(|device| **device != from.device) {
+            let elsewhere = ServerEvent::AnsweredElsewhere { call_id: call_id.clone() };
+            out.push(Output::Send { to: device.clone(), event: elsewhere });
+        }
+        self.rung.retain(|device| *device == from.device);
+        Reply::Ack
+    }
+
+    /// Trickle ICE: to the peer once answered; before the answer, the
+    /// caller's candidates go to every rung device.
+    fn relay_candidates(&self, from: &str, is_caller: bool, candidates: Candidates, out: &mut Vec<Output>) -> Reply {
+        let call_id = &self.id;
+        match (self.peer_of(from), is_caller) {
+            (Some(peer), _) => out.push(Output::Send {
+                to: peer.clone(),
+                event: ServerEvent::Candidates { call_id: call_id.clone(), candidates },
+            }),
+            (None, true) => {
+                for device in &self.rung {
+                    out.push(Output::Send {
+                        to: device.clone(),
+                        event: ServerEvent::Candidates { call_id: call_id.clone(), candidates: candidates.clone() },
+                    });
+                }
+            }
+            (None, false) => return Reply::Error(ErrorCode::InvalidState, "answer before sending candidates"),
+        }
+        Reply::Ack
+    }
+}
+
+/// What an invite offers: the call's id, the caller's SDP and its SAS commitment.
+#[derive(Debug, Clone)]
+struct Invitation {
+    call_id: CallId,
+    sdp: Sdp,
+    sas_commit: Option<SasHex>,
 }
 
 /// Every call in progress.
@@ -225,7 +295,7 @@ impl Switchboard {
         let mut out = Vec::new();
         let reply = match (body, callee) {
             (ClientBody::Invite { call_id, sdp, sas_commit, .. }, Some(callee)) => {
-                self.invite(from, call_id, sdp, sas_commit, callee, now, &mut out)
+                self.invite(from, Invitation { call_id, sdp, sas_commit }, callee, now, &mut out)
             }
             (ClientBody::Invite { .. }, None) => Reply::Error(ErrorCode::CalleeNotFound, "there is no such account"),
             (ClientBody::Auth { .. } | ClientBody::Ping, _) => {
@@ -236,24 +306,45 @@ impl Switchboard {
         (reply, out)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn invite(
         &mut self,
         from: &Endpoint,
-        call_id: CallId,
-        sdp: Sdp,
-        sas_commit: Option<SasHex>,
+        invitation: Invitation,
         callee: Callee,
         now: At,
         out: &mut Vec<Output>,
     ) -> Reply {
-        if self.calls.contains_key(&call_id) {
-            return Reply::Error(ErrorCode::InvalidState, "a call with this id exists; use a new call_id");
+        let crossing = match self.check_invite(from, &invitation.call_id, &callee) {
+            Ok(crossing) => crossing,
+            Err(refusal) => return refusal,
+        };
+        let ice_policy = if callee.relay_only { IcePolicy::Relay } else { IcePolicy::All };
+        if let Some(other) = crossing {
+            if other < invitation.call_id {
+                // Their invite has the lesser id: it stands, ours ends now.
+                end_at_once(from, invitation.call_id, callee.account, HangupReason::Glare, out);
+                return Reply::AckInvite { ice_policy };
+            }
+            // Ours has the lesser id: theirs ends, ours rings.
+            self.end(&other, HangupReason::Glare, None, now, out);
+        }
+        if callee.online_devices.is_empty() {
+            end_at_once(from, invitation.call_id, callee.account, HangupReason::Unavailable, out);
+            return Reply::AckInvite { ice_policy };
+        }
+        self.ring(from, invitation, callee, ice_policy, now, out);
+        Reply::AckInvite { ice_policy }
+    }
+
+    /// Whether `from` may invite `callee` now; the call it crosses (glare:
+    /// the callee is calling `from` right now), if any. Changes nothing.
+    fn check_invite(&self, from: &Endpoint, call_id: &CallId, callee: &Callee) -> Result<Option<CallId>, Reply> {
+        if self.calls.contains_key(call_id) {
+            return Err(Reply::Error(ErrorCode::InvalidState, "a call with this id exists; use a new call_id"));
         }
         if callee.account == from.account {
-            return Reply::Error(ErrorCode::InvalidState, "you cannot call yourself");
+            return Err(Reply::Error(ErrorCode::InvalidState, "you cannot call yourself"));
         }
-        // Glare: the callee is calling us right now.
         let crossing = self
             .calls
             .values()
@@ -262,31 +353,32 @@ impl Switchboard {
             })
             .map(|call| call.id.clone());
         if crossing.is_none() && self.account_busy(&from.account) {
-            return Reply::Error(ErrorCode::AlreadyInCall, "you are already in a call");
+            return Err(Reply::Error(ErrorCode::AlreadyInCall, "you are already in a call"));
         }
         if !callee.exists {
-            return Reply::Error(ErrorCode::CalleeNotFound, "there is no such account");
+            return Err(Reply::Error(ErrorCode::CalleeNotFound, "there is no such account"));
         }
         if !callee.accepts_caller {
-            return Reply::Error(ErrorCode::CalleeNotAccepting, "this person does not take calls from you");
+            return Err(Reply::Error(ErrorCode::CalleeNotAccepting, "this person does not take calls from you"));
         }
         if crossing.is_none() && self.account_busy(&callee.account) {
-            return Reply::Error(ErrorCode::CalleeBusy, "this person is in another call");
+            return Err(Reply::Error(ErrorCode::CalleeBusy, "this person is in another call"));
         }
-        let ice_policy = if callee.relay_only { IcePolicy::Relay } else { IcePolicy::All };
-        if let Some(other) = crossing {
-            if other < call_id {
-                // Their invite has the lesser id: it stands, ours ends now.
-                end_at_once(from, call_id, callee.account, HangupReason::Glare, out);
-                return Reply::AckInvite { ice_policy };
-            }
-            // Ours has the lesser id: theirs ends, ours rings.
-            self.end(&other, HangupReason::Glare, None, now, out);
-        }
-        if callee.online_devices.is_empty() {
-            end_at_once(from, call_id, callee.account, HangupReason::Unavailable, out);
-            return Reply::AckInvite { ice_policy };
-        }
+        Ok(crossing)
+    }
+
+    /// Rings every online device of the callee and holds the call until the
+    /// ring timeout.
+    fn ring(
+        &mut self,
+        from: &Endpoint,
+        invitation: Invitation,
+        callee: Callee,
+        ice_policy: IcePolicy,
+        now: At,
+        out: &mut Vec<Output>,
+    ) {
+        let Invitation { call_id, sdp, sas_commit } = invitation;
         for device in &callee.online_devices {
             out.push(Output::Send {
                 to: device.clone(),
@@ -300,22 +392,19 @@ impl Switchboard {
             });
         }
         let ring_deadline = now.checked_add(self.limits.ring_timeout).unwrap_or(now);
-        self.calls.insert(
-            call_id.clone(),
-            Call {
-                id: call_id,
-                caller: from.clone(),
-                callee: callee.account,
-                rung: callee.online_devices,
-                answered: None,
-                ice_policy,
-                started: now,
-                answered_at: None,
-                ring_deadline,
-                lost: HashMap::new(),
-            },
-        );
-        Reply::AckInvite { ice_policy }
+        let call = Call {
+            id: call_id.clone(),
+            caller: from.clone(),
+            callee: callee.account,
+            rung: callee.online_devices,
+            answered: None,
+            ice_policy,
+            started: now,
+            answered_at: None,
+            ring_deadline,
+            lost: HashMap::new(),
+        };
+        self.calls.insert(call_id, call);
     }
 
     /// Whether `account` is placing, receiving-and-answered, or in a call.
@@ -338,37 +427,8 @@ impl Switchboard {
         }
         let is_caller = from == &call.caller;
         match request {
-            ClientBody::Ringing { .. } => {
-                if is_caller || call.answered.is_some() {
-                    return Reply::Error(ErrorCode::InvalidState, "only a rung device says ringing, before the answer");
-                }
-                out.push(Output::Send { to: call.caller.device.clone(), event: ServerEvent::Ringing { call_id } });
-                Reply::Ack
-            }
-            ClientBody::Answer { sdp, sas_nonce, .. } => {
-                if is_caller || call.answered.is_some() {
-                    return Reply::Error(ErrorCode::InvalidState, "the call is already answered");
-                }
-                call.answered = Some(from.device.clone());
-                call.answered_at = Some(now);
-                out.push(Output::Send {
-                    to: call.caller.device.clone(),
-                    event: ServerEvent::Answered {
-                        call_id: call_id.clone(),
-                        sdp,
-                        ice_policy: call.ice_policy,
-                        sas_nonce,
-                    },
-                });
-                for device in call.rung.iter().filter(|device| **device != from.device) {
-                    out.push(Output::Send {
-                        to: device.clone(),
-                        event: ServerEvent::AnsweredElsewhere { call_id: call_id.clone() },
-                    });
-                }
-                call.rung.retain(|device| *device == from.device);
-                Reply::Ack
-            }
+            ClientBody::Ringing { .. } => call.ringing(is_caller, out),
+            ClientBody::Answer { sdp, sas_nonce, .. } => call.answer(from, is_caller, sdp, sas_nonce, now, out),
             ClientBody::Reject { .. } => {
                 if is_caller || call.answered.is_some() {
                     return Reply::Error(ErrorCode::InvalidState, "only a rung device rejects, before the answer");
@@ -381,26 +441,7 @@ impl Switchboard {
                 Reply::Ack
             }
             ClientBody::Candidates { candidates, .. } => {
-                match (call.peer_of(&from.device), is_caller) {
-                    (Some(peer), _) => out.push(Output::Send {
-                        to: peer.clone(),
-                        event: ServerEvent::Candidates { call_id, candidates },
-                    }),
-                    // Trickle ICE before the answer: the caller's candidates go to every rung device.
-                    (None, true) => {
-                        for device in &call.rung {
-                            out.push(Output::Send {
-                                to: device.clone(),
-                                event: ServerEvent::Candidates {
-                                    call_id: call_id.clone(),
-                                    candidates: candidates.clone(),
-                                },
-                            });
-                        }
-                    }
-                    (None, false) => return Reply::Error(ErrorCode::InvalidState, "answer before sending candidates"),
-                }
-                Reply::Ack
+                call.relay_candidates(&from.device, is_caller, candidates, out)
             }
             ClientBody::Negotiate { sdp, kind, .. } => {
                 let Some(peer) = call.peer_of(&from.device) else {

@@ -363,7 +363,7 @@ async fn a_batch_that_writes_other_rows_than_due_leaves_nothing(db: Db) {
     use courier_payments::money::Currency;
     use courier_payments::region::RegionCode;
     use courier_payments::store::{BatchWrite, IdempotencyKey, StoredResponse};
-    use courier_payments::writer_store::WriterStore;
+    use courier_payments::writer::store::WriterStore;
     let dir = tempfile::tempdir().unwrap();
     let (url, name) = support::fresh_database(db, dir.path()).await;
     let database = courier_common::Database::connect(&url, 2).await.unwrap();
@@ -409,7 +409,7 @@ async fn a_batch_that_writes_other_rows_than_due_leaves_nothing(db: Db) {
 /// current windows from the transfers when it starts.
 async fn migration_5_chains_the_history_and_counts_usage(db: Db) {
     use courier_common::Database;
-    use courier_payments::writer_store::WriterStore;
+    use courier_payments::writer::store::WriterStore;
     let dir = tempfile::tempdir().unwrap();
     let (url, name) = support::fresh_database(db, dir.path()).await;
     let before = Database::connect_migrated_to(&url, 2, 4).await.unwrap();

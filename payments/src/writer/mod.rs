@@ -8,6 +8,10 @@
 //! lock, on SQLite an exclusive lock on a file beside the database. A second
 //! process waits as a standby and takes over when the first dies.
 
+mod postgres;
+mod sqlite;
+pub mod store;
+
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -24,7 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::ledger::{AccountKind, Command, Ledger, LedgerAccountId};
 use crate::store::{BatchWrite, IdempotencyKey, StoredResponse};
 use crate::view;
-use crate::writer_store::{StoreError, WriterStore};
+use store::{StoreError, WriterStore};
 
 /// The PostgreSQL advisory lock that makes one process the writer ("courledg").
 const WRITER_LOCK_KEY: i64 = 0x636f_7572_6c65_6467;

@@ -1,0 +1,212 @@
+//! The ledger writer's statements on PostgreSQL, through sqlx's PostgreSQL
+//! driver (which binds arrays): a batch is one statement whose text never
+//! changes, and every look-up the writer makes takes one statement whatever
+//! the number of its ids. Only the writer's connection runs them.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use sqlx::PgConnection;
+
+use crate::ledger::{LedgerAccount, LedgerAccountId};
+use crate::region::{RegionCode, RegionRules};
+use crate::store::{
+    ACCOUNT_COLUMNS_SQL, AccountRow, BatchWrite, EXPIRE_KEYS_SQL, IdempotencyKey, REGION_COLUMNS_SQL, RegionRow,
+    StoredResponse, TRANSFER_COLUMNS, USAGE_COUNT_SQL, USAGE_UNCOUNTED_SQL, USAGE_ZERO_SQL, account_from_row,
+    region_from_row, usage_since,
+};
+
+/// Every region's rules.
+pub async fn regions(connection: &mut PgConnection) -> Result<HashMap<RegionCode, RegionRules>, sqlx::Error> {
+    let rows: Vec<RegionRow> = sqlx::query_as(REGION_COLUMNS_SQL).fetch_all(&mut *connection).await?;
+    Ok(rows.into_iter().filter_map(region_from_row).map(|rules| (rules.code, rules)).collect())
+}
+
+/// The ledger accounts among `ids` that exist, with one
+/// statement whatever their number (the ids travel as one array).
+pub async fn accounts(
+    connection: &mut PgConnection,
+    ids: &[LedgerAccountId],
+) -> Result<Vec<LedgerAccount>, sqlx::Error> {
+    let sql = format!("{ACCOUNT_COLUMNS_SQL} WHERE id = ANY($1::text[])");
+    let rows: Vec<AccountRow> = sqlx::query_as(&sql).bind(ids).fetch_all(&mut *connection).await?;
+    Ok(rows.into_iter().filter_map(account_from_row).collect())
+}
+
+/// Every system account (settlement, fee revenue, adjustments).
+pub async fn system_accounts(connection: &mut PgConnection) -> Result<Vec<LedgerAccount>, sqlx::Error> {
+    let sql = format!("{ACCOUNT_COLUMNS_SQL} WHERE kind <> 'wallet'");
+    let rows: Vec<AccountRow> = sqlx::query_as(&sql).fetch_all(&mut *connection).await?;
+    Ok(rows.into_iter().filter_map(account_from_row).collect())
+}
+
+/// Counts the usage of the wallets that have none counted (see
+/// [`USAGE_COUNT_SQL`]), in one transaction; the writer does this when it
+/// takes over, before its first batch.
+pub async fn count_usage(
+    connection: &mut PgConnection,
+    regions: &HashMap<RegionCode, RegionRules>,
+    now_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    let uncounted: Vec<(String,)> = sqlx::query_as(USAGE_UNCOUNTED_SQL).fetch_all(&mut *connection).await?;
+    if uncounted.is_empty() {
+        return Ok(0);
+    }
+    let mut counted = 0;
+    let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
+    for (region,) in uncounted {
+        let Some(rules) = RegionCode::parse(&region).and_then(|code| regions.get(&code)) else {
+            continue;
+        };
+        let w = rules.windows(now_ms);
+        counted += sqlx::query(USAGE_COUNT_SQL)
+            .bind(w.day_start_ms)
+            .bind(w.month_start_ms)
+            .bind(w.night_start_ms)
+            .bind(&region)
+            .bind(usage_since(&w))
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        counted += sqlx::query(USAGE_ZERO_SQL)
+            .bind(w.day_start_ms)
+            .bind(w.month_start_ms)
+            .bind(w.night_start_ms)
+            .bind(&region)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+    }
+    transaction.commit().await?;
+    Ok(counted)
+}
+
+/// The stored keys among `keys`, found with one statement whose text does
+/// not depend on how many keys there are (scopes and keys travel as two
+/// arrays).
+pub async fn idempotent_responses(
+    connection: &mut PgConnection,
+    keys: &[&IdempotencyKey],
+) -> Result<HashMap<IdempotencyKey, (String, StoredResponse)>, sqlx::Error> {
+    let scopes: Vec<&str> = keys.iter().map(|k| k.scope.as_str()).collect();
+    let names: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
+    let rows: Vec<(String, String, String, i64, String)> = sqlx::query_as(
+        "SELECT k.scope, k.key, k.fingerprint, k.status, k.body \
+         FROM UNNEST($1::text[], $2::text[]) AS w (scope, key) \
+         JOIN idempotency_keys AS k ON k.key = w.key AND k.scope = w.scope",
+    )
+    .bind(scopes)
+    .bind(names)
+    .fetch_all(&mut *connection)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(scope, key, fingerprint, status, body)| {
+            (IdempotencyKey { scope, key }, (fingerprint, StoredResponse { status: status as u16, body }))
+        })
+        .collect())
+}
+
+/// The SQLSTATE of a batch statement that found one of its idempotency keys
+/// stored before.
+pub const KEYS_TAKEN_SQLSTATE: &str = "CLKEY";
+
+/// The whole batch is one statement, run on its own (its implicit
+/// transaction is the batch's: one round trip, no BEGIN or COMMIT, durable
+/// when it returns). Each table's rows travel column by column, one array a
+/// column (`$1`–`$15` transfers, `$16`–`$25` accounts, `$26`–`$30` keys, `$31`
+/// the keys' time), in PostgreSQL's binary format: the text never changes, it
+/// is prepared once per connection, and nothing is parsed on the server. It
+/// checks the rows it wrote per table against `$32`, `$33` and `$34` and
+/// fails, rolling everything back, when they differ (migration 8's
+/// `ledger_batch_refused`). Keys are inserted without being looked up first:
+/// a key stored before makes the insert skip its row, and the statement
+/// fails with [`KEYS_TAKEN_SQLSTATE`]; the writer then looks the batch's keys
+/// up and applies it again ([`crate::writer`]). The writer's connection plans
+/// it with index lookups (see the writer's settings).
+static COMMIT_POSTGRES_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "\
+WITH moved AS ( \
+  INSERT INTO transfers ({TRANSFER_COLUMNS}) \
+  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::text[], \
+    $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], $14::text[], $15::text[]) \
+  RETURNING 1 \
+), changed AS ( \
+  UPDATE ledger_accounts AS a SET balance = c.balance, frozen = c.frozen, last_transfer = c.last_transfer, \
+    usage_day_start = c.usage_day_start, usage_day = c.usage_day, usage_month_start = c.usage_month_start, \
+    usage_month = c.usage_month, usage_night_start = c.usage_night_start, usage_night = c.usage_night \
+  FROM UNNEST($16::text[], $17::int8[], $18::int8[], $19::text[], $20::int8[], $21::int8[], $22::int8[], \
+    $23::int8[], $24::int8[], $25::int8[]) \
+    AS c (id, balance, frozen, last_transfer, usage_day_start, usage_day, usage_month_start, usage_month, \
+      usage_night_start, usage_night) \
+  WHERE a.id = c.id \
+  RETURNING 1 \
+), keyed AS ( \
+  INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) \
+  SELECT scope, key, fingerprint, status, body, $31 \
+  FROM UNNEST($26::text[], $27::text[], $28::text[], $29::int8[], $30::text[]) AS k (scope, key, fingerprint, status, body) \
+  ON CONFLICT (key, scope) DO NOTHING \
+  RETURNING 1 \
+), counted AS ( \
+  SELECT (SELECT COUNT(*) FROM moved) AS moved, (SELECT COUNT(*) FROM changed) AS changed, \
+    (SELECT COUNT(*) FROM keyed) AS keyed \
+) SELECT CASE WHEN moved = $32 AND changed = $33 AND keyed = $34 THEN moved \
+  WHEN moved = $32 AND changed = $33 AND keyed < $34 \
+    THEN ledger_batch_refused('{KEYS_TAKEN_SQLSTATE}', 'an idempotency key of the batch is taken') \
+  ELSE ledger_batch_refused('CLROW', \
+    'the batch wrote ' || moved || ' transfers, ' || changed || ' accounts, ' || keyed || ' keys') \
+  END FROM counted"
+    )
+});
+
+/// Writes a batch as one statement and commits it durably.
+pub async fn commit(connection: &mut PgConnection, batch: &BatchWrite, now_ms: i64) -> Result<(), sqlx::Error> {
+    fn column<'a, T, U>(rows: &'a [T], value: impl Fn(&'a T) -> U) -> Vec<U> {
+        rows.iter().map(value).collect()
+    }
+    let (t, a, k) = (&batch.transfers, &batch.accounts, &batch.idempotency);
+    let query = sqlx::query(COMMIT_POSTGRES_SQL.as_str())
+        .bind(column(t, |t| t.id.as_str()))
+        .bind(column(t, |t| t.kind.as_str()))
+        .bind(column(t, |t| t.debit.as_str()))
+        .bind(column(t, |t| t.credit.as_str()))
+        .bind(column(t, |t| t.amount_minor))
+        .bind(column(t, |t| t.fee_minor))
+        .bind(column(t, |t| t.currency.code()))
+        .bind(column(t, |t| t.region.as_str()))
+        .bind(column(t, |t| t.linked_id.as_deref()))
+        .bind(column(t, |t| t.initiator.as_str()))
+        .bind(column(t, |t| t.note.as_deref()))
+        .bind(column(t, |t| t.external_ref.as_deref()))
+        .bind(column(t, |t| t.created_at_ms))
+        .bind(column(t, |t| t.debit_prev.as_deref()))
+        .bind(column(t, |t| t.credit_prev.as_deref()))
+        .bind(column(a, |a| a.id.as_str()))
+        .bind(column(a, |a| a.balance_minor))
+        .bind(column(a, |a| i64::from(a.frozen)))
+        .bind(column(a, |a| a.last_transfer.as_deref()))
+        .bind(column(a, |a| a.usage.day_start_ms))
+        .bind(column(a, |a| a.usage.day_minor))
+        .bind(column(a, |a| a.usage.month_start_ms))
+        .bind(column(a, |a| a.usage.month_minor))
+        .bind(column(a, |a| a.usage.night_start_ms))
+        .bind(column(a, |a| a.usage.night_minor))
+        .bind(column(k, |(key, _, _)| key.scope.as_str()))
+        .bind(column(k, |(key, _, _)| key.key.as_str()))
+        .bind(column(k, |(_, fingerprint, _)| fingerprint.as_str()))
+        .bind(column(k, |(_, _, response)| i64::from(response.status)))
+        .bind(column(k, |(_, _, response)| response.body.as_str()))
+        .bind(now_ms)
+        .bind(t.len() as i64)
+        .bind(a.len() as i64)
+        .bind(k.len() as i64);
+    query.execute(&mut *connection).await?;
+    Ok(())
+}
+
+/// Forgets idempotency keys older than `before_ms`.
+pub async fn expire_idempotency_keys(connection: &mut PgConnection, before_ms: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(EXPIRE_KEYS_SQL).bind(before_ms).execute(&mut *connection).await?;
+    Ok(done.rows_affected())
+}

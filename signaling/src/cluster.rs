@@ -555,6 +555,28 @@ impl Cluster {
         calls: &[&CallId],
         step: &mut impl FnMut(&mut View) -> (R, Effects),
     ) -> Result<Option<(R, Vec<Output>)>, RedisError> {
+        let (read, online) = self.watch_and_read(connection, accounts, calls).await?;
+        let board = Switchboard::with_calls(self.limits, read.loaded.values().map(|(_, call)| call.clone()));
+        let mut view = View { board, online };
+        let (result, effects) = step(&mut view);
+        let (commit, commands) = self.commit_of(&read, calls, &view, &effects)?;
+        if commands == 0 {
+            redis::cmd("UNWATCH").query_async::<()>(connection).await?;
+            return Ok(Some((result, effects.outputs)));
+        }
+        let committed: Option<()> = commit.query_async(connection).await?;
+        Ok(committed.map(|()| (result, effects.outputs)))
+    }
+
+    /// WATCHes the keys a step reads and reads them: the calls `calls` and
+    /// those `accounts` are in, and the accounts' connected devices (each →
+    /// its `{node}/{link}`).
+    async fn watch_and_read(
+        &self,
+        connection: &mut MultiplexedConnection,
+        accounts: &[&str],
+        calls: &[&CallId],
+    ) -> Result<(Read, HashMap<String, HashMap<String, String>>), RedisError> {
         let keys = &self.keys;
         let mut watched: Vec<String> = Vec::new();
         for account in accounts {
@@ -604,11 +626,20 @@ impl Cluster {
                 }
             }
         }
+        Ok((Read { ids, listed, loaded }, online))
+    }
 
-        let mut view =
-            View { board: Switchboard::with_calls(self.limits, loaded.values().map(|(_, call)| call.clone())), online };
-        let (result, effects) = step(&mut view);
-
+    /// The MULTI/EXEC of what a step changed (calls written or dropped with
+    /// their indexes, presence, notices, events), and how many commands it
+    /// holds.
+    fn commit_of(
+        &self,
+        read: &Read,
+        calls: &[&CallId],
+        view: &View,
+        effects: &Effects,
+    ) -> Result<(redis::Pipeline, usize), RedisError> {
+        let keys = &self.keys;
         let mut commit = redis::pipe();
         commit.atomic();
         let mut commands = 0;
@@ -617,7 +648,7 @@ impl Cluster {
             let json = serde_json::to_string(call).map_err(|error| {
                 RedisError::from((redis::ErrorKind::Client, "cannot encode a call", error.to_string()))
             })?;
-            if loaded.get(id).is_some_and(|(before, _)| *before == json) {
+            if read.loaded.get(id).is_some_and(|(before, _)| *before == json) {
                 continue;
             }
             commit.cmd("SET").arg(keys.call(id)).arg(&json).ignore();
@@ -630,13 +661,13 @@ impl Cluster {
             };
             commands += 1;
         }
-        for id in &ids {
+        for id in &read.ids {
             if view.board.call(id).is_some() {
                 continue;
             }
             // Ended (or never there, or unreadable): drop it and every index entry.
-            let mut accounts: BTreeSet<&str> = listed.get(id).into_iter().flatten().map(String::as_str).collect();
-            let was_loaded = loaded.get(id);
+            let mut accounts: BTreeSet<&str> = read.listed.get(id).into_iter().flatten().map(String::as_str).collect();
+            let was_loaded = read.loaded.get(id);
             if let Some((_, call)) = was_loaded {
                 accounts.extend(call.accounts());
             }
@@ -668,13 +699,18 @@ impl Cluster {
             commands += 1;
         }
         commands += keys.publish_events(&mut commit, &effects.outputs);
-        if commands == 0 {
-            redis::cmd("UNWATCH").query_async::<()>(connection).await?;
-            return Ok(Some((result, effects.outputs)));
-        }
-        let committed: Option<()> = commit.query_async(connection).await?;
-        Ok(committed.map(|()| (result, effects.outputs)))
+        Ok((commit, commands))
     }
+}
+
+/// What one attempt read under WATCH.
+struct Read {
+    /// Every call id the step may touch.
+    ids: Vec<String>,
+    /// The accounts that list each call (from their indexes).
+    listed: HashMap<String, Vec<String>>,
+    /// The calls that exist, with the JSON they were read as.
+    loaded: HashMap<String, (String, Call)>,
 }
 
 fn parse_call(id: &str, json: &str) -> Option<Call> {

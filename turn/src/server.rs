@@ -362,6 +362,20 @@ struct Authenticated {
     key: [u8; 16],
 }
 
+/// What a checked Allocate request gets.
+enum Allocate {
+    /// A retransmission of the request that made the tuple's allocation: its success again.
+    Again(Success),
+    New(Granted),
+}
+
+/// A new allocation the request may have.
+struct Granted {
+    auth: Authenticated,
+    even_port: bool,
+    lifetime: Duration,
+}
+
 impl Shared {
     fn table(&self) -> MutexGuard<'_, Table> {
         lock(&self.table)
@@ -533,6 +547,15 @@ impl Shared {
         sink: &ClientSink,
         request: &mut Message,
     ) -> Result<Success, Refusal> {
+        match self.check_allocate(tuple, request)? {
+            Allocate::Again(success) => Ok(success),
+            Allocate::New(granted) => self.open_allocation(tuple, sink, request.transaction_id, granted),
+        }
+    }
+
+    /// Checks an Allocate request (credentials, transport, address family,
+    /// quotas) and decides what it gets; changes nothing.
+    fn check_allocate(&self, tuple: FiveTuple, request: &mut Message) -> Result<Allocate, Refusal> {
         let existing = self.allocation(&tuple);
         let auth = self.authenticate(tuple, request, None)?;
         let key = auth.key;
@@ -540,7 +563,7 @@ impl Shared {
             // A retransmitted Allocate gets its success again; any other is a mismatch.
             if existing.allocate_transaction == request.transaction_id && existing.username == auth.username {
                 let remaining = existing.state().expires.saturating_duration_since(Instant::now());
-                return Ok(allocated(&existing, tuple, remaining));
+                return Ok(Allocate::Again(allocated(&existing, tuple, remaining)));
             }
             return Err(Refusal::signed(437, "Allocation Mismatch", key));
         }
@@ -560,19 +583,31 @@ impl Shared {
                 return Err(Refusal::signed(440, "Address Family not Supported", key));
             }
         }
-        let even = request.contains(ATTR_EVEN_PORT);
+        let even_port = request.contains(ATTR_EVEN_PORT);
         let mut requested = Lifetime::default();
         let lifetime = self.lifetime(requested.get_from(request).ok().map(|()| requested.0));
-        {
-            let table = self.table();
-            if table.by_tuple.len() >= self.config.allocations_max {
-                return Err(Refusal::signed(508, "Insufficient Capacity", key));
-            }
-            if table.per_account.get(&auth.account).copied().unwrap_or(0) >= self.config.allocations_per_user_max {
-                return Err(Refusal::signed(486, "Allocation Quota Reached", key));
-            }
+        let table = self.table();
+        if table.by_tuple.len() >= self.config.allocations_max {
+            return Err(Refusal::signed(508, "Insufficient Capacity", key));
         }
-        let Some(relay) = self.bind_relay(even) else {
+        if table.per_account.get(&auth.account).copied().unwrap_or(0) >= self.config.allocations_per_user_max {
+            return Err(Refusal::signed(486, "Allocation Quota Reached", key));
+        }
+        Ok(Allocate::New(Granted { auth, even_port, lifetime }))
+    }
+
+    /// Opens what a checked Allocate was granted: a relayed socket, the
+    /// allocation in the table, and the task that relays from its socket.
+    fn open_allocation(
+        self: &Arc<Self>,
+        tuple: FiveTuple,
+        sink: &ClientSink,
+        transaction: TransactionId,
+        granted: Granted,
+    ) -> Result<Success, Refusal> {
+        let Granted { auth, even_port, lifetime } = granted;
+        let key = auth.key;
+        let Some(relay) = self.bind_relay(even_port) else {
             return Err(Refusal::signed(508, "Insufficient Capacity: no relay port is free", key));
         };
         let relay_addr = relay.local_addr().map_err(|_| Refusal::signed(500, "Server Error", key))?;
@@ -584,7 +619,7 @@ impl Shared {
             relay,
             relay_addr,
             client: sink.clone(),
-            allocate_transaction: request.transaction_id,
+            allocate_transaction: transaction,
             state: Mutex::new(AllocationState {
                 expires: Instant::now() + lifetime,
                 permissions: HashMap::new(),

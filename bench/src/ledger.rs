@@ -10,6 +10,8 @@ use clap::Args;
 use courier_accounts::operators::{self, Role};
 use courier_accounts::tokens::{TokenIssuer, TokenKey};
 use courier_common::Database;
+use courier_common::shutdown::CancellationToken;
+use courier_payments::Payments;
 use hyper::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use indicatif::ProgressBar;
 use serde_json::json;
@@ -51,7 +53,40 @@ pub struct LedgerBench {
 
 pub async fn run(bench: LedgerBench) -> Result<(), String> {
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let data_dir = scratch.path().to_string_lossy().into_owned();
+    let server = start(&bench, scratch.path()).await?;
+    let seeded = seed(&bench, &server, scratch.path()).await?;
+    let grouped = transfers(&bench, &server, &seeded).await?;
+    server.shutdown.cancel();
+    let naive = if bench.no_baseline { None } else { Some(naive_baseline(&bench, &server, &seeded).await?) };
+    let (reconciled, reconciliation) = reconcile(&server.database).await?;
+    let figures = figures(&bench, &grouped, naive.as_ref(), reconciled);
+    if bench.json {
+        println!("{figures}");
+    } else {
+        for (name, value) in figures.as_object().expect("built as an object") {
+            println!("{name:<28} {value}");
+        }
+    }
+    server.database.close().await;
+    if !reconciled {
+        return Err(format!("the ledger does not reconcile after the run: {reconciliation}"));
+    }
+    if grouped.phase.failed > 0 {
+        return Err(format!("{} transfers failed", grouped.phase.failed));
+    }
+    Ok(())
+}
+
+/// The server under test, in this process, on a free port.
+struct Server {
+    database: Database,
+    payments: Payments,
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+}
+
+async fn start(bench: &LedgerBench, data_dir: &std::path::Path) -> Result<Server, String> {
+    let data_dir = data_dir.to_string_lossy().into_owned();
     let connections = (bench.clients + 8).to_string();
     // Calls are not measured here: no TURN relay.
     let mut args = vec!["--data-dir", &data_dir, "--database-connections-max", &connections, "--turn", "off"];
@@ -59,32 +94,40 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
         args.extend(["--database-url", url]);
     }
     let options = serve_options(&args)?;
-    let shutdown = courier_common::shutdown::CancellationToken::new();
+    let shutdown = CancellationToken::new();
     let built = courier_server::build(&options, None, shutdown.clone()).await?;
-    let database = built.database.clone();
     let payments = built.payments.clone().ok_or("the ledger is not mounted")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let router = built.router;
     let stop = shutdown.clone();
-    tokio::spawn(courier_server::serve_router(listener, router, async move { stop.cancelled().await }));
+    tokio::spawn(courier_server::serve_router(listener, built.router, async move { stop.cancelled().await }));
+    Ok(Server { database: built.database, payments, addr, shutdown })
+}
 
-    let progress = |message: &str, length: u64| progress(message, length, bench.json);
+/// The wallets, their owners' `Authorization` headers and the clients, with
+/// money in every wallet.
+struct Seeded {
+    accounts: Arc<Vec<String>>,
+    bearers: Arc<Vec<HeaderValue>>,
+    http: Arc<Clients>,
+}
 
-    // Setup, not measured: accounts inserted directly, tokens minted with the
-    // server's key, money deposited through the admin API.
-    let bar = progress("creating wallets", bench.wallets as u64);
-    let accounts = seed_accounts(&database, bench.wallets, &bar).await?;
+/// Setup, not measured: accounts inserted directly, tokens minted with the
+/// server's key, money deposited through the admin API.
+async fn seed(bench: &LedgerBench, server: &Server, data_dir: &std::path::Path) -> Result<Seeded, String> {
+    let bar = progress("creating wallets", bench.wallets as u64, bench.json);
+    let accounts = seed_accounts(&server.database, bench.wallets, &bar).await?;
     bar.finish();
-    let key = TokenKey::load(&scratch.path().join("token-signing-key.pem")).map_err(|e| e.to_string())?;
+    let key = TokenKey::load(&data_dir.join("token-signing-key.pem")).map_err(|e| e.to_string())?;
     let issuer = TokenIssuer::new(key, vec![], 3_600);
     let now_s = jiff::Timestamp::now().as_second() as u64;
     // Each wallet's `Authorization` header, built once.
     let bearers: Arc<Vec<HeaderValue>> =
         Arc::new(accounts.iter().map(|id| bearer(&issuer.issue(id, "bench", "RU", now_s))).collect::<Result<_, _>>()?);
-    let (_, admin_key) = operators::create(&database, "bench", Role::Admin, None).await.map_err(|e| e.to_string())?;
-    let http = Arc::new(Clients::new(addr, bench.clients)?);
-    let bar = progress("depositing", bench.wallets as u64);
+    let (_, admin_key) =
+        operators::create(&server.database, "bench", Role::Admin, None).await.map_err(|e| e.to_string())?;
+    let http = Arc::new(Clients::new(server.addr, bench.clients)?);
+    let bar = progress("depositing", bench.wallets as u64, bench.json);
     let accounts = Arc::new(accounts);
     let admin = bearer(&admin_key)?;
     run_clients(bench.clients, bench.wallets as u64, Duration::from_secs(600), &bar, {
@@ -104,17 +147,27 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     })
     .await?;
     bar.finish();
+    Ok(Seeded { accounts, bearers, http })
+}
 
-    // The measured phase: P2P transfers over HTTP.
-    let batches_before = payments.writer().stats.batches.load(Ordering::Relaxed);
-    let requests_before = payments.writer().stats.requests.load(Ordering::Relaxed);
-    let buckets_before: Vec<u64> =
-        payments.writer().stats.batch_size_buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
-    let bar = progress("transfers over HTTP", bench.transfers);
-    let wallets = bench.wallets as u64;
-    let hot = bench.hot;
-    let grouped = run_clients(bench.clients, bench.transfers, Duration::from_secs(bench.duration_s), &bar, {
-        let (http, accounts) = (http.clone(), accounts.clone());
+/// The measured phase's figures: the clients' and the writer's.
+struct Grouped {
+    phase: Phase,
+    batches: u64,
+    requests: u64,
+    distribution: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The measured phase: P2P transfers over HTTP, group-committed.
+async fn transfers(bench: &LedgerBench, server: &Server, seeded: &Seeded) -> Result<Grouped, String> {
+    let stats = &server.payments.writer().stats;
+    let batches_before = stats.batches.load(Ordering::Relaxed);
+    let requests_before = stats.requests.load(Ordering::Relaxed);
+    let buckets_before: Vec<u64> = stats.batch_size_buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+    let bar = progress("transfers over HTTP", bench.transfers, bench.json);
+    let (wallets, hot) = (bench.wallets as u64, bench.hot);
+    let phase = run_clients(bench.clients, bench.transfers, Duration::from_secs(bench.duration_s), &bar, {
+        let (http, accounts, bearers) = (seeded.http.clone(), seeded.accounts.clone(), seeded.bearers.clone());
         move |index, client| {
             let (http, accounts, bearers) = (http.clone(), accounts.clone(), bearers.clone());
             async move {
@@ -133,10 +186,7 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     })
     .await?;
     bar.finish();
-    let stats = &payments.writer().stats;
-    let batches = stats.batches.load(Ordering::Relaxed) - batches_before;
-    let requests = stats.requests.load(Ordering::Relaxed) - requests_before;
-    let distribution: serde_json::Map<String, serde_json::Value> = stats
+    let distribution = stats
         .batch_size_buckets
         .iter()
         .zip(&buckets_before)
@@ -146,79 +196,69 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
             (count > 0).then(|| (format!("{}-{}", 1u64 << i, (1u64 << (i + 1)) - 1), json!(count)))
         })
         .collect();
-    shutdown.cancel();
+    Ok(Grouped {
+        phase,
+        batches: stats.batches.load(Ordering::Relaxed) - batches_before,
+        requests: stats.requests.load(Ordering::Relaxed) - requests_before,
+        distribution,
+    })
+}
 
-    // The naive baseline, on the same database: one transaction per transfer.
-    let naive = if bench.no_baseline {
-        None
-    } else {
-        let bar = progress("naive baseline", bench.transfers);
-        let accounts = accounts.clone();
-        let database = database.clone();
-        let result = run_clients(
-            bench.clients,
-            bench.transfers,
-            Duration::from_secs(bench.duration_s),
-            &bar,
-            move |index, client| {
-                let (accounts, database) = (accounts.clone(), database.clone());
-                async move {
-                    let (from, to) = pick(index, client, wallets, hot);
-                    courier_payments::naive::transfer(
-                        &database,
-                        &accounts[from],
-                        &accounts[to],
-                        100 + (index % 900) as i64,
-                    )
-                    .await
-                }
-            },
-        )
-        .await?;
-        bar.finish();
-        Some(result)
-    };
+/// The naive baseline, on the same database: one transaction per transfer.
+async fn naive_baseline(bench: &LedgerBench, server: &Server, seeded: &Seeded) -> Result<Phase, String> {
+    let bar = progress("naive baseline", bench.transfers, bench.json);
+    let (accounts, database) = (seeded.accounts.clone(), server.database.clone());
+    let (wallets, hot) = (bench.wallets as u64, bench.hot);
+    let phase = run_clients(
+        bench.clients,
+        bench.transfers,
+        Duration::from_secs(bench.duration_s),
+        &bar,
+        move |index, client| {
+            let (accounts, database) = (accounts.clone(), database.clone());
+            async move {
+                let (from, to) = pick(index, client, wallets, hot);
+                let amount = 100 + (index % 900) as i64;
+                courier_payments::naive::transfer(&database, &accounts[from], &accounts[to], amount).await
+            }
+        },
+    )
+    .await?;
+    bar.finish();
+    Ok(phase)
+}
 
+fn figures(bench: &LedgerBench, grouped: &Grouped, naive: Option<&Phase>, reconciled: bool) -> serde_json::Value {
     let rate = |phase: &Phase| phase.completed as f64 / phase.elapsed.as_secs_f64();
+    let phase = &grouped.phase;
     let mut figures = json!({
         "bench": "ledger",
         "database": if bench.database_url.is_some() { "postgres" } else { "sqlite" },
         "clients": bench.clients,
         "wallets": bench.wallets,
         "hot_account": bench.hot,
-        "transfers": grouped.completed,
-        "failures": grouped.failed,
-        "transfers_per_s": rate(&grouped).round(),
-        "latency_ms_p50": grouped.latency.value_at_quantile(0.5) as f64 / 1000.0,
-        "latency_ms_p99": grouped.latency.value_at_quantile(0.99) as f64 / 1000.0,
-        "latency_ms_max": grouped.latency.max() as f64 / 1000.0,
-        "batches": batches,
-        "batch_size_mean": if batches > 0 { (requests as f64 / batches as f64 * 10.0).round() / 10.0 } else { 0.0 },
-        "batch_size_distribution": distribution,
+        "transfers": phase.completed,
+        "failures": phase.failed,
+        "transfers_per_s": rate(phase).round(),
+        "latency_ms_p50": phase.latency.value_at_quantile(0.5) as f64 / 1000.0,
+        "latency_ms_p99": phase.latency.value_at_quantile(0.99) as f64 / 1000.0,
+        "latency_ms_max": phase.latency.max() as f64 / 1000.0,
+        "batches": grouped.batches,
+        "batch_size_mean": if grouped.batches > 0 {
+            (grouped.requests as f64 / grouped.batches as f64 * 10.0).round() / 10.0
+        } else {
+            0.0
+        },
+        "batch_size_distribution": grouped.distribution,
     });
-    if let Some(naive) = &naive {
+    if let Some(naive) = naive {
         figures["naive_transfers_per_s"] = json!(rate(naive).round());
         figures["naive_failures"] = json!(naive.failed);
         figures["naive_latency_ms_p99"] = json!(naive.latency.value_at_quantile(0.99) as f64 / 1000.0);
-        figures["ratio_to_naive"] = json!((rate(&grouped) / rate(naive).max(1e-9) * 10.0).round() / 10.0);
+        figures["ratio_to_naive"] = json!((rate(phase) / rate(naive).max(1e-9) * 10.0).round() / 10.0);
     }
-    let (status_ok, reconciliation) = reconcile(&database).await?;
-    figures["reconciled"] = json!(status_ok);
-    if bench.json {
-        println!("{figures}");
-    } else {
-        for (name, value) in figures.as_object().expect("built as an object") {
-            println!("{name:<28} {value}");
-        }
-    }
-    database.close().await;
-    if !status_ok {
-        return Err(format!("the ledger does not reconcile after the run: {reconciliation}"));
-    }
-    if grouped.failed > 0 {
-        return Err(format!("{} transfers failed", grouped.failed));
-    }
-    Ok(())
+    figures["reconciled"] = json!(reconciled);
+    figures
 }
 
 /// Sender and recipient for transfer `index`: random-looking, distinct; with

@@ -14,6 +14,7 @@ use clap::Args;
 use courier_calls::audio::{ClickDetector, FRAME_SAMPLES, SAMPLE_RATE, Source};
 use courier_calls::call::{AudioTap, CallReport, CallSetup, round2};
 use courier_calls::peer::{IceServer, PeerSettings};
+use courier_common::sync::lock;
 use serde_json::{Value, json};
 
 /// How often each side clicks: far apart enough that a click is never
@@ -210,13 +211,13 @@ impl Onsets {
     /// Finds the clicks that begin in `samples`; `when` gives the instant of
     /// the sample at an offset.
     fn find(&self, samples: &[i16], when: impl Fn(usize) -> Instant) {
-        let mut found = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut found = lock(&self.0);
         let (detector, times) = &mut *found;
         times.extend(detector.onsets(samples).into_iter().map(when));
     }
 
     fn times(&self) -> Vec<Instant> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).1.clone()
+        lock(&self.0).1.clone()
     }
 }
 

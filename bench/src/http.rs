@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
+use courier_common::sync::lock;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
@@ -56,7 +57,7 @@ impl Clients {
         body: String,
     ) -> Result<Answer, String> {
         let slot = self.connections.get(client).ok_or("no such client")?;
-        let held = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let held = lock(&slot).take();
         let mut sender = match held {
             Some(sender) => sender,
             None => self.connect().await?,
@@ -76,7 +77,7 @@ impl Clients {
         let body = response.into_body().collect().await.map_err(|e| format!("response body: {e}"))?.to_bytes();
         // Put back only a connection that answered whole: a failed one is
         // dropped with its error, and the next request opens another.
-        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+        *lock(&slot) = Some(sender);
         Ok(Answer { status, body })
     }
 

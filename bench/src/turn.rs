@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use courier_common::sync::lock;
 use courier_turn::client::{TurnClient, channel_data};
 use courier_turn::credentials::password;
 use hdrhistogram::Histogram;
@@ -283,9 +284,7 @@ async fn receive(socket: Arc<UdpSocket>, tally: Arc<Tally>) {
         count += 1;
         if count.is_multiple_of(LATENCY_SAMPLE_EVERY) {
             let now_ns = tally.started.elapsed().as_nanos() as u64;
-            if let Ok(mut histogram) = tally.latency.lock() {
-                let _ = histogram.record(now_ns.saturating_sub(sent_ns) / 1_000);
-            }
+            let _ = lock(&tally.latency).record(now_ns.saturating_sub(sent_ns) / 1_000);
         }
     }
 }
@@ -348,9 +347,7 @@ async fn measure(relay: &Relay, bench: &TurnBench, name: &str) -> Result<Value, 
                 sessions.push(session.map_err(|error| format!("{name}: {error}"))?);
             }
         }
-        if let Ok(mut histogram) = tally.latency.lock() {
-            histogram.reset();
-        }
+        lock(&tally.latency).reset();
         let sent = Arc::new(AtomicU64::new(0));
         let cpu_before = relay.cpu_s();
         let began = Instant::now();
@@ -379,9 +376,10 @@ async fn measure(relay: &Relay, bench: &TurnBench, name: &str) -> Result<Value, 
         let received = tally.received[step].load(Ordering::Relaxed);
         let loss_pct = if sent > 0 { (sent.saturating_sub(received)) as f64 * 100.0 / sent as f64 } else { 0.0 };
         let pps = received as f64 / elapsed;
-        let (p50, p99) = tally.latency.lock().map_or((0.0, 0.0), |histogram| {
+        let (p50, p99) = {
+            let histogram = lock(&tally.latency);
             (histogram.value_at_quantile(0.5) as f64 / 1_000.0, histogram.value_at_quantile(0.99) as f64 / 1_000.0)
-        });
+        };
         if received >= sent && pps > best_pps {
             best_pps = pps;
         }

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 
 /// Why a peer address is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Blocked {
     Unspecified,
     Loopback,
     Private,
@@ -28,16 +28,16 @@ pub enum Refusal {
     Reserved,
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for Blocked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Refusal::Unspecified => "unspecified",
-            Refusal::Loopback => "loopback",
-            Refusal::Private => "private",
-            Refusal::LinkLocal => "link_local",
-            Refusal::Multicast => "multicast",
-            Refusal::Broadcast => "broadcast",
-            Refusal::Reserved => "reserved",
+            Blocked::Unspecified => "unspecified",
+            Blocked::Loopback => "loopback",
+            Blocked::Private => "private",
+            Blocked::LinkLocal => "link_local",
+            Blocked::Multicast => "multicast",
+            Blocked::Broadcast => "broadcast",
+            Blocked::Reserved => "reserved",
         })
     }
 }
@@ -55,7 +55,7 @@ impl PeerFilter {
     }
 
     /// `Err` with the reason when the relay must not talk to `ip`.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Refusal> {
+    pub fn check(&self, ip: IpAddr) -> Result<(), Blocked> {
         let canonical = canonical(ip);
         if self.allow.iter().any(|net| net.contains(&ip) || net.contains(&canonical)) {
             return Ok(());
@@ -96,21 +96,21 @@ fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     None
 }
 
-fn check_v4(ip: Ipv4Addr) -> Result<(), Refusal> {
+fn check_v4(ip: Ipv4Addr) -> Result<(), Blocked> {
     let o = ip.octets();
     if o[0] == 0 {
         // 0.0.0.0/8: "this network"; 0.0.0.0 itself reaches the local host.
-        Err(Refusal::Unspecified)
+        Err(Blocked::Unspecified)
     } else if ip.is_loopback() {
-        Err(Refusal::Loopback)
+        Err(Blocked::Loopback)
     } else if ip.is_private() {
-        Err(Refusal::Private)
+        Err(Blocked::Private)
     } else if ip.is_link_local() {
-        Err(Refusal::LinkLocal)
+        Err(Blocked::LinkLocal)
     } else if ip.is_multicast() {
-        Err(Refusal::Multicast)
+        Err(Blocked::Multicast)
     } else if ip.is_broadcast() {
-        Err(Refusal::Broadcast)
+        Err(Blocked::Broadcast)
     } else if o[0] >= 240
         || (o[0] == 100 && (o[1] & 0xc0) == 64)
         || (o[0] == 192 && o[1] == 0 && (o[2] == 0 || o[2] == 2))
@@ -120,28 +120,28 @@ fn check_v4(ip: Ipv4Addr) -> Result<(), Refusal> {
     {
         // 240/4, 100.64/10 (carrier-grade NAT), 192.0.0/24, 192.0.2/24,
         // 198.18/15, 198.51.100/24, 203.0.113/24.
-        Err(Refusal::Reserved)
+        Err(Blocked::Reserved)
     } else {
         Ok(())
     }
 }
 
-fn check_v6(ip: Ipv6Addr) -> Result<(), Refusal> {
+fn check_v6(ip: Ipv6Addr) -> Result<(), Blocked> {
     let s = ip.segments();
     if ip.is_unspecified() {
-        Err(Refusal::Unspecified)
+        Err(Blocked::Unspecified)
     } else if ip.is_loopback() {
-        Err(Refusal::Loopback)
+        Err(Blocked::Loopback)
     } else if (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfec0 {
         // fc00::/7 unique local; fec0::/10 the deprecated site-local.
-        Err(Refusal::Private)
+        Err(Blocked::Private)
     } else if (s[0] & 0xffc0) == 0xfe80 {
-        Err(Refusal::LinkLocal)
+        Err(Blocked::LinkLocal)
     } else if ip.is_multicast() {
-        Err(Refusal::Multicast)
+        Err(Blocked::Multicast)
     } else if (s[0] == 0x2001 && s[1] == 0x0db8) || (s[0] == 0x0100 && s[1..4] == [0; 3]) || s[0] == 0 {
         // 2001:db8::/32 documentation, 100::/64 discard, and the rest of ::/16.
-        Err(Refusal::Reserved)
+        Err(Blocked::Reserved)
     } else {
         Ok(())
     }
@@ -151,7 +151,7 @@ fn check_v6(ip: Ipv6Addr) -> Result<(), Refusal> {
 mod tests {
     use super::*;
 
-    fn check(ip: &str) -> Result<(), Refusal> {
+    fn check(ip: &str) -> Result<(), Blocked> {
         PeerFilter::default().check(ip.parse().unwrap())
     }
 
@@ -174,14 +174,14 @@ mod tests {
             "64:ff9b::7f00:1",
             "2002:7f00:1::1",
         ] {
-            assert_eq!(check(ip), Err(Refusal::Loopback), "{ip}");
+            assert_eq!(check(ip), Err(Blocked::Loopback), "{ip}");
         }
     }
 
     #[test]
     fn unspecified_in_every_form_is_refused() {
         for ip in ["0.0.0.0", "0.1.2.3", "::", "::ffff:0.0.0.0", "64:ff9b::"] {
-            assert_eq!(check(ip), Err(Refusal::Unspecified), "{ip}");
+            assert_eq!(check(ip), Err(Blocked::Unspecified), "{ip}");
         }
     }
 
@@ -201,7 +201,7 @@ mod tests {
             "64:ff9b::a00:1",
             "2002:c0a8:101::",
         ] {
-            assert_eq!(check(ip), Err(Refusal::Private), "{ip}");
+            assert_eq!(check(ip), Err(Blocked::Private), "{ip}");
         }
         // Neighbours of the ranges are public.
         for ip in ["172.15.255.255", "172.32.0.0", "192.169.0.1", "11.0.0.1"] {
@@ -212,17 +212,17 @@ mod tests {
     #[test]
     fn link_local_and_the_metadata_address_are_refused() {
         for ip in ["169.254.169.254", "169.254.0.1", "::ffff:169.254.169.254", "fe80::1", "febf::1"] {
-            assert_eq!(check(ip), Err(Refusal::LinkLocal), "{ip}");
+            assert_eq!(check(ip), Err(Blocked::LinkLocal), "{ip}");
         }
     }
 
     #[test]
     fn multicast_and_broadcast_are_refused() {
         for ip in ["224.0.0.1", "239.255.255.250", "::ffff:224.0.0.251", "ff02::1", "ff05::1:3"] {
-            assert_eq!(check(ip), Err(Refusal::Multicast), "{ip}");
+            assert_eq!(check(ip), Err(Blocked::Multicast), "{ip}");
         }
         for ip in ["255.255.255.255", "::ffff:255.255.255.255"] {
-            assert_eq!(check(ip), Err(Refusal::Broadcast), "{ip}");
+            assert_eq!(check(ip), Err(Blocked::Broadcast), "{ip}");
         }
     }
 
@@ -241,7 +241,7 @@ mod tests {
             "2001:db8::1",
             "100::1",
         ] {
-            assert_eq!(check(ip), Err(Refusal::Reserved), "{ip}");
+            assert_eq!(check(ip), Err(Blocked::Reserved), "{ip}");
         }
         assert_eq!(check("100.128.0.1"), Ok(()));
     }
@@ -252,8 +252,8 @@ mod tests {
         assert_eq!(filter.check("127.0.0.1".parse().unwrap()), Ok(()));
         assert_eq!(filter.check("::ffff:127.0.0.1".parse().unwrap()), Ok(()));
         assert_eq!(filter.check("fd00::5".parse().unwrap()), Ok(()));
-        assert_eq!(filter.check("::1".parse().unwrap()), Err(Refusal::Loopback));
-        assert_eq!(filter.check("10.0.0.1".parse().unwrap()), Err(Refusal::Private));
-        assert_eq!(filter.check("169.254.169.254".parse().unwrap()), Err(Refusal::LinkLocal));
+        assert_eq!(filter.check("::1".parse().unwrap()), Err(Blocked::Loopback));
+        assert_eq!(filter.check("10.0.0.1".parse().unwrap()), Err(Blocked::Private));
+        assert_eq!(filter.check("169.254.169.254".parse().unwrap()), Err(Blocked::LinkLocal));
     }
 }

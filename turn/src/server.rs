@@ -329,24 +329,24 @@ struct Shared {
 /// A refused request: the error response's code and reason, whether it
 /// carries a fresh nonce and the realm (401, 438), and the key to sign it
 /// with once the client is authenticated.
-struct Refusal {
+struct ErrorResponse {
     code: u16,
     reason: &'static str,
     challenge: bool,
     key: Option<[u8; 16]>,
 }
 
-impl Refusal {
+impl ErrorResponse {
     fn bad(reason: &'static str) -> Self {
-        Refusal { code: 400, reason, challenge: false, key: None }
+        ErrorResponse { code: 400, reason, challenge: false, key: None }
     }
 
     fn challenge(code: u16, reason: &'static str) -> Self {
-        Refusal { code, reason, challenge: true, key: None }
+        ErrorResponse { code, reason, challenge: true, key: None }
     }
 
     fn signed(code: u16, reason: &'static str, key: [u8; 16]) -> Self {
-        Refusal { code, reason, challenge: false, key: Some(key) }
+        ErrorResponse { code, reason, challenge: false, key: Some(key) }
     }
 }
 
@@ -409,7 +409,7 @@ impl Shared {
             METHOD_REFRESH => self.refresh(tuple, &mut request),
             METHOD_CREATE_PERMISSION => self.create_permission(tuple, &mut request),
             METHOD_CHANNEL_BIND => self.channel_bind(tuple, &mut request),
-            _ => Err(Refusal::bad("Bad Request: unsupported method")),
+            _ => Err(ErrorResponse::bad("Bad Request: unsupported method")),
         };
         let response = match outcome {
             Ok(success) => self.encode(&request, CLASS_SUCCESS_RESPONSE, success.attributes, success.key),
@@ -490,34 +490,34 @@ impl Shared {
         tuple: FiveTuple,
         request: &mut Message,
         allocation: Option<&Allocation>,
-    ) -> Result<Authenticated, Refusal> {
+    ) -> Result<Authenticated, ErrorResponse> {
         if !request.contains(ATTR_MESSAGE_INTEGRITY) {
-            return Err(Refusal::challenge(401, "Unauthorized"));
+            return Err(ErrorResponse::challenge(401, "Unauthorized"));
         }
         let text = |attribute| TextAttribute::get_from_as(request, attribute).map(|text| text.text);
         let (Ok(username), Ok(realm), Ok(nonce)) = (text(ATTR_USERNAME), text(ATTR_REALM), text(ATTR_NONCE)) else {
-            return Err(Refusal::bad("Bad Request: USERNAME, REALM and NONCE are required"));
+            return Err(ErrorResponse::bad("Bad Request: USERNAME, REALM and NONCE are required"));
         };
         if !self.nonce_is_fresh(&nonce, tuple) {
-            return Err(Refusal::challenge(438, "Stale Nonce"));
+            return Err(ErrorResponse::challenge(438, "Stale Nonce"));
         }
         if realm != self.config.realm {
-            return Err(Refusal::challenge(401, "Unauthorized: unknown realm"));
+            return Err(ErrorResponse::challenge(401, "Unauthorized: unknown realm"));
         }
         let Some((expires_at_s, account)) = parse_username(&username) else {
-            return Err(Refusal::challenge(401, "Unauthorized: the username is not <expiry>:<account>"));
+            return Err(ErrorResponse::challenge(401, "Unauthorized: the username is not <expiry>:<account>"));
         };
         if expires_at_s < now_s() {
-            return Err(Refusal::challenge(401, "Unauthorized: the credentials have expired"));
+            return Err(ErrorResponse::challenge(401, "Unauthorized: the credentials have expired"));
         }
         let crypto = self.crypto.crypto();
         if let Some(allocation) = allocation {
             if allocation.username != username {
-                return Err(Refusal::signed(441, "Wrong Credentials", allocation.key));
+                return Err(ErrorResponse::signed(441, "Wrong Credentials", allocation.key));
             }
             return match MessageIntegrity::check(request, &allocation.key, crypto) {
                 Ok(()) => Ok(Authenticated { username, account: allocation.account.clone(), key: allocation.key }),
-                Err(_) => Err(Refusal::challenge(401, "Unauthorized")),
+                Err(_) => Err(ErrorResponse::challenge(401, "Unauthorized")),
             };
         }
         let account: Arc<str> = Arc::from(account);
@@ -529,7 +529,7 @@ impl Shared {
             .find(|key| MessageIntegrity::check(request, key, crypto).is_ok());
         match key {
             Some(key) => Ok(Authenticated { username, account, key }),
-            None => Err(Refusal::challenge(401, "Unauthorized")),
+            None => Err(ErrorResponse::challenge(401, "Unauthorized")),
         }
     }
 
@@ -546,7 +546,7 @@ impl Shared {
         tuple: FiveTuple,
         sink: &ClientSink,
         request: &mut Message,
-    ) -> Result<Success, Refusal> {
+    ) -> Result<Success, ErrorResponse> {
         match self.check_allocate(tuple, request)? {
             Allocate::Again(success) => Ok(success),
             Allocate::New(granted) => self.open_allocation(tuple, sink, request.transaction_id, granted),
@@ -555,7 +555,7 @@ impl Shared {
 
     /// Checks an Allocate request (credentials, transport, address family,
     /// quotas) and decides what it gets; changes nothing.
-    fn check_allocate(&self, tuple: FiveTuple, request: &mut Message) -> Result<Allocate, Refusal> {
+    fn check_allocate(&self, tuple: FiveTuple, request: &mut Message) -> Result<Allocate, ErrorResponse> {
         let existing = self.allocation(&tuple);
         let auth = self.authenticate(tuple, request, None)?;
         let key = auth.key;
@@ -565,22 +565,22 @@ impl Shared {
                 let remaining = existing.state().expires.saturating_duration_since(Instant::now());
                 return Ok(Allocate::Again(allocated(&existing, tuple, remaining)));
             }
-            return Err(Refusal::signed(437, "Allocation Mismatch", key));
+            return Err(ErrorResponse::signed(437, "Allocation Mismatch", key));
         }
         let mut transport = RequestedTransport { protocol: Protocol(0) };
         if transport.get_from(request).is_err() {
-            return Err(Refusal::signed(400, "Bad Request: REQUESTED-TRANSPORT is required", key));
+            return Err(ErrorResponse::signed(400, "Bad Request: REQUESTED-TRANSPORT is required", key));
         }
         if transport.protocol != PROTO_UDP {
-            return Err(Refusal::signed(442, "Unsupported Transport Protocol", key));
+            return Err(ErrorResponse::signed(442, "Unsupported Transport Protocol", key));
         }
         if request.contains(ATTR_RESERVATION_TOKEN) {
-            return Err(Refusal::signed(508, "Insufficient Capacity: no port is reserved", key));
+            return Err(ErrorResponse::signed(508, "Insufficient Capacity: no port is reserved", key));
         }
         if let Ok(family) = request.get(ATTR_REQUESTED_ADDRESS_FAMILY) {
             let wanted_v6 = family.first() == Some(&0x02);
             if wanted_v6 != self.config.relay_ip.is_ipv6() {
-                return Err(Refusal::signed(440, "Address Family not Supported", key));
+                return Err(ErrorResponse::signed(440, "Address Family not Supported", key));
             }
         }
         let even_port = request.contains(ATTR_EVEN_PORT);
@@ -588,10 +588,10 @@ impl Shared {
         let lifetime = self.lifetime(requested.get_from(request).ok().map(|()| requested.0));
         let table = self.table();
         if table.by_tuple.len() >= self.config.allocations_max {
-            return Err(Refusal::signed(508, "Insufficient Capacity", key));
+            return Err(ErrorResponse::signed(508, "Insufficient Capacity", key));
         }
         if table.per_account.get(&auth.account).copied().unwrap_or(0) >= self.config.allocations_per_user_max {
-            return Err(Refusal::signed(486, "Allocation Quota Reached", key));
+            return Err(ErrorResponse::signed(486, "Allocation Quota Reached", key));
         }
         Ok(Allocate::New(Granted { auth, even_port, lifetime }))
     }
@@ -604,13 +604,13 @@ impl Shared {
         sink: &ClientSink,
         transaction: TransactionId,
         granted: Granted,
-    ) -> Result<Success, Refusal> {
+    ) -> Result<Success, ErrorResponse> {
         let Granted { auth, even_port, lifetime } = granted;
         let key = auth.key;
         let Some(relay) = self.bind_relay(even_port) else {
-            return Err(Refusal::signed(508, "Insufficient Capacity: no relay port is free", key));
+            return Err(ErrorResponse::signed(508, "Insufficient Capacity: no relay port is free", key));
         };
-        let relay_addr = relay.local_addr().map_err(|_| Refusal::signed(500, "Server Error", key))?;
+        let relay_addr = relay.local_addr().map_err(|_| ErrorResponse::signed(500, "Server Error", key))?;
         let allocation = Arc::new(Allocation {
             tuple,
             username: auth.username,
@@ -662,7 +662,7 @@ impl Shared {
 
     /// The allocation `tuple` holds, after authenticating the request with
     /// its credentials; 437 when there is none.
-    fn bound(&self, tuple: FiveTuple, request: &mut Message) -> Result<(Arc<Allocation>, [u8; 16]), Refusal> {
+    fn bound(&self, tuple: FiveTuple, request: &mut Message) -> Result<(Arc<Allocation>, [u8; 16]), ErrorResponse> {
         match self.allocation(&tuple) {
             Some(allocation) => {
                 let auth = self.authenticate(tuple, request, Some(&allocation))?;
@@ -670,12 +670,12 @@ impl Shared {
             }
             None => {
                 let auth = self.authenticate(tuple, request, None)?;
-                Err(Refusal::signed(437, "Allocation Mismatch", auth.key))
+                Err(ErrorResponse::signed(437, "Allocation Mismatch", auth.key))
             }
         }
     }
 
-    fn refresh(&self, tuple: FiveTuple, request: &mut Message) -> Result<Success, Refusal> {
+    fn refresh(&self, tuple: FiveTuple, request: &mut Message) -> Result<Success, ErrorResponse> {
         let (allocation, key) = self.bound(tuple, request)?;
         let mut requested = Lifetime::default();
         let requested = requested.get_from(request).ok().map(|()| requested.0);
@@ -690,23 +690,23 @@ impl Shared {
 
     /// A peer the relay may talk to: the same address family as the relay,
     /// and through the filter (403 otherwise).
-    fn admit(&self, allocation: &Allocation, peer: SocketAddr, key: [u8; 16]) -> Result<(), Refusal> {
+    fn admit(&self, allocation: &Allocation, peer: SocketAddr, key: [u8; 16]) -> Result<(), ErrorResponse> {
         if peer.is_ipv6() != allocation.relay_addr.is_ipv6() {
-            return Err(Refusal::signed(443, "Peer Address Family Mismatch", key));
+            return Err(ErrorResponse::signed(443, "Peer Address Family Mismatch", key));
         }
         if let Err(reason) = self.filter.check(peer.ip()) {
             tracing::warn!(account = %allocation.account, peer = %peer.ip(), %reason, "TURN peer refused");
             metrics::counter!("turn_peers_refused_total", "reason" => reason.to_string()).increment(1);
-            return Err(Refusal::signed(403, "Forbidden", key));
+            return Err(ErrorResponse::signed(403, "Forbidden", key));
         }
         Ok(())
     }
 
-    fn create_permission(&self, tuple: FiveTuple, request: &mut Message) -> Result<Success, Refusal> {
+    fn create_permission(&self, tuple: FiveTuple, request: &mut Message) -> Result<Success, ErrorResponse> {
         let (allocation, key) = self.bound(tuple, request)?;
         let peers = peer_addresses(request);
         if peers.is_empty() {
-            return Err(Refusal::signed(400, "Bad Request: XOR-PEER-ADDRESS is required", key));
+            return Err(ErrorResponse::signed(400, "Bad Request: XOR-PEER-ADDRESS is required", key));
         }
         for peer in &peers {
             self.admit(&allocation, *peer, key)?;
@@ -716,7 +716,7 @@ impl Shared {
         state.prune(now);
         let new = peers.iter().filter(|peer| !state.permissions.contains_key(&peer.ip())).count();
         if state.permissions.len() + new > PERMISSIONS_PER_ALLOCATION_MAX {
-            return Err(Refusal::signed(508, "Insufficient Capacity: too many permissions", key));
+            return Err(ErrorResponse::signed(508, "Insufficient Capacity: too many permissions", key));
         }
         for peer in peers {
             state.permissions.insert(peer.ip(), now + PERMISSION_LIFETIME);
@@ -724,14 +724,14 @@ impl Shared {
         Ok(Success { attributes: Vec::new(), key: Some(key) })
     }
 
-    fn channel_bind(&self, tuple: FiveTuple, request: &mut Message) -> Result<Success, Refusal> {
+    fn channel_bind(&self, tuple: FiveTuple, request: &mut Message) -> Result<Success, ErrorResponse> {
         let (allocation, key) = self.bound(tuple, request)?;
         let mut number = ChannelNumber::default();
         if number.get_from(request).is_err() || !number.valid() {
-            return Err(Refusal::signed(400, "Bad Request: CHANNEL-NUMBER must be 0x4000 to 0x7FFF", key));
+            return Err(ErrorResponse::signed(400, "Bad Request: CHANNEL-NUMBER must be 0x4000 to 0x7FFF", key));
         }
         let Some(&peer) = peer_addresses(request).first() else {
-            return Err(Refusal::signed(400, "Bad Request: XOR-PEER-ADDRESS is required", key));
+            return Err(ErrorResponse::signed(400, "Bad Request: XOR-PEER-ADDRESS is required", key));
         };
         self.admit(&allocation, peer, key)?;
         let now = Instant::now();
@@ -740,10 +740,10 @@ impl Shared {
         if state.channels.get(&number.0).is_some_and(|(bound, _)| *bound != peer)
             || state.channel_of.get(&peer).is_some_and(|bound| *bound != number.0)
         {
-            return Err(Refusal::signed(400, "Bad Request: the channel or the peer is bound otherwise", key));
+            return Err(ErrorResponse::signed(400, "Bad Request: the channel or the peer is bound otherwise", key));
         }
         if !state.permissions.contains_key(&peer.ip()) && state.permissions.len() >= PERMISSIONS_PER_ALLOCATION_MAX {
-            return Err(Refusal::signed(508, "Insufficient Capacity: too many permissions", key));
+            return Err(ErrorResponse::signed(508, "Insufficient Capacity: too many permissions", key));
         }
         state.channels.insert(number.0, (peer, now + CHANNEL_LIFETIME));
         state.channel_of.insert(peer, number.0);

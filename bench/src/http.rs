@@ -57,7 +57,7 @@ impl Clients {
         body: String,
     ) -> Result<Answer, String> {
         let slot = self.connections.get(client).ok_or("no such client")?;
-        let held = lock(&slot).take();
+        let held = lock(slot).take();
         let mut sender = match held {
             Some(sender) => sender,
             None => self.connect().await?,
@@ -77,7 +77,7 @@ impl Clients {
         let body = response.into_body().collect().await.map_err(|e| format!("response body: {e}"))?.to_bytes();
         // Put back only a connection that answered whole: a failed one is
         // dropped with its error, and the next request opens another.
-        *lock(&slot) = Some(sender);
+        *lock(slot) = Some(sender);
         Ok(Answer { status, body })
     }
 

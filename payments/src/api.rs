@@ -159,13 +159,13 @@ struct InFlight<'a> {
 
 impl<'a> InFlight<'a> {
     fn claim(set: &'a Mutex<HashSet<IdempotencyKey>>, key: &IdempotencyKey) -> Option<Self> {
-        lock(&set).insert(key.clone()).then(|| InFlight { set, key: key.clone() })
+        lock(set).insert(key.clone()).then(|| InFlight { set, key: key.clone() })
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        lock(&self.set).remove(&self.key);
+        lock(self.set).remove(&self.key);
     }
 }
 

@@ -9,7 +9,7 @@ use clap::Args;
 use courier_accounts::tokens::{TokenIssuer, TokenKey, TokenVerifier};
 use serde_json::json;
 
-use crate::support::{code_hook, progress, run_clients, serve_options, sign_in};
+use crate::support::{code_hook, progress, run_clients, serve_options, sign_in, webhook_args};
 
 #[derive(Args)]
 pub struct AccountsBench {
@@ -39,19 +39,9 @@ pub async fn run(bench: AccountsBench) -> Result<(), String> {
     let (hook_url, codes) = code_hook().await?;
 
     let data_dir = scratch.path().to_string_lossy().into_owned();
-    let mut args = vec![
-        "--data-dir",
-        &data_dir,
-        "--code-sender",
-        "webhook",
-        "--code-webhook-url",
-        &hook_url,
-        "--sign-in-codes-per-addr-per-hour-max",
-        "0",
-        // Calls are not measured here: no TURN relay.
-        "--turn",
-        "off",
-    ];
+    // Calls are not measured here: no TURN relay.
+    let mut args = vec!["--data-dir", &data_dir, "--turn", "off"];
+    args.extend(webhook_args(&hook_url));
     if let Some(url) = &bench.database_url {
         args.extend(["--database-url", url]);
     }

@@ -120,14 +120,7 @@ impl Deployment {
     async fn start(turn_args: &[&str], bench: &CallsBench) -> Result<Deployment, String> {
         let scratch = tempfile::tempdir().map_err(|error| error.to_string())?;
         let (hook_url, codes) = crate::support::code_hook().await?;
-        let mut args = vec![
-            "--code-sender",
-            "webhook",
-            "--code-webhook-url",
-            &hook_url,
-            "--sign-in-codes-per-addr-per-hour-max",
-            "0",
-        ];
+        let mut args = crate::support::webhook_args(&hook_url).to_vec();
         args.extend_from_slice(turn_args);
         let (server, mut lines) = crate::support::spawn_serve(scratch.path(), &args, None)?;
         let line = crate::support::next_serve_line(&mut lines).await?;

@@ -13,6 +13,12 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+/// `courier serve` flags that deliver sign-in codes to `hook_url` (a
+/// [`code_hook`]), with no per-address limit on code requests.
+pub fn webhook_args(hook_url: &str) -> [&str; 6] {
+    ["--code-sender", "webhook", "--code-webhook-url", hook_url, "--sign-in-codes-per-addr-per-hour-max", "0"]
+}
+
 /// `courier serve` options for a server a benchmark runs in-process.
 pub fn serve_options(args: &[&str]) -> Result<courier_server::ServeOptions, String> {
     let args = args.iter().map(std::ffi::OsString::from);

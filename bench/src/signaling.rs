@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Args;
 use courier_accounts::phone::PhoneNumber;
 use courier_accounts::tokens::{TokenIssuer, TokenKey};
+use courier_protocol::{CallId, Candidates, ClientBody, ClientMessage, HangupReason, Sdp};
 use futures::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -302,6 +303,16 @@ async fn connect(url: &str) -> Result<Ws, String> {
     Ok(ws)
 }
 
+/// A Courier client message as the text frame it travels in.
+fn courier_frame(id: &str, body: ClientBody) -> String {
+    ClientMessage { id: id.to_owned(), body }.encode()
+}
+
+/// The SDP the bench's made-up devices offer and answer.
+fn sdp() -> Sdp {
+    Sdp::parse("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n").expect("a valid session description")
+}
+
 /// The next text frame, skipping pings.
 async fn next_text(ws: &mut Ws) -> Result<String, String> {
     loop {
@@ -338,8 +349,8 @@ async fn open_device(target: &Target, name: &str) -> Result<Ws, String> {
     match target.kind {
         Kind::Courier => {
             let mut ws = connect(&format!("{}/v1/calls/ws", target.base)).await?;
-            let auth = json!({"v": 1, "type": "auth", "id": "auth", "token": token(target, name)});
-            ws.send(Message::text(auth.to_string())).await.map_err(|error| error.to_string())?;
+            let auth = courier_frame("auth", ClientBody::Auth { token: token(target, name) });
+            ws.send(Message::text(auth)).await.map_err(|error| error.to_string())?;
             expect_type(&mut ws, "ack").await?;
             Ok(ws)
         }
@@ -365,13 +376,13 @@ async fn open_pair(target: &Target, index: usize) -> Result<Pair, String> {
     let mut b = open_device(target, &b_name).await?;
     let call_id = format!("bench-call-{index}");
     if target.kind == Kind::Courier {
-        let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
-        let invite = json!({"v": 1, "type": "invite", "id": "i", "call_id": call_id, "callee": b_name, "sdp": sdp});
-        a.send(Message::text(invite.to_string())).await.map_err(|error| error.to_string())?;
+        let id = CallId::parse(&call_id)?;
+        let invite = ClientBody::Invite { call_id: id.clone(), callee: b_name.clone(), sdp: sdp(), sas_commit: None };
+        a.send(Message::text(courier_frame("i", invite))).await.map_err(|error| error.to_string())?;
         expect_type(&mut a, "ack").await?;
         expect_type(&mut b, "incoming").await?;
-        let answer = json!({"v": 1, "type": "answer", "id": "a", "call_id": call_id, "sdp": sdp});
-        b.send(Message::text(answer.to_string())).await.map_err(|error| error.to_string())?;
+        let answer = ClientBody::Answer { call_id: id, sdp: sdp(), sas_nonce: None };
+        b.send(Message::text(courier_frame("a", answer))).await.map_err(|error| error.to_string())?;
         expect_type(&mut b, "ack").await?;
         expect_type(&mut a, "answered").await?;
     }
@@ -407,7 +418,11 @@ fn relay_template(kind: Kind, pair: &Pair) -> String {
     let candidate = |pad: usize| json!({"candidate": format!("candidate:842163049 1 udp 1677729535 127.0.0.1 40000 typ srflx raddr 0.0.0.0 rport 0 generation 0 {}", "x".repeat(pad)), "sdpMid": "0", "sdpMLineIndex": 0, "seq": 0});
     let build = |pad: usize| {
         match kind {
-        Kind::Courier => json!({"v": 1, "type": "candidates", "id": "s", "call_id": pair.call_id, "candidates": [candidate(pad)]}).to_string(),
+        Kind::Courier => {
+            let call_id = CallId::parse(&pair.call_id).expect("the bench's call ids are valid");
+            let candidates = Candidates::from_values(&[candidate(pad)]).expect("one candidate object");
+            courier_frame("s", ClientBody::Candidates { call_id, candidates })
+        }
         Kind::PeerJs => json!({"type": "CANDIDATE", "dst": pair.b_name, "payload": {"candidate": candidate(pad), "type": "media", "connectionId": pair.call_id}}).to_string(),
     }
     };
@@ -520,18 +535,18 @@ async fn invite_latency(target: &Target, count: usize) -> Result<Histogram<u64>,
     ensure_accounts(target, &[a_name, b_name]).await?;
     let mut a = open_device(target, a_name).await?;
     let mut b = open_device(target, b_name).await?;
-    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
     let mut latency = new_histogram();
     for index in 0..count {
-        let call_id = format!("bench-invite-{index}");
-        let invite = json!({"v": 1, "type": "invite", "id": "i", "call_id": call_id, "callee": b_name, "sdp": sdp});
+        let call_id = CallId::parse(&format!("bench-invite-{index}"))?;
+        let invite =
+            ClientBody::Invite { call_id: call_id.clone(), callee: b_name.to_owned(), sdp: sdp(), sas_commit: None };
         let sent = Instant::now();
-        a.send(Message::text(invite.to_string())).await.map_err(|error| error.to_string())?;
+        a.send(Message::text(courier_frame("i", invite))).await.map_err(|error| error.to_string())?;
         expect_type(&mut b, "incoming").await?;
         let _ = latency.record(sent.elapsed().as_micros() as u64);
         expect_type(&mut a, "ack").await?;
-        let hangup = json!({"v": 1, "type": "hangup", "id": "h", "call_id": call_id, "reason": "user_hangup"});
-        a.send(Message::text(hangup.to_string())).await.map_err(|error| error.to_string())?;
+        let hangup = ClientBody::Hangup { call_id, reason: HangupReason::UserHangup };
+        a.send(Message::text(courier_frame("h", hangup))).await.map_err(|error| error.to_string())?;
         expect_type(&mut a, "ack").await?;
         expect_type(&mut b, "hangup").await?;
     }

@@ -263,3 +263,65 @@ pub async fn serve_router(
     });
     axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stop).await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::ServeCommand;
+
+    fn options(args: &[&str]) -> ServeOptions {
+        ServeCommand::parse_args(args.iter().map(OsString::from)).unwrap().options
+    }
+
+    /// `GET path` on `addr`: the status code and the body.
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+        let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+        (status, body)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_whole_server_runs_in_process_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = options(&["--data-dir", dir.path().to_str().unwrap(), "--turn", "off"]);
+        let shutdown = CancellationToken::new();
+        let built = build(&options, None, shutdown.clone()).await.unwrap();
+        assert!(built.payments.is_some() && built.turn.is_none());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = shutdown.clone();
+        let serving = tokio::spawn(serve_router(listener, built.router, async move { stop.cancelled().await }));
+
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        let (status, doc) = get(addr, "/openapi.json").await;
+        assert_eq!(status, 200);
+        for path in ["/v1/auth/codes", "/v1/transfers", "/v1/calls/history"] {
+            assert!(doc.contains(path), "every service's routes are mounted: {path}");
+        }
+        assert_eq!(get(addr, "/no/such/route").await.0, 404);
+
+        shutdown.cancel();
+        serving.await.unwrap().unwrap();
+        for task in built.tasks {
+            task.await.unwrap();
+        }
+        built.database.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_service_alone_needs_the_keys_to_verify_tokens_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = options(&["--data-dir", dir.path().to_str().unwrap()]);
+        let refused = build(&options, Some(Service::Payments), CancellationToken::new()).await.err().unwrap();
+        assert!(refused.contains("--jwks-url"), "{refused}");
+    }
+}

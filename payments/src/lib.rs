@@ -9,10 +9,11 @@
 //! `/unfreeze`, `GET /admin/v1/reconciliation`.
 //!
 //! Money is never a float; a transfer is never half applied and never edited;
-//! only the one writer task ([`writer`]) changes balances, and it checks the
-//! batch's invariants ([`ledger::Ledger::verify_batch`]) before each commit.
-//! The rules live in plain code ([`ledger`], [`region`], [`money`]) tested
-//! without a database.
+//! only the one writer task ([`writer`], with one file of statements per
+//! database) changes balances, and it checks the batch's invariants
+//! ([`ledger::Ledger::verify_batch`]) before each commit. The rules live in
+//! plain code ([`ledger`], [`region`], [`money`]) tested without a database;
+//! the reads both databases share are in [`store`].
 
 // Amounts in minor units are written major_minor (`100_000_00` is 100,000.00).
 #![allow(clippy::inconsistent_digit_grouping)]

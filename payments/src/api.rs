@@ -112,15 +112,15 @@ impl Payments {
         phone: Option<&PhoneNumber>,
     ) -> Result<Option<(String, Option<RegionCode>)>, PaymentsError> {
         let cache_key = match (recipient, phone) {
-            (Recipient::LedgerAccountId { account_id }, _) => format!("id:{account_id}"),
-            (Recipient::Phone { .. }, Some(phone)) => format!("phone:{}", phone.as_e164()),
-            (Recipient::Phone { .. }, None) => return Ok(None),
+            (Recipient::Account(ToAccount { account_id }), _) => format!("id:{account_id}"),
+            (Recipient::Phone(_), Some(phone)) => format!("phone:{}", phone.as_e164()),
+            (Recipient::Phone(_), None) => return Ok(None),
         };
         if let Some(found) = lock(&self.inner.recipients).get(&cache_key) {
             return Ok(Some(found.clone()));
         }
         let account = match (recipient, phone) {
-            (Recipient::LedgerAccountId { account_id }, _) => {
+            (Recipient::Account(ToAccount { account_id }), _) => {
                 courier_accounts::store::account(&self.inner.db, account_id).await?
             }
             (_, Some(phone)) => courier_accounts::store::account_by_phone(&self.inner.db, phone).await?,
@@ -266,12 +266,24 @@ async fn wallet(State(payments): State<Payments>, user: AuthUser) -> Result<axum
     }))
 }
 
-/// The recipient: an account id or a phone number.
+/// The recipient: an account id or a phone number, never both.
 #[derive(Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Recipient {
-    LedgerAccountId { account_id: String },
-    Phone { phone: String },
+    Account(ToAccount),
+    Phone(ToPhone),
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToAccount {
+    account_id: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToPhone {
+    phone: String,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -309,11 +321,11 @@ async fn send(
         .map_err(|error| PaymentsError::InvalidAmount(error.to_string()))?;
     let note = request.note.as_deref().map(|note| checked_text(note, "note", NOTE_CHARS_MAX)).transpose()?;
     let recipient_phone = match &request.to {
-        Recipient::Phone { phone } => Some(
+        Recipient::Phone(ToPhone { phone }) => Some(
             PhoneNumber::parse(phone)
                 .map_err(|error| HttpError::new(StatusCode::BAD_REQUEST, "invalid_phone", error.to_string()))?,
         ),
-        Recipient::LedgerAccountId { .. } => None,
+        Recipient::Account(_) => None,
     };
     let from = user.account_id().to_owned();
     let from_region = RegionCode::parse(user.region());

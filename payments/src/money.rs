@@ -114,6 +114,12 @@ pub fn parse_minor(input: &str, currency: Currency, signed: bool) -> Result<i64,
     if digits.contains('.') && fraction.is_empty() {
         return Err(AmountError::Malformed);
     }
+    // One spelling per amount: no leading zeros ("01.00"), no negative zero.
+    if (whole.len() > 1 && whole.starts_with('0'))
+        || (negative && whole.bytes().chain(fraction.bytes()).all(|b| b == b'0'))
+    {
+        return Err(AmountError::Malformed);
+    }
     let decimal = Decimal::from_str(digits).map_err(|_| AmountError::TooLarge)?;
     let digits_allowed = currency.minor_digits();
     if decimal.normalize().scale() > digits_allowed {
@@ -163,15 +169,20 @@ mod tests {
 
     #[test]
     fn rejects_each_kind_of_bad_amount() {
-        for bad in ["", "abc", "1e3", "1E3", "+5", " 5", "5 ", "1,00", "1.", ".5", "1.2.3", "0x10", "٣", "NaN", "inf"]
-        {
+        for bad in [
+            "", "abc", "1e3", "1E3", "+5", " 5", "5 ", "1,00", "1.", ".5", "1.2.3", "0x10", "٣", "NaN", "inf", "01.00",
+            "00.0", "007",
+        ] {
             assert_eq!(Money::parse(bad, Currency::Rub), Err(AmountError::Malformed), "{bad:?}");
         }
         assert!(matches!(Money::parse("1.001", Currency::Rub), Err(AmountError::TooPrecise { .. })));
-        for zero in ["0", "0.00", "00.0"] {
+        for zero in ["0", "0.00", "0.0"] {
             assert_eq!(Money::parse(zero, Currency::Rub), Err(AmountError::NotPositive), "{zero}");
         }
         assert_eq!(Money::parse("-1.00", Currency::Rub), Err(AmountError::NotPositive));
+        for negative_zero in ["-0", "-0.00", "-00.5"] {
+            assert_eq!(parse_minor(negative_zero, Currency::Rub, true), Err(AmountError::Malformed), "{negative_zero}");
+        }
         assert_eq!(Money::parse("1000000000000.01", Currency::Rub), Err(AmountError::TooLarge));
         assert_eq!(Money::parse(&"9".repeat(31), Currency::Rub), Err(AmountError::TooLarge));
         assert_eq!(Money::parse(&"9".repeat(40), Currency::Rub), Err(AmountError::Malformed));

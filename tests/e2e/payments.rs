@@ -155,12 +155,30 @@ async fn every_refusal_changes_nothing(db: Db) {
     let w = world(db).await;
     w.deposit(&w.alice.account_id, "1000.00", "RUB").await;
     let bob = json!({"phone": BOB});
-    for amount in
-        [json!("0"), json!("-5.00"), json!("1.001"), json!("1e3"), json!("abc"), json!(""), json!("10000000000000")]
-    {
+    for amount in [
+        json!("0"),
+        json!("-5.00"),
+        json!("1.001"),
+        json!("1e3"),
+        json!("abc"),
+        json!(""),
+        json!("10000000000000"),
+        json!("01.00"),
+    ] {
         refused(&w, &w.alice, json!({"to": bob, "amount": amount, "currency": "RUB"}), 400, "invalid_amount").await;
     }
     refused(&w, &w.alice, json!({"to": bob, "amount": 150, "currency": "RUB"}), 400, "invalid_request").await;
+    // One recipient, named one way: both ways at once is refused, not resolved.
+    let both = json!({"phone": BOB, "account_id": w.alice.account_id});
+    refused(&w, &w.alice, json!({"to": both, "amount": "1.00", "currency": "RUB"}), 400, "invalid_request").await;
+    refused(
+        &w,
+        &w.alice,
+        json!({"to": {"phone": BOB, "x": 1}, "amount": "1.00", "currency": "RUB"}),
+        400,
+        "invalid_request",
+    )
+    .await;
     refused(&w, &w.alice, json!({"to": bob, "amount": "1.00", "currency": "RUB", "tip": 1}), 400, "invalid_request")
         .await;
     refused(&w, &w.alice, json!({"to": bob, "amount": "1.00", "currency": "BRL"}), 422, "currency_mismatch").await;

@@ -174,7 +174,7 @@ impl From<Session> for SessionBody {
     responses((status = 201, body = SessionBody),
               (status = 400, description = "`invalid_phone`, `invalid_request`", body = ErrorBody),
               (status = 401, description = "`invalid_code`, `code_expired`", body = ErrorBody),
-              (status = 429, description = "`too_many_attempts`", body = ErrorBody)))]
+              (status = 429, description = "`too_many_attempts`, with Retry-After (until a new code may be requested)", body = ErrorBody)))]
 async fn sign_in(
     State(accounts): State<Accounts>,
     Json(body): Json<SignInRequest>,

@@ -14,8 +14,9 @@ pub enum AccountsError {
     InvalidCode,
     #[error("the code has expired; request a new one")]
     CodeExpired,
+    /// Locked out until a new code may be requested (`retry_after_s`).
     #[error("too many wrong codes; request a new one")]
-    TooManyAttempts,
+    TooManyAttempts { retry_after_s: u64 },
     #[error("{message}")]
     RateLimited { message: String, retry_after_s: u64 },
     #[error("the code could not be delivered: {0}; try again later")]
@@ -46,7 +47,7 @@ impl AccountsError {
             AccountsError::InvalidPhone(_) => "invalid_phone",
             AccountsError::InvalidCode => "invalid_code",
             AccountsError::CodeExpired => "code_expired",
-            AccountsError::TooManyAttempts => "too_many_attempts",
+            AccountsError::TooManyAttempts { .. } => "too_many_attempts",
             AccountsError::RateLimited { .. } => "rate_limited",
             AccountsError::CodeDeliveryFailed(_) => "code_delivery_failed",
             AccountsError::InvalidRefreshToken => "invalid_refresh_token",
@@ -71,7 +72,7 @@ impl AccountsError {
             | AccountsError::InvalidRefreshToken
             | AccountsError::RefreshTokenReused
             | AccountsError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            AccountsError::TooManyAttempts | AccountsError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AccountsError::TooManyAttempts { .. } | AccountsError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AccountsError::CodeDeliveryFailed(_) => StatusCode::BAD_GATEWAY,
             AccountsError::Forbidden(_) => StatusCode::FORBIDDEN,
             AccountsError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -89,7 +90,7 @@ impl From<AccountsError> for HttpError {
                 tracing::warn!(%cause, "sign-in code delivery failed");
                 HttpError::new(error.status(), error.code(), "the code could not be delivered; try again later")
             }
-            AccountsError::RateLimited { retry_after_s, .. } => {
+            AccountsError::RateLimited { retry_after_s, .. } | AccountsError::TooManyAttempts { retry_after_s } => {
                 HttpError::new(error.status(), error.code(), error.to_string()).with_retry_after(retry_after_s)
             }
             other => HttpError::new(other.status(), other.code(), other.to_string()),

@@ -162,9 +162,13 @@ impl Accounts {
         let config = &self.inner.config;
         let now = now_ms();
         let stored = store::latest_code(db, phone).await?.ok_or(AccountsError::InvalidCode)?;
-        check_code_state(&stored, now, config)?;
-        if store::count_attempt(db, &stored.id, i64::from(config.sign_in_code_attempts_max)).await?.is_none() {
-            return Err(AccountsError::TooManyAttempts);
+        let counted = match check_code_state(&stored, now, config) {
+            Ok(()) => store::count_attempt(db, &stored.id, i64::from(config.sign_in_code_attempts_max)).await?,
+            Err(AccountsError::TooManyAttempts { .. }) => None,
+            Err(refused) => return Err(refused),
+        };
+        if counted.is_none() {
+            return Err(self.locked_out(phone, now).await?);
         }
         if !constant_time_eq(&code.digest(&stored.id), &stored.digest) {
             metrics::counter!("accounts_sign_in_failures_total").increment(1);
@@ -227,6 +231,14 @@ impl Accounts {
         }
     }
 
+    /// Too many wrong codes: the number may try again with a new code, as
+    /// soon as one may be requested.
+    async fn locked_out(&self, phone: &PhoneNumber, now: i64) -> Result<AccountsError, AccountsError> {
+        let recent = store::code_request_times(&self.inner.db, phone, now - HOUR_MS).await?;
+        let retry_after_s = check_code_rate(&recent, now, &self.inner.config).err().unwrap_or(1);
+        Ok(AccountsError::TooManyAttempts { retry_after_s })
+    }
+
     fn session(&self, account_id: String, device_id: String, region: &str, refresh_token: String) -> Session {
         let now_s = u64::try_from(now_ms() / MS_PER_S).unwrap_or(0);
         let access_token = self.inner.issuer.issue(&account_id, &device_id, region, now_s);
@@ -264,7 +276,7 @@ pub fn check_code_state(code: &store::CodeRow, now_ms: i64, config: &AccountsCon
         return Err(AccountsError::InvalidCode);
     }
     if code.attempts >= i64::from(config.sign_in_code_attempts_max) {
-        return Err(AccountsError::TooManyAttempts);
+        return Err(AccountsError::TooManyAttempts { retry_after_s: 1 });
     }
     if code.expires_at_ms <= now_ms {
         return Err(AccountsError::CodeExpired);
@@ -311,7 +323,10 @@ mod tests {
         let config = AccountsConfig::default();
         assert!(check_code_state(&code(NOW + 1, 0, None), NOW, &config).is_ok());
         assert!(matches!(check_code_state(&code(NOW, 0, None), NOW, &config), Err(AccountsError::CodeExpired)));
-        assert!(matches!(check_code_state(&code(NOW + 1, 5, None), NOW, &config), Err(AccountsError::TooManyAttempts)));
+        assert!(matches!(
+            check_code_state(&code(NOW + 1, 5, None), NOW, &config),
+            Err(AccountsError::TooManyAttempts { .. })
+        ));
         assert!(matches!(
             check_code_state(&code(NOW + 1, 0, Some(NOW)), NOW, &config),
             Err(AccountsError::InvalidCode)

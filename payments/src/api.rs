@@ -304,7 +304,7 @@ pub struct TransferRequest {
               (status = 400, description = "`idempotency_key_required`, `invalid_amount`, `invalid_request`", body = ErrorBody),
               (status = 403, description = "`region_not_supported`, `region_disabled`, `wallet_frozen`", body = ErrorBody),
               (status = 404, description = "`recipient_not_found`", body = ErrorBody),
-              (status = 409, description = "`idempotency_key_in_use`", body = ErrorBody),
+              (status = 409, description = "`idempotency_key_in_use` (Retry-After)", body = ErrorBody),
               (status = 422, description = "`idempotency_key_reused`, `currency_mismatch`, `self_transfer`, `cross_region`, `recipient_frozen`, `insufficient_funds`, `limit_per_transfer`, `limit_daily`, `limit_monthly`, `limit_night`", body = ErrorBody),
               (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
 async fn send(

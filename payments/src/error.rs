@@ -70,7 +70,8 @@ impl From<PaymentsError> for HttpError {
     fn from(error: PaymentsError) -> Self {
         match error {
             PaymentsError::Database(cause) => HttpError::internal("payments storage", &cause),
-            PaymentsError::Overloaded | PaymentsError::Unavailable => {
+            // The first request with the key is still running: its answer comes soon.
+            PaymentsError::Overloaded | PaymentsError::Unavailable | PaymentsError::IdempotencyKeyInUse => {
                 HttpError::new(error.status(), error.code(), error.to_string()).with_retry_after(1)
             }
             other => HttpError::new(other.status(), other.code(), other.to_string()),

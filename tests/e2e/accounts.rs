@@ -282,9 +282,18 @@ async fn bad_sign_in_input_changes_nothing(db: Db) {
             server.post("/v1/auth/sessions", None, json!({"phone": ALICE, "code": wrong, "device_name": "d"})).await;
         assert_eq!((status, error_code(&body)), (401, "invalid_code"), "attempt {attempt}");
     }
-    let (status, body) =
-        server.post("/v1/auth/sessions", None, json!({"phone": ALICE, "code": code, "device_name": "d"})).await;
-    assert_eq!((status, error_code(&body)), (429, "too_many_attempts"));
+    let response = server
+        .http
+        .post(format!("{}/v1/auth/sessions", server.url))
+        .json(&json!({"phone": ALICE, "code": code, "device_name": "d"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=300).contains(&retry_after), "until a new code may be asked for: {retry_after}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "too_many_attempts");
     let (status, body) =
         server.post("/v1/auth/sessions", None, json!({"phone": BOB, "code": "123456", "device_name": "d"})).await;
     assert_eq!((status, error_code(&body)), (401, "invalid_code"), "no code was ever sent to Bob");

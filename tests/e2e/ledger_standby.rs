@@ -74,8 +74,20 @@ async fn a_standby_writer_takes_over_when_the_first_dies(db: Db) {
 
     // The same key while that request is still in flight: 409.
     let to_bob_again = json!({"to": {"account_id": bob.account_id}, "amount": "30.00", "currency": "RUB"});
-    let (status, body) = post(&first, &standby.url, &alice.access_token, "k-standby", &to_bob_again).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("idempotency_key_in_use")));
+    let response = first
+        .http
+        .post(format!("{}/v1/transfers", standby.url))
+        .bearer_auth(&alice.access_token)
+        .header("idempotency-key", "k-standby")
+        .json(&to_bob_again)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    let retry_after = response.headers().get("retry-after").map(|value| value.to_str().unwrap().to_owned());
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "idempotency_key_in_use");
+    assert_eq!(retry_after.as_deref(), Some("1"), "a retry with the same key may come back in a second");
     let (_, wallet) = first.get("/v1/wallet", Some(&alice.access_token)).await;
     assert_eq!(wallet["balance"], "100.00");
 

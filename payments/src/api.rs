@@ -305,7 +305,7 @@ pub struct TransferRequest {
               (status = 403, description = "`region_not_supported`, `region_disabled`, `wallet_frozen`", body = ErrorBody),
               (status = 404, description = "`recipient_not_found`", body = ErrorBody),
               (status = 409, description = "`idempotency_key_in_use` (Retry-After)", body = ErrorBody),
-              (status = 422, description = "`idempotency_key_reused`, `currency_mismatch`, `self_transfer`, `cross_region`, `recipient_frozen`, `insufficient_funds`, `limit_per_transfer`, `limit_daily`, `limit_monthly`, `limit_night`", body = ErrorBody),
+              (status = 422, description = "`idempotency_key_reused`, `currency_mismatch`, `self_transfer`, `cross_region`, `recipient_frozen`, `insufficient_funds`, `limit_per_transfer`, `limit_daily`, `limit_monthly`, `limit_night`, `balance_limit` (the recipient's wallet is full)", body = ErrorBody),
               (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
 async fn send(
     State(payments): State<Payments>,
@@ -399,7 +399,8 @@ pub struct ExternalMoney {
 #[utoipa::path(post, path = "/admin/v1/deposits", tag = "finance-ops", security(("operator" = [])), request_body = ExternalMoney,
     params(("Idempotency-Key" = String, Header)),
     responses((status = 201, body = TransferView), (status = 403, description = "`forbidden`, `wallet_frozen`", body = ErrorBody),
-              (status = 404, description = "`not_found`", body = ErrorBody)))]
+              (status = 404, description = "`not_found`", body = ErrorBody),
+              (status = 422, description = "`balance_limit`: the wallet would hold more than 10,000,000,000,000.00", body = ErrorBody)))]
 async fn deposit(
     State(payments): State<Payments>,
     operator: Authorized<OperatorRole>,

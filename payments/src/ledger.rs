@@ -243,6 +243,11 @@ impl Command {
     }
 }
 
+/// The most a wallet may hold, in minor units (10,000,000,000,000.00: ten
+/// of the largest single amounts). Well inside `i64`, so that balances and
+/// their sums are counted exactly; money that would go past it is refused.
+pub const WALLET_BALANCE_MINOR_MAX: i64 = 10 * crate::money::AMOUNT_MAJOR_MAX * 100;
+
 /// Why a command changed nothing. Each has its own stable error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
@@ -260,6 +265,9 @@ pub enum Refusal {
     LimitMonthly,
     LimitNight,
     WalletNotFound,
+    /// The money would take a wallet past [`WALLET_BALANCE_MINOR_MAX`] (or
+    /// any account past what its balance can count).
+    BalanceLimit,
 }
 
 impl Refusal {
@@ -279,6 +287,7 @@ impl Refusal {
             Refusal::LimitMonthly => "limit_monthly",
             Refusal::LimitNight => "limit_night",
             Refusal::WalletNotFound => "not_found",
+            Refusal::BalanceLimit => "balance_limit",
         }
     }
 
@@ -298,6 +307,7 @@ impl Refusal {
             Refusal::LimitMonthly => "this would exceed your monthly limit",
             Refusal::LimitNight => "this would exceed the night-time limit (20:00 to 06:00)",
             Refusal::WalletNotFound => "there is no such wallet",
+            Refusal::BalanceLimit => "that would take the wallet past the most it may hold (10,000,000,000,000.00)",
         }
     }
 
@@ -441,10 +451,14 @@ impl Ledger {
             // The migrations create every region's system accounts.
             return Err(Refusal::RegionNotSupported);
         }
-        usage.day_minor += amount;
-        usage.month_minor += amount;
+        self.fits(request.from, to, amount)?;
+        if fee > 0 {
+            self.fits(request.from, fee_account, fee)?;
+        }
+        usage.day_minor = usage.day_minor.saturating_add(amount);
+        usage.month_minor = usage.month_minor.saturating_add(amount);
         if usage.night_start_ms.is_some() {
-            usage.night_minor += amount;
+            usage.night_minor = usage.night_minor.saturating_add(amount);
         }
         Ok(P2pPlan { to: to.clone(), region, currency: sender.currency, usage, fee_minor: fee, fee_account })
     }
@@ -516,6 +530,7 @@ impl Ledger {
             }
             _ => (settlement, wallet.clone()),
         };
+        self.fits(&debit, &credit, amount.minor())?;
         let mut transfer = Transfer {
             id: id.to_owned(),
             kind,
@@ -539,13 +554,32 @@ impl Ledger {
 
     /// Moves the transfer's money and makes it the head of both accounts'
     /// chains, linking it to their previous heads.
+    /// Whether `amount_minor` may move from `debit` to `credit`: neither
+    /// balance leaves the range it is counted in, and a wallet stays within
+    /// [`WALLET_BALANCE_MINOR_MAX`].
+    fn fits(&self, debit: &str, credit: &str, amount_minor: i64) -> Result<(), Refusal> {
+        let after = |id: &str, change: Option<i64>| match self.accounts.get(id) {
+            Some(account) => {
+                let balance = change.and_then(|change| account.balance_minor.checked_add(change));
+                let wallet_full = account.kind == AccountKind::Wallet
+                    && balance.is_some_and(|balance| balance > WALLET_BALANCE_MINOR_MAX);
+                if balance.is_none() || wallet_full { Err(Refusal::BalanceLimit) } else { Ok(()) }
+            }
+            None => Ok(()),
+        };
+        after(debit, amount_minor.checked_neg())?;
+        after(credit, Some(amount_minor))
+    }
+
+    /// Posts a transfer that [`Ledger::fits`] let through.
     fn post(&mut self, transfer: &mut Transfer) {
+        const CHECKED: &str = "the balance was checked by Ledger::fits before posting";
         if let Some(account) = self.accounts.get_mut(&transfer.debit) {
-            account.balance_minor -= transfer.amount_minor;
+            account.balance_minor = account.balance_minor.checked_sub(transfer.amount_minor).expect(CHECKED);
             transfer.debit_prev = account.last_transfer.replace(transfer.id.clone());
         }
         if let Some(account) = self.accounts.get_mut(&transfer.credit) {
-            account.balance_minor += transfer.amount_minor;
+            account.balance_minor = account.balance_minor.checked_add(transfer.amount_minor).expect(CHECKED);
             transfer.credit_prev = account.last_transfer.replace(transfer.id.clone());
         }
     }
@@ -588,8 +622,11 @@ impl Ledger {
                 }
                 *head = Some(&transfer.id);
             }
-            *expected.entry(&transfer.debit).or_default() -= transfer.amount_minor;
-            *expected.entry(&transfer.credit).or_default() += transfer.amount_minor;
+            let overflow = || format!("transfer {} takes a balance out of range", transfer.id);
+            let debit = expected.entry(&transfer.debit).or_default();
+            *debit = debit.checked_sub(transfer.amount_minor).ok_or_else(overflow)?;
+            let credit = expected.entry(&transfer.credit).or_default();
+            *credit = credit.checked_add(transfer.amount_minor).ok_or_else(overflow)?;
         }
         for (id, head) in heads {
             if self.accounts.get(id).and_then(|a| a.last_transfer.as_deref()) != head {
@@ -606,8 +643,11 @@ impl Ledger {
             if account.kind == AccountKind::Wallet && account.balance_minor < 0 {
                 return Err(format!("wallet {id} would go negative: {}", account.balance_minor));
             }
-            *totals_before.entry(account.currency).or_default() += before[id].balance_minor;
-            *totals_after.entry(account.currency).or_default() += account.balance_minor;
+            let overflow = || format!("the totals of {} are out of range", account.currency);
+            let total = totals_before.entry(account.currency).or_default();
+            *total = total.checked_add(before[id].balance_minor).ok_or_else(overflow)?;
+            let total = totals_after.entry(account.currency).or_default();
+            *total = total.checked_add(account.balance_minor).ok_or_else(overflow)?;
         }
         if totals_before != totals_after {
             return Err(format!("the batch does not net to zero: {totals_before:?} became {totals_after:?}"));

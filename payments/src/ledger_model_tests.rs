@@ -7,7 +7,10 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 
-use crate::ledger::{AccountKind, Command, Ledger, LedgerAccount, Refusal, Transfer, TransferKind, system_account};
+use crate::ledger::{
+    AccountKind, Command, Ledger, LedgerAccount, Refusal, Transfer, TransferKind, WALLET_BALANCE_MINOR_MAX,
+    system_account,
+};
 use crate::money::{Currency, Money};
 use crate::region::{FeeRule, RegionCode, RegionRules};
 
@@ -352,4 +355,28 @@ fn verify_batch_catches_a_transfer_that_skips_the_chain() {
     made[0].credit_prev = None;
     let error = ledger.verify_batch(&before, &made).unwrap_err();
     assert!(error.contains("chain of ru0"), "{error}");
+}
+
+#[test]
+fn money_past_what_an_account_can_hold_is_refused_and_changes_nothing() {
+    let (mut ledger, _) = setup();
+    let deposit = |id: &str, wallet: &str, minor: i64| Command::Deposit {
+        id: id.into(),
+        wallet: wallet.into(),
+        amount: Money::from_minor(minor, Currency::Rub),
+        external_ref: "x".into(),
+        operator: "op".into(),
+    };
+    ledger.accounts.get_mut("ru0").unwrap().balance_minor = WALLET_BALANCE_MINOR_MAX - 100;
+    ledger.accounts.get_mut("sys:RU:settlement").unwrap().balance_minor = -(WALLET_BALANCE_MINOR_MAX - 100);
+    ledger.apply(&deposit("d1", "ru0", 100), "op", START_MS).expect("up to the limit");
+    let full = ledger.accounts.clone();
+    assert_eq!(ledger.apply(&deposit("d2", "ru0", 1), "op", START_MS), Err(Refusal::BalanceLimit));
+    assert_eq!(ledger.accounts, full, "a refusal changes nothing");
+
+    // A system account's balance never wraps, whatever the wallets hold.
+    ledger.accounts.get_mut("sys:RU:settlement").unwrap().balance_minor = i64::MIN + 50;
+    assert_eq!(ledger.apply(&deposit("d3", "ru1", 100), "op", START_MS), Err(Refusal::BalanceLimit));
+    assert_eq!(Refusal::BalanceLimit.code(), "balance_limit");
+    assert_eq!(Refusal::BalanceLimit.status(), 422);
 }

@@ -579,6 +579,41 @@ async fn migration_5_chains_the_history_and_counts_usage(db: Db) {
     }
 }
 
+/// A deposit that would take a wallet past what it may hold is refused on
+/// its own (422 `balance_limit`); the deposits in the same batches succeed.
+async fn a_deposit_past_the_balance_limit_is_refused_alone(db: Db) {
+    let w = world(db).await;
+    let max = "1000000000000.00";
+    for _ in 0..10 {
+        w.deposit(&w.alice.account_id, max, "RUB").await;
+    }
+    let before = w.ledger_state().await;
+    let over = {
+        let body = json!({"account_id": w.alice.account_id, "amount": "0.01", "currency": "RUB", "external_ref": "r"});
+        let (server, admin) = (&w.server, &w.admin);
+        async move { server.post_keyed("/admin/v1/deposits", admin, "over-the-limit", body).await }
+    };
+    let neighbours = (0..20).map(|i| {
+        let body = json!({"account_id": w.bob.account_id, "amount": "1.00", "currency": "RUB", "external_ref": "r"});
+        let (server, admin) = (&w.server, &w.admin);
+        async move { server.post_keyed("/admin/v1/deposits", admin, &format!("neighbour-{i}"), body).await }
+    });
+    let (over, neighbours) = tokio::join!(over, futures::future::join_all(neighbours));
+    assert_eq!((over.0, error_code(&over.1)), (422, "balance_limit"), "{}", over.1);
+    for (status, body, _) in neighbours {
+        assert_eq!(status, 201, "an unrelated deposit in the same batch: {body}");
+    }
+    assert_eq!(w.balance(&w.alice).await, "10000000000000.00", "the refused deposit moved nothing");
+    assert_eq!(w.balance(&w.bob).await, "20.00");
+    let after = w.ledger_state().await;
+    assert_eq!(after["trial"], before["trial"], "still balanced");
+    // Money sent to the full wallet is refused the same way.
+    w.deposit(&w.bob.account_id, "50.00", "RUB").await;
+    let to_alice = json!({"to": {"phone": ALICE}, "amount": "1.00", "currency": "RUB"});
+    refused(&w, &w.bob, to_alice, 422, "balance_limit").await;
+    w.finish().await;
+}
+
 async fn deposits_and_withdrawals(db: Db) {
     let w = world(db).await;
     let money = |amount: &str| json!({"account_id": w.alice.account_id, "amount": amount, "currency": "RUB", "external_ref": "sbp-42"});
@@ -706,4 +741,5 @@ on_both_databases!(
     deposits_and_withdrawals,
     a_batch_that_writes_other_rows_than_due_leaves_nothing,
     migration_5_chains_the_history_and_counts_usage,
+    a_deposit_past_the_balance_limit_is_refused_alone,
 );

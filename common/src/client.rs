@@ -30,6 +30,8 @@ pub async fn request(
     }
     let response = request.send().await.map_err(|error| format!("cannot reach {base}: {error}"))?;
     let status = response.status();
+    let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(|value| value.to_str().ok());
+    let retry_after_s = retry_after.and_then(|value| value.trim().parse::<u64>().ok());
     let text = response.text().await.map_err(|error| error.to_string())?;
     if status.is_success() {
         return Ok(if text.is_empty() {
@@ -38,13 +40,23 @@ pub async fn request(
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         });
     }
-    match serde_json::from_str::<Value>(&text) {
-        Ok(value) if value["error"]["code"].is_string() => Err(format!(
+    Err(refusal(status.as_u16(), retry_after_s, &text))
+}
+
+/// What a refused request tells a person: the error's code and message in
+/// the shared error shape, and when to try again where the server said.
+fn refusal(status: u16, retry_after_s: Option<u64>, body: &str) -> String {
+    let said = match serde_json::from_str::<Value>(body) {
+        Ok(value) if value["error"]["code"].is_string() => format!(
             "{} ({status}): {}",
             value["error"]["code"].as_str().unwrap_or(""),
             value["error"]["message"].as_str().unwrap_or("")
-        )),
-        _ => Err(format!("the server answered {status}")),
+        ),
+        _ => format!("the server answered {status}"),
+    };
+    match retry_after_s {
+        Some(seconds) => format!("{said} (try again in {seconds} s)"),
+        None => said,
     }
 }
 
@@ -72,5 +84,21 @@ pub fn print_table(columns: &[&str], rows: &[Value]) {
     println!("{}", line(columns.iter().map(|c| c.to_uppercase()).collect()));
     for row in rows {
         println!("{}", line(columns.iter().map(|column| cell(row, column)).collect()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_say_the_code_the_message_and_when_to_retry() {
+        let body = r#"{"error":{"code":"rate_limited","message":"too many code requests; wait and try again"}}"#;
+        assert_eq!(
+            refusal(429, Some(42), body),
+            "rate_limited (429): too many code requests; wait and try again (try again in 42 s)"
+        );
+        assert_eq!(refusal(404, None, r#"{"error":{"code":"not_found","message":"no"}}"#), "not_found (404): no");
+        assert_eq!(refusal(502, None, "<html>"), "the server answered 502");
     }
 }

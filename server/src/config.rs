@@ -148,6 +148,7 @@ pub struct ServerSection {
     /// Split deployments: where services that do not sign tokens fetch the JWKS.
     #[arg(long, env = "COURIER_JWKS_URL")]
     pub jwks_url: Option<String>,
+    /// Log lines for people (human) or one JSON object a line for collectors (json); filter with COURIER_LOG.
     #[arg(long, env = "COURIER_LOG_FORMAT", value_enum, default_value = "human")]
     pub log_format: LogFormat,
     /// Largest request body; larger ones get 413.
@@ -204,19 +205,25 @@ pub struct AccountsSection {
     /// Earlier signing keys still trusted (and published in the JWKS) during rotation.
     #[arg(long, env = "COURIER_TOKEN_PREVIOUS_KEY_FILES", value_delimiter = ',')]
     pub token_previous_key_file: Vec<PathBuf>,
+    /// Seconds a sign-in code stays valid.
     #[arg(long, env = "COURIER_SIGN_IN_CODE_TTL_S", default_value_t = AccountsConfig::default().sign_in_code_ttl_s)]
     pub sign_in_code_ttl_s: u64,
+    /// Tries per code; the next one gets 429 `too_many_attempts`.
     #[arg(long, env = "COURIER_SIGN_IN_CODE_ATTEMPTS_MAX", default_value_t = AccountsConfig::default().sign_in_code_attempts_max)]
     pub sign_in_code_attempts_max: u32,
+    /// Seconds between two code requests for one number.
     #[arg(long, env = "COURIER_SIGN_IN_CODE_RESEND_AFTER_S", default_value_t = AccountsConfig::default().sign_in_code_resend_after_s)]
     pub sign_in_code_resend_after_s: u64,
+    /// Code requests per number per hour.
     #[arg(long, env = "COURIER_SIGN_IN_CODES_PER_PHONE_PER_HOUR_MAX", default_value_t = AccountsConfig::default().sign_in_codes_per_phone_per_hour_max)]
     pub sign_in_codes_per_phone_per_hour_max: u32,
-    /// 0 turns the per-address limit off (e.g. behind a proxy that limits).
+    /// Code requests per client address per hour; 0 turns this limit off (e.g. behind a proxy that limits).
     #[arg(long, env = "COURIER_SIGN_IN_CODES_PER_ADDR_PER_HOUR_MAX", default_value_t = AccountsConfig::default().sign_in_codes_per_addr_per_hour_max)]
     pub sign_in_codes_per_addr_per_hour_max: u32,
+    /// Seconds an access token is valid (at most 3600).
     #[arg(long, env = "COURIER_ACCESS_TOKEN_TTL_S", default_value_t = AccountsConfig::default().access_token_ttl_s)]
     pub access_token_ttl_s: u64,
+    /// Seconds a refresh token is valid; each refresh hands out a new one, so a device session lasts while it is used.
     #[arg(long, env = "COURIER_REFRESH_TOKEN_TTL_S", default_value_t = AccountsConfig::default().refresh_token_ttl_s)]
     pub refresh_token_ttl_s: u64,
 }
@@ -586,6 +593,19 @@ mod tests {
             let refused = parse(&["--config", path.to_str().unwrap()]).err().unwrap_or_default();
             // The key is known: the file's value reaches the option's own parser (which may refuse "?").
             assert!(!refused.contains("unknown option"), "{key}: {refused}");
+        }
+    }
+
+    #[test]
+    fn every_option_says_what_it_is_and_shows_its_default() {
+        let command = ServeCommand::command();
+        for arg in command.get_arguments() {
+            let id = arg.get_id();
+            assert!(arg.get_help().is_some_and(|help| !help.to_string().is_empty()), "--{id} has no description");
+        }
+        let help = ServeCommand::command().render_long_help().to_string();
+        for shown in ["[default: 127.0.0.1:8080]", "[default: 300]", "[default: human]", "[default: 65536]"] {
+            assert!(help.contains(shown), "{shown} in --help");
         }
     }
 

@@ -130,6 +130,8 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// The client did not read its frames fast enough.
     pub const SLOW_READER: u16 = 1008;
+    /// A frame beyond what the transport reads at all.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// No valid `auth` within the deadline, or a bad token.
     pub const UNAUTHENTICATED: u16 = 4401;
     /// A newer connection of the same device took over.
@@ -145,6 +147,7 @@ pub mod close {
         match code {
             GOING_AWAY => "server shutting down",
             SLOW_READER => "outbound queue full: the client reads too slowly",
+            MESSAGE_TOO_BIG => "a frame over the size this server reads",
             UNAUTHENTICATED => "authenticate first with a valid access token",
             REPLACED => "another connection of this device took over",
             TOO_MANY_DEVICES => "too many devices of this account are connected",

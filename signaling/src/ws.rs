@@ -72,6 +72,10 @@ async fn authenticate(
     loop {
         let text = match timeout_at(deadline, socket.next()).await {
             Err(_) => return refuse(None, "send auth with an access token first, within the deadline"),
+            Ok(Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_)))) => {
+                outbox.close(close::MESSAGE_TOO_BIG);
+                return None;
+            }
             Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return None,
             Ok(Some(Ok(Message::Text(text)))) => text,
             Ok(Some(Ok(Message::Binary(_)))) => return refuse(None, "messages are JSON text frames"),
@@ -221,28 +225,42 @@ fn read<'a>(
     outbox: &Outbox,
     limiter: &governor::DefaultDirectRateLimiter,
 ) -> Read<'a> {
-    let text = match next {
-        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Read::End,
-        Some(Ok(Message::Text(text))) => text,
-        Some(Ok(Message::Binary(_))) => {
-            outbox.push(error_frame(None, ErrorCode::BadMessage, "messages are JSON text frames"));
-            return Read::Continue;
+    let frame = match next {
+        Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
+            outbox.close(close::MESSAGE_TOO_BIG);
+            return Read::End;
         }
+        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Read::End,
+        Some(Ok(Message::Text(text))) => Ok(text),
+        Some(Ok(Message::Binary(_))) => Err(()),
         // Pings are answered by the transport; any frame shows the peer is
         // alive (a raw `Frame` is only ever written, never read).
         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Read::Continue,
     };
     meters().messages.increment(1);
-    let config = hub.config();
-    let message = match protocol::parse(&text, config.ws_message_bytes_max) {
+    // Every frame counts against the rate, good or bad; past it a bad frame
+    // gets no answer (a flood of them must not cost a reply each), a good
+    // one `rate_limited` with its id.
+    let allowed = limiter.check().is_ok();
+    if !allowed {
+        metrics::counter!("signaling_rate_limited_total").increment(1);
+    }
+    let Ok(text) = frame else {
+        if allowed {
+            outbox.push(error_frame(None, ErrorCode::BadMessage, "messages are JSON text frames"));
+        }
+        return Read::Continue;
+    };
+    let message = match protocol::parse(&text, hub.config().ws_message_bytes_max) {
         Ok(message) => message,
         Err(refused) => {
-            outbox.push(error_frame(refused.id.as_deref(), refused.code, &refused.message));
+            if allowed {
+                outbox.push(error_frame(refused.id.as_deref(), refused.code, &refused.message));
+            }
             return Read::Continue;
         }
     };
-    if limiter.check().is_err() {
-        metrics::counter!("signaling_rate_limited_total").increment(1);
+    if !allowed {
         outbox.push(error_frame(
             Some(&message.id),
             ErrorCode::RateLimited,

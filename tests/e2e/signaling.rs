@@ -371,6 +371,10 @@ async fn bad_frames_get_their_error_codes_and_change_nothing(db: Db) {
     a.refused("ringing", json!({"call_id": "ghost"}), "unknown_call").await;
     // The connection survived all of it.
     assert_eq!(a.request("ping", json!({})).await["type"], "pong");
+    // Beyond twice the limit the transport does not read the frame: the
+    // socket closes with 1009 (message too big).
+    a.send("ping", json!({"pad": "x".repeat(9_000)})).await;
+    assert_eq!(u16::from(a.closed().await.expect("a close frame").code), 1009);
     server.finish().await;
 }
 
@@ -385,6 +389,14 @@ async fn rate_and_device_limits_hold(db: Db) {
     }
     let limited = answers.iter().filter(|answer| answer["code"] == "rate_limited").count();
     assert!((4..=6).contains(&limited), "burst 5 of 10 at once: {answers:?}");
+    // Bad frames count against the same limit, and past it get no answer:
+    // a flood of them costs the server a check each, not a reply each.
+    for _ in 0..50 {
+        a.send_text("{not json".into()).await;
+    }
+    a.send_binary(vec![1, 2, 3]).await;
+    let answered = a.frames_within(Duration::from_millis(1_500)).await;
+    assert!(answered.len() <= 3, "a refill's worth of answers at most, not {}", answered.len());
 
     // One device per account here: the laptop is refused, the phone reconnecting replaces itself.
     let mut laptop = Phone::connect(&server.url, "laptop").await;

@@ -159,6 +159,18 @@ impl Phone {
         }
     }
 
+    /// Every frame that arrives within `within` (and those already queued).
+    pub async fn frames_within(&mut self, within: Duration) -> Vec<Value> {
+        let mut frames: Vec<Value> = self.events.drain(..).collect();
+        let deadline = tokio::time::Instant::now() + within;
+        while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            if let Message::Text(text) = message {
+                frames.push(serde_json::from_str(&text).expect("server frames are JSON"));
+            }
+        }
+        frames
+    }
+
     /// Reads until the server closes; returns its close frame.
     pub async fn closed(&mut self) -> Option<CloseFrame> {
         loop {

@@ -74,15 +74,7 @@ async fn a_standby_writer_takes_over_when_the_first_dies(db: Db) {
 
     // The same key while that request is still in flight: 409.
     let to_bob_again = json!({"to": {"account_id": bob.account_id}, "amount": "30.00", "currency": "RUB"});
-    let response = first
-        .http
-        .post(format!("{}/v1/transfers", standby.url))
-        .bearer_auth(&alice.access_token)
-        .header("idempotency-key", "k-standby")
-        .json(&to_bob_again)
-        .send()
-        .await
-        .unwrap();
+    let response = send(&first, &standby.url, &alice.access_token, "k-standby", &to_bob_again).await;
     assert_eq!(response.status(), 409);
     let retry_after = response.headers().get("retry-after").map(|value| value.to_str().unwrap().to_owned());
     let body: serde_json::Value = response.json().await.unwrap();
@@ -103,6 +95,12 @@ async fn a_standby_writer_takes_over_when_the_first_dies(db: Db) {
     first.finish().await;
 }
 
+/// `POST /v1/transfers` on `base` with `key`, as `token`'s owner.
+async fn send(server: &Server, base: &str, token: &str, key: &str, body: &serde_json::Value) -> reqwest::Response {
+    let request = server.http.post(format!("{base}/v1/transfers")).bearer_auth(token).header("idempotency-key", key);
+    request.json(body).send().await.unwrap()
+}
+
 async fn post(
     server: &Server,
     base: &str,
@@ -110,15 +108,7 @@ async fn post(
     key: &str,
     body: &serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let response = server
-        .http
-        .post(format!("{base}/v1/transfers"))
-        .bearer_auth(token)
-        .header("idempotency-key", key)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+    let response = send(server, base, token, key, body).await;
     (response.status().as_u16(), response.json().await.unwrap_or_default())
 }
 
@@ -133,15 +123,7 @@ async fn get(server: &Server, base: &str, path: &str, token: &str) -> (u16, serd
 async fn without_a_writer_requests_time_out_and_retries_apply_once(db: Db) {
     let Pair { mut first, alice, bob, standby, _standby_dir, .. } = pair(db, "1").await;
     let body = json!({"to": {"account_id": bob.account_id}, "amount": "10.00", "currency": "RUB"});
-    let response = first
-        .http
-        .post(format!("{}/v1/transfers", standby.url))
-        .bearer_auth(&alice.access_token)
-        .header("idempotency-key", "k-timeout")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = send(&first, &standby.url, &alice.access_token, "k-timeout", &body).await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
     let error: serde_json::Value = response.json().await.unwrap();

@@ -19,6 +19,9 @@ pub fn webhook_args(hook_url: &str) -> [&str; 6] {
     ["--code-sender", "webhook", "--code-webhook-url", hook_url, "--sign-in-codes-per-addr-per-hour-max", "0"]
 }
 
+/// The header read timeout of the servers the benchmarks run in-process (`courier serve`'s default).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(courier_server::config::HEADER_READ_TIMEOUT_S_DEFAULT);
+
 /// `courier serve` options for a server a benchmark runs in-process.
 pub fn serve_options(args: &[&str]) -> Result<courier_server::ServeOptions, String> {
     let args = args.iter().map(std::ffi::OsString::from);

@@ -22,6 +22,7 @@ use courier_turn::{TurnConfig, TurnSecrets};
 use serde::Deserialize;
 
 pub const DATA_DIR_DEFAULT: &str = "./courier-data";
+pub const HEADER_READ_TIMEOUT_S_DEFAULT: u64 = 10;
 const TOKEN_KEY_FILE_NAME: &str = "token-signing-key.pem";
 const SQLITE_FILE_NAME: &str = "courier.db";
 
@@ -154,6 +155,9 @@ pub struct ServerSection {
     /// Largest request body; larger ones get 413.
     #[arg(long, env = "COURIER_BODY_BYTES_MAX", default_value_t = HttpLimits::default().body_bytes_max)]
     pub body_bytes_max: usize,
+    /// Seconds a client has to send a request's headers before it is disconnected.
+    #[arg(long, env = "COURIER_HEADER_READ_TIMEOUT_S", default_value_t = HEADER_READ_TIMEOUT_S_DEFAULT)]
+    pub header_read_timeout_s: u64,
     /// Seconds a request may take before 503 `timeout`.
     #[arg(long, env = "COURIER_REQUEST_TIMEOUT_S", default_value_t = HttpLimits::default().request_timeout.as_secs())]
     pub request_timeout_s: u64,
@@ -166,6 +170,10 @@ impl ServerSection {
             .unwrap_or_else(|| courier_common::Database::sqlite_url(&self.data_dir.join(SQLITE_FILE_NAME)))
     }
 
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_s)
+    }
+
     pub fn http_limits(&self) -> HttpLimits {
         HttpLimits { body_bytes_max: self.body_bytes_max, request_timeout: Duration::from_secs(self.request_timeout_s) }
     }
@@ -173,6 +181,9 @@ impl ServerSection {
     fn validate(&self) -> Result<(), String> {
         if self.body_bytes_max < 1_024 {
             return Err("--body-bytes-max must be at least 1024".into());
+        }
+        if self.header_read_timeout_s == 0 {
+            return Err("--header-read-timeout-s must be at least 1".into());
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use courier_accounts::Accounts;
 use courier_accounts::sender::CodeSender;
 use courier_accounts::tokens::{TokenIssuer, TokenKey, TokenVerifier};
@@ -16,7 +17,12 @@ use courier_payments::Payments;
 use courier_payments::writer::{self, WriterLock};
 use courier_signaling::ice::IceServers;
 use courier_turn::{TurnSecrets, TurnServer};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::task::JoinHandle;
+use tower::ServiceExt;
 use utoipa::OpenApi;
 
 use crate::config::{CodeSenderKind, ServeOptions, Service, TurnMode};
@@ -236,7 +242,7 @@ pub async fn run(options: ServeOptions, service: Option<Service>, shutdown: Canc
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), lines.as_bytes());
     tracing::info!(url = %format!("http://{local}"), service = ?service, "serving");
     let stop = shutdown.clone();
-    serve_router(listener, built.router, async move { stop.cancelled().await })
+    serve_router(listener, built.router, options.server.header_read_timeout(), async move { stop.cancelled().await })
         .await
         .map_err(|error| format!("server error: {error}"))?;
     for task in built.tasks {
@@ -250,19 +256,57 @@ pub async fn run(options: ServeOptions, service: Option<Service>, shutdown: Canc
 /// Serves `router` on `listener` until `stop` resolves, the way `courier
 /// serve` does (the benchmarks serve through this too): TCP_NODELAY on every
 /// connection, since signaling frames and API answers are small and
-/// latency-bound, and the peer's address for per-address limits.
+/// latency-bound; the peer's address for per-address limits; and a client
+/// that has not sent a request's headers within `header_read_timeout` is
+/// disconnected, so that slow clients cannot hold connections open. On
+/// `stop` it accepts no more and waits for the requests in flight.
 pub async fn serve_router(
     listener: tokio::net::TcpListener,
     router: Router,
+    header_read_timeout: Duration,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, most often: keep serving the connections there are.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(ACCEPT_RETRY_AFTER).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-    });
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stop).await
+        let router = router.clone();
+        let service = hyper::service::service_fn(move |mut request: axum::extract::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(remote));
+            router.clone().oneshot(request)
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, client = %remote, "connection ended");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
+
+/// How long a failed accept waits before the next (the failure is most
+/// often the process's file limit, which only closing connections frees).
+const ACCEPT_RETRY_AFTER: Duration = Duration::from_millis(50);
 
 #[cfg(test)]
 mod tests {
@@ -299,7 +343,9 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = shutdown.clone();
-        let serving = tokio::spawn(serve_router(listener, built.router, async move { stop.cancelled().await }));
+        let serving = tokio::spawn(serve_router(listener, built.router, Duration::from_secs(1), async move {
+            stop.cancelled().await
+        }));
 
         assert_eq!(get(addr, "/healthz").await.0, 200);
         let (status, doc) = get(addr, "/openapi.json").await;
@@ -308,6 +354,15 @@ mod tests {
             assert!(doc.contains(path), "every service's routes are mounted: {path}");
         }
         assert_eq!(get(addr, "/no/such/route").await.0, 404);
+
+        // A client that never finishes its headers is let go (the header
+        // read timeout is 1 s here), and the server keeps answering others.
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: slow\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut rest)).await;
+        assert!(ended.is_ok(), "a connection without complete headers outlived the header read timeout");
+        assert_eq!(get(addr, "/healthz").await.0, 200);
 
         shutdown.cancel();
         serving.await.unwrap().unwrap();

@@ -30,8 +30,10 @@ pub async fn request(
     }
     let response = request.send().await.map_err(|error| format!("cannot reach {base}: {error}"))?;
     let status = response.status();
-    let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(|value| value.to_str().ok());
-    let retry_after_s = retry_after.and_then(|value| value.trim().parse::<u64>().ok());
+    let retry_after_s = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok());
     let text = response.text().await.map_err(|error| error.to_string())?;
     if status.is_success() {
         return Ok(if text.is_empty() {

@@ -109,14 +109,6 @@ pub enum Reply {
 }
 
 impl Reply {
-    pub fn ack(id: &str) -> Reply {
-        Reply::Ack { id: id.to_owned(), ice_policy: None, account_id: None, device_id: None }
-    }
-
-    pub fn error(id: Option<&str>, code: ErrorCode, message: &str) -> Reply {
-        Reply::Error { id: id.map(str::to_owned), code: code.as_str().to_owned(), message: message.to_owned() }
-    }
-
     pub fn frame(&self) -> String {
         frame(self)
     }
@@ -220,7 +212,8 @@ mod tests {
         assert_eq!(ack_frame("m", None), r#"{"v":1,"type":"ack","id":"m"}"#);
         assert_eq!(ack_frame("m", Some(IcePolicy::Relay)), r#"{"v":1,"type":"ack","id":"m","ice_policy":"relay"}"#);
         assert_eq!(pong_frame("p"), r#"{"v":1,"type":"pong","id":"p"}"#);
-        assert_eq!(Reply::error(Some("m"), ErrorCode::BadMessage, "no").frame(), error.replace("null", "\"m\""));
+        let refused = Reply::Error { id: Some("m".into()), code: "bad_message".into(), message: "no".into() };
+        assert_eq!(refused.frame(), error.replace("null", "\"m\""));
     }
 
     #[test]

@@ -163,7 +163,7 @@ impl ClientBody {
 }
 
 /// The wire shape a client writes: [`Wire`]'s fields, borrowed, absent when unset.
-#[derive(Serialize)]
+#[derive(Default, Serialize)]
 struct Out<'a> {
     v: u64,
     #[serde(rename = "type")]
@@ -191,26 +191,6 @@ struct Out<'a> {
     nonce: Option<&'a str>,
 }
 
-impl Default for Out<'_> {
-    fn default() -> Self {
-        Out {
-            v: PROTOCOL_VERSION,
-            kind: Kind::Ping,
-            id: "",
-            token: None,
-            call_id: None,
-            callee: None,
-            sdp: None,
-            sas_commit: None,
-            sas_nonce: None,
-            reason: None,
-            candidates: None,
-            negotiate: None,
-            nonce: None,
-        }
-    }
-}
-
 /// Why a frame was refused, with the frame's id when it had a readable one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
@@ -220,7 +200,7 @@ pub struct Refused {
 }
 
 /// The message types a client sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Kind {
     Auth,
@@ -233,6 +213,7 @@ enum Kind {
     Negotiate,
     Resume,
     SasReveal,
+    #[default]
     Ping,
 }
 

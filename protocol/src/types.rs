@@ -147,9 +147,13 @@ impl Candidates {
 
     /// Candidates built by a client, one JSON object each.
     pub fn from_values(candidates: &[Value]) -> Result<Self, String> {
-        let text = serde_json::to_string(candidates).map_err(|_| candidates_rule())?;
-        let raw = RawValue::from_string(text).map_err(|_| candidates_rule())?;
-        Candidates::parse(&raw)
+        if candidates.is_empty()
+            || candidates.len() > CANDIDATES_PER_MESSAGE_MAX
+            || !candidates.iter().all(Value::is_object)
+        {
+            return Err(candidates_rule());
+        }
+        serde_json::value::to_raw_value(candidates).map(Candidates).map_err(|_| candidates_rule())
     }
 
     pub fn as_str(&self) -> &str {
@@ -171,9 +175,7 @@ impl Candidates {
 /// and checks them as the server does.
 impl<'de> Deserialize<'de> for Candidates {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let values = Vec::<serde_json::Map<String, Value>>::deserialize(deserializer)?;
-        let values: Vec<Value> = values.into_iter().map(Value::Object).collect();
-        Candidates::from_values(&values).map_err(serde::de::Error::custom)
+        Candidates::from_values(&Vec::<Value>::deserialize(deserializer)?).map_err(serde::de::Error::custom)
     }
 }
 

@@ -58,11 +58,11 @@ impl ServeCommand {
     pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<ServeCommand, String> {
         let mut argv: Vec<OsString> = std::iter::once(OsString::from("courier serve")).chain(args).collect();
         let command = ServeCommand::command();
-        let matches = command.clone().try_get_matches_from(&argv).map_err(|error| error.to_string())?;
+        let mut matches = command.clone().try_get_matches_from(&argv).map_err(|error| error.to_string())?;
         if let Some(path) = matches.get_one::<PathBuf>("config") {
             argv.extend(file_args(&command, &matches, path)?);
+            matches = command.try_get_matches_from(&argv).map_err(|error| error.to_string())?;
         }
-        let matches = command.try_get_matches_from(&argv).map_err(|error| error.to_string())?;
         ServeCommand::from_arg_matches(&matches).map_err(|error| error.to_string())
     }
 }
@@ -88,24 +88,28 @@ fn file_args(command: &clap::Command, matches: &clap::ArgMatches, path: &Path) -
             continue;
         }
         let text = match value {
-            toml::Value::String(text) => text,
-            toml::Value::Integer(number) => number.to_string(),
-            toml::Value::Float(number) => number.to_string(),
-            toml::Value::Boolean(flag) => flag.to_string(),
-            toml::Value::Array(items) if option.get_value_delimiter().is_some() => items
-                .into_iter()
-                .map(|item| match item {
-                    toml::Value::String(text) => Ok(text),
-                    other => Ok(other.to_string()),
-                })
-                .collect::<Result<Vec<_>, String>>()?
-                .join(","),
-            _ => return Err(format!("{}: `{key}` must be a string or a number", path.display())),
-        };
+            // A list for the comma-separated options.
+            toml::Value::Array(items) if option.get_value_delimiter().is_some() => {
+                items.into_iter().map(scalar).collect::<Option<Vec<_>>>().map(|items| items.join(","))
+            }
+            value => scalar(value),
+        }
+        .ok_or_else(|| format!("{}: `{key}` must be a string or a number", path.display()))?;
         let long = option.get_long().unwrap_or_default();
         args.push(OsString::from(format!("--{long}={text}")));
     }
     Ok(args)
+}
+
+/// A TOML value as the text a flag would carry, if it is a single value.
+fn scalar(value: toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(text) => Some(text),
+        toml::Value::Integer(number) => Some(number.to_string()),
+        toml::Value::Float(number) => Some(number.to_string()),
+        toml::Value::Boolean(flag) => Some(flag.to_string()),
+        _ => None,
+    }
 }
 
 /// Every setting of `courier serve`.

@@ -136,14 +136,13 @@ impl Hub {
         }
         let id = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
         let ended = self.inner.routing.attach(endpoint, Link { id, outbox }).await?;
-        self.spawn_writes(ended.into_iter().map(RecordWrite::from).collect());
+        self.spawn_record_ended(ended);
         Ok(id)
     }
 
     /// Unregisters a device's connection `link` (if it is still the current one).
     pub async fn detach(&self, endpoint: &Endpoint, link: u64) {
-        let ended = self.inner.routing.detach(endpoint, link).await;
-        self.write_records(ended.into_iter().map(RecordWrite::from).collect()).await;
+        self.record_ended(self.inner.routing.detach(endpoint, link).await).await;
     }
 
     /// Handles one message of an authenticated device: `ping` and, where the
@@ -160,7 +159,7 @@ impl Hub {
             match self.inner.routing.relay_now(from, body, At::now()) {
                 Ok((reply, ended)) => {
                     // Relaying ends no call; should that ever change, the records are still written.
-                    self.spawn_writes(ended.into_iter().map(RecordWrite::from).collect());
+                    self.spawn_record_ended(ended);
                     return Handled::Now(reply_frame(&id, reply));
                 }
                 Err(body) => body,
@@ -286,16 +285,17 @@ impl Hub {
         }
     }
 
-    fn spawn_writes(&self, writes: Vec<RecordWrite>) {
-        if writes.is_empty() {
+    async fn record_ended(&self, ended: Vec<Ended>) {
+        self.write_records(ended.into_iter().map(RecordWrite::from).collect()).await;
+    }
+
+    /// [`Hub::record_ended`] without waiting for it.
+    fn spawn_record_ended(&self, ended: Vec<Ended>) {
+        if ended.is_empty() {
             return;
         }
         let hub = self.clone();
-        tokio::spawn(async move { hub.write_records(writes).await });
-    }
-
-    async fn record_ended(&self, ended: Vec<Ended>) {
-        self.write_records(ended.into_iter().map(RecordWrite::from).collect()).await;
+        tokio::spawn(async move { hub.record_ended(ended).await });
     }
 
     /// Runs the hub's clock (and the routing's upkeep) until `shutdown`, then

@@ -231,8 +231,8 @@ fn read<'a>(
             return Read::End;
         }
         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Read::End,
-        Some(Ok(Message::Text(text))) => Ok(text),
-        Some(Ok(Message::Binary(_))) => Err(()),
+        Some(Ok(Message::Text(text))) => Some(text),
+        Some(Ok(Message::Binary(_))) => None,
         // Pings are answered by the transport; any frame shows the peer is
         // alive (a raw `Frame` is only ever written, never read).
         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Read::Continue,
@@ -245,7 +245,7 @@ fn read<'a>(
     if !allowed {
         metrics::counter!("signaling_rate_limited_total").increment(1);
     }
-    let Ok(text) = frame else {
+    let Some(text) = frame else {
         if allowed {
             outbox.push(error_frame(None, ErrorCode::BadMessage, "messages are JSON text frames"));
         }

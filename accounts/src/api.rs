@@ -268,7 +268,7 @@ async fn devices(
     })))
 }
 
-/// Sign a device out: its refresh token stops working at once, its access token within its lifetime.
+/// Sign a device out: its refresh token, its access tokens and its signaling sockets stop working.
 #[utoipa::path(delete, path = "/v1/me/devices/{id}", tag = "accounts", security(("user" = [])),
     params(("id" = String, Path, description = "device id")),
     responses((status = 204), (status = 404, description = "`not_found` (also another account's device)", body = ErrorBody)))]
@@ -277,7 +277,7 @@ async fn revoke_device(
     user: AuthUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, HttpError> {
-    if store::revoke_device(accounts.db(), user.account_id(), &id, "revoked_by_user", now_ms()).await? {
+    if accounts.revoke_device(user.account_id(), &id, "revoked_by_user", now_ms()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(AccountsError::NotFound("no such device session of yours").into())

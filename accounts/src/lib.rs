@@ -19,6 +19,7 @@ pub mod auth;
 pub mod error;
 pub mod operators;
 pub mod phone;
+pub mod revocations;
 pub mod secret;
 pub mod sender;
 pub mod service;

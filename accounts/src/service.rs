@@ -12,6 +12,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::error::AccountsError;
 use crate::phone::PhoneNumber;
+use crate::revocations::Revoked;
 use crate::secret::{SignInCode, constant_time_eq, new_token, token_digest};
 use crate::sender::CodeSender;
 use crate::store;
@@ -225,10 +226,29 @@ impl Accounts {
     async fn revoke_for_reuse(&self, account_id: &str, device_id: &str, now: i64) -> AccountsError {
         tracing::warn!(account = %account_id, device = %device_id, "refresh token reused: revoking the device session");
         metrics::counter!("accounts_refresh_token_reuse_total").increment(1);
-        match store::revoke_device(&self.inner.db, account_id, device_id, "refresh_token_reused", now).await {
+        match self.revoke_device(account_id, device_id, "refresh_token_reused", now).await {
             Ok(_) => AccountsError::RefreshTokenReused,
-            Err(error) => AccountsError::Database(error),
+            Err(error) => error,
         }
+    }
+
+    /// Signs a device of `account_id` out: its refresh token stops working,
+    /// and its access tokens and signaling sockets with it (in this process
+    /// at once, in others within a second). False if there is no such live
+    /// session of that account.
+    pub async fn revoke_device(
+        &self,
+        account_id: &str,
+        device_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<bool, AccountsError> {
+        let revoked = store::revoke_device(&self.inner.db, account_id, device_id, reason, now).await?;
+        if revoked {
+            let device = Revoked { account_id: account_id.to_owned(), device_id: device_id.to_owned() };
+            self.inner.verifier.revocations().record(device, now);
+        }
+        Ok(revoked)
     }
 
     /// Too many wrong codes: the number may try again with a new code, as

@@ -11,8 +11,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::RwLock;
 
-use courier_common::sync::lock;
 use std::time::{Duration, Instant};
+
+use courier_common::sync::lock;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -23,7 +24,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+use crate::revocations::Revocations;
+
 pub const ACCESS_TOKEN_TTL_S_DEFAULT: u64 = 15 * 60;
+/// The longest access-token lifetime the issuer may be configured with.
+pub const ACCESS_TOKEN_TTL_S_MAX: u64 = 3_600;
 const ISSUER: &str = "courier";
 const AUDIENCE: &str = "courier";
 /// Clock skew tolerated between the issuing and the verifying service.
@@ -221,6 +226,8 @@ pub enum TokenError {
     Expired,
     #[error("the access token is not valid")]
     Invalid,
+    #[error("this device was signed out; sign in again")]
+    Revoked,
 }
 
 /// Verifies access tokens offline against a set of public keys, optionally
@@ -233,6 +240,8 @@ pub struct TokenVerifier {
     /// the same token for minutes, and an Ed25519 verification costs tens of
     /// microseconds. Expiry is still checked on every use.
     verified: std::sync::Mutex<HashMap<[u8; 32], AccessClaims>>,
+    /// Devices whose tokens are refused before they expire.
+    revocations: Revocations,
 }
 
 /// Verified tokens remembered; the cache starts over when full.
@@ -251,6 +260,7 @@ impl TokenVerifier {
             remote: None,
             validation: validation(),
             verified: Default::default(),
+            revocations: Revocations::default(),
         })
     }
 
@@ -267,10 +277,16 @@ impl TokenVerifier {
             remote: Some(Remote { url: url.to_owned(), client, last_fetch: tokio::sync::Mutex::new(Instant::now()) }),
             validation: validation(),
             verified: Default::default(),
+            revocations: Revocations::default(),
         })
     }
 
-    /// Checks signature, issuer, audience and expiry.
+    /// The revoked devices this verifier refuses.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
+    /// Checks signature, issuer, audience, expiry and that the device was not signed out.
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
         match self.verify_with_known_keys(token) {
             Err(TokenError::UnknownKey) if self.remote.is_some() => {
@@ -285,13 +301,18 @@ impl TokenVerifier {
     /// token presented once per connection (a signaling socket's `auth`), so
     /// that many idle connections do not fill the cache.
     pub async fn verify_once(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        match self.verify_signature(token) {
+        let claims = match self.verify_signature(token) {
             Err(TokenError::UnknownKey) if self.remote.is_some() => {
                 self.refresh().await;
                 self.verify_signature(token)
             }
             result => result,
-        }
+        }?;
+        self.not_revoked(claims)
+    }
+
+    fn not_revoked(&self, claims: AccessClaims) -> Result<AccessClaims, TokenError> {
+        if self.revocations.is_revoked(&claims.did) { Err(TokenError::Revoked) } else { Ok(claims) }
     }
 
     /// Verification without any I/O (the hot path).
@@ -300,9 +321,13 @@ impl TokenVerifier {
         let cached = lock(&self.verified).get(&digest).cloned();
         if let Some(claims) = cached {
             let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            return if claims.exp + CLOCK_SKEW_S >= now_s { Ok(claims) } else { Err(TokenError::Expired) };
+            return if claims.exp + CLOCK_SKEW_S >= now_s {
+                self.not_revoked(claims)
+            } else {
+                Err(TokenError::Expired)
+            };
         }
-        let claims = self.verify_signature(token)?;
+        let claims = self.not_revoked(self.verify_signature(token)?)?;
         let mut verified = lock(&self.verified);
         if verified.len() >= VERIFIED_TOKENS_CACHED_MAX {
             verified.clear();
@@ -311,7 +336,8 @@ impl TokenVerifier {
         Ok(claims)
     }
 
-    /// Full verification, bypassing the cache of verified tokens.
+    /// The token's own checks (signature, issuer, audience, expiry),
+    /// bypassing the cache of verified tokens and the revocations.
     pub fn verify_signature(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::EdDSA {

@@ -9,7 +9,7 @@ use clap::Args;
 use courier_accounts::tokens::{TokenIssuer, TokenKey, TokenVerifier};
 use serde_json::json;
 
-use crate::support::{HEADER_READ_TIMEOUT, code_hook, progress, run_clients, serve_options, sign_in, webhook_args};
+use crate::support::{code_hook, connection_limits, progress, run_clients, serve_options, sign_in, webhook_args};
 
 #[derive(Args)]
 pub struct AccountsBench {
@@ -49,7 +49,7 @@ pub async fn run(bench: AccountsBench) -> Result<(), String> {
     let built = courier_server::build(&options, None, courier_common::shutdown::CancellationToken::new()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?;
     let base = format!("http://{}", listener.local_addr().map_err(|error| error.to_string())?);
-    tokio::spawn(courier_server::serve_router(listener, built.router, HEADER_READ_TIMEOUT, std::future::pending()));
+    tokio::spawn(courier_server::serve_router(listener, built.router, connection_limits(), std::future::pending()));
 
     // A per-run prefix keeps numbers unique when a database is reused.
     let run_prefix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() % 90 + 10).unwrap_or(10);

@@ -60,9 +60,8 @@ pub async fn run(bench: CallsBench) -> Result<(), String> {
         return Err("--duration-s is 2 to 300".into());
     }
     let duration = Duration::from_secs(bench.duration_s);
-    // The embedded relay hands out loopback addresses here.
-    let mut embedded =
-        Deployment::start(&["--turn-listen", "127.0.0.1:0", "--turn-allow-peer", "127.0.0.0/8"], &bench).await?;
+    // The embedded relay on loopback relays between loopback peers by default.
+    let mut embedded = Deployment::start(&["--turn-listen", "127.0.0.1:0"], &bench).await?;
     let p2p = embedded.phase(duration, false, bench.json).await;
     let relay = match &p2p {
         Ok(_) => embedded.phase(duration, true, bench.json).await,
@@ -264,7 +263,7 @@ struct CallResult {
 fn setup(base: &str, account: &Account, duration: Duration, mouth: AudioTap, ear: AudioTap) -> CallSetup {
     CallSetup {
         server: base.to_owned(),
-        token: account.token.clone(),
+        tokens: courier_calls::signaling_client::fixed_token(&account.token),
         ice_servers: account.ice_servers.clone(),
         relay_only: false,
         peer: PeerSettings { host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), ..PeerSettings::default() },

@@ -19,7 +19,7 @@ use serde_json::json;
 use courier_accounts::phone::PhoneNumber;
 
 use crate::http::Clients;
-use crate::support::{HEADER_READ_TIMEOUT, Phase, progress, run_clients, serve_options};
+use crate::support::{Phase, connection_limits, progress, run_clients, serve_options};
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
@@ -100,7 +100,7 @@ async fn start(bench: &LedgerBench, data_dir: &std::path::Path) -> Result<Server
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let stop = shutdown.clone();
-    tokio::spawn(courier_server::serve_router(listener, built.router, HEADER_READ_TIMEOUT, async move {
+    tokio::spawn(courier_server::serve_router(listener, built.router, connection_limits(), async move {
         stop.cancelled().await
     }));
     Ok(Server { database: built.database, payments, addr, shutdown })

@@ -20,7 +20,13 @@ pub fn webhook_args(hook_url: &str) -> [&str; 6] {
 }
 
 /// The header read timeout of the servers the benchmarks run in-process (`courier serve`'s default).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(courier_server::config::HEADER_READ_TIMEOUT_S_DEFAULT);
+/// The server's connection handling as `courier serve` has it, without the
+/// per-address cap: every benchmark client comes from one address.
+pub fn connection_limits() -> courier_server::ConnectionLimits {
+    courier_server::ConnectionLimits::unlimited(Duration::from_secs(
+        courier_server::config::HEADER_READ_TIMEOUT_S_DEFAULT,
+    ))
+}
 
 /// `courier serve` options for a server a benchmark runs in-process.
 pub fn serve_options(args: &[&str]) -> Result<courier_server::ServeOptions, String> {

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::audio::{Decoder, Encoder, FRAME_SAMPLES, Source, WavSink};
 use crate::peer::{AudioPacket, IceServer, MediaPeer, PeerEvent, PeerSettings, PeerState, WebRtcPeer, candidate_type};
-use crate::signaling_client::{Event, SignalingClient, SignalingError};
+use crate::signaling_client::{Event, SignalingClient, SignalingError, TokenSource};
 use courier_common::text::hex;
 use courier_protocol::sas::{self, NONCE_BYTES, Sas, SasInput};
 use courier_protocol::{HangupReason, IcePolicy, NegotiateKind, SasHex, ServerEvent};
@@ -29,6 +29,9 @@ const UNANSWERED_GIVE_UP: Duration = Duration::from_secs(90);
 const CLOSE_WITHIN: Duration = Duration::from_secs(3);
 /// How often the round-trip time is read while the media path is up.
 const RTT_EVERY: Duration = Duration::from_secs(1);
+/// An answered call whose media path has not come up by then has failed
+/// (`ice_failed`): no audio will be carried.
+pub const MEDIA_WITHIN: Duration = Duration::from_secs(15);
 /// An ICE restart offer unanswered for this long is made again: the server
 /// drops an offer whose callee has not resumed yet after a dropped socket.
 const RESTART_ANSWER_WITHIN: Duration = Duration::from_secs(3);
@@ -49,7 +52,8 @@ pub enum CallError {
 pub struct CallSetup {
     /// The server's base URL, for reconnecting.
     pub server: String,
-    pub token: String,
+    /// The account's access tokens, renewed while the call lasts.
+    pub tokens: TokenSource,
     pub ice_servers: Vec<IceServer>,
     /// This account's own `p2p: never`.
     pub relay_only: bool,
@@ -210,7 +214,7 @@ fn new_call_id() -> String {
 /// until it ends or `stop` resolves.
 pub async fn dial(setup: &CallSetup, callee: &str, stop: impl Future<Output = ()>) -> Result<CallReport, CallError> {
     let started = Instant::now();
-    let signaling = SignalingClient::connect(&setup.server, &setup.token).await?;
+    let signaling = SignalingClient::connect(&setup.server, &setup.tokens).await?;
     let settings =
         PeerSettings { ice_servers: setup.ice_servers.clone(), relay_only: setup.relay_only, ..setup.peer.clone() };
     let (peer, peer_events) = WebRtcPeer::create(&settings).await?;
@@ -236,7 +240,7 @@ pub async fn answer_next(
     decide: Option<Decide>,
     stop: impl Future<Output = ()>,
 ) -> Result<CallReport, CallError> {
-    let mut signaling = SignalingClient::connect(&setup.server, &setup.token).await?;
+    let mut signaling = SignalingClient::connect(&setup.server, &setup.tokens).await?;
     (setup.progress)("waiting for a call");
     let deadline = ring_for.map(|wait| tokio::time::Instant::now() + wait);
     let (call_id, caller, offer, policy, commit) = loop {
@@ -422,7 +426,14 @@ impl<'a> Session<'a> {
         let reason = loop {
             tokio::select! {
                 _ = &mut stop => break self.hang_up(HangupReason::UserHangup).await,
-                _ = sleep_until_some(self.hangup_at) => break self.hang_up(HangupReason::UserHangup).await,
+                _ = sleep_until_some(self.hangup_at) => {
+                    let reason = if self.connected { HangupReason::UserHangup } else { HangupReason::IceFailed };
+                    break self.hang_up(reason).await;
+                }
+                _ = sleep_until_some(self.media_due()), if !self.connected => {
+                    self.say(&format!("no media path came up within {} s of the answer", MEDIA_WITHIN.as_secs()));
+                    break self.hang_up(HangupReason::IceFailed).await;
+                }
                 _ = tokio::time::sleep_until(give_up_at), if !self.connected && self.answered.is_none() => {
                     break self.hang_up(HangupReason::UserHangup).await;
                 }
@@ -576,6 +587,11 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// When the media path must be up: [`MEDIA_WITHIN`] after the answer.
+    fn media_due(&self) -> Option<tokio::time::Instant> {
+        self.answered.map(|at| tokio::time::Instant::from_std(at + MEDIA_WITHIN))
+    }
+
     async fn hang_up(&mut self, reason: HangupReason) -> String {
         let _ = self.signaling.hangup(&self.call_id, reason).await;
         self.say("hung up");
@@ -696,7 +712,7 @@ impl<'a> Session<'a> {
         let until = Instant::now() + RECONNECT_FOR;
         while Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let Ok(signaling) = SignalingClient::connect(&self.setup.server, &self.setup.token).await else { continue };
+            let Ok(signaling) = SignalingClient::connect(&self.setup.server, &self.setup.tokens).await else { continue };
             self.signaling = signaling;
             match self.signaling.resume(&self.call_id).await {
                 Ok(()) => {

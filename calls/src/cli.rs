@@ -12,8 +12,10 @@ use std::time::Duration;
 use crate::audio::Source;
 use crate::call::{CallReport, CallSetup};
 use crate::peer::{IceServer, PeerSettings};
+use crate::signaling_client::{AccessToken, TokenSource};
 use clap::{Args, Subcommand, ValueEnum};
 use courier_common::time::now_s;
+use courier_protocol::HangupReason;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -116,6 +118,7 @@ struct Login {
     expires_at: u64,
 }
 
+#[derive(Clone)]
 struct Client {
     http: reqwest::Client,
     server: String,
@@ -272,6 +275,16 @@ async fn place(
 ) -> Result<CallReport, String> {
     let login = client.login().await?;
     let token = login.access_token.clone();
+    let tokens: TokenSource = {
+        let client = client.clone();
+        Arc::new(move || {
+            let client = client.clone();
+            Box::pin(async move {
+                let login = client.login().await?;
+                Ok(AccessToken { token: login.access_token, expires_at_s: login.expires_at })
+            })
+        })
+    };
     let settings = client.send(reqwest::Method::GET, "/v1/me/settings", Some(&token), None).await?;
     let ice = client.send(reqwest::Method::GET, "/v1/calls/ice-servers", Some(&token), None).await?;
     let play = match &media.play {
@@ -287,7 +300,7 @@ async fn place(
     };
     let setup = CallSetup {
         server: client.server.clone(),
-        token,
+        tokens,
         ice_servers: IceServer::list_from_json(&ice),
         relay_only: settings["p2p"] == "never",
         peer: PeerSettings { host_ip: media.bind, ..PeerSettings::default() },
@@ -372,7 +385,34 @@ async fn finish(client: &Client, report: CallReport, json_out: bool) -> Result<(
     if report.sas_warning.is_some() {
         return Err("the call showed a security warning (see above)".into());
     }
-    Ok(())
+    match no_audio(&report) {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
+
+/// Why a call carried no audio, when it did not: its media path never came up.
+fn no_audio(report: &CallReport) -> Option<String> {
+    if report.setup_ms.is_some() {
+        return None;
+    }
+    let reason = report.end_reason.as_str();
+    Some(match HangupReason::ALL.into_iter().find(|known| known.as_str() == reason) {
+        Some(HangupReason::IceFailed) => {
+            let path = if report.ice_policy == "relay" {
+                "through the TURN relay (the call was relay-only: p2p is never on one side); check that the relay \
+                 in GET /v1/calls/ice-servers is reachable from both sides"
+            } else {
+                "directly or through the TURN relay; check both sides' network and the relay in GET /v1/calls/ice-servers"
+            };
+            format!("the call carried no audio: no media path came up {path}")
+        }
+        Some(HangupReason::Rejected) => "the call was declined".into(),
+        Some(HangupReason::Busy) => "the other side is busy".into(),
+        Some(HangupReason::InviteTimeout) => "nobody answered".into(),
+        Some(HangupReason::Unavailable) => "nobody was online to answer".into(),
+        _ => format!("the call ended ({reason}) before any audio was carried"),
+    })
 }
 
 async fn history(client: &Client, limit: u32, json_out: bool) -> Result<(), String> {

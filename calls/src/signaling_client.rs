@@ -4,14 +4,19 @@
 //! waiting for them (matched by id), events go to
 //! [`SignalingClient::next_event`] in order. A client whose socket dropped
 //! mid-call connects again and sends `resume` within the server's grace
-//! period.
+//! period. A connection outlives its access token: before the token
+//! expires, the client takes a fresh one from its [`TokenSource`] and sends
+//! `reauth`.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use courier_common::sync::lock;
+use courier_common::time::now_s;
 use courier_protocol::{
     CallId, Candidates, ClientBody, ClientMessage, HangupReason, IcePolicy, NegotiateKind, Reply, SasHex, Sdp,
     ServerEvent, ServerFrame,
@@ -25,6 +30,34 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// An access token and when it expires (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    pub token: String,
+    pub expires_at_s: u64,
+}
+
+/// Where a connection gets a valid access token: the current one, refreshed
+/// when it is about to expire.
+pub type TokenSource =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<AccessToken, String>> + Send>> + Send + Sync>;
+
+/// A source that always gives `token` (a client that never outlives it).
+pub fn fixed_token(token: &str) -> TokenSource {
+    let token = AccessToken { token: token.to_owned(), expires_at_s: u64::MAX };
+    Arc::new(move || {
+        let token = token.clone();
+        Box::pin(async move { Ok(token) })
+    })
+}
+
+/// How long before its token expires a connection re-authenticates: a
+/// minute, or half the time left when that is shorter.
+fn renew_in(expires_at_s: u64, now_s: u64) -> Duration {
+    let left = expires_at_s.saturating_sub(now_s);
+    Duration::from_secs(if left > 120 { left - 60 } else { left / 2 })
+}
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Result<Acked, SignalingError>>>>>;
 
 /// What an `ack` carried.
@@ -73,12 +106,25 @@ pub enum Event {
 
 /// A signed-in signaling connection.
 pub struct SignalingClient {
-    sink: tokio::sync::Mutex<SplitSink<Socket, Message>>,
-    pending: Pending,
+    requests: Arc<Requests>,
     events: mpsc::Receiver<Event>,
-    next_id: AtomicU64,
+    /// Re-authenticates before each token expires, until the client is dropped.
+    renewing: tokio::task::JoinHandle<()>,
     pub account_id: String,
     pub device_id: String,
+}
+
+/// What sends requests and matches their answers (shared with the renewal task).
+struct Requests {
+    sink: tokio::sync::Mutex<SplitSink<Socket, Message>>,
+    pending: Pending,
+    next_id: AtomicU64,
+}
+
+impl Drop for SignalingClient {
+    fn drop(&mut self) {
+        self.renewing.abort();
+    }
 }
 
 /// `ws://HOST/v1/calls/ws` for the server at `base` (http:// or https://).
@@ -92,8 +138,10 @@ pub fn ws_url(base: &str) -> String {
 }
 
 impl SignalingClient {
-    /// Connects to the server at `base` and authenticates with `token`.
-    pub async fn connect(base: &str, token: &str) -> Result<SignalingClient, SignalingError> {
+    /// Connects to the server at `base` and authenticates with a token of
+    /// `tokens`, and again with a fresh one before each expires.
+    pub async fn connect(base: &str, tokens: &TokenSource) -> Result<SignalingClient, SignalingError> {
+        let token = tokens().await.map_err(SignalingError::Failed)?;
         let (socket, _) = tokio_tungstenite::connect_async(ws_url(base))
             .await
             .map_err(|error| SignalingError::Failed(format!("cannot reach {}: {error}", ws_url(base))))?;
@@ -126,20 +174,49 @@ impl SignalingClient {
             }
             let _ = events_tx.send(Event::Closed(close_code)).await;
         });
-        let mut signaling = SignalingClient {
-            sink: tokio::sync::Mutex::new(sink),
-            pending,
+        let requests =
+            Arc::new(Requests { sink: tokio::sync::Mutex::new(sink), pending, next_id: AtomicU64::new(1) });
+        let ack = requests.request(ClientBody::Auth { token: token.token }).await?;
+        let renewing = tokio::spawn(keep_authenticated(requests.clone(), tokens.clone(), token.expires_at_s));
+        Ok(SignalingClient {
+            requests,
             events,
-            next_id: AtomicU64::new(1),
-            account_id: String::new(),
-            device_id: String::new(),
-        };
-        let ack = signaling.request(ClientBody::Auth { token: token.to_owned() }).await?;
-        signaling.account_id = ack.account_id.unwrap_or_default();
-        signaling.device_id = ack.device_id.unwrap_or_default();
-        Ok(signaling)
+            renewing,
+            account_id: ack.account_id.unwrap_or_default(),
+            device_id: ack.device_id.unwrap_or_default(),
+        })
     }
 
+    async fn request(&self, body: ClientBody) -> Result<Acked, SignalingError> {
+        self.requests.request(body).await
+    }
+}
+
+/// Sends `reauth` with a fresh token of `tokens` before each one expires,
+/// until the connection is gone.
+async fn keep_authenticated(requests: Arc<Requests>, tokens: TokenSource, mut expires_at_s: u64) {
+    loop {
+        tokio::time::sleep(renew_in(expires_at_s, now_s())).await;
+        let token = match tokens().await {
+            Ok(token) => token,
+            Err(error) => {
+                tracing::warn!(%error, "cannot get a fresh access token; trying again shortly");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        match requests.request(ClientBody::Reauth { token: token.token }).await {
+            Ok(_) => expires_at_s = token.expires_at_s,
+            Err(SignalingError::Closed(_)) => return,
+            Err(error) => {
+                tracing::warn!(%error, "reauth was refused; trying again shortly");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+impl Requests {
     /// Sends `body` and waits for its `ack`.
     async fn request(&self, body: ClientBody) -> Result<Acked, SignalingError> {
         let id = format!("c{}", self.next_id.fetch_add(1, Ordering::Relaxed));
@@ -164,7 +241,9 @@ impl SignalingClient {
     fn forget(&self, id: &str) {
         lock(&self.pending).remove(id);
     }
+}
 
+impl SignalingClient {
     /// The next event; `Event::Closed` once the socket is gone.
     pub async fn next_event(&mut self) -> Event {
         self.events.recv().await.unwrap_or(Event::Closed(None))
@@ -236,7 +315,8 @@ impl SignalingClient {
 
     /// Closes the socket (the server treats it as a dropped connection).
     pub async fn close(&self) {
-        let _ = self.sink.lock().await.close().await;
+        self.renewing.abort();
+        let _ = self.requests.sink.lock().await.close().await;
     }
 }
 
@@ -279,6 +359,14 @@ mod tests {
     fn urls_follow_the_server_scheme() {
         assert_eq!(ws_url("http://127.0.0.1:8080/"), "ws://127.0.0.1:8080/v1/calls/ws");
         assert_eq!(ws_url("https://calls.example.com"), "wss://calls.example.com/v1/calls/ws");
+    }
+
+    #[test]
+    fn a_token_is_renewed_a_minute_before_it_expires_or_half_way() {
+        assert_eq!(renew_in(1_900, 1_000), Duration::from_secs(840));
+        assert_eq!(renew_in(1_100, 1_000), Duration::from_secs(50));
+        assert_eq!(renew_in(1_003, 1_000), Duration::from_secs(1));
+        assert_eq!(renew_in(900, 1_000), Duration::ZERO, "already expired: at once");
     }
 
     #[test]

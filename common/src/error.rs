@@ -53,6 +53,14 @@ impl HttpError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
+    pub fn payload_too_large(bytes_max: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is over the size limit ({bytes_max} bytes)"),
+        )
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }

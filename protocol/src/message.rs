@@ -29,6 +29,11 @@ pub enum ClientBody {
     Auth {
         token: String,
     },
+    /// A fresh access token for an authenticated connection, before its
+    /// current one expires (of the same account and device).
+    Reauth {
+        token: String,
+    },
     Invite {
         call_id: CallId,
         callee: String,
@@ -71,7 +76,7 @@ pub enum ClientBody {
 }
 
 impl ClientBody {
-    /// The call a message is about; `None` for `auth` and `ping`.
+    /// The call a message is about; `None` for `auth`, `reauth` and `ping`.
     pub fn call_id(&self) -> Option<&CallId> {
         match self {
             ClientBody::Invite { call_id, .. }
@@ -83,7 +88,7 @@ impl ClientBody {
             | ClientBody::Negotiate { call_id, .. }
             | ClientBody::Resume { call_id }
             | ClientBody::SasReveal { call_id, .. } => Some(call_id),
-            ClientBody::Auth { .. } | ClientBody::Ping => None,
+            ClientBody::Auth { .. } | ClientBody::Reauth { .. } | ClientBody::Ping => None,
         }
     }
 
@@ -106,7 +111,7 @@ impl ClientMessage {
     pub fn encode(&self) -> String {
         let mut out = Out { v: PROTOCOL_VERSION, kind: self.body.kind(), id: &self.id, ..Out::default() };
         match &self.body {
-            ClientBody::Auth { token } => out.token = Some(token),
+            ClientBody::Auth { token } | ClientBody::Reauth { token } => out.token = Some(token),
             ClientBody::Invite { call_id, callee, sdp, sas_commit } => {
                 out.call_id = Some(call_id.as_str());
                 out.callee = Some(callee);
@@ -148,6 +153,7 @@ impl ClientBody {
     fn kind(&self) -> Kind {
         match self {
             ClientBody::Auth { .. } => Kind::Auth,
+            ClientBody::Reauth { .. } => Kind::Reauth,
             ClientBody::Invite { .. } => Kind::Invite,
             ClientBody::Ringing { .. } => Kind::Ringing,
             ClientBody::Answer { .. } => Kind::Answer,
@@ -204,6 +210,7 @@ pub struct Refused {
 #[serde(rename_all = "snake_case")]
 enum Kind {
     Auth,
+    Reauth,
     Invite,
     Ringing,
     Answer,
@@ -221,7 +228,7 @@ impl Kind {
     /// The fields a message of this type may carry besides `v`, `type` and `id`.
     fn fields(self) -> &'static [&'static str] {
         match self {
-            Kind::Auth => &["token"],
+            Kind::Auth | Kind::Reauth => &["token"],
             Kind::Invite => &["call_id", "callee", "sdp", "sas_commit"],
             Kind::Ringing | Kind::Reject | Kind::Resume => &["call_id"],
             Kind::Answer => &["call_id", "sdp", "sas_nonce"],
@@ -310,12 +317,12 @@ pub fn parse(frame: &str, bytes_max: usize) -> Result<ClientMessage, Refused> {
     let sas = |value: Option<String>| value.as_deref().map(SasHex::parse).transpose();
     let body = (|| -> Result<ClientBody, String> {
         Ok(match kind {
-            Kind::Auth => {
+            Kind::Auth | Kind::Reauth => {
                 let token = required(wire.token.take(), "token")?;
                 if token.is_empty() || token.len() > TOKEN_CHARS_MAX {
                     return Err("token must be an access token".into());
                 }
-                ClientBody::Auth { token }
+                if kind == Kind::Auth { ClientBody::Auth { token } } else { ClientBody::Reauth { token } }
             }
             Kind::Invite => {
                 let callee = required(wire.callee.take(), "callee")?;
@@ -399,6 +406,7 @@ mod tests {
         assert!(matches!(invite.body, ClientBody::Invite { ref callee, sas_commit: Some(_), .. } if callee == "acc"));
         for frame in [
             serde_json::json!({"v": 1, "type": "auth", "id": "a", "token": "t"}),
+            serde_json::json!({"v": 1, "type": "reauth", "id": "a", "token": "t"}),
             serde_json::json!({"v": 1, "type": "ringing", "id": "a", "call_id": "c"}),
             serde_json::json!({"v": 1, "type": "answer", "id": "a", "call_id": "c", "sdp": "v=0"}),
             serde_json::json!({"v": 1, "type": "reject", "id": "a", "call_id": "c"}),
@@ -431,6 +439,8 @@ mod tests {
             serde_json::json!({"v": 1, "type": "candidates", "id": "m", "call_id": "c", "candidates": ["x"]}),
             serde_json::json!({"v": 1, "type": "sas_reveal", "id": "m", "call_id": "c", "nonce": "zz"}),
             serde_json::json!({"v": 1, "type": "auth", "id": "m", "token": ""}),
+            serde_json::json!({"v": 1, "type": "reauth", "id": "m"}),
+            serde_json::json!({"v": 1, "type": "reauth", "id": "m", "token": "t", "call_id": "c"}),
         ];
         for frame in cases {
             let refusal = refused(frame.clone());
@@ -447,6 +457,7 @@ mod tests {
     fn what_a_client_encodes_the_server_parses_back() {
         let frames = [
             serde_json::json!({"v": 1, "type": "auth", "id": "a", "token": "t"}),
+            serde_json::json!({"v": 1, "type": "reauth", "id": "a", "token": "t"}),
             serde_json::json!({"v": 1, "type": "invite", "id": "a", "call_id": "c", "callee": "+79161234567", "sdp": "v=0", "sas_commit": HEX}),
             serde_json::json!({"v": 1, "type": "answer", "id": "a", "call_id": "c", "sdp": "v=0", "sas_nonce": HEX}),
             serde_json::json!({"v": 1, "type": "hangup", "id": "a", "call_id": "c", "reason": "ice_failed"}),

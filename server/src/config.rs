@@ -15,6 +15,8 @@ use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use courier_accounts::AccountsConfig;
 use courier_common::http::HttpLimits;
+
+use crate::connections::{ConnectionLimits, total_max_for_file_limit};
 use courier_payments::writer::WriterConfig;
 use courier_signaling::SignalingConfig;
 use courier_signaling::cluster::ClusterConfig;
@@ -23,6 +25,8 @@ use serde::Deserialize;
 
 pub const DATA_DIR_DEFAULT: &str = "./courier-data";
 pub const HEADER_READ_TIMEOUT_S_DEFAULT: u64 = 10;
+/// Enough for every device of a household or an office behind one NAT.
+pub const CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: usize = 512;
 const TOKEN_KEY_FILE_NAME: &str = "token-signing-key.pem";
 const SQLITE_FILE_NAME: &str = "courier.db";
 
@@ -162,6 +166,15 @@ pub struct ServerSection {
     /// Seconds a client has to send a request's headers before it is disconnected.
     #[arg(long, env = "COURIER_HEADER_READ_TIMEOUT_S", default_value_t = HEADER_READ_TIMEOUT_S_DEFAULT)]
     pub header_read_timeout_s: u64,
+    /// Seconds a client has to send a request's body once its headers are in; then 408 `body_timeout`.
+    #[arg(long, env = "COURIER_BODY_READ_TIMEOUT_S", default_value_t = HttpLimits::default().body_read_timeout.as_secs())]
+    pub body_read_timeout_s: u64,
+    /// Open connections in all, past which new ones get 503 `too_many_connections`; 0: three quarters of the open-file limit.
+    #[arg(long, env = "COURIER_CONNECTIONS_MAX", default_value_t = 0)]
+    pub connections_max: usize,
+    /// Open connections from one client address (an IPv6 client's /64); 0: no cap (behind a proxy).
+    #[arg(long, env = "COURIER_CONNECTIONS_PER_ADDRESS_MAX", default_value_t = CONNECTIONS_PER_ADDRESS_MAX_DEFAULT)]
+    pub connections_per_address_max: usize,
     /// Seconds a request may take before 503 `timeout`.
     #[arg(long, env = "COURIER_REQUEST_TIMEOUT_S", default_value_t = HttpLimits::default().request_timeout.as_secs())]
     pub request_timeout_s: u64,
@@ -179,7 +192,21 @@ impl ServerSection {
     }
 
     pub fn http_limits(&self) -> HttpLimits {
-        HttpLimits { body_bytes_max: self.body_bytes_max, request_timeout: Duration::from_secs(self.request_timeout_s) }
+        HttpLimits {
+            body_bytes_max: self.body_bytes_max,
+            body_read_timeout: Duration::from_secs(self.body_read_timeout_s),
+            request_timeout: Duration::from_secs(self.request_timeout_s),
+        }
+    }
+
+    /// The connection caps, given the process's open-file limit.
+    pub fn connection_limits(&self, file_limit: u64) -> ConnectionLimits {
+        let auto = total_max_for_file_limit(file_limit);
+        ConnectionLimits {
+            header_read_timeout: self.header_read_timeout(),
+            total_max: if self.connections_max == 0 { auto } else { self.connections_max },
+            per_address_max: self.connections_per_address_max,
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -188,6 +215,9 @@ impl ServerSection {
         }
         if self.header_read_timeout_s == 0 {
             return Err("--header-read-timeout-s must be at least 1".into());
+        }
+        if self.body_read_timeout_s == 0 {
+            return Err("--body-read-timeout-s must be at least 1".into());
         }
         Ok(())
     }
@@ -268,7 +298,7 @@ impl AccountsSection {
         if self.sign_in_codes_per_phone_per_hour_max == 0 {
             return Err("--sign-in-codes-per-phone-per-hour-max must be at least 1".into());
         }
-        if self.access_token_ttl_s == 0 || self.access_token_ttl_s > 3_600 {
+        if self.access_token_ttl_s == 0 || self.access_token_ttl_s > courier_accounts::tokens::ACCESS_TOKEN_TTL_S_MAX {
             return Err("--access-token-ttl-s must be between 1 and 3600 seconds".into());
         }
         if self.code_sender == CodeSenderKind::Webhook && self.code_webhook_url.is_none() {
@@ -453,7 +483,7 @@ pub struct TurnSection {
     /// The embedded relay's realm.
     #[arg(long, env = "COURIER_TURN_REALM", default_value = courier_turn::server::TURN_REALM_DEFAULT)]
     pub turn_realm: String,
-    /// Peer ranges (CIDR) the embedded relay may reach although they are not public, comma-separated.
+    /// Peer ranges (CIDR) the embedded relay may reach although they are not public, comma-separated, or `none`. Default: the loopback ranges when the relay listens on loopback (only this machine reaches it), none otherwise.
     #[arg(long, env = "COURIER_TURN_ALLOW_PEER", value_delimiter = ',')]
     pub turn_allow_peer: Vec<String>,
     /// Allocations the embedded relay holds at once.
@@ -482,11 +512,18 @@ impl TurnSection {
             format!("--turn-relay-ports {:?} is not a range LOW-HIGH such as 49152-65535", self.turn_relay_ports)
         })?;
         config.realm = self.turn_realm.clone();
-        config.allow_peers = self
-            .turn_allow_peer
-            .iter()
-            .map(|cidr| cidr.trim().parse().map_err(|_| format!("--turn-allow-peer {cidr:?} is not a CIDR range")))
-            .collect::<Result<_, _>>()?;
+        config.allow_peers = match self.turn_allow_peer.as_slice() {
+            [] => courier_turn::filter::listen_scope(self.turn_listen.ip()),
+            [none] if none.trim() == "none" => Vec::new(),
+            ranges => ranges
+                .iter()
+                .map(|cidr| {
+                    cidr.trim()
+                        .parse()
+                        .map_err(|_| format!("--turn-allow-peer {cidr:?} is not a CIDR range (or `none`)"))
+                })
+                .collect::<Result<_, _>>()?,
+        };
         config.allocations_max = self.turn_allocations_max;
         config.allocations_per_user_max = self.turn_allocations_per_user_max;
         config.allocation_lifetime_max = Duration::from_secs(self.turn_allocation_lifetime_max_s);

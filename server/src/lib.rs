@@ -10,8 +10,10 @@
 //! and its SQL.
 
 pub mod config;
+pub mod connections;
 mod files;
 mod serve;
 
 pub use config::{ServeCommand, ServeOptions, Service};
+pub use connections::ConnectionLimits;
 pub use serve::{Built, build, run, serve_router};

@@ -26,6 +26,7 @@ use tower::ServiceExt;
 use utoipa::OpenApi;
 
 use crate::config::{CodeSenderKind, ServeOptions, Service, TurnMode};
+use crate::connections::{Admission, ConnectionLimits, JsonParseErrors};
 use crate::files::{create_private_dir, turn_secret};
 
 /// A built server: its router and the resources to release on shutdown.
@@ -70,6 +71,12 @@ pub async fn build(
         remote_verifier(options).await?
     };
     let mut parts = Parts { options, database: database.clone(), verifier, shutdown, tasks: Vec::new() };
+    // Tokens of devices signed out elsewhere are refused within a second.
+    parts.tasks.push(tokio::spawn(courier_accounts::revocations::watch(
+        database.clone(),
+        parts.verifier.clone(),
+        parts.shutdown.clone(),
+    )));
     let mut turn = None;
     if runs(Service::Signaling) {
         let (signaling, relay) = build_signaling(&mut parts).await?;
@@ -155,6 +162,7 @@ async fn build_signaling(parts: &mut Parts<'_>) -> Result<(courier_signaling::Si
         }
     };
     parts.tasks.push(tokio::spawn(hub.clone().run(parts.shutdown.clone())));
+    parts.tasks.push(tokio::spawn(hub.clone().watch_revocations(parts.verifier.revocations().subscribe())));
     let (ice, relay) = ice_servers(parts).await?;
     Ok((courier_signaling::Signaling::new(hub, parts.verifier.clone()).with_ice_servers(ice), relay))
 }
@@ -224,6 +232,14 @@ fn build_payments(parts: &mut Parts<'_>) -> Result<Payments, String> {
 /// Binds, prints the URL, serves until `shutdown` is cancelled, then drains.
 pub async fn run(options: ServeOptions, service: Option<Service>, shutdown: CancellationToken) -> Result<(), String> {
     let built = build(&options, service, shutdown.clone()).await?;
+    let file_limit = crate::connections::raise_file_limit();
+    let connections = options.server.connection_limits(file_limit);
+    tracing::info!(
+        file_limit,
+        connections_max = connections.total_max,
+        per_address_max = connections.per_address_max,
+        "connection caps"
+    );
     let listen = options.server.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|error| match error.kind() {
         std::io::ErrorKind::AddrInUse => {
@@ -242,7 +258,7 @@ pub async fn run(options: ServeOptions, service: Option<Service>, shutdown: Canc
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), lines.as_bytes());
     tracing::info!(url = %format!("http://{local}"), service = ?service, "serving");
     let stop = shutdown.clone();
-    serve_router(listener, built.router, options.server.header_read_timeout(), async move { stop.cancelled().await })
+    serve_router(listener, built.router, connections, async move { stop.cancelled().await })
         .await
         .map_err(|error| format!("server error: {error}"))?;
     for task in built.tasks {
@@ -256,18 +272,21 @@ pub async fn run(options: ServeOptions, service: Option<Service>, shutdown: Canc
 /// Serves `router` on `listener` until `stop` resolves, the way `courier
 /// serve` does (the benchmarks serve through this too): TCP_NODELAY on every
 /// connection, since signaling frames and API answers are small and
-/// latency-bound; the peer's address for per-address limits; and a client
-/// that has not sent a request's headers within `header_read_timeout` is
-/// disconnected, so that slow clients cannot hold connections open. On
-/// `stop` it accepts no more and waits for the requests in flight.
+/// latency-bound; the peer's address for per-address limits; connections
+/// past `limits`' caps answered 503 `too_many_connections` and closed, so
+/// that one client cannot take every file descriptor; a client that has not
+/// sent a request's headers within the header read timeout disconnected; and
+/// hyper's bare answers to requests it cannot parse given the JSON error
+/// shape. On `stop` it accepts no more and waits for the requests in flight.
 pub async fn serve_router(
     listener: tokio::net::TcpListener,
     router: Router,
-    header_read_timeout: Duration,
+    limits: ConnectionLimits,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let admission = Admission::new(limits);
     let graceful = GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
@@ -283,6 +302,16 @@ pub async fn serve_router(
             },
             () = &mut stop => break,
         };
+        let admitted = match admission.admit(remote.ip()) {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                metrics::counter!("courier_connections_refused_total", "cap" => refused.as_str()).increment(1);
+                tracing::debug!(client = %remote, cap = refused.as_str(), "connection refused");
+                // One try, never waiting: a client that does not read gets nothing.
+                let _ = stream.try_write(&refused.response());
+                continue;
+            }
+        };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
@@ -291,12 +320,17 @@ pub async fn serve_router(
             request.extensions_mut().insert(ConnectInfo(remote));
             router.clone().oneshot(request)
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let io = TokioIo::new(JsonParseErrors::new(stream));
+        let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
         let connection = graceful.watch(connection);
+        let open = metrics::gauge!("courier_connections_open");
+        open.increment(1);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, client = %remote, "connection ended");
             }
+            open.decrement(1);
+            drop(admitted);
         });
     }
     drop(listener);
@@ -343,9 +377,8 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = shutdown.clone();
-        let serving = tokio::spawn(serve_router(listener, built.router, Duration::from_secs(1), async move {
-            stop.cancelled().await
-        }));
+        let limits = ConnectionLimits::unlimited(Duration::from_secs(1));
+        let serving = tokio::spawn(serve_router(listener, built.router, limits, async move { stop.cancelled().await }));
 
         assert_eq!(get(addr, "/healthz").await.0, 200);
         let (status, doc) = get(addr, "/openapi.json").await;
@@ -370,6 +403,126 @@ mod tests {
             task.await.unwrap();
         }
         built.database.close().await;
+    }
+
+    /// A server in-process on a free port, with `args`.
+    async fn serve(args: &[&str]) -> (SocketAddr, CancellationToken, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all = vec!["--data-dir", dir.path().to_str().unwrap(), "--turn", "off"];
+        all.extend_from_slice(args);
+        let options = options(&all);
+        let shutdown = CancellationToken::new();
+        let built = build(&options, Some(Service::Accounts), shutdown.clone()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = shutdown.clone();
+        let limits = options.server.connection_limits(1_024);
+        tokio::spawn(serve_router(listener, built.router, limits, async move { stop.cancelled().await }));
+        (addr, shutdown, dir)
+    }
+
+    /// Writes `request` while reading the answer (the server may answer
+    /// before it has read everything), until the server closes.
+    async fn exchange(stream: tokio::net::TcpStream, request: Vec<u8>) -> String {
+        let (mut reader, mut writer) = stream.into_split();
+        let writing = tokio::spawn(async move {
+            let _ = writer.write_all(&request).await;
+            writer
+        });
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), reader.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => answer.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!("no answer within 10 s; so far: {}", String::from_utf8_lossy(&answer)),
+            }
+        }
+        drop(writing);
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    async fn connect_from(source: &str, addr: SocketAddr) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        socket.connect(addr).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_that_never_arrives_gets_408_body_timeout() {
+        let (addr, shutdown, _dir) = serve(&["--body-read-timeout-s", "1"]).await;
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "POST /v1/auth/codes HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"phone\":"
+        );
+        let (mut reader, mut writer) = stream.into_split();
+        writer.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut answer)).await.unwrap().unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+        assert!(answer.contains(r#""code":"body_timeout""#), "{answer}");
+        drop(writer);
+        shutdown.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_hyper_cannot_parse_get_the_json_error_shape() {
+        let (addr, shutdown, _dir) = serve(&[]).await;
+        let mut many = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n");
+        for i in 0..2_000 {
+            many.push_str(&format!("x-h{i}: 1\r\n"));
+        }
+        many.push_str("\r\n");
+        let huge = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nx-big: {}\r\n\r\n", "a".repeat(1 << 20));
+        let cases = [
+            (many.into_bytes(), "431", "headers_too_large"),
+            (huge.into_bytes(), "431", "headers_too_large"),
+            (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), "400", "invalid_request"),
+        ];
+        for (request, status, code) in cases {
+            let answer = exchange(tokio::net::TcpStream::connect(addr).await.unwrap(), request).await;
+            assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
+            assert!(answer.contains("content-type: application/json"), "{answer}");
+            assert!(answer.contains(&format!(r#"{{"error":{{"code":"{code}","message":"#)), "{answer}");
+        }
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        shutdown.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_past_the_caps_get_503_and_others_are_still_served() {
+        let (addr, shutdown, _dir) =
+            serve(&["--header-read-timeout-s", "60", "--connections-max", "8", "--connections-per-address-max", "3"])
+                .await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(connect_from("127.0.0.2", addr).await);
+        }
+        let refused = exchange(connect_from("127.0.0.2", addr).await, Vec::new()).await;
+        assert!(refused.starts_with("HTTP/1.1 503 "), "{refused}");
+        assert!(refused.contains("retry-after: 1"), "{refused}");
+        assert!(refused.contains(r#""code":"too_many_connections""#), "{refused}");
+        assert_eq!(get(addr, "/healthz").await.0, 200, "another address is served");
+
+        for source in ["127.0.0.3", "127.0.0.3", "127.0.0.3", "127.0.0.4", "127.0.0.4"] {
+            held.push(connect_from(source, addr).await);
+        }
+        // Eight are open: the cap in all refuses everyone, this machine too.
+        let refused = exchange(tokio::net::TcpStream::connect(addr).await.unwrap(), Vec::new()).await;
+        assert!(refused.contains(r#""code":"too_many_connections""#), "{refused}");
+        held.truncate(6);
+        // The server sees the close when it next reads; give it the moment.
+        let mut status = 0;
+        for _ in 0..50 {
+            status = get(addr, "/healthz").await.0;
+            if status == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(status, 200, "closed connections give their places back");
+        shutdown.cancel();
     }
 
     #[tokio::test]

@@ -200,8 +200,12 @@ impl CallView {
             (false, true) => "missed",
             (false, false) => "incoming",
         };
-        let duration_s =
-            row.ended_at.map(|ended| row.answered_at.map_or(0, |answered| (ended - answered).max(0) / 1_000));
+        // A call whose media path never came up had no talking time, answered or not.
+        let talked = row.end_reason.as_deref() != Some(HangupReason::IceFailed.as_str());
+        let duration_s = row.ended_at.map(|ended| match row.answered_at {
+            Some(answered) if talked => (ended - answered).max(0) / 1_000,
+            _ => 0,
+        });
         CallView {
             peer: if outgoing { row.callee_id } else { row.caller_id },
             direction: direction.into(),

@@ -49,6 +49,8 @@ const TRANSACTION_ATTEMPTS: usize = 64;
 const DUE_PER_TICK: isize = 256;
 /// What a device's channel carries besides frames: the link that replaced it.
 const REPLACED_PREFIX: &str = "R:";
+/// What a device's channel carries when the device was signed out.
+const REVOKED: &str = "X";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -82,6 +84,8 @@ pub enum Delivery {
     Frame(Utf8Bytes),
     /// A newer connection of the device (this `{node}/{link}`) took over.
     Replaced(String),
+    /// The device was signed out.
+    Revoked,
 }
 
 impl Delivery {
@@ -89,6 +93,8 @@ impl Delivery {
         let text = std::str::from_utf8(payload).ok()?;
         if let Some(tag) = text.strip_prefix(REPLACED_PREFIX) {
             Some(Delivery::Replaced(tag.to_owned()))
+        } else if text == REVOKED {
+            Some(Delivery::Revoked)
         } else if text.starts_with('{') {
             Some(Delivery::Frame(Utf8Bytes::from(text.to_owned())))
         } else {
@@ -315,6 +321,11 @@ impl Cluster {
             self.forget_shared().await;
         }
         result
+    }
+
+    /// Tells every node holding a connection of `device` that it was signed out.
+    pub async fn publish_revoked(&self, device: &str) -> Result<(), RedisError> {
+        self.query(redis::cmd("PUBLISH").arg(self.keys.device_channel(device)).arg(REVOKED)).await
     }
 
     /// Feeds a device's message to the machine. An invite comes with what
@@ -739,6 +750,7 @@ mod tests {
     fn deliveries_parse() {
         assert_eq!(Delivery::parse(b"R:n1/4"), Some(Delivery::Replaced("n1/4".into())));
         assert_eq!(Delivery::parse(br#"{"v":1}"#), Some(Delivery::Frame(Utf8Bytes::from_static(r#"{"v":1}"#))));
+        assert_eq!(Delivery::parse(b"X"), Some(Delivery::Revoked));
         assert_eq!(Delivery::parse(b"junk"), None);
         assert_eq!(Delivery::parse(&[0xff, b'{']), None);
     }

@@ -10,6 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::sync::broadcast;
+
+use courier_accounts::revocations::Revoked;
 use courier_accounts::settings::{CallsFrom, P2p};
 use courier_common::Database;
 use courier_common::shutdown::CancellationToken;
@@ -19,7 +22,7 @@ use courier_protocol::{CallId, ClientBody, ClientMessage, ErrorCode, HangupReaso
 
 use crate::cluster::ClusterConfig;
 use crate::config::SignalingConfig;
-use crate::machine::{At, Callee, Ended, Endpoint, Reply};
+use crate::machine::{At, Callee, DeviceId, Ended, Endpoint, Reply};
 use crate::outbox::Outbox;
 use crate::routing::clustered::Clustered;
 use crate::routing::local::Local;
@@ -143,6 +146,30 @@ impl Hub {
     /// Unregisters a device's connection `link` (if it is still the current one).
     pub async fn detach(&self, endpoint: &Endpoint, link: u64) {
         self.record_ended(self.inner.routing.detach(endpoint, link).await).await;
+    }
+
+    /// Closes the connections of the devices signed out (revoked), on every
+    /// node, as `revocations` tells of them, until the hub stops.
+    pub async fn watch_revocations(self, mut revocations: broadcast::Receiver<Revoked>) {
+        loop {
+            let revoked = tokio::select! {
+                revoked = revocations.recv() => revoked,
+                () = self.inner.stopping.cancelled() => return,
+            };
+            match revoked {
+                Ok(revoked) => {
+                    metrics::counter!("signaling_devices_revoked_total").increment(1);
+                    self.inner.routing.revoke(&DeviceId::from(revoked.device_id.as_str())).await;
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::error!(
+                        missed,
+                        "missed revocations; their devices' sockets stay until their tokens expire"
+                    );
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
     }
 
     /// Handles one message of an authenticated device: `ping` and, where the

@@ -298,7 +298,7 @@ impl Switchboard {
                 self.invite(from, Invitation { call_id, sdp, sas_commit }, callee, now, &mut out)
             }
             (ClientBody::Invite { .. }, None) => Reply::Error(ErrorCode::CalleeNotFound, "there is no such account"),
-            (ClientBody::Auth { .. } | ClientBody::Ping, _) => {
+            (ClientBody::Auth { .. } | ClientBody::Reauth { .. } | ClientBody::Ping, _) => {
                 Reply::Error(ErrorCode::InvalidState, "not a call message")
             }
             (other, _) => self.in_call(from, other, now, &mut out),
@@ -461,7 +461,7 @@ impl Switchboard {
                 call.lost.remove(&from.device);
                 Reply::Ack
             }
-            ClientBody::Invite { .. } | ClientBody::Auth { .. } | ClientBody::Ping => {
+            ClientBody::Invite { .. } | ClientBody::Auth { .. } | ClientBody::Reauth { .. } | ClientBody::Ping => {
                 Reply::Error(ErrorCode::InvalidState, "not a message about a call in progress")
             }
         }

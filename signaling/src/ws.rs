@@ -8,9 +8,11 @@ use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use courier_accounts::tokens::TokenVerifier;
+use courier_common::time::now_ms;
 use futures::{FutureExt, SinkExt, StreamExt};
 use governor::{Quota, RateLimiter};
 use tokio::time::{Instant, timeout, timeout_at};
@@ -44,8 +46,10 @@ pub async fn serve(socket: &mut WebSocket, hub: &Hub, verifier: &TokenVerifier) 
     // would keep its space in this future): rarely running, they are large.
     let authenticating = Box::pin(authenticate(socket, hub, verifier, &outbox));
     let authenticated = authenticating.await;
-    if let Some((endpoint, link)) = authenticated {
-        connected(socket, hub, &endpoint, &outbox).await;
+    if let Some((endpoint, link, token_expires_s)) = authenticated {
+        let session = Session { endpoint, verifier, token_expires_s: AtomicU64::new(token_expires_s) };
+        connected(socket, hub, &session, &outbox).await;
+        let endpoint = session.endpoint;
         let detaching = Box::pin(hub.detach(&endpoint, link));
         detaching.await;
     }
@@ -53,13 +57,57 @@ pub async fn serve(socket: &mut WebSocket, hub: &Hub, verifier: &TokenVerifier) 
     finishing.await;
 }
 
+/// An authenticated connection: whose it is, and until when its token lasts.
+struct Session<'a> {
+    endpoint: Endpoint,
+    verifier: &'a TokenVerifier,
+    /// When the connection's access token expires (Unix seconds); a `reauth` moves it on.
+    token_expires_s: AtomicU64,
+}
+
+impl Session<'_> {
+    fn token_expires_ms(&self) -> i64 {
+        i64::try_from(self.token_expires_s.load(Ordering::Relaxed)).unwrap_or(i64::MAX).saturating_mul(1_000)
+    }
+
+    /// When the token expires, on this process's clock (a day away at most:
+    /// tokens live an hour at most).
+    fn token_deadline(&self) -> Instant {
+        let left_ms = self.token_expires_ms().saturating_sub(now_ms()).clamp(0, 86_400_000);
+        Instant::now() + Duration::from_millis(left_ms.unsigned_abs())
+    }
+
+    fn token_expired(&self) -> bool {
+        now_ms() >= self.token_expires_ms()
+    }
+
+    /// Answers `reauth`: a fresh token of the same account and device keeps
+    /// the connection open until it expires.
+    async fn reauth(&self, id: String, token: String) -> String {
+        let claims = match self.verifier.verify_once(&token).await {
+            Ok(claims) => claims,
+            Err(error) => return error_frame(Some(&id), ErrorCode::Unauthenticated, &error.to_string()),
+        };
+        if *claims.sub != *self.endpoint.account || *claims.did != *self.endpoint.device {
+            return error_frame(
+                Some(&id),
+                ErrorCode::Unauthenticated,
+                "reauth takes a token of this connection's account and device",
+            );
+        }
+        self.token_expires_s.fetch_max(claims.exp, Ordering::Relaxed);
+        Reply::Ack { id, ice_policy: None, account_id: None, device_id: None }.frame()
+    }
+}
+
 /// Waits for `auth` until the deadline; answers it and attaches the device.
+/// Gives the device, its link and when its token expires.
 async fn authenticate(
     socket: &mut WebSocket,
     hub: &Hub,
     verifier: &TokenVerifier,
     outbox: &Arc<Outbox>,
-) -> Option<(Endpoint, u64)> {
+) -> Option<(Endpoint, u64, u64)> {
     let deadline = Instant::now() + hub.config().ws_auth_timeout;
     // Answers with an error and closes the connection with `close_code`.
     let refuse_with = |id: Option<&str>, code: ErrorCode, message: &str, close_code: u16| {
@@ -104,7 +152,7 @@ async fn authenticate(
                     }
                     .frame(),
                 );
-                Some((endpoint, link))
+                Some((endpoint, link, claims.exp))
             }
             Err(AttachError::TooManyDevices) => refuse_with(
                 Some(&message.id),
@@ -137,9 +185,10 @@ enum Read<'a> {
 }
 
 /// The authenticated connection: reads and handles the client's messages,
-/// writes what is queued, pings, and drops a connection silent for too long.
-/// One timer serves both the ping clock and the idle deadline.
-async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbox: &Outbox) {
+/// writes what is queued, pings, drops a connection silent for too long,
+/// and closes it (4401) when its token expires without a `reauth`. One timer
+/// serves the ping clock, the idle deadline and the token's expiry.
+async fn connected(socket: &mut WebSocket, hub: &Hub, session: &Session<'_>, outbox: &Outbox) {
     let config = hub.config();
     let limiter = RateLimiter::direct(
         Quota::per_second(NonZeroU32::new(config.ws_messages_per_s).unwrap_or(NonZeroU32::MIN))
@@ -151,7 +200,7 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbo
     let mut heard = Instant::now();
     let mut heard_since = false;
     let mut next_ping = heard + config.ws_ping_interval;
-    let timer = tokio::time::sleep_until(next_ping.min(heard + config.ws_idle_timeout));
+    let timer = tokio::time::sleep_until(next_ping.min(heard + config.ws_idle_timeout).min(session.token_deadline()));
     tokio::pin!(timer);
     loop {
         if outbox.is_closed() {
@@ -177,7 +226,7 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbo
                 let mut next = Some(next);
                 for _ in 0..BATCH_FRAMES_MAX {
                     let Some(item) = next.take().or_else(|| socket.next().now_or_never()) else { break };
-                    match read(item, hub, endpoint, outbox, &limiter) {
+                    match read(item, hub, session, outbox, &limiter) {
                         Read::Continue => {}
                         Read::End => return,
                         Read::Later(handling) => {
@@ -200,6 +249,15 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbo
                     outbox.close(close::IDLE);
                     return;
                 }
+                if session.token_expired() {
+                    outbox.push(error_frame(
+                        None,
+                        ErrorCode::Unauthenticated,
+                        "the access token expired; send reauth with a fresh one before it does",
+                    ));
+                    outbox.close(close::UNAUTHENTICATED);
+                    return;
+                }
                 if now >= next_ping {
                     next_ping = now + config.ws_ping_interval;
                     let ping = Some(Message::Ping(Default::default()));
@@ -209,7 +267,7 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbo
                         return;
                     }
                 }
-                timer.as_mut().reset(next_ping.min(heard + config.ws_idle_timeout));
+                timer.as_mut().reset(next_ping.min(heard + config.ws_idle_timeout).min(session.token_deadline()));
             }
         }
     }
@@ -221,7 +279,7 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, endpoint: &Endpoint, outbo
 fn read<'a>(
     next: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
     hub: &'a Hub,
-    endpoint: &'a Endpoint,
+    session: &'a Session<'a>,
     outbox: &Outbox,
     limiter: &governor::DefaultDirectRateLimiter,
 ) -> Read<'a> {
@@ -268,7 +326,10 @@ fn read<'a>(
         ));
         return Read::Continue;
     }
-    match hub.handle(endpoint, message) {
+    if let ClientBody::Reauth { token } = message.body {
+        return Read::Later(Box::pin(session.reauth(message.id, token)));
+    }
+    match hub.handle(&session.endpoint, message) {
         Handled::Now(reply) => {
             outbox.push(reply);
             if outbox.is_closed() { Read::End } else { Read::Continue }

@@ -26,8 +26,6 @@ const BOB: &str = "+79161140002";
 /// Long enough that setting up the media path (2 s and more on a loaded
 /// two-core machine) leaves the 80 % bar meaningful.
 const CALL_S: f64 = 12.0;
-/// The embedded relay hands out loopback relay addresses in these tests.
-const LOOPBACK_PEERS: [&str; 2] = ["--turn-allow-peer", "127.0.0.0/8"];
 
 struct Softphone {
     profile: tempfile::TempDir,
@@ -180,7 +178,7 @@ fn candidate_lines(report: &Value, field: &str) -> Vec<String> {
 }
 
 async fn a_p2p_call_carries_each_sides_tone(db: Db) {
-    let server = Server::start_with(db, &LOOPBACK_PEERS).await;
+    let server = Server::start(db).await;
     let alice = Softphone::login(&server.url, &server, ALICE).await;
     let bob = Softphone::login(&server.url, &server, BOB).await;
     let (a, b) = call(&alice, &server.url, &bob, &server.url).await;
@@ -222,7 +220,7 @@ async fn a_p2p_call_carries_each_sides_tone_postgres() {
 /// nor Alice saw anything else — and the audio still flows both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_only_call_never_shares_the_address() {
-    let server = Server::start_with(Db::Sqlite, &LOOPBACK_PEERS).await;
+    let server = Server::start(Db::Sqlite).await;
     let proxy = Proxy::start(&server.url, None).await;
     let alice = Softphone::login(&server.url, &server, ALICE).await;
     let bob = Softphone::login(&proxy.url, &server, BOB).await;
@@ -287,7 +285,7 @@ async fn a_relay_only_call_through_coturn() {
 /// differ, or the caller shows the warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewritten_fingerprint_never_yields_a_matching_sas() {
-    let server = Server::start_with(Db::Sqlite, &LOOPBACK_PEERS).await;
+    let server = Server::start(Db::Sqlite).await;
     let forged =
         "sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
     let rewrite: support::proxy::Rewrite = Arc::new(move |mut message: Value| {
@@ -320,7 +318,7 @@ async fn a_rewritten_fingerprint_never_yields_a_matching_sas() {
 /// audio goes on to the end of the call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ice_restarts_after_the_signaling_socket_drops() {
-    let server = Server::start_with(Db::Sqlite, &LOOPBACK_PEERS).await;
+    let server = Server::start(Db::Sqlite).await;
     let proxy = Proxy::start(&server.url, None).await;
     let alice = Softphone::login(&proxy.url, &server, ALICE).await;
     let bob = Softphone::login(&proxy.url, &server, BOB).await;

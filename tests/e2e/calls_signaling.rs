@@ -7,7 +7,10 @@ use crate::support;
 
 use std::time::Duration;
 
-use courier_calls::signaling_client::{Event, SignalingClient as Signaling};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use courier_calls::signaling_client::{AccessToken, Event, SignalingClient as Signaling, TokenSource, fixed_token};
 use courier_common::text::hex;
 use courier_protocol::sas::{self, Sas, SasInput};
 use courier_protocol::{CallId, HangupReason, IcePolicy, NegotiateKind, ServerEvent};
@@ -28,7 +31,7 @@ const ALICE_FP: &str = "sha-256 AA:BB:CC:DD";
 const BOB_FP: &str = "sha-256 11:22:33:44";
 
 async fn connect(server: &Server, session: &Session) -> Signaling {
-    Signaling::connect(&server.url, &session.access_token).await.expect("signed in")
+    Signaling::connect(&server.url, &fixed_token(&session.access_token)).await.expect("signed in")
 }
 
 async fn event(phone: &mut Signaling) -> Event {
@@ -164,4 +167,45 @@ async fn the_client_library_drives_calls(db: Db) {
     server.finish().await;
 }
 
-on_both_databases!(the_client_library_drives_calls);
+/// A client whose tokens last 3 s keeps its connection for longer: it
+/// renews its token and re-authenticates on the open socket in time.
+async fn the_client_renews_its_token_on_the_open_socket(db: Db) {
+    let server =
+        Server::start_with(db, &["--access-token-ttl-s", "3", "--sign-in-code-resend-after-s", "0"]).await;
+    let alice = server.sign_in(ALICE, "phone").await;
+    let renewals = Arc::new(AtomicUsize::new(0));
+    let refresh = Arc::new(std::sync::Mutex::new(alice.refresh_token.clone()));
+    let first = AccessToken { token: alice.access_token.clone(), expires_at_s: now_s() + alice.expires_in };
+    let (url, counted) = (server.url.clone(), renewals.clone());
+    let tokens: TokenSource = Arc::new(move || {
+        let (url, refresh, counted, first) = (url.clone(), refresh.clone(), counted.clone(), first.clone());
+        Box::pin(async move {
+            if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Ok(first);
+            }
+            let spent = refresh.lock().unwrap().clone();
+            let response = reqwest::Client::new()
+                .post(format!("{url}/v1/auth/refresh"))
+                .json(&serde_json::json!({"refresh_token": spent}))
+                .send()
+                .await
+                .map_err(|error| error.to_string())?;
+            let pair: serde_json::Value = response.json().await.map_err(|error| error.to_string())?;
+            *refresh.lock().unwrap() = pair["refresh_token"].as_str().unwrap_or_default().to_owned();
+            let expires_at_s = now_s() + pair["expires_in"].as_u64().unwrap_or(0);
+            Ok(AccessToken { token: pair["access_token"].as_str().unwrap_or_default().to_owned(), expires_at_s })
+        })
+    });
+    let mut phone = Signaling::connect(&server.url, &tokens).await.expect("signed in");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    phone.ping().await.expect("the socket outlived two token lifetimes");
+    assert!(phone.next_event_within(Duration::from_millis(100)).await.is_none(), "no close, no error");
+    assert!(renewals.load(Ordering::SeqCst) >= 3, "renewed: {}", renewals.load(Ordering::SeqCst) - 1);
+    server.finish().await;
+}
+
+fn now_s() -> u64 {
+    courier_common::time::now_s()
+}
+
+on_both_databases!(the_client_library_drives_calls, the_client_renews_its_token_on_the_open_socket);

@@ -530,6 +530,78 @@ async fn shutdown_and_crashes_end_calls(db: Db) {
     server.finish().await;
 }
 
+/// Asserts that the server closed `phone`'s socket with 4401 after an
+/// `unauthenticated` error saying `why`.
+async fn closed_unauthenticated(phone: &mut Phone, why: &str) {
+    let close = phone.closed().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4401, "{}: {close:?}", phone.name);
+    let events = phone.take_events();
+    let error = events.iter().find(|event| event["type"] == "error").unwrap_or_else(|| panic!("{events:?}"));
+    assert_eq!(error["code"], "unauthenticated", "{error}");
+    assert!(error["message"].as_str().unwrap_or_default().contains(why), "{error}");
+}
+
+async fn a_signed_out_device_loses_its_socket_and_its_tokens_at_once(db: Db) {
+    let server = start(db, &[]).await;
+    let (_alice, mut a) = online(&server, ALICE, "phone", "alice").await;
+    let (bob, mut phone) = online(&server, BOB, "phone", "bob-phone").await;
+    let laptop = server.sign_in(BOB, "laptop").await;
+    let mut l = Phone::signed_in(&server.url, "bob-laptop", &laptop.access_token).await;
+
+    let path = format!("/v1/me/devices/{}", laptop.device_id);
+    let (status, body) = server.call(Method::DELETE, &path, Some(&bob.access_token), None).await;
+    assert_eq!(status, 204, "{body}");
+    closed_unauthenticated(&mut l, "signed out").await;
+
+    // Its access token is refused everywhere from now on, not when it expires.
+    let (status, body) = server.get("/v1/me", Some(&laptop.access_token)).await;
+    assert_eq!((status, error_code(&body)), (401, "unauthenticated"), "{body}");
+    let mut again = Phone::connect(&server.url, "bob-laptop-again").await;
+    again.refused("auth", json!({"token": laptop.access_token}), "unauthenticated").await;
+    assert_eq!(u16::from(again.closed().await.expect("a close frame").code), 4401);
+
+    // Calls ring the devices still signed in; the phone's token still works.
+    a.ok("invite", invite("call-after", &bob)).await;
+    assert_eq!(phone.event("incoming").await["call_id"], "call-after");
+    let (status, _) = server.get("/v1/me", Some(&bob.access_token)).await;
+    assert_eq!(status, 200);
+    server.finish().await;
+}
+
+async fn a_socket_lives_no_longer_than_its_token_unless_reauthenticated(db: Db) {
+    const TTL_S: u64 = 6;
+    let server = start(db, &["--access-token-ttl-s", &TTL_S.to_string()]).await;
+    let alice = server.sign_in(ALICE, "phone").await;
+    let carol = server.sign_in(CAROL, "phone").await;
+    let started = tokio::time::Instant::now();
+    let bob = server.sign_in(BOB, "phone").await;
+    let mut a = Phone::signed_in(&server.url, "alice", &alice.access_token).await;
+    let mut b = Phone::signed_in(&server.url, "bob", &bob.access_token).await;
+
+    // Another device's token, or no valid token, renews nothing.
+    b.refused("reauth", json!({"token": carol.access_token}), "unauthenticated").await;
+    b.refused("reauth", json!({"token": "not.a.token"}), "unauthenticated").await;
+
+    // Bob renews his token half way and re-authenticates; Alice does not.
+    // (Token times are whole seconds: the first expires by TTL_S after
+    // `started` plus the sign-in's own time, the renewed one at TTL_S - 1
+    // after the renewal at the earliest.)
+    tokio::time::sleep_until(started + Duration::from_secs(TTL_S / 2)).await;
+    let (status, renewed) = server.post("/v1/auth/refresh", None, json!({"refresh_token": bob.refresh_token})).await;
+    assert_eq!(status, 200, "{renewed}");
+    b.ok("reauth", json!({"token": renewed["access_token"]})).await;
+
+    closed_unauthenticated(&mut a, "expired").await;
+    // Past the first token's expiry, Bob's socket still works.
+    tokio::time::sleep_until(started + Duration::from_millis(TTL_S * 1_000 + 800)).await;
+    assert_eq!(b.request("ping", json!({})).await["type"], "pong");
+    b.ok("invite", invite("call-x", &alice)).await;
+    assert_eq!(b.hangup("call-x").await, "unavailable", "Alice's device went with its socket");
+    // Without another reauth, it ends with the renewed token.
+    closed_unauthenticated(&mut b, "expired").await;
+    server.finish().await;
+}
+
 on_both_databases!(
     rings_every_device_and_the_first_answer_wins,
     reject_busy_and_already_in_call,
@@ -543,6 +615,8 @@ on_both_databases!(
     shutdown_and_crashes_end_calls,
     heartbeats_drop_dead_connections_and_keep_live_ones,
     signaling_runs_alone_verifying_tokens_with_the_jwks,
+    a_signed_out_device_loses_its_socket_and_its_tokens_at_once,
+    a_socket_lives_no_longer_than_its_token_unless_reauthenticated,
 );
 
 /// `courier bench signaling` relays its whole budget, holds its idle

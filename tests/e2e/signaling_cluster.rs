@@ -293,4 +293,45 @@ async fn deadlines_and_missed_calls_across_nodes(db: Db) {
     cluster.finish().await;
 }
 
-on_both_databases!(two_nodes_share_calls_and_presence, deadlines_and_missed_calls_across_nodes);
+async fn signing_out_closes_the_devices_sockets_on_every_node(db: Db) {
+    let cluster = Cluster::new(db).await;
+    let server = &cluster.server;
+    let bob_phone = server.sign_in(BOB, "phone").await;
+    let bob_laptop = server.sign_in(BOB, "laptop").await;
+    let mut node_a = cluster.node("a").await;
+    let mut node_b = cluster.node("b").await;
+    let mut phone = Phone::signed_in(&node_a.url, "bob-phone@A", &bob_phone.access_token).await;
+    let mut laptop = Phone::signed_in(&node_b.url, "bob-laptop@B", &bob_laptop.access_token).await;
+
+    let path = format!("/v1/me/devices/{}", bob_laptop.device_id);
+    let (status, body) = server.call(reqwest::Method::DELETE, &path, Some(&bob_phone.access_token), None).await;
+    assert_eq!(status, 204, "{body}");
+    let close = laptop.closed().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 4401, "{close:?}");
+    let error = laptop.take_events().into_iter().find(|event| event["type"] == "error").expect("an error first");
+    assert_eq!(error["code"], "unauthenticated", "{error}");
+
+    // No node takes the signed-out device's token any more: each reads the
+    // revocations every second.
+    for node in [&node_a, &node_b] {
+        let mut answer = Value::Null;
+        for _ in 0..30 {
+            let mut again = Phone::connect(&node.url, "bob-laptop-again").await;
+            answer = again.request("auth", json!({"token": bob_laptop.access_token})).await;
+            if answer["type"] == "error" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(answer["code"], "unauthenticated", "{answer}");
+    }
+    assert_eq!(phone.request("ping", json!({})).await["type"], "pong", "the other device stays");
+    assert!(node_a.terminate().await.success() && node_b.terminate().await.success());
+    cluster.finish().await;
+}
+
+on_both_databases!(
+    two_nodes_share_calls_and_presence,
+    deadlines_and_missed_calls_across_nodes,
+    signing_out_closes_the_devices_sockets_on_every_node,
+);

@@ -7,7 +7,9 @@
 //! (`2002:7f00:1::`) forms are judged by the IPv4 address inside them
 //! (coturn's CVE-2020-26262 was `0.0.0.0` slipping past a loopback ban).
 //! Ranges listed with `--turn-allow-peer` are let through, for tests and
-//! closed networks.
+//! closed networks; by default a relay listening on loopback lets loopback
+//! peers through ([`listen_scope`]): only this machine can reach such a
+//! relay, and its calls' peers are on this machine too.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -67,6 +69,17 @@ impl PeerFilter {
                 None => check_v6(v6),
             },
         }
+    }
+}
+
+/// The peer ranges a relay listening on `listen` may reach besides public
+/// ones: the loopback ranges when it listens on loopback (whoever can use it
+/// is on this machine and reaches loopback anyway), none otherwise.
+pub fn listen_scope(listen: IpAddr) -> Vec<IpNet> {
+    if canonical(listen).is_loopback() {
+        ["127.0.0.0/8", "::1/128"].iter().filter_map(|net| net.parse().ok()).collect()
+    } else {
+        Vec::new()
     }
 }
 
@@ -175,6 +188,21 @@ mod tests {
             "2002:7f00:1::1",
         ] {
             assert_eq!(check(ip), Err(Blocked::Loopback), "{ip}");
+        }
+    }
+
+    #[test]
+    fn a_relay_on_loopback_reaches_loopback_peers_and_a_public_one_does_not() {
+        let local = PeerFilter::new(listen_scope("127.0.0.1".parse().unwrap()));
+        for ip in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"] {
+            assert_eq!(local.check(ip.parse().unwrap()), Ok(()), "{ip}");
+        }
+        for ip in ["10.0.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "::"] {
+            assert!(local.check(ip.parse().unwrap()).is_err(), "only loopback is opened: {ip}");
+        }
+        assert_eq!(listen_scope("::1".parse().unwrap()).len(), 2);
+        for public in ["203.0.113.7", "2001:db8::1", "0.0.0.0", "::", "10.0.0.1"] {
+            assert!(listen_scope(public.parse().unwrap()).is_empty(), "{public}");
         }
     }
 

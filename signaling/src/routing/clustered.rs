@@ -12,7 +12,7 @@ use courier_protocol::{ClientBody, close};
 use futures::StreamExt;
 use redis::aio::PubSubStream;
 
-use super::{AttachError, Link, Routing, Unreachable, ended};
+use super::{AttachError, Link, Routing, Unreachable, close_revoked, ended};
 use crate::cluster::{Cluster, ClusterConfig, Delivery, Owner, Subscription, TooManyDevices};
 use crate::machine::{At, Callee, DeviceId, Ended, Endpoint, Limits, Reply};
 
@@ -86,6 +86,7 @@ impl Clustered {
                             link.outbox.close(close::REPLACED);
                         }
                     }
+                    Delivery::Revoked => close_revoked(link),
                 }
             }
             if stopping.is_cancelled() {
@@ -221,6 +222,17 @@ impl Routing for Clustered {
     fn start(self: Arc<Self>, stopping: CancellationToken) {
         if let Some(stream) = lock(&self.subscriber).take() {
             tokio::spawn(self.clone().dispatch(stopping, stream));
+        }
+    }
+
+    /// Closed here at once, and on the other nodes through the device's channel.
+    async fn revoke(&self, device: &DeviceId) {
+        if let Some(link) = lock(&self.links).get(device) {
+            close_revoked(link);
+        }
+        if let Err(error) = self.cluster.publish_revoked(device).await {
+            // Every node also reads the revocations from the database, within a second.
+            tracing::warn!(%error, "cannot tell the other nodes of a signed-out device");
         }
     }
 

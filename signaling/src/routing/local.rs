@@ -12,7 +12,7 @@ use courier_common::shutdown::CancellationToken;
 use courier_common::sync::lock;
 use courier_protocol::{ClientBody, close};
 
-use super::{AttachError, Link, Routing, Unreachable, deliver};
+use super::{AttachError, Link, Routing, Unreachable, close_revoked, deliver};
 use crate::machine::{AccountId, At, Callee, DeviceId, Ended, Endpoint, Limits, Output, Reply, Switchboard};
 use crate::meters::meters;
 
@@ -124,6 +124,12 @@ impl Routing for Local {
     }
 
     fn start(self: Arc<Self>, _stopping: CancellationToken) {}
+
+    async fn revoke(&self, device: &DeviceId) {
+        if let Some(link) = lock(&self.state).links.get(device) {
+            close_revoked(link);
+        }
+    }
 
     fn close_all(&self, code: u16) {
         for link in lock(&self.state).links.values() {

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier_common::shutdown::CancellationToken;
-use courier_protocol::ClientBody;
+use courier_protocol::event::error_frame;
+use courier_protocol::{ClientBody, ErrorCode, close};
 
 use crate::machine::{At, Callee, DeviceId, Ended, Endpoint, Output, Reply};
 use crate::outbox::Outbox;
@@ -83,6 +84,10 @@ pub trait Routing: Send + Sync {
     /// other nodes).
     fn start(self: Arc<Self>, stopping: CancellationToken);
 
+    /// The device was signed out: its connections, on every node, get an
+    /// `unauthenticated` error and are closed (4401).
+    async fn revoke(&self, device: &DeviceId);
+
     /// Asks every connection of this node to close with `code`.
     fn close_all(&self, code: u16);
 
@@ -92,6 +97,12 @@ pub trait Routing: Send + Sync {
     /// The node's connections are gone: what the shared state still holds of
     /// them is let go (their calls get the grace period to resume elsewhere).
     async fn leave(&self, now: At) -> Vec<Ended>;
+}
+
+/// Closes a signed-out device's connection, saying why.
+fn close_revoked(link: &Link) {
+    link.outbox.push(error_frame(None, ErrorCode::Unauthenticated, "this device was signed out; sign in again"));
+    link.outbox.close(close::UNAUTHENTICATED);
 }
 
 /// Queues the events among `outputs` on the outboxes of the devices in

@@ -712,7 +712,9 @@ impl<'a> Session<'a> {
         let until = Instant::now() + RECONNECT_FOR;
         while Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let Ok(signaling) = SignalingClient::connect(&self.setup.server, &self.setup.tokens).await else { continue };
+            let Ok(signaling) = SignalingClient::connect(&self.setup.server, &self.setup.tokens).await else {
+                continue;
+            };
             self.signaling = signaling;
             match self.signaling.resume(&self.call_id).await {
                 Ok(()) => {

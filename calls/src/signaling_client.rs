@@ -40,8 +40,7 @@ pub struct AccessToken {
 
 /// Where a connection gets a valid access token: the current one, refreshed
 /// when it is about to expire.
-pub type TokenSource =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<AccessToken, String>> + Send>> + Send + Sync>;
+pub type TokenSource = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<AccessToken, String>> + Send>> + Send + Sync>;
 
 /// A source that always gives `token` (a client that never outlives it).
 pub fn fixed_token(token: &str) -> TokenSource {
@@ -174,8 +173,7 @@ impl SignalingClient {
             }
             let _ = events_tx.send(Event::Closed(close_code)).await;
         });
-        let requests =
-            Arc::new(Requests { sink: tokio::sync::Mutex::new(sink), pending, next_id: AtomicU64::new(1) });
+        let requests = Arc::new(Requests { sink: tokio::sync::Mutex::new(sink), pending, next_id: AtomicU64::new(1) });
         let ack = requests.request(ClientBody::Auth { token: token.token }).await?;
         let renewing = tokio::spawn(keep_authenticated(requests.clone(), tokens.clone(), token.expires_at_s));
         Ok(SignalingClient {

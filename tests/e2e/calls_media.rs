@@ -50,18 +50,24 @@ impl Running {
     }
 
     /// The JSON object printed at the end.
-    async fn report(mut self) -> Value {
+    async fn report(self) -> Value {
+        self.ended().await.0
+    }
+
+    /// The JSON report, how the softphone exited, and what it printed on stderr.
+    async fn ended(mut self) -> (Value, std::process::ExitStatus, String) {
         let mut stdout = String::new();
         let mut out = self.child.stdout.take().unwrap();
         let reading = tokio::io::AsyncReadExt::read_to_string(&mut out, &mut stdout);
         if tokio::time::timeout(Duration::from_secs(90), reading).await.is_err() {
             panic!("the softphone did not end; printed:\n{}", self.lines.lock().unwrap().join("\n"));
         }
-        let status = self.child.wait().await;
+        let status = self.child.wait().await.unwrap();
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
         let log = self.lines.lock().unwrap().join("\n");
-        serde_json::from_str(stdout.trim())
-            .unwrap_or_else(|_| panic!("no JSON report: {stdout:?} ({status:?}); stderr:\n{log}"))
+        let report = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|_| panic!("no JSON report: {stdout:?} ({status:?}); stderr:\n{log}"));
+        (report, status, log)
     }
 }
 
@@ -253,6 +259,34 @@ async fn a_relay_only_call_never_shares_the_address() {
         assert!(sdp.lines().filter(|l| l.starts_with("a=candidate")).all(|l| l.contains("typ relay")), "{sdp}");
     }
     assert_heard_each_other(&alice, &bob, (&a, &b));
+    server.finish().await;
+}
+
+/// A relay-only call whose relay cannot reach the peers (the strict filter
+/// on loopback: every peer is loopback) carries no audio: both softphones
+/// end it as `ice_failed`, exit non-zero saying why, and the history shows
+/// no talking time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_never_carries_audio_fails_and_says_why() {
+    let server = Server::start_with(Db::Sqlite, &["--turn-allow-peer", "none"]).await;
+    let alice = Softphone::login(&server.url, &server, ALICE).await;
+    let bob = Softphone::login(&server.url, &server, BOB).await;
+    assert_eq!(alice.settings(&server.url, &["--p2p", "never"]).await["p2p"], "never");
+    let answering = bob.answer(&server.url, 880);
+    answering.wait_for("waiting for a call").await;
+    let dialing = alice.dial(&server.url, BOB, 440);
+    let (a, a_status, a_log) = dialing.ended().await;
+    let (b, b_status, b_log) = answering.ended().await;
+    assert_eq!(a["end_reason"], "ice_failed", "{a}\n{a_log}");
+    assert_eq!(b["end_reason"], "ice_failed", "{b}\n{b_log}");
+    assert!(a["setup_ms"].is_null() && a["packets_received"] == 0, "{a}");
+    assert!(!a_status.success() && !b_status.success(), "{a_status} {b_status}");
+    assert!(a_log.contains("the call carried no audio: no media path came up through the TURN relay"), "{a_log}");
+    assert!(b_log.contains("the call carried no audio"), "{b_log}");
+    let output = alice.command(&server.url).args(["--json", "history"]).output().await.unwrap();
+    let history: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let call = &history["items"][0];
+    assert_eq!((call["end_reason"].as_str(), call["duration_s"].as_i64()), (Some("ice_failed"), Some(0)), "{call}");
     server.finish().await;
 }
 

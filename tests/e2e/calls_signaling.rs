@@ -170,8 +170,7 @@ async fn the_client_library_drives_calls(db: Db) {
 /// A client whose tokens last 3 s keeps its connection for longer: it
 /// renews its token and re-authenticates on the open socket in time.
 async fn the_client_renews_its_token_on_the_open_socket(db: Db) {
-    let server =
-        Server::start_with(db, &["--access-token-ttl-s", "3", "--sign-in-code-resend-after-s", "0"]).await;
+    let server = Server::start_with(db, &["--access-token-ttl-s", "3", "--sign-in-code-resend-after-s", "0"]).await;
     let alice = server.sign_in(ALICE, "phone").await;
     let renewals = Arc::new(AtomicUsize::new(0));
     let refresh = Arc::new(std::sync::Mutex::new(alice.refresh_token.clone()));

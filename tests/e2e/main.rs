@@ -11,6 +11,7 @@ mod calls_signaling;
 mod ledger_crash;
 mod ledger_standby;
 mod payments;
+mod server;
 mod signaling;
 mod signaling_cluster;
 mod turn;

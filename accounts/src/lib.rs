@@ -17,6 +17,8 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod operators;
 pub mod phone;
 pub mod revocations;

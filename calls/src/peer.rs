@@ -502,3 +502,33 @@ mod tests {
         b.close().await;
     }
 }
+
+/// Fuzz target of what the softphone reads from the server besides frames
+/// (`courier_common::fuzz`): candidate lines and the ICE servers' JSON.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: courier_common::fuzz::cases(), ..ProptestConfig::default() })]
+
+        #[test]
+        fn candidate_lines_and_ice_server_lists_are_read_or_skipped(
+            line in prop_oneof![
+                "candidate:[0-9]{1,3} [12] (udp|tcp) [0-9]{1,10} [0-9.]{7,15} [0-9]{1,5} typ (host|srflx|relay|prflx)( raddr [0-9.]{7,15} rport [0-9]{1,5})?",
+                ".{0,80}",
+            ],
+            urls in prop::collection::vec(prop_oneof!["(stun|turn|turns):[a-z0-9.:\\[\\]]{0,20}(\\?transport=(udp|tcp))?", ".{0,20}"], 0..3),
+            username in prop_oneof![Just(json!(null)), ".{0,20}".prop_map(|text| json!(text)), any::<i64>().prop_map(|n| json!(n))],
+        ) {
+            if let Some(kind) = candidate_type(&line) {
+                prop_assert!(line.contains(kind));
+            }
+            let body = json!({"ice_servers": [{"urls": urls, "username": username, "credential": "c"}, {"urls": "stun:x"}, 7], "ttl": "x"});
+            let _ = IceServer::list_from_json(&body);
+        }
+    }
+}

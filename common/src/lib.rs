@@ -12,6 +12,7 @@
 pub mod client;
 pub mod db;
 pub mod error;
+pub mod fuzz;
 pub mod http;
 pub mod ids;
 pub mod json;

@@ -197,3 +197,41 @@ mod tests {
         assert_eq!(Money::parse("150.10", Currency::Rub).unwrap().to_string(), "150.10");
     }
 }
+
+/// Fuzz target of amounts as clients write them (`courier_common::fuzz`).
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config() -> ProptestConfig {
+        ProptestConfig { cases: courier_common::fuzz::cases(), ..ProptestConfig::default() }
+    }
+
+    fn currency() -> impl Strategy<Value = Currency> {
+        prop_oneof![Just(Currency::Rub), Just(Currency::Brl)]
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        #[test]
+        fn an_amount_is_read_or_refused_and_what_is_read_formats_back_to_itself(
+            input in prop_oneof!["-?[0-9]{0,22}(\\.[0-9]{0,4})?", "[-+0-9.eE ,_]{0,30}", ".{0,40}"],
+            currency in currency(),
+            signed in any::<bool>(),
+        ) {
+            if let Ok(minor) = parse_minor(&input, currency, signed) {
+                prop_assert!(signed || minor >= 0);
+                let formatted = format_minor(minor, currency);
+                prop_assert_eq!(parse_minor(&formatted, currency, true), Ok(minor), "{} → {}", input, formatted);
+            }
+        }
+
+        #[test]
+        fn every_amount_in_range_reads_back_from_its_formatting(minor in -AMOUNT_MAJOR_MAX * 100..=AMOUNT_MAJOR_MAX * 100, currency in currency()) {
+            prop_assert_eq!(parse_minor(&format_minor(minor, currency), currency, true), Ok(minor));
+        }
+    }
+}

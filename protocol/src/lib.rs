@@ -11,6 +11,8 @@
 
 pub mod codes;
 pub mod event;
+#[cfg(test)]
+mod fuzz;
 pub mod message;
 pub mod sas;
 pub mod types;

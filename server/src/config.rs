@@ -75,7 +75,17 @@ impl ServeCommand {
 /// flags and environment left at its default.
 fn file_args(command: &clap::Command, matches: &clap::ArgMatches, path: &Path) -> Result<Vec<OsString>, String> {
     let text = std::fs::read_to_string(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    let table: toml::Table = toml::from_str(&text)
+    text_args(command, matches, &text, path)
+}
+
+/// [`file_args`] of the file's text.
+fn text_args(
+    command: &clap::Command,
+    matches: &clap::ArgMatches,
+    text: &str,
+    path: &Path,
+) -> Result<Vec<OsString>, String> {
+    let table: toml::Table = toml::from_str(text)
         .map_err(|error| format!("{} is not a valid configuration file: {error}", path.display()))?;
     let mut args = Vec::new();
     for (key, value) in table {
@@ -669,5 +679,68 @@ mod tests {
         assert!(parse(&["--config", path.to_str().unwrap()]).unwrap_err().contains("lisen"));
         std::fs::write(&path, "ring_timeout_s = \"soon\"\n").unwrap();
         assert!(parse(&["--config", path.to_str().unwrap()]).unwrap_err().contains("--ring-timeout-s"));
+    }
+}
+
+/// Fuzz target of the configuration file (`courier_common::fuzz`): any text,
+/// and tables of the real keys with values of every TOML type, are read or
+/// refused with a sentence, and what is read is validated without a panic.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn keys() -> Vec<String> {
+        ServeCommand::command()
+            .get_arguments()
+            .filter(|arg| arg.get_long().is_some())
+            .map(|arg| arg.get_id().to_string())
+            .chain(["unknown".to_owned(), "config".to_owned()])
+            .collect()
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|n| format!("{n:?}")),
+            any::<bool>().prop_map(|b| b.to_string()),
+            "[a-z0-9:/._\\-]{0,24}".prop_map(|text| format!("{text:?}")),
+            "(127\\.0\\.0\\.1|\\[::1\\]|0\\.0\\.0\\.0):[0-9]{1,6}".prop_map(|text| format!("{text:?}")),
+            prop::collection::vec("[0-9a-z./:\\-]{0,12}", 0..3).prop_map(|items| format!("{items:?}")),
+            Just("{ a = 1 }".to_owned()),
+            Just("1979-05-27T07:32:00Z".to_owned()),
+        ]
+    }
+
+    fn document() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::collection::vec((prop::sample::select(keys()), value()), 0..6).prop_map(|pairs| {
+                pairs.into_iter().map(|(key, value)| format!("{key} = {value}\n")).collect::<String>()
+            }),
+            ".{0,200}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: courier_common::fuzz::cases(), ..ProptestConfig::default() })]
+
+        #[test]
+        fn a_configuration_file_is_read_or_refused_never_a_panic(text in document()) {
+            let command = ServeCommand::command();
+            let argv = ["courier serve"];
+            let matches = command.clone().try_get_matches_from(argv).expect("no flags parse");
+            if let Ok(args) = text_args(&command, &matches, &text, Path::new("courier.toml")) {
+                let all = argv.iter().map(OsString::from).chain(args);
+                if let Ok(matches) = command.try_get_matches_from(all)
+                    && let Ok(parsed) = ServeCommand::from_arg_matches(&matches)
+                {
+                    let _ = parsed.options.validate();
+                    if let Ok(secrets) = courier_turn::TurnSecrets::new(vec!["a-test-secret-of-32-characters-or-more".into()]) {
+                        let _ = parsed.options.turn.relay_config(secrets);
+                    }
+                }
+            }
+        }
     }
 }

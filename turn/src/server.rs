@@ -1135,3 +1135,157 @@ mod tests {
         );
     }
 }
+
+/// Fuzz target of the relay's parsers (`courier_common::fuzz`): every
+/// datagram and TCP frame a client can send, arbitrary bytes and STUN
+/// messages of every method and class with arbitrary attributes, signed with
+/// valid long-term credentials or not, handled as the listeners handle them.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use rtc_stun::attributes::RawAttribute;
+
+    use super::*;
+    use crate::credentials::password;
+
+    const SECRET: &str = "a-test-secret-of-32-characters-or-more";
+    const METHODS: [Method; 7] = [
+        METHOD_BINDING,
+        METHOD_ALLOCATE,
+        METHOD_REFRESH,
+        METHOD_SEND,
+        METHOD_CREATE_PERMISSION,
+        METHOD_CHANNEL_BIND,
+        METHOD_CONNECT,
+    ];
+    const CLASSES: [MessageClass; 4] = [CLASS_REQUEST, CLASS_INDICATION, CLASS_SUCCESS_RESPONSE, CLASS_ERROR_RESPONSE];
+    const ATTRIBUTES: [AttrType; 12] = [
+        ATTR_USERNAME,
+        ATTR_REALM,
+        ATTR_NONCE,
+        ATTR_XOR_PEER_ADDRESS,
+        ATTR_LIFETIME,
+        ATTR_REQUESTED_TRANSPORT,
+        ATTR_CHANNEL_NUMBER,
+        ATTR_EVEN_PORT,
+        ATTR_DATA,
+        ATTR_DONT_FRAGMENT,
+        ATTR_RESERVATION_TOKEN,
+        AttrType(0x8055),
+    ];
+
+    /// One relay for every case, on loopback, with its runtime.
+    fn relay() -> &'static (tokio::runtime::Runtime, TurnServer) {
+        static RELAY: std::sync::OnceLock<(tokio::runtime::Runtime, TurnServer)> = std::sync::OnceLock::new();
+        RELAY.get_or_init(|| {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let secrets = TurnSecrets::new(vec![SECRET.into()]).unwrap();
+            let mut config = TurnConfig::new("127.0.0.1:0".parse().unwrap(), secrets);
+            config.allow_peers = crate::filter::listen_scope(config.listen.ip());
+            config.allocations_max = 64;
+            let server = runtime.block_on(TurnServer::bind(config)).unwrap();
+            (runtime, server)
+        })
+    }
+
+    /// A STUN message: any method and class, attributes of the kinds the
+    /// relay reads with any value, and, when `signed`, valid credentials.
+    fn message() -> impl Strategy<Value = (Method, MessageClass, Vec<(AttrType, Vec<u8>)>, bool)> {
+        (
+            prop::sample::select(METHODS.to_vec()),
+            prop::sample::select(CLASSES.to_vec()),
+            prop::collection::vec(
+                (
+                    prop::sample::select(ATTRIBUTES.to_vec()),
+                    prop_oneof![
+                        prop::collection::vec(any::<u8>(), 0..24),
+                        // Well-formed XOR addresses and 32-bit values, of loopback and elsewhere.
+                        (
+                            prop_oneof![Just(1u8), Just(2u8), any::<u8>()],
+                            any::<u16>(),
+                            prop::collection::vec(any::<u8>(), 4..=4)
+                        )
+                            .prop_map(|(family, port, ip)| [
+                                vec![0, family],
+                                port.to_be_bytes().to_vec(),
+                                ip
+                            ]
+                            .concat()),
+                        any::<u32>().prop_map(|value| value.to_be_bytes().to_vec()),
+                    ],
+                ),
+                0..6,
+            ),
+            any::<bool>(),
+        )
+    }
+
+    fn encode(
+        shared: &Shared,
+        tuple: FiveTuple,
+        (method, class, attributes, signed): (Method, MessageClass, Vec<(AttrType, Vec<u8>)>, bool),
+    ) -> Option<Vec<u8>> {
+        let mut setters: Vec<Box<dyn Setter>> =
+            vec![Box::new(MessageType::new(method, class)), Box::new(TransactionId::new())];
+        for (typ, value) in attributes {
+            setters.push(Box::new(RawAttribute { typ, length: value.len() as u16, value }));
+        }
+        if signed {
+            let username = format!("{}:fuzzer", now_s() + 600);
+            let key = long_term_key(&username, &shared.config.realm, &password(SECRET, &username));
+            setters.push(Box::new(TextAttribute::new(ATTR_USERNAME, username)));
+            setters.push(Box::new(TextAttribute::new(ATTR_REALM, shared.config.realm.clone())));
+            setters.push(Box::new(TextAttribute::new(ATTR_NONCE, shared.nonce(tuple))));
+            setters.push(Box::new(MessageIntegrity::new_raw_integrity_with_provider(
+                key.to_vec(),
+                shared.crypto.crypto(),
+            )));
+        }
+        let mut message = Message::new();
+        message.build(&setters).ok()?;
+        Some(message.raw)
+    }
+
+    /// What a listener does with one datagram or frame.
+    fn handle(shared: &Arc<Shared>, tuple: FiveTuple, sink: &ClientSink, packet: &[u8]) {
+        let _ = tcp_frame_len(packet);
+        if let Some(number) = channel_number(packet) {
+            shared.channel_data(tuple, number, packet);
+        } else if is_stun_message(packet)
+            && let Some(response) = shared.handle_stun(tuple, sink, packet)
+        {
+            let mut answer = Message::new();
+            assert!(answer.unmarshal_binary(&response).is_ok(), "the relay answers with a valid STUN message");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: courier_common::fuzz::cases(), ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_datagram_or_frame_is_handled_or_dropped_never_a_panic(
+            bytes in prop::collection::vec(any::<u8>(), 0..600),
+            stun in message(),
+            port in 1_024u16..,
+            tcp in any::<bool>(),
+        ) {
+            let (runtime, server) = relay();
+            let _entered = runtime.enter();
+            let shared = &server.shared;
+            let (sender, _frames) = mpsc::channel(1_024);
+            let sink = if tcp { ClientSink::Tcp(sender) } else { ClientSink::Udp(server.udp.clone()) };
+            let tuple = FiveTuple { client: SocketAddr::new("127.0.0.1".parse().unwrap(), port), tcp };
+            handle(shared, tuple, &sink, &bytes);
+            if let Some(packet) = encode(shared, tuple, stun) {
+                handle(shared, tuple, &sink, &packet);
+                // The same message cut short, and with a byte changed.
+                handle(shared, tuple, &sink, &packet[..packet.len() / 2]);
+                let mut changed = packet.clone();
+                if let Some(byte) = changed.get_mut(bytes.first().copied().unwrap_or(0) as usize % packet.len()) {
+                    *byte ^= 0x5a;
+                }
+                handle(shared, tuple, &sink, &changed);
+            }
+        }
+    }
+}

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use courier_common::Database;
+use courier_common::ids::DeviceId;
 use courier_common::shutdown::CancellationToken;
 use courier_common::sync::{read, write};
 use courier_common::time::now_ms;
@@ -29,17 +30,11 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// stamped earlier by another process's clock may commit later.
 const LOOKBACK_MS: i64 = 10_000;
 
-/// A device session that was revoked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Revoked {
-    pub account_id: String,
-    pub device_id: String,
-}
-
 pub struct Revocations {
     /// Device id → when it was revoked (ms).
-    devices: RwLock<HashMap<String, i64>>,
-    events: broadcast::Sender<Revoked>,
+    devices: RwLock<HashMap<DeviceId, i64>>,
+    /// The devices revoked, as they are first recorded.
+    events: broadcast::Sender<DeviceId>,
 }
 
 impl Default for Revocations {
@@ -54,17 +49,17 @@ impl Revocations {
     }
 
     /// Records a revocation; subscribers hear of it the first time.
-    pub fn record(&self, revoked: Revoked, at_ms: i64) {
-        let new = write(&self.devices).insert(revoked.device_id.clone(), at_ms).is_none();
+    pub fn record(&self, device: DeviceId, at_ms: i64) {
+        let new = write(&self.devices).insert(device.clone(), at_ms).is_none();
         if new {
             // Nobody listening is fine: nothing is open for the device here.
-            let _ = self.events.send(revoked);
+            let _ = self.events.send(device);
         }
     }
 
     /// Revocations from now on. A subscriber that falls behind by more than
     /// the channel holds is told so ([`broadcast::error::RecvError::Lagged`]).
-    pub fn subscribe(&self) -> broadcast::Receiver<Revoked> {
+    pub fn subscribe(&self) -> broadcast::Receiver<DeviceId> {
         self.events.subscribe()
     }
 
@@ -87,11 +82,9 @@ pub async fn watch(db: Database, verifier: Arc<TokenVerifier>, shutdown: Cancell
         }
         match store::revoked_since(&db, since_ms - LOOKBACK_MS).await {
             Ok(rows) => {
-                for row in rows {
-                    since_ms = since_ms.max(row.revoked_at_ms);
-                    verifier
-                        .revocations()
-                        .record(Revoked { account_id: row.account_id, device_id: row.device_id }, row.revoked_at_ms);
+                for (device, revoked_at_ms) in rows {
+                    since_ms = since_ms.max(revoked_at_ms);
+                    verifier.revocations().record(device.into(), revoked_at_ms);
                 }
             }
             Err(error) => tracing::warn!(%error, "cannot read revoked devices; retrying"),
@@ -104,8 +97,8 @@ pub async fn watch(db: Database, verifier: Arc<TokenVerifier>, shutdown: Cancell
 mod tests {
     use super::*;
 
-    fn revoked(device: &str) -> Revoked {
-        Revoked { account_id: "a".into(), device_id: device.into() }
+    fn revoked(device: &str) -> DeviceId {
+        device.into()
     }
 
     #[tokio::test]

@@ -12,7 +12,6 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::error::AccountsError;
 use crate::phone::PhoneNumber;
-use crate::revocations::Revoked;
 use crate::secret::{SignInCode, constant_time_eq, new_token, token_digest};
 use crate::sender::CodeSender;
 use crate::store;
@@ -245,8 +244,7 @@ impl Accounts {
     ) -> Result<bool, AccountsError> {
         let revoked = store::revoke_device(&self.inner.db, account_id, device_id, reason, now).await?;
         if revoked {
-            let device = Revoked { account_id: account_id.to_owned(), device_id: device_id.to_owned() };
-            self.inner.verifier.revocations().record(device, now);
+            self.inner.verifier.revocations().record(device_id.into(), now);
         }
         Ok(revoked)
     }

@@ -299,24 +299,12 @@ pub async fn revoke_device(
     Ok(done.rows_affected() == 1)
 }
 
-pub struct RevokedRow {
-    pub device_id: String,
-    pub account_id: String,
-    pub revoked_at_ms: i64,
-}
-
-/// Device sessions revoked at or after `since_ms`, oldest first.
-pub async fn revoked_since(db: &Database, since_ms: i64) -> Result<Vec<RevokedRow>, sqlx::Error> {
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT id, account_id, revoked_at FROM devices WHERE revoked_at >= $1 ORDER BY revoked_at LIMIT 10000",
-    )
-    .bind(since_ms)
-    .fetch_all(db.pool())
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(device_id, account_id, revoked_at_ms)| RevokedRow { device_id, account_id, revoked_at_ms })
-        .collect())
+/// Device sessions revoked at or after `since_ms`, oldest first: (device id, when).
+pub async fn revoked_since(db: &Database, since_ms: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, revoked_at FROM devices WHERE revoked_at >= $1 ORDER BY revoked_at LIMIT 10000")
+        .bind(since_ms)
+        .fetch_all(db.pool())
+        .await
 }
 
 pub struct DeviceRow {

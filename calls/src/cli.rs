@@ -397,7 +397,7 @@ fn no_audio(report: &CallReport) -> Option<String> {
         return None;
     }
     let reason = report.end_reason.as_str();
-    Some(match HangupReason::ALL.into_iter().find(|known| known.as_str() == reason) {
+    Some(match HangupReason::parse(reason) {
         Some(HangupReason::IceFailed) => {
             let path = if report.ice_policy == "relay" {
                 "through the TURN relay (the call was relay-only: p2p is never on one side); check that the relay \

@@ -195,22 +195,19 @@ impl SignalingClient {
 async fn keep_authenticated(requests: Arc<Requests>, tokens: TokenSource, mut expires_at_s: u64) {
     loop {
         tokio::time::sleep(renew_in(expires_at_s, now_s())).await;
-        let token = match tokens().await {
-            Ok(token) => token,
-            Err(error) => {
-                tracing::warn!(%error, "cannot get a fresh access token; trying again shortly");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        let failed = match tokens().await {
+            Ok(token) => match requests.request(ClientBody::Reauth { token: token.token }).await {
+                Ok(_) => {
+                    expires_at_s = token.expires_at_s;
+                    continue;
+                }
+                Err(SignalingError::Closed(_)) => return,
+                Err(error) => error.to_string(),
+            },
+            Err(error) => error,
         };
-        match requests.request(ClientBody::Reauth { token: token.token }).await {
-            Ok(_) => expires_at_s = token.expires_at_s,
-            Err(SignalingError::Closed(_)) => return,
-            Err(error) => {
-                tracing::warn!(%error, "reauth was refused; trying again shortly");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+        tracing::warn!(error = %failed, "cannot re-authenticate the signaling connection; trying again shortly");
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -12,6 +12,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{BoxError, Router};
+use http_body_util::LengthLimitError;
 use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
@@ -76,7 +77,7 @@ async fn read_body(limits: HttpLimits, request: Request, next: Next) -> Response
     let read = tokio::time::timeout(limits.body_read_timeout, axum::body::to_bytes(body, limits.body_bytes_max));
     match read.await {
         Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
-        Ok(Err(error)) if is_length_limit(&error) => {
+        Ok(Err(error)) if std::error::Error::source(&error).is_some_and(|inner| inner.is::<LengthLimitError>()) => {
             HttpError::payload_too_large(limits.body_bytes_max).into_response()
         }
         Ok(Err(_)) => HttpError::invalid_request("the request's body could not be read").into_response(),
@@ -87,15 +88,4 @@ async fn read_body(limits: HttpLimits, request: Request, next: Next) -> Response
         )
         .into_response(),
     }
-}
-
-fn is_length_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(cause) = source {
-        if cause.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
 }

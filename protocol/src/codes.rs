@@ -109,6 +109,11 @@ impl HangupReason {
         }
     }
 
+    /// The reason a stable string names; `None` for one this build does not know.
+    pub fn parse(reason: &str) -> Option<HangupReason> {
+        HangupReason::ALL.into_iter().find(|known| known.as_str() == reason)
+    }
+
     /// The reasons a client may give in its own `hangup`; the others are the
     /// server's to decide.
     pub fn client_may_send(self) -> bool {

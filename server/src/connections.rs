@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -62,6 +62,9 @@ struct Counts {
     limits: ConnectionLimits,
     open: AtomicUsize,
     per_address: std::sync::Mutex<HashMap<IpAddr, usize>>,
+    open_gauge: metrics::Gauge,
+    /// Refusals, by cap: [total, per address].
+    refused: [metrics::Counter; 2],
 }
 
 /// Why a connection was not admitted.
@@ -79,13 +82,21 @@ impl Refused {
         }
     }
 
-    /// The whole HTTP/1.1 answer written to a refused connection before it is closed.
-    pub fn response(self) -> Vec<u8> {
-        let message = match self {
-            Self::Total => "the server holds as many connections as it can; try again shortly",
-            Self::PerAddress => "too many connections from your address; close some and try again",
-        };
-        json_response("503 Service Unavailable", "too_many_connections", message, Some(1))
+    /// The whole HTTP/1.1 answer written to a refused connection before it
+    /// is closed (made once: refusals come in floods).
+    pub fn response(self) -> &'static [u8] {
+        static TOTAL: LazyLock<Vec<u8>> = LazyLock::new(|| {
+            let message = "the server holds as many connections as it can; try again shortly";
+            json_response("503 Service Unavailable", "too_many_connections", message, Some(1))
+        });
+        static PER_ADDRESS: LazyLock<Vec<u8>> = LazyLock::new(|| {
+            let message = "too many connections from your address; close some and try again";
+            json_response("503 Service Unavailable", "too_many_connections", message, Some(1))
+        });
+        match self {
+            Self::Total => &TOTAL,
+            Self::PerAddress => &PER_ADDRESS,
+        }
     }
 }
 
@@ -97,11 +108,17 @@ pub struct Admitted {
 
 impl Admission {
     pub fn new(limits: ConnectionLimits) -> Self {
-        Self { inner: Arc::new(Counts { limits, open: AtomicUsize::new(0), per_address: Default::default() }) }
-    }
-
-    pub fn limits(&self) -> ConnectionLimits {
-        self.inner.limits
+        let refused = [Refused::Total, Refused::PerAddress]
+            .map(|cap| metrics::counter!("courier_connections_refused_total", "cap" => cap.as_str()));
+        Self {
+            inner: Arc::new(Counts {
+                limits,
+                open: AtomicUsize::new(0),
+                per_address: Default::default(),
+                open_gauge: metrics::gauge!("courier_connections_open"),
+                refused,
+            }),
+        }
     }
 
     pub fn open(&self) -> usize {
@@ -110,30 +127,36 @@ impl Admission {
 
     /// Admits a connection from `peer` unless a cap is reached.
     pub fn admit(&self, peer: IpAddr) -> Result<Admitted, Refused> {
-        let limits = self.inner.limits;
-        let open = self.inner.open.fetch_add(1, Ordering::AcqRel);
-        // Built before any early return: its drop gives the place back.
-        let mut admitted = Admitted { counts: self.inner.clone(), address: None };
-        if open >= limits.total_max {
-            return Err(Refused::Total);
+        let counts = &self.inner;
+        let refuse = |cap: Refused| {
+            counts.open.fetch_sub(1, Ordering::AcqRel);
+            counts.refused[cap as usize].increment(1);
+            Err(cap)
+        };
+        if counts.open.fetch_add(1, Ordering::AcqRel) >= counts.limits.total_max {
+            return refuse(Refused::Total);
         }
-        if limits.per_address_max > 0 {
-            let address = client_key(peer);
-            let mut counts = lock(&self.inner.per_address);
-            let count = counts.entry(address).or_insert(0);
-            if *count >= limits.per_address_max {
-                return Err(Refused::PerAddress);
+        let mut address = None;
+        if counts.limits.per_address_max > 0 {
+            let key = client_key(peer);
+            let mut per_address = lock(&counts.per_address);
+            let count = per_address.entry(key).or_insert(0);
+            if *count >= counts.limits.per_address_max {
+                drop(per_address);
+                return refuse(Refused::PerAddress);
             }
             *count += 1;
-            admitted.address = Some(address);
+            address = Some(key);
         }
-        Ok(admitted)
+        counts.open_gauge.increment(1);
+        Ok(Admitted { counts: counts.clone(), address })
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         self.counts.open.fetch_sub(1, Ordering::AcqRel);
+        self.counts.open_gauge.decrement(1);
         if let Some(address) = self.address {
             let mut counts = lock(&self.counts.per_address);
             if let Some(count) = counts.get_mut(&address) {

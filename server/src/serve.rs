@@ -305,10 +305,9 @@ pub async fn serve_router(
         let admitted = match admission.admit(remote.ip()) {
             Ok(admitted) => admitted,
             Err(refused) => {
-                metrics::counter!("courier_connections_refused_total", "cap" => refused.as_str()).increment(1);
                 tracing::debug!(client = %remote, cap = refused.as_str(), "connection refused");
                 // One try, never waiting: a client that does not read gets nothing.
-                let _ = stream.try_write(&refused.response());
+                let _ = stream.try_write(refused.response());
                 continue;
             }
         };
@@ -323,13 +322,10 @@ pub async fn serve_router(
         let io = TokioIo::new(JsonParseErrors::new(stream));
         let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
         let connection = graceful.watch(connection);
-        let open = metrics::gauge!("courier_connections_open");
-        open.increment(1);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, client = %remote, "connection ended");
             }
-            open.decrement(1);
             drop(admitted);
         });
     }

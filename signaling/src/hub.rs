@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
-use courier_accounts::revocations::Revoked;
 use courier_accounts::settings::{CallsFrom, P2p};
 use courier_common::Database;
 use courier_common::shutdown::CancellationToken;
@@ -150,16 +149,16 @@ impl Hub {
 
     /// Closes the connections of the devices signed out (revoked), on every
     /// node, as `revocations` tells of them, until the hub stops.
-    pub async fn watch_revocations(self, mut revocations: broadcast::Receiver<Revoked>) {
+    pub async fn watch_revocations(self, mut revocations: broadcast::Receiver<DeviceId>) {
         loop {
             let revoked = tokio::select! {
                 revoked = revocations.recv() => revoked,
                 () = self.inner.stopping.cancelled() => return,
             };
             match revoked {
-                Ok(revoked) => {
+                Ok(device) => {
                     metrics::counter!("signaling_devices_revoked_total").increment(1);
-                    self.inner.routing.revoke(&DeviceId::from(revoked.device_id.as_str())).await;
+                    self.inner.routing.revoke(&device).await;
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::error!(

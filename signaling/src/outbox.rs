@@ -11,7 +11,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU16, Ordering};
 
 use courier_common::sync::lock;
-use courier_protocol::close;
+use courier_protocol::event::error_frame;
+use courier_protocol::{ErrorCode, close};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -63,6 +64,16 @@ impl Outbox {
     }
 
     /// Asks the connection to close with `code` (the first code asked wins).
+    /// Queues a last `error` frame and closes with `close_code`; nothing when
+    /// the connection is closing already (it was told why once).
+    pub fn fail(&self, id: Option<&str>, error: ErrorCode, message: &str, close_code: u16) {
+        if self.is_closed() {
+            return;
+        }
+        self.push(error_frame(id, error, message));
+        self.close(close_code);
+    }
+
     pub fn close(&self, code: u16) {
         let _ = self.code.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         self.wake.notify_one();

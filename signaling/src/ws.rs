@@ -111,8 +111,7 @@ async fn authenticate(
     let deadline = Instant::now() + hub.config().ws_auth_timeout;
     // Answers with an error and closes the connection with `close_code`.
     let refuse_with = |id: Option<&str>, code: ErrorCode, message: &str, close_code: u16| {
-        outbox.push(error_frame(id, code, message));
-        outbox.close(close_code);
+        outbox.fail(id, code, message, close_code);
         None
     };
     let refuse =
@@ -200,7 +199,11 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, session: &Session<'_>, out
     let mut heard = Instant::now();
     let mut heard_since = false;
     let mut next_ping = heard + config.ws_ping_interval;
-    let timer = tokio::time::sleep_until(next_ping.min(heard + config.ws_idle_timeout).min(session.token_deadline()));
+    // The timer's next wake: a ping, the idle deadline, or the token's expiry.
+    let next_wake = |heard: Instant, next_ping: Instant| {
+        next_ping.min(heard + config.ws_idle_timeout).min(session.token_deadline())
+    };
+    let timer = tokio::time::sleep_until(next_wake(heard, next_ping));
     tokio::pin!(timer);
     loop {
         if outbox.is_closed() {
@@ -250,12 +253,8 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, session: &Session<'_>, out
                     return;
                 }
                 if session.token_expired() {
-                    outbox.push(error_frame(
-                        None,
-                        ErrorCode::Unauthenticated,
-                        "the access token expired; send reauth with a fresh one before it does",
-                    ));
-                    outbox.close(close::UNAUTHENTICATED);
+                    let message = "the access token expired; send reauth with a fresh one before it does";
+                    outbox.fail(None, ErrorCode::Unauthenticated, message, close::UNAUTHENTICATED);
                     return;
                 }
                 if now >= next_ping {
@@ -267,7 +266,7 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, session: &Session<'_>, out
                         return;
                     }
                 }
-                timer.as_mut().reset(next_ping.min(heard + config.ws_idle_timeout).min(session.token_deadline()));
+                timer.as_mut().reset(next_wake(heard, next_ping));
             }
         }
     }

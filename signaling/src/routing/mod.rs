@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier_common::shutdown::CancellationToken;
-use courier_protocol::event::error_frame;
 use courier_protocol::{ClientBody, ErrorCode, close};
 
 use crate::machine::{At, Callee, DeviceId, Ended, Endpoint, Output, Reply};
@@ -99,10 +98,11 @@ pub trait Routing: Send + Sync {
     async fn leave(&self, now: At) -> Vec<Ended>;
 }
 
-/// Closes a signed-out device's connection, saying why.
+/// Closes a signed-out device's connection, saying why (once, however many
+/// nodes tell of the revocation).
 fn close_revoked(link: &Link) {
-    link.outbox.push(error_frame(None, ErrorCode::Unauthenticated, "this device was signed out; sign in again"));
-    link.outbox.close(close::UNAUTHENTICATED);
+    let message = "this device was signed out; sign in again";
+    link.outbox.fail(None, ErrorCode::Unauthenticated, message, close::UNAUTHENTICATED);
 }
 
 /// Queues the events among `outputs` on the outboxes of the devices in

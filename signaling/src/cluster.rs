@@ -341,9 +341,14 @@ impl Cluster {
         let Some(call_id) = body.call_id().cloned() else {
             return Ok(Switchboard::with_calls(self.limits, []).handle(from, body, callee, now));
         };
-        if !body.changes_call() {
-            return self.relay(from, body, &call_id, now).await;
-        }
+        let body = if body.changes_call() {
+            body
+        } else {
+            match self.relay(from, body, &call_id, now).await? {
+                Ok(relayed) => return Ok(relayed),
+                Err(body) => body,
+            }
+        };
         let accounts: Vec<&str> = match &callee {
             Some(callee) if matches!(body, ClientBody::Invite { .. }) => vec![&from.account, &callee.account],
             _ => Vec::new(),
@@ -363,23 +368,28 @@ impl Cluster {
     }
 
     /// A message that does not change its call: read the call, let the
-    /// machine check and route it, publish.
+    /// machine check and route it, publish. A call with a device away is
+    /// changed by what is held for that device: the message is given back,
+    /// to be handled in a transaction.
     async fn relay(
         &self,
         from: &Endpoint,
         body: ClientBody,
         call_id: &CallId,
         now: At,
-    ) -> Result<(Reply, Vec<Output>), RedisError> {
+    ) -> Result<Result<(Reply, Vec<Output>), ClientBody>, RedisError> {
         let json: Option<String> = self.query(redis::cmd("GET").arg(self.keys.call(call_id.as_str()))).await?;
         let calls = json.and_then(|json| parse_call(call_id.as_str(), &json));
+        if calls.as_ref().is_some_and(|call| call.has_lost()) {
+            return Ok(Err(body));
+        }
         let mut board = Switchboard::with_calls(self.limits, calls);
         let (reply, outputs) = board.handle(from, body, None, now);
         let mut publish = redis::pipe();
         if self.keys.publish_events(&mut publish, &outputs) > 0 {
             self.query_pipe::<()>(&publish).await?;
         }
-        Ok((reply, outputs))
+        Ok(Ok((reply, outputs)))
     }
 
     /// Registers a device's new connection `tag`. A connection the device

@@ -133,7 +133,17 @@ pub struct Call {
     ring_deadline: At,
     /// Devices of the call that lost their connection, with their deadline.
     lost: HashMap<DeviceId, At>,
+    /// What the other side said to a lost device, delivered when it
+    /// resumes: the answer, a renegotiation and its candidates would
+    /// otherwise go to a socket that is no longer there.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    held: HashMap<DeviceId, Vec<ServerEvent>>,
 }
+
+/// At most this many events are held for a lost device; past it the newest
+/// are dropped (a renegotiation replaces everything held before it, so a
+/// well-behaved peer never comes near).
+const HELD_MAX: usize = 64;
 
 impl Call {
     pub fn id(&self) -> &CallId {
@@ -143,6 +153,11 @@ impl Call {
     /// The caller's and the callee's accounts.
     pub fn accounts(&self) -> [&str; 2] {
         [&self.caller.account, &self.callee]
+    }
+
+    /// Whether a device of the call lost its connection and has not resumed.
+    pub fn has_lost(&self) -> bool {
+        !self.lost.is_empty()
     }
 
     /// The next moment [`Switchboard::tick`] has something to do for this
@@ -182,15 +197,39 @@ impl Call {
         devices
     }
 
+    /// Sends `event` to `to`, or holds it until `to` resumes if it lost its
+    /// connection. A renegotiation supersedes what was held before it: the
+    /// older offer and its candidates belong to an ICE generation that is
+    /// gone.
+    fn deliver(&mut self, to: DeviceId, event: ServerEvent, out: &mut Vec<Output>) {
+        if !self.lost.contains_key(&to) {
+            out.push(Output::Send { to, event });
+            return;
+        }
+        let held = self.held.entry(to).or_default();
+        if matches!(event, ServerEvent::Negotiate { .. }) {
+            held.retain(|event| !matches!(event, ServerEvent::Negotiate { .. } | ServerEvent::Candidates { .. }));
+        }
+        if held.len() < HELD_MAX {
+            held.push(event);
+        }
+    }
+
+    /// `device` is back: what was held for it, in order.
+    fn resumed(&mut self, device: &DeviceId, out: &mut Vec<Output>) {
+        self.lost.remove(device);
+        for event in self.held.remove(device).unwrap_or_default() {
+            out.push(Output::Send { to: device.clone(), event });
+        }
+    }
+
     /// A rung device says it is ringing; the caller hears it.
-    fn ringing(&self, is_caller: bool, out: &mut Vec<Output>) -> Reply {
+    fn ringing(&mut self, is_caller: bool, out: &mut Vec<Output>) -> Reply {
         if is_caller || self.answered.is_some() {
             return Reply::Error(ErrorCode::InvalidState, "only a rung device says ringing, before the answer");
         }
-        out.push(Output::Send {
-            to: self.caller.device.clone(),
-            event: ServerEvent::Ringing { call_id: self.id.clone() },
-        });
+        let ringing = ServerEvent::Ringing { call_id: self.id.clone() };
+        self.deliver(self.caller.device.clone(), ringing, out);
         Reply::Ack
     }
 
@@ -213,7 +252,8 @@ impl Call {
         let call_id = &self.id;
         let ice_policy = self.ice_policy;
         let answered = ServerEvent::Answered { call_id: call_id.clone(), sdp, ice_policy, sas_nonce };
-        out.push(Output::Send { to: self.caller.device.clone(), event: answered });
+        let call_id = call_id.clone();
+        self.deliver(self.caller.device.clone(), answered, out);
         for device in self.rung.iter().filter(|device| **device != from.device) {
             let elsewhere = ServerEvent::AnsweredElsewhere { call_id: call_id.clone() };
             out.push(Output::Send { to: device.clone(), event: elsewhere });
@@ -224,13 +264,19 @@ impl Call {
 
     /// Trickle ICE: to the peer once answered; before the answer, the
     /// caller's candidates go to every rung device.
-    fn relay_candidates(&self, from: &str, is_caller: bool, candidates: Candidates, out: &mut Vec<Output>) -> Reply {
+    fn relay_candidates(
+        &mut self,
+        from: &str,
+        is_caller: bool,
+        candidates: Candidates,
+        out: &mut Vec<Output>,
+    ) -> Reply {
         let call_id = &self.id;
-        match (self.peer_of(from), is_caller) {
-            (Some(peer), _) => out.push(Output::Send {
-                to: peer.clone(),
-                event: ServerEvent::Candidates { call_id: call_id.clone(), candidates },
-            }),
+        match (self.peer_of(from).cloned(), is_caller) {
+            (Some(peer), _) => {
+                let event = ServerEvent::Candidates { call_id: call_id.clone(), candidates };
+                self.deliver(peer, event, out);
+            }
             (None, true) => {
                 for device in &self.rung {
                     out.push(Output::Send {
@@ -403,6 +449,7 @@ impl Switchboard {
             answered_at: None,
             ring_deadline,
             lost: HashMap::new(),
+            held: HashMap::new(),
         };
         self.calls.insert(call_id, call);
     }
@@ -444,21 +491,21 @@ impl Switchboard {
                 call.relay_candidates(&from.device, is_caller, candidates, out)
             }
             ClientBody::Negotiate { sdp, kind, .. } => {
-                let Some(peer) = call.peer_of(&from.device) else {
+                let Some(peer) = call.peer_of(&from.device).cloned() else {
                     return Reply::Error(ErrorCode::InvalidState, "renegotiation needs an answered call");
                 };
-                out.push(Output::Send { to: peer.clone(), event: ServerEvent::Negotiate { call_id, sdp, kind } });
+                call.deliver(peer, ServerEvent::Negotiate { call_id, sdp, kind }, out);
                 Reply::Ack
             }
             ClientBody::SasReveal { nonce, .. } => {
-                let Some(peer) = call.peer_of(&from.device).filter(|_| is_caller) else {
+                let Some(peer) = call.peer_of(&from.device).filter(|_| is_caller).cloned() else {
                     return Reply::Error(ErrorCode::InvalidState, "the caller reveals its nonce after the answer");
                 };
-                out.push(Output::Send { to: peer.clone(), event: ServerEvent::SasReveal { call_id, nonce } });
+                call.deliver(peer, ServerEvent::SasReveal { call_id, nonce }, out);
                 Reply::Ack
             }
             ClientBody::Resume { .. } => {
-                call.lost.remove(&from.device);
+                call.resumed(&from.device, out);
                 Reply::Ack
             }
             ClientBody::Invite { .. } | ClientBody::Auth { .. } | ClientBody::Reauth { .. } | ClientBody::Ping => {

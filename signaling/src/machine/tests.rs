@@ -306,6 +306,71 @@ fn a_lost_device_may_resume_within_the_grace_period() {
     assert_eq!(ended(&out)[0].reason, HangupReason::LostConnection);
 }
 
+/// What Alice says while Bob's phone is reconnecting reaches it when it
+/// resumes: a renegotiation replaces the offer and candidates held before
+/// it (their ICE generation is gone); nothing is sent into the void.
+#[test]
+fn what_the_peer_says_to_a_lost_device_is_delivered_when_it_resumes() {
+    let mut w = world();
+    w.ring();
+    w.answer_on_phone();
+    assert!(w.board.disconnected(&w.bob_phone.clone(), w.at(10)).is_empty());
+    let offer = |sdp_text: &str| ClientBody::Negotiate {
+        call_id: id("c1"),
+        sdp: Sdp::parse(sdp_text).unwrap(),
+        kind: NegotiateKind::Offer,
+    };
+    let candidates = |line: &str| ClientBody::Candidates {
+        call_id: id("c1"),
+        candidates: raw(&format!(r#"[{{"candidate":"{line}"}}]"#)),
+    };
+    for (message, at) in [
+        (offer("v=0\r\no=first\r\n"), 11),
+        (candidates("candidate:1 1 udp 1 127.0.0.1 1 typ host"), 11),
+        (offer("v=0\r\no=second\r\n"), 14),
+        (candidates("candidate:2 1 udp 1 127.0.0.1 2 typ host"), 14),
+    ] {
+        let (reply, out) = w.board.send(&w.alice.clone(), message, w.at(at));
+        assert_eq!(reply, Reply::Ack);
+        assert!(sent(&out).is_empty(), "nothing goes to a device that is away");
+    }
+    let (reply, out) = w.board.send(&w.bob_phone.clone(), ClientBody::Resume { call_id: id("c1") }, w.at(15));
+    assert_eq!(reply, Reply::Ack);
+    let delivered = sent(&out);
+    assert_eq!(delivered.len(), 2, "{delivered:?}");
+    assert!(delivered.iter().all(|(to, _)| to == "b1"));
+    assert!(
+        matches!(&delivered[0].1, ServerEvent::Negotiate { sdp, .. } if sdp.as_str().contains("o=second")),
+        "{delivered:?}"
+    );
+    assert!(
+        matches!(&delivered[1].1, ServerEvent::Candidates { candidates, .. } if candidates.as_str().contains("candidate:2")),
+        "{delivered:?}"
+    );
+
+    // Back: the next message goes straight through.
+    let (_, out) = w.board.send(&w.alice.clone(), candidates("candidate:3 1 udp 1 127.0.0.1 3 typ host"), w.at(16));
+    assert_eq!(sent(&out).len(), 1);
+    let (_, out) = w.board.send(&w.bob_phone.clone(), ClientBody::Resume { call_id: id("c1") }, w.at(17));
+    assert!(sent(&out).is_empty(), "delivered once");
+}
+
+/// A caller whose socket drops while the callee's phone rings hears the
+/// answer when it resumes.
+#[test]
+fn the_answer_waits_for_a_caller_who_is_reconnecting() {
+    let mut w = world();
+    w.ring();
+    assert!(w.board.disconnected(&w.alice.clone(), w.at(1)).is_empty());
+    let request = ClientBody::Answer { call_id: id("c1"), sdp: sdp(), sas_nonce: Some(SasHex::parse(HEX).unwrap()) };
+    let (reply, out) = w.board.send(&w.bob_phone.clone(), request, w.at(2));
+    assert_eq!(reply, Reply::Ack);
+    assert_eq!(sent(&out), vec![("b2".into(), ServerEvent::AnsweredElsewhere { call_id: id("c1") })]);
+    let (reply, out) = w.board.send(&w.alice.clone(), ClientBody::Resume { call_id: id("c1") }, w.at(3));
+    assert_eq!(reply, Reply::Ack);
+    assert!(matches!(&sent(&out)[..], [(to, ServerEvent::Answered { .. })] if to == "a1"), "{out:?}");
+}
+
 #[test]
 fn ringing_ends_when_every_rung_device_goes_away() {
     let mut w = world();

@@ -133,7 +133,7 @@ async fn bootstrap(
     database_url: Option<String>,
     json: bool,
 ) -> Result<(), String> {
-    let name = operators::parse_operator_name(name)?;
+    let name = operators::parse_operator_name(name).map_err(|error| error.to_string())?;
     let url = match database_url {
         Some(url) => url,
         None => {

@@ -100,7 +100,9 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CodeRequest {
-    /// E.164, spaces and dashes allowed: `+79161234567`.
+    /// E.164, spaces, dots, dashes and parentheses allowed: `+79161234567`.
+    /// A number of this form that is not a mobile number gets 422.
+    #[schema(pattern = r"^\+[0-9 ().-]{1,31}$")]
     phone: String,
 }
 
@@ -115,7 +117,8 @@ pub struct CodeSent {
 /// Send a sign-in code to a phone number.
 #[utoipa::path(post, path = "/v1/auth/codes", tag = "accounts", request_body = CodeRequest,
     responses((status = 202, body = CodeSent),
-              (status = 400, description = "`invalid_phone`", body = ErrorBody),
+              (status = 400, description = "`invalid_phone`: not of the documented form", body = ErrorBody),
+              (status = 422, description = "`invalid_phone`: not a mobile number", body = ErrorBody),
               (status = 429, description = "`rate_limited`, with Retry-After", body = ErrorBody),
               (status = 502, description = "`code_delivery_failed`", body = ErrorBody)))]
 async fn request_code(
@@ -138,10 +141,13 @@ async fn request_code(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignInRequest {
+    #[schema(pattern = r"^\+[0-9 ().-]{1,31}$")]
     phone: String,
     /// The six digits from the SMS.
+    #[schema(pattern = "^[0-9]{6}$")]
     code: String,
-    /// Shown in the device list, e.g. "Pixel 9".
+    /// Shown in the device list, e.g. "Pixel 9"; trimmed, not blank (422).
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     device_name: String,
 }
 
@@ -174,6 +180,7 @@ impl From<Session> for SessionBody {
     responses((status = 201, body = SessionBody),
               (status = 400, description = "`invalid_phone`, `invalid_request`", body = ErrorBody),
               (status = 401, description = "`invalid_code`, `code_expired`", body = ErrorBody),
+              (status = 422, description = "`invalid_phone`: not a mobile number; `invalid_request`: a blank device name", body = ErrorBody),
               (status = 429, description = "`too_many_attempts`, with Retry-After (until a new code may be requested)", body = ErrorBody)))]
 async fn sign_in(
     State(accounts): State<Accounts>,
@@ -295,12 +302,12 @@ async fn settings(State(accounts): State<Accounts>, user: AuthUser) -> Result<ax
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsPatch {
-    /// `everybody` or `nobody`.
-    #[schema(value_type = Option<CallsFrom>)]
+    /// `everybody` or `nobody`; leave it out to keep it.
+    #[schema(value_type = CallsFrom, required = false)]
     #[serde(default, deserialize_with = "present")]
     calls_from: Option<serde_json::Value>,
-    /// `always` or `never` (relay only: hides my IP address).
-    #[schema(value_type = Option<P2p>)]
+    /// `always` or `never` (relay only: hides my IP address); leave it out to keep it.
+    #[schema(value_type = P2p, required = false)]
     #[serde(default, deserialize_with = "present")]
     p2p: Option<serde_json::Value>,
 }
@@ -369,7 +376,7 @@ async fn blocked(
 /// Block an account: it can no longer call me (it cannot tell why).
 #[utoipa::path(put, path = "/v1/me/blocked/{account_id}", tag = "accounts", security(("user" = [])),
     params(("account_id" = String, Path)),
-    responses((status = 204), (status = 400, description = "`invalid_request` (yourself)", body = ErrorBody),
+    responses((status = 204), (status = 422, description = "`invalid_request` (yourself)", body = ErrorBody),
               (status = 404, description = "`not_found`", body = ErrorBody)))]
 async fn block(
     State(accounts): State<Accounts>,
@@ -377,7 +384,7 @@ async fn block(
     Path(account_id): Path<String>,
 ) -> Result<StatusCode, HttpError> {
     if account_id == user.account_id() {
-        return Err(AccountsError::InvalidRequest("you cannot block yourself".into()).into());
+        return Err(AccountsError::Unprocessable("you cannot block yourself".into()).into());
     }
     if store::account(accounts.db(), &account_id).await?.is_none() {
         return Err(AccountsError::NotFound("no such account").into());
@@ -405,6 +412,8 @@ async fn unblock(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOperator {
+    /// Trimmed, not blank (422).
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     name: String,
     role: Role,
 }
@@ -421,13 +430,14 @@ pub struct CreatedOperator {
 /// Create an operator and show its API key once.
 #[utoipa::path(post, path = "/admin/v1/operators", tag = "operators", security(("operator" = [])), request_body = NewOperator,
     responses((status = 201, body = CreatedOperator), (status = 401, body = ErrorBody),
-              (status = 403, description = "`forbidden`: admin only", body = ErrorBody)))]
+              (status = 403, description = "`forbidden`: admin only", body = ErrorBody),
+              (status = 422, description = "`invalid_request`: a blank name", body = ErrorBody)))]
 async fn create_operator(
     State(accounts): State<Accounts>,
     admin: Authorized<Admin>,
     Json(body): Json<NewOperator>,
 ) -> Result<impl IntoResponse, HttpError> {
-    let name = operators::parse_operator_name(&body.name).map_err(AccountsError::InvalidRequest)?;
+    let name = operators::parse_operator_name(&body.name)?;
     let (operator, api_key) =
         operators::create(accounts.db(), &name, body.role, Some(&admin.operator.operator_id)).await?;
     tracing::info!(by = %admin.operator.operator_id, operator = %operator.operator_id, role = operator.role.as_str(), "operator created");

@@ -29,6 +29,9 @@ pub enum AccountsError {
     InvalidSetting(String),
     #[error("{0}")]
     InvalidRequest(String),
+    /// Well formed, refused for what it means (422 `invalid_request`).
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -53,7 +56,7 @@ impl AccountsError {
             AccountsError::InvalidRefreshToken => "invalid_refresh_token",
             AccountsError::RefreshTokenReused => "refresh_token_reused",
             AccountsError::InvalidSetting(_) => "invalid_setting",
-            AccountsError::InvalidRequest(_) => "invalid_request",
+            AccountsError::InvalidRequest(_) | AccountsError::Unprocessable(_) => "invalid_request",
             AccountsError::Unauthenticated(_) => "unauthenticated",
             AccountsError::Forbidden(_) => "forbidden",
             AccountsError::NotFound(_) => "not_found",
@@ -64,9 +67,11 @@ impl AccountsError {
 
     pub fn status(&self) -> StatusCode {
         match self {
+            AccountsError::InvalidPhone(error) if !error.is_malformed() => StatusCode::UNPROCESSABLE_ENTITY,
             AccountsError::InvalidPhone(_) | AccountsError::InvalidSetting(_) | AccountsError::InvalidRequest(_) => {
                 StatusCode::BAD_REQUEST
             }
+            AccountsError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AccountsError::InvalidCode
             | AccountsError::CodeExpired
             | AccountsError::InvalidRefreshToken

@@ -6,6 +6,7 @@
 //! `Authorized<Approver>` lets in approvers and admins and answers 401
 //! `unauthenticated` (no or bad key) or 403 `forbidden` (too low a role).
 
+use crate::error::AccountsError;
 use std::marker::PhantomData;
 
 use axum::extract::{FromRef, FromRequestParts};
@@ -72,9 +73,9 @@ fn operator_from_row((id, name, role, created_at_ms): OperatorRow) -> Operator {
 }
 
 /// A validated operator name: 1–64 printable characters.
-pub fn parse_operator_name(name: &str) -> Result<String, String> {
+pub fn parse_operator_name(name: &str) -> Result<String, AccountsError> {
     courier_common::text::printable(name, OPERATOR_NAME_CHARS_MAX)
-        .ok_or_else(|| format!("an operator name is 1 to {OPERATOR_NAME_CHARS_MAX} printable characters"))
+        .map_err(|error| crate::service::text_error(error, "name", OPERATOR_NAME_CHARS_MAX))
 }
 
 /// Creates an operator and returns it with its API key, which exists nowhere

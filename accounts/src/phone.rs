@@ -6,6 +6,10 @@ use phonenumber::{Mode, Type};
 
 /// Longest input we even try to parse; E.164 itself is at most 15 digits.
 const PHONE_INPUT_CHARS_MAX: usize = 32;
+/// What the API documents as a phone number's form ([`PhoneError::is_malformed`]
+/// is exactly its negation); within it, a number can still be refused for
+/// what it is (422).
+pub const PHONE_PATTERN: &str = r"^\+[0-9 ().-]{1,31}$";
 
 /// A valid mobile (or mobile-capable) number in E.164 form, with the ISO
 /// 3166-1 alpha-2 region derived from it. The only way to get one is
@@ -20,6 +24,8 @@ pub struct PhoneNumber {
 pub enum PhoneError {
     #[error("a phone number must start with + and the country code, e.g. +79161234567")]
     NotInternational,
+    #[error("a phone number is + and up to 31 digits, spaces, dots, dashes and parentheses")]
+    Malformed,
     #[error("that is not a phone number")]
     Unparseable,
     #[error("that phone number does not exist in its country's numbering plan")]
@@ -28,18 +34,24 @@ pub enum PhoneError {
     NotMobile,
 }
 
+impl PhoneError {
+    /// Outside [`PHONE_PATTERN`]: a 400; the others are 422.
+    pub fn is_malformed(&self) -> bool {
+        matches!(self, PhoneError::NotInternational | PhoneError::Malformed)
+    }
+}
+
 impl PhoneNumber {
     /// Parses user input such as `+7 916 123-45-67` or `+79161234567`.
     pub fn parse(input: &str) -> Result<Self, PhoneError> {
-        let input = input.trim();
-        if input.is_empty() || input.chars().count() > PHONE_INPUT_CHARS_MAX {
-            return Err(PhoneError::Unparseable);
-        }
-        if !input.starts_with('+') {
+        let Some(rest) = input.strip_prefix('+') else {
             return Err(PhoneError::NotInternational);
-        }
-        if !input.chars().all(|c| c.is_ascii_digit() || matches!(c, '+' | ' ' | '-' | '(' | ')' | '.')) {
-            return Err(PhoneError::Unparseable);
+        };
+        if rest.is_empty()
+            || input.len() > PHONE_INPUT_CHARS_MAX
+            || !rest.bytes().all(|b| b.is_ascii_digit() || matches!(b, b' ' | b'-' | b'(' | b')' | b'.'))
+        {
+            return Err(PhoneError::Malformed);
         }
         let number = phonenumber::parse(None, input).map_err(|_| PhoneError::Unparseable)?;
         if number.extension().is_some() {

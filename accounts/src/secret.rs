@@ -23,7 +23,6 @@ pub struct SignInCodeError;
 
 impl SignInCode {
     pub fn parse(input: &str) -> Result<Self, SignInCodeError> {
-        let input = input.trim();
         if input.len() == SIGN_IN_CODE_DIGITS && input.bytes().all(|b| b.is_ascii_digit()) {
             Ok(SignInCode(input.to_owned()))
         } else {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use courier_common::Database;
+use courier_common::text::TextError;
 use courier_common::time::now_ms;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -304,9 +305,18 @@ pub fn check_code_state(code: &store::CodeRow, now_ms: i64, config: &AccountsCon
 
 /// A validated device name: 1–64 printable characters.
 pub fn parse_device_name(name: &str) -> Result<String, AccountsError> {
-    courier_common::text::printable(name, DEVICE_NAME_CHARS_MAX).ok_or_else(|| {
-        AccountsError::InvalidRequest(format!("device_name must be 1 to {DEVICE_NAME_CHARS_MAX} printable characters"))
-    })
+    courier_common::text::printable(name, DEVICE_NAME_CHARS_MAX)
+        .map_err(|error| text_error(error, "device_name", DEVICE_NAME_CHARS_MAX))
+}
+
+/// Free text refused: outside its schema (400) or blank (422).
+pub fn text_error(error: TextError, field: &str, chars_max: usize) -> AccountsError {
+    match error {
+        TextError::Malformed => AccountsError::InvalidRequest(format!(
+            "{field} must be 1 to {chars_max} characters with no control characters"
+        )),
+        TextError::Blank => AccountsError::Unprocessable(format!("{field} must not be only whitespace")),
+    }
 }
 
 #[cfg(test)]

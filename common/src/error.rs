@@ -77,7 +77,10 @@ impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
         let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(seconds) = self.retry_after_s {
+        // Every 429 and 503 says when to come back (API.md); 1 s unless the
+        // error knows better.
+        let busy = matches!(self.status, StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE);
+        if let Some(seconds) = self.retry_after_s.or(busy.then_some(1)) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response

@@ -3,6 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::HttpError;
@@ -55,6 +56,20 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HttpError> {
     serde_json::from_slice(bytes).map_err(|error| HttpError::invalid_request(format!("invalid JSON body: {error}")))
 }
 
+/// A JSON Schema `integer`, which includes numbers such as `4.0`: for
+/// request fields with `#[serde(deserialize_with = "courier_common::json::integer")]`.
+pub fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    use serde::de::Error;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(value) = number.as_i64() {
+        return Ok(value);
+    }
+    match number.as_f64() {
+        Some(value) if value.fract() == 0.0 && value >= i64::MIN as f64 && value < i64::MAX as f64 => Ok(value as i64),
+        _ => Err(D::Error::custom(format!("{number} is not an integer"))),
+    }
+}
+
 /// Like `axum::extract::Query`, with rejections in the service error shape.
 pub struct Query<T>(pub T);
 
@@ -75,7 +90,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde::Deserialize;
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -92,5 +106,20 @@ mod tests {
             assert_eq!(error.status, StatusCode::BAD_REQUEST);
         }
         assert!(parse::<Body>(br#"{"phone":"x"}"#).is_ok());
+    }
+
+    #[test]
+    fn integers_are_json_schema_integers() {
+        #[derive(Deserialize)]
+        struct Rating {
+            #[serde(deserialize_with = "integer")]
+            rating: i64,
+        }
+        let read = |text: &str| serde_json::from_str::<Rating>(text).map(|r| r.rating).map_err(|e| e.to_string());
+        assert_eq!(read(r#"{"rating":4}"#), Ok(4));
+        assert_eq!(read(r#"{"rating":4.0}"#), Ok(4));
+        assert!(read(r#"{"rating":4.5}"#).is_err());
+        assert!(read(r#"{"rating":1e300}"#).is_err());
+        assert!(read(r#"{"rating":"4"}"#).is_err());
     }
 }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod ids;
 pub mod json;
 pub mod observe;
+pub mod openapi;
 pub mod page;
 pub mod shutdown;
 pub mod sync;

@@ -6,6 +6,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use axum::http::StatusCode;
+
 use crate::error::HttpError;
 
 pub const PAGE_LIMIT_DEFAULT: u32 = 50;
@@ -13,11 +15,14 @@ pub const PAGE_LIMIT_MAX: u32 = 200;
 const CURSOR_BYTES_MAX: usize = 512;
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// How many items, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<u32>,
     /// `next_cursor` from the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,512}$")]
     pub cursor: Option<String>,
 }
 
@@ -37,9 +42,12 @@ impl PageQuery {
         }
         let after = match &self.cursor {
             None => None,
-            Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| {
-                HttpError::invalid_request("cursor is not one this server handed out; start again without it")
-            })?),
+            Some(cursor) if !well_formed_cursor(cursor) => {
+                return Err(HttpError::invalid_request(format!(
+                    "cursor must be 1 to {CURSOR_BYTES_MAX} characters of A-Z, a-z, 0-9, _ and -"
+                )));
+            }
+            Some(cursor) => Some(decode_cursor(cursor).ok_or_else(not_ours)?),
         };
         Ok(PageRequest { limit, after })
     }
@@ -75,10 +83,23 @@ pub fn encode_cursor(position: &str) -> String {
     URL_SAFE_NO_PAD.encode(position.as_bytes())
 }
 
+/// A well-formed cursor that this server did not hand out (or whose
+/// position the service cannot read): 422 `invalid_cursor`.
+pub fn not_ours() -> HttpError {
+    HttpError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_cursor",
+        "cursor is not one this server handed out; start again without it",
+    )
+}
+
+/// What the documented pattern admits: `^[A-Za-z0-9_-]{1,512}$`.
+fn well_formed_cursor(cursor: &str) -> bool {
+    (1..=CURSOR_BYTES_MAX).contains(&cursor.len())
+        && cursor.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 fn decode_cursor(cursor: &str) -> Option<String> {
-    if cursor.len() > CURSOR_BYTES_MAX {
-        return None;
-    }
     let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
     String::from_utf8(bytes).ok()
 }
@@ -93,7 +114,12 @@ mod tests {
         for bad in [0, 201] {
             assert!(PageQuery { limit: Some(bad), cursor: None }.parse().is_err());
         }
-        assert!(PageQuery { limit: None, cursor: Some("!!".into()) }.parse().is_err());
+        let refused = |cursor: &str| PageQuery { limit: None, cursor: Some(cursor.into()) }.parse().unwrap_err();
+        assert_eq!(refused("!!").status, StatusCode::BAD_REQUEST, "outside the documented pattern");
+        assert_eq!(refused(&"a".repeat(513)).status, StatusCode::BAD_REQUEST);
+        // Well formed, but not base64 of text: not ours.
+        let not_ours = refused("a");
+        assert_eq!((not_ours.status, not_ours.code), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_cursor"));
         let page = Page::from_rows(vec![1, 2, 3], 2, |n| n.to_string());
         assert_eq!(page.items, vec![1, 2]);
         let next = PageQuery { limit: Some(2), cursor: page.next_cursor }.parse().unwrap();

@@ -17,6 +17,7 @@ use courier_accounts::operators::{Authorized, OperatorDirectory, OperatorRole, V
 use courier_accounts::phone::PhoneNumber;
 use courier_accounts::tokens::TokenVerifier;
 use courier_common::page::PageQuery;
+use courier_common::text::TextError;
 use courier_common::{Database, ErrorBody, HttpError, Json, Page, Query};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -203,7 +204,7 @@ pub fn app(payments: Payments) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     paths(wallet, send, transfers, transfer, deposit, withdrawal, freeze, unfreeze, reconciliation),
-    components(schemas(ErrorBody, TransferView, Currency, RegionCode)),
+    components(schemas(ErrorBody, TransferView, Currency, RegionCode, WalletStatus)),
     tags((name = "payments", description = "Wallets and peer-to-peer transfers"),
          (name = "finance-ops", description = "Operators: money in and out, freezes, reconciliation"))
 )]
@@ -232,8 +233,12 @@ fn parse_body<T: serde::de::DeserializeOwned>(value: serde_json::Value, route: &
 }
 
 fn checked_text(value: &str, field: &str, max: usize) -> Result<String, PaymentsError> {
-    courier_common::text::printable(value, max)
-        .ok_or_else(|| PaymentsError::InvalidRequest(format!("{field} must be 1 to {max} printable characters")))
+    courier_common::text::printable(value, max).map_err(|error| match error {
+        TextError::Malformed => {
+            PaymentsError::InvalidRequest(format!("{field} must be 1 to {max} characters with no control characters"))
+        }
+        TextError::Blank => PaymentsError::Unprocessable(format!("{field} must not be only whitespace")),
+    })
 }
 
 #[derive(Serialize, ToSchema)]
@@ -277,12 +282,15 @@ pub enum Recipient {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToAccount {
+    #[schema(min_length = 1)]
     account_id: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToPhone {
+    /// As at sign-in; a number of this form that is not a mobile number gets 422.
+    #[schema(pattern = r"^\+[0-9 ().-]{1,31}$")]
     phone: String,
 }
 
@@ -290,22 +298,27 @@ pub struct ToPhone {
 #[serde(deny_unknown_fields)]
 pub struct TransferRequest {
     to: Recipient,
-    /// A decimal string with at most the currency's decimal places: `"150.00"`.
+    /// A decimal string with at most the currency's decimal places: `"150.00"`
+    /// (more places, zero or over the maximum: 422 `invalid_amount`).
+    #[schema(max_length = 32, pattern = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")]
     amount: String,
     /// ISO 4217; must be your region's (`RUB` in RU, `BRL` in BR).
+    #[schema(value_type = Currency)]
     currency: String,
+    /// Trimmed; not blank (422).
+    #[schema(min_length = 1, max_length = 140, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     note: Option<String>,
 }
 
 /// Send money to someone in your region. Requires `Idempotency-Key`.
 #[utoipa::path(post, path = "/v1/transfers", tag = "payments", security(("user" = [])), request_body = TransferRequest,
-    params(("Idempotency-Key" = String, Header, description = "unique per request; a retry with the same key and body gets the original answer")),
+    params(("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "unique per request; a retry with the same key and body gets the original answer")),
     responses((status = 201, body = TransferView, description = "durable"),
-              (status = 400, description = "`idempotency_key_required`, `invalid_amount`, `invalid_request`", body = ErrorBody),
+              (status = 400, description = "`idempotency_key_required`, `invalid_amount`, `invalid_phone`, `invalid_request`: not of the documented form", body = ErrorBody),
               (status = 403, description = "`region_not_supported`, `region_disabled`, `wallet_frozen`", body = ErrorBody),
               (status = 404, description = "`recipient_not_found`", body = ErrorBody),
               (status = 409, description = "`idempotency_key_in_use` (Retry-After)", body = ErrorBody),
-              (status = 422, description = "`idempotency_key_reused`, `currency_mismatch`, `self_transfer`, `cross_region`, `recipient_frozen`, `insufficient_funds`, `limit_per_transfer`, `limit_daily`, `limit_monthly`, `limit_night`, `balance_limit` (the recipient's wallet is full)", body = ErrorBody),
+              (status = 422, description = "`invalid_amount` (too precise, zero or too large), `invalid_phone` (not a mobile number), `invalid_request` (a blank note), `idempotency_key_reused`, `currency_mismatch`, `self_transfer`, `cross_region`, `recipient_frozen`, `insufficient_funds`, `limit_per_transfer`, `limit_daily`, `limit_monthly`, `limit_night`, `balance_limit` (the recipient's wallet is full)", body = ErrorBody),
               (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
 async fn send(
     State(payments): State<Payments>,
@@ -318,13 +331,10 @@ async fn send(
     let currency = Currency::parse(&request.currency);
     let amount_minor = money::parse_minor(&request.amount, currency.unwrap_or(Currency::Rub), false)
         .and_then(|minor| if minor == 0 { Err(money::AmountError::NotPositive) } else { Ok(minor) })
-        .map_err(|error| PaymentsError::InvalidAmount(error.to_string()))?;
+        .map_err(PaymentsError::InvalidAmount)?;
     let note = request.note.as_deref().map(|note| checked_text(note, "note", NOTE_CHARS_MAX)).transpose()?;
     let recipient_phone = match &request.to {
-        Recipient::Phone(ToPhone { phone }) => Some(
-            PhoneNumber::parse(phone)
-                .map_err(|error| HttpError::new(StatusCode::BAD_REQUEST, "invalid_phone", error.to_string()))?,
-        ),
+        Recipient::Phone(ToPhone { phone }) => Some(PhoneNumber::parse(phone).map_err(PaymentsError::InvalidPhone)?),
         Recipient::Account(_) => None,
     };
     let from = user.account_id().to_owned();
@@ -388,19 +398,28 @@ async fn transfer(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalMoney {
+    #[schema(min_length = 1)]
     account_id: String,
+    /// As in a transfer (more places, zero or over the maximum: 422).
+    #[schema(max_length = 32, pattern = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")]
     amount: String,
+    #[schema(value_type = Currency)]
     currency: String,
-    /// The payment rail's reference for this movement.
+    /// The payment rail's reference for this movement; trimmed, not blank (422).
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     external_ref: String,
 }
 
 /// Record money entering a wallet through the region's settlement account.
 #[utoipa::path(post, path = "/admin/v1/deposits", tag = "finance-ops", security(("operator" = [])), request_body = ExternalMoney,
-    params(("Idempotency-Key" = String, Header)),
-    responses((status = 201, body = TransferView), (status = 403, description = "`forbidden`, `wallet_frozen`", body = ErrorBody),
-              (status = 404, description = "`not_found`", body = ErrorBody),
-              (status = 422, description = "`balance_limit`: the wallet would hold more than 10,000,000,000,000.00", body = ErrorBody)))]
+    params(("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "unique per request; a retry with the same key and body gets the original answer")),
+    responses((status = 201, body = TransferView),
+              (status = 400, description = "`idempotency_key_required`, `invalid_amount`, `invalid_request`: not of the documented form", body = ErrorBody),
+              (status = 403, description = "`region_not_supported`, `region_disabled`, `wallet_frozen`", body = ErrorBody),
+              (status = 404, description = "`not_found`: no such account", body = ErrorBody),
+              (status = 409, description = "`idempotency_key_in_use` (Retry-After)", body = ErrorBody),
+              (status = 422, description = "`invalid_amount` (too precise, zero or too large), `invalid_request` (a blank reference), `idempotency_key_reused`, `currency_mismatch`, `balance_limit` (the wallet would hold more than 10,000,000,000,000.00)", body = ErrorBody),
+              (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
 async fn deposit(
     State(payments): State<Payments>,
     operator: Authorized<OperatorRole>,
@@ -412,8 +431,14 @@ async fn deposit(
 
 /// Record money leaving a wallet through the region's settlement account; never below zero.
 #[utoipa::path(post, path = "/admin/v1/withdrawals", tag = "finance-ops", security(("operator" = [])), request_body = ExternalMoney,
-    params(("Idempotency-Key" = String, Header)),
-    responses((status = 201, body = TransferView), (status = 422, description = "`insufficient_funds`", body = ErrorBody)))]
+    params(("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "unique per request; a retry with the same key and body gets the original answer")),
+    responses((status = 201, body = TransferView),
+              (status = 400, description = "`idempotency_key_required`, `invalid_amount`, `invalid_request`: not of the documented form", body = ErrorBody),
+              (status = 403, description = "`region_not_supported`, `region_disabled`, `wallet_frozen`", body = ErrorBody),
+              (status = 404, description = "`not_found`: no such account", body = ErrorBody),
+              (status = 409, description = "`idempotency_key_in_use` (Retry-After)", body = ErrorBody),
+              (status = 422, description = "`invalid_amount` (too precise, zero or too large), `invalid_request` (a blank reference), `idempotency_key_reused`, `currency_mismatch`, `insufficient_funds`", body = ErrorBody),
+              (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
 async fn withdrawal(
     State(payments): State<Payments>,
     operator: Authorized<OperatorRole>,
@@ -437,8 +462,7 @@ async fn external(
     let currency = Currency::parse(&request.currency).ok_or_else(|| {
         PaymentsError::CurrencyMismatch(format!("{:?} is not a currency of a supported region", request.currency))
     })?;
-    let amount =
-        Money::parse(&request.amount, currency).map_err(|error| PaymentsError::InvalidAmount(error.to_string()))?;
+    let amount = Money::parse(&request.amount, currency).map_err(PaymentsError::InvalidAmount)?;
     let external_ref = checked_text(&request.external_ref, "external_ref", EXTERNAL_REF_CHARS_MAX)?;
     let this = payments.clone();
     payments
@@ -458,16 +482,28 @@ async fn external(
         .await
 }
 
+/// A wallet's status after a freeze or an unfreeze.
+#[derive(Serialize, ToSchema)]
+pub struct WalletStatus {
+    account_id: String,
+    /// `frozen` or `active`.
+    status: String,
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reason {
+    /// Trimmed, not blank (422).
+    #[schema(min_length = 1, max_length = 500, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     reason: String,
 }
 
 /// Freeze a wallet: it can neither send nor receive.
 #[utoipa::path(post, path = "/admin/v1/accounts/{id}/freeze", tag = "finance-ops", security(("operator" = [])),
     params(("id" = String, Path)), request_body = Reason,
-    responses((status = 200, description = "`{\"account_id\",\"status\":\"frozen\"}`"), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = WalletStatus), (status = 404, description = "`not_found`: no wallet", body = ErrorBody),
+              (status = 422, description = "`invalid_request`: a blank reason", body = ErrorBody),
+              (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
 async fn freeze(
     State(payments): State<Payments>,
     operator: Authorized<OperatorRole>,
@@ -480,7 +516,9 @@ async fn freeze(
 /// Unfreeze a wallet.
 #[utoipa::path(post, path = "/admin/v1/accounts/{id}/unfreeze", tag = "finance-ops", security(("operator" = [])),
     params(("id" = String, Path)), request_body = Reason,
-    responses((status = 200, description = "`{\"account_id\",\"status\":\"active\"}`"), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = WalletStatus), (status = 404, description = "`not_found`: no wallet", body = ErrorBody),
+              (status = 422, description = "`invalid_request`: a blank reason", body = ErrorBody),
+              (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
 async fn unfreeze(
     State(payments): State<Payments>,
     operator: Authorized<OperatorRole>,

@@ -15,11 +15,16 @@ pub enum PaymentsError {
     #[error("a request with this Idempotency-Key is still being processed; retry shortly")]
     IdempotencyKeyInUse,
     #[error("{0}")]
-    InvalidAmount(String),
+    InvalidAmount(crate::money::AmountError),
     #[error("{0}")]
     CurrencyMismatch(String),
     #[error("{0}")]
     InvalidRequest(String),
+    /// Well formed, refused for what it means (422 `invalid_request`).
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    InvalidPhone(courier_accounts::phone::PhoneError),
     #[error("payments are not available in your region")]
     RegionNotSupported,
     #[error("{0}")]
@@ -40,7 +45,8 @@ impl PaymentsError {
             PaymentsError::IdempotencyKeyInUse => "idempotency_key_in_use",
             PaymentsError::InvalidAmount(_) => "invalid_amount",
             PaymentsError::CurrencyMismatch(_) => "currency_mismatch",
-            PaymentsError::InvalidRequest(_) => "invalid_request",
+            PaymentsError::InvalidRequest(_) | PaymentsError::Unprocessable(_) => "invalid_request",
+            PaymentsError::InvalidPhone(_) => "invalid_phone",
             PaymentsError::RegionNotSupported => "region_not_supported",
             PaymentsError::NotFound(_) => "not_found",
             PaymentsError::Overloaded => "overloaded",
@@ -51,12 +57,15 @@ impl PaymentsError {
 
     fn status(&self) -> StatusCode {
         match self {
-            PaymentsError::IdempotencyKeyRequired
-            | PaymentsError::InvalidAmount(_)
-            | PaymentsError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            PaymentsError::IdempotencyKeyReused | PaymentsError::CurrencyMismatch(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            PaymentsError::InvalidAmount(crate::money::AmountError::Malformed) => StatusCode::BAD_REQUEST,
+            PaymentsError::InvalidPhone(error) if error.is_malformed() => StatusCode::BAD_REQUEST,
+            PaymentsError::IdempotencyKeyRequired | PaymentsError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            // Of the documented form, refused for what it means.
+            PaymentsError::InvalidAmount(_)
+            | PaymentsError::InvalidPhone(_)
+            | PaymentsError::Unprocessable(_)
+            | PaymentsError::IdempotencyKeyReused
+            | PaymentsError::CurrencyMismatch(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PaymentsError::IdempotencyKeyInUse => StatusCode::CONFLICT,
             PaymentsError::RegionNotSupported => StatusCode::FORBIDDEN,
             PaymentsError::NotFound(_) => StatusCode::NOT_FOUND,

@@ -94,6 +94,8 @@ pub async fn build(
     doc.info.title = "Courier".into();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
     doc.info.description = Some("Encrypted voice calls and peer-to-peer payments for a messenger (API.md)".into());
+    let mut doc = serde_json::to_value(&doc).map_err(|error| format!("cannot write the OpenAPI document: {error}"))?;
+    courier_common::openapi::finish(&mut doc);
     let doc = Arc::new(doc);
     let router = router
         .merge(ops_routes(Some(database.clone())))

@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use courier_accounts::auth::AuthUser;
 use courier_accounts::tokens::TokenVerifier;
 use courier_common::page::PageQuery;
+use courier_common::text::TextError;
 use courier_common::time::{now_ms, rfc3339};
 use courier_common::{ErrorBody, HttpError, Json, Page, Query};
 use serde::{Deserialize, Serialize};
@@ -238,9 +239,7 @@ async fn history(
     let page = query.parse()?;
     let after = match page.after.as_deref() {
         None => None,
-        Some(position) => Some(parse_position(position).ok_or_else(|| {
-            HttpError::invalid_request("cursor is not one this server handed out; start again without it")
-        })?),
+        Some(position) => Some(parse_position(position).ok_or_else(courier_common::page::not_ours)?),
     };
     let rows = store::history(signaling.hub.db(), user.account_id(), after, page.limit).await?;
     let page = Page::from_rows(rows, page.limit, |row| format!("{}:{}", row.started_at, row.id));
@@ -256,16 +255,36 @@ fn parse_position(position: &str) -> Option<(i64, String)> {
 #[serde(deny_unknown_fields)]
 pub struct RatingBody {
     /// 1 (bad) to 5 (excellent).
+    #[schema(minimum = 1, maximum = 5)]
+    #[serde(deserialize_with = "courier_common::json::integer")]
     pub rating: i64,
     #[serde(default)]
+    #[schema(value_type = Vec<Problem>)]
     pub problems: Vec<String>,
+    /// Trimmed; not blank (422).
+    #[schema(min_length = 1, max_length = 500, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub comment: Option<String>,
+}
+
+/// What went wrong in a call, as `RatingBody::problems` takes it ([`PROBLEMS`]).
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum Problem {
+    Echo,
+    Noise,
+    Interruptions,
+    DistortedSpeech,
+    SilentLocal,
+    SilentRemote,
+    Dropped,
 }
 
 /// Rate a call I was a party of (again, to change the rating).
 #[utoipa::path(post, path = "/v1/calls/{id}/rating", tag = "calls", security(("user" = [])),
     params(("id" = String, Path, description = "The call id")), request_body = RatingBody,
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, description = "`not_found`: no such call of yours", body = ErrorBody),
+              (status = 422, description = "`invalid_request`: a blank comment", body = ErrorBody)))]
 async fn rate(
     State(signaling): State<Signaling>,
     user: AuthUser,
@@ -286,10 +305,16 @@ async fn rate(
     }
     let comment = match body.comment.as_deref() {
         None => None,
-        Some(comment) => Some(courier_common::text::printable(comment, COMMENT_CHARS_MAX).ok_or_else(|| {
-            HttpError::invalid_request(format!(
-                "comment must be printable text of at most {COMMENT_CHARS_MAX} characters"
-            ))
+        Some(comment) => Some(courier_common::text::printable(comment, COMMENT_CHARS_MAX).map_err(|error| {
+            let message = format!("comment must be 1 to {COMMENT_CHARS_MAX} characters, no control characters");
+            match error {
+                TextError::Malformed => HttpError::invalid_request(message),
+                TextError::Blank => HttpError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_request",
+                    "comment must not be only whitespace",
+                ),
+            }
         })?),
     };
     let db = signaling.hub.db();
@@ -304,7 +329,7 @@ async fn rate(
 /// Report my client's figures for a call I was a party of.
 #[utoipa::path(post, path = "/v1/calls/{id}/stats", tag = "calls", security(("user" = [])),
     params(("id" = String, Path, description = "The call id")), request_body = Stats,
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 204), (status = 404, description = "`not_found`: no such call of yours", body = ErrorBody)))]
 async fn stats(
     State(signaling): State<Signaling>,
     user: AuthUser,

@@ -175,13 +175,30 @@ pub async fn rate(
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 #[serde(deny_unknown_fields)]
 pub struct Stats {
+    #[schema(minimum = 0, maximum = 600_000)]
     pub rtt_ms: Option<f64>,
+    #[schema(minimum = 0, maximum = 600_000)]
     pub jitter_ms: Option<f64>,
+    #[schema(minimum = 0, maximum = 100)]
     pub packet_loss_pct: Option<f64>,
+    #[schema(minimum = 0, maximum = 100_000)]
     pub bitrate_kbps: Option<f64>,
-    /// `host`, `srflx`, `prflx` or `relay`: the selected ICE candidate's type.
+    /// The selected ICE candidate's type.
+    #[schema(value_type = Option<CandidateType>)]
     pub candidate_type: Option<String>,
+    #[schema(minimum = 0, maximum = 600_000)]
     pub setup_ms: Option<f64>,
+}
+
+/// The types of ICE candidate (RFC 8445), as `Stats::candidate_type` takes them.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum CandidateType {
+    Host,
+    Srflx,
+    Prflx,
+    Relay,
 }
 
 pub async fn record_stats(

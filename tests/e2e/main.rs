@@ -9,6 +9,7 @@ mod accounts;
 mod authz;
 mod calls_media;
 mod calls_signaling;
+mod contract;
 mod ledger_crash;
 mod ledger_standby;
 mod payments;

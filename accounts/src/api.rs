@@ -5,11 +5,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, FromRef, FromRequestParts, Path, State};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
+use courier_common::ids::IdPath;
 use courier_common::page::PageQuery;
 use courier_common::time::{now_ms, rfc3339};
 use courier_common::{ErrorBody, HttpError, Json, Page, Query};
@@ -277,12 +278,12 @@ async fn devices(
 
 /// Sign a device out: its refresh token, its access tokens and its signaling sockets stop working.
 #[utoipa::path(delete, path = "/v1/me/devices/{id}", tag = "accounts", security(("user" = [])),
-    params(("id" = String, Path, description = "device id")),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", description = "device id")),
     responses((status = 204), (status = 404, description = "`not_found` (also another account's device)", body = ErrorBody)))]
 async fn revoke_device(
     State(accounts): State<Accounts>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<StatusCode, HttpError> {
     if accounts.revoke_device(user.account_id(), &id, "revoked_by_user", now_ms()).await? {
         Ok(StatusCode::NO_CONTENT)
@@ -375,13 +376,13 @@ async fn blocked(
 
 /// Block an account: it can no longer call me (it cannot tell why).
 #[utoipa::path(put, path = "/v1/me/blocked/{account_id}", tag = "accounts", security(("user" = [])),
-    params(("account_id" = String, Path)),
+    params(("account_id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     responses((status = 204), (status = 422, description = "`invalid_request` (yourself)", body = ErrorBody),
               (status = 404, description = "`not_found`", body = ErrorBody)))]
 async fn block(
     State(accounts): State<Accounts>,
     user: AuthUser,
-    Path(account_id): Path<String>,
+    IdPath(account_id): IdPath,
 ) -> Result<StatusCode, HttpError> {
     if account_id == user.account_id() {
         return Err(AccountsError::Unprocessable("you cannot block yourself".into()).into());
@@ -395,12 +396,12 @@ async fn block(
 
 /// Unblock an account.
 #[utoipa::path(delete, path = "/v1/me/blocked/{account_id}", tag = "accounts", security(("user" = [])),
-    params(("account_id" = String, Path)),
+    params(("account_id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     responses((status = 204), (status = 404, description = "`not_found` (not blocked)", body = ErrorBody)))]
 async fn unblock(
     State(accounts): State<Accounts>,
     user: AuthUser,
-    Path(account_id): Path<String>,
+    IdPath(account_id): IdPath,
 ) -> Result<StatusCode, HttpError> {
     if store::unblock(accounts.db(), user.account_id(), &account_id).await? {
         Ok(StatusCode::NO_CONTENT)
@@ -467,13 +468,13 @@ async fn list_operators(
 
 /// Revoke an operator's key. The last admin cannot be removed.
 #[utoipa::path(delete, path = "/admin/v1/operators/{id}", tag = "operators", security(("operator" = [])),
-    params(("id" = String, Path)),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     responses((status = 204), (status = 404, body = ErrorBody),
               (status = 409, description = "`conflict`: the last admin", body = ErrorBody)))]
 async fn revoke_operator(
     State(accounts): State<Accounts>,
     admin: Authorized<Admin>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<StatusCode, HttpError> {
     let Some(target) = operators::get(accounts.db(), &id).await? else {
         return Err(AccountsError::NotFound("no such operator").into());

@@ -129,9 +129,20 @@ mod tests {
     #[test]
     fn rejects_each_kind_of_bad_number() {
         assert_eq!(PhoneNumber::parse("89161234567"), Err(PhoneError::NotInternational));
-        assert_eq!(PhoneNumber::parse(""), Err(PhoneError::Unparseable));
-        assert_eq!(PhoneNumber::parse("+7abc"), Err(PhoneError::Unparseable));
-        assert_eq!(PhoneNumber::parse(&format!("+7{}", "1".repeat(40))), Err(PhoneError::Unparseable));
+        assert_eq!(PhoneNumber::parse(""), Err(PhoneError::NotInternational));
+        assert_eq!(PhoneNumber::parse(" +79161234567"), Err(PhoneError::NotInternational), "no trimming");
+        assert_eq!(PhoneNumber::parse("+"), Err(PhoneError::Malformed));
+        assert_eq!(PhoneNumber::parse("+7abc"), Err(PhoneError::Malformed));
+        assert_eq!(PhoneNumber::parse("+7+916"), Err(PhoneError::Malformed));
+        assert_eq!(PhoneNumber::parse(&format!("+7{}", "1".repeat(40))), Err(PhoneError::Malformed));
+        // Of the documented form, but no number at all.
+        assert_eq!(PhoneNumber::parse("+()"), Err(PhoneError::Unparseable));
+        for malformed in ["", "+", "+7abc", "89161234567"] {
+            assert!(PhoneNumber::parse(malformed).unwrap_err().is_malformed(), "{malformed:?}");
+        }
+        for refused in ["+()", "+7916123", "+74951234567"] {
+            assert!(!PhoneNumber::parse(refused).unwrap_err().is_malformed(), "{refused:?}");
+        }
         assert_eq!(PhoneNumber::parse("+7916123"), Err(PhoneError::Invalid));
         // A Moscow landline cannot receive an SMS.
         assert_eq!(PhoneNumber::parse("+74951234567"), Err(PhoneError::NotMobile));

@@ -389,8 +389,14 @@ async fn open_pair(target: &Target, index: usize) -> Result<Pair, String> {
     Ok(Pair { a, b, b_name, call_id })
 }
 
+/// The two accounts of pair `index`, named as the accounts service names
+/// accounts (a UUID: the server looks up no other form).
 fn pair_names(index: usize) -> [String; 2] {
-    [format!("bench-a{index}"), format!("bench-b{index}")]
+    [bench_account(0xa, index), bench_account(0xb, index)]
+}
+
+fn bench_account(group: u8, index: usize) -> String {
+    format!("0000000{group:x}-0000-7000-8000-{index:012x}")
 }
 
 /// Courier looks callees up in its accounts: the bench's made-up accounts
@@ -522,7 +528,7 @@ fn drain(
 /// `count` idle authenticated connections, opened a few dozen at a time.
 async fn open_idle(target: &Target, count: usize) -> Result<Vec<Ws>, String> {
     let opened: Vec<Result<Ws, String>> = futures::stream::iter(0..count)
-        .map(|index| async move { open_device(target, &format!("bench-idle{index}")).await })
+        .map(|index| async move { open_device(target, &bench_account(0xc, index)).await })
         .buffer_unordered(CONNECT_CONCURRENCY)
         .collect()
         .await;
@@ -531,15 +537,15 @@ async fn open_idle(target: &Target, count: usize) -> Result<Vec<Ws>, String> {
 
 /// Invite → incoming latency over `count` sequential calls between two devices.
 async fn invite_latency(target: &Target, count: usize) -> Result<Histogram<u64>, String> {
-    let (a_name, b_name) = ("bench-inviter", "bench-invitee");
-    ensure_accounts(target, &[a_name, b_name]).await?;
-    let mut a = open_device(target, a_name).await?;
-    let mut b = open_device(target, b_name).await?;
+    let (a_name, b_name) = (bench_account(0xd, 0), bench_account(0xd, 1));
+    ensure_accounts(target, &[&a_name, &b_name]).await?;
+    let mut a = open_device(target, &a_name).await?;
+    let mut b = open_device(target, &b_name).await?;
     let mut latency = new_histogram();
     for index in 0..count {
         let call_id = CallId::parse(&format!("bench-invite-{index}"))?;
         let invite =
-            ClientBody::Invite { call_id: call_id.clone(), callee: b_name.to_owned(), sdp: sdp(), sas_commit: None };
+            ClientBody::Invite { call_id: call_id.clone(), callee: b_name.clone(), sdp: sdp(), sas_commit: None };
         let sent = Instant::now();
         a.send(Message::text(courier_frame("i", invite))).await.map_err(|error| error.to_string())?;
         expect_type(&mut b, "incoming").await?;

@@ -101,7 +101,9 @@ fn well_formed_cursor(cursor: &str) -> bool {
 
 fn decode_cursor(cursor: &str) -> Option<String> {
     let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
-    String::from_utf8(bytes).ok()
+    // A position is text the service wrote: no control characters (a NUL
+    // cannot even be stored in PostgreSQL text).
+    String::from_utf8(bytes).ok().filter(|position| !position.chars().any(char::is_control))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use courier_common::sync::lock;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRef, Path, State};
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,6 +16,7 @@ use courier_accounts::auth::AuthUser;
 use courier_accounts::operators::{Authorized, OperatorDirectory, OperatorRole, Viewer};
 use courier_accounts::phone::PhoneNumber;
 use courier_accounts::tokens::TokenVerifier;
+use courier_common::ids::{IdPath, is_uuid};
 use courier_common::page::PageQuery;
 use courier_common::text::TextError;
 use courier_common::{Database, ErrorBody, HttpError, Json, Page, Query};
@@ -113,6 +114,8 @@ impl Payments {
         phone: Option<&PhoneNumber>,
     ) -> Result<Option<(String, Option<RegionCode>)>, PaymentsError> {
         let cache_key = match (recipient, phone) {
+            // Not an id this service hands out: nobody's.
+            (Recipient::Account(ToAccount { account_id }), _) if !is_uuid(account_id) => return Ok(None),
             (Recipient::Account(ToAccount { account_id }), _) => format!("id:{account_id}"),
             (Recipient::Phone(_), Some(phone)) => format!("phone:{}", phone.as_e164()),
             (Recipient::Phone(_), None) => return Ok(None),
@@ -282,7 +285,8 @@ pub enum Recipient {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToAccount {
-    #[schema(min_length = 1)]
+    /// Any other text names nobody (404 `recipient_not_found`).
+    #[schema(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     account_id: String,
 }
 
@@ -381,12 +385,12 @@ async fn transfers(
 }
 
 /// One of my transfers.
-#[utoipa::path(get, path = "/v1/transfers/{id}", tag = "payments", security(("user" = [])), params(("id" = String, Path)),
+#[utoipa::path(get, path = "/v1/transfers/{id}", tag = "payments", security(("user" = [])), params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
     responses((status = 200, body = TransferView), (status = 404, description = "`not_found`, also for other people's", body = ErrorBody)))]
 async fn transfer(
     State(payments): State<Payments>,
     user: AuthUser,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
 ) -> Result<axum::Json<TransferView>, HttpError> {
     let transfer = store::transfer_of(&payments.inner.db, user.account_id(), &id)
         .await
@@ -398,7 +402,8 @@ async fn transfer(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalMoney {
-    #[schema(min_length = 1)]
+    /// Any other text names nobody (404 `not_found`).
+    #[schema(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     account_id: String,
     /// As in a transfer (more places, zero or over the maximum: 422).
     #[schema(max_length = 32, pattern = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")]
@@ -467,6 +472,9 @@ async fn external(
     let this = payments.clone();
     payments
         .idempotent(key, fingerprint, operator_id.clone(), async move || {
+            if !is_uuid(&request.account_id) {
+                return Err(PaymentsError::NotFound("no such account"));
+            }
             let account = courier_accounts::store::account(&this.inner.db, &request.account_id)
                 .await?
                 .ok_or(PaymentsError::NotFound("no such account"))?;
@@ -500,14 +508,14 @@ pub struct Reason {
 
 /// Freeze a wallet: it can neither send nor receive.
 #[utoipa::path(post, path = "/admin/v1/accounts/{id}/freeze", tag = "finance-ops", security(("operator" = [])),
-    params(("id" = String, Path)), request_body = Reason,
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")), request_body = Reason,
     responses((status = 200, body = WalletStatus), (status = 404, description = "`not_found`: no wallet", body = ErrorBody),
               (status = 422, description = "`invalid_request`: a blank reason", body = ErrorBody),
               (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
 async fn freeze(
     State(payments): State<Payments>,
     operator: Authorized<OperatorRole>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     Json(body): Json<Reason>,
 ) -> Result<Response, HttpError> {
     set_frozen(payments, operator, id, body, true).await
@@ -515,14 +523,14 @@ async fn freeze(
 
 /// Unfreeze a wallet.
 #[utoipa::path(post, path = "/admin/v1/accounts/{id}/unfreeze", tag = "finance-ops", security(("operator" = [])),
-    params(("id" = String, Path)), request_body = Reason,
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")), request_body = Reason,
     responses((status = 200, body = WalletStatus), (status = 404, description = "`not_found`: no wallet", body = ErrorBody),
               (status = 422, description = "`invalid_request`: a blank reason", body = ErrorBody),
               (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
 async fn unfreeze(
     State(payments): State<Payments>,
     operator: Authorized<OperatorRole>,
-    Path(id): Path<String>,
+    IdPath(id): IdPath,
     Json(body): Json<Reason>,
 ) -> Result<Response, HttpError> {
     set_frozen(payments, operator, id, body, false).await

@@ -57,7 +57,7 @@ impl PaymentsError {
 
     fn status(&self) -> StatusCode {
         match self {
-            PaymentsError::InvalidAmount(crate::money::AmountError::Malformed) => StatusCode::BAD_REQUEST,
+            PaymentsError::InvalidAmount(error) if error.is_malformed() => StatusCode::BAD_REQUEST,
             PaymentsError::InvalidPhone(error) if error.is_malformed() => StatusCode::BAD_REQUEST,
             PaymentsError::IdempotencyKeyRequired | PaymentsError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             // Of the documented form, refused for what it means.

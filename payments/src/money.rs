@@ -61,8 +61,19 @@ pub enum AmountError {
     TooPrecise { currency: Currency, digits: u32, input: String },
     #[error("the amount must be greater than zero")]
     NotPositive,
+    /// A sign where none is allowed: outside the documented form.
+    #[error("the amount must be greater than zero, without a sign")]
+    Negative,
     #[error("the amount is over the maximum of {AMOUNT_MAJOR_MAX}")]
     TooLarge,
+}
+
+impl AmountError {
+    /// Outside the documented form (`^(0|[1-9][0-9]*)(\.[0-9]+)?$`, at most
+    /// 32 characters): a 400; the others are 422.
+    pub fn is_malformed(&self) -> bool {
+        matches!(self, AmountError::Malformed | AmountError::Negative)
+    }
 }
 
 /// A positive amount of one currency, in minor units.
@@ -104,7 +115,7 @@ pub fn parse_minor(input: &str, currency: Currency, signed: bool) -> Result<i64,
     }
     let (negative, digits) = match input.strip_prefix('-') {
         Some(rest) if signed => (true, rest),
-        Some(_) => return Err(AmountError::NotPositive),
+        Some(_) => return Err(AmountError::Negative),
         None => (false, input),
     };
     let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
@@ -179,7 +190,7 @@ mod tests {
         for zero in ["0", "0.00", "0.0"] {
             assert_eq!(Money::parse(zero, Currency::Rub), Err(AmountError::NotPositive), "{zero}");
         }
-        assert_eq!(Money::parse("-1.00", Currency::Rub), Err(AmountError::NotPositive));
+        assert_eq!(Money::parse("-1.00", Currency::Rub), Err(AmountError::Negative));
         for negative_zero in ["-0", "-0.00", "-00.5"] {
             assert_eq!(parse_minor(negative_zero, Currency::Rub, true), Err(AmountError::Malformed), "{negative_zero}");
         }

@@ -24,7 +24,7 @@ use crate::ice::IceServers;
 use crate::store::{self, HistoryRow, Stats};
 use crate::upgrade::Upgrade;
 use crate::ws;
-use courier_protocol::HangupReason;
+use courier_protocol::{CallId, HangupReason};
 
 pub const COMMENT_CHARS_MAX: usize = 500;
 /// The problem tags a rating may carry (API.md).
@@ -282,7 +282,7 @@ pub enum Problem {
 
 /// Rate a call I was a party of (again, to change the rating).
 #[utoipa::path(post, path = "/v1/calls/{id}/rating", tag = "calls", security(("user" = [])),
-    params(("id" = String, Path, description = "The call id")), request_body = RatingBody,
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The call id")), request_body = RatingBody,
     responses((status = 204), (status = 404, description = "`not_found`: no such call of yours", body = ErrorBody),
               (status = 422, description = "`invalid_request`: a blank comment", body = ErrorBody)))]
 async fn rate(
@@ -318,7 +318,7 @@ async fn rate(
         })?),
     };
     let db = signaling.hub.db();
-    if !store::is_party(db, &call_id, user.account_id()).await? {
+    if CallId::parse(&call_id).is_err() || !store::is_party(db, &call_id, user.account_id()).await? {
         return Err(HttpError::not_found("no such call of yours"));
     }
     let rating = store::Rating { rating: body.rating, problems: &problems, comment: comment.as_deref() };
@@ -328,7 +328,7 @@ async fn rate(
 
 /// Report my client's figures for a call I was a party of.
 #[utoipa::path(post, path = "/v1/calls/{id}/stats", tag = "calls", security(("user" = [])),
-    params(("id" = String, Path, description = "The call id")), request_body = Stats,
+    params(("id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$", description = "The call id")), request_body = Stats,
     responses((status = 204), (status = 404, description = "`not_found`: no such call of yours", body = ErrorBody)))]
 async fn stats(
     State(signaling): State<Signaling>,
@@ -354,7 +354,7 @@ async fn stats(
         return Err(HttpError::invalid_request("candidate_type is host, srflx, prflx or relay"));
     }
     let db = signaling.hub.db();
-    if !store::is_party(db, &call_id, user.account_id()).await? {
+    if CallId::parse(&call_id).is_err() || !store::is_party(db, &call_id, user.account_id()).await? {
         return Err(HttpError::not_found("no such call of yours"));
     }
     store::record_stats(db, &call_id, user.account_id(), &body, now_ms()).await?;

@@ -270,8 +270,11 @@ impl Hub {
                 Ok(phone) => courier_accounts::store::account_by_phone(db, &phone).await?,
                 Err(_) => None,
             }
-        } else {
+        } else if courier_common::ids::is_uuid(callee) {
             courier_accounts::store::account(db, callee).await?
+        } else {
+            // Not an id the accounts service hands out: nobody.
+            None
         };
         let Some(account) = found else {
             return Ok(Ok(Callee {

@@ -208,22 +208,29 @@ pub async fn record_stats(
     stats: &Stats,
     at_ms: i64,
 ) -> Result<(), sqlx::Error> {
+    // The figures go as text, cast by the database: sqlx's Any driver
+    // declares a missing f64 as a 4-byte float to PostgreSQL, and the
+    // connection's prepared statement then refuses the 8-byte value of a
+    // later report ("incorrect binary data format"). Rust writes an f64 as
+    // the shortest text that reads back to the same value.
+    let figure = |value: Option<f64>| value.map(|value| value.to_string());
     sqlx::query(
         "INSERT INTO call_reports (call_id, account_id, rtt_ms, jitter_ms, packet_loss_pct, bitrate_kbps, \
              candidate_type, setup_ms, stats_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+         VALUES ($1, $2, CAST($3 AS DOUBLE PRECISION), CAST($4 AS DOUBLE PRECISION), \
+             CAST($5 AS DOUBLE PRECISION), CAST($6 AS DOUBLE PRECISION), $7, CAST($8 AS DOUBLE PRECISION), $9) \
          ON CONFLICT (call_id, account_id) DO UPDATE SET rtt_ms = excluded.rtt_ms, jitter_ms = excluded.jitter_ms, \
              packet_loss_pct = excluded.packet_loss_pct, bitrate_kbps = excluded.bitrate_kbps, \
              candidate_type = excluded.candidate_type, setup_ms = excluded.setup_ms, stats_at = excluded.stats_at",
     )
     .bind(call_id)
     .bind(account)
-    .bind(stats.rtt_ms)
-    .bind(stats.jitter_ms)
-    .bind(stats.packet_loss_pct)
-    .bind(stats.bitrate_kbps)
+    .bind(figure(stats.rtt_ms))
+    .bind(figure(stats.jitter_ms))
+    .bind(figure(stats.packet_loss_pct))
+    .bind(figure(stats.bitrate_kbps))
     .bind(stats.candidate_type.as_deref())
-    .bind(stats.setup_ms)
+    .bind(figure(stats.setup_ms))
     .bind(at_ms)
     .execute(db.pool())
     .await?;

@@ -56,6 +56,16 @@ async fn run(server: &Server, user_token: &str, operator_key: &str, extra: &[&st
     (output.status.success(), format!("{stdout}\n{stderr}"))
 }
 
+/// The server's error lines, to go with a failed run.
+fn server_errors(server: &Server) -> String {
+    server
+        .log()
+        .lines()
+        .filter(|line| line.contains("ERROR") || line.contains("panicked"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// What a run says it did: "N generated, … passed" and its failures line.
 fn summary(report: &str) -> String {
     report
@@ -108,11 +118,15 @@ async fn the_api_keeps_its_openapi_contract(db: Db) {
     let mut reports = Vec::new();
     for (role, key) in &keys {
         let (passed, report) = run(&server, &alice.access_token, key, &["--exclude-name", SIGN_OUT]).await;
-        assert!(passed, "schemathesis as a user and an operator with the role {role}:\n{report}");
+        assert!(
+            passed,
+            "schemathesis as a user and an operator with the role {role}:\n{report}\nserver errors:\n{}",
+            server_errors(&server)
+        );
         reports.push(format!("{role}: {}", summary(&report)));
     }
     let (passed, report) = run(&server, &spare.access_token, &keys[0].1, &["--include-name", SIGN_OUT]).await;
-    assert!(passed, "schemathesis on {SIGN_OUT}:\n{report}");
+    assert!(passed, "schemathesis on {SIGN_OUT}:\n{report}\nserver errors:\n{}", server_errors(&server));
     reports.push(format!("{SIGN_OUT}: {}", summary(&report)));
     // The user's token still works: nothing the run sent signed it out.
     let (status, _) = server.call(Method::GET, "/v1/me", Some(&alice.access_token), None).await;

@@ -10,6 +10,7 @@ mod authz;
 mod calls_media;
 mod calls_signaling;
 mod contract;
+mod faults;
 mod ledger_crash;
 mod ledger_standby;
 mod payments;

@@ -155,17 +155,13 @@ async fn every_refusal_changes_nothing(db: Db) {
     let w = world(db).await;
     w.deposit(&w.alice.account_id, "1000.00", "RUB").await;
     let bob = json!({"phone": BOB});
-    for amount in [
-        json!("0"),
-        json!("-5.00"),
-        json!("1.001"),
-        json!("1e3"),
-        json!("abc"),
-        json!(""),
-        json!("10000000000000"),
-        json!("01.00"),
-    ] {
+    // Outside the documented form: 400.
+    for amount in ["-5.00", "1e3", "abc", "", "01.00", "1.", ".5", "+1.00"] {
         refused(&w, &w.alice, json!({"to": bob, "amount": amount, "currency": "RUB"}), 400, "invalid_amount").await;
+    }
+    // Of the form, refused for what it is: zero, too precise, too large.
+    for amount in ["0", "0.00", "1.001", "10000000000000"] {
+        refused(&w, &w.alice, json!({"to": bob, "amount": amount, "currency": "RUB"}), 422, "invalid_amount").await;
     }
     refused(&w, &w.alice, json!({"to": bob, "amount": 150, "currency": "RUB"}), 400, "invalid_request").await;
     // One recipient, named one way: both ways at once is refused, not resolved.
@@ -647,7 +643,9 @@ async fn deposits_and_withdrawals(db: Db) {
         .await;
     assert_eq!((status, error_code(&body)), (404, "not_found"));
     let (status, body, _) = w.server.post_keyed("/admin/v1/deposits", &w.admin, &key(), money("0.001")).await;
-    assert_eq!((status, error_code(&body)), (400, "invalid_amount"));
+    assert_eq!((status, error_code(&body)), (422, "invalid_amount"), "too precise");
+    let (status, body, _) = w.server.post_keyed("/admin/v1/deposits", &w.admin, &key(), money("1,00")).await;
+    assert_eq!((status, error_code(&body)), (400, "invalid_amount"), "not of the documented form");
 
     let (status, viewer) =
         w.server.post("/admin/v1/operators", Some(&w.admin), json!({"name": "Vera", "role": "viewer"})).await;

@@ -161,9 +161,17 @@ async fn rings_every_device_and_the_first_answer_wins(db: Db) {
         let (status, body) = server.post("/v1/calls/call-1/stats", Some(&alice.access_token), bad.clone()).await;
         assert_eq!((status, error_code(&body)), (400, "invalid_request"), "{bad}");
     }
-    let figures = json!({"rtt_ms": 42.5, "jitter_ms": 3.0, "packet_loss_pct": 0.5, "bitrate_kbps": 32.0, "candidate_type": "host", "setup_ms": 180.0});
-    let (status, _) = server.post("/v1/calls/call-1/stats", Some(&alice.access_token), figures.clone()).await;
-    assert_eq!(status, 204);
+    // A report with figures missing, then full ones (each replaces the last):
+    // a missing figure must not spoil the next report's statement.
+    for partial in [json!({"jitter_ms": 1.0}), json!({"rtt_ms": null, "setup_ms": 9.0})] {
+        let (status, body) = server.post("/v1/calls/call-1/stats", Some(&alice.access_token), partial).await;
+        assert_eq!(status, 204, "{body}");
+    }
+    let figures = json!({"rtt_ms": 473021.6025459501, "jitter_ms": 3.0, "packet_loss_pct": 0.5, "bitrate_kbps": 32.0, "candidate_type": "host", "setup_ms": 180.0});
+    for _ in 0..3 {
+        let (status, body) = server.post("/v1/calls/call-1/stats", Some(&alice.access_token), figures.clone()).await;
+        assert_eq!(status, 204, "{body}");
+    }
     let mine = &history(&server, &alice).await[0];
     assert_eq!(mine["stats"], figures);
     assert!(mine["rating"].is_null(), "bob's rating is bob's: {mine}");

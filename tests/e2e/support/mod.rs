@@ -216,6 +216,23 @@ impl Server {
         server
     }
 
+    /// Starts on a database of the test's own (a private PostgreSQL, say).
+    pub async fn start_on(database_url: String, extra: &[&str]) -> Server {
+        let hook = Hook::start().await;
+        let mut server = Server {
+            url: String::new(),
+            dir: tempfile::tempdir().unwrap(),
+            database_url,
+            hook,
+            pg_name: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            http: courier_common::client::http_client_builder().timeout(Duration::from_secs(20)).build().unwrap(),
+        };
+        server.spawn().await;
+        server
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("server.log")
     }

@@ -46,6 +46,20 @@ impl Phone {
         phone
     }
 
+    /// Connects and authenticates, or `None` when the server does not take
+    /// the connection or the token now (a client retries).
+    pub async fn try_signed_in(http_url: &str, name: &str, token: &str) -> Option<Phone> {
+        let (ws, _) = tokio_tungstenite::connect_async(ws_url(http_url)).await.ok()?;
+        let mut phone = Phone { ws, next_id: 1, events: VecDeque::new(), name: name.to_owned() };
+        let id = phone.send("auth", json!({"token": token})).await;
+        loop {
+            let frame = phone.next_frame().await?;
+            if frame["id"] == id.as_str() {
+                return (frame["type"] == "ack").then_some(phone);
+            }
+        }
+    }
+
     pub async fn send_text(&mut self, text: String) {
         self.ws.send(Message::text(text)).await.expect("send a frame");
     }

@@ -656,3 +656,81 @@ async fn the_signaling_benchmark_measures_relay_idle_and_invites() {
         assert!(server.iter().all(|cpu| !generator.contains(cpu)), "the two sides share a CPU: {figures}");
     }
 }
+
+/// Slow readers by default in a test run; `COURIER_SLOW_READERS=10000` is the soak.
+const SLOW_READERS_DEFAULT: usize = 500;
+/// Each slow reader is spread over its own loopback address, within the
+/// per-address connection cap.
+const READERS_PER_ADDRESS: usize = 400;
+
+/// Many signed-in sockets that never read, each sent pings whose answers
+/// pile up: the server cuts each off as its outbound queue fills, its memory
+/// stays bounded, and a normal call still works beside them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_read_leave_memory_bounded_and_calls_working() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let readers: usize =
+        std::env::var("COURIER_SLOW_READERS").ok().and_then(|v| v.parse().ok()).unwrap_or(SLOW_READERS_DEFAULT);
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    let wanted = (readers as u64 + 2_048).max(soft);
+    if rlimit::setrlimit(rlimit::Resource::NOFILE, wanted, wanted.max(hard)).is_err() {
+        rlimit::increase_nofile_limit(u64::MAX).unwrap();
+    }
+    let server = start(Db::Sqlite, &["--ws-outbound-queue-len-max", "64", "--ws-write-timeout-s", "5"]).await;
+    let key = courier_accounts::tokens::TokenKey::load(&server.dir.path().join("data/token-signing-key.pem")).unwrap();
+    let issuer = courier_accounts::tokens::TokenIssuer::new(key, vec![], 900);
+    let addr: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let url = format!("ws://{addr}/v1/calls/ws");
+    let before = rss_kib(server.pid());
+
+    let mut held = Vec::with_capacity(readers);
+    let ping = |i: usize| format!(r#"{{"v":1,"type":"ping","id":"p{i}"}}"#);
+    for index in 0..readers {
+        let local = std::net::Ipv4Addr::new(
+            127,
+            0,
+            1 + (index / READERS_PER_ADDRESS / 250) as u8,
+            1 + (index / READERS_PER_ADDRESS % 250) as u8,
+        );
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((local, 0).into()).unwrap();
+        let stream = socket.connect(addr).await.expect("connect");
+        let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), stream).await.expect("the upgrade");
+        let account = format!("0000000e-0000-7000-8000-{index:012x}");
+        let token = issuer.issue(
+            &account,
+            &format!("0000000f-0000-7000-8000-{index:012x}"),
+            "RU",
+            courier_common::time::now_s(),
+        );
+        ws.send(Message::text(format!(r#"{{"v":1,"type":"auth","id":"a","token":"{token}"}}"#))).await.unwrap();
+        // Answers it will never read: more than its outbound queue holds.
+        for i in 0..100 {
+            if ws.send(Message::text(ping(i))).await.is_err() {
+                break;
+            }
+        }
+        held.push(ws);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let with_readers = rss_kib(server.pid());
+    let per_reader_kib = with_readers.saturating_sub(before) as f64 / readers as f64;
+
+    // Beside them, a call.
+    let (_, mut a) = online(&server, ALICE, "phone", "alice").await;
+    let (bob, mut b) = online(&server, BOB, "phone", "bob").await;
+    answered_call(&mut a, &mut b, "call-beside", &bob).await;
+    a.ok("hangup", json!({"call_id": "call-beside", "reason": "user_hangup"})).await;
+    assert_eq!(b.hangup("call-beside").await, "user_hangup");
+    assert!(
+        with_readers < before + readers as u64 * 64,
+        "server memory grew from {before} KiB to {with_readers} KiB for {readers} slow readers"
+    );
+    eprintln!(
+        "slow readers: {readers} sockets that never read, server RSS {before} → {with_readers} KiB ({per_reader_kib:.1} KiB each), a call beside them answered"
+    );
+    drop(held);
+    server.finish().await;
+}

@@ -427,7 +427,13 @@ impl Cluster {
 
     /// A device's connection ended: if the presence entry is still the one
     /// `owner` names, the device goes offline and its calls hear of it.
-    pub async fn detach(&self, endpoint: &Endpoint, owner: Owner<'_>, now: At) -> Result<Vec<Output>, RedisError> {
+    pub async fn detach(
+        &self,
+        endpoint: &Endpoint,
+        owner: Owner<'_>,
+        signed_out: bool,
+        now: At,
+    ) -> Result<Vec<Output>, RedisError> {
         let ((), outputs) = self
             .transact(&[&endpoint.account], &[], |view| {
                 let owned = view
@@ -437,7 +443,12 @@ impl Cluster {
                 if !owned {
                     return ((), Effects::default());
                 }
-                let mut effects = Effects::outputs(view.board.disconnected(endpoint, now));
+                let outputs = if signed_out {
+                    view.board.signed_out(endpoint, now)
+                } else {
+                    view.board.disconnected(endpoint, now)
+                };
+                let mut effects = Effects::outputs(outputs);
                 effects.presence.push(Presence::Offline {
                     account: endpoint.account.to_string(),
                     device: endpoint.device.to_string(),
@@ -521,8 +532,14 @@ impl Cluster {
         let mut outputs = Vec::new();
         for (device, account) in devices {
             outputs.extend(
-                self.detach(&Endpoint { account: account.into(), device: device.into() }, Owner::Node(node), now)
-                    .await?,
+                // A lapsed node's devices may come back through another node.
+                self.detach(
+                    &Endpoint { account: account.into(), device: device.into() },
+                    Owner::Node(node),
+                    false,
+                    now,
+                )
+                .await?,
             );
         }
         let mut forget = redis::pipe();

@@ -142,9 +142,10 @@ impl Hub {
         Ok(id)
     }
 
-    /// Unregisters a device's connection `link` (if it is still the current one).
-    pub async fn detach(&self, endpoint: &Endpoint, link: u64) {
-        self.record_ended(self.inner.routing.detach(endpoint, link).await).await;
+    /// Unregisters a device's connection `link` (if it is still the current
+    /// one); a signed-out device's calls end at once.
+    pub async fn detach(&self, endpoint: &Endpoint, link: u64, signed_out: bool) {
+        self.record_ended(self.inner.routing.detach(endpoint, link, signed_out).await).await;
     }
 
     /// Closes the connections of the devices signed out (revoked), on every

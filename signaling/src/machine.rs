@@ -534,14 +534,29 @@ impl Switchboard {
         }));
     }
 
-    /// A device's connection closed at `now`.
+    /// A device's connection closed at `now`: its calls wait the grace
+    /// period for it to `resume`.
     pub fn disconnected(&mut self, who: &Endpoint, now: At) -> Vec<Output> {
+        self.left(who, now, false)
+    }
+
+    /// A device signed out (its session revoked) and its connection closed:
+    /// it cannot come back, so its calls end now (`lost_connection` to the
+    /// other side) instead of after the grace period.
+    pub fn signed_out(&mut self, who: &Endpoint, now: At) -> Vec<Output> {
+        self.left(who, now, true)
+    }
+
+    fn left(&mut self, who: &Endpoint, now: At, for_good: bool) -> Vec<Output> {
         let mut out = Vec::new();
         let grace = now.checked_add(self.limits.reconnect_grace).unwrap_or(now);
         let mut unreachable_calls = Vec::new();
+        let mut abandoned_calls = Vec::new();
         for call in self.calls.values_mut() {
             let in_call = who == &call.caller || call.answered.as_deref() == Some(&*who.device);
-            if in_call {
+            if in_call && for_good {
+                abandoned_calls.push(call.id.clone());
+            } else if in_call {
                 call.lost.insert(who.device.clone(), grace);
             } else if call.answered.is_none() && call.callee == who.account && call.rung.contains(&who.device) {
                 call.rung.retain(|device| *device != who.device);
@@ -552,6 +567,9 @@ impl Switchboard {
         }
         for call_id in unreachable_calls {
             self.end(&call_id, HangupReason::Unavailable, None, now, &mut out);
+        }
+        for call_id in abandoned_calls {
+            self.end(&call_id, HangupReason::LostConnection, Some(&who.device), now, &mut out);
         }
         out
     }

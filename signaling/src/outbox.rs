@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
 use courier_common::sync::lock;
 use courier_protocol::event::error_frame;
@@ -22,12 +22,20 @@ pub struct Outbox {
     len_max: usize,
     /// 0 while open; the first close code wins.
     code: AtomicU16,
+    /// The device was signed out: it will not come back to resume.
+    signed_out: AtomicBool,
     wake: Notify,
 }
 
 impl Outbox {
     pub fn new(len_max: usize) -> Arc<Outbox> {
-        Arc::new(Outbox { queue: Mutex::new(VecDeque::new()), len_max, code: AtomicU16::new(0), wake: Notify::new() })
+        Arc::new(Outbox {
+            queue: Mutex::new(VecDeque::new()),
+            len_max,
+            code: AtomicU16::new(0),
+            signed_out: AtomicBool::new(false),
+            wake: Notify::new(),
+        })
     }
 
     /// Queues `frame`; a full queue disconnects the slow reader.
@@ -72,6 +80,22 @@ impl Outbox {
         }
         self.push(error_frame(id, error, message));
         self.close(close_code);
+    }
+
+    /// The device was signed out (on any node): a last `unauthenticated`
+    /// error, close 4401, and its calls end with the connection.
+    pub fn sign_out(&self) {
+        self.signed_out.store(true, Ordering::Release);
+        self.fail(
+            None,
+            ErrorCode::Unauthenticated,
+            "this device was signed out; sign in again",
+            close::UNAUTHENTICATED,
+        );
+    }
+
+    pub fn was_signed_out(&self) -> bool {
+        self.signed_out.load(Ordering::Acquire)
     }
 
     pub fn close(&self, code: u16) {

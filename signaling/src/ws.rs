@@ -50,7 +50,8 @@ pub async fn serve(socket: &mut WebSocket, hub: &Hub, verifier: &TokenVerifier) 
         let session = Session { endpoint, verifier, token_expires_s: AtomicU64::new(token_expires_s) };
         connected(socket, hub, &session, &outbox).await;
         let endpoint = session.endpoint;
-        let detaching = Box::pin(hub.detach(&endpoint, link));
+        let signed_out = outbox.was_signed_out() || verifier.revocations().is_revoked(&endpoint.device);
+        let detaching = Box::pin(hub.detach(&endpoint, link, signed_out));
         detaching.await;
     }
     let finishing = Box::pin(finish(socket, &outbox, hub.config().ws_write_timeout));

@@ -555,11 +555,23 @@ async fn a_signed_out_device_loses_its_socket_and_its_tokens_at_once(db: Db) {
     let (bob, mut phone) = online(&server, BOB, "phone", "bob-phone").await;
     let laptop = server.sign_in(BOB, "laptop").await;
     let mut l = Phone::signed_in(&server.url, "bob-laptop", &laptop.access_token).await;
+    // Carol is talking to Bob's laptop.
+    let (_carol, mut c) = online(&server, CAROL, "phone", "carol").await;
+    c.ok("invite", invite("call-before", &bob)).await;
+    l.event("incoming").await;
+    assert_eq!(phone.event("incoming").await["call_id"], "call-before");
+    l.ok("answer", json!({"call_id": "call-before", "sdp": sdp("answer")})).await;
+    c.event("answered").await;
+    phone.event("answered_elsewhere").await;
 
     let path = format!("/v1/me/devices/{}", laptop.device_id);
+    let signed_out_at = tokio::time::Instant::now();
     let (status, body) = server.call(Method::DELETE, &path, Some(&bob.access_token), None).await;
     assert_eq!(status, 204, "{body}");
     closed_unauthenticated(&mut l, "signed out").await;
+    // The laptop cannot come back: its call ends now, not after the grace period.
+    assert_eq!(c.hangup("call-before").await, "lost_connection");
+    assert!(signed_out_at.elapsed() < Duration::from_secs(5), "{:?}", signed_out_at.elapsed());
 
     // Its access token is refused everywhere from now on, not when it expires.
     let (status, body) = server.get("/v1/me", Some(&laptop.access_token)).await;

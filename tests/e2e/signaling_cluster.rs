@@ -57,12 +57,12 @@ impl Cluster {
             &self.prefix,
             "--redis-node-ttl-s",
             "1",
-            "--reconnect-grace-s",
-            "2",
             "--devices-per-account-max",
             "2",
         ];
-        let args: Vec<&str> = args.into_iter().chain(extra.iter().copied()).collect();
+        // A short grace period unless the test sets its own.
+        let grace: &[&str] = if extra.contains(&"--reconnect-grace-s") { &[] } else { &["--reconnect-grace-s", "2"] };
+        let args: Vec<&str> = args.into_iter().chain(grace.iter().copied()).chain(extra.iter().copied()).collect();
         Node::start(&args, self.dir.path().join(format!("{name}.log"))).await
     }
 
@@ -298,10 +298,19 @@ async fn signing_out_closes_the_devices_sockets_on_every_node(db: Db) {
     let server = &cluster.server;
     let bob_phone = server.sign_in(BOB, "phone").await;
     let bob_laptop = server.sign_in(BOB, "laptop").await;
-    let mut node_a = cluster.node("a").await;
-    let mut node_b = cluster.node("b").await;
+    let carol = server.sign_in(CAROL, "phone").await;
+    // A grace period longer than the test waits for anything.
+    let grace = ["--reconnect-grace-s", "60"];
+    let mut node_a = cluster.node_with("a", &grace).await;
+    let mut node_b = cluster.node_with("b", &grace).await;
     let mut phone = Phone::signed_in(&node_a.url, "bob-phone@A", &bob_phone.access_token).await;
     let mut laptop = Phone::signed_in(&node_b.url, "bob-laptop@B", &bob_laptop.access_token).await;
+    // Carol (A) is talking to Bob's laptop (B).
+    let mut c = Phone::signed_in(&node_a.url, "carol@A", &carol.access_token).await;
+    c.ok("invite", invite("s-1", &bob_laptop)).await;
+    laptop.event("incoming").await;
+    laptop.ok("answer", json!({"call_id": "s-1", "sdp": sdp("answer")})).await;
+    c.event("answered").await;
 
     let path = format!("/v1/me/devices/{}", bob_laptop.device_id);
     let (status, body) = server.call(reqwest::Method::DELETE, &path, Some(&bob_phone.access_token), None).await;
@@ -310,6 +319,8 @@ async fn signing_out_closes_the_devices_sockets_on_every_node(db: Db) {
     assert_eq!(u16::from(close.code), 4401, "{close:?}");
     let error = laptop.take_events().into_iter().find(|event| event["type"] == "error").expect("an error first");
     assert_eq!(error["code"], "unauthenticated", "{error}");
+    // The laptop will not resume: the call ends now on the other node too.
+    assert_eq!(event_for(&mut c, "hangup", "s-1").await["reason"], "lost_connection");
 
     // No node takes the signed-out device's token any more: each reads the
     // revocations every second.

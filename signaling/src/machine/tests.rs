@@ -371,6 +371,25 @@ fn the_answer_waits_for_a_caller_who_is_reconnecting() {
     assert!(matches!(&sent(&out)[..], [(to, ServerEvent::Answered { .. })] if to == "a1"), "{out:?}");
 }
 
+/// A signed-out device cannot resume: its call ends at once for the other
+/// side, and a call ringing it rings on without it.
+#[test]
+fn a_signed_out_device_ends_its_calls_at_once() {
+    let mut w = world();
+    w.ring();
+    w.answer_on_phone();
+    let out = w.board.signed_out(&w.bob_phone.clone(), w.at(10));
+    assert_eq!(sent(&out), vec![("a1".into(), hangup("c1", HangupReason::LostConnection))]);
+    assert_eq!(ended(&out)[0].reason, HangupReason::LostConnection);
+    assert!(w.board.tick(w.at(60)).is_empty(), "nothing left to time out");
+
+    let mut w = world();
+    w.ring();
+    assert!(w.board.signed_out(&w.bob_laptop.clone(), w.at(1)).is_empty(), "the phone still rings");
+    let out = w.board.signed_out(&w.bob_phone.clone(), w.at(2));
+    assert_eq!(sent(&out), vec![("a1".into(), hangup("c1", HangupReason::Unavailable))]);
+}
+
 #[test]
 fn ringing_ends_when_every_rung_device_goes_away() {
     let mut w = world();

@@ -23,7 +23,8 @@ pub struct Clustered {
     /// What arrives for this node's devices, until [`Routing::start`] takes it.
     subscriber: Mutex<Option<PubSubStream>>,
     /// Disconnects the shared state has not heard of yet (Redis was down).
-    pending_detaches: Mutex<Vec<(Endpoint, String)>>,
+    /// With the link's tag and whether the device signed out.
+    pending_detaches: Mutex<Vec<(Endpoint, String, bool)>>,
 }
 
 impl Clustered {
@@ -144,14 +145,14 @@ impl Routing for Clustered {
         }
     }
 
-    async fn detach(&self, endpoint: &Endpoint, link: u64) -> Vec<Ended> {
+    async fn detach(&self, endpoint: &Endpoint, link: u64, signed_out: bool) -> Vec<Ended> {
         let last = self.unlink(endpoint, link).await;
         let tag = self.cluster.tag(link);
-        let calls = match self.cluster.detach(endpoint, Owner::Link(&tag), At::now()).await {
+        let calls = match self.cluster.detach(endpoint, Owner::Link(&tag), signed_out, At::now()).await {
             Ok(outputs) => ended(outputs),
             Err(error) => {
                 tracing::error!(%error, "cannot record a disconnect in the shared call state; will retry");
-                lock(&self.pending_detaches).push((endpoint.clone(), tag));
+                lock(&self.pending_detaches).push((endpoint.clone(), tag, signed_out));
                 Vec::new()
             }
         };
@@ -206,10 +207,10 @@ impl Routing for Clustered {
         }
         let mut calls = Vec::new();
         let pending = std::mem::take(&mut *lock(&self.pending_detaches));
-        for (endpoint, tag) in pending {
-            match self.cluster.detach(&endpoint, Owner::Link(&tag), now).await {
+        for (endpoint, tag, signed_out) in pending {
+            match self.cluster.detach(&endpoint, Owner::Link(&tag), signed_out, now).await {
                 Ok(outputs) => calls.extend(ended(outputs)),
-                Err(_) => lock(&self.pending_detaches).push((endpoint, tag)),
+                Err(_) => lock(&self.pending_detaches).push((endpoint, tag, signed_out)),
             }
         }
         match self.cluster.reap(now).await {

@@ -31,7 +31,7 @@ struct State {
 impl State {
     /// Drops the device's connection `link` if it is still the current one,
     /// and tells the machine.
-    fn unlink(&mut self, endpoint: &Endpoint, link: u64) -> Vec<Ended> {
+    fn unlink(&mut self, endpoint: &Endpoint, link: u64, signed_out: bool) -> Vec<Ended> {
         if self.links.get(&endpoint.device).is_none_or(|current| current.id != link) {
             return Vec::new();
         }
@@ -42,7 +42,11 @@ impl State {
                 self.online.remove(&endpoint.account);
             }
         }
-        let outputs = self.board.disconnected(endpoint, At::now());
+        let outputs = if signed_out {
+            self.board.signed_out(endpoint, At::now())
+        } else {
+            self.board.disconnected(endpoint, At::now())
+        };
         self.deliver(outputs)
     }
 
@@ -83,7 +87,7 @@ impl Routing for Local {
             return Err(AttachError::TooManyDevices);
         }
         // The old socket's calls get the grace period; the new one resumes them.
-        let ended = replaced.map(|old| state.unlink(endpoint, old)).unwrap_or_default();
+        let ended = replaced.map(|old| state.unlink(endpoint, old, false)).unwrap_or_default();
         state.links.insert(endpoint.device.clone(), link);
         // Most accounts have one device connected: room for one, not the default four.
         let devices = state.online.entry(endpoint.account.clone()).or_insert_with(|| Vec::with_capacity(1));
@@ -91,8 +95,8 @@ impl Routing for Local {
         Ok(ended)
     }
 
-    async fn detach(&self, endpoint: &Endpoint, link: u64) -> Vec<Ended> {
-        lock(&self.state).unlink(endpoint, link)
+    async fn detach(&self, endpoint: &Endpoint, link: u64, signed_out: bool) -> Vec<Ended> {
+        lock(&self.state).unlink(endpoint, link, signed_out)
     }
 
     fn relay_now(&self, from: &Endpoint, body: ClientBody, now: At) -> Result<(Reply, Vec<Ended>), ClientBody> {

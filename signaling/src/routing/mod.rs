@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use courier_common::shutdown::CancellationToken;
-use courier_protocol::{ClientBody, ErrorCode, close};
+use courier_protocol::ClientBody;
 
 use crate::machine::{At, Callee, DeviceId, Ended, Endpoint, Output, Reply};
 use crate::outbox::Outbox;
@@ -52,8 +52,8 @@ pub trait Routing: Send + Sync {
     async fn attach(&self, endpoint: &Endpoint, link: Link) -> Result<Vec<Ended>, AttachError>;
 
     /// The device's connection `link` ended (nothing happens when a newer
-    /// one replaced it).
-    async fn detach(&self, endpoint: &Endpoint, link: u64) -> Vec<Ended>;
+    /// one replaced it); `signed_out`: for good, its calls end now.
+    async fn detach(&self, endpoint: &Endpoint, link: u64, signed_out: bool) -> Vec<Ended>;
 
     /// Runs, without waiting, a step that only relays within a call (the
     /// hot path: candidates), when this routing can; gives the message back
@@ -101,8 +101,7 @@ pub trait Routing: Send + Sync {
 /// Closes a signed-out device's connection, saying why (once, however many
 /// nodes tell of the revocation).
 fn close_revoked(link: &Link) {
-    let message = "this device was signed out; sign in again";
-    link.outbox.fail(None, ErrorCode::Unauthenticated, message, close::UNAUTHENTICATED);
+    link.outbox.sign_out();
 }
 
 /// Queues the events among `outputs` on the outboxes of the devices in

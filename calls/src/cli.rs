@@ -24,6 +24,10 @@ pub struct CallArgs {
     /// The Courier server.
     #[arg(long, env = "COURIER_URL", default_value = "http://127.0.0.1:8080")]
     server: String,
+    /// Split deployments without a gateway: where the accounts service
+    /// answers (sign-in, token refresh, settings); default: --server.
+    #[arg(long, env = "COURIER_ACCOUNTS_URL")]
+    accounts_server: Option<String>,
     /// Where the login lives (default: $HOME/.courier).
     #[arg(long, env = "COURIER_PROFILE")]
     profile: Option<PathBuf>,
@@ -122,6 +126,8 @@ struct Login {
 struct Client {
     http: reqwest::Client,
     server: String,
+    /// The accounts service's base URL (usually `server`).
+    accounts: String,
     profile: PathBuf,
 }
 
@@ -137,7 +143,9 @@ impl Client {
         token: Option<&str>,
         body: Option<Value>,
     ) -> Result<Value, String> {
-        courier_common::client::request(&self.http, &self.server, method, path, token, body).await
+        let accounts = path.starts_with("/v1/auth/") || path == "/v1/me" || path.starts_with("/v1/me/");
+        let base = if accounts { &self.accounts } else { &self.server };
+        courier_common::client::request(&self.http, base, method, path, token, body).await
     }
 
     fn save(&self, login: &Login) -> Result<(), String> {
@@ -199,7 +207,10 @@ pub async fn run(args: CallArgs) -> Result<(), String> {
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|error| error.to_string())?;
-    let client = Client { http, server: args.server.trim_end_matches('/').to_owned(), profile };
+    let server = args.server.trim_end_matches('/').to_owned();
+    let accounts =
+        args.accounts_server.as_deref().map_or_else(|| server.clone(), |url| url.trim_end_matches('/').to_owned());
+    let client = Client { http, server, accounts, profile };
     let json_out = args.json;
     match args.command {
         CallCommand::Login { phone, code, device_name } => login(&client, &phone, code, &device_name, json_out).await,

@@ -402,3 +402,36 @@ async fn the_calls_benchmark_measures_each_setup() {
         }
     }
 }
+
+/// Redis is killed under the two signaling nodes that carry a call between
+/// two softphones (one on each node) and started again from its append-only
+/// file: the softphones reconnect and resume, the caller restarts ICE, and
+/// the call keeps its audio both ways and ends as the user hung it up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_keeps_its_audio_while_the_clusters_redis_restarts() {
+    let mut redis = crate::faults::PrivateRedis::start();
+    let server = Server::start(Db::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node_a = crate::faults::signaling_node(&server, &redis, dir.path(), "a").await;
+    let node_b = crate::faults::signaling_node(&server, &redis, dir.path(), "b").await;
+    let alice = Softphone::login(&server.url, &server, ALICE).await;
+    let bob = Softphone::login(&server.url, &server, BOB).await;
+    // Each softphone signals through its node and signs in through the
+    // accounts service.
+    let accounts = ["--accounts-server", server.url.as_str()];
+    let answering = bob.spawn(&node_b.url, &[&accounts[..], &["answer", "--auto", "--wait-s", "60"]].concat(), 880);
+    answering.wait_for("waiting for a call").await;
+    let dialing = alice.spawn(&node_a.url, &[&accounts[..], &["dial", BOB]].concat(), 440);
+    dialing.wait_for("connected over").await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    redis.spawn();
+    dialing.wait_for("resumed").await;
+    let (a, b) = (dialing.report().await, answering.report().await);
+    assert_same_sas(&a, &b);
+    assert_eq!(a["end_reason"], "user_hangup", "{a}");
+    assert_eq!(b["end_reason"], "user_hangup", "{b}");
+    assert_heard_each_other(&alice, &bob, (&a, &b));
+    server.finish().await;
+}

@@ -267,14 +267,14 @@ async fn postgres_crashing_under_transfer_load_loses_nothing_and_recovers() {
 /// A Redis of the test's own, persisting to its append-only file as a
 /// production Redis for the signaling cluster should, which the test may
 /// kill and start again.
-struct PrivateRedis {
+pub(crate) struct PrivateRedis {
     dir: tempfile::TempDir,
     port: u16,
     child: Option<std::process::Child>,
 }
 
 impl PrivateRedis {
-    fn start() -> PrivateRedis {
+    pub(crate) fn start() -> PrivateRedis {
         let mut redis = PrivateRedis {
             dir: tempfile::Builder::new().prefix("courier-redis-").tempdir().unwrap(),
             port: free_tcp_port(),
@@ -284,7 +284,7 @@ impl PrivateRedis {
         redis
     }
 
-    fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
@@ -305,7 +305,7 @@ impl PrivateRedis {
     }
 
     /// `kill -9`.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -319,7 +319,12 @@ impl Drop for PrivateRedis {
     }
 }
 
-async fn signaling_node(server: &Server, redis: &PrivateRedis, dir: &std::path::Path, name: &str) -> support::Node {
+pub(crate) async fn signaling_node(
+    server: &Server,
+    redis: &PrivateRedis,
+    dir: &std::path::Path,
+    name: &str,
+) -> support::Node {
     let jwks = format!("{}/v1/auth/keys", server.url);
     let data_dir = dir.join(name);
     let redis_url = redis.url();

@@ -164,6 +164,18 @@ async fn devices_are_listed_and_revoked(db: Db) {
         server.get(&format!("/v1/me/devices?limit=1&cursor={cursor}"), Some(&phone.access_token)).await;
     assert_eq!(second_page["items"][0]["device_id"], laptop.device_id.as_str());
     assert!(second_page["next_cursor"].is_null());
+    // A cursor outside the documented form is a bad request; one of the form
+    // that this server never handed out (here: no text at all, or a NUL)
+    // cannot be read.
+    for (cursor, status_wanted, code) in
+        [("!!", 400, "invalid_request"), ("a", 422, "invalid_cursor"), ("AA", 422, "invalid_cursor")]
+    {
+        let (status, body) = server.get(&format!("/v1/me/devices?cursor={cursor}"), Some(&phone.access_token)).await;
+        assert_eq!((status, error_code(&body)), (status_wanted, code), "{cursor}");
+    }
+    // An id that is not of the form ids take names nothing, before any lookup.
+    let (status, body) = server.call(Method::DELETE, "/v1/me/devices/%00", Some(&phone.access_token), None).await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"));
 
     // Someone else's device is not found, and stays alive.
     let (status, body) = server

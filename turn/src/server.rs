@@ -757,7 +757,7 @@ impl Shared {
         let Some(allocation) = self.allocation(&tuple) else { return };
         let (Some(&peer), Ok(data)) = (peer_addresses(request).first(), request.get(ATTR_DATA)) else { return };
         let permitted = self.filter.check(peer.ip()).is_ok() && allocation.state().permitted(peer.ip(), Instant::now());
-        if permitted && allocation.relay.try_send_to(&data, peer).is_ok() {
+        if permitted && send_now(&allocation.relay, &data, peer) {
             self.meters.to_peer.increment(1);
         } else {
             self.meters.dropped.increment(1);
@@ -778,7 +778,7 @@ impl Shared {
                 .map(|(peer, _)| *peer)
         };
         match peer {
-            Some(peer) if allocation.relay.try_send_to(payload, peer).is_ok() => self.meters.to_peer.increment(1),
+            Some(peer) if send_now(&allocation.relay, payload, peer) => self.meters.to_peer.increment(1),
             _ => self.meters.dropped.increment(1),
         }
     }
@@ -789,6 +789,15 @@ impl Shared {
             self.meters.allocations.set(table.by_tuple.len() as f64);
         }
     }
+}
+
+/// Sends one datagram from a relayed socket without waiting: dropped only
+/// when the kernel's send buffer is full. The system call is made directly
+/// rather than through tokio's `try_send_to`, which answers `WouldBlock`
+/// without trying until its reactor has seen the socket writable (a fresh
+/// allocation's first packets, on a busy runtime).
+fn send_now(socket: &UdpSocket, payload: &[u8], peer: SocketAddr) -> bool {
+    socket2::SockRef::from(socket).send_to(payload, &peer.into()).is_ok()
 }
 
 fn allocated(allocation: &Allocation, tuple: FiveTuple, lifetime: Duration) -> Success {

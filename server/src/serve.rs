@@ -310,6 +310,15 @@ pub async fn serve_router(
                 tracing::debug!(client = %remote, cap = refused.as_str(), "connection refused");
                 // One try, never waiting: a client that does not read gets nothing.
                 let _ = stream.try_write(refused.response());
+                // What the client already sent is read and dropped, so that
+                // closing sends FIN after the answer rather than a reset
+                // that can destroy it in flight.
+                let mut scratch = [0u8; 4096];
+                for _ in 0..4 {
+                    if !matches!(stream.try_read(&mut scratch), Ok(read) if read > 0) {
+                        break;
+                    }
+                }
                 continue;
             }
         };
@@ -355,14 +364,20 @@ mod tests {
 
     /// `GET path` on `addr`: the status code and the body.
     async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        try_get(addr, path).await.unwrap()
+    }
+
+    /// `GET path` on `addr`, or the I/O error (a refused connection may be
+    /// reset before its answer is read).
+    async fn try_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.write_all(request.as_bytes()).await?;
         let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
+        stream.read_to_string(&mut response).await?;
         let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
         let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-        (status, body)
+        Ok((status, body))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,7 +528,7 @@ mod tests {
         // The server sees the close when it next reads; give it the moment.
         let mut status = 0;
         for _ in 0..50 {
-            status = get(addr, "/healthz").await.0;
+            status = try_get(addr, "/healthz").await.map_or(0, |(status, _)| status);
             if status == 200 {
                 break;
             }

@@ -510,6 +510,7 @@ pub struct Reason {
 #[utoipa::path(post, path = "/admin/v1/accounts/{id}/freeze", tag = "finance-ops", security(("operator" = [])),
     params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")), request_body = Reason,
     responses((status = 200, body = WalletStatus), (status = 404, description = "`not_found`: no wallet", body = ErrorBody),
+              (status = 409, description = "`already_frozen`", body = ErrorBody),
               (status = 422, description = "`invalid_request`: a blank reason", body = ErrorBody),
               (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
 async fn freeze(
@@ -525,6 +526,7 @@ async fn freeze(
 #[utoipa::path(post, path = "/admin/v1/accounts/{id}/unfreeze", tag = "finance-ops", security(("operator" = [])),
     params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")), request_body = Reason,
     responses((status = 200, body = WalletStatus), (status = 404, description = "`not_found`: no wallet", body = ErrorBody),
+              (status = 409, description = "`not_frozen`", body = ErrorBody),
               (status = 422, description = "`invalid_request`: a blank reason", body = ErrorBody),
               (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
 async fn unfreeze(

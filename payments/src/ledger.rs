@@ -268,6 +268,10 @@ pub enum Refusal {
     /// The money would take a wallet past [`WALLET_BALANCE_MINOR_MAX`] (or
     /// any account past what its balance can count).
     BalanceLimit,
+    /// A freeze of a frozen wallet.
+    AlreadyFrozen,
+    /// An unfreeze of a wallet that is not frozen.
+    NotFrozen,
 }
 
 impl Refusal {
@@ -288,6 +292,8 @@ impl Refusal {
             Refusal::LimitNight => "limit_night",
             Refusal::WalletNotFound => "not_found",
             Refusal::BalanceLimit => "balance_limit",
+            Refusal::AlreadyFrozen => "already_frozen",
+            Refusal::NotFrozen => "not_frozen",
         }
     }
 
@@ -308,15 +314,19 @@ impl Refusal {
             Refusal::LimitNight => "this would exceed the night-time limit (20:00 to 06:00)",
             Refusal::WalletNotFound => "there is no such wallet",
             Refusal::BalanceLimit => "that would take the wallet past the most it may hold (10,000,000,000,000.00)",
+            Refusal::AlreadyFrozen => "this wallet is frozen already",
+            Refusal::NotFrozen => "this wallet is not frozen",
         }
     }
 
     /// 4xx status: 403 for what the sender may not do at all, 404 for a
-    /// missing party, 422 for a well-formed request the ledger refuses.
+    /// missing party, 409 for a change the wallet's state already has, 422
+    /// for a well-formed request the ledger refuses.
     pub fn status(self) -> u16 {
         match self {
             Refusal::RegionNotSupported | Refusal::RegionDisabled | Refusal::WalletFrozen => 403,
             Refusal::RecipientNotFound | Refusal::WalletNotFound => 404,
+            Refusal::AlreadyFrozen | Refusal::NotFrozen => 409,
             _ => 422,
         }
     }
@@ -380,8 +390,14 @@ impl Ledger {
             }
             Command::SetFrozen { wallet, frozen } => {
                 let account = self.wallet_mut(wallet).ok_or(Refusal::WalletNotFound)?;
-                account.frozen = *frozen;
-                Ok(Vec::new())
+                match (account.frozen, *frozen) {
+                    (true, true) => Err(Refusal::AlreadyFrozen),
+                    (false, false) => Err(Refusal::NotFrozen),
+                    _ => {
+                        account.frozen = *frozen;
+                        Ok(Vec::new())
+                    }
+                }
             }
         }
     }

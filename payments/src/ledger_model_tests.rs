@@ -100,6 +100,11 @@ impl Model {
                 Ok(())
             }
             Op::Freeze { wallet, frozen } => {
+                match (self.frozen[&wallet_id(*wallet)], *frozen) {
+                    (true, true) => return Err(Refusal::AlreadyFrozen),
+                    (false, false) => return Err(Refusal::NotFrozen),
+                    _ => {}
+                }
                 self.frozen.insert(wallet_id(*wallet), *frozen);
                 Ok(())
             }

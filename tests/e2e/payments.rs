@@ -238,6 +238,19 @@ async fn every_refusal_changes_nothing(db: Db) {
         .await;
     assert_eq!((status, frozen["status"].as_str()), (200, Some("frozen")));
     refused(&w, &w.alice, json!({"to": bob, "amount": "1.00", "currency": "RUB"}), 403, "wallet_frozen").await;
+    // A freeze of a frozen wallet says so, and changes nothing.
+    let before = w.ledger_state().await;
+    let (status, body) = w
+        .server
+        .call(
+            Method::POST,
+            &format!("/admin/v1/accounts/{}/freeze", w.alice.account_id),
+            Some(&w.admin),
+            Some(json!({"reason": "again"})),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (409, "already_frozen"));
+    assert_eq!(w.ledger_state().await, before);
     for id in [&w.alice.account_id, &w.bob.account_id] {
         let (status, _) = w
             .server
@@ -250,6 +263,17 @@ async fn every_refusal_changes_nothing(db: Db) {
             .await;
         assert_eq!(status, 200);
     }
+    // So does an unfreeze of an active one.
+    let (status, body) = w
+        .server
+        .call(
+            Method::POST,
+            &format!("/admin/v1/accounts/{}/unfreeze", w.alice.account_id),
+            Some(&w.admin),
+            Some(json!({"reason": "again"})),
+        )
+        .await;
+    assert_eq!((status, error_code(&body)), (409, "not_frozen"));
 
     set_rules(&w, "UPDATE regions SET enabled = 0 WHERE code = 'RU'").await;
     refused(&w, &w.alice, json!({"to": bob, "amount": "1.00", "currency": "RUB"}), 403, "region_disabled").await;

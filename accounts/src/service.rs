@@ -311,11 +311,10 @@ pub fn parse_device_name(name: &str) -> Result<String, AccountsError> {
 
 /// Free text refused: outside its schema (400) or blank (422).
 pub fn text_error(error: TextError, field: &str, chars_max: usize) -> AccountsError {
+    let message = error.describe(field, chars_max);
     match error {
-        TextError::Malformed => AccountsError::InvalidRequest(format!(
-            "{field} must be 1 to {chars_max} characters with no control characters"
-        )),
-        TextError::Blank => AccountsError::Unprocessable(format!("{field} must not be only whitespace")),
+        TextError::Malformed => AccountsError::InvalidRequest(message),
+        TextError::Blank => AccountsError::Unprocessable(message),
     }
 }
 

@@ -13,6 +13,16 @@ pub enum TextError {
     Blank,
 }
 
+impl TextError {
+    /// What a client is told about `field` (of at most `chars_max` characters).
+    pub fn describe(self, field: &str, chars_max: usize) -> String {
+        match self {
+            TextError::Malformed => format!("{field} must be 1 to {chars_max} characters with no control characters"),
+            TextError::Blank => format!("{field} must not be only whitespace"),
+        }
+    }
+}
+
 /// `value` trimmed, if it is 1 to `chars_max` characters (counted before
 /// trimming, as the schema's `maxLength` counts) with no control characters
 /// (no newlines, NULs or escapes to smuggle into logs and exports) and not

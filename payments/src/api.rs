@@ -236,11 +236,12 @@ fn parse_body<T: serde::de::DeserializeOwned>(value: serde_json::Value, route: &
 }
 
 fn checked_text(value: &str, field: &str, max: usize) -> Result<String, PaymentsError> {
-    courier_common::text::printable(value, max).map_err(|error| match error {
-        TextError::Malformed => {
-            PaymentsError::InvalidRequest(format!("{field} must be 1 to {max} characters with no control characters"))
+    courier_common::text::printable(value, max).map_err(|error| {
+        let message = error.describe(field, max);
+        match error {
+            TextError::Malformed => PaymentsError::InvalidRequest(message),
+            TextError::Blank => PaymentsError::Unprocessable(message),
         }
-        TextError::Blank => PaymentsError::Unprocessable(format!("{field} must not be only whitespace")),
     })
 }
 
@@ -469,12 +470,12 @@ async fn external(
     })?;
     let amount = Money::parse(&request.amount, currency).map_err(PaymentsError::InvalidAmount)?;
     let external_ref = checked_text(&request.external_ref, "external_ref", EXTERNAL_REF_CHARS_MAX)?;
+    if !is_uuid(&request.account_id) {
+        return Err(PaymentsError::NotFound("no such account").into());
+    }
     let this = payments.clone();
     payments
         .idempotent(key, fingerprint, operator_id.clone(), async move || {
-            if !is_uuid(&request.account_id) {
-                return Err(PaymentsError::NotFound("no such account"));
-            }
             let account = courier_accounts::store::account(&this.inner.db, &request.account_id)
                 .await?
                 .ok_or(PaymentsError::NotFound("no such account"))?;

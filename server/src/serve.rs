@@ -396,6 +396,15 @@ mod tests {
         assert_eq!(get(addr, "/healthz").await.0, 200);
         let (status, doc) = get(addr, "/openapi.json").await;
         assert_eq!(status, 200);
+        // The attributes spell the patterns out (utoipa takes literals only);
+        // the server checks with these.
+        let schemas: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        let pattern = |schema: &str, field: &str| {
+            schemas["components"]["schemas"][schema]["properties"][field]["pattern"].clone()
+        };
+        assert_eq!(pattern("CodeRequest", "phone"), courier_accounts::phone::PHONE_PATTERN);
+        assert_eq!(pattern("SignInRequest", "device_name"), courier_common::text::PRINTABLE_PATTERN);
+        assert_eq!(pattern("ToAccount", "account_id"), courier_common::ids::UUID_PATTERN);
         for path in ["/v1/auth/codes", "/v1/transfers", "/v1/calls/history"] {
             assert!(doc.contains(path), "every service's routes are mounted: {path}");
         }

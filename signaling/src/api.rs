@@ -306,14 +306,10 @@ async fn rate(
     let comment = match body.comment.as_deref() {
         None => None,
         Some(comment) => Some(courier_common::text::printable(comment, COMMENT_CHARS_MAX).map_err(|error| {
-            let message = format!("comment must be 1 to {COMMENT_CHARS_MAX} characters, no control characters");
+            let message = error.describe("comment", COMMENT_CHARS_MAX);
             match error {
                 TextError::Malformed => HttpError::invalid_request(message),
-                TextError::Blank => HttpError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_request",
-                    "comment must not be only whitespace",
-                ),
+                TextError::Blank => HttpError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message),
             }
         })?),
     };

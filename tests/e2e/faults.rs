@@ -17,13 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::ws::{Phone, sdp};
-use support::{Db, Server, Session};
+use support::{Db, Server, Session, free_tcp_port};
 
 const CLIENTS: usize = 16;
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A PostgreSQL cluster of the test's own (initdb in a temporary directory,
 /// on a free port), which the test may stop and start.
@@ -43,15 +39,20 @@ impl PrivatePostgres {
             .expect("a PostgreSQL version with pg_ctl");
         let dir = tempfile::Builder::new().prefix("courier-pg-").tempdir().unwrap();
         let postgres = PrivatePostgres { dir, bin, port: free_tcp_port() };
-        postgres.as_owner(|| {
-            let status = postgres
-                .command("initdb")
-                .args(["-D", postgres.data().to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"])
-                .stdout(std::process::Stdio::null())
+        if Self::is_root() {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres", postgres.dir.path().to_str().unwrap()])
                 .status()
                 .unwrap();
-            assert!(status.success(), "initdb");
-        });
+            assert!(status.success());
+        }
+        let status = postgres
+            .command("initdb")
+            .args(["-D", postgres.data().to_str().unwrap(), "-A", "trust", "-U", "postgres", "--no-sync"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "initdb");
         postgres.pg_ctl(&["start"]);
         postgres
     }
@@ -59,18 +60,8 @@ impl PrivatePostgres {
     /// PostgreSQL refuses to run as root: then its files and processes belong
     /// to the `postgres` user.
     fn is_root() -> bool {
-        std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false)
-    }
-
-    fn as_owner(&self, then: impl FnOnce()) {
-        if Self::is_root() {
-            let status = std::process::Command::new("chown")
-                .args(["-R", "postgres:postgres", self.dir.path().to_str().unwrap()])
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
-        then();
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").is_ok_and(|this| this.uid() == 0)
     }
 
     fn command(&self, program: &str) -> std::process::Command {
@@ -130,7 +121,6 @@ impl Drop for PrivatePostgres {
 /// One transfer as a client saw it through every retry.
 #[derive(Debug, Default)]
 struct Outcome {
-    attempts: u32,
     /// `(status, Retry-After)` of each answer before the last.
     refusals: Vec<(u16, Option<String>)>,
     /// The last answer: 201 and its transfer id, or what else came.
@@ -149,7 +139,6 @@ async fn transfer_until_answered(
     let mut outcome = Outcome::default();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        outcome.attempts += 1;
         let sent = http
             .post(format!("{url}/v1/transfers"))
             .bearer_auth(&from.access_token)
@@ -494,8 +483,9 @@ async fn a_full_disk_under_sqlite_refuses_writes_and_recovers() {
     let filler = disk.fill();
     let mut refused_keys = Vec::new();
     let mut acknowledged: HashMap<String, String> = HashMap::new();
-    for round in 0..20 {
-        let answers = futures::future::join_all((0..8).map(|i| send(i, format!("full-{round}-{i}")))).await;
+    const ROUNDS: usize = 20;
+    for round in 0..ROUNDS {
+        let answers = futures::future::join_all((0..users.len()).map(|i| send(i, format!("full-{round}-{i}")))).await;
         for (key, status, retry_after, body) in answers {
             match status {
                 201 => {
@@ -537,7 +527,7 @@ async fn a_full_disk_under_sqlite_refuses_writes_and_recovers() {
     eprintln!(
         "disk full: {} of {} transfers refused with 503 while full, all through {} ms after space returned",
         refused_keys.len(),
-        160,
+        ROUNDS * users.len(),
         recovered.as_millis()
     );
     server.finish().await;

@@ -144,6 +144,12 @@ async fn refused(w: &World, from: &Session, body: Value, status: u16, code: &str
     assert_eq!(w.ledger_state().await, before, "{code} changed the ledger");
 }
 
+/// `POST /admin/v1/accounts/{account}/{action}` (`freeze` or `unfreeze`) as the admin.
+async fn freeze(w: &World, account: &str, action: &str, reason: &str) -> (u16, Value) {
+    let path = format!("/admin/v1/accounts/{account}/{action}");
+    w.server.call(Method::POST, &path, Some(&w.admin), Some(json!({"reason": reason}))).await
+}
+
 /// Changes a region's rules in the database, as an operator would, and waits
 /// for the writer to reread them (it does every 250 ms).
 async fn set_rules(w: &World, statement: &str) {
@@ -216,63 +222,23 @@ async fn every_refusal_changes_nothing(db: Db) {
     refused(&w, &w.alice, json!({"to": bob, "amount": "100000.01", "currency": "RUB"}), 422, "limit_per_transfer")
         .await;
 
-    let (status, _) = w
-        .server
-        .call(
-            Method::POST,
-            &format!("/admin/v1/accounts/{}/freeze", w.bob.account_id),
-            Some(&w.admin),
-            Some(json!({"reason": "chargeback review"})),
-        )
-        .await;
+    let (status, _) = freeze(&w, &w.bob.account_id, "freeze", "chargeback review").await;
     assert_eq!(status, 200);
     refused(&w, &w.alice, json!({"to": bob, "amount": "1.00", "currency": "RUB"}), 422, "recipient_frozen").await;
-    let (status, frozen) = w
-        .server
-        .call(
-            Method::POST,
-            &format!("/admin/v1/accounts/{}/freeze", w.alice.account_id),
-            Some(&w.admin),
-            Some(json!({"reason": "fraud check"})),
-        )
-        .await;
+    let (status, frozen) = freeze(&w, &w.alice.account_id, "freeze", "fraud check").await;
     assert_eq!((status, frozen["status"].as_str()), (200, Some("frozen")));
     refused(&w, &w.alice, json!({"to": bob, "amount": "1.00", "currency": "RUB"}), 403, "wallet_frozen").await;
     // A freeze of a frozen wallet says so, and changes nothing.
     let before = w.ledger_state().await;
-    let (status, body) = w
-        .server
-        .call(
-            Method::POST,
-            &format!("/admin/v1/accounts/{}/freeze", w.alice.account_id),
-            Some(&w.admin),
-            Some(json!({"reason": "again"})),
-        )
-        .await;
+    let (status, body) = freeze(&w, &w.alice.account_id, "freeze", "again").await;
     assert_eq!((status, error_code(&body)), (409, "already_frozen"));
     assert_eq!(w.ledger_state().await, before);
     for id in [&w.alice.account_id, &w.bob.account_id] {
-        let (status, _) = w
-            .server
-            .call(
-                Method::POST,
-                &format!("/admin/v1/accounts/{id}/unfreeze"),
-                Some(&w.admin),
-                Some(json!({"reason": "cleared"})),
-            )
-            .await;
+        let (status, _) = freeze(&w, id, "unfreeze", "cleared").await;
         assert_eq!(status, 200);
     }
     // So does an unfreeze of an active one.
-    let (status, body) = w
-        .server
-        .call(
-            Method::POST,
-            &format!("/admin/v1/accounts/{}/unfreeze", w.alice.account_id),
-            Some(&w.admin),
-            Some(json!({"reason": "again"})),
-        )
-        .await;
+    let (status, body) = freeze(&w, &w.alice.account_id, "unfreeze", "again").await;
     assert_eq!((status, error_code(&body)), (409, "not_frozen"));
 
     set_rules(&w, "UPDATE regions SET enabled = 0 WHERE code = 'RU'").await;

@@ -46,7 +46,93 @@ enum AdminCommand {
     /// Manage operators (admin role).
     #[command(subcommand)]
     Operators(OperatorsCommand),
+    /// Record money entering a wallet from the region's settlement account.
+    Deposit(ExternalArgs),
+    /// Record money leaving a wallet to the region's settlement account.
+    Withdraw(ExternalArgs),
+    /// Freeze a wallet: it can neither send nor receive.
+    Freeze {
+        account_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Unfreeze a wallet.
+    Unfreeze {
+        account_id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Search transfers, newest first.
+    Search {
+        /// A party to the transfers (a wallet's account id).
+        #[arg(long)]
+        account: Option<String>,
+        /// RU or BR.
+        #[arg(long)]
+        region: Option<String>,
+        /// p2p, fee, deposit, withdrawal or reversal (default: all but fees).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Made at or after (RFC 3339, e.g. 2026-12-06T00:00:00Z).
+        #[arg(long)]
+        from: Option<String>,
+        /// Made before (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// How many transfers to show at most.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// A wallet: balance, status with its freeze, recent history.
+    Account { account_id: String },
+    /// Reverse a transfer, whole or in part (the fee goes back in proportion).
+    Reverse {
+        transfer_id: String,
+        #[arg(long)]
+        reason: String,
+        /// How much to take back (default: all that is left).
+        #[arg(long)]
+        amount: Option<String>,
+        #[command(flatten)]
+        key: KeyArg,
+    },
+    /// Trial balance and stored-versus-computed balances.
+    Reconcile,
 }
+
+#[derive(Args)]
+struct ExternalArgs {
+    /// The wallet's account id.
+    #[arg(long)]
+    account: String,
+    /// A decimal amount, e.g. 150.00.
+    #[arg(long)]
+    amount: String,
+    /// RUB or BRL.
+    #[arg(long)]
+    currency: String,
+    /// The payment rail's reference.
+    #[arg(long = "ref")]
+    external_ref: String,
+    #[command(flatten)]
+    key: KeyArg,
+}
+
+#[derive(Args)]
+struct KeyArg {
+    /// The request's Idempotency-Key (default: a new one, printed on failure
+    /// so that a retry with it cannot apply twice).
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+impl KeyArg {
+    fn key(&self) -> String {
+        self.idempotency_key.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+    }
+}
+
+const TRANSFER_COLUMNS: [&str; 8] = ["transfer_id", "kind", "from", "to", "amount", "fee", "currency", "created_at"];
 
 #[derive(Subcommand)]
 enum OperatorsCommand {
@@ -70,60 +156,215 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
             bootstrap(&name, force, &data_dir, database_url, args.json).await
         }
         AdminCommand::Operators(command) => {
-            let client = ApiClient::new(&args.url, args.admin_key)?;
-            match command {
-                OperatorsCommand::Create { name, role } => {
-                    let role = Role::parse(&role).ok_or("--role must be viewer, operator, approver or admin")?;
-                    let created = client
-                        .send(
-                            reqwest::Method::POST,
-                            "/admin/v1/operators",
-                            Some(serde_json::json!({"name": name, "role": role})),
-                        )
-                        .await?;
-                    if args.json {
-                        println!("{created}");
-                    } else {
-                        print_table(&["operator_id", "name", "role"], std::slice::from_ref(&created));
-                        eprintln!("API key (shown once, store it now):");
-                        println!("{}", created["api_key"].as_str().unwrap_or(""));
-                    }
-                }
-                OperatorsCommand::List => {
-                    let mut items = Vec::new();
-                    let mut cursor: Option<String> = None;
-                    loop {
-                        let path = match &cursor {
-                            Some(cursor) => {
-                                format!("/admin/v1/operators?limit=200&cursor={cursor}")
-                            }
-                            None => "/admin/v1/operators?limit=200".to_owned(),
-                        };
-                        let page = client.send(reqwest::Method::GET, &path, None).await?;
-                        items.extend(page["items"].as_array().cloned().unwrap_or_default());
-                        match page["next_cursor"].as_str() {
-                            Some(next) => cursor = Some(next.to_owned()),
-                            None => break,
-                        }
-                    }
-                    if args.json {
-                        println!("{}", Value::Array(items));
-                    } else {
-                        print_table(&["operator_id", "name", "role", "created_at"], &items);
-                    }
-                }
-                OperatorsCommand::Delete { operator_id } => {
-                    client.send(reqwest::Method::DELETE, &format!("/admin/v1/operators/{operator_id}"), None).await?;
-                    if args.json {
-                        println!("{}", serde_json::json!({"operator_id": operator_id, "revoked": true}));
-                    } else {
-                        println!("revoked {operator_id}");
-                    }
-                }
-            }
-            Ok(())
+            manage_operators(command, &ApiClient::new(&args.url, args.admin_key)?, args.json).await
+        }
+        command => money(command, &ApiClient::new(&args.url, args.admin_key)?, args.json).await,
+    }
+}
+
+/// Prints one object: as JSON, or as `field  value` lines.
+fn print_object(value: &Value, json: bool) {
+    if json {
+        println!("{value}");
+        return;
+    }
+    if let Value::Object(fields) = value {
+        let width = fields.keys().map(String::len).max().unwrap_or(0);
+        for (name, field) in fields {
+            let text = match field {
+                Value::String(text) => text.clone(),
+                Value::Null => "-".to_owned(),
+                other => other.to_string(),
+            };
+            println!("{name:<width$}  {text}");
         }
     }
+}
+
+/// A money-moving request under an idempotency key; on failure the error
+/// says how to retry it safely.
+async fn keyed(client: &ApiClient, path: &str, key: &str, body: Value) -> Result<Value, String> {
+    client.send_keyed(reqwest::Method::POST, path, key, body).await.map_err(|error| {
+        format!("{error}\n(to retry this very request without applying it twice: --idempotency-key {key})")
+    })
+}
+
+async fn money(command: AdminCommand, client: &ApiClient, json: bool) -> Result<(), String> {
+    match command {
+        AdminCommand::Deposit(args) => external(client, "/admin/v1/deposits", args, json).await?,
+        AdminCommand::Withdraw(args) => external(client, "/admin/v1/withdrawals", args, json).await?,
+        AdminCommand::Freeze { account_id, reason } => {
+            let path = format!("/admin/v1/accounts/{account_id}/freeze");
+            print_object(
+                &client.send(reqwest::Method::POST, &path, Some(serde_json::json!({"reason": reason}))).await?,
+                json,
+            );
+        }
+        AdminCommand::Unfreeze { account_id, reason } => {
+            let path = format!("/admin/v1/accounts/{account_id}/unfreeze");
+            print_object(
+                &client.send(reqwest::Method::POST, &path, Some(serde_json::json!({"reason": reason}))).await?,
+                json,
+            );
+        }
+        AdminCommand::Search { account, region, kind, from, to, limit } => {
+            let mut query: Vec<String> = Vec::new();
+            for (name, value) in [("account", account), ("region", region), ("kind", kind), ("from", from), ("to", to)]
+            {
+                if let Some(value) = value {
+                    query.push(format!("{name}={}", encode(&value)));
+                }
+            }
+            let items = collect(client, "/admin/v1/transfers", &query, limit).await?;
+            if json {
+                println!("{}", Value::Array(items));
+            } else {
+                print_table(&TRANSFER_COLUMNS, &items);
+            }
+        }
+        AdminCommand::Account { account_id } => {
+            let mut view = client.send(reqwest::Method::GET, &format!("/admin/v1/accounts/{account_id}"), None).await?;
+            if json {
+                println!("{view}");
+            } else {
+                let recent = view.as_object_mut().and_then(|fields| fields.remove("recent")).unwrap_or_default();
+                if let Some(freeze) = view.as_object_mut().and_then(|fields| fields.remove("freeze"))
+                    && let Value::Object(freeze) = freeze
+                {
+                    for (name, value) in freeze {
+                        view[format!("frozen_{name}")] = value;
+                    }
+                }
+                print_object(&view, false);
+                println!();
+                print_table(&TRANSFER_COLUMNS, recent.as_array().map(Vec::as_slice).unwrap_or_default());
+            }
+        }
+        AdminCommand::Reverse { transfer_id, reason, amount, key } => {
+            let mut body = serde_json::json!({"reason": reason});
+            if let Some(amount) = amount {
+                body["amount"] = Value::String(amount);
+            }
+            let path = format!("/admin/v1/transfers/{transfer_id}/reverse");
+            print_object(&keyed(client, &path, &key.key(), body).await?, json);
+        }
+        AdminCommand::Reconcile => {
+            let report = client.send(reqwest::Method::GET, "/admin/v1/reconciliation", None).await?;
+            if json {
+                println!("{report}");
+            } else {
+                println!("balanced: {}", report["balanced"]);
+                println!();
+                print_table(
+                    &["currency", "total"],
+                    report["trial_balance"].as_array().map(Vec::as_slice).unwrap_or_default(),
+                );
+                let mismatches = report["mismatches"].as_array().map(Vec::as_slice).unwrap_or_default();
+                if !mismatches.is_empty() {
+                    println!();
+                    print_table(&["account_id", "stored", "computed"], mismatches);
+                }
+            }
+            if report["balanced"] != Value::Bool(true) {
+                return Err("the ledger does not balance: see the accounts listed".into());
+            }
+        }
+        AdminCommand::Bootstrap { .. } | AdminCommand::Operators(_) => unreachable!("handled by run"),
+    }
+    Ok(())
+}
+
+async fn external(client: &ApiClient, path: &str, args: ExternalArgs, json: bool) -> Result<(), String> {
+    let body = serde_json::json!({
+        "account_id": args.account, "amount": args.amount, "currency": args.currency, "external_ref": args.external_ref,
+    });
+    print_object(&keyed(client, path, &args.key.key(), body).await?, json);
+    Ok(())
+}
+
+/// Percent-encodes a query value (RFC 3339 times carry `+` and `:`).
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// Up to `limit` items of a paged list, following its cursor.
+async fn collect(client: &ApiClient, path: &str, query: &[String], limit: usize) -> Result<Vec<Value>, String> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    while items.len() < limit {
+        let mut parameters = query.to_vec();
+        parameters.push(format!("limit={}", (limit - items.len()).min(200)));
+        if let Some(cursor) = &cursor {
+            parameters.push(format!("cursor={cursor}"));
+        }
+        let page = client.send(reqwest::Method::GET, &format!("{path}?{}", parameters.join("&")), None).await?;
+        items.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    Ok(items)
+}
+
+async fn manage_operators(command: OperatorsCommand, client: &ApiClient, json: bool) -> Result<(), String> {
+    match command {
+        OperatorsCommand::Create { name, role } => {
+            let role = Role::parse(&role).ok_or("--role must be viewer, operator, approver or admin")?;
+            let created = client
+                .send(
+                    reqwest::Method::POST,
+                    "/admin/v1/operators",
+                    Some(serde_json::json!({"name": name, "role": role})),
+                )
+                .await?;
+            if json {
+                println!("{created}");
+            } else {
+                print_table(&["operator_id", "name", "role"], std::slice::from_ref(&created));
+                eprintln!("API key (shown once, store it now):");
+                println!("{}", created["api_key"].as_str().unwrap_or(""));
+            }
+        }
+        OperatorsCommand::List => {
+            let mut items = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let path = match &cursor {
+                    Some(cursor) => {
+                        format!("/admin/v1/operators?limit=200&cursor={cursor}")
+                    }
+                    None => "/admin/v1/operators?limit=200".to_owned(),
+                };
+                let page = client.send(reqwest::Method::GET, &path, None).await?;
+                items.extend(page["items"].as_array().cloned().unwrap_or_default());
+                match page["next_cursor"].as_str() {
+                    Some(next) => cursor = Some(next.to_owned()),
+                    None => break,
+                }
+            }
+            if json {
+                println!("{}", Value::Array(items));
+            } else {
+                print_table(&["operator_id", "name", "role", "created_at"], &items);
+            }
+        }
+        OperatorsCommand::Delete { operator_id } => {
+            client.send(reqwest::Method::DELETE, &format!("/admin/v1/operators/{operator_id}"), None).await?;
+            if json {
+                println!("{}", serde_json::json!({"operator_id": operator_id, "revoked": true}));
+            } else {
+                println!("revoked {operator_id}");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn bootstrap(
@@ -185,5 +426,16 @@ impl ApiClient {
     pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
         courier_common::client::request(&self.http, &self.base, method, path, Some(self.key.expose_secret()), body)
             .await
+    }
+
+    pub async fn send_keyed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Value,
+    ) -> Result<Value, String> {
+        let bearer = Some(self.key.expose_secret());
+        courier_common::client::request_keyed(&self.http, &self.base, method, path, bearer, Some(key), Some(body)).await
     }
 }

@@ -21,9 +21,25 @@ pub async fn request(
     bearer: Option<&str>,
     body: Option<Value>,
 ) -> Result<Value, String> {
+    request_keyed(http, base, method, path, bearer, None, body).await
+}
+
+/// [`request`] with an `Idempotency-Key` when `key` is given.
+pub async fn request_keyed(
+    http: &reqwest::Client,
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    bearer: Option<&str>,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> Result<Value, String> {
     let mut request = http.request(method, format!("{base}{path}"));
     if let Some(bearer) = bearer {
         request = request.bearer_auth(bearer);
+    }
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
     }
     if let Some(body) = body {
         request = request.json(&body);

@@ -90,6 +90,18 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0008_ledger_batch_checks.sql"),
         include_str!("../../migrations/postgres/0008_ledger_batch_checks.sql"),
     ),
+    (
+        9,
+        "devices_by_revocation",
+        include_str!("../../migrations/sqlite/0009_devices_by_revocation.sql"),
+        include_str!("../../migrations/postgres/0009_devices_by_revocation.sql"),
+    ),
+    (
+        10,
+        "finance_ops",
+        include_str!("../../migrations/sqlite/0010_finance_ops.sql"),
+        include_str!("../../migrations/postgres/0010_finance_ops.sql"),
+    ),
 ];
 
 /// How long a connection waits for a lock held by another writer before the
@@ -257,6 +269,23 @@ pub fn is_unique_violation(error: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every migration file of both dialects is applied, in the order of its
+    /// number, under its name.
+    #[test]
+    fn every_migration_file_is_listed() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+        for dialect in ["sqlite", "postgres"] {
+            let mut files: Vec<String> = std::fs::read_dir(root.join(dialect))
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            files.sort();
+            let listed: Vec<String> =
+                MIGRATIONS.iter().map(|(version, name, _, _)| format!("{version:04}_{name}.sql")).collect();
+            assert_eq!(files, listed, "migrations/{dialect}");
+        }
+    }
 
     #[test]
     fn redacts_passwords_only() {

@@ -201,13 +201,16 @@ pub fn app(payments: Payments) -> Router {
         .route("/admin/v1/accounts/{id}/freeze", post(freeze))
         .route("/admin/v1/accounts/{id}/unfreeze", post(unfreeze))
         .route("/admin/v1/reconciliation", get(reconciliation))
+        .route("/admin/v1/transfers", get(search))
+        .route("/admin/v1/transfers/{id}/reverse", post(reverse))
+        .route("/admin/v1/accounts/{id}", get(account))
         .with_state(payments)
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(wallet, send, transfers, transfer, deposit, withdrawal, freeze, unfreeze, reconciliation),
-    components(schemas(ErrorBody, TransferView, Currency, RegionCode, WalletStatus)),
+    paths(wallet, send, transfers, transfer, deposit, withdrawal, freeze, unfreeze, reconciliation, search, reverse, account),
+    components(schemas(ErrorBody, TransferView, AdminTransferView, AccountView, FreezeView, Currency, RegionCode, WalletStatus)),
     tags((name = "payments", description = "Wallets and peer-to-peer transfers"),
          (name = "finance-ops", description = "Operators: money in and out, freezes, reconciliation"))
 )]
@@ -271,7 +274,7 @@ async fn wallet(State(payments): State<Payments>, user: AuthUser) -> Result<axum
         region: wallet.region,
         currency: wallet.currency,
         balance: format_minor(wallet.balance_minor, wallet.currency),
-        status: if wallet.frozen { "frozen" } else { "active" },
+        status: if wallet.frozen.is_some() { "frozen" } else { "active" },
     }))
 }
 
@@ -549,7 +552,8 @@ async fn set_frozen(
     let reason = checked_text(&body.reason, "reason", REASON_CHARS_MAX)?;
     let operator_id = operator.operator.operator_id;
     tracing::info!(operator = %operator_id, account = %id, frozen, %reason, "wallet freeze changed");
-    payments.submit(Command::SetFrozen { wallet: id, frozen }, operator_id, None).await
+    let freeze = frozen.then_some(reason);
+    payments.submit(Command::SetFrozen { wallet: id, freeze }, operator_id, None).await
 }
 
 #[derive(Serialize, ToSchema)]
@@ -602,5 +606,231 @@ async fn reconciliation(
                 computed: computed.to_string(),
             })
             .collect(),
+    }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseRequest {
+    /// Why; kept on the reversal as its note. Trimmed, not blank (422).
+    #[schema(min_length = 1, max_length = 500, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
+    reason: String,
+    /// How much to take back, in the transfer's currency; default: all that
+    /// is left to reverse (more places, zero or over the maximum: 422).
+    #[schema(max_length = 32, pattern = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")]
+    amount: Option<String>,
+}
+
+/// Reverse a transfer, whole or in part: a compensating transfer from its
+/// recipient back to its sender, linked to it, with the fee refunded in
+/// proportion. P2P transfers, deposits and withdrawals can be reversed;
+/// frozen wallets take part. Requires `Idempotency-Key`.
+#[utoipa::path(post, path = "/admin/v1/transfers/{id}/reverse", tag = "finance-ops", security(("operator" = [])),
+    request_body = ReverseRequest,
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"),
+           ("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "unique per request; a retry with the same key and body gets the original answer")),
+    responses((status = 201, body = TransferView, description = "the reversal, durable; `reverses` names the transfer"),
+              (status = 400, description = "`idempotency_key_required`, `invalid_amount`, `invalid_request`: not of the documented form", body = ErrorBody),
+              (status = 404, description = "`not_found`: no such transfer", body = ErrorBody),
+              (status = 409, description = "`not_reversible` (a fee or a reversal), `already_reversed` (nothing, or less than the amount, is left to reverse), `insufficient_funds` (the recipient's wallet no longer holds it), `idempotency_key_in_use` (Retry-After)", body = ErrorBody),
+              (status = 422, description = "`invalid_amount` (too precise, zero or too large), `invalid_request` (a blank reason), `idempotency_key_reused`, `balance_limit` (the sender's wallet would be too full)", body = ErrorBody),
+              (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
+async fn reverse(
+    State(payments): State<Payments>,
+    operator: Authorized<OperatorRole>,
+    IdPath(id): IdPath,
+    headers: HeaderMap,
+    Json(body): Json<serde_json::Value>,
+) -> Result<Response, HttpError> {
+    let operator_id = operator.operator.operator_id;
+    let key = idempotency_key(&headers, format!("operator:{operator_id}"))?;
+    let (request, fingerprint) = parse_body::<ReverseRequest>(body, &format!("POST /admin/v1/transfers/{id}/reverse"))?;
+    let reason = checked_text(&request.reason, "reason", REASON_CHARS_MAX)?;
+    let original = store::transfer(&payments.inner.db, &id)
+        .await
+        .map_err(PaymentsError::from)?
+        .ok_or(PaymentsError::NotFound("no such transfer"))?;
+    let amount_minor = request
+        .amount
+        .as_deref()
+        .map(|amount| Money::parse(amount, original.currency).map(|money| money.minor()))
+        .transpose()
+        .map_err(PaymentsError::InvalidAmount)?;
+    tracing::info!(operator = %operator_id, transfer = %id, ?amount_minor, %reason, "reversal asked");
+    payments
+        .idempotent(key, fingerprint, operator_id.clone(), async move || {
+            Ok(Command::Reverse {
+                id: uuid::Uuid::now_v7().to_string(),
+                fee_id: uuid::Uuid::now_v7().to_string(),
+                original: original.id,
+                parties: [original.debit, original.credit],
+                region: original.region,
+                amount_minor,
+                reason,
+                operator: operator_id,
+            })
+        })
+        .await
+}
+
+/// A transfer as operators see it.
+#[derive(Serialize, ToSchema)]
+pub struct AdminTransferView {
+    #[serde(flatten)]
+    transfer: TransferView,
+    region: RegionCode,
+    /// The account or operator that made it.
+    initiator: String,
+}
+
+impl From<&crate::ledger::Transfer> for AdminTransferView {
+    fn from(transfer: &crate::ledger::Transfer) -> Self {
+        AdminTransferView {
+            transfer: TransferView::from(transfer),
+            region: transfer.region,
+            initiator: transfer.initiator.clone(),
+        }
+    }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    /// A party to the transfer: a wallet's account id.
+    #[param(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+    account: Option<String>,
+    region: Option<RegionCode>,
+    /// `p2p`, `fee`, `deposit`, `withdrawal` or `reversal`; default: all but fees.
+    #[param(value_type = Option<String>, pattern = "^(p2p|fee|deposit|withdrawal|reversal)$")]
+    kind: Option<String>,
+    /// Made at or after this moment (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    from: Option<String>,
+    /// Made before this moment (RFC 3339); not before `from` (400 `invalid_range`).
+    #[param(value_type = Option<String>, format = DateTime)]
+    to: Option<String>,
+    /// How many items, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,512}$")]
+    cursor: Option<String>,
+}
+
+/// An RFC 3339 moment in milliseconds, or 400 naming the parameter.
+fn moment(value: Option<&str>, name: &str) -> Result<Option<i64>, HttpError> {
+    value
+        .map(|text| {
+            text.parse::<jiff::Timestamp>().map(|at| at.as_millisecond()).map_err(|_| {
+                HttpError::invalid_request(format!("{name} must be an RFC 3339 time, like 2026-12-06T10:00:00Z"))
+            })
+        })
+        .transpose()
+}
+
+fn invalid_range() -> HttpError {
+    HttpError::new(StatusCode::BAD_REQUEST, "invalid_range", "from must be before to")
+}
+
+/// Search transfers, newest first. Each filter is an index's range: by kind,
+/// by region, by time through the ids, or along the account's own history.
+/// A page over a long account history may hold fewer than `limit` items and
+/// still have a `next_cursor`.
+#[utoipa::path(get, path = "/admin/v1/transfers", tag = "finance-ops", security(("operator" = [])), params(SearchQuery),
+    responses((status = 200, body = inline(Page<AdminTransferView>)),
+              (status = 400, description = "`invalid_request`: a parameter not of the documented form; `invalid_range`: `from` after `to`", body = ErrorBody)))]
+async fn search(
+    State(payments): State<Payments>,
+    _viewer: Authorized<Viewer>,
+    Query(query): Query<SearchQuery>,
+) -> Result<axum::Json<Page<AdminTransferView>>, HttpError> {
+    let page = PageQuery { limit: query.limit, cursor: query.cursor.clone() }.parse()?;
+    let from_ms = moment(query.from.as_deref(), "from")?;
+    let to_ms = moment(query.to.as_deref(), "to")?;
+    if let (Some(from), Some(to)) = (from_ms, to_ms)
+        && from > to
+    {
+        return Err(invalid_range());
+    }
+    let kind = query
+        .kind
+        .as_deref()
+        .map(|kind| {
+            crate::ledger::TransferKind::parse(kind)
+                .ok_or_else(|| HttpError::invalid_request("kind must be p2p, fee, deposit, withdrawal or reversal"))
+        })
+        .transpose()?;
+    if let Some(account) = &query.account
+        && !is_uuid(account)
+    {
+        return Err(HttpError::invalid_request("account must be an account id (a UUID)"));
+    }
+    if let Some(after) = &page.after
+        && !is_uuid(after)
+    {
+        return Err(courier_common::page::not_ours());
+    }
+    let search = store::TransferSearch { account: query.account, region: query.region, kind, from_ms, to_ms };
+    let (rows, position) = store::search_transfers(&payments.inner.db, &search, page.after.as_deref(), page.limit)
+        .await
+        .map_err(PaymentsError::from)?;
+    Ok(axum::Json(Page {
+        items: rows.iter().map(AdminTransferView::from).collect(),
+        next_cursor: position.map(|position| courier_common::page::encode_cursor(&position)),
+    }))
+}
+
+/// A wallet's freeze: why, by whom, when.
+#[derive(Serialize, ToSchema)]
+pub struct FreezeView {
+    reason: String,
+    /// The operator's id.
+    by: String,
+    at: String,
+}
+
+/// A wallet as operators see it.
+#[derive(Serialize, ToSchema)]
+pub struct AccountView {
+    account_id: String,
+    region: RegionCode,
+    currency: Currency,
+    balance: String,
+    /// `active` or `frozen`.
+    status: &'static str,
+    /// Set while the wallet is frozen.
+    freeze: Option<FreezeView>,
+    /// The newest transfers (up to 20, fees shown on their transfers).
+    recent: Vec<AdminTransferView>,
+}
+
+const ACCOUNT_RECENT: u32 = 20;
+
+/// A wallet: balance, status with its freeze, and its recent history.
+#[utoipa::path(get, path = "/admin/v1/accounts/{id}", tag = "finance-ops", security(("operator" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
+    responses((status = 200, body = AccountView), (status = 404, description = "`not_found`: no wallet", body = ErrorBody)))]
+async fn account(
+    State(payments): State<Payments>,
+    _viewer: Authorized<Viewer>,
+    IdPath(id): IdPath,
+) -> Result<axum::Json<AccountView>, HttpError> {
+    let db = &payments.inner.db;
+    let wallet =
+        store::wallet(db, &id).await.map_err(PaymentsError::from)?.ok_or(PaymentsError::NotFound("no such wallet"))?;
+    let recent = store::transfers_of(db, &id, None, ACCOUNT_RECENT).await.map_err(PaymentsError::from)?;
+    Ok(axum::Json(AccountView {
+        account_id: wallet.id,
+        region: wallet.region,
+        currency: wallet.currency,
+        balance: format_minor(wallet.balance_minor, wallet.currency),
+        status: if wallet.frozen.is_some() { "frozen" } else { "active" },
+        freeze: wallet.frozen.map(|freeze| FreezeView {
+            reason: freeze.reason,
+            by: freeze.by,
+            at: courier_common::time::rfc3339(freeze.at_ms),
+        }),
+        recent: recent.iter().map(AdminTransferView::from).collect(),
     }))
 }

@@ -71,7 +71,8 @@ pub struct LedgerAccount {
     pub region: RegionCode,
     pub currency: Currency,
     pub balance_minor: i64,
-    pub frozen: bool,
+    /// Why, by whom and when the wallet was frozen; `None`: active.
+    pub frozen: Option<FreezeNote>,
     /// The newest transfer this account is a party to: the head of its
     /// chain, which each transfer continues through its `debit_prev` and
     /// `credit_prev` (see [`Transfer`]).
@@ -90,11 +91,21 @@ impl LedgerAccount {
             region,
             currency,
             balance_minor: 0,
-            frozen: false,
+            frozen: None,
             last_transfer: None,
             usage: Usage::default(),
         }
     }
+}
+
+/// A freeze as the operator made it: shown with the wallet until it is
+/// unfrozen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreezeNote {
+    pub reason: String,
+    /// The operator's id.
+    pub by: String,
+    pub at_ms: i64,
 }
 
 /// A sender's P2P totals in its local day, month and night windows, named
@@ -134,6 +145,9 @@ pub enum TransferKind {
     Fee,
     Deposit,
     Withdrawal,
+    /// Takes back (part of) an earlier transfer: from its recipient to its
+    /// sender, linked to it.
+    Reversal,
 }
 
 impl TransferKind {
@@ -143,6 +157,7 @@ impl TransferKind {
             TransferKind::Fee => "fee",
             TransferKind::Deposit => "deposit",
             TransferKind::Withdrawal => "withdrawal",
+            TransferKind::Reversal => "reversal",
         }
     }
 
@@ -152,6 +167,7 @@ impl TransferKind {
             "fee" => Some(TransferKind::Fee),
             "deposit" => Some(TransferKind::Deposit),
             "withdrawal" => Some(TransferKind::Withdrawal),
+            "reversal" => Some(TransferKind::Reversal),
             _ => None,
         }
     }
@@ -176,7 +192,8 @@ pub struct Transfer {
     pub fee_minor: i64,
     pub currency: Currency,
     pub region: RegionCode,
-    /// A fee transfer names its P2P transfer.
+    /// A fee transfer names its P2P transfer (or the reversal whose fee
+    /// refund it carries); a reversal names the transfer it reverses.
     pub linked_id: Option<String>,
     /// The account or operator that asked for it.
     pub initiator: String,
@@ -204,24 +221,30 @@ pub enum Command {
         note: Option<String>,
     },
     /// Money enters a wallet from the region's settlement account.
-    Deposit {
-        id: String,
-        wallet: LedgerAccountId,
-        amount: Money,
-        external_ref: String,
-        operator: String,
-    },
+    Deposit { id: String, wallet: LedgerAccountId, amount: Money, external_ref: String, operator: String },
     /// Money leaves a wallet to the region's settlement account.
-    Withdrawal {
-        id: String,
-        wallet: LedgerAccountId,
-        amount: Money,
-        external_ref: String,
-        operator: String,
-    },
+    Withdrawal { id: String, wallet: LedgerAccountId, amount: Money, external_ref: String, operator: String },
+    /// Freezes (with the reason) or unfreezes a wallet.
     SetFrozen {
         wallet: LedgerAccountId,
-        frozen: bool,
+        /// `None`: unfreeze.
+        freeze: Option<String>,
+    },
+    /// An operator takes back `amount_minor` (`None`: all that is left) of
+    /// transfer `original` from its recipient to its sender, with the part
+    /// of its fee in proportion refunded from fee revenue.
+    Reverse {
+        id: String,
+        fee_id: String,
+        original: String,
+        /// The original's debit and credit accounts, as the request found
+        /// them (the writer posts to those it loaded with the original, and
+        /// its batch check refuses any other).
+        parties: [LedgerAccountId; 2],
+        region: RegionCode,
+        amount_minor: Option<i64>,
+        reason: String,
+        operator: String,
     },
 }
 
@@ -238,8 +261,70 @@ impl Command {
             Command::Deposit { wallet, .. }
             | Command::Withdrawal { wallet, .. }
             | Command::SetFrozen { wallet, .. } => [Some(wallet), None, None],
+            Command::Reverse { parties: [debit, credit], region, .. } => {
+                [Some(debit.as_str()), Some(credit.as_str()), Some(system_account_id(*region, AccountKind::FeeRevenue))]
+            }
         };
         ids.into_iter().flatten()
+    }
+
+    /// The transfer this command reverses, if it is a reversal.
+    pub fn original(&self) -> Option<&str> {
+        match self {
+            Command::Reverse { original, .. } => Some(original),
+            _ => None,
+        }
+    }
+}
+
+/// What the writer keeps of a transfer that an operator reverses: its
+/// parties and amounts, and how much of it (and of its fee) has been
+/// reversed so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reversible {
+    pub kind: TransferKind,
+    pub debit: LedgerAccountId,
+    pub credit: LedgerAccountId,
+    pub amount_minor: i64,
+    pub fee_minor: i64,
+    pub currency: Currency,
+    pub region: RegionCode,
+    pub reversed_minor: i64,
+    pub fee_refunded_minor: i64,
+}
+
+impl Reversible {
+    /// A transfer as it was made, nothing of it reversed yet.
+    pub fn of(transfer: &Transfer) -> Self {
+        Reversible {
+            kind: transfer.kind,
+            debit: transfer.debit.clone(),
+            credit: transfer.credit.clone(),
+            amount_minor: transfer.amount_minor,
+            fee_minor: transfer.fee_minor,
+            currency: transfer.currency,
+            region: transfer.region,
+            reversed_minor: 0,
+            fee_refunded_minor: 0,
+        }
+    }
+
+    /// Whether operators may reverse this kind of transfer: P2P, deposits
+    /// and withdrawals. A fee goes back with its P2P transfer, and a
+    /// reversal is final (a mistaken one is corrected by an adjustment).
+    pub fn kind_reversible(kind: TransferKind) -> bool {
+        matches!(kind, TransferKind::P2p | TransferKind::Deposit | TransferKind::Withdrawal)
+    }
+
+    /// The fee refunded in all once `reversed_minor` of the amount is
+    /// reversed: the fee in proportion, rounded down, so that the whole
+    /// amount refunds exactly the whole fee.
+    pub fn fee_refunded_at(&self, reversed_minor: i64) -> i64 {
+        if self.amount_minor <= 0 {
+            return 0;
+        }
+        let share = i128::from(self.fee_minor) * i128::from(reversed_minor) / i128::from(self.amount_minor);
+        i64::try_from(share).unwrap_or(self.fee_minor).clamp(0, self.fee_minor)
     }
 }
 
@@ -272,6 +357,17 @@ pub enum Refusal {
     AlreadyFrozen,
     /// An unfreeze of a wallet that is not frozen.
     NotFrozen,
+    /// A reversal of a transfer that does not exist.
+    TransferNotFound,
+    /// A reversal of a kind of transfer that cannot be reversed.
+    NotReversible,
+    /// Nothing of the transfer is left to reverse.
+    AlreadyReversed,
+    /// A reversal of more than what is left of the transfer to reverse.
+    ReversalTooLarge,
+    /// An operator's movement that would take a wallet below zero (a
+    /// reversal from a recipient who has spent the money).
+    NotEnoughToTakeBack,
 }
 
 impl Refusal {
@@ -294,6 +390,10 @@ impl Refusal {
             Refusal::BalanceLimit => "balance_limit",
             Refusal::AlreadyFrozen => "already_frozen",
             Refusal::NotFrozen => "not_frozen",
+            Refusal::TransferNotFound => "not_found",
+            Refusal::NotReversible => "not_reversible",
+            Refusal::AlreadyReversed | Refusal::ReversalTooLarge => "already_reversed",
+            Refusal::NotEnoughToTakeBack => "insufficient_funds",
         }
     }
 
@@ -316,6 +416,17 @@ impl Refusal {
             Refusal::BalanceLimit => "that would take the wallet past the most it may hold (10,000,000,000,000.00)",
             Refusal::AlreadyFrozen => "this wallet is frozen already",
             Refusal::NotFrozen => "this wallet is not frozen",
+            Refusal::TransferNotFound => "there is no such transfer",
+            Refusal::NotReversible => {
+                "only P2P transfers, deposits and withdrawals can be reversed (a fee goes back with its transfer)"
+            }
+            Refusal::AlreadyReversed => "this transfer has been reversed in full already",
+            Refusal::ReversalTooLarge => {
+                "the amount is more than what is left of this transfer to reverse; see the account's history"
+            }
+            Refusal::NotEnoughToTakeBack => {
+                "the wallet's available balance does not cover this; hold or adjust it first, or reverse less"
+            }
         }
     }
 
@@ -325,8 +436,13 @@ impl Refusal {
     pub fn status(self) -> u16 {
         match self {
             Refusal::RegionNotSupported | Refusal::RegionDisabled | Refusal::WalletFrozen => 403,
-            Refusal::RecipientNotFound | Refusal::WalletNotFound => 404,
-            Refusal::AlreadyFrozen | Refusal::NotFrozen => 409,
+            Refusal::RecipientNotFound | Refusal::WalletNotFound | Refusal::TransferNotFound => 404,
+            Refusal::AlreadyFrozen
+            | Refusal::NotFrozen
+            | Refusal::NotReversible
+            | Refusal::AlreadyReversed
+            | Refusal::ReversalTooLarge
+            | Refusal::NotEnoughToTakeBack => 409,
             _ => 422,
         }
     }
@@ -337,20 +453,31 @@ impl Refusal {
 pub struct Ledger {
     pub accounts: HashMap<LedgerAccountId, LedgerAccount>,
     pub regions: HashMap<RegionCode, RegionRules>,
+    /// The transfers loaded to be reversed, by id, with what has been
+    /// reversed of them.
+    pub originals: HashMap<String, Reversible>,
 }
 
 /// What a batch touched, saved so that a failed commit can be undone: each
-/// account as it was, or the id of one the ledger had not loaded.
+/// account (and reversed transfer) as it was, or the id of one the ledger
+/// had not loaded.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     accounts: Vec<Result<LedgerAccount, LedgerAccountId>>,
+    originals: Vec<(String, Option<Reversible>)>,
 }
 
 impl Ledger {
     /// Saves the state of the accounts `ids`.
     pub fn snapshot(&self, ids: impl IntoIterator<Item = impl AsRef<str>>) -> Snapshot {
         let saved = |id: &str| self.accounts.get(id).cloned().ok_or_else(|| id.to_owned());
-        Snapshot { accounts: ids.into_iter().map(|id| saved(id.as_ref())).collect() }
+        Snapshot { accounts: ids.into_iter().map(|id| saved(id.as_ref())).collect(), originals: Vec::new() }
+    }
+
+    /// Also saves the reversal state of the transfers `ids`.
+    pub fn with_originals<'a>(&self, mut snapshot: Snapshot, ids: impl IntoIterator<Item = &'a str>) -> Snapshot {
+        snapshot.originals = ids.into_iter().map(|id| (id.to_owned(), self.originals.get(id).cloned())).collect();
+        snapshot
     }
 
     /// Puts back what `snapshot` saved.
@@ -359,6 +486,12 @@ impl Ledger {
             match saved {
                 Ok(account) => self.accounts.insert(account.id.clone(), account),
                 Err(id) => self.accounts.remove(&id),
+            };
+        }
+        for (id, saved) in snapshot.originals {
+            match saved {
+                Some(original) => self.originals.insert(id, original),
+                None => self.originals.remove(&id),
             };
         }
     }
@@ -388,18 +521,101 @@ impl Ledger {
             Command::Withdrawal { id, wallet, amount, external_ref, operator } => {
                 self.external(TransferKind::Withdrawal, id, wallet, *amount, external_ref, operator, now_ms)
             }
-            Command::SetFrozen { wallet, frozen } => {
+            Command::SetFrozen { wallet, freeze } => {
                 let account = self.wallet_mut(wallet).ok_or(Refusal::WalletNotFound)?;
-                match (account.frozen, *frozen) {
-                    (true, true) => Err(Refusal::AlreadyFrozen),
-                    (false, false) => Err(Refusal::NotFrozen),
-                    _ => {
-                        account.frozen = *frozen;
+                match (&account.frozen, freeze) {
+                    (Some(_), Some(_)) => Err(Refusal::AlreadyFrozen),
+                    (None, None) => Err(Refusal::NotFrozen),
+                    (_, freeze) => {
+                        account.frozen = freeze.as_ref().map(|reason| FreezeNote {
+                            reason: reason.clone(),
+                            by: initiator.to_owned(),
+                            at_ms: now_ms,
+                        });
                         Ok(Vec::new())
                     }
                 }
             }
+            Command::Reverse { id, fee_id, original, amount_minor, reason, operator, .. } => self.reverse(
+                ReverseRequest { id, fee_id, original, amount_minor: *amount_minor, reason },
+                operator,
+                now_ms,
+            ),
         }
+    }
+
+    /// Takes back (part of) a transfer: from its recipient to its sender,
+    /// with the fee in proportion from fee revenue to the sender. Frozen
+    /// wallets take part (an operator's correction is what a freeze is
+    /// for); a wallet never goes below zero.
+    fn reverse(&mut self, request: ReverseRequest<'_>, operator: &str, now_ms: i64) -> Result<Vec<Transfer>, Refusal> {
+        let original = self.originals.get(request.original).ok_or(Refusal::TransferNotFound)?;
+        if !Reversible::kind_reversible(original.kind) {
+            return Err(Refusal::NotReversible);
+        }
+        let left = original.amount_minor - original.reversed_minor;
+        if left <= 0 {
+            return Err(Refusal::AlreadyReversed);
+        }
+        let amount = request.amount_minor.unwrap_or(left);
+        if amount <= 0 || amount > left {
+            return Err(Refusal::ReversalTooLarge);
+        }
+        let (from, to) = (original.credit.clone(), original.debit.clone());
+        let payer = self.accounts.get(&from).ok_or(Refusal::TransferNotFound)?;
+        if !self.accounts.contains_key(&to) {
+            return Err(Refusal::TransferNotFound);
+        }
+        if payer.kind == AccountKind::Wallet && payer.balance_minor < amount {
+            return Err(Refusal::NotEnoughToTakeBack);
+        }
+        let fee_refunded = original.fee_refunded_at(original.reversed_minor + amount);
+        let fee = fee_refunded - original.fee_refunded_minor;
+        let fee_account = system_account_id(original.region, AccountKind::FeeRevenue);
+        if fee > 0 && !self.accounts.contains_key(fee_account) {
+            return Err(Refusal::RegionNotSupported);
+        }
+        self.fits(&from, &to, amount)?;
+        if fee > 0 {
+            self.fits(fee_account, &to, fee)?;
+            // Both go to the sender: it must hold them together too.
+            self.fits(&from, &to, amount.checked_add(fee).ok_or(Refusal::BalanceLimit)?)?;
+        }
+        let (currency, region) = (original.currency, original.region);
+        let posting = |id: &str, debit: LedgerAccountId, amount_minor: i64| Transfer {
+            id: id.to_owned(),
+            kind: TransferKind::Reversal,
+            debit,
+            credit: to.clone(),
+            amount_minor,
+            fee_minor: 0,
+            currency,
+            region,
+            linked_id: Some(request.original.clone()),
+            initiator: operator.to_owned(),
+            note: None,
+            external_ref: None,
+            created_at_ms: now_ms,
+            debit_prev: None,
+            credit_prev: None,
+        };
+        let mut reversal = posting(request.id, from, amount);
+        reversal.fee_minor = fee;
+        reversal.note = Some(request.reason.clone());
+        self.post(&mut reversal);
+        let mut transfers = vec![reversal];
+        if fee > 0 {
+            let mut refund = posting(request.fee_id, fee_account.to_owned(), fee);
+            refund.kind = TransferKind::Fee;
+            refund.linked_id = Some(request.id.clone());
+            self.post(&mut refund);
+            transfers.push(refund);
+        }
+        if let Some(original) = self.originals.get_mut(request.original) {
+            original.reversed_minor += amount;
+            original.fee_refunded_minor = fee_refunded;
+        }
+        Ok(transfers)
     }
 
     fn wallet(&self, id: &str) -> Option<&LedgerAccount> {
@@ -435,10 +651,10 @@ impl Ledger {
             return Err(Refusal::CrossRegion);
         }
         let recipient = self.wallet(to).ok_or(Refusal::CrossRegion)?;
-        if sender.frozen {
+        if sender.frozen.is_some() {
             return Err(Refusal::WalletFrozen);
         }
-        if recipient.frozen {
+        if recipient.frozen.is_some() {
             return Err(Refusal::RecipientFrozen);
         }
         let amount = request.amount_minor;
@@ -530,7 +746,7 @@ impl Ledger {
         if amount.currency() != account.currency {
             return Err(Refusal::CurrencyMismatch);
         }
-        if account.frozen {
+        if account.frozen.is_some() {
             return Err(Refusal::WalletFrozen);
         }
         let settlement = system_account(account.region, AccountKind::Settlement);
@@ -605,9 +821,11 @@ impl Ledger {
     /// positive and in its accounts' currency; every one of those accounts
     /// must now hold its balance before plus the batch's transfers (so nothing
     /// moved outside a transfer); no wallet may be negative; per currency the
-    /// accounts must hold in total what they held before; and each account's
+    /// accounts must hold in total what they held before; each account's
     /// chain must run from its head before the batch through its transfers of
-    /// the batch, in order, to its head now.
+    /// the batch, in order, to its head now; and every reversal runs back
+    /// between its transfer's two accounts, which have not been reversed by
+    /// more than they moved (amount and fee).
     pub fn verify_batch(&self, before: &Snapshot, transfers: &[Transfer]) -> Result<(), String> {
         let before: HashMap<&LedgerAccountId, &LedgerAccount> =
             before.accounts.iter().filter_map(|saved| saved.as_ref().ok().map(|a| (&a.id, a))).collect();
@@ -668,8 +886,29 @@ impl Ledger {
         if totals_before != totals_after {
             return Err(format!("the batch does not net to zero: {totals_before:?} became {totals_after:?}"));
         }
+        for transfer in transfers.iter().filter(|t| t.kind == TransferKind::Reversal) {
+            let original = transfer
+                .linked_id
+                .as_ref()
+                .and_then(|id| self.originals.get(id))
+                .ok_or_else(|| format!("reversal {} names no transfer the writer loaded", transfer.id))?;
+            if original.reversed_minor > original.amount_minor || original.fee_refunded_minor > original.fee_minor {
+                return Err(format!("reversal {} takes back more than its transfer moved", transfer.id));
+            }
+            if transfer.debit != original.credit || transfer.credit != original.debit {
+                return Err(format!("reversal {} does not run back between its transfer's accounts", transfer.id));
+            }
+        }
         Ok(())
     }
+}
+
+struct ReverseRequest<'a> {
+    id: &'a String,
+    fee_id: &'a String,
+    original: &'a String,
+    amount_minor: Option<i64>,
+    reason: &'a String,
 }
 
 struct P2pRequest<'a> {

@@ -1,14 +1,15 @@
 //! Model-based property test of the ledger: random sequences of deposits,
-//! withdrawals, P2P transfers (valid and invalid) and freezes over wallets
-//! in both regions, applied in batches, checked after every batch against a
-//! simple independent model and against the invariants.
+//! withdrawals, P2P transfers (valid and invalid), freezes and reversals
+//! (whole, partial, too large, of fees) over wallets in both regions,
+//! applied in batches, checked after every batch against a simple
+//! independent model and against the invariants.
 
 use std::collections::HashMap;
 
 use proptest::prelude::*;
 
 use crate::ledger::{
-    AccountKind, Command, Ledger, LedgerAccount, Refusal, Transfer, TransferKind, WALLET_BALANCE_MINOR_MAX,
+    AccountKind, Command, Ledger, LedgerAccount, Refusal, Reversible, Transfer, TransferKind, WALLET_BALANCE_MINOR_MAX,
     system_account,
 };
 use crate::money::{Currency, Money};
@@ -22,11 +23,34 @@ const STEP_MS_MAX: i64 = 7 * 3_600_000;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Deposit { wallet: usize, minor: i64 },
-    Withdraw { wallet: usize, minor: i64 },
-    P2p { from: usize, to: usize, minor: i64, wrong_currency: bool },
-    P2pToStranger { from: usize, minor: i64 },
-    Freeze { wallet: usize, frozen: bool },
+    Deposit {
+        wallet: usize,
+        minor: i64,
+    },
+    Withdraw {
+        wallet: usize,
+        minor: i64,
+    },
+    P2p {
+        from: usize,
+        to: usize,
+        minor: i64,
+        wrong_currency: bool,
+    },
+    P2pToStranger {
+        from: usize,
+        minor: i64,
+    },
+    Freeze {
+        wallet: usize,
+        frozen: bool,
+    },
+    /// Reverses the `pick`-th transfer made so far (modulo their number),
+    /// whole or `minor` of it.
+    Reverse {
+        pick: usize,
+        minor: Option<i64>,
+    },
 }
 
 fn wallet_id(index: usize) -> String {
@@ -65,6 +89,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(from, to, minor, wrong_currency)| Op::P2p { from, to, minor, wrong_currency }),
         1 => (0..wallets, 1i64..10_000).prop_map(|(from, minor)| Op::P2pToStranger { from, minor }),
         1 => (0..wallets, proptest::bool::weighted(0.6)).prop_map(|(wallet, frozen)| Op::Freeze { wallet, frozen }),
+        3 => (0..1_000usize, proptest::option::weighted(0.5, 1i64..60_000))
+            .prop_map(|(pick, minor)| Op::Reverse { pick, minor }),
     ]
 }
 
@@ -75,6 +101,22 @@ struct Model {
     frozen: HashMap<String, bool>,
     /// (sender, time, amount) of every accepted P2P transfer.
     sent: Vec<(String, i64, i64)>,
+    /// Every transfer made, in order, as the model keeps it: id, kind,
+    /// debit, credit, amount, fee, reversed so far, fee refunded so far.
+    made: Vec<Made>,
+}
+
+#[derive(Debug, Clone)]
+struct Made {
+    id: String,
+    kind: TransferKind,
+    debit: String,
+    credit: String,
+    amount: i64,
+    fee: i64,
+    region: RegionCode,
+    reversed: i64,
+    fee_refunded: i64,
 }
 
 impl Model {
@@ -109,6 +151,38 @@ impl Model {
                 Ok(())
             }
             Op::P2pToStranger { .. } => Err(Refusal::CrossRegion),
+            Op::Reverse { pick, minor } => {
+                if self.made.is_empty() {
+                    return Err(Refusal::TransferNotFound);
+                }
+                let index = pick % self.made.len();
+                let original = self.made[index].clone();
+                if !matches!(original.kind, TransferKind::P2p | TransferKind::Deposit | TransferKind::Withdrawal) {
+                    return Err(Refusal::NotReversible);
+                }
+                let left = original.amount - original.reversed;
+                if left == 0 {
+                    return Err(Refusal::AlreadyReversed);
+                }
+                let amount = minor.unwrap_or(left);
+                if amount > left {
+                    return Err(Refusal::ReversalTooLarge);
+                }
+                let is_wallet = !original.credit.starts_with("sys:");
+                if is_wallet && self.balances[&original.credit] < amount {
+                    return Err(Refusal::NotEnoughToTakeBack);
+                }
+                // The fee goes back in proportion, rounded down, all of it with the last part.
+                let refunded = original.fee * (original.reversed + amount) / original.amount;
+                let fee = refunded - original.fee_refunded;
+                *self.balances.get_mut(&original.credit).unwrap() -= amount;
+                *self.balances.get_mut(&original.debit).unwrap() += amount + fee;
+                *self.balances.get_mut(&system_account(original.region, AccountKind::FeeRevenue)).unwrap() -= fee;
+                let entry = &mut self.made[index];
+                entry.reversed += amount;
+                entry.fee_refunded = refunded;
+                Ok(())
+            }
             Op::P2p { from, to, minor, wrong_currency } => {
                 let region = region_of(*from);
                 let rule = &rules[&region];
@@ -165,7 +239,7 @@ impl Model {
     }
 }
 
-fn command(op: &Op, n: usize) -> Command {
+fn command(op: &Op, n: usize, made: &[Made]) -> Command {
     let id = format!("t{n:06}");
     match op {
         Op::Deposit { wallet, minor } => Command::Deposit {
@@ -182,7 +256,22 @@ fn command(op: &Op, n: usize) -> Command {
             external_ref: "rail".into(),
             operator: "op".into(),
         },
-        Op::Freeze { wallet, frozen } => Command::SetFrozen { wallet: wallet_id(*wallet), frozen: *frozen },
+        Op::Freeze { wallet, frozen } => {
+            Command::SetFrozen { wallet: wallet_id(*wallet), freeze: frozen.then(|| "a claim".to_owned()) }
+        }
+        Op::Reverse { pick, minor } => {
+            let original = if made.is_empty() { None } else { Some(&made[pick % made.len()]) };
+            Command::Reverse {
+                fee_id: format!("{id}f"),
+                id,
+                original: original.map_or_else(|| "missing".to_owned(), |m| m.id.clone()),
+                parties: original.map_or_else(Default::default, |m| [m.debit.clone(), m.credit.clone()]),
+                region: original.map_or(RegionCode::Ru, |m| m.region),
+                amount_minor: *minor,
+                reason: "a mistake".into(),
+                operator: "op".into(),
+            }
+        }
         Op::P2p { from, to, minor, wrong_currency } => {
             let currency = RegionRules::default_for(region_of(*from)).currency;
             let other = if currency == Currency::Rub { Currency::Brl } else { Currency::Rub };
@@ -254,8 +343,9 @@ proptest! {
             for (op, step) in batch {
                 now += step;
                 n += 1;
+                let command = command(&op, n, &model.made);
                 let expected = model.expect(&op, &rules, now);
-                let outcome = ledger.apply(&command(&op, n), "tester", now);
+                let outcome = ledger.apply(&command, "tester", now);
                 prop_assert_eq!(outcome.as_ref().map(|_| ()).map_err(|r| *r), expected, "op {:?}", op);
                 if let Ok(transfers) = outcome {
                     for transfer in &transfers {
@@ -263,6 +353,23 @@ proptest! {
                         if transfer.kind == TransferKind::Fee {
                             prop_assert_eq!(transfer.linked_id.as_deref(), Some(transfers[0].id.as_str()));
                         }
+                        if transfer.kind == TransferKind::Reversal {
+                            let original = model.made.iter().find(|m| Some(&m.id) == transfer.linked_id.as_ref());
+                            prop_assert!(original.is_some_and(|m| m.reversed <= m.amount && m.fee_refunded <= m.fee));
+                        }
+                        // What the writer would load to reverse it.
+                        ledger.originals.insert(transfer.id.clone(), Reversible::of(transfer));
+                        model.made.push(Made {
+                            id: transfer.id.clone(),
+                            kind: transfer.kind,
+                            debit: transfer.debit.clone(),
+                            credit: transfer.credit.clone(),
+                            amount: transfer.amount_minor,
+                            fee: transfer.fee_minor,
+                            region: transfer.region,
+                            reversed: 0,
+                            fee_refunded: 0,
+                        });
                     }
                     made.extend(transfers);
                 }
@@ -323,7 +430,7 @@ fn a_failed_commit_is_undone_by_the_snapshot() {
     ledger.apply(&deposit, "op", START_MS).unwrap();
     let before = ledger.accounts.clone();
     let snapshot = ledger.snapshot(ids.iter());
-    let p2p = command(&Op::P2p { from: 0, to: 1, minor: 300, wrong_currency: false }, 1);
+    let p2p = command(&Op::P2p { from: 0, to: 1, minor: 300, wrong_currency: false }, 1, &[]);
     ledger.apply(&p2p, "op", START_MS).unwrap();
     assert_ne!(ledger.accounts, before);
     ledger.restore(snapshot);

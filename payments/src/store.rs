@@ -5,7 +5,7 @@
 
 use courier_common::Database;
 
-use crate::ledger::{AccountKind, LedgerAccount, Transfer, TransferKind, Usage};
+use crate::ledger::{AccountKind, FreezeNote, LedgerAccount, Transfer, TransferKind, Usage};
 use crate::money::Currency;
 use crate::region::{FeeRule, RegionCode, RegionRules, Windows};
 
@@ -78,11 +78,28 @@ pub async fn ensure_wallet(
     Ok(())
 }
 
-pub(crate) type AccountRow =
-    (String, String, String, String, i64, i64, Option<String>, i64, i64, Option<i64>, i64, Option<i64>, i64);
+pub(crate) type AccountRow = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    i64,
+    i64,
+    Option<i64>,
+    i64,
+    Option<i64>,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
 
 pub(crate) const ACCOUNT_COLUMNS_SQL: &str = "SELECT id, kind, region, currency, balance, frozen, last_transfer, \
-     usage_day_start, usage_day, usage_month_start, usage_month, usage_night_start, usage_night FROM ledger_accounts";
+     usage_day_start, usage_day, usage_month_start, usage_month, usage_night_start, usage_night, frozen_reason, \
+     frozen_by, frozen_at FROM ledger_accounts";
 
 pub(crate) fn account_from_row(row: AccountRow) -> Option<LedgerAccount> {
     let (
@@ -99,6 +116,9 @@ pub(crate) fn account_from_row(row: AccountRow) -> Option<LedgerAccount> {
         month_minor,
         night_start_ms,
         night_minor,
+        frozen_reason,
+        frozen_by,
+        frozen_at,
     ) = row;
     Some(LedgerAccount {
         id,
@@ -106,7 +126,12 @@ pub(crate) fn account_from_row(row: AccountRow) -> Option<LedgerAccount> {
         region: RegionCode::parse(&region)?,
         currency: Currency::parse(&currency)?,
         balance_minor: balance,
-        frozen: frozen == 1,
+        // Wallets frozen before reasons were kept show an empty one.
+        frozen: (frozen == 1).then(|| FreezeNote {
+            reason: frozen_reason.unwrap_or_default(),
+            by: frozen_by.unwrap_or_default(),
+            at_ms: frozen_at.unwrap_or(0),
+        }),
         last_transfer,
         // A month start not yet counted (only before the writer has counted
         // the wallets of migration 5) reads as an old window.
@@ -251,6 +276,34 @@ fn transfer_from_row(row: TransferRow) -> Option<Transfer> {
     })
 }
 
+pub(crate) type OriginalRow = (String, String, String, String, i64, i64, String, String, i64, i64);
+
+/// A transfer to be reversed, with what its reversals took back so far
+/// (amount and fee), found through the partial index of reversals.
+pub(crate) const ORIGINAL_SQL: &str = "\
+SELECT t.id, t.kind, t.debit_account, t.credit_account, t.amount, t.fee, t.currency, t.region, \
+  CAST(COALESCE((SELECT SUM(r.amount) FROM transfers r WHERE r.kind = 'reversal' AND r.linked_id = t.id), 0) AS BIGINT), \
+  CAST(COALESCE((SELECT SUM(r.fee) FROM transfers r WHERE r.kind = 'reversal' AND r.linked_id = t.id), 0) AS BIGINT) \
+FROM transfers t WHERE t.id = $1";
+
+pub(crate) fn original_from_row(row: OriginalRow) -> Option<(String, crate::ledger::Reversible)> {
+    let (id, kind, debit, credit, amount, fee, currency, region, reversed, fee_refunded) = row;
+    Some((
+        id,
+        crate::ledger::Reversible {
+            kind: TransferKind::parse(&kind)?,
+            debit,
+            credit,
+            amount_minor: amount,
+            fee_minor: fee,
+            currency: Currency::parse(&currency)?,
+            region: RegionCode::parse(&region)?,
+            reversed_minor: reversed,
+            fee_refunded_minor: fee_refunded,
+        },
+    ))
+}
+
 /// One transfer, if `account_id` is a party to it.
 pub async fn transfer_of(db: &Database, account_id: &str, id: &str) -> Result<Option<Transfer>, sqlx::Error> {
     let sql = format!(
@@ -328,4 +381,213 @@ pub async fn balance_mismatches(db: &Database) -> Result<Vec<(String, i64, i64)>
     )
     .fetch_all(db.pool())
     .await
+}
+
+/// One transfer by id, whoever its parties.
+pub async fn transfer(db: &Database, id: &str) -> Result<Option<Transfer>, sqlx::Error> {
+    let sql = format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE id = $1");
+    let row: Option<TransferRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db.pool()).await?;
+    Ok(row.and_then(transfer_from_row))
+}
+
+/// What operators search transfers by; every filter is optional.
+#[derive(Debug, Clone, Default)]
+pub struct TransferSearch {
+    /// A party to the transfer (a wallet's account id or a system account).
+    pub account: Option<String>,
+    pub region: Option<RegionCode>,
+    /// `None`: every kind but fees (a fee shows on its transfer).
+    pub kind: Option<TransferKind>,
+    /// Made at or after (ms).
+    pub from_ms: Option<i64>,
+    /// Made before (ms).
+    pub to_ms: Option<i64>,
+}
+
+/// How far a transfer's id (UUIDv7, made by the request) may be from its
+/// `created_at` (the writer's clock when its batch was applied): a request
+/// waits for its batch at most 10 s, and the nodes' clocks agree to well
+/// within the rest. Time filters narrow the primary key's range by this
+/// much more than asked, and then compare `created_at` exactly.
+const ID_CLOCK_MARGIN_MS: i64 = 60_000;
+
+/// The smallest UUIDv7 text made at or after `ms`: ids sort as text in
+/// the order they were made.
+fn uuid_v7_floor(ms: i64) -> String {
+    let ms = ms.clamp(0, (1 << 48) - 1);
+    format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
+}
+
+impl TransferSearch {
+    fn matches(&self, t: &Transfer) -> bool {
+        self.region.is_none_or(|region| t.region == region)
+            && match self.kind {
+                Some(kind) => t.kind == kind,
+                None => t.kind != TransferKind::Fee,
+            }
+            && self.from_ms.is_none_or(|from| t.created_at_ms >= from)
+            && self.to_ms.is_none_or(|to| t.created_at_ms < to)
+    }
+}
+
+/// The most steps one page of an account's search walks along its chain;
+/// a page that stops there is short, and its cursor goes on from where it
+/// stopped.
+const SEARCH_CHAIN_STEPS_MAX: u32 = 20_000;
+const SEARCH_CHAIN_CHUNK: u32 = 500;
+
+/// Transfers matching `search`, newest first, after the transfer `after_id`
+/// (`None`: from the newest): up to `limit` of them, and the position to go
+/// on from when there may be more.
+///
+/// Without an account, one range scan of an index newest first: by kind
+/// (`transfers_by_kind`), by region (`transfers_by_region`) or the primary
+/// key, each narrowed to the time range through the ids (UUIDv7). With an
+/// account, its chain from its newest transfer (or the cursor) back, one
+/// primary-key look-up a step, until the page is full, the chain passes the
+/// range's start, or [`SEARCH_CHAIN_STEPS_MAX`] steps.
+pub async fn search_transfers(
+    db: &Database,
+    search: &TransferSearch,
+    after_id: Option<&str>,
+    limit: u32,
+) -> Result<(Vec<Transfer>, Option<String>), sqlx::Error> {
+    let floor = search.from_ms.map(|from| uuid_v7_floor(from.saturating_sub(ID_CLOCK_MARGIN_MS)));
+    if let Some(account) = &search.account {
+        let mut found = Vec::new();
+        let mut position = after_id.map(str::to_owned);
+        let mut steps = 0;
+        loop {
+            let chunk = chain_of(db, account, position.as_deref(), SEARCH_CHAIN_CHUNK).await?;
+            let ended = chunk.len() < SEARCH_CHAIN_CHUNK as usize;
+            steps += SEARCH_CHAIN_CHUNK;
+            for transfer in chunk {
+                if floor.as_deref().is_some_and(|floor| transfer.id.as_str() < floor) {
+                    return Ok((found, None));
+                }
+                position = Some(transfer.id.clone());
+                if search.matches(&transfer) {
+                    found.push(transfer);
+                    if found.len() == limit as usize {
+                        return Ok((found, position));
+                    }
+                }
+            }
+            if ended {
+                return Ok((found, None));
+            }
+            if steps >= SEARCH_CHAIN_STEPS_MAX {
+                return Ok((found, position));
+            }
+        }
+    }
+    let mut sql = format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE ");
+    let mut binds: Vec<Bind> = Vec::new();
+    let mut n = 0;
+    let mut next = |binds: &mut Vec<Bind>, value: Bind| {
+        binds.push(value);
+        n += 1;
+        format!("${n}")
+    };
+    let mut conditions = Vec::new();
+    if let Some(region) = search.region {
+        conditions.push(format!("region = {}", next(&mut binds, Bind::Text(region.as_str().to_owned()))));
+    }
+    match search.kind {
+        Some(kind) => conditions.push(format!("kind = {}", next(&mut binds, Bind::Text(kind.as_str().to_owned())))),
+        None => conditions.push("kind <> 'fee'".to_owned()),
+    }
+    if let (Some(from), Some(floor)) = (search.from_ms, floor) {
+        conditions.push(format!("id >= {}", next(&mut binds, Bind::Text(floor))));
+        conditions.push(format!("created_at >= {}", next(&mut binds, Bind::Int(from))));
+    }
+    if let Some(to) = search.to_ms {
+        let ceiling = uuid_v7_floor(to.saturating_add(ID_CLOCK_MARGIN_MS));
+        conditions.push(format!("id < {}", next(&mut binds, Bind::Text(ceiling))));
+        conditions.push(format!("created_at < {}", next(&mut binds, Bind::Int(to))));
+    }
+    if let Some(after) = after_id {
+        conditions.push(format!("id < {}", next(&mut binds, Bind::Text(after.to_owned()))));
+    }
+    sql.push_str(&conditions.join(" AND "));
+    let order = match (search.kind, search.region) {
+        // The index's own order, so that it is read backwards, not sorted.
+        (Some(_), _) => " ORDER BY kind DESC, id DESC",
+        (None, Some(_)) => " ORDER BY region DESC, id DESC",
+        (None, None) => " ORDER BY id DESC",
+    };
+    sql.push_str(order);
+    sql.push_str(&format!(" LIMIT {}", next(&mut binds, Bind::Int(i64::from(limit) + 1))));
+    let mut query = sqlx::query_as::<_, TransferRow>(&sql);
+    for bind in binds {
+        query = match bind {
+            Bind::Text(text) => query.bind(text),
+            Bind::Int(int) => query.bind(int),
+        };
+    }
+    let mut rows: Vec<Transfer> = query.fetch_all(db.pool()).await?.into_iter().filter_map(transfer_from_row).collect();
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let position = if more { rows.last().map(|t| t.id.clone()) } else { None };
+    Ok((rows, position))
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// Up to `steps` transfers of `account`'s chain (fees too), newest first,
+/// after its transfer `after_id` (`None`: from its newest).
+async fn chain_of(
+    db: &Database,
+    account_id: &str,
+    after_id: Option<&str>,
+    steps: u32,
+) -> Result<Vec<Transfer>, sqlx::Error> {
+    let sql = format!(
+        "WITH RECURSIVE wanted (account, after_id, steps) AS ( \
+           SELECT CAST($1 AS TEXT), CAST($2 AS TEXT), CAST($3 AS BIGINT) \
+         ), chain (link, depth) AS ( \
+           SELECT CASE WHEN w.after_id = '' \
+               THEN (SELECT a.last_transfer FROM ledger_accounts a WHERE a.id = w.account) \
+               ELSE (SELECT CASE WHEN c.debit_account = w.account THEN c.debit_prev ELSE c.credit_prev END \
+                     FROM transfers c \
+                     WHERE c.id = w.after_id AND (c.debit_account = w.account OR c.credit_account = w.account)) \
+             END, CAST(0 AS BIGINT) \
+           FROM wanted w \
+           UNION ALL \
+           SELECT CASE WHEN t.debit_account = w.account THEN t.debit_prev ELSE t.credit_prev END, chain.depth + 1 \
+           FROM chain JOIN transfers t ON t.id = chain.link CROSS JOIN wanted w \
+           WHERE chain.depth + 1 < w.steps \
+         ) \
+         SELECT {TRANSFER_COLUMNS} FROM chain JOIN transfers ON transfers.id = chain.link ORDER BY chain.depth"
+    );
+    let rows: Vec<TransferRow> = sqlx::query_as(&sql)
+        .bind(account_id)
+        .bind(after_id.unwrap_or(""))
+        .bind(i64::from(steps))
+        .fetch_all(db.pool())
+        .await?;
+    Ok(rows.into_iter().filter_map(transfer_from_row).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_v7_ids_sort_after_the_floor_of_their_time() {
+        for ms in [0_i64, 1, 1_781_092_800_000, 1_781_092_800_001] {
+            let floor = uuid_v7_floor(ms);
+            let id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                (ms / 1000) as u64,
+                ((ms % 1000) * 1_000_000) as u32,
+            ))
+            .to_string();
+            assert!(id.as_str() >= floor.as_str(), "{id} < {floor}");
+            assert!(id.as_str() < uuid_v7_floor(ms + 1).as_str(), "{id} >= the next millisecond's floor");
+        }
+    }
 }

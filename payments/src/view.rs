@@ -5,7 +5,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::ledger::{Command, Refusal, Transfer};
+use crate::ledger::{Command, Refusal, Transfer, TransferKind};
 use crate::money::format_minor;
 use crate::store::StoredResponse;
 
@@ -13,7 +13,7 @@ use crate::store::StoredResponse;
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TransferView {
     pub transfer_id: String,
-    /// `p2p`, `deposit`, `withdrawal`.
+    /// `p2p`, `deposit`, `withdrawal`, `reversal` (and `fee` in operators' searches).
     pub kind: String,
     /// Always `completed`: a transfer exists only once it is durable.
     pub status: &'static str,
@@ -22,13 +22,17 @@ pub struct TransferView {
     pub to: String,
     /// Decimal string, e.g. `"150.00"`.
     pub amount: String,
-    /// Paid by the sender on top of the amount.
+    /// Paid by the sender on top of the amount; on a reversal, the part of
+    /// the fee refunded to the original sender with it.
     pub fee: String,
     pub currency: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_ref: Option<String>,
+    /// On a reversal: the transfer it reverses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reverses: Option<String>,
     pub created_at: String,
 }
 
@@ -45,6 +49,7 @@ impl From<&Transfer> for TransferView {
             currency: transfer.currency.code().to_owned(),
             note: transfer.note.clone(),
             external_ref: transfer.external_ref.clone(),
+            reverses: (transfer.kind == TransferKind::Reversal).then(|| transfer.linked_id.clone()).flatten(),
             created_at: courier_common::time::rfc3339(transfer.created_at_ms),
         }
     }
@@ -58,9 +63,9 @@ pub fn render(command: &Command, outcome: &Result<Vec<Transfer>, Refusal>) -> St
             body: serde_json::json!({"error": {"code": refusal.code(), "message": refusal.message()}}).to_string(),
         },
         Ok(transfers) => match (command, transfers.first()) {
-            (Command::SetFrozen { wallet, frozen }, _) => StoredResponse {
+            (Command::SetFrozen { wallet, freeze }, _) => StoredResponse {
                 status: 200,
-                body: serde_json::json!({"account_id": wallet, "status": if *frozen { "frozen" } else { "active" }})
+                body: serde_json::json!({"account_id": wallet, "status": if freeze.is_some() { "frozen" } else { "active" }})
                     .to_string(),
             },
             (_, Some(transfer)) => StoredResponse {

@@ -11,6 +11,7 @@ mod calls_media;
 mod calls_signaling;
 mod contract;
 mod faults;
+mod finance_ops;
 mod ledger_crash;
 mod ledger_standby;
 mod payments;

@@ -377,6 +377,7 @@ impl Writer {
         let prepared = started.elapsed();
         let touched: HashSet<&str> =
             batch.iter().flat_map(|r| r.command.accounts()).chain(self.system.iter().map(String::as_str)).collect();
+        let originals: HashSet<&str> = batch.iter().filter_map(|r| r.command.original()).collect();
         let applied = loop {
             if look_up {
                 match connection.idempotent_responses(&keys).await {
@@ -387,7 +388,7 @@ impl Writer {
                     }
                 }
             }
-            let snapshot = self.ledger.snapshot(&touched);
+            let snapshot = self.ledger.with_originals(self.ledger.snapshot(&touched), originals.iter().copied());
             let applied = Self::apply_batch(&mut self.ledger, &batch, &stored, now);
             if let Err(violation) = self.ledger.verify_batch(&snapshot, &applied.write.transfers) {
                 // A bug, never a client's doing: refuse the whole batch rather than
@@ -431,6 +432,9 @@ impl Writer {
         if self.ledger.accounts.len() > self.config.cache_accounts_max {
             let system: HashSet<&LedgerAccountId> = self.system.iter().collect();
             self.ledger.accounts.retain(|id, _| system.contains(id));
+        }
+        if self.ledger.originals.len() > self.config.cache_accounts_max {
+            self.ledger.originals.clear();
         }
         Ok(())
     }
@@ -490,8 +494,8 @@ impl Writer {
         Applied { write, outcomes, refusals }
     }
 
-    /// Loads what the batch needs and the cache lacks: regions and accounts
-    /// (with their usage).
+    /// Loads what the batch needs and the cache lacks: regions, accounts
+    /// (with their usage) and the transfers to be reversed.
     async fn prepare(&mut self, connection: &mut WriterStore, batch: &[WriteRequest]) -> Result<(), StoreError> {
         if self.regions_loaded.elapsed() >= REGIONS_RELOAD_EVERY {
             self.ledger.regions = connection.regions().await?;
@@ -505,6 +509,17 @@ impl Writer {
             .into_iter()
             .map(str::to_owned)
             .collect();
+        let originals: Vec<String> = batch
+            .iter()
+            .filter_map(|r| r.command.original())
+            .filter(|id| !self.ledger.originals.contains_key(*id))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if !originals.is_empty() {
+            self.ledger.originals.extend(connection.originals(&originals).await?);
+        }
         if !missing.is_empty() {
             for account in connection.accounts(&missing).await? {
                 // A system account made after the writer started (a new

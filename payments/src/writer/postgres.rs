@@ -8,12 +8,12 @@ use std::sync::LazyLock;
 
 use sqlx::PgConnection;
 
-use crate::ledger::{LedgerAccount, LedgerAccountId};
+use crate::ledger::{LedgerAccount, LedgerAccountId, Reversible};
 use crate::region::{RegionCode, RegionRules};
 use crate::store::{
-    ACCOUNT_COLUMNS_SQL, AccountRow, BatchWrite, EXPIRE_KEYS_SQL, IdempotencyKey, REGION_COLUMNS_SQL, RegionRow,
-    StoredResponse, TRANSFER_COLUMNS, USAGE_COUNT_SQL, USAGE_UNCOUNTED_SQL, USAGE_ZERO_SQL, account_from_row,
-    region_from_row, usage_since,
+    ACCOUNT_COLUMNS_SQL, AccountRow, BatchWrite, EXPIRE_KEYS_SQL, IdempotencyKey, ORIGINAL_SQL, OriginalRow,
+    REGION_COLUMNS_SQL, RegionRow, StoredResponse, TRANSFER_COLUMNS, USAGE_COUNT_SQL, USAGE_UNCOUNTED_SQL,
+    USAGE_ZERO_SQL, account_from_row, original_from_row, region_from_row, usage_since,
 };
 
 /// Every region's rules.
@@ -31,6 +31,20 @@ pub async fn accounts(
     let sql = format!("{ACCOUNT_COLUMNS_SQL} WHERE id = ANY($1::text[])");
     let rows: Vec<AccountRow> = sqlx::query_as(&sql).bind(ids).fetch_all(&mut *connection).await?;
     Ok(rows.into_iter().filter_map(account_from_row).collect())
+}
+
+/// The transfers among `ids` that exist, with what has been reversed of them
+/// (reversals are few: a statement per transfer).
+pub async fn originals(
+    connection: &mut PgConnection,
+    ids: &[String],
+) -> Result<Vec<(String, Reversible)>, sqlx::Error> {
+    let mut found = Vec::new();
+    for id in ids {
+        let row: Option<OriginalRow> = sqlx::query_as(ORIGINAL_SQL).bind(id).fetch_optional(&mut *connection).await?;
+        found.extend(row.and_then(original_from_row));
+    }
+    Ok(found)
 }
 
 /// Every system account (settlement, fee revenue, adjustments).
@@ -114,10 +128,10 @@ pub const KEYS_TAKEN_SQLSTATE: &str = "CLKEY";
 /// The whole batch is one statement, run on its own (its implicit
 /// transaction is the batch's: one round trip, no BEGIN or COMMIT, durable
 /// when it returns). Each table's rows travel column by column, one array a
-/// column (`$1`–`$15` transfers, `$16`–`$25` accounts, `$26`–`$30` keys, `$31`
+/// column (`$1`–`$15` transfers, `$16`–`$28` accounts, `$29`–`$33` keys, `$34`
 /// the keys' time), in PostgreSQL's binary format: the text never changes, it
 /// is prepared once per connection, and nothing is parsed on the server. It
-/// checks the rows it wrote per table against `$32`, `$33` and `$34` and
+/// checks the rows it wrote per table against `$35`, `$36` and `$37` and
 /// fails, rolling everything back, when they differ (migration 8's
 /// `ledger_batch_refused`). Keys are inserted without being looked up first:
 /// a key stored before makes the insert skip its row, and the statement
@@ -135,24 +149,25 @@ WITH moved AS ( \
 ), changed AS ( \
   UPDATE ledger_accounts AS a SET balance = c.balance, frozen = c.frozen, last_transfer = c.last_transfer, \
     usage_day_start = c.usage_day_start, usage_day = c.usage_day, usage_month_start = c.usage_month_start, \
-    usage_month = c.usage_month, usage_night_start = c.usage_night_start, usage_night = c.usage_night \
+    usage_month = c.usage_month, usage_night_start = c.usage_night_start, usage_night = c.usage_night, \
+    frozen_reason = c.frozen_reason, frozen_by = c.frozen_by, frozen_at = c.frozen_at \
   FROM UNNEST($16::text[], $17::int8[], $18::int8[], $19::text[], $20::int8[], $21::int8[], $22::int8[], \
-    $23::int8[], $24::int8[], $25::int8[]) \
+    $23::int8[], $24::int8[], $25::int8[], $26::text[], $27::text[], $28::int8[]) \
     AS c (id, balance, frozen, last_transfer, usage_day_start, usage_day, usage_month_start, usage_month, \
-      usage_night_start, usage_night) \
+      usage_night_start, usage_night, frozen_reason, frozen_by, frozen_at) \
   WHERE a.id = c.id \
   RETURNING 1 \
 ), keyed AS ( \
   INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) \
-  SELECT scope, key, fingerprint, status, body, $31 \
-  FROM UNNEST($26::text[], $27::text[], $28::text[], $29::int8[], $30::text[]) AS k (scope, key, fingerprint, status, body) \
+  SELECT scope, key, fingerprint, status, body, $34 \
+  FROM UNNEST($29::text[], $30::text[], $31::text[], $32::int8[], $33::text[]) AS k (scope, key, fingerprint, status, body) \
   ON CONFLICT (key, scope) DO NOTHING \
   RETURNING 1 \
 ), counted AS ( \
   SELECT (SELECT COUNT(*) FROM moved) AS moved, (SELECT COUNT(*) FROM changed) AS changed, \
     (SELECT COUNT(*) FROM keyed) AS keyed \
-) SELECT CASE WHEN moved = $32 AND changed = $33 AND keyed = $34 THEN moved \
-  WHEN moved = $32 AND changed = $33 AND keyed < $34 \
+) SELECT CASE WHEN moved = $35 AND changed = $36 AND keyed = $37 THEN moved \
+  WHEN moved = $35 AND changed = $36 AND keyed < $37 \
     THEN ledger_batch_refused('{KEYS_TAKEN_SQLSTATE}', 'an idempotency key of the batch is taken') \
   ELSE ledger_batch_refused('CLROW', \
     'the batch wrote ' || moved || ' transfers, ' || changed || ' accounts, ' || keyed || ' keys') \
@@ -184,7 +199,7 @@ pub async fn commit(connection: &mut PgConnection, batch: &BatchWrite, now_ms: i
         .bind(column(t, |t| t.credit_prev.as_deref()))
         .bind(column(a, |a| a.id.as_str()))
         .bind(column(a, |a| a.balance_minor))
-        .bind(column(a, |a| i64::from(a.frozen)))
+        .bind(column(a, |a| i64::from(a.frozen.is_some())))
         .bind(column(a, |a| a.last_transfer.as_deref()))
         .bind(column(a, |a| a.usage.day_start_ms))
         .bind(column(a, |a| a.usage.day_minor))
@@ -192,6 +207,9 @@ pub async fn commit(connection: &mut PgConnection, batch: &BatchWrite, now_ms: i
         .bind(column(a, |a| a.usage.month_minor))
         .bind(column(a, |a| a.usage.night_start_ms))
         .bind(column(a, |a| a.usage.night_minor))
+        .bind(column(a, |a| a.frozen.as_ref().map(|f| f.reason.as_str())))
+        .bind(column(a, |a| a.frozen.as_ref().map(|f| f.by.as_str())))
+        .bind(column(a, |a| a.frozen.as_ref().map(|f| f.at_ms)))
         .bind(column(k, |(key, _, _)| key.scope.as_str()))
         .bind(column(k, |(key, _, _)| key.key.as_str()))
         .bind(column(k, |(_, fingerprint, _)| fingerprint.as_str()))

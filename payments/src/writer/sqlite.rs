@@ -10,12 +10,12 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::store::StoreError;
-use crate::ledger::{LedgerAccount, LedgerAccountId};
+use crate::ledger::{LedgerAccount, LedgerAccountId, Reversible};
 use crate::region::{RegionCode, RegionRules};
 use crate::store::{
     self, ACCOUNT_COLUMNS_SQL, AccountRow, BatchWrite, EXPIRE_KEYS_SQL, IDEMPOTENT_RESPONSE_SQL, IdempotencyKey,
-    REGION_COLUMNS_SQL, RegionRow, StoredResponse, TRANSFER_COLUMNS, USAGE_COUNT_SQL, USAGE_UNCOUNTED_SQL,
-    USAGE_ZERO_SQL,
+    ORIGINAL_SQL, OriginalRow, REGION_COLUMNS_SQL, RegionRow, StoredResponse, TRANSFER_COLUMNS, USAGE_COUNT_SQL,
+    USAGE_UNCOUNTED_SQL, USAGE_ZERO_SQL,
 };
 
 // SQLite reads `$1` as a named parameter, numbered by first appearance: the
@@ -24,7 +24,8 @@ use crate::store::{
 // too. The writer's own texts number theirs (`?N`).
 const UPDATE_ACCOUNT_SQL: &str = "\
 UPDATE ledger_accounts SET balance = ?2, frozen = ?3, last_transfer = ?4, usage_day_start = ?5, usage_day = ?6, \
-  usage_month_start = ?7, usage_month = ?8, usage_night_start = ?9, usage_night = ?10 WHERE id = ?1";
+  usage_month_start = ?7, usage_month = ?8, usage_night_start = ?9, usage_night = ?10, frozen_reason = ?11, \
+  frozen_by = ?12, frozen_at = ?13 WHERE id = ?1";
 
 const INSERT_KEY_SQL: &str = "\
 INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -99,6 +100,19 @@ impl SqliteWriter {
         for id in ids {
             if let Some(row) = statement.query_row([id], |row| AccountRow::try_from(row)).optional()? {
                 found.extend(store::account_from_row(row));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The transfers among `ids` that exist, with what has been reversed of
+    /// them.
+    pub fn originals(&self, ids: &[String]) -> rusqlite::Result<Vec<(String, Reversible)>> {
+        let mut statement = self.connection.prepare_cached(ORIGINAL_SQL)?;
+        let mut found = Vec::new();
+        for id in ids {
+            if let Some(row) = statement.query_row([id], |row| OriginalRow::try_from(row)).optional()? {
+                found.extend(store::original_from_row(row));
             }
         }
         Ok(found)
@@ -179,7 +193,7 @@ impl SqliteWriter {
                 let changed = update.execute(params![
                     a.id,
                     a.balance_minor,
-                    i64::from(a.frozen),
+                    i64::from(a.frozen.is_some()),
                     a.last_transfer,
                     a.usage.day_start_ms,
                     a.usage.day_minor,
@@ -187,6 +201,9 @@ impl SqliteWriter {
                     a.usage.month_minor,
                     a.usage.night_start_ms,
                     a.usage.night_minor,
+                    a.frozen.as_ref().map(|f| &f.reason),
+                    a.frozen.as_ref().map(|f| &f.by),
+                    a.frozen.as_ref().map(|f| f.at_ms),
                 ])?;
                 if changed != 1 {
                     // Returning drops the transaction: the batch rolls back.

@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 
 use super::postgres;
 pub use super::sqlite::SqliteWriter;
-use crate::ledger::{LedgerAccount, LedgerAccountId};
+use crate::ledger::{LedgerAccount, LedgerAccountId, Reversible};
 use crate::region::{RegionCode, RegionRules};
 use crate::store::{BatchWrite, IdempotencyKey, StoredResponse};
 
@@ -88,6 +88,14 @@ impl WriterStore {
         match self {
             WriterStore::Postgres(connection) => Ok(postgres::accounts(connection, ids).await?),
             WriterStore::Sqlite(sqlite) => Ok(sqlite.accounts(ids)?),
+        }
+    }
+
+    /// The transfers among `ids` that exist, with what has been reversed of them.
+    pub async fn originals(&mut self, ids: &[String]) -> Result<Vec<(String, Reversible)>, StoreError> {
+        match self {
+            WriterStore::Postgres(connection) => Ok(postgres::originals(connection, ids).await?),
+            WriterStore::Sqlite(sqlite) => Ok(sqlite.originals(ids)?),
         }
     }
 

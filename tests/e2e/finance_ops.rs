@@ -1,0 +1,424 @@
+//! Finance ops end to end, on both databases: reversals (whole, in parts,
+//! with the fee refunded in proportion, and every refusal changing
+//! nothing), transfer search with its filters and cursor, and the account
+//! view with its freeze.
+
+use crate::support;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::{Db, Server, Session, error_code};
+
+const ALICE: &str = "+79161234567";
+const BOB: &str = "+79167654321";
+const CAROL: &str = "+79160001122";
+const BRUNO: &str = "+5511912345678";
+
+struct Desk {
+    server: Server,
+    admin: String,
+    alice: Session,
+    bob: Session,
+}
+
+fn key() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+impl Desk {
+    async fn open(db: Db) -> Desk {
+        let server = Server::start(db).await;
+        let admin = server.bootstrap_admin();
+        let alice = server.sign_in(ALICE, "phone").await;
+        let bob = server.sign_in(BOB, "phone").await;
+        Desk { server, admin, alice, bob }
+    }
+
+    async fn deposit(&self, account_id: &str, amount: &str, currency: &str) -> Value {
+        let body = json!({"account_id": account_id, "amount": amount, "currency": currency, "external_ref": "rail-1"});
+        let (status, body, _) = self.server.post_keyed("/admin/v1/deposits", &self.admin, &key(), body).await;
+        assert_eq!(status, 201, "{body}\n{}", self.server.log());
+        body
+    }
+
+    async fn send(&self, from: &Session, to: &Session, amount: &str) -> Value {
+        let body = json!({"to": {"account_id": to.account_id}, "amount": amount, "currency": "RUB"});
+        let (status, body, _) = self.server.post_keyed("/v1/transfers", &from.access_token, &key(), body).await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    async fn balance(&self, session: &Session) -> String {
+        let (status, wallet) = self.server.get("/v1/wallet", Some(&session.access_token)).await;
+        assert_eq!(status, 200, "{wallet}");
+        wallet["balance"].as_str().unwrap().to_owned()
+    }
+
+    async fn reverse(&self, transfer: &str, key: &str, body: Value) -> (u16, Value, String) {
+        self.server.post_keyed(&format!("/admin/v1/transfers/{transfer}/reverse"), &self.admin, key, body).await
+    }
+
+    async fn search(&self, query: &str) -> (u16, Value) {
+        self.server.get(&format!("/admin/v1/transfers?{query}"), Some(&self.admin)).await
+    }
+
+    /// Every balance, the whole transfer list and the reconciliation verdict.
+    async fn state(&self) -> Value {
+        let (status, reconciliation) = self.server.get("/admin/v1/reconciliation", Some(&self.admin)).await;
+        assert_eq!(status, 200);
+        assert_eq!(reconciliation["balanced"], true, "{reconciliation}");
+        let (status, all) = self.search("limit=200&kind=reversal").await;
+        assert_eq!(status, 200, "{all}");
+        let (_, everything) = self.search("limit=200").await;
+        json!({
+            "alice": self.balance(&self.alice).await,
+            "bob": self.balance(&self.bob).await,
+            "reversals": all,
+            "transfers": everything,
+            "trial": reconciliation["trial_balance"],
+        })
+    }
+
+    /// A reversal refused with `status` and `code`, changing nothing.
+    async fn refused(&self, transfer: &str, body: Value, status: u16, code: &str) {
+        let before = self.state().await;
+        let (got, response, _) = self.reverse(transfer, &key(), body.clone()).await;
+        assert_eq!((got, error_code(&response)), (status, code), "{body} → {response}");
+        assert_eq!(self.state().await, before, "{code} changed the ledger");
+    }
+}
+
+async fn a_transfer_is_reversed_in_parts_with_its_fee_then_no_more(db: Db) {
+    let d = Desk::open(db).await;
+    // Every RU transfer pays 0.5 % from the first kopeck.
+    d.server.sql("UPDATE regions SET fee_free_monthly = 0 WHERE code = 'RU'").await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    d.deposit(&d.alice.account_id, "20000.00", "RUB").await;
+    let sent = d.send(&d.alice, &d.bob, "1000.00").await;
+    assert_eq!(sent["fee"], "5.00");
+    let original = sent["transfer_id"].as_str().unwrap().to_owned();
+
+    let first_key = key();
+    let (status, first, first_text) =
+        d.reverse(&original, &first_key, json!({"reason": "claim 17: sent by mistake", "amount": "400.00"})).await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(
+        (&first["kind"], &first["reverses"], &first["amount"], &first["fee"], &first["from"], &first["to"]),
+        (
+            &json!("reversal"),
+            &json!(original),
+            &json!("400.00"),
+            &json!("2.00"),
+            &json!(d.bob.account_id),
+            &json!(d.alice.account_id)
+        )
+    );
+    assert_eq!(first["note"], "claim 17: sent by mistake");
+    assert_eq!((d.balance(&d.alice).await, d.balance(&d.bob).await), ("19397.00".into(), "600.00".into()));
+
+    // A retry answers the very same, and moves nothing more.
+    let (status, _, replay) =
+        d.reverse(&original, &first_key, json!({"reason": "claim 17: sent by mistake", "amount": "400.00"})).await;
+    assert_eq!((status, replay), (201, first_text));
+    let (status, body, _) = d.reverse(&original, &first_key, json!({"reason": "other", "amount": "400.00"})).await;
+    assert_eq!((status, error_code(&body)), (422, "idempotency_key_reused"));
+
+    d.refused(&original, json!({"reason": "too much", "amount": "600.01"}), 409, "already_reversed").await;
+    let (status, rest, _) = d.reverse(&original, &key(), json!({"reason": "the rest"})).await;
+    assert_eq!((status, &rest["amount"], &rest["fee"]), (201, &json!("600.00"), &json!("3.00")), "{rest}");
+    assert_eq!((d.balance(&d.alice).await, d.balance(&d.bob).await), ("20000.00".into(), "0.00".into()));
+    d.refused(&original, json!({"reason": "again"}), 409, "already_reversed").await;
+    d.refused(&original, json!({"reason": "again", "amount": "0.01"}), 409, "already_reversed").await;
+
+    // Fees go back with their transfer; a reversal is final.
+    let (status, fees) = d.search("kind=fee").await;
+    assert_eq!(status, 200);
+    let fee = fees["items"][0]["transfer_id"].as_str().unwrap().to_owned();
+    d.refused(&fee, json!({"reason": "a fee"}), 409, "not_reversible").await;
+    d.refused(rest["transfer_id"].as_str().unwrap(), json!({"reason": "undo"}), 409, "not_reversible").await;
+    d.refused(&key(), json!({"reason": "nothing"}), 404, "not_found").await;
+    d.refused("not-a-transfer", json!({"reason": "nothing"}), 404, "not_found").await;
+
+    // The recipient spent it: the operator holds or adjusts instead.
+    let carol = d.server.sign_in(CAROL, "phone").await;
+    let gift = d.send(&d.alice, &d.bob, "100.00").await;
+    d.send(&d.bob, &carol, "99.00").await;
+    let gift = gift["transfer_id"].as_str().unwrap();
+    d.refused(gift, json!({"reason": "spent"}), 409, "insufficient_funds").await;
+
+    // Malformed and unprocessable requests.
+    d.refused(gift, json!({"reason": "x", "amount": "1,00"}), 400, "invalid_amount").await;
+    d.refused(gift, json!({"reason": "x", "amount": "0.001"}), 422, "invalid_amount").await;
+    d.refused(gift, json!({"reason": "x", "amount": "0"}), 422, "invalid_amount").await;
+    d.refused(gift, json!({"reason": "   "}), 422, "invalid_request").await;
+    d.refused(gift, json!({"reason": "x", "extra": 1}), 400, "invalid_request").await;
+    d.refused(gift, json!({}), 400, "invalid_request").await;
+    let before = d.state().await;
+    let (status, body, _) = d.reverse(gift, "", json!({"reason": "x"})).await;
+    assert_eq!((status, error_code(&body)), (400, "idempotency_key_required"));
+    let (status, viewer) =
+        d.server.post("/admin/v1/operators", Some(&d.admin), json!({"name": "Vera", "role": "viewer"})).await;
+    assert_eq!(status, 201);
+    let path = format!("/admin/v1/transfers/{gift}/reverse");
+    let viewer_key = viewer["api_key"].as_str().unwrap();
+    let (status, body, _) = d.server.post_keyed(&path, viewer_key, &key(), json!({"reason": "x"})).await;
+    assert_eq!((status, error_code(&body)), (403, "forbidden"));
+    let (status, body, _) = d.server.post_keyed(&path, &d.alice.access_token, &key(), json!({"reason": "x"})).await;
+    assert_eq!((status, error_code(&body)), (401, "unauthenticated"));
+    assert_eq!(d.state().await, before);
+    d.server.finish().await;
+}
+
+async fn deposits_and_withdrawals_are_reversed_even_on_frozen_wallets(db: Db) {
+    let d = Desk::open(db).await;
+    let deposit = d.deposit(&d.bob.account_id, "50.00", "RUB").await;
+    let body = json!({"account_id": d.bob.account_id, "amount": "20.00", "currency": "RUB", "external_ref": "out-1"});
+    let (status, withdrawal, _) = d.server.post_keyed("/admin/v1/withdrawals", &d.admin, &key(), body).await;
+    assert_eq!(status, 201, "{withdrawal}");
+    let path = format!("/admin/v1/accounts/{}/freeze", d.bob.account_id);
+    let (status, _) = d.server.post(&path, Some(&d.admin), json!({"reason": "claim 18"})).await;
+    assert_eq!(status, 200);
+    // The withdrawal never left: the money comes back from settlement.
+    let (status, back, _) =
+        d.reverse(withdrawal["transfer_id"].as_str().unwrap(), &key(), json!({"reason": "bounced"})).await;
+    assert_eq!((status, &back["from"], &back["amount"]), (201, &json!("sys:RU:settlement"), &json!("20.00")), "{back}");
+    assert_eq!(d.balance(&d.bob).await, "50.00");
+    let (status, undone, _) = d
+        .reverse(
+            deposit["transfer_id"].as_str().unwrap(),
+            &key(),
+            json!({"reason": "rail recalled it", "amount": "30.00"}),
+        )
+        .await;
+    assert_eq!((status, &undone["to"], &undone["fee"]), (201, &json!("sys:RU:settlement"), &json!("0.00")), "{undone}");
+    assert_eq!(d.balance(&d.bob).await, "20.00");
+    d.state().await;
+    d.server.finish().await;
+}
+
+async fn operators_search_transfers_by_every_filter_with_a_cursor(db: Db) {
+    let d = Desk::open(db).await;
+    let bruno = d.server.sign_in(BRUNO, "phone").await;
+    d.deposit(&d.alice.account_id, "500.00", "RUB").await;
+    d.deposit(&bruno.account_id, "70.00", "BRL").await;
+    // Times are kept to the millisecond: the range starts and ends well
+    // clear of the transfers outside it.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let start = jiff::Timestamp::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let mut p2p = Vec::new();
+    for amount in ["1.00", "2.00", "3.00"] {
+        p2p.push(d.send(&d.alice, &d.bob, amount).await["transfer_id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let end = jiff::Timestamp::now();
+    d.deposit(&d.bob.account_id, "9.00", "RUB").await;
+
+    let ids = |page: &Value| -> Vec<String> {
+        page["items"].as_array().unwrap().iter().map(|t| t["transfer_id"].as_str().unwrap().to_owned()).collect()
+    };
+    let (status, all) = d.search("").await;
+    assert_eq!(status, 200, "{all}");
+    let all_ids = ids(&all);
+    assert_eq!(all_ids.len(), 6, "{all}");
+    let mut sorted = all_ids.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(all_ids, sorted, "newest first");
+    assert_eq!(all["items"][0]["initiator"].as_str().map(str::len), Some(36), "{all}");
+
+    let (_, brazil) = d.search("region=BR").await;
+    assert_eq!(brazil["items"].as_array().unwrap().len(), 1, "{brazil}");
+    assert_eq!((&brazil["items"][0]["region"], &brazil["items"][0]["currency"]), (&json!("BR"), &json!("BRL")));
+    let (_, deposits) = d.search("kind=deposit").await;
+    assert_eq!(deposits["items"].as_array().unwrap().len(), 3, "{deposits}");
+    let (_, ru_deposits) = d.search("kind=deposit&region=RU").await;
+    assert_eq!(ru_deposits["items"].as_array().unwrap().len(), 2, "{ru_deposits}");
+    let (_, alice) = d.search(&format!("account={}", d.alice.account_id)).await;
+    assert_eq!(ids(&alice).len(), 4, "{alice}");
+    let (_, alice_p2p) = d.search(&format!("account={}&kind=p2p", d.alice.account_id)).await;
+    let mut expected = p2p.clone();
+    expected.reverse();
+    assert_eq!(ids(&alice_p2p), expected);
+    let range = format!("from={start}&to={end}");
+    let (status, in_range) = d.search(&range).await;
+    assert_eq!((status, ids(&in_range)), (200, expected.clone()), "{in_range}");
+    let (_, alice_in_range) = d.search(&format!("{range}&account={}", d.alice.account_id)).await;
+    assert_eq!(ids(&alice_in_range), expected);
+
+    // Page by page, every transfer once.
+    let mut seen = Vec::new();
+    let mut query = "limit=2".to_owned();
+    loop {
+        let (status, page) = d.search(&query).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => query = format!("limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, all_ids);
+    let mut seen = Vec::new();
+    let mut query = format!("limit=1&account={}", d.alice.account_id);
+    loop {
+        let (_, page) = d.search(&query).await;
+        seen.extend(ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => query = format!("limit=1&account={}&cursor={cursor}", d.alice.account_id),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids(&alice));
+
+    let (status, body) = d.search(&format!("from={end}&to={start}")).await;
+    assert_eq!((status, error_code(&body)), (400, "invalid_range"));
+    for bad in ["kind=gift", "from=yesterday", "region=US", "account=nobody", "limit=0", "colour=red"] {
+        let (status, body) = d.search(bad).await;
+        assert_eq!((status, error_code(&body)), (400, "invalid_request"), "{bad}: {body}");
+    }
+    let (status, body) = d.search("cursor=bm90LWEtdXVpZA").await;
+    assert_eq!((status, error_code(&body)), (422, "invalid_cursor"));
+    let (status, body) = d.server.get("/admin/v1/transfers", Some(&d.alice.access_token)).await;
+    assert_eq!((status, error_code(&body)), (401, "unauthenticated"));
+    d.server.finish().await;
+}
+
+async fn the_account_view_shows_the_balance_history_and_freeze(db: Db) {
+    let d = Desk::open(db).await;
+    d.deposit(&d.alice.account_id, "500.00", "RUB").await;
+    d.send(&d.alice, &d.bob, "120.00").await;
+    let path = format!("/admin/v1/accounts/{}", d.alice.account_id);
+    let (status, view) = d.server.get(&path, Some(&d.admin)).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        (&view["balance"], &view["status"], &view["freeze"], &view["region"], &view["currency"]),
+        (&json!("380.00"), &json!("active"), &Value::Null, &json!("RU"), &json!("RUB"))
+    );
+    let kinds: Vec<&str> = view["recent"].as_array().unwrap().iter().map(|t| t["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["p2p", "deposit"]);
+
+    let (_, operators) = d.server.get("/admin/v1/operators", Some(&d.admin)).await;
+    let admin_id = operators["items"][0]["operator_id"].clone();
+    let (status, _) = d
+        .server
+        .call(
+            Method::POST,
+            &format!("{path}/freeze"),
+            Some(&d.admin),
+            Some(json!({"reason": "claim 19: fraud report"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, view) = d.server.get(&path, Some(&d.admin)).await;
+    assert_eq!(
+        (&view["status"], &view["freeze"]["reason"], &view["freeze"]["by"]),
+        (&json!("frozen"), &json!("claim 19: fraud report"), &admin_id)
+    );
+    let at: jiff::Timestamp = view["freeze"]["at"].as_str().unwrap().parse().unwrap();
+    assert!((jiff::Timestamp::now() - at).get_seconds().abs() < 60, "{view}");
+    let (status, body) =
+        d.server.call(Method::POST, &format!("{path}/freeze"), Some(&d.admin), Some(json!({"reason": "again"}))).await;
+    assert_eq!((status, error_code(&body)), (409, "already_frozen"));
+    let (_, again) = d.server.get(&path, Some(&d.admin)).await;
+    assert_eq!(again["freeze"], view["freeze"], "a refused freeze keeps the first one's reason");
+    let (status, _) = d
+        .server
+        .call(Method::POST, &format!("{path}/unfreeze"), Some(&d.admin), Some(json!({"reason": "cleared"})))
+        .await;
+    assert_eq!(status, 200);
+    let (_, view) = d.server.get(&path, Some(&d.admin)).await;
+    assert_eq!((&view["status"], &view["freeze"]), (&json!("active"), &Value::Null));
+
+    let (status, body) = d.server.get(&format!("/admin/v1/accounts/{}", key()), Some(&d.admin)).await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"));
+    let (status, body) = d.server.get(&path, Some(&d.alice.access_token)).await;
+    assert_eq!((status, error_code(&body)), (401, "unauthenticated"));
+    d.server.finish().await;
+}
+
+/// `courier admin …` as an operator runs it: JSON for scripts, tables for
+/// people, and errors that say what to do.
+fn admin(d: &Desk, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(support::courier_bin())
+        .arg("admin")
+        .args(args)
+        .args(["--url", &d.server.url])
+        .env("COURIER_ADMIN_KEY", &d.admin)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn admin_json(d: &Desk, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (ok, stdout, stderr) = admin(d, &all);
+    assert!(ok, "courier admin {args:?}: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("not JSON: {stdout}"))
+}
+
+async fn the_admin_cli_moves_searches_reverses_and_freezes(db: Db) {
+    let d = Desk::open(db).await;
+    let alice = d.alice.account_id.as_str();
+    let deposit =
+        admin_json(&d, &["deposit", "--account", alice, "--amount", "300.00", "--currency", "RUB", "--ref", "sbp-1"]);
+    assert_eq!((&deposit["kind"], &deposit["amount"]), (&json!("deposit"), &json!("300.00")), "{deposit}");
+    let sent = d.send(&d.alice, &d.bob, "100.00").await;
+    let sent_id = sent["transfer_id"].as_str().unwrap();
+
+    let found = admin_json(&d, &["search", "--account", alice, "--kind", "p2p"]);
+    assert_eq!(found.as_array().map(Vec::len), Some(1), "{found}");
+    assert_eq!(found[0]["transfer_id"], sent["transfer_id"]);
+    let (ok, table, _) = admin(&d, &["search", "--account", alice]);
+    assert!(ok && table.starts_with("TRANSFER_ID") && table.contains(sent_id) && table.contains("deposit"), "{table}");
+
+    let reversal = admin_json(
+        &d,
+        &["reverse", sent_id, "--reason", "claim 20", "--amount", "40.00", "--idempotency-key", "claim-20"],
+    );
+    assert_eq!((&reversal["kind"], &reversal["amount"]), (&json!("reversal"), &json!("40.00")), "{reversal}");
+    let again = admin_json(
+        &d,
+        &["reverse", sent_id, "--reason", "claim 20", "--amount", "40.00", "--idempotency-key", "claim-20"],
+    );
+    assert_eq!(again, reversal, "a retry with the key applies once");
+    let (ok, _, stderr) = admin(&d, &["reverse", sent_id, "--reason", "too much", "--amount", "70.00"]);
+    assert!(!ok && stderr.contains("already_reversed (409)") && stderr.contains("--idempotency-key"), "{stderr}");
+
+    let frozen = admin_json(&d, &["freeze", alice, "--reason", "claim 21"]);
+    assert_eq!(frozen["status"], "frozen");
+    let view = admin_json(&d, &["account", alice]);
+    assert_eq!((&view["balance"], &view["freeze"]["reason"]), (&json!("240.00"), &json!("claim 21")), "{view}");
+    let (ok, table, _) = admin(&d, &["account", alice]);
+    assert!(ok && table.contains("frozen_reason") && table.contains("claim 21"), "{table}");
+    let (ok, _, stderr) = admin(&d, &["freeze", alice, "--reason", "twice"]);
+    assert!(!ok && stderr.contains("already_frozen"), "{stderr}");
+    admin_json(&d, &["unfreeze", alice, "--reason", "cleared"]);
+    let body =
+        admin_json(&d, &["withdraw", "--account", alice, "--amount", "40.00", "--currency", "RUB", "--ref", "out-2"]);
+    assert_eq!(body["kind"], "withdrawal");
+    let report = admin_json(&d, &["reconcile"]);
+    assert_eq!(report["balanced"], true, "{report}");
+    let (ok, table, _) = admin(&d, &["reconcile"]);
+    assert!(ok && table.contains("balanced: true"), "{table}");
+
+    let output = std::process::Command::new(support::courier_bin())
+        .args(["admin", "search", "--url", &d.server.url])
+        .env_remove("COURIER_ADMIN_KEY")
+        .output()
+        .unwrap();
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("COURIER_ADMIN_KEY"));
+    d.server.finish().await;
+}
+
+on_both_databases!(
+    the_admin_cli_moves_searches_reverses_and_freezes,
+    a_transfer_is_reversed_in_parts_with_its_fee_then_no_more,
+    deposits_and_withdrawals_are_reversed_even_on_frozen_wallets,
+    operators_search_transfers_by_every_filter_with_a_cursor,
+    the_account_view_shows_the_balance_history_and_freeze,
+);

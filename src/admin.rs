@@ -98,6 +98,135 @@ enum AdminCommand {
     },
     /// Trial balance and stored-versus-computed balances.
     Reconcile,
+    /// Regions' rules (admin).
+    #[command(subcommand)]
+    Regions(RegionsCommand),
+}
+
+#[derive(Subcommand)]
+enum RegionsCommand {
+    /// Every region's rules.
+    Show,
+    /// Change a region's rules; the next transfer obeys them.
+    Set {
+        /// RU or BR.
+        code: String,
+        /// Take P2P transfers (true) or pause them (false).
+        #[arg(long)]
+        enabled: Option<bool>,
+        #[arg(long)]
+        per_transfer_max: Option<String>,
+        #[arg(long)]
+        daily_max: Option<String>,
+        #[arg(long)]
+        monthly_max: Option<String>,
+        /// An amount, or `none` for no night limit.
+        #[arg(long)]
+        night_max: Option<String>,
+        #[arg(long)]
+        night_start_hour: Option<u8>,
+        #[arg(long)]
+        night_end_hour: Option<u8>,
+        /// `FREE_MONTHLY,RATE,CAP` (e.g. `100000.00,0.005,1500.00`), or `none` for free transfers.
+        #[arg(long)]
+        fee: Option<String>,
+    },
+}
+
+const REGION_COLUMNS: [&str; 9] = [
+    "code",
+    "enabled",
+    "currency",
+    "per_transfer_max",
+    "daily_max",
+    "monthly_max",
+    "night_max",
+    "night_start_hour",
+    "night_end_hour",
+];
+
+/// Regions with their fee flattened into one column, for a table.
+fn region_rows(regions: &[Value]) -> Vec<Value> {
+    regions
+        .iter()
+        .map(|region| {
+            let mut row = region.clone();
+            row["fee"] = match &region["fee"] {
+                Value::Null => Value::String("none".into()),
+                fee => Value::String(format!(
+                    "{} free a month, then {} up to {}",
+                    fee["free_monthly"].as_str().unwrap_or(""),
+                    fee["rate"].as_str().unwrap_or(""),
+                    fee["cap"].as_str().unwrap_or("")
+                )),
+            };
+            row
+        })
+        .collect()
+}
+
+async fn manage_regions(command: RegionsCommand, client: &ApiClient, json: bool) -> Result<(), String> {
+    let regions = match command {
+        RegionsCommand::Show => client.send(reqwest::Method::GET, "/admin/v1/regions", None).await?,
+        RegionsCommand::Set {
+            code,
+            enabled,
+            per_transfer_max,
+            daily_max,
+            monthly_max,
+            night_max,
+            night_start_hour,
+            night_end_hour,
+            fee,
+        } => {
+            let mut patch = serde_json::Map::new();
+            if let Some(enabled) = enabled {
+                patch.insert("enabled".into(), Value::Bool(enabled));
+            }
+            for (name, value) in
+                [("per_transfer_max", per_transfer_max), ("daily_max", daily_max), ("monthly_max", monthly_max)]
+            {
+                if let Some(value) = value {
+                    patch.insert(name.into(), Value::String(value));
+                }
+            }
+            if let Some(night) = night_max {
+                let value = if night == "none" { Value::Null } else { Value::String(night) };
+                patch.insert("night_max".into(), value);
+            }
+            for (name, value) in [("night_start_hour", night_start_hour), ("night_end_hour", night_end_hour)] {
+                if let Some(hour) = value {
+                    patch.insert(name.into(), Value::from(hour));
+                }
+            }
+            if let Some(fee) = fee {
+                let value = if fee == "none" {
+                    Value::Null
+                } else {
+                    let parts: Vec<&str> = fee.split(',').map(str::trim).collect();
+                    let [free_monthly, rate, cap] = parts[..] else {
+                        return Err("--fee takes FREE_MONTHLY,RATE,CAP (e.g. 100000.00,0.005,1500.00) or none".into());
+                    };
+                    serde_json::json!({"free_monthly": free_monthly, "rate": rate, "cap": cap})
+                };
+                patch.insert("fee".into(), value);
+            }
+            if patch.is_empty() {
+                return Err("say what to change: --enabled, --daily-max, --fee, … (see --help)".into());
+            }
+            let path = format!("/admin/v1/regions/{}", code.to_uppercase());
+            Value::Array(vec![client.send(reqwest::Method::PATCH, &path, Some(Value::Object(patch))).await?])
+        }
+    };
+    if json {
+        println!("{regions}");
+    } else {
+        let rows = region_rows(regions.as_array().map(Vec::as_slice).unwrap_or_default());
+        let mut columns = REGION_COLUMNS.to_vec();
+        columns.push("fee");
+        print_table(&columns, &rows);
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -154,6 +283,9 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
     match args.command {
         AdminCommand::Bootstrap { name, force, data_dir, database_url } => {
             bootstrap(&name, force, &data_dir, database_url, args.json).await
+        }
+        AdminCommand::Regions(command) => {
+            manage_regions(command, &ApiClient::new(&args.url, args.admin_key)?, args.json).await
         }
         AdminCommand::Operators(command) => {
             manage_operators(command, &ApiClient::new(&args.url, args.admin_key)?, args.json).await
@@ -269,7 +401,9 @@ async fn money(command: AdminCommand, client: &ApiClient, json: bool) -> Result<
                 return Err("the ledger does not balance: see the accounts listed".into());
             }
         }
-        AdminCommand::Bootstrap { .. } | AdminCommand::Operators(_) => unreachable!("handled by run"),
+        AdminCommand::Bootstrap { .. } | AdminCommand::Operators(_) | AdminCommand::Regions(_) => {
+            unreachable!("handled by run")
+        }
     }
     Ok(())
 }

@@ -29,7 +29,7 @@ use crate::ledger::Command;
 use crate::money::{self, Currency, Money, format_minor};
 use crate::region::{RegionCode, RegionRules};
 use crate::store::{self, IdempotencyKey, StoredResponse};
-use crate::view::TransferView;
+use crate::view::{RegionView, TransferView};
 use crate::writer::{SubmitError, WriteOutcome, WriterHandle};
 
 pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 255;
@@ -204,13 +204,15 @@ pub fn app(payments: Payments) -> Router {
         .route("/admin/v1/transfers", get(search))
         .route("/admin/v1/transfers/{id}/reverse", post(reverse))
         .route("/admin/v1/accounts/{id}", get(account))
+        .route("/admin/v1/regions", get(regions))
+        .route("/admin/v1/regions/{code}", axum::routing::patch(patch_region))
         .with_state(payments)
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(wallet, send, transfers, transfer, deposit, withdrawal, freeze, unfreeze, reconciliation, search, reverse, account),
-    components(schemas(ErrorBody, TransferView, AdminTransferView, AccountView, FreezeView, Currency, RegionCode, WalletStatus)),
+    paths(wallet, send, transfers, transfer, deposit, withdrawal, freeze, unfreeze, reconciliation, search, reverse, account, regions, patch_region),
+    components(schemas(ErrorBody, TransferView, AdminTransferView, RegionView, crate::view::FeeView, RegionPatch, FeePatch, AccountView, FreezeView, Currency, RegionCode, WalletStatus)),
     tags((name = "payments", description = "Wallets and peer-to-peer transfers"),
          (name = "finance-ops", description = "Operators: money in and out, freezes, reconciliation"))
 )]
@@ -833,4 +835,159 @@ async fn account(
         }),
         recent: recent.iter().map(AdminTransferView::from).collect(),
     }))
+}
+
+/// Every region's rules.
+#[utoipa::path(get, path = "/admin/v1/regions", tag = "finance-ops", security(("operator" = [])),
+    responses((status = 200, body = Vec<RegionView>)))]
+async fn regions(
+    State(payments): State<Payments>,
+    _admin: Authorized<courier_accounts::operators::Admin>,
+) -> Result<axum::Json<Vec<RegionView>>, HttpError> {
+    let regions = store::regions(&payments.inner.db).await.map_err(PaymentsError::from)?;
+    Ok(axum::Json(regions.iter().map(RegionView::from).collect()))
+}
+
+/// A present field: `Some` of its value, `null` included (an absent field is
+/// `None` through `#[serde(default)]`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
+fn some_integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    courier_common::json::integer(deserializer).map(Some)
+}
+
+/// The fee rule: free while the month's P2P total stays within
+/// `free_monthly`, then `rate` of the part above, at most `cap` a transfer.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FeePatch {
+    #[schema(max_length = 32, pattern = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")]
+    free_monthly: String,
+    /// A fraction from 0 to 0.05 with up to 4 decimal places.
+    #[schema(pattern = r"^0(\.[0-9]{1,4})?$")]
+    rate: String,
+    #[schema(max_length = 32, pattern = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")]
+    cap: String,
+}
+
+/// What to change; every field is optional and the others stay.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegionPatch {
+    enabled: Option<bool>,
+    #[schema(max_length = 32, pattern = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")]
+    per_transfer_max: Option<String>,
+    #[schema(max_length = 32, pattern = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")]
+    daily_max: Option<String>,
+    #[schema(max_length = 32, pattern = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")]
+    monthly_max: Option<String>,
+    /// `null` removes the night limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, nullable = true, max_length = 32, pattern = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")]
+    night_max: Option<Option<String>>,
+    #[serde(default, deserialize_with = "some_integer")]
+    #[schema(minimum = 0, maximum = 23)]
+    night_start_hour: Option<i64>,
+    #[serde(default, deserialize_with = "some_integer")]
+    #[schema(minimum = 0, maximum = 23)]
+    night_end_hour: Option<i64>,
+    /// `null`: P2P transfers are free.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<FeePatch>, nullable = true)]
+    fee: Option<Option<FeePatch>>,
+}
+
+fn invalid_rules(message: impl Into<String>) -> HttpError {
+    HttpError::new(StatusCode::BAD_REQUEST, "invalid_region_rules", message)
+}
+
+impl RegionPatch {
+    /// `rules` with this patch applied and validated.
+    fn apply(self, mut rules: RegionRules) -> Result<RegionRules, HttpError> {
+        let currency = rules.currency;
+        let amount = |name: &str, text: &str| {
+            money::parse_minor(text, currency, false).map_err(|error| invalid_rules(format!("{name}: {error}")))
+        };
+        if let Some(enabled) = self.enabled {
+            rules.enabled = enabled;
+        }
+        if let Some(text) = &self.per_transfer_max {
+            rules.per_transfer_max_minor = amount("per_transfer_max", text)?;
+        }
+        if let Some(text) = &self.daily_max {
+            rules.daily_max_minor = amount("daily_max", text)?;
+        }
+        if let Some(text) = &self.monthly_max {
+            rules.monthly_max_minor = amount("monthly_max", text)?;
+        }
+        if let Some(night) = &self.night_max {
+            rules.night_max_minor = night.as_deref().map(|text| amount("night_max", text)).transpose()?;
+        }
+        let hour = |name: &str, value: i64| {
+            i8::try_from(value)
+                .ok()
+                .filter(|hour| (0..=23).contains(hour))
+                .ok_or_else(|| HttpError::invalid_request(format!("{name} must be an hour from 0 to 23")))
+        };
+        if let Some(start) = self.night_start_hour {
+            rules.night_start_hour = hour("night_start_hour", start)?;
+        }
+        if let Some(end) = self.night_end_hour {
+            rules.night_end_hour = hour("night_end_hour", end)?;
+        }
+        if let Some(fee) = self.fee {
+            rules.fee = match fee {
+                None => crate::region::FeeRule::None,
+                Some(fee) => crate::region::FeeRule::FreeMonthlyThenRate {
+                    free_monthly_minor: amount("fee.free_monthly", &fee.free_monthly)?,
+                    rate_bp: rate_bp(&fee.rate).ok_or_else(|| {
+                        invalid_rules("fee.rate must be a fraction from 0 to 0.05 with at most 4 decimal places")
+                    })?,
+                    cap_minor: amount("fee.cap", &fee.cap)?,
+                },
+            };
+        }
+        rules.validate().map_err(|error| invalid_rules(error.0))?;
+        Ok(rules)
+    }
+}
+
+/// A fraction's decimal text in basis points: `"0.005"` → 50.
+fn rate_bp(text: &str) -> Option<i64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole != "0" || fraction.len() > 4 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    format!("{fraction:0<4}").parse().ok()
+}
+
+/// Change a region's rules (admin). The ledger's writer applies the change
+/// in order with the transfers around it: the next transfer obeys it.
+#[utoipa::path(patch, path = "/admin/v1/regions/{code}", tag = "finance-ops", security(("operator" = [])),
+    params(("code" = RegionCode, Path)), request_body = RegionPatch,
+    responses((status = 200, body = RegionView, description = "the rules now in force"),
+              (status = 400, description = "`invalid_request`: not of the documented form; `invalid_region_rules`: a limit zero or over the maximum, per transfer over daily or daily over monthly, a night limit over the daily one, a night window of no length, a fee rate over 0.05, an amount with more places than the currency has", body = ErrorBody),
+              (status = 404, description = "`not_found`: no such region", body = ErrorBody),
+              (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
+async fn patch_region(
+    State(payments): State<Payments>,
+    admin: Authorized<courier_accounts::operators::Admin>,
+    axum::extract::Path(code): axum::extract::Path<String>,
+    Json(body): Json<serde_json::Value>,
+) -> Result<Response, HttpError> {
+    let code = RegionCode::parse(&code).ok_or(PaymentsError::NotFound("no such region"))?;
+    let patch: RegionPatch = serde_json::from_value(body)
+        .map_err(|error| HttpError::invalid_request(format!("invalid JSON body: {error}")))?;
+    let current = store::regions(&payments.inner.db)
+        .await
+        .map_err(PaymentsError::from)?
+        .into_iter()
+        .find(|rules| rules.code == code)
+        .ok_or(PaymentsError::NotFound("no such region"))?;
+    let rules = patch.apply(current)?;
+    let operator_id = admin.operator.operator_id;
+    tracing::info!(operator = %operator_id, region = code.as_str(), ?rules, "region rules changed");
+    payments.submit(Command::SetRegion { rules }, operator_id, None).await
 }

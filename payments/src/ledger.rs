@@ -230,6 +230,9 @@ pub enum Command {
         /// `None`: unfreeze.
         freeze: Option<String>,
     },
+    /// An admin changes a region's rules (validated before): the very next
+    /// command obeys them.
+    SetRegion { rules: RegionRules },
     /// An operator takes back `amount_minor` (`None`: all that is left) of
     /// transfer `original` from its recipient to its sender, with the part
     /// of its fee in proportion refunded from fee revenue.
@@ -261,6 +264,7 @@ impl Command {
             Command::Deposit { wallet, .. }
             | Command::Withdrawal { wallet, .. }
             | Command::SetFrozen { wallet, .. } => [Some(wallet), None, None],
+            Command::SetRegion { .. } => [None, None, None],
             Command::Reverse { parties: [debit, credit], region, .. } => {
                 [Some(debit.as_str()), Some(credit.as_str()), Some(system_account_id(*region, AccountKind::FeeRevenue))]
             }
@@ -274,6 +278,11 @@ impl Command {
             Command::Reverse { original, .. } => Some(original),
             _ => None,
         }
+    }
+
+    /// Whether this command changes a region's rules.
+    pub fn changes_regions(&self) -> bool {
+        matches!(self, Command::SetRegion { .. })
     }
 }
 
@@ -465,13 +474,24 @@ pub struct Ledger {
 pub struct Snapshot {
     accounts: Vec<Result<LedgerAccount, LedgerAccountId>>,
     originals: Vec<(String, Option<Reversible>)>,
+    regions: Option<HashMap<RegionCode, RegionRules>>,
 }
 
 impl Ledger {
     /// Saves the state of the accounts `ids`.
     pub fn snapshot(&self, ids: impl IntoIterator<Item = impl AsRef<str>>) -> Snapshot {
         let saved = |id: &str| self.accounts.get(id).cloned().ok_or_else(|| id.to_owned());
-        Snapshot { accounts: ids.into_iter().map(|id| saved(id.as_ref())).collect(), originals: Vec::new() }
+        Snapshot {
+            accounts: ids.into_iter().map(|id| saved(id.as_ref())).collect(),
+            originals: Vec::new(),
+            regions: None,
+        }
+    }
+
+    /// Also saves every region's rules.
+    pub fn with_regions(&self, mut snapshot: Snapshot) -> Snapshot {
+        snapshot.regions = Some(self.regions.clone());
+        snapshot
     }
 
     /// Also saves the reversal state of the transfers `ids`.
@@ -493,6 +513,9 @@ impl Ledger {
                 Some(original) => self.originals.insert(id, original),
                 None => self.originals.remove(&id),
             };
+        }
+        if let Some(regions) = snapshot.regions {
+            self.regions = regions;
         }
     }
 
@@ -535,6 +558,13 @@ impl Ledger {
                         Ok(Vec::new())
                     }
                 }
+            }
+            Command::SetRegion { rules } => {
+                if !self.regions.contains_key(&rules.code) {
+                    return Err(Refusal::RegionNotSupported);
+                }
+                self.regions.insert(rules.code, rules.clone());
+                Ok(Vec::new())
             }
             Command::Reverse { id, fee_id, original, amount_minor, reason, operator, .. } => self.reverse(
                 ReverseRequest { id, fee_id, original, amount_minor: *amount_minor, reason },

@@ -98,6 +98,65 @@ pub struct Windows {
     pub night_start_ms: Option<i64>,
 }
 
+/// What makes a region's rules unusable: each names the rule it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidRules(pub String);
+
+/// The highest fee rate operators may set: 5 % (500 basis points).
+pub const FEE_RATE_BP_MAX: i64 = 500;
+
+impl RegionRules {
+    /// Whether these rules can be applied: every limit positive and within
+    /// what an amount can be, per transfer ≤ daily ≤ monthly, a night limit
+    /// within the daily one and a night window of some length, a fee rate
+    /// within [0, 5 %] and no negative fee amount.
+    pub fn validate(&self) -> Result<(), InvalidRules> {
+        let max = crate::money::AMOUNT_MAJOR_MAX.saturating_mul(100);
+        let limit = |name: &str, value: i64| {
+            if value <= 0 || value > max {
+                Err(InvalidRules(format!("{name} must be more than zero and at most 1,000,000,000,000")))
+            } else {
+                Ok(())
+            }
+        };
+        limit("per_transfer_max", self.per_transfer_max_minor)?;
+        limit("daily_max", self.daily_max_minor)?;
+        limit("monthly_max", self.monthly_max_minor)?;
+        if self.per_transfer_max_minor > self.daily_max_minor {
+            return Err(InvalidRules("per_transfer_max must not be more than daily_max".into()));
+        }
+        if self.daily_max_minor > self.monthly_max_minor {
+            return Err(InvalidRules("daily_max must not be more than monthly_max".into()));
+        }
+        if let Some(night) = self.night_max_minor {
+            limit("night_max", night)?;
+            if night > self.daily_max_minor {
+                return Err(InvalidRules("night_max must not be more than daily_max".into()));
+            }
+        }
+        for (name, hour) in [("night_start_hour", self.night_start_hour), ("night_end_hour", self.night_end_hour)] {
+            if !(0..=23).contains(&hour) {
+                return Err(InvalidRules(format!("{name} must be an hour from 0 to 23")));
+            }
+        }
+        if self.night_start_hour == self.night_end_hour {
+            return Err(InvalidRules("the night window must not start and end at the same hour".into()));
+        }
+        if let FeeRule::FreeMonthlyThenRate { free_monthly_minor, rate_bp, cap_minor } = self.fee {
+            if !(0..=FEE_RATE_BP_MAX).contains(&rate_bp) {
+                return Err(InvalidRules("the fee rate must be from 0 to 0.05 (5 %)".into()));
+            }
+            if !(0..=max).contains(&free_monthly_minor) || !(0..=max).contains(&cap_minor) {
+                return Err(InvalidRules(
+                    "the fee's free monthly amount and cap must be from zero to 1,000,000,000,000".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl RegionRules {
     /// The defaults drawn from the real rails (DESIGN.md).
     pub fn default_for(code: RegionCode) -> Self {

@@ -54,8 +54,35 @@ pub(crate) fn region_from_row(row: RegionRow) -> Option<RegionRules> {
     })
 }
 
+/// A region's rules as stored: enabled, the limits, the night window and the
+/// fee rule's three columns (all `NULL` for no fee).
+pub(crate) fn region_values(rules: &RegionRules) -> (i64, i64, i64, i64, Option<i64>, i64, i64, [Option<i64>; 3]) {
+    let fee = match rules.fee {
+        FeeRule::None => [None, None, None],
+        FeeRule::FreeMonthlyThenRate { free_monthly_minor, rate_bp, cap_minor } => {
+            [Some(free_monthly_minor), Some(rate_bp), Some(cap_minor)]
+        }
+    };
+    (
+        i64::from(rules.enabled),
+        rules.per_transfer_max_minor,
+        rules.daily_max_minor,
+        rules.monthly_max_minor,
+        rules.night_max_minor,
+        i64::from(rules.night_start_hour),
+        i64::from(rules.night_end_hour),
+        fee,
+    )
+}
+
 pub(crate) const REGION_COLUMNS_SQL: &str = "SELECT code, enabled, currency, time_zone, per_transfer_max, daily_max, monthly_max, \
      night_max, night_start_hour, night_end_hour, fee_free_monthly, fee_rate_bp, fee_cap FROM regions ORDER BY code";
+
+/// Every region's rules, from the database.
+pub async fn regions(db: &Database) -> Result<Vec<RegionRules>, sqlx::Error> {
+    let rows: Vec<RegionRow> = sqlx::query_as(REGION_COLUMNS_SQL).fetch_all(db.pool()).await?;
+    Ok(rows.into_iter().filter_map(region_from_row).collect())
+}
 
 /// Creates the wallet of `account_id` if it has none; wallets are created on
 /// first use, only for accounts of a supported region.
@@ -208,11 +235,14 @@ pub struct BatchWrite {
     /// The new state of every account the batch changed.
     pub accounts: Vec<LedgerAccount>,
     pub idempotency: Vec<(IdempotencyKey, String, StoredResponse)>,
+    /// The new rules of every region the batch changed (rare: a batch that
+    /// has some is written in an explicit transaction).
+    pub regions: Vec<RegionRules>,
 }
 
 impl BatchWrite {
     pub fn is_empty(&self) -> bool {
-        self.transfers.is_empty() && self.accounts.is_empty() && self.idempotency.is_empty()
+        self.transfers.is_empty() && self.accounts.is_empty() && self.idempotency.is_empty() && self.regions.is_empty()
     }
 }
 

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 
 use crate::ledger::{Command, Refusal, Transfer, TransferKind};
 use crate::money::format_minor;
+use crate::region::{FeeRule, RegionCode, RegionRules};
 use crate::store::StoredResponse;
 
 /// A transfer as its parties see it.
@@ -55,6 +56,68 @@ impl From<&Transfer> for TransferView {
     }
 }
 
+/// A region's rules as admins see and set them.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RegionView {
+    pub code: RegionCode,
+    pub enabled: bool,
+    pub currency: crate::money::Currency,
+    /// IANA; days, months and nights are counted in it.
+    pub time_zone: String,
+    pub per_transfer_max: String,
+    pub daily_max: String,
+    pub monthly_max: String,
+    /// What may be sent in the night window; `null`: no night limit.
+    pub night_max: Option<String>,
+    /// The night window, local hours: from `night_start_hour`:00 to `night_end_hour`:00.
+    pub night_start_hour: i8,
+    pub night_end_hour: i8,
+    /// `null`: P2P transfers are free.
+    pub fee: Option<FeeView>,
+}
+
+/// Free while the month's P2P total stays within `free_monthly`; then `rate`
+/// of the part above (half up to the minor unit), at most `cap` a transfer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FeeView {
+    pub free_monthly: String,
+    /// A fraction with up to 4 decimal places, e.g. `"0.005"` (0.5 %).
+    pub rate: String,
+    pub cap: String,
+}
+
+/// Basis points as a fraction's decimal text: 50 → `"0.005"`.
+pub fn rate_text(rate_bp: i64) -> String {
+    let text = format!("{}.{:04}", rate_bp / 10_000, rate_bp % 10_000);
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+impl From<&RegionRules> for RegionView {
+    fn from(rules: &RegionRules) -> Self {
+        let money = |minor: i64| format_minor(minor, rules.currency);
+        RegionView {
+            code: rules.code,
+            enabled: rules.enabled,
+            currency: rules.currency,
+            time_zone: rules.time_zone.clone(),
+            per_transfer_max: money(rules.per_transfer_max_minor),
+            daily_max: money(rules.daily_max_minor),
+            monthly_max: money(rules.monthly_max_minor),
+            night_max: rules.night_max_minor.map(money),
+            night_start_hour: rules.night_start_hour,
+            night_end_hour: rules.night_end_hour,
+            fee: match rules.fee {
+                FeeRule::None => None,
+                FeeRule::FreeMonthlyThenRate { free_monthly_minor, rate_bp, cap_minor } => Some(FeeView {
+                    free_monthly: money(free_monthly_minor),
+                    rate: rate_text(rate_bp),
+                    cap: money(cap_minor),
+                }),
+            },
+        }
+    }
+}
+
 /// The response for a command's outcome.
 pub fn render(command: &Command, outcome: &Result<Vec<Transfer>, Refusal>) -> StoredResponse {
     match outcome {
@@ -68,6 +131,10 @@ pub fn render(command: &Command, outcome: &Result<Vec<Transfer>, Refusal>) -> St
                 body: serde_json::json!({"account_id": wallet, "status": if freeze.is_some() { "frozen" } else { "active" }})
                     .to_string(),
             },
+            (Command::SetRegion { rules }, _) => StoredResponse {
+                status: 200,
+                body: serde_json::to_string(&RegionView::from(rules)).expect("a view always serialises"),
+            },
             (_, Some(transfer)) => StoredResponse {
                 status: 201,
                 body: serde_json::to_string(&TransferView::from(transfer)).expect("a view always serialises"),
@@ -76,5 +143,15 @@ pub fn render(command: &Command, outcome: &Result<Vec<Transfer>, Refusal>) -> St
                 StoredResponse { status: 500, body: r#"{"error":{"code":"internal","message":"no transfer"}}"#.into() }
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rates_read_as_fractions() {
+        for (bp, text) in [(0, "0"), (50, "0.005"), (500, "0.05"), (1, "0.0001"), (125, "0.0125"), (10_000, "1")] {
+            assert_eq!(super::rate_text(bp), text);
+        }
     }
 }

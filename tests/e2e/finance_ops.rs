@@ -336,6 +336,92 @@ async fn the_account_view_shows_the_balance_history_and_freeze(db: Db) {
     d.server.finish().await;
 }
 
+async fn patch_region(d: &Desk, code: &str, body: Value) -> (u16, Value) {
+    d.server.call(Method::PATCH, &format!("/admin/v1/regions/{code}"), Some(&d.admin), Some(body)).await
+}
+
+async fn region_rules_change_live_for_the_very_next_transfer(db: Db) {
+    let mut d = Desk::open(db).await;
+    d.deposit(&d.alice.account_id, "5000.00", "RUB").await;
+    let (status, regions) = d.server.get("/admin/v1/regions", Some(&d.admin)).await;
+    assert_eq!(status, 200, "{regions}");
+    assert_eq!(regions.as_array().map(Vec::len), Some(2));
+    let ru = regions.as_array().unwrap().iter().find(|r| r["code"] == "RU").unwrap().clone();
+    assert_eq!(
+        (&ru["per_transfer_max"], &ru["daily_max"], &ru["fee"]["rate"], &ru["time_zone"]),
+        (&json!("100000.00"), &json!("150000.00"), &json!("0.005"), &json!("Europe/Moscow")),
+        "{ru}"
+    );
+
+    // No pause between the change and the transfer: the writer applies
+    // both in order.
+    let (status, changed) = patch_region(&d, "RU", json!({"per_transfer_max": "100.00"})).await;
+    assert_eq!((status, &changed["per_transfer_max"]), (200, &json!("100.00")), "{changed}");
+    let body = json!({"to": {"account_id": d.bob.account_id}, "amount": "150.00", "currency": "RUB"});
+    let (status, refused, _) = d.server.post_keyed("/v1/transfers", &d.alice.access_token, &key(), body).await;
+    assert_eq!((status, error_code(&refused)), (422, "limit_per_transfer"));
+    let (status, _) = patch_region(&d, "RU", json!({"enabled": false})).await;
+    assert_eq!(status, 200);
+    let body = json!({"to": {"account_id": d.bob.account_id}, "amount": "50.00", "currency": "RUB"});
+    let (status, refused, _) = d.server.post_keyed("/v1/transfers", &d.alice.access_token, &key(), body).await;
+    assert_eq!((status, error_code(&refused)), (403, "region_disabled"));
+    let fee = json!({"free_monthly": "0.00", "rate": "0.01", "cap": "10.00"});
+    let (status, changed) =
+        patch_region(&d, "RU", json!({"enabled": true, "per_transfer_max": "100000.00", "fee": fee})).await;
+    assert_eq!(
+        (status, &changed["fee"]["rate"], &changed["enabled"]),
+        (200, &json!("0.01"), &json!(true)),
+        "{changed}"
+    );
+    let sent = d.send(&d.alice, &d.bob, "150.00").await;
+    assert_eq!(sent["fee"], "1.50");
+    let (status, changed) = patch_region(&d, "BR", json!({"night_max": null, "fee": null})).await;
+    assert_eq!((status, &changed["night_max"], &changed["fee"]), (200, &Value::Null, &Value::Null));
+
+    // Rules that do not hold together change nothing.
+    let (_, before) = d.server.get("/admin/v1/regions", Some(&d.admin)).await;
+    for (body, code) in [
+        (json!({"per_transfer_max": "200000.00"}), "invalid_region_rules"),
+        (json!({"daily_max": "700000.00"}), "invalid_region_rules"),
+        (json!({"per_transfer_max": "0"}), "invalid_region_rules"),
+        (json!({"per_transfer_max": "1.001"}), "invalid_region_rules"),
+        (json!({"night_max": "200000.00"}), "invalid_region_rules"),
+        (json!({"night_start_hour": 6, "night_end_hour": 6}), "invalid_region_rules"),
+        (json!({"fee": {"free_monthly": "0", "rate": "0.06", "cap": "1.00"}}), "invalid_region_rules"),
+        (json!({"fee": {"free_monthly": "0", "rate": "0.00001", "cap": "1.00"}}), "invalid_region_rules"),
+        (json!({"night_start_hour": 24}), "invalid_request"),
+        (json!({"currency": "USD"}), "invalid_request"),
+        (json!({"enabled": "yes"}), "invalid_request"),
+    ] {
+        let (status, refused) = patch_region(&d, "RU", body.clone()).await;
+        assert_eq!((status, error_code(&refused)), (400, code), "{body}: {refused}");
+    }
+    let (status, refused) = patch_region(&d, "US", json!({"enabled": true})).await;
+    assert_eq!((status, error_code(&refused)), (404, "not_found"));
+    let (_, after) = d.server.get("/admin/v1/regions", Some(&d.admin)).await;
+    assert_eq!(after, before);
+
+    // Admins only.
+    for role in ["viewer", "operator", "approver"] {
+        let (_, created) =
+            d.server.post("/admin/v1/operators", Some(&d.admin), json!({"name": role, "role": role})).await;
+        let key = created["api_key"].as_str().unwrap();
+        let (status, body) = d.server.get("/admin/v1/regions", Some(key)).await;
+        assert_eq!((status, error_code(&body)), (403, "forbidden"), "{role}");
+        let (status, body) =
+            d.server.call(Method::PATCH, "/admin/v1/regions/RU", Some(key), Some(json!({"enabled": false}))).await;
+        assert_eq!((status, error_code(&body)), (403, "forbidden"), "{role}");
+    }
+    let (status, _) = d.server.get("/admin/v1/regions", Some(&d.alice.access_token)).await;
+    assert_eq!(status, 401);
+
+    // Kept across a crash.
+    d.server.crash_and_restart().await;
+    let (_, restarted) = d.server.get("/admin/v1/regions", Some(&d.admin)).await;
+    assert_eq!(restarted, after);
+    d.server.finish().await;
+}
+
 /// `courier admin …` as an operator runs it: JSON for scripts, tables for
 /// people, and errors that say what to do.
 fn admin(d: &Desk, args: &[&str]) -> (bool, String, String) {
@@ -406,6 +492,17 @@ async fn the_admin_cli_moves_searches_reverses_and_freezes(db: Db) {
     let (ok, table, _) = admin(&d, &["reconcile"]);
     assert!(ok && table.contains("balanced: true"), "{table}");
 
+    let regions = admin_json(&d, &["regions", "set", "br", "--daily-max", "9000.00", "--fee", "0.00,0.002,5.00"]);
+    assert_eq!(
+        (&regions[0]["daily_max"], &regions[0]["fee"]["rate"]),
+        (&json!("9000.00"), &json!("0.002")),
+        "{regions}"
+    );
+    let (ok, table, _) = admin(&d, &["regions", "show"]);
+    assert!(ok && table.contains("9000.00") && table.contains("0.002 up to 5.00"), "{table}");
+    let (ok, _, stderr) = admin(&d, &["regions", "set", "RU", "--per-transfer-max", "999999999.00"]);
+    assert!(!ok && stderr.contains("invalid_region_rules") && stderr.contains("daily_max"), "{stderr}");
+
     let output = std::process::Command::new(support::courier_bin())
         .args(["admin", "search", "--url", &d.server.url])
         .env_remove("COURIER_ADMIN_KEY")
@@ -416,6 +513,7 @@ async fn the_admin_cli_moves_searches_reverses_and_freezes(db: Db) {
 }
 
 on_both_databases!(
+    region_rules_change_live_for_the_very_next_transfer,
     the_admin_cli_moves_searches_reverses_and_freezes,
     a_transfer_is_reversed_in_parts_with_its_fee_then_no_more,
     deposits_and_withdrawals_are_reversed_even_on_frozen_wallets,

@@ -378,6 +378,7 @@ impl Writer {
         let touched: HashSet<&str> =
             batch.iter().flat_map(|r| r.command.accounts()).chain(self.system.iter().map(String::as_str)).collect();
         let originals: HashSet<&str> = batch.iter().filter_map(|r| r.command.original()).collect();
+        let changes_regions = batch.iter().any(|r| r.command.changes_regions());
         let applied = loop {
             if look_up {
                 match connection.idempotent_responses(&keys).await {
@@ -388,7 +389,10 @@ impl Writer {
                     }
                 }
             }
-            let snapshot = self.ledger.with_originals(self.ledger.snapshot(&touched), originals.iter().copied());
+            let mut snapshot = self.ledger.with_originals(self.ledger.snapshot(&touched), originals.iter().copied());
+            if changes_regions {
+                snapshot = self.ledger.with_regions(snapshot);
+            }
             let applied = Self::apply_batch(&mut self.ledger, &batch, &stored, now);
             if let Err(violation) = self.ledger.verify_batch(&snapshot, &applied.write.transfers) {
                 // A bug, never a client's doing: refuse the whole batch rather than
@@ -476,8 +480,13 @@ impl Writer {
             match outcome {
                 Ok(transfers) => {
                     write.transfers.extend(transfers);
-                    if let Command::SetFrozen { wallet, .. } = &request.command {
-                        frozen.push(wallet.clone());
+                    match &request.command {
+                        Command::SetFrozen { wallet, .. } => frozen.push(wallet.clone()),
+                        Command::SetRegion { rules } => {
+                            write.regions.retain(|changed| changed.code != rules.code);
+                            write.regions.push(rules.clone());
+                        }
+                        _ => {}
                     }
                 }
                 Err(refusal) => refusals.push(refusal.code()),

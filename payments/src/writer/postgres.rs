@@ -13,7 +13,7 @@ use crate::region::{RegionCode, RegionRules};
 use crate::store::{
     ACCOUNT_COLUMNS_SQL, AccountRow, BatchWrite, EXPIRE_KEYS_SQL, IdempotencyKey, ORIGINAL_SQL, OriginalRow,
     REGION_COLUMNS_SQL, RegionRow, StoredResponse, TRANSFER_COLUMNS, USAGE_COUNT_SQL, USAGE_UNCOUNTED_SQL,
-    USAGE_ZERO_SQL, account_from_row, original_from_row, region_from_row, usage_since,
+    USAGE_ZERO_SQL, account_from_row, original_from_row, region_from_row, region_values, usage_since,
 };
 
 /// Every region's rules.
@@ -175,8 +175,49 @@ WITH moved AS ( \
     )
 });
 
-/// Writes a batch as one statement and commits it durably.
+const UPDATE_REGION_SQL: &str = "\
+UPDATE regions SET enabled = $2, per_transfer_max = $3, daily_max = $4, monthly_max = $5, night_max = $6, \
+  night_start_hour = $7, night_end_hour = $8, fee_free_monthly = $9, fee_rate_bp = $10, fee_cap = $11, \
+  updated_at = $12 WHERE code = $1";
+
+/// Writes a batch and commits it durably: as one statement, or, when it
+/// also changes regions (rare), with those changes in one transaction.
 pub async fn commit(connection: &mut PgConnection, batch: &BatchWrite, now_ms: i64) -> Result<(), sqlx::Error> {
+    if batch.regions.is_empty() {
+        return commit_statement(connection, batch, now_ms).await;
+    }
+    let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
+    for rules in &batch.regions {
+        let (enabled, per_transfer, daily, monthly, night, start, end, [free, rate, cap]) = region_values(rules);
+        let changed = sqlx::query(UPDATE_REGION_SQL)
+            .bind(rules.code.as_str())
+            .bind(enabled)
+            .bind(per_transfer)
+            .bind(daily)
+            .bind(monthly)
+            .bind(night)
+            .bind(start)
+            .bind(end)
+            .bind(free)
+            .bind(rate)
+            .bind(cap)
+            .bind(now_ms)
+            .execute(&mut *transaction)
+            .await?
+            .rows_affected();
+        if changed != 1 {
+            return Err(sqlx::Error::Protocol(format!(
+                "{changed} rows for region {} where 1 was due",
+                rules.code.as_str()
+            )));
+        }
+    }
+    commit_statement(&mut transaction, batch, now_ms).await?;
+    transaction.commit().await
+}
+
+/// The batch statement.
+async fn commit_statement(connection: &mut PgConnection, batch: &BatchWrite, now_ms: i64) -> Result<(), sqlx::Error> {
     fn column<'a, T, U>(rows: &'a [T], value: impl Fn(&'a T) -> U) -> Vec<U> {
         rows.iter().map(value).collect()
     }

@@ -30,6 +30,11 @@ UPDATE ledger_accounts SET balance = ?2, frozen = ?3, last_transfer = ?4, usage_
 const INSERT_KEY_SQL: &str = "\
 INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
+const UPDATE_REGION_SQL: &str = "\
+UPDATE regions SET enabled = ?2, per_transfer_max = ?3, daily_max = ?4, monthly_max = ?5, night_max = ?6, \
+  night_start_hour = ?7, night_end_hour = ?8, fee_free_monthly = ?9, fee_rate_bp = ?10, fee_cap = ?11, \
+  updated_at = ?12 WHERE code = ?1";
+
 /// Statements the writer keeps prepared (SQLite's default cache holds 16).
 const STATEMENTS_CACHED: usize = 32;
 
@@ -209,6 +214,17 @@ impl SqliteWriter {
                     // Returning drops the transaction: the batch rolls back.
                     let id = &a.id;
                     return Err(StoreError::RowsMismatch(format!("{changed} rows for account {id} where 1 was due")));
+                }
+            }
+            for rules in &batch.regions {
+                let (enabled, per_transfer, daily, monthly, night, start, end, [free, rate, cap]) =
+                    store::region_values(rules);
+                let code = rules.code.as_str();
+                let values =
+                    params![code, enabled, per_transfer, daily, monthly, night, start, end, free, rate, cap, now_ms];
+                let changed = transaction.prepare_cached(UPDATE_REGION_SQL)?.execute(values)?;
+                if changed != 1 {
+                    return Err(StoreError::RowsMismatch(format!("{changed} rows for region {code} where 1 was due")));
                 }
             }
             let mut keyed = transaction.prepare_cached(INSERT_KEY_SQL)?;

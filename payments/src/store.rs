@@ -54,9 +54,13 @@ pub(crate) fn region_from_row(row: RegionRow) -> Option<RegionRules> {
     })
 }
 
-/// A region's rules as stored: enabled, the limits, the night window and the
-/// fee rule's three columns (all `NULL` for no fee).
-pub(crate) fn region_values(rules: &RegionRules) -> (i64, i64, i64, i64, Option<i64>, i64, i64, [Option<i64>; 3]) {
+/// A region's changeable columns: enabled, per transfer, daily, monthly and
+/// night limits, the night window's hours, and the fee rule's three columns
+/// (free monthly, rate, cap: all `NULL` for no fee).
+pub(crate) type RegionValues = (i64, i64, i64, i64, Option<i64>, i64, i64, [Option<i64>; 3]);
+
+/// A region's rules as stored ([`RegionValues`]).
+pub(crate) fn region_values(rules: &RegionRules) -> RegionValues {
     let fee = match rules.fee {
         FeeRule::None => [None, None, None],
         FeeRule::FreeMonthlyThenRate { free_monthly_minor, rate_bp, cap_minor } => {

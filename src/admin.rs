@@ -101,6 +101,150 @@ enum AdminCommand {
     /// Regions' rules (admin).
     #[command(subcommand)]
     Regions(RegionsCommand),
+    /// Four-eyes adjustments: one operator proposes, another approves.
+    #[command(subcommand)]
+    Adjust(AdjustCommand),
+    /// Holds: keep part of a wallet while a claim is examined.
+    #[command(subcommand)]
+    Hold(HoldCommand),
+}
+
+#[derive(Subcommand)]
+enum HoldCommand {
+    /// Place a hold on a wallet's available balance.
+    Place {
+        account_id: String,
+        #[arg(long)]
+        amount: String,
+        #[arg(long)]
+        currency: String,
+        #[arg(long)]
+        reason: String,
+        /// The transfer the claim is about (which paid this wallet): a return reverses it.
+        #[arg(long)]
+        transfer: Option<String>,
+    },
+    /// Release a hold: its money is available again.
+    Release { hold_id: String },
+    /// Return a hold to the sender of its transfer, as a reversal.
+    Return {
+        hold_id: String,
+        #[command(flatten)]
+        key: KeyArg,
+    },
+    /// List holds, newest first.
+    List {
+        #[arg(long)]
+        account: Option<String>,
+        /// active, released, returned or expired.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+const HOLD_COLUMNS: [&str; 7] = ["hold_id", "account_id", "amount", "currency", "status", "transfer_id", "expires_at"];
+
+async fn manage_holds(command: HoldCommand, client: &ApiClient, json: bool) -> Result<(), String> {
+    let shown = match command {
+        HoldCommand::Place { account_id, amount, currency, reason, transfer } => {
+            let mut body = serde_json::json!({"amount": amount, "currency": currency, "reason": reason});
+            if let Some(transfer) = transfer {
+                body["transfer_id"] = Value::String(transfer);
+            }
+            let path = format!("/admin/v1/accounts/{account_id}/holds");
+            client.send(reqwest::Method::POST, &path, Some(body)).await?
+        }
+        HoldCommand::Release { hold_id } => {
+            client.send(reqwest::Method::POST, &format!("/admin/v1/holds/{hold_id}/release"), None).await?
+        }
+        HoldCommand::Return { hold_id, key } => {
+            keyed(client, &format!("/admin/v1/holds/{hold_id}/return"), &key.key(), serde_json::json!({})).await?
+        }
+        HoldCommand::List { account, status, limit } => {
+            let mut query = Vec::new();
+            for (name, value) in [("account", account), ("status", status)] {
+                if let Some(value) = value {
+                    query.push(format!("{name}={}", encode(&value)));
+                }
+            }
+            let items = collect(client, "/admin/v1/holds", &query, limit).await?;
+            if json {
+                println!("{}", Value::Array(items));
+            } else {
+                print_table(&HOLD_COLUMNS, &items);
+            }
+            return Ok(());
+        }
+    };
+    print_object(&shown, json);
+    Ok(())
+}
+
+#[derive(Subcommand)]
+enum AdjustCommand {
+    /// Propose an adjustment (operator); it moves nothing until approved.
+    Propose {
+        #[arg(long)]
+        account: String,
+        /// Signed: 150.00 credits the wallet, -150.00 debits it.
+        #[arg(long, allow_hyphen_values = true)]
+        amount: String,
+        #[arg(long)]
+        currency: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Approve a pending adjustment (an approver other than its proposer).
+    Approve {
+        adjustment_id: String,
+        #[command(flatten)]
+        key: KeyArg,
+    },
+    /// Reject a pending adjustment (an approver other than its proposer).
+    Reject { adjustment_id: String },
+    /// List adjustments, newest first.
+    List {
+        /// pending, approved, rejected or expired.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+const ADJUSTMENT_COLUMNS: [&str; 7] =
+    ["adjustment_id", "account_id", "amount", "currency", "status", "proposed_by", "transfer_id"];
+
+async fn manage_adjustments(command: AdjustCommand, client: &ApiClient, json: bool) -> Result<(), String> {
+    let shown = match command {
+        AdjustCommand::Propose { account, amount, currency, reason } => {
+            let body =
+                serde_json::json!({"account_id": account, "amount": amount, "currency": currency, "reason": reason});
+            client.send(reqwest::Method::POST, "/admin/v1/adjustments", Some(body)).await?
+        }
+        AdjustCommand::Approve { adjustment_id, key } => {
+            let path = format!("/admin/v1/adjustments/{adjustment_id}/approve");
+            keyed(client, &path, &key.key(), serde_json::json!({})).await?
+        }
+        AdjustCommand::Reject { adjustment_id } => {
+            let path = format!("/admin/v1/adjustments/{adjustment_id}/reject");
+            client.send(reqwest::Method::POST, &path, None).await?
+        }
+        AdjustCommand::List { status, limit } => {
+            let query: Vec<String> = status.iter().map(|status| format!("status={}", encode(status))).collect();
+            let items = collect(client, "/admin/v1/adjustments", &query, limit).await?;
+            if json {
+                println!("{}", Value::Array(items));
+            } else {
+                print_table(&ADJUSTMENT_COLUMNS, &items);
+            }
+            return Ok(());
+        }
+    };
+    print_object(&shown, json);
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -287,6 +431,12 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
         AdminCommand::Regions(command) => {
             manage_regions(command, &ApiClient::new(&args.url, args.admin_key)?, args.json).await
         }
+        AdminCommand::Adjust(command) => {
+            manage_adjustments(command, &ApiClient::new(&args.url, args.admin_key)?, args.json).await
+        }
+        AdminCommand::Hold(command) => {
+            manage_holds(command, &ApiClient::new(&args.url, args.admin_key)?, args.json).await
+        }
         AdminCommand::Operators(command) => {
             manage_operators(command, &ApiClient::new(&args.url, args.admin_key)?, args.json).await
         }
@@ -401,7 +551,11 @@ async fn money(command: AdminCommand, client: &ApiClient, json: bool) -> Result<
                 return Err("the ledger does not balance: see the accounts listed".into());
             }
         }
-        AdminCommand::Bootstrap { .. } | AdminCommand::Operators(_) | AdminCommand::Regions(_) => {
+        AdminCommand::Bootstrap { .. }
+        | AdminCommand::Operators(_)
+        | AdminCommand::Regions(_)
+        | AdminCommand::Adjust(_)
+        | AdminCommand::Hold(_) => {
             unreachable!("handled by run")
         }
     }

@@ -2,7 +2,13 @@
 -- was frozen (shown in the account view; cleared when it is unfrozen).
 ALTER TABLE ledger_accounts ADD COLUMN frozen_reason TEXT;
 ALTER TABLE ledger_accounts ADD COLUMN frozen_by TEXT;     -- an operator id
-ALTER TABLE ledger_accounts ADD COLUMN frozen_at BIGINT;
+ALTER TABLE ledger_accounts ADD COLUMN frozen_at BIGINT;     -- set exactly while frozen
+-- Wallets frozen before reasons were kept: frozen at an unknown time.
+UPDATE ledger_accounts SET frozen_at = 0 WHERE frozen = 1;
+
+-- What active holds keep in a wallet: part of its balance that cannot be
+-- sent, withdrawn or taken back (available = balance - held).
+ALTER TABLE ledger_accounts ADD COLUMN held BIGINT NOT NULL DEFAULT 0;
 
 -- A transfer's reversals, found by the transfer they reverse (what is left
 -- to reverse is its amount less theirs). Partial: no other transfer pays
@@ -15,3 +21,47 @@ CREATE INDEX transfers_reversals ON transfers (linked_id) WHERE kind = 'reversal
 -- per-account indexes that migration 5 removed.
 CREATE INDEX transfers_by_region ON transfers (region, id);
 CREATE INDEX transfers_by_kind ON transfers (kind, id);
+
+-- Four-eyes adjustments: proposed by one operator, decided by another. An
+-- approved one names the transfer that posted it (kind 'adjustment', between
+-- the wallet and its region's adjustments account). A pending one past
+-- expires_at counts as expired; the ledger writer records that when it
+-- sweeps.
+CREATE TABLE adjustments (
+    id           TEXT PRIMARY KEY,               -- UUIDv7
+    account_id   TEXT NOT NULL,                  -- the wallet
+    amount       BIGINT NOT NULL CHECK (amount <> 0),  -- signed minor units: + credits the wallet
+    currency     TEXT NOT NULL,
+    region       TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'rejected', 'expired')),
+    proposed_by  TEXT NOT NULL,                  -- operator ids
+    proposed_at  BIGINT NOT NULL,
+    expires_at   BIGINT NOT NULL,
+    decided_by   TEXT,
+    decided_at   BIGINT,
+    transfer_id  TEXT
+);
+CREATE INDEX adjustments_by_status ON adjustments (status, id);
+
+-- Holds: an amount kept in a wallet while a claim is examined (Brazil's
+-- MED), then released, returned (as a reversal of the transfer it names)
+-- or expired. The writer finds the active ones past their time by status.
+CREATE TABLE holds (
+    id                  TEXT PRIMARY KEY,        -- UUIDv7
+    account_id          TEXT NOT NULL,           -- the wallet
+    amount              BIGINT NOT NULL CHECK (amount > 0),
+    currency            TEXT NOT NULL,
+    region              TEXT NOT NULL,
+    reason              TEXT NOT NULL,
+    transfer_id         TEXT,                    -- the transfer the claim is about
+    status              TEXT NOT NULL CHECK (status IN ('active', 'released', 'returned', 'expired')),
+    placed_by           TEXT NOT NULL,           -- operator ids
+    placed_at           BIGINT NOT NULL,
+    expires_at          BIGINT NOT NULL,
+    decided_by          TEXT,
+    decided_at          BIGINT,
+    return_transfer_id  TEXT                     -- the reversal of a returned hold
+);
+CREATE INDEX holds_by_status ON holds (status, expires_at);
+CREATE INDEX holds_by_account ON holds (account_id, id);

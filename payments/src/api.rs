@@ -29,7 +29,7 @@ use crate::ledger::Command;
 use crate::money::{self, Currency, Money, format_minor};
 use crate::region::{RegionCode, RegionRules};
 use crate::store::{self, IdempotencyKey, StoredResponse};
-use crate::view::{RegionView, TransferView};
+use crate::view::{AdjustmentView, HoldView, RegionView, TransferView};
 use crate::writer::{SubmitError, WriteOutcome, WriterHandle};
 
 pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 255;
@@ -205,14 +205,23 @@ pub fn app(payments: Payments) -> Router {
         .route("/admin/v1/transfers/{id}/reverse", post(reverse))
         .route("/admin/v1/accounts/{id}", get(account))
         .route("/admin/v1/regions", get(regions))
+        .route("/admin/v1/adjustments", post(propose_adjustment).get(list_adjustments))
+        .route("/admin/v1/accounts/{id}/holds", post(place_hold))
+        .route("/admin/v1/holds", get(list_holds))
+        .route("/admin/v1/holds/{id}/release", post(release_hold))
+        .route("/admin/v1/holds/{id}/return", post(return_hold))
+        .route("/admin/v1/adjustments/{id}/approve", post(approve_adjustment))
+        .route("/admin/v1/adjustments/{id}/reject", post(reject_adjustment))
         .route("/admin/v1/regions/{code}", axum::routing::patch(patch_region))
         .with_state(payments)
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(wallet, send, transfers, transfer, deposit, withdrawal, freeze, unfreeze, reconciliation, search, reverse, account, regions, patch_region),
-    components(schemas(ErrorBody, TransferView, AdminTransferView, RegionView, crate::view::FeeView, RegionPatch, FeePatch, AccountView, FreezeView, Currency, RegionCode, WalletStatus)),
+    paths(wallet, send, transfers, transfer, deposit, withdrawal, freeze, unfreeze, reconciliation, search, reverse, account, regions, patch_region,
+        propose_adjustment, approve_adjustment, reject_adjustment, list_adjustments,
+        place_hold, release_hold, return_hold, list_holds),
+    components(schemas(ErrorBody, TransferView, AdminTransferView, RegionView, AdjustmentView, HoldView, HoldRequest, AdjustmentRequest, crate::view::FeeView, RegionPatch, FeePatch, AccountView, FreezeView, Currency, RegionCode, WalletStatus)),
     tags((name = "payments", description = "Wallets and peer-to-peer transfers"),
          (name = "finance-ops", description = "Operators: money in and out, freezes, reconciliation"))
 )]
@@ -703,8 +712,8 @@ pub struct SearchQuery {
     #[param(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     account: Option<String>,
     region: Option<RegionCode>,
-    /// `p2p`, `fee`, `deposit`, `withdrawal` or `reversal`; default: all but fees.
-    #[param(value_type = Option<String>, pattern = "^(p2p|fee|deposit|withdrawal|reversal)$")]
+    /// `p2p`, `fee`, `deposit`, `withdrawal`, `reversal` or `adjustment`; default: all but fees.
+    #[param(value_type = Option<String>, pattern = "^(p2p|fee|deposit|withdrawal|reversal|adjustment)$")]
     kind: Option<String>,
     /// Made at or after this moment (RFC 3339).
     #[param(value_type = Option<String>, format = DateTime)]
@@ -759,8 +768,9 @@ async fn search(
         .kind
         .as_deref()
         .map(|kind| {
-            crate::ledger::TransferKind::parse(kind)
-                .ok_or_else(|| HttpError::invalid_request("kind must be p2p, fee, deposit, withdrawal or reversal"))
+            crate::ledger::TransferKind::parse(kind).ok_or_else(|| {
+                HttpError::invalid_request("kind must be p2p, fee, deposit, withdrawal, reversal or adjustment")
+            })
         })
         .transpose()?;
     if let Some(account) = &query.account
@@ -799,6 +809,10 @@ pub struct AccountView {
     region: RegionCode,
     currency: Currency,
     balance: String,
+    /// What active holds keep.
+    held: String,
+    /// The balance less what is held: what can be sent, withdrawn or taken back.
+    available: String,
     /// `active` or `frozen`.
     status: &'static str,
     /// Set while the wallet is frozen.
@@ -822,11 +836,14 @@ async fn account(
     let wallet =
         store::wallet(db, &id).await.map_err(PaymentsError::from)?.ok_or(PaymentsError::NotFound("no such wallet"))?;
     let recent = store::transfers_of(db, &id, None, ACCOUNT_RECENT).await.map_err(PaymentsError::from)?;
+    let available = wallet.available_minor();
     Ok(axum::Json(AccountView {
         account_id: wallet.id,
         region: wallet.region,
         currency: wallet.currency,
         balance: format_minor(wallet.balance_minor, wallet.currency),
+        held: format_minor(wallet.held_minor, wallet.currency),
+        available: format_minor(available, wallet.currency),
         status: if wallet.frozen.is_some() { "frozen" } else { "active" },
         freeze: wallet.frozen.map(|freeze| FreezeView {
             reason: freeze.reason,
@@ -990,4 +1007,421 @@ async fn patch_region(
     let operator_id = admin.operator.operator_id;
     tracing::info!(operator = %operator_id, region = code.as_str(), ?rules, "region rules changed");
     payments.submit(Command::SetRegion { rules }, operator_id, None).await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustmentRequest {
+    /// The wallet's account id (any other text: 404 `not_found`).
+    #[schema(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+    account_id: String,
+    /// Signed: `"150.00"` credits the wallet, `"-150.00"` debits it (no
+    /// negative zero; zero, more places or over the maximum: 422
+    /// `invalid_amount`).
+    #[schema(
+        max_length = 32,
+        pattern = r"^(-(0\.[0-9]*[1-9][0-9]*|[1-9][0-9]*(\.[0-9]+)?)|(0|[1-9][0-9]*)(\.[0-9]+)?)$"
+    )]
+    amount: String,
+    #[schema(value_type = Currency)]
+    currency: String,
+    /// Trimmed, not blank (422).
+    #[schema(min_length = 1, max_length = 500, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
+    reason: String,
+}
+
+/// Propose an adjustment (operator). It moves no money until an approver
+/// other than the proposer approves it; undecided, it expires after
+/// `--adjustment-ttl-s`.
+#[utoipa::path(post, path = "/admin/v1/adjustments", tag = "finance-ops", security(("operator" = [])),
+    request_body = AdjustmentRequest,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "optional: a retry with the same key and body gets the original answer")),
+    responses((status = 201, body = AdjustmentView, description = "pending"),
+              (status = 400, description = "`invalid_amount`, `invalid_request`: not of the documented form", body = ErrorBody),
+              (status = 403, description = "`region_not_supported`: the account is outside every supported region", body = ErrorBody),
+              (status = 404, description = "`not_found`: no such account", body = ErrorBody),
+              (status = 409, description = "`idempotency_key_in_use` (Retry-After)", body = ErrorBody),
+              (status = 422, description = "`invalid_amount` (zero, too precise or too large), `invalid_request` (a blank reason), `currency_mismatch`, `idempotency_key_reused`", body = ErrorBody),
+              (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
+async fn propose_adjustment(
+    State(payments): State<Payments>,
+    operator: Authorized<OperatorRole>,
+    headers: HeaderMap,
+    Json(body): Json<serde_json::Value>,
+) -> Result<Response, HttpError> {
+    let operator_id = operator.operator.operator_id;
+    let key = optional_key(&headers, &operator_id)?;
+    let (request, fingerprint) = parse_body::<AdjustmentRequest>(body, "POST /admin/v1/adjustments")?;
+    let currency = Currency::parse(&request.currency).ok_or_else(|| {
+        PaymentsError::CurrencyMismatch(format!("{:?} is not a currency of a supported region", request.currency))
+    })?;
+    let amount_minor = money::parse_minor(&request.amount, currency, true)
+        .and_then(|minor| if minor == 0 { Err(money::AmountError::NotPositive) } else { Ok(minor) })
+        .map_err(PaymentsError::InvalidAmount)?;
+    let reason = checked_text(&request.reason, "reason", REASON_CHARS_MAX)?;
+    if !is_uuid(&request.account_id) {
+        return Err(PaymentsError::NotFound("no such account").into());
+    }
+    let account = courier_accounts::store::account(&payments.inner.db, &request.account_id)
+        .await
+        .map_err(PaymentsError::from)?
+        .ok_or(PaymentsError::NotFound("no such account"))?;
+    let region = RegionCode::parse(account.region()).ok_or(PaymentsError::RegionNotSupported)?;
+    payments.ensure_wallet(&account.id, region).await.map_err(PaymentsError::from)?;
+    let now = courier_common::time::now_ms();
+    let ttl_ms =
+        i64::try_from(payments.inner.writer.config().adjustment_ttl_s.saturating_mul(1_000)).unwrap_or(i64::MAX);
+    let command = Command::ProposeAdjustment {
+        adjustment: crate::ledger::Adjustment {
+            id: uuid::Uuid::now_v7().to_string(),
+            account_id: account.id,
+            amount_minor,
+            currency,
+            region,
+            reason,
+            status: crate::ledger::AdjustmentStatus::Pending,
+            proposed_by: operator_id.clone(),
+            proposed_at_ms: now,
+            expires_at_ms: now.saturating_add(ttl_ms),
+            decided_by: None,
+            decided_at_ms: None,
+            transfer_id: None,
+        },
+    };
+    tracing::info!(operator = %operator_id, "adjustment proposed");
+    match key {
+        Some(key) => payments.idempotent(key, fingerprint, operator_id, async move || Ok(command)).await,
+        None => payments.submit(command, operator_id, None).await,
+    }
+}
+
+/// An `Idempotency-Key` if the request has one (400 when it is malformed).
+fn optional_key(headers: &HeaderMap, operator_id: &str) -> Result<Option<IdempotencyKey>, PaymentsError> {
+    if headers.contains_key("idempotency-key") {
+        idempotency_key(headers, format!("operator:{operator_id}")).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// Approve a pending adjustment (approver, not its proposer): it is posted
+/// between the wallet and the region's adjustments account. Requires
+/// `Idempotency-Key`.
+#[utoipa::path(post, path = "/admin/v1/adjustments/{id}/approve", tag = "finance-ops", security(("operator" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"),
+           ("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "unique per request; a retry with the same key gets the original answer")),
+    responses((status = 200, body = AdjustmentView, description = "approved and posted: `transfer_id` names the transfer"),
+              (status = 400, description = "`idempotency_key_required`", body = ErrorBody),
+              (status = 403, description = "`four_eyes_violation`: the proposer cannot decide it", body = ErrorBody),
+              (status = 404, description = "`not_found`: no such adjustment", body = ErrorBody),
+              (status = 409, description = "`adjustment_not_pending` (decided or expired), `insufficient_funds` (a debit beyond the wallet's balance: it stays pending), `idempotency_key_in_use` (Retry-After)", body = ErrorBody),
+              (status = 422, description = "`balance_limit` (the wallet would be too full), `idempotency_key_reused`", body = ErrorBody),
+              (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
+async fn approve_adjustment(
+    State(payments): State<Payments>,
+    approver: Authorized<courier_accounts::operators::Approver>,
+    IdPath(id): IdPath,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let operator_id = approver.operator.operator_id;
+    let key = idempotency_key(&headers, format!("operator:{operator_id}"))?;
+    let fingerprint = format!("{:x}", Sha256::digest(format!("POST /admin/v1/adjustments/{id}/approve").as_bytes()));
+    let adjustment = store::adjustment(&payments.inner.db, &id)
+        .await
+        .map_err(PaymentsError::from)?
+        .ok_or(PaymentsError::NotFound("no such adjustment"))?;
+    let command = Command::DecideAdjustment {
+        adjustment_id: id,
+        account_id: adjustment.account_id,
+        approve: true,
+        transfer_id: uuid::Uuid::now_v7().to_string(),
+        operator: operator_id.clone(),
+    };
+    payments.idempotent(key, fingerprint, operator_id, async move || Ok(command)).await
+}
+
+/// Reject a pending adjustment (approver, not its proposer).
+#[utoipa::path(post, path = "/admin/v1/adjustments/{id}/reject", tag = "finance-ops", security(("operator" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
+    responses((status = 200, body = AdjustmentView, description = "rejected"),
+              (status = 403, description = "`four_eyes_violation`: the proposer cannot decide it", body = ErrorBody),
+              (status = 404, description = "`not_found`: no such adjustment", body = ErrorBody),
+              (status = 409, description = "`adjustment_not_pending` (decided or expired)", body = ErrorBody),
+              (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
+async fn reject_adjustment(
+    State(payments): State<Payments>,
+    approver: Authorized<courier_accounts::operators::Approver>,
+    IdPath(id): IdPath,
+) -> Result<Response, HttpError> {
+    let operator_id = approver.operator.operator_id;
+    let adjustment = store::adjustment(&payments.inner.db, &id)
+        .await
+        .map_err(PaymentsError::from)?
+        .ok_or(PaymentsError::NotFound("no such adjustment"))?;
+    let command = Command::DecideAdjustment {
+        adjustment_id: id,
+        account_id: adjustment.account_id,
+        approve: false,
+        transfer_id: String::new(),
+        operator: operator_id.clone(),
+    };
+    payments.submit(command, operator_id, None).await
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustmentsQuery {
+    /// `pending`, `approved`, `rejected` or `expired`; default: all.
+    #[param(value_type = Option<String>, pattern = "^(pending|approved|rejected|expired)$")]
+    status: Option<String>,
+    /// How many items, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,512}$")]
+    cursor: Option<String>,
+}
+
+/// Adjustments, newest first.
+#[utoipa::path(get, path = "/admin/v1/adjustments", tag = "finance-ops", security(("operator" = [])), params(AdjustmentsQuery),
+    responses((status = 200, body = inline(Page<AdjustmentView>))))]
+async fn list_adjustments(
+    State(payments): State<Payments>,
+    _viewer: Authorized<Viewer>,
+    Query(query): Query<AdjustmentsQuery>,
+) -> Result<axum::Json<Page<AdjustmentView>>, HttpError> {
+    let page = PageQuery { limit: query.limit, cursor: query.cursor }.parse()?;
+    let status = query
+        .status
+        .as_deref()
+        .map(|status| {
+            crate::ledger::AdjustmentStatus::parse(status)
+                .ok_or_else(|| HttpError::invalid_request("status must be pending, approved, rejected or expired"))
+        })
+        .transpose()?;
+    if let Some(after) = &page.after
+        && !is_uuid(after)
+    {
+        return Err(courier_common::page::not_ours());
+    }
+    let rows = store::adjustments(&payments.inner.db, status, page.after.as_deref(), page.limit + 1)
+        .await
+        .map_err(PaymentsError::from)?;
+    let now = courier_common::time::now_ms();
+    Ok(axum::Json(Page::from_rows(rows, page.limit, |a| a.id.clone()).map(|a| AdjustmentView::of(&a, now))))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HoldRequest {
+    /// More than zero (more places, zero or over the maximum: 422).
+    #[schema(max_length = 32, pattern = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")]
+    amount: String,
+    #[schema(value_type = Currency)]
+    currency: String,
+    /// Trimmed, not blank (422).
+    #[schema(min_length = 1, max_length = 500, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
+    reason: String,
+    /// The transfer the claim is about, which paid this wallet: a return
+    /// reverses it to its sender.
+    #[schema(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+    transfer_id: Option<String>,
+}
+
+/// Place a hold on a wallet (operator): the amount stays in the balance but
+/// cannot be sent, withdrawn or taken back until the hold is released,
+/// returned or expires (`--hold-ttl-s`).
+#[utoipa::path(post, path = "/admin/v1/accounts/{id}/holds", tag = "finance-ops", security(("operator" = [])),
+    request_body = HoldRequest,
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"),
+           ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "optional: a retry with the same key and body gets the original answer")),
+    responses((status = 201, body = HoldView, description = "active"),
+              (status = 400, description = "`invalid_amount`, `invalid_request`: not of the documented form", body = ErrorBody),
+              (status = 404, description = "`not_found`: no such wallet or transfer", body = ErrorBody),
+              (status = 409, description = "`insufficient_funds`: more than the available balance; `idempotency_key_in_use` (Retry-After)", body = ErrorBody),
+              (status = 422, description = "`invalid_amount` (zero, too precise or too large), `invalid_request` (a blank reason, or a transfer that did not pay this wallet), `currency_mismatch`, `idempotency_key_reused`", body = ErrorBody),
+              (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
+async fn place_hold(
+    State(payments): State<Payments>,
+    operator: Authorized<OperatorRole>,
+    IdPath(id): IdPath,
+    headers: HeaderMap,
+    Json(body): Json<serde_json::Value>,
+) -> Result<Response, HttpError> {
+    let operator_id = operator.operator.operator_id;
+    let key = optional_key(&headers, &operator_id)?;
+    let (request, fingerprint) = parse_body::<HoldRequest>(body, &format!("POST /admin/v1/accounts/{id}/holds"))?;
+    let currency = Currency::parse(&request.currency).ok_or_else(|| {
+        PaymentsError::CurrencyMismatch(format!("{:?} is not a currency of a supported region", request.currency))
+    })?;
+    let amount = Money::parse(&request.amount, currency).map_err(PaymentsError::InvalidAmount)?;
+    let reason = checked_text(&request.reason, "reason", REASON_CHARS_MAX)?;
+    let wallet = store::wallet(&payments.inner.db, &id)
+        .await
+        .map_err(PaymentsError::from)?
+        .ok_or(PaymentsError::NotFound("no such wallet"))?;
+    if let Some(transfer_id) = &request.transfer_id {
+        let transfer = match is_uuid(transfer_id) {
+            true => store::transfer(&payments.inner.db, transfer_id).await.map_err(PaymentsError::from)?,
+            false => None,
+        };
+        let transfer = transfer.ok_or(PaymentsError::NotFound("no such transfer"))?;
+        if transfer.credit != wallet.id {
+            return Err(
+                PaymentsError::Unprocessable("transfer_id must name a transfer that paid this wallet".into()).into()
+            );
+        }
+    }
+    let now = courier_common::time::now_ms();
+    let ttl_ms = i64::try_from(payments.inner.writer.config().hold_ttl_s.saturating_mul(1_000)).unwrap_or(i64::MAX);
+    let command = Command::PlaceHold {
+        hold: crate::ledger::Hold {
+            id: uuid::Uuid::now_v7().to_string(),
+            account_id: wallet.id,
+            amount_minor: amount.minor(),
+            currency,
+            region: wallet.region,
+            reason,
+            transfer_id: request.transfer_id,
+            status: crate::ledger::HoldStatus::Active,
+            placed_by: operator_id.clone(),
+            placed_at_ms: now,
+            expires_at_ms: now.saturating_add(ttl_ms),
+            decided_by: None,
+            decided_at_ms: None,
+            return_transfer_id: None,
+        },
+    };
+    match key {
+        Some(key) => payments.idempotent(key, fingerprint, operator_id, async move || Ok(command)).await,
+        None => payments.submit(command, operator_id, None).await,
+    }
+}
+
+/// Release an active hold (operator): its money is available again.
+#[utoipa::path(post, path = "/admin/v1/holds/{id}/release", tag = "finance-ops", security(("operator" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")),
+    responses((status = 200, body = HoldView, description = "released"),
+              (status = 404, description = "`not_found`: no such hold", body = ErrorBody),
+              (status = 409, description = "`hold_not_active`: released, returned or expired already", body = ErrorBody),
+              (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
+async fn release_hold(
+    State(payments): State<Payments>,
+    operator: Authorized<OperatorRole>,
+    IdPath(id): IdPath,
+) -> Result<Response, HttpError> {
+    let operator_id = operator.operator.operator_id;
+    let hold = store::hold(&payments.inner.db, &id)
+        .await
+        .map_err(PaymentsError::from)?
+        .ok_or(PaymentsError::NotFound("no such hold"))?;
+    let command = Command::ReleaseHold {
+        hold_id: hold.id,
+        account_id: hold.account_id,
+        operator: operator_id.clone(),
+        expired: false,
+    };
+    payments.submit(command, operator_id, None).await
+}
+
+/// Return an active hold (operator): it is released, and as much of it as
+/// is left to reverse of its transfer goes back to that transfer's sender
+/// as a reversal (with the fee in proportion). Requires `Idempotency-Key`.
+#[utoipa::path(post, path = "/admin/v1/holds/{id}/return", tag = "finance-ops", security(("operator" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"),
+           ("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "unique per request; a retry with the same key gets the original answer")),
+    responses((status = 200, body = HoldView, description = "returned: `return_transfer_id` names the reversal"),
+              (status = 400, description = "`idempotency_key_required`", body = ErrorBody),
+              (status = 404, description = "`not_found`: no such hold", body = ErrorBody),
+              (status = 409, description = "`hold_not_active`, `not_reversible` (the hold names no transfer), `already_reversed` (nothing of its transfer is left to reverse), `idempotency_key_in_use` (Retry-After)", body = ErrorBody),
+              (status = 422, description = "`balance_limit` (the sender's wallet would be too full), `idempotency_key_reused`", body = ErrorBody),
+              (status = 503, description = "`overloaded`, `ledger_unavailable` (Retry-After)", body = ErrorBody)))]
+async fn return_hold(
+    State(payments): State<Payments>,
+    operator: Authorized<OperatorRole>,
+    IdPath(id): IdPath,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    let operator_id = operator.operator.operator_id;
+    let key = idempotency_key(&headers, format!("operator:{operator_id}"))?;
+    let fingerprint = format!("{:x}", Sha256::digest(format!("POST /admin/v1/holds/{id}/return").as_bytes()));
+    let db = &payments.inner.db;
+    let hold =
+        store::hold(db, &id).await.map_err(PaymentsError::from)?.ok_or(PaymentsError::NotFound("no such hold"))?;
+    let original = match &hold.transfer_id {
+        Some(transfer_id) => store::transfer(db, transfer_id).await.map_err(PaymentsError::from)?,
+        None => None,
+    };
+    let Some(original) = original else {
+        // A hold that names no transfer has nothing to return.
+        let refusal = match hold.status {
+            crate::ledger::HoldStatus::Active => crate::ledger::Refusal::HoldNotReturnable,
+            _ => crate::ledger::Refusal::HoldNotActive,
+        };
+        return Ok(stored(crate::view::refusal(refusal)));
+    };
+    let command = Command::ReturnHold {
+        hold_id: hold.id,
+        account_id: hold.account_id,
+        id: uuid::Uuid::now_v7().to_string(),
+        fee_id: uuid::Uuid::now_v7().to_string(),
+        original: original.id,
+        parties: [original.debit, original.credit],
+        region: original.region,
+        operator: operator_id.clone(),
+    };
+    payments.idempotent(key, fingerprint, operator_id, async move || Ok(command)).await
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct HoldsQuery {
+    /// A wallet's account id.
+    #[param(pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+    account: Option<String>,
+    /// `active`, `released`, `returned` or `expired`; default: all.
+    #[param(value_type = Option<String>, pattern = "^(active|released|returned|expired)$")]
+    status: Option<String>,
+    /// How many items, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,512}$")]
+    cursor: Option<String>,
+}
+
+/// Holds, newest first.
+#[utoipa::path(get, path = "/admin/v1/holds", tag = "finance-ops", security(("operator" = [])), params(HoldsQuery),
+    responses((status = 200, body = inline(Page<HoldView>))))]
+async fn list_holds(
+    State(payments): State<Payments>,
+    _viewer: Authorized<Viewer>,
+    Query(query): Query<HoldsQuery>,
+) -> Result<axum::Json<Page<HoldView>>, HttpError> {
+    let page = PageQuery { limit: query.limit, cursor: query.cursor }.parse()?;
+    let status = query
+        .status
+        .as_deref()
+        .map(|status| {
+            crate::ledger::HoldStatus::parse(status)
+                .ok_or_else(|| HttpError::invalid_request("status must be active, released, returned or expired"))
+        })
+        .transpose()?;
+    if let Some(account) = &query.account
+        && !is_uuid(account)
+    {
+        return Err(HttpError::invalid_request("account must be an account id (a UUID)"));
+    }
+    if let Some(after) = &page.after
+        && !is_uuid(after)
+    {
+        return Err(courier_common::page::not_ours());
+    }
+    let rows =
+        store::holds(&payments.inner.db, query.account.as_deref(), status, page.after.as_deref(), page.limit + 1)
+            .await
+            .map_err(PaymentsError::from)?;
+    Ok(axum::Json(Page::from_rows(rows, page.limit, |h| h.id.clone()).map(|h| HoldView::from(&h))))
 }

@@ -73,6 +73,10 @@ pub struct LedgerAccount {
     pub balance_minor: i64,
     /// Why, by whom and when the wallet was frozen; `None`: active.
     pub frozen: Option<FreezeNote>,
+    /// What active holds keep in the wallet: it stays in the balance but
+    /// cannot be sent, withdrawn or taken back (only a hold's return or
+    /// release frees it).
+    pub held_minor: i64,
     /// The newest transfer this account is a party to: the head of its
     /// chain, which each transfer continues through its `debit_prev` and
     /// `credit_prev` (see [`Transfer`]).
@@ -83,6 +87,11 @@ pub struct LedgerAccount {
 }
 
 impl LedgerAccount {
+    /// The balance less what holds keep.
+    pub fn available_minor(&self) -> i64 {
+        self.balance_minor - self.held_minor
+    }
+
     /// A new account: no money, no transfers, nothing sent.
     pub fn new(id: LedgerAccountId, kind: AccountKind, region: RegionCode, currency: Currency) -> Self {
         LedgerAccount {
@@ -92,6 +101,7 @@ impl LedgerAccount {
             currency,
             balance_minor: 0,
             frozen: None,
+            held_minor: 0,
             last_transfer: None,
             usage: Usage::default(),
         }
@@ -148,6 +158,9 @@ pub enum TransferKind {
     /// Takes back (part of) an earlier transfer: from its recipient to its
     /// sender, linked to it.
     Reversal,
+    /// An approved adjustment: between a wallet and its region's
+    /// adjustments account.
+    Adjustment,
 }
 
 impl TransferKind {
@@ -158,6 +171,7 @@ impl TransferKind {
             TransferKind::Deposit => "deposit",
             TransferKind::Withdrawal => "withdrawal",
             TransferKind::Reversal => "reversal",
+            TransferKind::Adjustment => "adjustment",
         }
     }
 
@@ -168,6 +182,7 @@ impl TransferKind {
             "deposit" => Some(TransferKind::Deposit),
             "withdrawal" => Some(TransferKind::Withdrawal),
             "reversal" => Some(TransferKind::Reversal),
+            "adjustment" => Some(TransferKind::Adjustment),
             _ => None,
         }
     }
@@ -233,6 +248,37 @@ pub enum Command {
     /// An admin changes a region's rules (validated before): the very next
     /// command obeys them.
     SetRegion { rules: RegionRules },
+    /// An operator proposes an adjustment: stored pending, moving nothing.
+    ProposeAdjustment { adjustment: Adjustment },
+    /// An approver other than the proposer approves (posting the
+    /// adjustment as transfer `transfer_id`) or rejects a pending one.
+    DecideAdjustment {
+        adjustment_id: String,
+        /// The adjustment's wallet, as the request found it (the writer
+        /// posts to the one it loaded with the adjustment).
+        account_id: LedgerAccountId,
+        approve: bool,
+        transfer_id: String,
+        operator: String,
+    },
+    /// An operator places a hold on a wallet's available balance.
+    PlaceHold { hold: Hold },
+    /// An operator releases an active hold, or the writer expires it.
+    ReleaseHold { hold_id: String, account_id: LedgerAccountId, operator: String, expired: bool },
+    /// An operator returns an active hold: it is released and as much of it
+    /// as is left to reverse of its transfer goes back to that transfer's
+    /// sender, as a reversal.
+    ReturnHold {
+        hold_id: String,
+        account_id: LedgerAccountId,
+        /// The reversal's ids, and the hold's transfer with its parties.
+        id: String,
+        fee_id: String,
+        original: String,
+        parties: [LedgerAccountId; 2],
+        region: RegionCode,
+        operator: String,
+    },
     /// An operator takes back `amount_minor` (`None`: all that is left) of
     /// transfer `original` from its recipient to its sender, with the part
     /// of its fee in proportion refunded from fee revenue.
@@ -265,6 +311,13 @@ impl Command {
             | Command::Withdrawal { wallet, .. }
             | Command::SetFrozen { wallet, .. } => [Some(wallet), None, None],
             Command::SetRegion { .. } => [None, None, None],
+            Command::ProposeAdjustment { adjustment: Adjustment { account_id, .. } }
+            | Command::DecideAdjustment { account_id, .. }
+            | Command::PlaceHold { hold: Hold { account_id, .. } }
+            | Command::ReleaseHold { account_id, .. } => [Some(account_id.as_str()), None, None],
+            Command::ReturnHold { parties: [debit, credit], region, .. } => {
+                [Some(debit.as_str()), Some(credit.as_str()), Some(system_account_id(*region, AccountKind::FeeRevenue))]
+            }
             Command::Reverse { parties: [debit, credit], region, .. } => {
                 [Some(debit.as_str()), Some(credit.as_str()), Some(system_account_id(*region, AccountKind::FeeRevenue))]
             }
@@ -275,7 +328,23 @@ impl Command {
     /// The transfer this command reverses, if it is a reversal.
     pub fn original(&self) -> Option<&str> {
         match self {
-            Command::Reverse { original, .. } => Some(original),
+            Command::Reverse { original, .. } | Command::ReturnHold { original, .. } => Some(original),
+            _ => None,
+        }
+    }
+
+    /// The adjustment this command decides, if it decides one.
+    pub fn adjustment(&self) -> Option<&str> {
+        match self {
+            Command::DecideAdjustment { adjustment_id, .. } => Some(adjustment_id),
+            _ => None,
+        }
+    }
+
+    /// The hold this command releases or returns, if any.
+    pub fn hold(&self) -> Option<&str> {
+        match self {
+            Command::ReleaseHold { hold_id, .. } | Command::ReturnHold { hold_id, .. } => Some(hold_id),
             _ => None,
         }
     }
@@ -283,6 +352,120 @@ impl Command {
     /// Whether this command changes a region's rules.
     pub fn changes_regions(&self) -> bool {
         matches!(self, Command::SetRegion { .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldStatus {
+    Active,
+    Released,
+    Returned,
+    Expired,
+}
+
+impl HoldStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldStatus::Active => "active",
+            HoldStatus::Released => "released",
+            HoldStatus::Returned => "returned",
+            HoldStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "active" => Some(HoldStatus::Active),
+            "released" => Some(HoldStatus::Released),
+            "returned" => Some(HoldStatus::Returned),
+            "expired" => Some(HoldStatus::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// A hold (Brazil's MED pattern): an amount kept in a wallet while a claim
+/// is examined, then released, or returned to the sender of the transfer
+/// it names as a reversal of it, or expired (released by itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub id: String,
+    pub account_id: LedgerAccountId,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub region: RegionCode,
+    pub reason: String,
+    /// The transfer the claim is about: a return reverses it.
+    pub transfer_id: Option<String>,
+    pub status: HoldStatus,
+    pub placed_by: String,
+    pub placed_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub decided_by: Option<String>,
+    pub decided_at_ms: Option<i64>,
+    /// Once returned: the reversal that returned it.
+    pub return_transfer_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdjustmentStatus {
+    Pending,
+    Approved,
+    Rejected,
+    Expired,
+}
+
+impl AdjustmentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdjustmentStatus::Pending => "pending",
+            AdjustmentStatus::Approved => "approved",
+            AdjustmentStatus::Rejected => "rejected",
+            AdjustmentStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "pending" => Some(AdjustmentStatus::Pending),
+            "approved" => Some(AdjustmentStatus::Approved),
+            "rejected" => Some(AdjustmentStatus::Rejected),
+            "expired" => Some(AdjustmentStatus::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// A four-eyes adjustment: proposed by one operator, approved (and then
+/// posted between the wallet and its region's adjustments account) or
+/// rejected by another, or expired undecided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adjustment {
+    pub id: String,
+    pub account_id: LedgerAccountId,
+    /// Signed: positive credits the wallet, negative debits it.
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub region: RegionCode,
+    pub reason: String,
+    pub status: AdjustmentStatus,
+    pub proposed_by: String,
+    pub proposed_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub decided_by: Option<String>,
+    pub decided_at_ms: Option<i64>,
+    pub transfer_id: Option<String>,
+}
+
+impl Adjustment {
+    /// Its status as of `now_ms`: a pending one past its time is expired,
+    /// whether or not the writer has recorded that yet.
+    pub fn status_at(&self, now_ms: i64) -> AdjustmentStatus {
+        if self.status == AdjustmentStatus::Pending && now_ms >= self.expires_at_ms {
+            AdjustmentStatus::Expired
+        } else {
+            self.status
+        }
     }
 }
 
@@ -372,6 +555,18 @@ pub enum Refusal {
     NotReversible,
     /// Nothing of the transfer is left to reverse.
     AlreadyReversed,
+    /// No such adjustment.
+    AdjustmentNotFound,
+    /// The proposer of an adjustment may not decide it.
+    FourEyesViolation,
+    /// No such hold.
+    HoldNotFound,
+    /// The hold was released, returned or expired already.
+    HoldNotActive,
+    /// A hold that names no transfer has nothing to return.
+    HoldNotReturnable,
+    /// The adjustment was decided already, or expired.
+    AdjustmentNotPending,
     /// A reversal of more than what is left of the transfer to reverse.
     ReversalTooLarge,
     /// An operator's movement that would take a wallet below zero (a
@@ -401,6 +596,12 @@ impl Refusal {
             Refusal::NotFrozen => "not_frozen",
             Refusal::TransferNotFound => "not_found",
             Refusal::NotReversible => "not_reversible",
+            Refusal::AdjustmentNotFound => "not_found",
+            Refusal::FourEyesViolation => "four_eyes_violation",
+            Refusal::HoldNotFound => "not_found",
+            Refusal::HoldNotActive => "hold_not_active",
+            Refusal::HoldNotReturnable => "not_reversible",
+            Refusal::AdjustmentNotPending => "adjustment_not_pending",
             Refusal::AlreadyReversed | Refusal::ReversalTooLarge => "already_reversed",
             Refusal::NotEnoughToTakeBack => "insufficient_funds",
         }
@@ -426,6 +627,14 @@ impl Refusal {
             Refusal::AlreadyFrozen => "this wallet is frozen already",
             Refusal::NotFrozen => "this wallet is not frozen",
             Refusal::TransferNotFound => "there is no such transfer",
+            Refusal::AdjustmentNotFound => "there is no such adjustment",
+            Refusal::HoldNotFound => "there is no such hold",
+            Refusal::HoldNotActive => "this hold was released, returned or expired already",
+            Refusal::HoldNotReturnable => "this hold names no transfer to return; release it instead",
+            Refusal::FourEyesViolation => {
+                "an adjustment is decided by an approver other than the operator who proposed it; ask another approver"
+            }
+            Refusal::AdjustmentNotPending => "this adjustment was decided already or has expired; propose a new one",
             Refusal::NotReversible => {
                 "only P2P transfers, deposits and withdrawals can be reversed (a fee goes back with its transfer)"
             }
@@ -444,14 +653,24 @@ impl Refusal {
     /// for a well-formed request the ledger refuses.
     pub fn status(self) -> u16 {
         match self {
-            Refusal::RegionNotSupported | Refusal::RegionDisabled | Refusal::WalletFrozen => 403,
-            Refusal::RecipientNotFound | Refusal::WalletNotFound | Refusal::TransferNotFound => 404,
+            Refusal::RegionNotSupported
+            | Refusal::RegionDisabled
+            | Refusal::WalletFrozen
+            | Refusal::FourEyesViolation => 403,
+            Refusal::RecipientNotFound
+            | Refusal::WalletNotFound
+            | Refusal::TransferNotFound
+            | Refusal::AdjustmentNotFound
+            | Refusal::HoldNotFound => 404,
             Refusal::AlreadyFrozen
             | Refusal::NotFrozen
             | Refusal::NotReversible
             | Refusal::AlreadyReversed
             | Refusal::ReversalTooLarge
-            | Refusal::NotEnoughToTakeBack => 409,
+            | Refusal::NotEnoughToTakeBack
+            | Refusal::AdjustmentNotPending
+            | Refusal::HoldNotActive
+            | Refusal::HoldNotReturnable => 409,
             _ => 422,
         }
     }
@@ -465,6 +684,10 @@ pub struct Ledger {
     /// The transfers loaded to be reversed, by id, with what has been
     /// reversed of them.
     pub originals: HashMap<String, Reversible>,
+    /// The adjustments loaded to be decided (and those proposed), by id.
+    pub adjustments: HashMap<String, Adjustment>,
+    /// The holds loaded to be released or returned (and those placed), by id.
+    pub holds: HashMap<String, Hold>,
 }
 
 /// What a batch touched, saved so that a failed commit can be undone: each
@@ -474,6 +697,8 @@ pub struct Ledger {
 pub struct Snapshot {
     accounts: Vec<Result<LedgerAccount, LedgerAccountId>>,
     originals: Vec<(String, Option<Reversible>)>,
+    adjustments: Vec<(String, Option<Adjustment>)>,
+    holds: Vec<(String, Option<Hold>)>,
     regions: Option<HashMap<RegionCode, RegionRules>>,
 }
 
@@ -484,8 +709,22 @@ impl Ledger {
         Snapshot {
             accounts: ids.into_iter().map(|id| saved(id.as_ref())).collect(),
             originals: Vec::new(),
+            adjustments: Vec::new(),
+            holds: Vec::new(),
             regions: None,
         }
+    }
+
+    /// Also saves the holds `ids`.
+    pub fn with_holds<'a>(&self, mut snapshot: Snapshot, ids: impl IntoIterator<Item = &'a str>) -> Snapshot {
+        snapshot.holds = ids.into_iter().map(|id| (id.to_owned(), self.holds.get(id).cloned())).collect();
+        snapshot
+    }
+
+    /// Also saves the adjustments `ids`.
+    pub fn with_adjustments<'a>(&self, mut snapshot: Snapshot, ids: impl IntoIterator<Item = &'a str>) -> Snapshot {
+        snapshot.adjustments = ids.into_iter().map(|id| (id.to_owned(), self.adjustments.get(id).cloned())).collect();
+        snapshot
     }
 
     /// Also saves every region's rules.
@@ -512,6 +751,18 @@ impl Ledger {
             match saved {
                 Some(original) => self.originals.insert(id, original),
                 None => self.originals.remove(&id),
+            };
+        }
+        for (id, saved) in snapshot.holds {
+            match saved {
+                Some(hold) => self.holds.insert(id, hold),
+                None => self.holds.remove(&id),
+            };
+        }
+        for (id, saved) in snapshot.adjustments {
+            match saved {
+                Some(adjustment) => self.adjustments.insert(id, adjustment),
+                None => self.adjustments.remove(&id),
             };
         }
         if let Some(regions) = snapshot.regions {
@@ -566,12 +817,168 @@ impl Ledger {
                 self.regions.insert(rules.code, rules.clone());
                 Ok(Vec::new())
             }
+            Command::ProposeAdjustment { adjustment } => {
+                let wallet = self.wallet(&adjustment.account_id).ok_or(Refusal::WalletNotFound)?;
+                if wallet.currency != adjustment.currency {
+                    return Err(Refusal::CurrencyMismatch);
+                }
+                self.adjustments.insert(adjustment.id.clone(), adjustment.clone());
+                Ok(Vec::new())
+            }
+            Command::DecideAdjustment { adjustment_id, approve, transfer_id, operator, .. } => {
+                self.decide(adjustment_id, *approve, transfer_id, operator, now_ms)
+            }
+            Command::PlaceHold { hold } => {
+                let wallet = self.wallet_mut(&hold.account_id).ok_or(Refusal::WalletNotFound)?;
+                if wallet.currency != hold.currency {
+                    return Err(Refusal::CurrencyMismatch);
+                }
+                if wallet.available_minor() < hold.amount_minor {
+                    return Err(Refusal::NotEnoughToTakeBack);
+                }
+                wallet.held_minor += hold.amount_minor;
+                self.holds.insert(hold.id.clone(), hold.clone());
+                Ok(Vec::new())
+            }
+            Command::ReleaseHold { hold_id, operator, expired, .. } => {
+                let hold = self.active_hold(hold_id)?.clone();
+                self.free_hold(&hold)?;
+                let status = if *expired { HoldStatus::Expired } else { HoldStatus::Released };
+                self.close_hold(hold, status, operator, now_ms, None);
+                Ok(Vec::new())
+            }
+            Command::ReturnHold { hold_id, id, fee_id, original, operator, .. } => {
+                let hold = self.active_hold(hold_id)?.clone();
+                let paid_this_wallet = self.originals.get(original).is_some_and(|o| o.credit == hold.account_id);
+                if hold.transfer_id.as_deref() != Some(original.as_str()) || !paid_this_wallet {
+                    return Err(Refusal::HoldNotReturnable);
+                }
+                let left = self
+                    .originals
+                    .get(original)
+                    .map(|o| o.amount_minor - o.reversed_minor)
+                    .ok_or(Refusal::TransferNotFound)?;
+                if left <= 0 {
+                    return Err(Refusal::AlreadyReversed);
+                }
+                // The held money pays the reversal: free it, and keep it
+                // held again if the reversal is refused.
+                self.free_hold(&hold)?;
+                let amount = Some(hold.amount_minor.min(left));
+                let reason = format!("hold returned: {}", hold.reason);
+                let request = ReverseRequest { id, fee_id, original, amount_minor: amount, reason: &reason };
+                match self.reverse(request, operator, now_ms) {
+                    Ok(transfers) => {
+                        self.close_hold(hold, HoldStatus::Returned, operator, now_ms, Some(id.clone()));
+                        Ok(transfers)
+                    }
+                    Err(refusal) => {
+                        if let Some(wallet) = self.accounts.get_mut(&hold.account_id) {
+                            wallet.held_minor += hold.amount_minor;
+                        }
+                        Err(refusal)
+                    }
+                }
+            }
             Command::Reverse { id, fee_id, original, amount_minor, reason, operator, .. } => self.reverse(
                 ReverseRequest { id, fee_id, original, amount_minor: *amount_minor, reason },
                 operator,
                 now_ms,
             ),
         }
+    }
+
+    fn active_hold(&self, id: &str) -> Result<&Hold, Refusal> {
+        let hold = self.holds.get(id).ok_or(Refusal::HoldNotFound)?;
+        if hold.status != HoldStatus::Active {
+            return Err(Refusal::HoldNotActive);
+        }
+        Ok(hold)
+    }
+
+    /// Gives a hold's amount back to its wallet's available balance.
+    fn free_hold(&mut self, hold: &Hold) -> Result<(), Refusal> {
+        let wallet = self.accounts.get_mut(&hold.account_id).ok_or(Refusal::WalletNotFound)?;
+        if wallet.held_minor < hold.amount_minor {
+            // The wallet's held total always covers its active holds.
+            return Err(Refusal::HoldNotActive);
+        }
+        wallet.held_minor -= hold.amount_minor;
+        Ok(())
+    }
+
+    fn close_hold(&mut self, mut hold: Hold, status: HoldStatus, by: &str, now_ms: i64, returned: Option<String>) {
+        hold.status = status;
+        hold.decided_by = Some(by.to_owned());
+        hold.decided_at_ms = Some(now_ms);
+        hold.return_transfer_id = returned;
+        self.holds.insert(hold.id.clone(), hold);
+    }
+
+    /// Approves (posting it) or rejects a pending adjustment. The proposer
+    /// may not decide it; an approval that would take the wallet below zero
+    /// is refused and leaves it pending.
+    fn decide(
+        &mut self,
+        id: &str,
+        approve: bool,
+        transfer_id: &str,
+        operator: &str,
+        now_ms: i64,
+    ) -> Result<Vec<Transfer>, Refusal> {
+        let adjustment = self.adjustments.get(id).ok_or(Refusal::AdjustmentNotFound)?;
+        if adjustment.status_at(now_ms) != AdjustmentStatus::Pending {
+            return Err(Refusal::AdjustmentNotPending);
+        }
+        if adjustment.proposed_by == operator {
+            return Err(Refusal::FourEyesViolation);
+        }
+        let mut decided = adjustment.clone();
+        decided.decided_by = Some(operator.to_owned());
+        decided.decided_at_ms = Some(now_ms);
+        let mut transfers = Vec::new();
+        if approve {
+            let wallet = self.wallet(&decided.account_id).ok_or(Refusal::WalletNotFound)?;
+            let system = system_account(decided.region, AccountKind::Adjustments);
+            if !self.accounts.contains_key(&system) {
+                return Err(Refusal::RegionNotSupported);
+            }
+            let amount = decided.amount_minor.checked_abs().ok_or(Refusal::BalanceLimit)?;
+            let (debit, credit) = if decided.amount_minor > 0 {
+                (system, decided.account_id.clone())
+            } else {
+                if wallet.available_minor() < amount {
+                    return Err(Refusal::NotEnoughToTakeBack);
+                }
+                (decided.account_id.clone(), system)
+            };
+            self.fits(&debit, &credit, amount)?;
+            let mut transfer = Transfer {
+                id: transfer_id.to_owned(),
+                kind: TransferKind::Adjustment,
+                debit,
+                credit,
+                amount_minor: amount,
+                fee_minor: 0,
+                currency: decided.currency,
+                region: decided.region,
+                linked_id: None,
+                initiator: operator.to_owned(),
+                note: Some(decided.reason.clone()),
+                external_ref: Some(decided.id.clone()),
+                created_at_ms: now_ms,
+                debit_prev: None,
+                credit_prev: None,
+            };
+            self.post(&mut transfer);
+            decided.status = AdjustmentStatus::Approved;
+            decided.transfer_id = Some(transfer.id.clone());
+            transfers.push(transfer);
+        } else {
+            decided.status = AdjustmentStatus::Rejected;
+        }
+        self.adjustments.insert(decided.id.clone(), decided);
+        Ok(transfers)
     }
 
     /// Takes back (part of) a transfer: from its recipient to its sender,
@@ -596,7 +1003,7 @@ impl Ledger {
         if !self.accounts.contains_key(&to) {
             return Err(Refusal::TransferNotFound);
         }
-        if payer.kind == AccountKind::Wallet && payer.balance_minor < amount {
+        if payer.kind == AccountKind::Wallet && payer.available_minor() < amount {
             return Err(Refusal::NotEnoughToTakeBack);
         }
         let fee_refunded = original.fee_refunded_at(original.reversed_minor + amount);
@@ -631,7 +1038,7 @@ impl Ledger {
         };
         let mut reversal = posting(request.id, from, amount);
         reversal.fee_minor = fee;
-        reversal.note = Some(request.reason.clone());
+        reversal.note = Some(request.reason.to_owned());
         self.post(&mut reversal);
         let mut transfers = vec![reversal];
         if fee > 0 {
@@ -705,7 +1112,7 @@ impl Ledger {
             return Err(Refusal::LimitNight);
         }
         let fee = rules.fee.fee_minor(usage.month_minor, amount);
-        if sender.balance_minor < amount + fee {
+        if sender.available_minor() < amount + fee {
             return Err(Refusal::InsufficientFunds);
         }
         let fee_account = system_account_id(region, AccountKind::FeeRevenue);
@@ -785,7 +1192,7 @@ impl Ledger {
         }
         let (debit, credit) = match kind {
             TransferKind::Withdrawal => {
-                if account.balance_minor < amount.minor() {
+                if account.available_minor() < amount.minor() {
                     return Err(Refusal::InsufficientFunds);
                 }
                 (wallet.clone(), settlement)
@@ -904,8 +1311,8 @@ impl Ledger {
             if account.balance_minor != *balance {
                 return Err(format!("account {id} holds {} but its transfers give {balance}", account.balance_minor));
             }
-            if account.kind == AccountKind::Wallet && account.balance_minor < 0 {
-                return Err(format!("wallet {id} would go negative: {}", account.balance_minor));
+            if account.kind == AccountKind::Wallet && account.available_minor() < 0 {
+                return Err(format!("wallet {id} would go below what holds keep: {}", account.balance_minor));
             }
             let overflow = || format!("the totals of {} are out of range", account.currency);
             let total = totals_before.entry(account.currency).or_default();
@@ -915,6 +1322,16 @@ impl Ledger {
         }
         if totals_before != totals_after {
             return Err(format!("the batch does not net to zero: {totals_before:?} became {totals_after:?}"));
+        }
+        for id in before.keys() {
+            if let Some(account) = self.accounts.get(*id)
+                && (account.held_minor < 0 || (account.kind == AccountKind::Wallet && account.available_minor() < 0))
+            {
+                return Err(format!(
+                    "wallet {id} holds {} of which {} is held",
+                    account.balance_minor, account.held_minor
+                ));
+            }
         }
         for transfer in transfers.iter().filter(|t| t.kind == TransferKind::Reversal) {
             let original = transfer
@@ -938,7 +1355,7 @@ struct ReverseRequest<'a> {
     fee_id: &'a String,
     original: &'a String,
     amount_minor: Option<i64>,
-    reason: &'a String,
+    reason: &'a str,
 }
 
 struct P2pRequest<'a> {

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use crate::ledger::{
-    AccountKind, Command, Ledger, LedgerAccount, Refusal, Reversible, Transfer, TransferKind, WALLET_BALANCE_MINOR_MAX,
-    system_account,
+    AccountKind, Adjustment, AdjustmentStatus, Command, Ledger, LedgerAccount, Refusal, Reversible, Transfer,
+    TransferKind, WALLET_BALANCE_MINOR_MAX, system_account,
 };
 use crate::money::{Currency, Money};
 use crate::region::{FeeRule, RegionCode, RegionRules};
@@ -51,7 +51,21 @@ enum Op {
         pick: usize,
         minor: Option<i64>,
     },
+    /// Operator `by` proposes a signed adjustment.
+    Propose {
+        wallet: usize,
+        minor: i64,
+        by: usize,
+    },
+    /// Operator `by` approves or rejects the `pick`-th adjustment proposed.
+    Decide {
+        pick: usize,
+        approve: bool,
+        by: usize,
+    },
 }
+
+const OPERATORS: usize = 3;
 
 fn wallet_id(index: usize) -> String {
     if index < RU_WALLETS { format!("ru{index}") } else { format!("br{}", index - RU_WALLETS) }
@@ -91,6 +105,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..wallets, proptest::bool::weighted(0.6)).prop_map(|(wallet, frozen)| Op::Freeze { wallet, frozen }),
         3 => (0..1_000usize, proptest::option::weighted(0.5, 1i64..60_000))
             .prop_map(|(pick, minor)| Op::Reverse { pick, minor }),
+        1 => (0..wallets, prop_oneof![-100_000i64..-1, 1i64..100_000], 0..OPERATORS)
+            .prop_map(|(wallet, minor, by)| Op::Propose { wallet, minor, by }),
+        2 => (0..1_000usize, proptest::bool::weighted(0.7), 0..OPERATORS)
+            .prop_map(|(pick, approve, by)| Op::Decide { pick, approve, by }),
     ]
 }
 
@@ -104,6 +122,9 @@ struct Model {
     /// Every transfer made, in order, as the model keeps it: id, kind,
     /// debit, credit, amount, fee, reversed so far, fee refunded so far.
     made: Vec<Made>,
+    /// Every adjustment proposed: its wallet, signed amount, proposer and
+    /// whether it is still pending.
+    adjustments: Vec<(String, i64, usize, bool)>,
 }
 
 #[derive(Debug, Clone)]
@@ -151,6 +172,34 @@ impl Model {
                 Ok(())
             }
             Op::P2pToStranger { .. } => Err(Refusal::CrossRegion),
+            Op::Propose { wallet, .. } => {
+                let Op::Propose { minor, by, .. } = op else { unreachable!() };
+                self.adjustments.push((wallet_id(*wallet), *minor, *by, true));
+                Ok(())
+            }
+            Op::Decide { pick, approve, by } => {
+                if self.adjustments.is_empty() {
+                    return Err(Refusal::AdjustmentNotFound);
+                }
+                let index = pick % self.adjustments.len();
+                let (wallet, minor, proposer, pending) = self.adjustments[index].clone();
+                if !pending {
+                    return Err(Refusal::AdjustmentNotPending);
+                }
+                if proposer == *by {
+                    return Err(Refusal::FourEyesViolation);
+                }
+                if *approve {
+                    if minor < 0 && self.balances[&wallet] < -minor {
+                        return Err(Refusal::NotEnoughToTakeBack);
+                    }
+                    let region = if wallet.starts_with("ru") { RegionCode::Ru } else { RegionCode::Br };
+                    *self.balances.get_mut(&wallet).unwrap() += minor;
+                    *self.balances.get_mut(&system_account(region, AccountKind::Adjustments)).unwrap() -= minor;
+                }
+                self.adjustments[index].3 = false;
+                Ok(())
+            }
             Op::Reverse { pick, minor } => {
                 if self.made.is_empty() {
                     return Err(Refusal::TransferNotFound);
@@ -239,9 +288,37 @@ impl Model {
     }
 }
 
-fn command(op: &Op, n: usize, made: &[Made]) -> Command {
+fn command(op: &Op, n: usize, made: &[Made], adjustments: &[(String, i64, usize, bool)]) -> Command {
     let id = format!("t{n:06}");
     match op {
+        Op::Propose { wallet, minor, by } => Command::ProposeAdjustment {
+            adjustment: Adjustment {
+                id: format!("a{n:06}"),
+                account_id: wallet_id(*wallet),
+                amount_minor: *minor,
+                currency: RegionRules::default_for(region_of(*wallet)).currency,
+                region: region_of(*wallet),
+                reason: "a correction".into(),
+                status: AdjustmentStatus::Pending,
+                proposed_by: format!("op{by}"),
+                proposed_at_ms: START_MS,
+                expires_at_ms: i64::MAX,
+                decided_by: None,
+                decided_at_ms: None,
+                transfer_id: None,
+            },
+        },
+        Op::Decide { pick, approve, by } => {
+            let picked = if adjustments.is_empty() { None } else { Some(pick % adjustments.len()) };
+            Command::DecideAdjustment {
+                adjustment_id: picked
+                    .map_or_else(|| "missing".to_owned(), |index| adjustment_ids(adjustments)[index].clone()),
+                account_id: picked.map_or_else(String::new, |index| adjustments[index].0.clone()),
+                approve: *approve,
+                transfer_id: id,
+                operator: format!("op{by}"),
+            }
+        }
         Op::Deposit { wallet, minor } => Command::Deposit {
             id,
             wallet: wallet_id(*wallet),
@@ -301,7 +378,18 @@ fn command(op: &Op, n: usize, made: &[Made]) -> Command {
     }
 }
 
+/// The ids the model's adjustments were proposed under, in order.
+fn adjustment_ids(adjustments: &[(String, i64, usize, bool)]) -> Vec<String> {
+    ADJUSTMENT_IDS.with(|ids| ids.borrow()[..adjustments.len()].to_vec())
+}
+
+thread_local! {
+    /// The id of every adjustment proposed in the current case, in order.
+    static ADJUSTMENT_IDS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn setup() -> (Ledger, Model) {
+    ADJUSTMENT_IDS.with(|ids| ids.borrow_mut().clear());
     let mut ledger = Ledger::default();
     let mut model = Model::default();
     for code in RegionCode::ALL {
@@ -343,7 +431,10 @@ proptest! {
             for (op, step) in batch {
                 now += step;
                 n += 1;
-                let command = command(&op, n, &model.made);
+                let command = command(&op, n, &model.made, &model.adjustments);
+                if let Command::ProposeAdjustment { adjustment } = &command {
+                    ADJUSTMENT_IDS.with(|ids| ids.borrow_mut().push(adjustment.id.clone()));
+                }
                 let expected = model.expect(&op, &rules, now);
                 let outcome = ledger.apply(&command, "tester", now);
                 prop_assert_eq!(outcome.as_ref().map(|_| ()).map_err(|r| *r), expected, "op {:?}", op);
@@ -430,7 +521,7 @@ fn a_failed_commit_is_undone_by_the_snapshot() {
     ledger.apply(&deposit, "op", START_MS).unwrap();
     let before = ledger.accounts.clone();
     let snapshot = ledger.snapshot(ids.iter());
-    let p2p = command(&Op::P2p { from: 0, to: 1, minor: 300, wrong_currency: false }, 1, &[]);
+    let p2p = command(&Op::P2p { from: 0, to: 1, minor: 300, wrong_currency: false }, 1, &[], &[]);
     ledger.apply(&p2p, "op", START_MS).unwrap();
     assert_ne!(ledger.accounts, before);
     ledger.restore(snapshot);

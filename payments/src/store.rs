@@ -5,7 +5,10 @@
 
 use courier_common::Database;
 
-use crate::ledger::{AccountKind, FreezeNote, LedgerAccount, Transfer, TransferKind, Usage};
+use crate::ledger::{
+    AccountKind, Adjustment, AdjustmentStatus, FreezeNote, Hold, HoldStatus, LedgerAccount, Transfer, TransferKind,
+    Usage,
+};
 use crate::money::Currency;
 use crate::region::{FeeRule, RegionCode, RegionRules, Windows};
 
@@ -128,7 +131,9 @@ pub(crate) type AccountRow = (
     Option<i64>,
 );
 
-pub(crate) const ACCOUNT_COLUMNS_SQL: &str = "SELECT id, kind, region, currency, balance, frozen, last_transfer, \
+/// A wallet is frozen exactly while `frozen_at` is set (the `frozen` flag
+/// is written alongside, for older readers).
+pub(crate) const ACCOUNT_COLUMNS_SQL: &str = "SELECT id, kind, region, currency, balance, held, last_transfer, \
      usage_day_start, usage_day, usage_month_start, usage_month, usage_night_start, usage_night, frozen_reason, \
      frozen_by, frozen_at FROM ledger_accounts";
 
@@ -139,7 +144,7 @@ pub(crate) fn account_from_row(row: AccountRow) -> Option<LedgerAccount> {
         region,
         currency,
         balance,
-        frozen,
+        held,
         last_transfer,
         day_start_ms,
         day_minor,
@@ -157,11 +162,12 @@ pub(crate) fn account_from_row(row: AccountRow) -> Option<LedgerAccount> {
         region: RegionCode::parse(&region)?,
         currency: Currency::parse(&currency)?,
         balance_minor: balance,
+        held_minor: held,
         // Wallets frozen before reasons were kept show an empty one.
-        frozen: (frozen == 1).then(|| FreezeNote {
+        frozen: frozen_at.map(|at_ms| FreezeNote {
             reason: frozen_reason.unwrap_or_default(),
             by: frozen_by.unwrap_or_default(),
-            at_ms: frozen_at.unwrap_or(0),
+            at_ms,
         }),
         last_transfer,
         // A month start not yet counted (only before the writer has counted
@@ -240,13 +246,28 @@ pub struct BatchWrite {
     pub accounts: Vec<LedgerAccount>,
     pub idempotency: Vec<(IdempotencyKey, String, StoredResponse)>,
     /// The new rules of every region the batch changed (rare: a batch that
-    /// has some is written in an explicit transaction).
+    /// has some is written in an explicit transaction, as is one with
+    /// adjustments).
     pub regions: Vec<RegionRules>,
+    /// Adjustments proposed or decided, as they now are.
+    pub adjustments: Vec<Adjustment>,
+    /// Holds placed, released, returned or expired, as they now are.
+    pub holds: Vec<Hold>,
 }
 
 impl BatchWrite {
     pub fn is_empty(&self) -> bool {
-        self.transfers.is_empty() && self.accounts.is_empty() && self.idempotency.is_empty() && self.regions.is_empty()
+        self.transfers.is_empty()
+            && self.accounts.is_empty()
+            && self.idempotency.is_empty()
+            && self.regions.is_empty()
+            && self.adjustments.is_empty()
+            && self.holds.is_empty()
+    }
+
+    /// Whether the batch writes more than transfers, accounts and keys.
+    pub fn has_rare_writes(&self) -> bool {
+        !self.regions.is_empty() || !self.adjustments.is_empty() || !self.holds.is_empty()
     }
 }
 
@@ -308,6 +329,223 @@ fn transfer_from_row(row: TransferRow) -> Option<Transfer> {
         debit_prev,
         credit_prev,
     })
+}
+
+pub(crate) type AdjustmentRow = (
+    String,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
+pub(crate) const ADJUSTMENT_COLUMNS: &str = "id, account_id, amount, currency, region, reason, status, proposed_by, \
+     proposed_at, expires_at, decided_by, decided_at, transfer_id";
+
+pub(crate) fn adjustment_from_row(row: AdjustmentRow) -> Option<Adjustment> {
+    let (
+        id,
+        account_id,
+        amount,
+        currency,
+        region,
+        reason,
+        status,
+        proposed_by,
+        proposed_at,
+        expires_at,
+        decided_by,
+        decided_at,
+        transfer_id,
+    ) = row;
+    Some(Adjustment {
+        id,
+        account_id,
+        amount_minor: amount,
+        currency: Currency::parse(&currency)?,
+        region: RegionCode::parse(&region)?,
+        reason,
+        status: AdjustmentStatus::parse(&status)?,
+        proposed_by,
+        proposed_at_ms: proposed_at,
+        expires_at_ms: expires_at,
+        decided_by,
+        decided_at_ms: decided_at,
+        transfer_id,
+    })
+}
+
+/// Adjustments, newest first, after `after_id`; only those with `status`
+/// as of now when given (a pending one past its time is expired).
+pub async fn adjustments(
+    db: &Database,
+    status: Option<AdjustmentStatus>,
+    after_id: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Adjustment>, sqlx::Error> {
+    let now = courier_common::time::now_ms();
+    // The stored status, and for pending and expired the time too; the
+    // parameters are numbered in the order they appear.
+    let (condition, stored, timed, limit_at) = match status {
+        None => ("", "", false, "$2"),
+        Some(AdjustmentStatus::Pending) => ("AND status = $2 AND expires_at > $3", "pending", true, "$4"),
+        Some(AdjustmentStatus::Expired) => {
+            ("AND (status = $2 OR (status = 'pending' AND expires_at <= $3))", "expired", true, "$4")
+        }
+        Some(AdjustmentStatus::Approved) => ("AND status = $2", "approved", false, "$3"),
+        Some(AdjustmentStatus::Rejected) => ("AND status = $2", "rejected", false, "$3"),
+    };
+    let sql = format!(
+        "SELECT {ADJUSTMENT_COLUMNS} FROM adjustments WHERE id < $1 {condition} ORDER BY id DESC LIMIT {limit_at}"
+    );
+    let mut query = sqlx::query_as::<_, AdjustmentRow>(&sql).bind(after_id.unwrap_or("~"));
+    if status.is_some() {
+        query = query.bind(stored);
+    }
+    if timed {
+        query = query.bind(now);
+    }
+    query = query.bind(i64::from(limit));
+    Ok(query.fetch_all(db.pool()).await?.into_iter().filter_map(adjustment_from_row).collect())
+}
+
+/// One adjustment.
+pub async fn adjustment(db: &Database, id: &str) -> Result<Option<Adjustment>, sqlx::Error> {
+    let sql = format!("SELECT {ADJUSTMENT_COLUMNS} FROM adjustments WHERE id = $1");
+    let row: Option<AdjustmentRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db.pool()).await?;
+    Ok(row.and_then(adjustment_from_row))
+}
+
+/// Inserts a proposed adjustment, or records its decision.
+pub(crate) fn upsert_adjustment_sql(placeholder: char) -> String {
+    let values: Vec<String> = (1..=13).map(|n| format!("{placeholder}{n}")).collect();
+    format!(
+        "INSERT INTO adjustments ({ADJUSTMENT_COLUMNS}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET \
+         status = excluded.status, decided_by = excluded.decided_by, decided_at = excluded.decided_at, \
+         transfer_id = excluded.transfer_id",
+        values.join(", ")
+    )
+}
+
+/// Records pending adjustments past their time as expired (the writer's
+/// sweep; readers already count them as expired).
+pub(crate) const EXPIRE_ADJUSTMENTS_SQL: &str =
+    "UPDATE adjustments SET status = 'expired' WHERE status = 'pending' AND expires_at <= $1";
+
+pub(crate) type HoldRow = (
+    String,
+    String,
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
+pub(crate) const HOLD_COLUMNS: &str = "id, account_id, amount, currency, region, reason, transfer_id, status, \
+     placed_by, placed_at, expires_at, decided_by, decided_at, return_transfer_id";
+
+pub(crate) fn hold_from_row(row: HoldRow) -> Option<Hold> {
+    let (
+        id,
+        account_id,
+        amount,
+        currency,
+        region,
+        reason,
+        transfer_id,
+        status,
+        placed_by,
+        placed_at,
+        expires_at,
+        decided_by,
+        decided_at,
+        return_transfer_id,
+    ) = row;
+    Some(Hold {
+        id,
+        account_id,
+        amount_minor: amount,
+        currency: Currency::parse(&currency)?,
+        region: RegionCode::parse(&region)?,
+        reason,
+        transfer_id,
+        status: HoldStatus::parse(&status)?,
+        placed_by,
+        placed_at_ms: placed_at,
+        expires_at_ms: expires_at,
+        decided_by,
+        decided_at_ms: decided_at,
+        return_transfer_id,
+    })
+}
+
+/// Inserts a placed hold, or records how it ended.
+pub(crate) fn upsert_hold_sql(placeholder: char) -> String {
+    let values: Vec<String> = (1..=14).map(|n| format!("{placeholder}{n}")).collect();
+    format!(
+        "INSERT INTO holds ({HOLD_COLUMNS}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET status = excluded.status, \
+         decided_by = excluded.decided_by, decided_at = excluded.decided_at, \
+         return_transfer_id = excluded.return_transfer_id",
+        values.join(", ")
+    )
+}
+
+/// Active holds past their time (the writer expires them), oldest first.
+pub(crate) const EXPIRED_HOLDS_SQL: &str =
+    "SELECT id, account_id FROM holds WHERE status = 'active' AND expires_at <= $1 ORDER BY expires_at LIMIT 1000";
+
+/// One hold.
+pub async fn hold(db: &Database, id: &str) -> Result<Option<Hold>, sqlx::Error> {
+    let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1");
+    let row: Option<HoldRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db.pool()).await?;
+    Ok(row.and_then(hold_from_row))
+}
+
+/// Holds, newest first, after `after_id`; of one wallet and of one status
+/// when given.
+pub async fn holds(
+    db: &Database,
+    account: Option<&str>,
+    status: Option<HoldStatus>,
+    after_id: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Hold>, sqlx::Error> {
+    let mut conditions = vec!["id < $1".to_owned()];
+    let mut binds = vec![after_id.unwrap_or("~").to_owned()];
+    if let Some(account) = account {
+        binds.push(account.to_owned());
+        conditions.push(format!("account_id = ${}", binds.len()));
+    }
+    if let Some(status) = status {
+        binds.push(status.as_str().to_owned());
+        conditions.push(format!("status = ${}", binds.len()));
+    }
+    let sql = format!(
+        "SELECT {HOLD_COLUMNS} FROM holds WHERE {} ORDER BY id DESC LIMIT ${}",
+        conditions.join(" AND "),
+        binds.len() + 1
+    );
+    let mut query = sqlx::query_as::<_, HoldRow>(&sql);
+    for bind in binds {
+        query = query.bind(bind);
+    }
+    Ok(query.bind(i64::from(limit)).fetch_all(db.pool()).await?.into_iter().filter_map(hold_from_row).collect())
 }
 
 pub(crate) type OriginalRow = (String, String, String, String, i64, i64, String, String, i64, i64);

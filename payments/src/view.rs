@@ -5,7 +5,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::ledger::{Command, Refusal, Transfer, TransferKind};
+use crate::ledger::{Adjustment, Command, Hold, Ledger, Refusal, Transfer, TransferKind};
 use crate::money::format_minor;
 use crate::region::{FeeRule, RegionCode, RegionRules};
 use crate::store::StoredResponse;
@@ -118,22 +118,135 @@ impl From<&RegionRules> for RegionView {
     }
 }
 
-/// The response for a command's outcome.
-pub fn render(command: &Command, outcome: &Result<Vec<Transfer>, Refusal>) -> StoredResponse {
+/// A four-eyes adjustment as operators see it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AdjustmentView {
+    pub adjustment_id: String,
+    pub account_id: String,
+    /// Signed: `"150.00"` credits the wallet, `"-150.00"` debits it.
+    pub amount: String,
+    pub currency: crate::money::Currency,
+    pub reason: String,
+    /// `pending`, `approved`, `rejected` or `expired` (a pending one past `expires_at`).
+    pub status: &'static str,
+    /// Operator ids.
+    pub proposed_by: String,
+    pub proposed_at: String,
+    pub expires_at: String,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<String>,
+    /// Once approved: the transfer that posted it (kind `adjustment`).
+    pub transfer_id: Option<String>,
+}
+
+impl AdjustmentView {
+    pub fn of(adjustment: &Adjustment, now_ms: i64) -> Self {
+        let time = courier_common::time::rfc3339;
+        AdjustmentView {
+            adjustment_id: adjustment.id.clone(),
+            account_id: adjustment.account_id.clone(),
+            amount: format_minor(adjustment.amount_minor, adjustment.currency),
+            currency: adjustment.currency,
+            reason: adjustment.reason.clone(),
+            status: adjustment.status_at(now_ms).as_str(),
+            proposed_by: adjustment.proposed_by.clone(),
+            proposed_at: time(adjustment.proposed_at_ms),
+            expires_at: time(adjustment.expires_at_ms),
+            decided_by: adjustment.decided_by.clone(),
+            decided_at: adjustment.decided_at_ms.map(time),
+            transfer_id: adjustment.transfer_id.clone(),
+        }
+    }
+}
+
+/// A hold as operators see it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HoldView {
+    pub hold_id: String,
+    pub account_id: String,
+    pub amount: String,
+    pub currency: crate::money::Currency,
+    pub reason: String,
+    /// The transfer the claim is about; a return reverses it.
+    pub transfer_id: Option<String>,
+    /// `active`, `released`, `returned` or `expired`.
+    pub status: &'static str,
+    /// Operator ids (`system` for an expiry).
+    pub placed_by: String,
+    pub placed_at: String,
+    pub expires_at: String,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<String>,
+    /// Once returned: the reversal that returned it.
+    pub return_transfer_id: Option<String>,
+}
+
+impl From<&Hold> for HoldView {
+    fn from(hold: &Hold) -> Self {
+        let time = courier_common::time::rfc3339;
+        HoldView {
+            hold_id: hold.id.clone(),
+            account_id: hold.account_id.clone(),
+            amount: format_minor(hold.amount_minor, hold.currency),
+            currency: hold.currency,
+            reason: hold.reason.clone(),
+            transfer_id: hold.transfer_id.clone(),
+            status: hold.status.as_str(),
+            placed_by: hold.placed_by.clone(),
+            placed_at: time(hold.placed_at_ms),
+            expires_at: time(hold.expires_at_ms),
+            decided_by: hold.decided_by.clone(),
+            decided_at: hold.decided_at_ms.map(time),
+            return_transfer_id: hold.return_transfer_id.clone(),
+        }
+    }
+}
+
+fn json_response(status: u16, view: &impl Serialize) -> StoredResponse {
+    StoredResponse { status, body: serde_json::to_string(view).expect("a view always serialises") }
+}
+
+/// The stored form of a refusal.
+pub fn refusal(refusal: Refusal) -> StoredResponse {
+    StoredResponse {
+        status: refusal.status(),
+        body: serde_json::json!({"error": {"code": refusal.code(), "message": refusal.message()}}).to_string(),
+    }
+}
+
+/// The response for a command's outcome; `ledger` holds the state it left.
+pub fn render(
+    command: &Command,
+    outcome: &Result<Vec<Transfer>, Refusal>,
+    ledger: &Ledger,
+    now_ms: i64,
+) -> StoredResponse {
     match outcome {
-        Err(refusal) => StoredResponse {
-            status: refusal.status(),
-            body: serde_json::json!({"error": {"code": refusal.code(), "message": refusal.message()}}).to_string(),
-        },
+        Err(refused) => refusal(*refused),
         Ok(transfers) => match (command, transfers.first()) {
             (Command::SetFrozen { wallet, freeze }, _) => StoredResponse {
                 status: 200,
                 body: serde_json::json!({"account_id": wallet, "status": if freeze.is_some() { "frozen" } else { "active" }})
                     .to_string(),
             },
-            (Command::SetRegion { rules }, _) => StoredResponse {
-                status: 200,
-                body: serde_json::to_string(&RegionView::from(rules)).expect("a view always serialises"),
+            (Command::SetRegion { rules }, _) => json_response(200, &RegionView::from(rules)),
+            (Command::PlaceHold { hold }, _) => json_response(201, &HoldView::from(hold)),
+            (Command::ReleaseHold { hold_id, .. } | Command::ReturnHold { hold_id, .. }, _) => {
+                match ledger.holds.get(hold_id) {
+                    Some(hold) => json_response(200, &HoldView::from(hold)),
+                    None => StoredResponse {
+                        status: 500,
+                        body: r#"{"error":{"code":"internal","message":"the hold vanished"}}"#.into(),
+                    },
+                }
+            }
+            (Command::ProposeAdjustment { adjustment }, _) => json_response(201, &AdjustmentView::of(adjustment, now_ms)),
+            (Command::DecideAdjustment { adjustment_id, .. }, _) => match ledger.adjustments.get(adjustment_id) {
+                Some(adjustment) => json_response(200, &AdjustmentView::of(adjustment, now_ms)),
+                None => StoredResponse {
+                    status: 500,
+                    body: r#"{"error":{"code":"internal","message":"the adjustment vanished"}}"#.into(),
+                },
             },
             (_, Some(transfer)) => StoredResponse {
                 status: 201,

@@ -333,6 +333,12 @@ pub struct LedgerSection {
     /// How long idempotency keys are remembered.
     #[arg(long, env = "COURIER_IDEMPOTENCY_TTL_S", default_value_t = WriterConfig::default().idempotency_ttl_s)]
     pub idempotency_ttl_s: u64,
+    /// Seconds a proposed adjustment waits for an approver before it expires.
+    #[arg(long, env = "COURIER_ADJUSTMENT_TTL_S", default_value_t = WriterConfig::default().adjustment_ttl_s)]
+    pub adjustment_ttl_s: u64,
+    /// Seconds a hold keeps its money before it releases itself.
+    #[arg(long, env = "COURIER_HOLD_TTL_S", default_value_t = WriterConfig::default().hold_ttl_s)]
+    pub hold_ttl_s: u64,
 }
 
 impl LedgerSection {
@@ -341,6 +347,8 @@ impl LedgerSection {
             queue_len_max: self.ledger_queue_len_max,
             batch_len_max: self.ledger_batch_len_max,
             idempotency_ttl_s: self.idempotency_ttl_s,
+            adjustment_ttl_s: self.adjustment_ttl_s,
+            hold_ttl_s: self.hold_ttl_s,
             ..WriterConfig::default()
         }
     }
@@ -355,6 +363,12 @@ impl LedgerSection {
         }
         if self.idempotency_ttl_s < 24 * 3_600 {
             return Err("--idempotency-ttl-s must be at least 86400 (keys are kept at least 24 hours)".into());
+        }
+        if self.adjustment_ttl_s == 0 || self.adjustment_ttl_s > 365 * 24 * 3_600 {
+            return Err("--adjustment-ttl-s must be from 1 to 31536000 (a year)".into());
+        }
+        if self.hold_ttl_s == 0 || self.hold_ttl_s > 365 * 24 * 3_600 {
+            return Err("--hold-ttl-s must be from 1 to 31536000 (a year)".into());
         }
         Ok(())
     }

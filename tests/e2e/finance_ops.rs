@@ -27,7 +27,11 @@ fn key() -> String {
 
 impl Desk {
     async fn open(db: Db) -> Desk {
-        let server = Server::start(db).await;
+        Desk::open_with(db, &[]).await
+    }
+
+    async fn open_with(db: Db, args: &[&str]) -> Desk {
+        let server = Server::start_with(db, args).await;
         let admin = server.bootstrap_admin();
         let alice = server.sign_in(ALICE, "phone").await;
         let bob = server.sign_in(BOB, "phone").await;
@@ -422,14 +426,305 @@ async fn region_rules_change_live_for_the_very_next_transfer(db: Db) {
     d.server.finish().await;
 }
 
+async fn operator(d: &Desk, name: &str, role: &str) -> String {
+    let (status, created) =
+        d.server.post("/admin/v1/operators", Some(&d.admin), json!({"name": name, "role": role})).await;
+    assert_eq!(status, 201, "{created}");
+    created["api_key"].as_str().unwrap().to_owned()
+}
+
+async fn propose(d: &Desk, key: &str, account: &str, amount: &str) -> (u16, Value) {
+    let body =
+        json!({"account_id": account, "amount": amount, "currency": "RUB", "reason": "claim 30: rail fee refund"});
+    d.server.post("/admin/v1/adjustments", Some(key), body).await
+}
+
+async fn decide(d: &Desk, key: &str, id: &str, verdict: &str, idempotency: &str) -> (u16, Value, String) {
+    d.server.post_keyed(&format!("/admin/v1/adjustments/{id}/{verdict}"), key, idempotency, json!({})).await
+}
+
+async fn adjustments_need_a_second_pair_of_eyes(db: Db) {
+    let d = Desk::open(db).await;
+    let olga = operator(&d, "Olga", "operator").await;
+    let petra = operator(&d, "Petra", "approver").await;
+    let (status, proposed) = propose(&d, &olga, &d.alice.account_id, "100.00").await;
+    assert_eq!(
+        (status, &proposed["status"], &proposed["amount"]),
+        (201, &json!("pending"), &json!("100.00")),
+        "{proposed}"
+    );
+    assert_eq!(proposed["transfer_id"], Value::Null);
+    assert_eq!(d.balance(&d.alice).await, "0.00", "a proposal moves no money");
+    let id = proposed["adjustment_id"].as_str().unwrap().to_owned();
+
+    // An operator cannot approve; the proposer cannot either, whatever its role.
+    let (status, body, _) = decide(&d, &olga, &id, "approve", &key()).await;
+    assert_eq!((status, error_code(&body)), (403, "forbidden"));
+    let (status, own) = propose(&d, &d.admin, &d.alice.account_id, "5.00").await;
+    assert_eq!(status, 201, "{own}");
+    let own_id = own["adjustment_id"].as_str().unwrap();
+    let before = d.state().await;
+    let (status, body, _) = decide(&d, &d.admin, own_id, "approve", &key()).await;
+    assert_eq!((status, error_code(&body)), (403, "four_eyes_violation"));
+    assert!(body["error"]["message"].as_str().unwrap().contains("another approver"), "{body}");
+    let (status, body, _) = decide(&d, &d.admin, own_id, "reject", "").await;
+    assert_eq!((status, error_code(&body)), (403, "four_eyes_violation"));
+    assert_eq!(d.state().await, before);
+
+    // Approved once: posted against the region's adjustments account.
+    let approval = key();
+    let (status, approved, text) = decide(&d, &petra, &id, "approve", &approval).await;
+    assert_eq!((status, &approved["status"]), (200, &json!("approved")), "{approved}");
+    assert_eq!(d.balance(&d.alice).await, "100.00");
+    let (_, posted) = d.search("kind=adjustment").await;
+    assert_eq!(posted["items"][0]["transfer_id"], approved["transfer_id"], "{posted}");
+    assert_eq!(
+        (&posted["items"][0]["from"], &posted["items"][0]["note"]),
+        (&json!("sys:RU:adjustments"), &json!("claim 30: rail fee refund"))
+    );
+    let (status, _, replay) = decide(&d, &petra, &id, "approve", &approval).await;
+    assert_eq!((status, replay), (200, text), "a retry with the key answers the same");
+    assert_eq!(d.balance(&d.alice).await, "100.00");
+    let before = d.state().await;
+    let (status, body, _) = decide(&d, &petra, &id, "approve", &key()).await;
+    assert_eq!((status, error_code(&body)), (409, "adjustment_not_pending"));
+    let (status, body, _) = decide(&d, &petra, &id, "reject", "").await;
+    assert_eq!((status, error_code(&body)), (409, "adjustment_not_pending"));
+    assert_eq!(d.state().await, before);
+
+    // A debit beyond the balance stays pending until the money is there.
+    let (_, debit) = propose(&d, &olga, &d.alice.account_id, "-150.00").await;
+    let debit_id = debit["adjustment_id"].as_str().unwrap();
+    let (status, body, _) = decide(&d, &petra, debit_id, "approve", &key()).await;
+    assert_eq!((status, error_code(&body)), (409, "insufficient_funds"));
+    let (_, pending) = d.server.get("/admin/v1/adjustments?status=pending", Some(&petra)).await;
+    let pending: Vec<&str> =
+        pending["items"].as_array().unwrap().iter().map(|a| a["adjustment_id"].as_str().unwrap()).collect();
+    assert_eq!(pending, [debit_id, own_id]);
+    d.deposit(&d.alice.account_id, "100.00", "RUB").await;
+    let (status, approved, _) = decide(&d, &petra, debit_id, "approve", &key()).await;
+    assert_eq!((status, &approved["amount"]), (200, &json!("-150.00")), "{approved}");
+    assert_eq!(d.balance(&d.alice).await, "50.00");
+
+    // Rejected: nothing moves, and it stays decided.
+    let (status, rejected, _) = decide(&d, &petra, own_id, "reject", "").await;
+    assert_eq!((status, &rejected["status"], &rejected["transfer_id"]), (200, &json!("rejected"), &Value::Null));
+    let (status, body, _) = decide(&d, &petra, own_id, "approve", &key()).await;
+    assert_eq!((status, error_code(&body)), (409, "adjustment_not_pending"));
+    assert_eq!(d.balance(&d.alice).await, "50.00");
+
+    // Lists by status, page by page.
+    let (_, approved_list) = d.server.get("/admin/v1/adjustments?status=approved&limit=1", Some(&petra)).await;
+    assert_eq!(approved_list["items"][0]["adjustment_id"], json!(debit_id));
+    let cursor = approved_list["next_cursor"].as_str().unwrap();
+    let (_, next) =
+        d.server.get(&format!("/admin/v1/adjustments?status=approved&limit=1&cursor={cursor}"), Some(&petra)).await;
+    assert_eq!((&next["items"][0]["adjustment_id"], &next["next_cursor"]), (&json!(id), &Value::Null));
+
+    // Refusals that change nothing.
+    let before = d.state().await;
+    let (status, body, _) = decide(&d, &petra, &key(), "approve", &key()).await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"));
+    let (status, body, _) = decide(&d, &petra, "nope", "reject", "").await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"));
+    let (status, body, _) = decide(&d, &petra, debit_id, "approve", "").await;
+    assert_eq!((status, error_code(&body)), (400, "idempotency_key_required"));
+    for (amount, status_code, code) in [
+        ("0", 422, "invalid_amount"),
+        ("-0.00", 400, "invalid_amount"),
+        ("1.001", 422, "invalid_amount"),
+        ("+1.00", 400, "invalid_amount"),
+    ] {
+        let (status, body) = propose(&d, &olga, &d.alice.account_id, amount).await;
+        assert_eq!((status, error_code(&body)), (status_code, code), "{amount}");
+    }
+    let (status, body) = propose(&d, &olga, &key(), "1.00").await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"));
+    let wrong = json!({"account_id": d.alice.account_id, "amount": "1.00", "currency": "BRL", "reason": "x"});
+    let (status, body) = d.server.post("/admin/v1/adjustments", Some(&olga), wrong).await;
+    assert_eq!((status, error_code(&body)), (422, "currency_mismatch"));
+    let blank = json!({"account_id": d.alice.account_id, "amount": "1.00", "currency": "RUB", "reason": " "});
+    let (status, body) = d.server.post("/admin/v1/adjustments", Some(&olga), blank).await;
+    assert_eq!((status, error_code(&body)), (422, "invalid_request"));
+    let viewer = operator(&d, "Vera", "viewer").await;
+    let (status, body) = propose(&d, &viewer, &d.alice.account_id, "1.00").await;
+    assert_eq!((status, error_code(&body)), (403, "forbidden"));
+    let (status, body) = propose(&d, &d.alice.access_token, &d.alice.account_id, "1.00").await;
+    assert_eq!((status, error_code(&body)), (401, "unauthenticated"));
+    assert_eq!(d.state().await, before);
+    d.server.finish().await;
+}
+
+async fn an_undecided_adjustment_expires(db: Db) {
+    let d = Desk::open_with(db, &["--adjustment-ttl-s", "1"]).await;
+    let petra = operator(&d, "Petra", "approver").await;
+    let (_, proposed) = propose(&d, &d.admin, &d.alice.account_id, "10.00").await;
+    let id = proposed["adjustment_id"].as_str().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let (status, body, _) = decide(&d, &petra, id, "approve", &key()).await;
+    assert_eq!((status, error_code(&body)), (409, "adjustment_not_pending"));
+    let (_, expired) = d.server.get("/admin/v1/adjustments?status=expired", Some(&petra)).await;
+    assert_eq!(
+        (&expired["items"][0]["adjustment_id"], &expired["items"][0]["status"]),
+        (&json!(id), &json!("expired"))
+    );
+    let (_, pending) = d.server.get("/admin/v1/adjustments?status=pending", Some(&petra)).await;
+    assert_eq!(pending["items"], json!([]));
+    assert_eq!(d.balance(&d.alice).await, "0.00");
+    d.server.finish().await;
+}
+
+async fn place_hold(d: &Desk, account: &str, amount: &str, transfer: Option<&str>) -> (u16, Value) {
+    let mut body = json!({"amount": amount, "currency": "RUB", "reason": "MED claim 40"});
+    if let Some(transfer) = transfer {
+        body["transfer_id"] = json!(transfer);
+    }
+    d.server.post(&format!("/admin/v1/accounts/{account}/holds"), Some(&d.admin), body).await
+}
+
+async fn account_view(d: &Desk, account: &str) -> Value {
+    let (status, view) = d.server.get(&format!("/admin/v1/accounts/{account}"), Some(&d.admin)).await;
+    assert_eq!(status, 200, "{view}");
+    view
+}
+
+async fn a_hold_keeps_money_until_it_is_returned_or_released(db: Db) {
+    let d = Desk::open(db).await;
+    let carol = d.server.sign_in(CAROL, "phone").await;
+    d.deposit(&d.alice.account_id, "1000.00", "RUB").await;
+    let claimed = d.send(&d.alice, &d.bob, "300.00").await;
+    let claimed = claimed["transfer_id"].as_str().unwrap();
+
+    let (status, hold) = place_hold(&d, &d.bob.account_id, "200.00", Some(claimed)).await;
+    assert_eq!((status, &hold["status"], &hold["transfer_id"]), (201, &json!("active"), &json!(claimed)), "{hold}");
+    let hold_id = hold["hold_id"].as_str().unwrap().to_owned();
+    let view = account_view(&d, &d.bob.account_id).await;
+    assert_eq!(
+        (&view["balance"], &view["held"], &view["available"]),
+        (&json!("300.00"), &json!("200.00"), &json!("100.00"))
+    );
+
+    // The balance alone would allow this; the hold does not.
+    let body = json!({"to": {"account_id": carol.account_id}, "amount": "150.00", "currency": "RUB"});
+    let (status, refused, _) = d.server.post_keyed("/v1/transfers", &d.bob.access_token, &key(), body).await;
+    assert_eq!((status, error_code(&refused)), (422, "insufficient_funds"));
+    d.send(&d.bob, &carol, "100.00").await;
+    let body = json!({"account_id": d.bob.account_id, "amount": "1.00", "currency": "RUB", "external_ref": "out"});
+    let (status, refused, _) = d.server.post_keyed("/admin/v1/withdrawals", &d.admin, &key(), body).await;
+    assert_eq!((status, error_code(&refused)), (422, "insufficient_funds"));
+    let before = d.state().await;
+    let (status, refused) = place_hold(&d, &d.bob.account_id, "0.01", None).await;
+    assert_eq!((status, error_code(&refused)), (409, "insufficient_funds"), "nothing is available to hold");
+    let (status, refused, _) = d.reverse(claimed, &key(), json!({"reason": "around the hold"})).await;
+    assert_eq!(
+        (status, error_code(&refused)),
+        (409, "insufficient_funds"),
+        "held money is not taken back but by its hold"
+    );
+    assert_eq!(d.state().await, before);
+
+    // Returned: a reversal of the claimed transfer, paid by the held money.
+    let give_back = key();
+    let path = format!("/admin/v1/holds/{hold_id}/return");
+    let (status, returned, text) = d.server.post_keyed(&path, &d.admin, &give_back, json!({})).await;
+    assert_eq!((status, &returned["status"]), (200, &json!("returned")), "{returned}");
+    let reversal = returned["return_transfer_id"].as_str().unwrap();
+    let (_, reversals) = d.search("kind=reversal").await;
+    assert_eq!(
+        (&reversals["items"][0]["transfer_id"], &reversals["items"][0]["amount"]),
+        (&json!(reversal), &json!("200.00"))
+    );
+    assert_eq!(reversals["items"][0]["reverses"], json!(claimed));
+    assert_eq!((d.balance(&d.alice).await, d.balance(&d.bob).await), ("900.00".into(), "0.00".into()));
+    assert_eq!(account_view(&d, &d.bob.account_id).await["held"], "0.00");
+    let (status, _, replay) = d.server.post_keyed(&path, &d.admin, &give_back, json!({})).await;
+    assert_eq!((status, replay), (200, text), "a retry with the key answers the same and moves nothing");
+    assert_eq!(d.balance(&d.alice).await, "900.00");
+    let before = d.state().await;
+    let (status, refused, _) = d.server.post_keyed(&path, &d.admin, &key(), json!({})).await;
+    assert_eq!((status, error_code(&refused)), (409, "hold_not_active"));
+    let (status, refused) =
+        d.server.post(&format!("/admin/v1/holds/{hold_id}/release"), Some(&d.admin), json!({})).await;
+    assert_eq!((status, error_code(&refused)), (409, "hold_not_active"));
+    assert_eq!(d.state().await, before);
+
+    // Without a transfer, a hold can only be released.
+    let (_, plain) = place_hold(&d, &d.alice.account_id, "50.00", None).await;
+    let plain_id = plain["hold_id"].as_str().unwrap();
+    assert_eq!(account_view(&d, &d.alice.account_id).await["available"], "850.00");
+    let (status, refused, _) =
+        d.server.post_keyed(&format!("/admin/v1/holds/{plain_id}/return"), &d.admin, &key(), json!({})).await;
+    assert_eq!((status, error_code(&refused)), (409, "not_reversible"));
+    let (_, active) =
+        d.server.get(&format!("/admin/v1/holds?account={}&status=active", d.alice.account_id), Some(&d.admin)).await;
+    assert_eq!(active["items"][0]["hold_id"], json!(plain_id), "{active}");
+    let (status, released) =
+        d.server.post(&format!("/admin/v1/holds/{plain_id}/release"), Some(&d.admin), json!({})).await;
+    assert_eq!((status, &released["status"]), (200, &json!("released")));
+    assert_eq!(account_view(&d, &d.alice.account_id).await["available"], "900.00");
+
+    // Refusals that change nothing.
+    let before = d.state().await;
+    let (status, refused) = place_hold(&d, &d.alice.account_id, "1.00", Some(claimed)).await;
+    assert_eq!((status, error_code(&refused)), (422, "invalid_request"), "the claimed transfer did not pay alice");
+    let (status, refused) = place_hold(&d, &d.bob.account_id, "1.00", Some(&key())).await;
+    assert_eq!((status, error_code(&refused)), (404, "not_found"));
+    let (status, refused) = place_hold(&d, &key(), "1.00", None).await;
+    assert_eq!((status, error_code(&refused)), (404, "not_found"));
+    let (status, refused) = place_hold(&d, &d.alice.account_id, "0", None).await;
+    assert_eq!((status, error_code(&refused)), (422, "invalid_amount"));
+    let wrong = json!({"amount": "1.00", "currency": "BRL", "reason": "x"});
+    let (status, refused) =
+        d.server.post(&format!("/admin/v1/accounts/{}/holds", d.alice.account_id), Some(&d.admin), wrong).await;
+    assert_eq!((status, error_code(&refused)), (422, "currency_mismatch"));
+    let (status, refused) =
+        d.server.post(&format!("/admin/v1/holds/{}/release", key()), Some(&d.admin), json!({})).await;
+    assert_eq!((status, error_code(&refused)), (404, "not_found"));
+    let viewer = operator(&d, "Vera", "viewer").await;
+    let body = json!({"amount": "1.00", "currency": "RUB", "reason": "x"});
+    let (status, refused) =
+        d.server.post(&format!("/admin/v1/accounts/{}/holds", d.alice.account_id), Some(&viewer), body).await;
+    assert_eq!((status, error_code(&refused)), (403, "forbidden"));
+    assert_eq!(d.state().await, before);
+    d.server.finish().await;
+}
+
+async fn a_hold_releases_itself_when_it_expires(db: Db) {
+    let d = Desk::open_with(db, &["--hold-ttl-s", "1"]).await;
+    d.deposit(&d.alice.account_id, "100.00", "RUB").await;
+    let (_, hold) = place_hold(&d, &d.alice.account_id, "60.00", None).await;
+    assert_eq!(account_view(&d, &d.alice.account_id).await["available"], "40.00");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let expired = loop {
+        let (_, expired) = d.server.get("/admin/v1/holds?status=expired", Some(&d.admin)).await;
+        if !expired["items"].as_array().unwrap().is_empty() {
+            break expired;
+        }
+        assert!(std::time::Instant::now() < deadline, "the hold never expired\n{}", d.server.log());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        (&expired["items"][0]["hold_id"], &expired["items"][0]["decided_by"]),
+        (&hold["hold_id"], &json!("system"))
+    );
+    assert_eq!(account_view(&d, &d.alice.account_id).await["available"], "100.00");
+    d.send(&d.alice, &d.bob, "100.00").await;
+    d.state().await;
+    d.server.finish().await;
+}
+
 /// `courier admin …` as an operator runs it: JSON for scripts, tables for
 /// people, and errors that say what to do.
 fn admin(d: &Desk, args: &[&str]) -> (bool, String, String) {
+    admin_as(d, &d.admin, args)
+}
+
+fn admin_as(d: &Desk, key: &str, args: &[&str]) -> (bool, String, String) {
     let output = std::process::Command::new(support::courier_bin())
         .arg("admin")
         .args(args)
         .args(["--url", &d.server.url])
-        .env("COURIER_ADMIN_KEY", &d.admin)
+        .env("COURIER_ADMIN_KEY", key)
         .output()
         .unwrap();
     (
@@ -503,6 +798,45 @@ async fn the_admin_cli_moves_searches_reverses_and_freezes(db: Db) {
     let (ok, _, stderr) = admin(&d, &["regions", "set", "RU", "--per-transfer-max", "999999999.00"]);
     assert!(!ok && stderr.contains("invalid_region_rules") && stderr.contains("daily_max"), "{stderr}");
 
+    // Four eyes: the admin proposes, an approver approves; the admin
+    // cannot approve its own.
+    let proposed = admin_json(
+        &d,
+        &[
+            "adjust",
+            "propose",
+            "--account",
+            alice,
+            "--amount",
+            "-10.00",
+            "--currency",
+            "RUB",
+            "--reason",
+            "duplicate deposit",
+        ],
+    );
+    assert_eq!((&proposed["status"], &proposed["amount"]), (&json!("pending"), &json!("-10.00")), "{proposed}");
+    let id = proposed["adjustment_id"].as_str().unwrap();
+    let (ok, _, stderr) = admin(&d, &["adjust", "approve", id]);
+    assert!(!ok && stderr.contains("four_eyes_violation") && stderr.contains("ask another approver"), "{stderr}");
+    let petra = operator(&d, "Petra", "approver").await;
+    let (ok, stdout, stderr) = admin_as(&d, &petra, &["adjust", "approve", id, "--json"]);
+    assert!(ok, "{stderr}");
+    let approved: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(approved["status"], "approved");
+    let (ok, table, _) = admin(&d, &["adjust", "list", "--status", "approved"]);
+    assert!(ok && table.starts_with("ADJUSTMENT_ID") && table.contains(id), "{table}");
+
+    let hold =
+        admin_json(&d, &["hold", "place", alice, "--amount", "5.00", "--currency", "RUB", "--reason", "claim 41"]);
+    assert_eq!(hold["status"], "active", "{hold}");
+    let (ok, table, _) = admin(&d, &["hold", "list", "--status", "active"]);
+    assert!(ok && table.starts_with("HOLD_ID") && table.contains("5.00"), "{table}");
+    let (ok, _, stderr) = admin(&d, &["hold", "return", hold["hold_id"].as_str().unwrap()]);
+    assert!(!ok && stderr.contains("not_reversible") && stderr.contains("release it instead"), "{stderr}");
+    let released = admin_json(&d, &["hold", "release", hold["hold_id"].as_str().unwrap()]);
+    assert_eq!(released["status"], "released");
+
     let output = std::process::Command::new(support::courier_bin())
         .args(["admin", "search", "--url", &d.server.url])
         .env_remove("COURIER_ADMIN_KEY")
@@ -513,6 +847,10 @@ async fn the_admin_cli_moves_searches_reverses_and_freezes(db: Db) {
 }
 
 on_both_databases!(
+    a_hold_keeps_money_until_it_is_returned_or_released,
+    a_hold_releases_itself_when_it_expires,
+    adjustments_need_a_second_pair_of_eyes,
+    an_undecided_adjustment_expires,
     region_rules_change_live_for_the_very_next_transfer,
     the_admin_cli_moves_searches_reverses_and_freezes,
     a_transfer_is_reversed_in_parts_with_its_fee_then_no_more,

@@ -25,7 +25,7 @@ use courier_common::{Backend, Database};
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ledger::{AccountKind, Command, Ledger, LedgerAccountId};
+use crate::ledger::{AccountKind, Adjustment, Command, Hold, Ledger, LedgerAccountId};
 use crate::store::{BatchWrite, IdempotencyKey, StoredResponse};
 use crate::view;
 use store::{StoreError, WriterStore};
@@ -36,6 +36,11 @@ const STANDBY_POLL: Duration = Duration::from_millis(500);
 const IDEMPOTENCY_SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Operators change regions' rules live; the writer rereads them this often.
 const REGIONS_RELOAD_EVERY: Duration = Duration::from_millis(250);
+/// How often the writer looks for holds past their time (an index look-up
+/// that almost always finds none).
+const HOLD_SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// The operator a hold's expiry is recorded under.
+pub const SYSTEM_OPERATOR: &str = "system";
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -48,6 +53,10 @@ pub struct WriterConfig {
     /// Ledger accounts cached in memory before the cache is dropped and
     /// reloaded on demand.
     pub cache_accounts_max: usize,
+    /// How long a proposed adjustment waits for its decision.
+    pub adjustment_ttl_s: u64,
+    /// How long a hold keeps its money before it releases itself.
+    pub hold_ttl_s: u64,
 }
 
 impl Default for WriterConfig {
@@ -57,6 +66,8 @@ impl Default for WriterConfig {
             batch_len_max: 1_024,
             idempotency_ttl_s: 24 * 3_600,
             cache_accounts_max: 1_000_000,
+            adjustment_ttl_s: 72 * 3_600,
+            hold_ttl_s: 72 * 3_600,
         }
     }
 }
@@ -117,9 +128,15 @@ pub struct WriterStats {
 pub struct WriterHandle {
     queue: mpsc::Sender<WriteRequest>,
     pub stats: Arc<WriterStats>,
+    config: Arc<WriterConfig>,
 }
 
 impl WriterHandle {
+    /// The writer's settings.
+    pub fn config(&self) -> &WriterConfig {
+        &self.config
+    }
+
     /// Queues a request and waits up to `deadline` for its durable outcome.
     pub async fn submit(
         &self,
@@ -155,7 +172,7 @@ pub fn spawn(
 ) -> std::io::Result<(WriterHandle, tokio::task::JoinHandle<()>)> {
     let (queue, requests) = mpsc::channel(config.queue_len_max.max(1));
     let stats = Arc::new(WriterStats::default());
-    let handle = WriterHandle { queue, stats: stats.clone() };
+    let handle = WriterHandle { queue, stats: stats.clone(), config: Arc::new(config.clone()) };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (stopped, on_stop) = oneshot::channel::<()>();
     std::thread::Builder::new().name("ledger-writer".into()).spawn(move || {
@@ -263,6 +280,8 @@ async fn run(
         metrics::gauge!("ledger_writer_active").set(1.0);
         tracing::info!("ledger writer active");
         let mut sweep = tokio::time::interval(IDEMPOTENCY_SWEEP_EVERY);
+        let mut hold_sweep = tokio::time::interval(HOLD_SWEEP_EVERY);
+        hold_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let failure = loop {
             let first = tokio::select! {
                 biased;
@@ -275,7 +294,18 @@ async fn run(
                         Ok(expired) => tracing::info!(expired, "expired idempotency keys"),
                         Err(error) => break Some(error),
                     }
+                    match connection.expire_adjustments(now_ms()).await {
+                        Ok(0) => {}
+                        Ok(expired) => tracing::info!(expired, "pending adjustments expired"),
+                        Err(error) => break Some(error),
+                    }
                     continue;
+                }
+                _ = hold_sweep.tick() => {
+                    match writer.expire_holds(&mut connection, stats).await {
+                        Ok(()) => continue,
+                        Err(error) => break Some(error),
+                    }
                 }
             };
             let Some(first) = first else {
@@ -345,6 +375,27 @@ impl Writer {
         Ok(())
     }
 
+    /// Releases the holds past their time, as a batch of the writer's own.
+    async fn expire_holds(&mut self, connection: &mut WriterStore, stats: &WriterStats) -> Result<(), StoreError> {
+        let expired = connection.expired_holds(now_ms()).await?;
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let count = expired.len();
+        let batch = expired
+            .into_iter()
+            .map(|(hold_id, account_id)| WriteRequest {
+                command: Command::ReleaseHold { hold_id, account_id, operator: SYSTEM_OPERATOR.into(), expired: true },
+                initiator: SYSTEM_OPERATOR.into(),
+                idempotency: None,
+                reply: oneshot::channel().0,
+            })
+            .collect();
+        self.process(connection, batch, stats).await?;
+        tracing::info!(count, "holds expired and released");
+        Ok(())
+    }
+
     async fn process(
         &mut self,
         connection: &mut WriterStore,
@@ -379,6 +430,20 @@ impl Writer {
             batch.iter().flat_map(|r| r.command.accounts()).chain(self.system.iter().map(String::as_str)).collect();
         let originals: HashSet<&str> = batch.iter().filter_map(|r| r.command.original()).collect();
         let changes_regions = batch.iter().any(|r| r.command.changes_regions());
+        let holds: HashSet<&str> = batch
+            .iter()
+            .filter_map(|r| match &r.command {
+                Command::PlaceHold { hold } => Some(hold.id.as_str()),
+                command => command.hold(),
+            })
+            .collect();
+        let adjustments: HashSet<&str> = batch
+            .iter()
+            .filter_map(|r| match &r.command {
+                Command::ProposeAdjustment { adjustment } => Some(adjustment.id.as_str()),
+                command => command.adjustment(),
+            })
+            .collect();
         let applied = loop {
             if look_up {
                 match connection.idempotent_responses(&keys).await {
@@ -390,6 +455,8 @@ impl Writer {
                 }
             }
             let mut snapshot = self.ledger.with_originals(self.ledger.snapshot(&touched), originals.iter().copied());
+            snapshot = self.ledger.with_adjustments(snapshot, adjustments.iter().copied());
+            snapshot = self.ledger.with_holds(snapshot, holds.iter().copied());
             if changes_regions {
                 snapshot = self.ledger.with_regions(snapshot);
             }
@@ -440,6 +507,12 @@ impl Writer {
         if self.ledger.originals.len() > self.config.cache_accounts_max {
             self.ledger.originals.clear();
         }
+        if self.ledger.adjustments.len() > self.config.cache_accounts_max {
+            self.ledger.adjustments.clear();
+        }
+        if self.ledger.holds.len() > self.config.cache_accounts_max {
+            self.ledger.holds.clear();
+        }
         Ok(())
     }
 
@@ -453,6 +526,7 @@ impl Writer {
         now: i64,
     ) -> Applied {
         let mut write = BatchWrite::default();
+        // Wallets changed without a transfer: freezes, holds.
         let mut frozen: Vec<LedgerAccountId> = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut refusals = Vec::new();
@@ -476,7 +550,7 @@ impl Writer {
                 }
             }
             let outcome = ledger.apply(&request.command, &request.initiator, now);
-            let response = view::render(&request.command, &outcome);
+            let response = view::render(&request.command, &outcome, ledger, now);
             match outcome {
                 Ok(transfers) => {
                     write.transfers.extend(transfers);
@@ -485,6 +559,22 @@ impl Writer {
                         Command::SetRegion { rules } => {
                             write.regions.retain(|changed| changed.code != rules.code);
                             write.regions.push(rules.clone());
+                        }
+                        Command::PlaceHold { hold: Hold { id, account_id, .. } }
+                        | Command::ReleaseHold { hold_id: id, account_id, .. }
+                        | Command::ReturnHold { hold_id: id, account_id, .. } => {
+                            frozen.push(account_id.clone());
+                            if let Some(hold) = ledger.holds.get(id) {
+                                write.holds.retain(|changed| &changed.id != id);
+                                write.holds.push(hold.clone());
+                            }
+                        }
+                        Command::ProposeAdjustment { adjustment: Adjustment { id, .. } }
+                        | Command::DecideAdjustment { adjustment_id: id, .. } => {
+                            if let Some(adjustment) = ledger.adjustments.get(id) {
+                                write.adjustments.retain(|changed| &changed.id != id);
+                                write.adjustments.push(adjustment.clone());
+                            }
                         }
                         _ => {}
                     }
@@ -528,6 +618,30 @@ impl Writer {
             .collect();
         if !originals.is_empty() {
             self.ledger.originals.extend(connection.originals(&originals).await?);
+        }
+        let adjustments: Vec<String> = batch
+            .iter()
+            .filter_map(|r| r.command.adjustment())
+            .filter(|id| !self.ledger.adjustments.contains_key(*id))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let holds: Vec<String> = batch
+            .iter()
+            .filter_map(|r| r.command.hold())
+            .filter(|id| !self.ledger.holds.contains_key(*id))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        if !holds.is_empty() {
+            let found = connection.holds(&holds).await?;
+            self.ledger.holds.extend(found.into_iter().map(|hold| (hold.id.clone(), hold)));
+        }
+        if !adjustments.is_empty() {
+            let found = connection.adjustments(&adjustments).await?;
+            self.ledger.adjustments.extend(found.into_iter().map(|adjustment| (adjustment.id.clone(), adjustment)));
         }
         if !missing.is_empty() {
             for account in connection.accounts(&missing).await? {

@@ -8,12 +8,14 @@ use std::sync::LazyLock;
 
 use sqlx::PgConnection;
 
-use crate::ledger::{LedgerAccount, LedgerAccountId, Reversible};
+use crate::ledger::{Adjustment, Hold, LedgerAccount, LedgerAccountId, Reversible};
 use crate::region::{RegionCode, RegionRules};
 use crate::store::{
-    ACCOUNT_COLUMNS_SQL, AccountRow, BatchWrite, EXPIRE_KEYS_SQL, IdempotencyKey, ORIGINAL_SQL, OriginalRow,
+    ACCOUNT_COLUMNS_SQL, ADJUSTMENT_COLUMNS, AccountRow, AdjustmentRow, BatchWrite, EXPIRE_ADJUSTMENTS_SQL,
+    EXPIRE_KEYS_SQL, EXPIRED_HOLDS_SQL, HOLD_COLUMNS, HoldRow, IdempotencyKey, ORIGINAL_SQL, OriginalRow,
     REGION_COLUMNS_SQL, RegionRow, StoredResponse, TRANSFER_COLUMNS, USAGE_COUNT_SQL, USAGE_UNCOUNTED_SQL,
-    USAGE_ZERO_SQL, account_from_row, original_from_row, region_from_row, region_values, usage_since,
+    USAGE_ZERO_SQL, account_from_row, adjustment_from_row, hold_from_row, original_from_row, region_from_row,
+    region_values, usage_since,
 };
 
 /// Every region's rules.
@@ -45,6 +47,30 @@ pub async fn originals(
         found.extend(row.and_then(original_from_row));
     }
     Ok(found)
+}
+
+/// The adjustments among `ids` that exist.
+pub async fn adjustments(connection: &mut PgConnection, ids: &[String]) -> Result<Vec<Adjustment>, sqlx::Error> {
+    let sql = format!("SELECT {ADJUSTMENT_COLUMNS} FROM adjustments WHERE id = ANY($1::text[])");
+    let rows: Vec<AdjustmentRow> = sqlx::query_as(&sql).bind(ids).fetch_all(&mut *connection).await?;
+    Ok(rows.into_iter().filter_map(adjustment_from_row).collect())
+}
+
+/// The holds among `ids` that exist.
+pub async fn holds(connection: &mut PgConnection, ids: &[String]) -> Result<Vec<Hold>, sqlx::Error> {
+    let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = ANY($1::text[])");
+    let rows: Vec<HoldRow> = sqlx::query_as(&sql).bind(ids).fetch_all(&mut *connection).await?;
+    Ok(rows.into_iter().filter_map(hold_from_row).collect())
+}
+
+/// Active holds past their time: `(hold, wallet)`.
+pub async fn expired_holds(connection: &mut PgConnection, now_ms: i64) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(EXPIRED_HOLDS_SQL).bind(now_ms).fetch_all(&mut *connection).await
+}
+
+/// Records pending adjustments past their time as expired: how many.
+pub async fn expire_adjustments(connection: &mut PgConnection, now_ms: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(EXPIRE_ADJUSTMENTS_SQL).bind(now_ms).execute(&mut *connection).await?.rows_affected())
 }
 
 /// Every system account (settlement, fee revenue, adjustments).
@@ -128,10 +154,10 @@ pub const KEYS_TAKEN_SQLSTATE: &str = "CLKEY";
 /// The whole batch is one statement, run on its own (its implicit
 /// transaction is the batch's: one round trip, no BEGIN or COMMIT, durable
 /// when it returns). Each table's rows travel column by column, one array a
-/// column (`$1`–`$15` transfers, `$16`–`$28` accounts, `$29`–`$33` keys, `$34`
+/// column (`$1`–`$15` transfers, `$16`–`$29` accounts, `$30`–`$34` keys, `$35`
 /// the keys' time), in PostgreSQL's binary format: the text never changes, it
 /// is prepared once per connection, and nothing is parsed on the server. It
-/// checks the rows it wrote per table against `$35`, `$36` and `$37` and
+/// checks the rows it wrote per table against `$36`, `$37` and `$38` and
 /// fails, rolling everything back, when they differ (migration 8's
 /// `ledger_batch_refused`). Keys are inserted without being looked up first:
 /// a key stored before makes the insert skip its row, and the statement
@@ -150,24 +176,24 @@ WITH moved AS ( \
   UPDATE ledger_accounts AS a SET balance = c.balance, frozen = c.frozen, last_transfer = c.last_transfer, \
     usage_day_start = c.usage_day_start, usage_day = c.usage_day, usage_month_start = c.usage_month_start, \
     usage_month = c.usage_month, usage_night_start = c.usage_night_start, usage_night = c.usage_night, \
-    frozen_reason = c.frozen_reason, frozen_by = c.frozen_by, frozen_at = c.frozen_at \
+    frozen_reason = c.frozen_reason, frozen_by = c.frozen_by, frozen_at = c.frozen_at, held = c.held \
   FROM UNNEST($16::text[], $17::int8[], $18::int8[], $19::text[], $20::int8[], $21::int8[], $22::int8[], \
-    $23::int8[], $24::int8[], $25::int8[], $26::text[], $27::text[], $28::int8[]) \
+    $23::int8[], $24::int8[], $25::int8[], $26::text[], $27::text[], $28::int8[], $29::int8[]) \
     AS c (id, balance, frozen, last_transfer, usage_day_start, usage_day, usage_month_start, usage_month, \
-      usage_night_start, usage_night, frozen_reason, frozen_by, frozen_at) \
+      usage_night_start, usage_night, frozen_reason, frozen_by, frozen_at, held) \
   WHERE a.id = c.id \
   RETURNING 1 \
 ), keyed AS ( \
   INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) \
-  SELECT scope, key, fingerprint, status, body, $34 \
-  FROM UNNEST($29::text[], $30::text[], $31::text[], $32::int8[], $33::text[]) AS k (scope, key, fingerprint, status, body) \
+  SELECT scope, key, fingerprint, status, body, $35 \
+  FROM UNNEST($30::text[], $31::text[], $32::text[], $33::int8[], $34::text[]) AS k (scope, key, fingerprint, status, body) \
   ON CONFLICT (key, scope) DO NOTHING \
   RETURNING 1 \
 ), counted AS ( \
   SELECT (SELECT COUNT(*) FROM moved) AS moved, (SELECT COUNT(*) FROM changed) AS changed, \
     (SELECT COUNT(*) FROM keyed) AS keyed \
-) SELECT CASE WHEN moved = $35 AND changed = $36 AND keyed = $37 THEN moved \
-  WHEN moved = $35 AND changed = $36 AND keyed < $37 \
+) SELECT CASE WHEN moved = $36 AND changed = $37 AND keyed = $38 THEN moved \
+  WHEN moved = $36 AND changed = $37 AND keyed < $38 \
     THEN ledger_batch_refused('{KEYS_TAKEN_SQLSTATE}', 'an idempotency key of the batch is taken') \
   ELSE ledger_batch_refused('CLROW', \
     'the batch wrote ' || moved || ' transfers, ' || changed || ' accounts, ' || keyed || ' keys') \
@@ -181,9 +207,10 @@ UPDATE regions SET enabled = $2, per_transfer_max = $3, daily_max = $4, monthly_
   updated_at = $12 WHERE code = $1";
 
 /// Writes a batch and commits it durably: as one statement, or, when it
-/// also changes regions (rare), with those changes in one transaction.
+/// also changes regions or adjustments (rare), with those in one
+/// transaction.
 pub async fn commit(connection: &mut PgConnection, batch: &BatchWrite, now_ms: i64) -> Result<(), sqlx::Error> {
-    if batch.regions.is_empty() {
+    if !batch.has_rare_writes() {
         return commit_statement(connection, batch, now_ms).await;
     }
     let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
@@ -210,6 +237,49 @@ pub async fn commit(connection: &mut PgConnection, batch: &BatchWrite, now_ms: i
                 "{changed} rows for region {} where 1 was due",
                 rules.code.as_str()
             )));
+        }
+    }
+    if !batch.adjustments.is_empty() {
+        let upsert = crate::store::upsert_adjustment_sql('$');
+        for a in &batch.adjustments {
+            sqlx::query(&upsert)
+                .bind(&a.id)
+                .bind(&a.account_id)
+                .bind(a.amount_minor)
+                .bind(a.currency.code())
+                .bind(a.region.as_str())
+                .bind(&a.reason)
+                .bind(a.status.as_str())
+                .bind(&a.proposed_by)
+                .bind(a.proposed_at_ms)
+                .bind(a.expires_at_ms)
+                .bind(&a.decided_by)
+                .bind(a.decided_at_ms)
+                .bind(&a.transfer_id)
+                .execute(&mut *transaction)
+                .await?;
+        }
+    }
+    if !batch.holds.is_empty() {
+        let upsert = crate::store::upsert_hold_sql('$');
+        for h in &batch.holds {
+            sqlx::query(&upsert)
+                .bind(&h.id)
+                .bind(&h.account_id)
+                .bind(h.amount_minor)
+                .bind(h.currency.code())
+                .bind(h.region.as_str())
+                .bind(&h.reason)
+                .bind(&h.transfer_id)
+                .bind(h.status.as_str())
+                .bind(&h.placed_by)
+                .bind(h.placed_at_ms)
+                .bind(h.expires_at_ms)
+                .bind(&h.decided_by)
+                .bind(h.decided_at_ms)
+                .bind(&h.return_transfer_id)
+                .execute(&mut *transaction)
+                .await?;
         }
     }
     commit_statement(&mut transaction, batch, now_ms).await?;
@@ -251,6 +321,7 @@ async fn commit_statement(connection: &mut PgConnection, batch: &BatchWrite, now
         .bind(column(a, |a| a.frozen.as_ref().map(|f| f.reason.as_str())))
         .bind(column(a, |a| a.frozen.as_ref().map(|f| f.by.as_str())))
         .bind(column(a, |a| a.frozen.as_ref().map(|f| f.at_ms)))
+        .bind(column(a, |a| a.held_minor))
         .bind(column(k, |(key, _, _)| key.scope.as_str()))
         .bind(column(k, |(key, _, _)| key.key.as_str()))
         .bind(column(k, |(_, fingerprint, _)| fingerprint.as_str()))

@@ -10,12 +10,13 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::store::StoreError;
-use crate::ledger::{LedgerAccount, LedgerAccountId, Reversible};
+use crate::ledger::{Adjustment, Hold, LedgerAccount, LedgerAccountId, Reversible};
 use crate::region::{RegionCode, RegionRules};
 use crate::store::{
-    self, ACCOUNT_COLUMNS_SQL, AccountRow, BatchWrite, EXPIRE_KEYS_SQL, IDEMPOTENT_RESPONSE_SQL, IdempotencyKey,
-    ORIGINAL_SQL, OriginalRow, REGION_COLUMNS_SQL, RegionRow, StoredResponse, TRANSFER_COLUMNS, USAGE_COUNT_SQL,
-    USAGE_UNCOUNTED_SQL, USAGE_ZERO_SQL,
+    self, ACCOUNT_COLUMNS_SQL, ADJUSTMENT_COLUMNS, AccountRow, AdjustmentRow, BatchWrite, EXPIRE_ADJUSTMENTS_SQL,
+    EXPIRE_KEYS_SQL, EXPIRED_HOLDS_SQL, HOLD_COLUMNS, HoldRow, IDEMPOTENT_RESPONSE_SQL, IdempotencyKey, ORIGINAL_SQL,
+    OriginalRow, REGION_COLUMNS_SQL, RegionRow, StoredResponse, TRANSFER_COLUMNS, USAGE_COUNT_SQL, USAGE_UNCOUNTED_SQL,
+    USAGE_ZERO_SQL,
 };
 
 // SQLite reads `$1` as a named parameter, numbered by first appearance: the
@@ -25,7 +26,7 @@ use crate::store::{
 const UPDATE_ACCOUNT_SQL: &str = "\
 UPDATE ledger_accounts SET balance = ?2, frozen = ?3, last_transfer = ?4, usage_day_start = ?5, usage_day = ?6, \
   usage_month_start = ?7, usage_month = ?8, usage_night_start = ?9, usage_night = ?10, frozen_reason = ?11, \
-  frozen_by = ?12, frozen_at = ?13 WHERE id = ?1";
+  frozen_by = ?12, frozen_at = ?13, held = ?14 WHERE id = ?1";
 
 const INSERT_KEY_SQL: &str = "\
 INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -44,6 +45,8 @@ struct Statements {
     account_by_id: String,
     system_accounts: String,
     insert_transfer: String,
+    upsert_adjustment: String,
+    upsert_hold: String,
 }
 
 impl Statements {
@@ -53,13 +56,15 @@ impl Statements {
             account_by_id: format!("{ACCOUNT_COLUMNS_SQL} WHERE id = $1"),
             system_accounts: format!("{ACCOUNT_COLUMNS_SQL} WHERE kind <> 'wallet'"),
             insert_transfer: format!("INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES ({values})"),
+            upsert_adjustment: store::upsert_adjustment_sql('?'),
+            upsert_hold: store::upsert_hold_sql('?'),
         }
     }
 }
 
 pub struct SqliteWriter {
     connection: Connection,
-    statements: Statements,
+    statements: Box<Statements>,
 }
 
 impl SqliteWriter {
@@ -70,7 +75,7 @@ impl SqliteWriter {
         let connection = Connection::open(path)?;
         connection.execute_batch(&courier_common::db::sqlite_settings())?;
         connection.set_prepared_statement_cache_capacity(STATEMENTS_CACHED);
-        Ok(SqliteWriter { connection, statements: Statements::new() })
+        Ok(SqliteWriter { connection, statements: Box::new(Statements::new()) })
     }
 
     /// The connection, for tests that check its settings.
@@ -121,6 +126,43 @@ impl SqliteWriter {
             }
         }
         Ok(found)
+    }
+
+    /// The adjustments among `ids` that exist.
+    pub fn adjustments(&self, ids: &[String]) -> rusqlite::Result<Vec<Adjustment>> {
+        let sql = format!("SELECT {ADJUSTMENT_COLUMNS} FROM adjustments WHERE id = ?1");
+        let mut statement = self.connection.prepare_cached(&sql)?;
+        let mut found = Vec::new();
+        for id in ids {
+            if let Some(row) = statement.query_row([id], |row| AdjustmentRow::try_from(row)).optional()? {
+                found.extend(store::adjustment_from_row(row));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The holds among `ids` that exist.
+    pub fn holds(&self, ids: &[String]) -> rusqlite::Result<Vec<Hold>> {
+        let sql = format!("SELECT {HOLD_COLUMNS} FROM holds WHERE id = ?1");
+        let mut statement = self.connection.prepare_cached(&sql)?;
+        let mut found = Vec::new();
+        for id in ids {
+            if let Some(row) = statement.query_row([id], |row| HoldRow::try_from(row)).optional()? {
+                found.extend(store::hold_from_row(row));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Active holds past their time: `(hold, wallet)`.
+    pub fn expired_holds(&self, now_ms: i64) -> rusqlite::Result<Vec<(String, String)>> {
+        let mut statement = self.connection.prepare_cached(EXPIRED_HOLDS_SQL)?;
+        statement.query_map([now_ms], |row| <(String, String)>::try_from(row))?.collect()
+    }
+
+    /// Records pending adjustments past their time as expired: how many.
+    pub fn expire_adjustments(&self, now_ms: i64) -> rusqlite::Result<u64> {
+        Ok(self.connection.prepare_cached(EXPIRE_ADJUSTMENTS_SQL)?.execute([now_ms])? as u64)
     }
 
     /// Counts the usage of the wallets that have none counted
@@ -209,6 +251,7 @@ impl SqliteWriter {
                     a.frozen.as_ref().map(|f| &f.reason),
                     a.frozen.as_ref().map(|f| &f.by),
                     a.frozen.as_ref().map(|f| f.at_ms),
+                    a.held_minor,
                 ])?;
                 if changed != 1 {
                     // Returning drops the transaction: the batch rolls back.
@@ -225,6 +268,47 @@ impl SqliteWriter {
                 let changed = transaction.prepare_cached(UPDATE_REGION_SQL)?.execute(values)?;
                 if changed != 1 {
                     return Err(StoreError::RowsMismatch(format!("{changed} rows for region {code} where 1 was due")));
+                }
+            }
+            if !batch.adjustments.is_empty() {
+                let mut upsert = transaction.prepare_cached(&self.statements.upsert_adjustment)?;
+                for a in &batch.adjustments {
+                    upsert.execute(params![
+                        a.id,
+                        a.account_id,
+                        a.amount_minor,
+                        a.currency.code(),
+                        a.region.as_str(),
+                        a.reason,
+                        a.status.as_str(),
+                        a.proposed_by,
+                        a.proposed_at_ms,
+                        a.expires_at_ms,
+                        a.decided_by,
+                        a.decided_at_ms,
+                        a.transfer_id,
+                    ])?;
+                }
+            }
+            if !batch.holds.is_empty() {
+                let mut upsert = transaction.prepare_cached(&self.statements.upsert_hold)?;
+                for h in &batch.holds {
+                    upsert.execute(params![
+                        h.id,
+                        h.account_id,
+                        h.amount_minor,
+                        h.currency.code(),
+                        h.region.as_str(),
+                        h.reason,
+                        h.transfer_id,
+                        h.status.as_str(),
+                        h.placed_by,
+                        h.placed_at_ms,
+                        h.expires_at_ms,
+                        h.decided_by,
+                        h.decided_at_ms,
+                        h.return_transfer_id,
+                    ])?;
                 }
             }
             let mut keyed = transaction.prepare_cached(INSERT_KEY_SQL)?;

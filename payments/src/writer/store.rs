@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 
 use super::postgres;
 pub use super::sqlite::SqliteWriter;
-use crate::ledger::{LedgerAccount, LedgerAccountId, Reversible};
+use crate::ledger::{Adjustment, Hold, LedgerAccount, LedgerAccountId, Reversible};
 use crate::region::{RegionCode, RegionRules};
 use crate::store::{BatchWrite, IdempotencyKey, StoredResponse};
 
@@ -96,6 +96,38 @@ impl WriterStore {
         match self {
             WriterStore::Postgres(connection) => Ok(postgres::originals(connection, ids).await?),
             WriterStore::Sqlite(sqlite) => Ok(sqlite.originals(ids)?),
+        }
+    }
+
+    /// The adjustments among `ids` that exist.
+    pub async fn adjustments(&mut self, ids: &[String]) -> Result<Vec<Adjustment>, StoreError> {
+        match self {
+            WriterStore::Postgres(connection) => Ok(postgres::adjustments(connection, ids).await?),
+            WriterStore::Sqlite(sqlite) => Ok(sqlite.adjustments(ids)?),
+        }
+    }
+
+    /// The holds among `ids` that exist.
+    pub async fn holds(&mut self, ids: &[String]) -> Result<Vec<Hold>, StoreError> {
+        match self {
+            WriterStore::Postgres(connection) => Ok(postgres::holds(connection, ids).await?),
+            WriterStore::Sqlite(sqlite) => Ok(sqlite.holds(ids)?),
+        }
+    }
+
+    /// Active holds past their time: `(hold, wallet)`.
+    pub async fn expired_holds(&mut self, now_ms: i64) -> Result<Vec<(String, String)>, StoreError> {
+        match self {
+            WriterStore::Postgres(connection) => Ok(postgres::expired_holds(connection, now_ms).await?),
+            WriterStore::Sqlite(sqlite) => Ok(sqlite.expired_holds(now_ms)?),
+        }
+    }
+
+    /// Records pending adjustments past their time as expired: how many.
+    pub async fn expire_adjustments(&mut self, now_ms: i64) -> Result<u64, StoreError> {
+        match self {
+            WriterStore::Postgres(connection) => Ok(postgres::expire_adjustments(connection, now_ms).await?),
+            WriterStore::Sqlite(sqlite) => Ok(sqlite.expire_adjustments(now_ms)?),
         }
     }
 

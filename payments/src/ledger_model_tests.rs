@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use proptest::prelude::*;
 
 use crate::ledger::{
-    AccountKind, Adjustment, AdjustmentStatus, Command, Ledger, LedgerAccount, Refusal, Reversible, Transfer,
-    TransferKind, WALLET_BALANCE_MINOR_MAX, system_account,
+    AccountKind, Adjustment, AdjustmentStatus, Command, Hold, HoldStatus, Ledger, LedgerAccount, Refusal, Reversible,
+    Transfer, TransferKind, WALLET_BALANCE_MINOR_MAX, system_account,
 };
 use crate::money::{Currency, Money};
 use crate::region::{FeeRule, RegionCode, RegionRules};
@@ -50,6 +50,18 @@ enum Op {
     Reverse {
         pick: usize,
         minor: Option<i64>,
+    },
+    /// Holds `minor` of a wallet, about the `transfer`-th transfer made so
+    /// far when given (one that paid it, or the hold names none).
+    PlaceHold {
+        wallet: usize,
+        minor: i64,
+        transfer: Option<usize>,
+    },
+    /// Releases or returns the `pick`-th hold placed.
+    EndHold {
+        pick: usize,
+        give_back: bool,
     },
     /// Operator `by` proposes a signed adjustment.
     Propose {
@@ -109,6 +121,9 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(wallet, minor, by)| Op::Propose { wallet, minor, by }),
         2 => (0..1_000usize, proptest::bool::weighted(0.7), 0..OPERATORS)
             .prop_map(|(pick, approve, by)| Op::Decide { pick, approve, by }),
+        2 => (0..wallets, 1i64..80_000, proptest::option::weighted(0.7, 0..1_000usize))
+            .prop_map(|(wallet, minor, transfer)| Op::PlaceHold { wallet, minor, transfer }),
+        2 => (0..1_000usize, proptest::bool::ANY).prop_map(|(pick, give_back)| Op::EndHold { pick, give_back }),
     ]
 }
 
@@ -125,6 +140,17 @@ struct Model {
     /// Every adjustment proposed: its wallet, signed amount, proposer and
     /// whether it is still pending.
     adjustments: Vec<(String, i64, usize, bool)>,
+    /// What holds keep, per wallet.
+    held: HashMap<String, i64>,
+    /// Every hold placed: wallet, amount, the index in `made` of its
+    /// transfer, and whether it is active.
+    holds: Vec<(String, i64, Option<usize>, bool)>,
+}
+
+/// The `transfer`-th transfer made, when it paid `wallet`.
+fn claimed(made: &[Made], wallet: &str, transfer: Option<usize>) -> Option<usize> {
+    let index = transfer? % made.len().max(1);
+    made.get(index).filter(|m| m.credit == wallet).map(|_| index)
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +167,10 @@ struct Made {
 }
 
 impl Model {
+    fn available(&self, wallet: &str) -> i64 {
+        self.balances[wallet] - self.held.get(wallet).copied().unwrap_or(0)
+    }
+
     fn sent_since(&self, sender: &str, since_ms: i64) -> i64 {
         self.sent.iter().filter(|(from, at, _)| from == sender && *at >= since_ms).map(|(_, _, amount)| amount).sum()
     }
@@ -155,7 +185,7 @@ impl Model {
                 let settlement = system_account(region_of(*wallet), AccountKind::Settlement);
                 let (debit, credit) =
                     if matches!(op, Op::Deposit { .. }) { (settlement, id) } else { (id, settlement) };
-                if matches!(op, Op::Withdraw { .. }) && self.balances[&debit] < *minor {
+                if matches!(op, Op::Withdraw { .. }) && self.available(&debit) < *minor {
                     return Err(Refusal::InsufficientFunds);
                 }
                 *self.balances.get_mut(&debit).unwrap() -= minor;
@@ -172,6 +202,50 @@ impl Model {
                 Ok(())
             }
             Op::P2pToStranger { .. } => Err(Refusal::CrossRegion),
+            Op::PlaceHold { wallet, minor, transfer } => {
+                let id = wallet_id(*wallet);
+                if self.available(&id) < *minor {
+                    return Err(Refusal::NotEnoughToTakeBack);
+                }
+                *self.held.entry(id.clone()).or_default() += minor;
+                self.holds.push((id.clone(), *minor, claimed(&self.made, &id, *transfer), true));
+                Ok(())
+            }
+            Op::EndHold { pick, give_back } => {
+                if self.holds.is_empty() {
+                    return Err(Refusal::HoldNotFound);
+                }
+                let index = pick % self.holds.len();
+                let (wallet, amount, transfer, active) = self.holds[index].clone();
+                if !active {
+                    return Err(Refusal::HoldNotActive);
+                }
+                if *give_back {
+                    let Some(transfer) = transfer else { return Err(Refusal::HoldNotReturnable) };
+                    let original = self.made[transfer].clone();
+                    if !matches!(original.kind, TransferKind::P2p | TransferKind::Deposit | TransferKind::Withdrawal) {
+                        return Err(Refusal::NotReversible);
+                    }
+                    let left = original.amount - original.reversed;
+                    if left == 0 {
+                        return Err(Refusal::AlreadyReversed);
+                    }
+                    let taken = amount.min(left);
+                    let refunded = original.fee * (original.reversed + taken) / original.amount;
+                    let fee = refunded - original.fee_refunded;
+                    *self.held.get_mut(&wallet).unwrap() -= amount;
+                    *self.balances.get_mut(&original.credit).unwrap() -= taken;
+                    *self.balances.get_mut(&original.debit).unwrap() += taken + fee;
+                    *self.balances.get_mut(&system_account(original.region, AccountKind::FeeRevenue)).unwrap() -= fee;
+                    let entry = &mut self.made[transfer];
+                    entry.reversed += taken;
+                    entry.fee_refunded = refunded;
+                } else {
+                    *self.held.get_mut(&wallet).unwrap() -= amount;
+                }
+                self.holds[index].3 = false;
+                Ok(())
+            }
             Op::Propose { wallet, .. } => {
                 let Op::Propose { minor, by, .. } = op else { unreachable!() };
                 self.adjustments.push((wallet_id(*wallet), *minor, *by, true));
@@ -190,7 +264,7 @@ impl Model {
                     return Err(Refusal::FourEyesViolation);
                 }
                 if *approve {
-                    if minor < 0 && self.balances[&wallet] < -minor {
+                    if minor < 0 && self.available(&wallet) < -minor {
                         return Err(Refusal::NotEnoughToTakeBack);
                     }
                     let region = if wallet.starts_with("ru") { RegionCode::Ru } else { RegionCode::Br };
@@ -218,7 +292,7 @@ impl Model {
                     return Err(Refusal::ReversalTooLarge);
                 }
                 let is_wallet = !original.credit.starts_with("sys:");
-                if is_wallet && self.balances[&original.credit] < amount {
+                if is_wallet && self.available(&original.credit) < amount {
                     return Err(Refusal::NotEnoughToTakeBack);
                 }
                 // The fee goes back in proportion, rounded down, all of it with the last part.
@@ -275,7 +349,7 @@ impl Model {
                         ((above * rate_bp + 5_000) / 10_000).min(cap_minor)
                     }
                 };
-                if self.balances[&from_id] < minor + fee {
+                if self.available(&from_id) < minor + fee {
                     return Err(Refusal::InsufficientFunds);
                 }
                 *self.balances.get_mut(&from_id).unwrap() -= minor + fee;
@@ -288,9 +362,64 @@ impl Model {
     }
 }
 
-fn command(op: &Op, n: usize, made: &[Made], adjustments: &[(String, i64, usize, bool)]) -> Command {
+fn command(op: &Op, n: usize, model: &Model) -> Command {
+    let (made, adjustments) = (&model.made, &model.adjustments);
     let id = format!("t{n:06}");
     match op {
+        Op::PlaceHold { wallet, minor, transfer } => {
+            let account = wallet_id(*wallet);
+            let claimed = claimed(made, &account, *transfer).map(|index| made[index].id.clone());
+            Command::PlaceHold {
+                hold: Hold {
+                    id: format!("h{n:06}"),
+                    account_id: account,
+                    amount_minor: *minor,
+                    currency: RegionRules::default_for(region_of(*wallet)).currency,
+                    region: region_of(*wallet),
+                    reason: "a claim".into(),
+                    transfer_id: claimed,
+                    status: HoldStatus::Active,
+                    placed_by: "op".into(),
+                    placed_at_ms: START_MS,
+                    expires_at_ms: i64::MAX,
+                    decided_by: None,
+                    decided_at_ms: None,
+                    return_transfer_id: None,
+                },
+            }
+        }
+        Op::EndHold { pick, give_back } => {
+            let picked = if model.holds.is_empty() { None } else { Some(pick % model.holds.len()) };
+            let hold_id =
+                picked.map_or_else(|| "missing".to_owned(), |index| HOLD_IDS.with(|ids| ids.borrow()[index].clone()));
+            let account_id = picked.map_or_else(String::new, |index| model.holds[index].0.clone());
+            let transfer = picked.and_then(|index| model.holds[index].2).map(|index| &made[index]);
+            match (give_back, transfer) {
+                (true, Some(original)) => Command::ReturnHold {
+                    hold_id,
+                    account_id,
+                    fee_id: format!("{id}f"),
+                    id,
+                    original: original.id.clone(),
+                    parties: [original.debit.clone(), original.credit.clone()],
+                    region: original.region,
+                    operator: "op".into(),
+                },
+                // A hold without a transfer: the API answers a return of it
+                // with `not_reversible` before the writer.
+                (true, None) if picked.is_some() => Command::ReturnHold {
+                    hold_id,
+                    account_id: account_id.clone(),
+                    fee_id: format!("{id}f"),
+                    id,
+                    original: "none".into(),
+                    parties: [account_id.clone(), account_id],
+                    region: RegionCode::Ru,
+                    operator: "op".into(),
+                },
+                _ => Command::ReleaseHold { hold_id, account_id, operator: "op".into(), expired: false },
+            }
+        }
         Op::Propose { wallet, minor, by } => Command::ProposeAdjustment {
             adjustment: Adjustment {
                 id: format!("a{n:06}"),
@@ -386,10 +515,13 @@ fn adjustment_ids(adjustments: &[(String, i64, usize, bool)]) -> Vec<String> {
 thread_local! {
     /// The id of every adjustment proposed in the current case, in order.
     static ADJUSTMENT_IDS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The id of every hold placed in the current case, in order.
+    static HOLD_IDS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn setup() -> (Ledger, Model) {
     ADJUSTMENT_IDS.with(|ids| ids.borrow_mut().clear());
+    HOLD_IDS.with(|ids| ids.borrow_mut().clear());
     let mut ledger = Ledger::default();
     let mut model = Model::default();
     for code in RegionCode::ALL {
@@ -431,9 +563,14 @@ proptest! {
             for (op, step) in batch {
                 now += step;
                 n += 1;
-                let command = command(&op, n, &model.made, &model.adjustments);
+                let command = command(&op, n, &model);
                 if let Command::ProposeAdjustment { adjustment } = &command {
                     ADJUSTMENT_IDS.with(|ids| ids.borrow_mut().push(adjustment.id.clone()));
+                }
+                if let Command::PlaceHold { hold } = &command
+                    && model.available(&hold.account_id) >= hold.amount_minor
+                {
+                    HOLD_IDS.with(|ids| ids.borrow_mut().push(hold.id.clone()));
                 }
                 let expected = model.expect(&op, &rules, now);
                 let outcome = ledger.apply(&command, "tester", now);
@@ -521,7 +658,7 @@ fn a_failed_commit_is_undone_by_the_snapshot() {
     ledger.apply(&deposit, "op", START_MS).unwrap();
     let before = ledger.accounts.clone();
     let snapshot = ledger.snapshot(ids.iter());
-    let p2p = command(&Op::P2p { from: 0, to: 1, minor: 300, wrong_currency: false }, 1, &[], &[]);
+    let p2p = command(&Op::P2p { from: 0, to: 1, minor: 300, wrong_currency: false }, 1, &Model::default());
     ledger.apply(&p2p, "op", START_MS).unwrap();
     assert_ne!(ledger.accounts, before);
     ledger.restore(snapshot);

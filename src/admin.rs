@@ -107,6 +107,58 @@ enum AdminCommand {
     /// Holds: keep part of a wallet while a claim is examined.
     #[command(subcommand)]
     Hold(HoldCommand),
+    /// The audit log of operators' actions.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Entries, newest first.
+    List {
+        #[arg(long)]
+        operator: Option<String>,
+        /// e.g. freeze, reversal, hold_returned, adjustment_approved, region_changed.
+        #[arg(long)]
+        action: Option<String>,
+        /// An account, transfer, hold, adjustment, region or operator id.
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Recompute the hash chain; exits non-zero when an entry does not hold.
+    Verify,
+}
+
+async fn manage_audit(command: AuditCommand, client: &ApiClient, json: bool) -> Result<(), String> {
+    match command {
+        AuditCommand::List { operator, action, target, limit } => {
+            let mut query = Vec::new();
+            for (name, value) in [("operator", operator), ("action", action), ("target", target)] {
+                if let Some(value) = value {
+                    query.push(format!("{name}={}", encode(&value)));
+                }
+            }
+            let items = collect(client, "/admin/v1/audit", &query, limit).await?;
+            if json {
+                println!("{}", Value::Array(items));
+            } else {
+                print_table(&["seq", "at", "operator", "action", "target"], &items);
+            }
+        }
+        AuditCommand::Verify => {
+            let verdict = client.send(reqwest::Method::GET, "/admin/v1/audit/verify", None).await?;
+            print_object(&verdict, json);
+            if verdict["ok"] != Value::Bool(true) {
+                return Err(format!(
+                    "the audit log does not verify from entry {}: it was changed outside Courier",
+                    verdict["first_bad"]
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -437,6 +489,9 @@ pub async fn run(args: AdminArgs) -> Result<(), String> {
         AdminCommand::Hold(command) => {
             manage_holds(command, &ApiClient::new(&args.url, args.admin_key)?, args.json).await
         }
+        AdminCommand::Audit(command) => {
+            manage_audit(command, &ApiClient::new(&args.url, args.admin_key)?, args.json).await
+        }
         AdminCommand::Operators(command) => {
             manage_operators(command, &ApiClient::new(&args.url, args.admin_key)?, args.json).await
         }
@@ -555,7 +610,8 @@ async fn money(command: AdminCommand, client: &ApiClient, json: bool) -> Result<
         | AdminCommand::Operators(_)
         | AdminCommand::Regions(_)
         | AdminCommand::Adjust(_)
-        | AdminCommand::Hold(_) => {
+        | AdminCommand::Hold(_)
+        | AdminCommand::Audit(_) => {
             unreachable!("handled by run")
         }
     }

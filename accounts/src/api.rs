@@ -482,7 +482,7 @@ async fn revoke_operator(
     if target.role == Role::Admin && operators::live_admins(accounts.db()).await? <= 1 {
         return Err(AccountsError::Conflict("this is the last admin; create another admin first").into());
     }
-    if !operators::revoke(accounts.db(), &id).await? {
+    if !operators::revoke(accounts.db(), &id, &admin.operator.operator_id).await? {
         return Err(AccountsError::NotFound("no such operator").into());
     }
     tracing::info!(by = %admin.operator.operator_id, operator = %id, "operator revoked");

@@ -11,6 +11,7 @@ use std::marker::PhantomData;
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
+use courier_common::audit::{self, Draft};
 use courier_common::{Database, HttpError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -89,6 +90,9 @@ pub async fn create(
     let id = uuid::Uuid::now_v7().to_string();
     let key = new_token(API_KEY_PREFIX);
     let now_ms = courier_common::time::now_ms();
+    let operator = operator_from_row((id.clone(), name.to_owned(), role.as_str().to_owned(), now_ms));
+    // The operator and its audit entry commit together.
+    let mut transaction = db.pool().begin().await?;
     sqlx::query(
         "INSERT INTO operators (id, name, role, key_digest, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -98,10 +102,26 @@ pub async fn create(
     .bind(token_digest(&key))
     .bind(now_ms)
     .bind(created_by)
-    .execute(db.pool())
+    .execute(&mut *transaction)
     .await?;
-    Ok((operator_from_row((id, name.to_owned(), role.as_str().to_owned(), now_ms)), key))
+    let after =
+        serde_json::json!({"operator_id": id, "name": name, "role": role.as_str(), "created_at": operator.created_at});
+    let draft = Draft {
+        at_ms: now_ms,
+        operator: created_by.unwrap_or(BOOTSTRAP).to_owned(),
+        action: "operator_created".into(),
+        target: id,
+        request_id: None,
+        before: None,
+        after: Some(after.to_string()),
+    };
+    audit::append(db.backend(), &mut transaction, vec![draft]).await?;
+    transaction.commit().await?;
+    Ok((operator, key))
 }
+
+/// Who `courier admin bootstrap`'s admin was created by, in the audit log.
+pub const BOOTSTRAP: &str = "bootstrap";
 
 /// The live operator holding `api_key`, if any. The lookup is by digest, so
 /// the comparison never touches the key itself.
@@ -137,13 +157,29 @@ pub async fn list(db: &Database, after_id: &str, limit: u32) -> Result<Vec<Opera
 }
 
 /// Revokes an operator's key; false if there is no such live operator.
-pub async fn revoke(db: &Database, operator_id: &str) -> Result<bool, sqlx::Error> {
+pub async fn revoke(db: &Database, operator_id: &str, by: &str) -> Result<bool, sqlx::Error> {
+    let now_ms = courier_common::time::now_ms();
+    let mut transaction = db.pool().begin().await?;
     let done = sqlx::query("UPDATE operators SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
         .bind(operator_id)
-        .bind(courier_common::time::now_ms())
-        .execute(db.pool())
+        .bind(now_ms)
+        .execute(&mut *transaction)
         .await?;
-    Ok(done.rows_affected() == 1)
+    if done.rows_affected() != 1 {
+        return Ok(false);
+    }
+    let draft = Draft {
+        at_ms: now_ms,
+        operator: by.to_owned(),
+        action: "operator_revoked".into(),
+        target: operator_id.to_owned(),
+        request_id: None,
+        before: Some(serde_json::json!({"status": "live"}).to_string()),
+        after: Some(serde_json::json!({"status": "revoked"}).to_string()),
+    };
+    audit::append(db.backend(), &mut transaction, vec![draft]).await?;
+    transaction.commit().await?;
+    Ok(true)
 }
 
 /// How many live admins there are.

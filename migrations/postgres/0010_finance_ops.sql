@@ -65,3 +65,38 @@ CREATE TABLE holds (
 );
 CREATE INDEX holds_by_status ON holds (status, expires_at);
 CREATE INDEX holds_by_account ON holds (account_id, id);
+
+-- The audit log of operators' actions, hash-chained (courier_common::audit
+-- documents the canonical form). audit_head names the newest entry; every
+-- appender locks it, so that one chain has one order.
+CREATE TABLE audit_log (
+    seq          BIGINT PRIMARY KEY,
+    at           BIGINT NOT NULL,
+    operator     TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    target       TEXT NOT NULL,
+    request_id   TEXT,
+    before_json  TEXT,
+    after_json   TEXT,
+    hash         TEXT NOT NULL            -- SHA-256 over the previous hash and this entry's canonical bytes
+);
+CREATE INDEX audit_log_by_target ON audit_log (target, seq);
+CREATE TABLE audit_head (
+    id    BIGINT PRIMARY KEY CHECK (id = 1),
+    seq   BIGINT NOT NULL,
+    hash  TEXT NOT NULL
+);
+INSERT INTO audit_head VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+
+-- Append-only by construction: no code path updates or deletes an entry,
+-- and the database refuses it too.
+CREATE FUNCTION audit_log_append_only() RETURNS TRIGGER
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit log is append-only';
+END
+$$;
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+CREATE TRIGGER audit_log_not_truncated BEFORE TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();

@@ -146,8 +146,19 @@ impl Payments {
         initiator: String,
         idempotency: Option<(IdempotencyKey, String)>,
     ) -> Result<Response, HttpError> {
-        match self.inner.writer.submit(command, initiator, idempotency, self.inner.submit_timeout).await {
-            Ok(WriteOutcome::Response(response)) => Ok(stored(response)),
+        // An operator's request gets an id, recorded with its audit entry and
+        // answered in `X-Request-Id`.
+        let request_id = (!matches!(command, Command::P2p { .. })).then(|| uuid::Uuid::now_v7().to_string());
+        let submitted =
+            self.inner.writer.submit(command, initiator, idempotency, request_id.clone(), self.inner.submit_timeout);
+        match submitted.await {
+            Ok(WriteOutcome::Response(response)) => {
+                let mut response = stored(response);
+                if let Some(id) = request_id.and_then(|id| header::HeaderValue::from_str(&id).ok()) {
+                    response.headers_mut().insert("x-request-id", id);
+                }
+                Ok(response)
+            }
             Ok(WriteOutcome::KeyReused) => Err(PaymentsError::IdempotencyKeyReused.into()),
             Ok(WriteOutcome::Unavailable) | Err(SubmitError::Unavailable) => Err(PaymentsError::Unavailable.into()),
             Err(SubmitError::Overloaded) => Err(PaymentsError::Overloaded.into()),
@@ -208,6 +219,8 @@ pub fn app(payments: Payments) -> Router {
         .route("/admin/v1/adjustments", post(propose_adjustment).get(list_adjustments))
         .route("/admin/v1/accounts/{id}/holds", post(place_hold))
         .route("/admin/v1/holds", get(list_holds))
+        .route("/admin/v1/audit", get(audit_log))
+        .route("/admin/v1/audit/verify", get(audit_verify))
         .route("/admin/v1/holds/{id}/release", post(release_hold))
         .route("/admin/v1/holds/{id}/return", post(return_hold))
         .route("/admin/v1/adjustments/{id}/approve", post(approve_adjustment))
@@ -220,8 +233,8 @@ pub fn app(payments: Payments) -> Router {
 #[openapi(
     paths(wallet, send, transfers, transfer, deposit, withdrawal, freeze, unfreeze, reconciliation, search, reverse, account, regions, patch_region,
         propose_adjustment, approve_adjustment, reject_adjustment, list_adjustments,
-        place_hold, release_hold, return_hold, list_holds),
-    components(schemas(ErrorBody, TransferView, AdminTransferView, RegionView, AdjustmentView, HoldView, HoldRequest, AdjustmentRequest, crate::view::FeeView, RegionPatch, FeePatch, AccountView, FreezeView, Currency, RegionCode, WalletStatus)),
+        place_hold, release_hold, return_hold, list_holds, audit_log, audit_verify),
+    components(schemas(ErrorBody, AuditEntryView, courier_common::audit::Verdict, TransferView, AdminTransferView, RegionView, AdjustmentView, HoldView, HoldRequest, AdjustmentRequest, crate::view::FeeView, RegionPatch, FeePatch, AccountView, FreezeView, Currency, RegionCode, WalletStatus)),
     tags((name = "payments", description = "Wallets and peer-to-peer transfers"),
          (name = "finance-ops", description = "Operators: money in and out, freezes, reconciliation"))
 )]
@@ -1424,4 +1437,94 @@ async fn list_holds(
             .await
             .map_err(PaymentsError::from)?;
     Ok(axum::Json(Page::from_rows(rows, page.limit, |h| h.id.clone()).map(|h| HoldView::from(&h))))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// An operator's id (`system`, `bootstrap`).
+    #[param(max_length = 64, pattern = "^[!-~]+$")]
+    operator: Option<String>,
+    /// e.g. `freeze`, `reversal`, `hold_returned`, `adjustment_approved`, `region_changed`, `operator_created`.
+    #[param(max_length = 64, pattern = "^[a-z_]+$")]
+    action: Option<String>,
+    /// What it acted on: an account, transfer, hold, adjustment, region or operator id.
+    #[param(max_length = 64, pattern = "^[!-~]+$")]
+    target: Option<String>,
+    /// How many items, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,512}$")]
+    cursor: Option<String>,
+}
+
+/// An audit entry: who did what to what, when, with the target's state
+/// before and after (JSON texts), chained by `hash`.
+#[derive(Serialize, ToSchema)]
+pub struct AuditEntryView {
+    seq: i64,
+    at: String,
+    operator: String,
+    action: String,
+    target: String,
+    request_id: Option<String>,
+    before: Option<String>,
+    after: Option<String>,
+    /// SHA-256 over the previous entry's hash and this entry's canonical bytes.
+    hash: String,
+}
+
+/// The audit log of operators' actions, newest first.
+#[utoipa::path(get, path = "/admin/v1/audit", tag = "finance-ops", security(("operator" = [])), params(AuditQuery),
+    responses((status = 200, body = inline(Page<AuditEntryView>))))]
+async fn audit_log(
+    State(payments): State<Payments>,
+    _viewer: Authorized<Viewer>,
+    Query(query): Query<AuditQuery>,
+) -> Result<axum::Json<Page<AuditEntryView>>, HttpError> {
+    let page = PageQuery { limit: query.limit, cursor: query.cursor }.parse()?;
+    let before_seq = match &page.after {
+        Some(after) => Some(after.parse::<i64>().map_err(|_| courier_common::page::not_ours())?),
+        None => None,
+    };
+    for value in [&query.operator, &query.action, &query.target].into_iter().flatten() {
+        if value.is_empty() || value.len() > 64 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(HttpError::invalid_request(
+                "operator, action and target are 1 to 64 printable ASCII characters",
+            ));
+        }
+    }
+    let filter = courier_common::audit::Filter { operator: query.operator, action: query.action, target: query.target };
+    let rows = courier_common::audit::list(&payments.inner.db, &filter, before_seq, page.limit + 1)
+        .await
+        .map_err(PaymentsError::from)?;
+    Ok(axum::Json(Page::from_rows(rows, page.limit, |e| e.seq.to_string()).map(|e| AuditEntryView {
+        seq: e.seq,
+        at: courier_common::time::rfc3339(e.at_ms),
+        operator: e.operator,
+        action: e.action,
+        target: e.target,
+        request_id: e.request_id,
+        before: e.before,
+        after: e.after,
+        hash: e.hash,
+    })))
+}
+
+/// Recomputes the audit log's hash chain from the first entry and names
+/// the first entry that does not hold (changed, missing, out of order, or
+/// cut from the end).
+#[utoipa::path(get, path = "/admin/v1/audit/verify", tag = "finance-ops", security(("operator" = [])),
+    responses((status = 200, body = courier_common::audit::Verdict)))]
+async fn audit_verify(
+    State(payments): State<Payments>,
+    _viewer: Authorized<Viewer>,
+) -> Result<axum::Json<courier_common::audit::Verdict>, HttpError> {
+    let verdict = courier_common::audit::verify_stored(&payments.inner.db).await.map_err(PaymentsError::from)?;
+    if !verdict.ok {
+        tracing::error!(first_bad = ?verdict.first_bad, "the audit log does not verify");
+    }
+    Ok(axum::Json(verdict))
 }

@@ -261,6 +261,8 @@ pub enum Command {
         transfer_id: String,
         operator: String,
     },
+    /// The writer records an undecided adjustment past its time as expired.
+    ExpireAdjustment { adjustment_id: String, account_id: LedgerAccountId },
     /// An operator places a hold on a wallet's available balance.
     PlaceHold { hold: Hold },
     /// An operator releases an active hold, or the writer expires it.
@@ -313,6 +315,7 @@ impl Command {
             Command::SetRegion { .. } => [None, None, None],
             Command::ProposeAdjustment { adjustment: Adjustment { account_id, .. } }
             | Command::DecideAdjustment { account_id, .. }
+            | Command::ExpireAdjustment { account_id, .. }
             | Command::PlaceHold { hold: Hold { account_id, .. } }
             | Command::ReleaseHold { account_id, .. } => [Some(account_id.as_str()), None, None],
             Command::ReturnHold { parties: [debit, credit], region, .. } => {
@@ -336,7 +339,9 @@ impl Command {
     /// The adjustment this command decides, if it decides one.
     pub fn adjustment(&self) -> Option<&str> {
         match self {
-            Command::DecideAdjustment { adjustment_id, .. } => Some(adjustment_id),
+            Command::DecideAdjustment { adjustment_id, .. } | Command::ExpireAdjustment { adjustment_id, .. } => {
+                Some(adjustment_id)
+            }
             _ => None,
         }
     }
@@ -827,6 +832,16 @@ impl Ledger {
             }
             Command::DecideAdjustment { adjustment_id, approve, transfer_id, operator, .. } => {
                 self.decide(adjustment_id, *approve, transfer_id, operator, now_ms)
+            }
+            Command::ExpireAdjustment { adjustment_id, .. } => {
+                let adjustment = self.adjustments.get_mut(adjustment_id).ok_or(Refusal::AdjustmentNotFound)?;
+                if adjustment.status != AdjustmentStatus::Pending || now_ms < adjustment.expires_at_ms {
+                    return Err(Refusal::AdjustmentNotPending);
+                }
+                adjustment.status = AdjustmentStatus::Expired;
+                adjustment.decided_by = Some(initiator.to_owned());
+                adjustment.decided_at_ms = Some(now_ms);
+                Ok(Vec::new())
             }
             Command::PlaceHold { hold } => {
                 let wallet = self.wallet_mut(&hold.account_id).ok_or(Refusal::WalletNotFound)?;

@@ -4,9 +4,10 @@
 //! API.
 //!
 //! Routes: `GET /v1/wallet`, `POST /v1/transfers`, `GET /v1/transfers`,
-//! `GET /v1/transfers/{id}`, `POST /admin/v1/deposits`,
-//! `POST /admin/v1/withdrawals`, `POST /admin/v1/accounts/{id}/freeze` and
-//! `/unfreeze`, `GET /admin/v1/reconciliation`.
+//! `GET /v1/transfers/{id}`, and the finance-ops admin API under
+//! `/admin/v1`: deposits, withdrawals, freezes, transfer search, the
+//! account view, reversals, holds, four-eyes adjustments, region rules,
+//! reconciliation and the audit log (see [`api`]).
 //!
 //! Money is never a float; a transfer is never half applied and never edited;
 //! only the one writer task ([`writer`], with one file of statements per
@@ -19,6 +20,7 @@
 #![allow(clippy::inconsistent_digit_grouping)]
 
 pub mod api;
+pub mod audit;
 pub mod error;
 pub mod ledger;
 pub mod money;

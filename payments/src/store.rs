@@ -253,6 +253,8 @@ pub struct BatchWrite {
     pub adjustments: Vec<Adjustment>,
     /// Holds placed, released, returned or expired, as they now are.
     pub holds: Vec<Hold>,
+    /// The operators' actions applied, for the audit log.
+    pub audit: Vec<courier_common::audit::Draft>,
 }
 
 impl BatchWrite {
@@ -263,11 +265,12 @@ impl BatchWrite {
             && self.regions.is_empty()
             && self.adjustments.is_empty()
             && self.holds.is_empty()
+            && self.audit.is_empty()
     }
 
     /// Whether the batch writes more than transfers, accounts and keys.
     pub fn has_rare_writes(&self) -> bool {
-        !self.regions.is_empty() || !self.adjustments.is_empty() || !self.holds.is_empty()
+        !self.regions.is_empty() || !self.adjustments.is_empty() || !self.holds.is_empty() || !self.audit.is_empty()
     }
 }
 
@@ -435,10 +438,10 @@ pub(crate) fn upsert_adjustment_sql(placeholder: char) -> String {
     )
 }
 
-/// Records pending adjustments past their time as expired (the writer's
-/// sweep; readers already count them as expired).
-pub(crate) const EXPIRE_ADJUSTMENTS_SQL: &str =
-    "UPDATE adjustments SET status = 'expired' WHERE status = 'pending' AND expires_at <= $1";
+/// Pending adjustments past their time (the writer records them as expired;
+/// readers count them as expired already).
+pub(crate) const EXPIRED_ADJUSTMENTS_SQL: &str = "SELECT id, account_id FROM adjustments \
+     WHERE status = 'pending' AND expires_at <= $1 ORDER BY expires_at LIMIT 1000";
 
 pub(crate) type HoldRow = (
     String,

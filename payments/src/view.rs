@@ -241,7 +241,10 @@ pub fn render(
                 }
             }
             (Command::ProposeAdjustment { adjustment }, _) => json_response(201, &AdjustmentView::of(adjustment, now_ms)),
-            (Command::DecideAdjustment { adjustment_id, .. }, _) => match ledger.adjustments.get(adjustment_id) {
+            (
+                Command::DecideAdjustment { adjustment_id, .. } | Command::ExpireAdjustment { adjustment_id, .. },
+                _,
+            ) => match ledger.adjustments.get(adjustment_id) {
                 Some(adjustment) => json_response(200, &AdjustmentView::of(adjustment, now_ms)),
                 None => StoredResponse {
                     status: 500,

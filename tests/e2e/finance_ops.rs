@@ -7,6 +7,7 @@ use crate::support;
 
 use reqwest::Method;
 use serde_json::{Value, json};
+use sqlx::Connection;
 use support::{Db, Server, Session, error_code};
 
 const ALICE: &str = "+79161234567";
@@ -713,6 +714,172 @@ async fn a_hold_releases_itself_when_it_expires(db: Db) {
     d.server.finish().await;
 }
 
+async fn audit(d: &Desk, query: &str) -> Vec<Value> {
+    let (status, page) = d.server.get(&format!("/admin/v1/audit?limit=200&{query}"), Some(&d.admin)).await;
+    assert_eq!(status, 200, "{page}");
+    let mut items = page["items"].as_array().unwrap().clone();
+    items.reverse();
+    items
+}
+
+async fn verify(d: &Desk) -> Value {
+    let (status, verdict) = d.server.get("/admin/v1/audit/verify", Some(&d.admin)).await;
+    assert_eq!(status, 200, "{verdict}");
+    verdict
+}
+
+async fn every_admin_action_is_in_the_audit_chain(db: Db) {
+    let d = Desk::open(db).await;
+    let petra = operator(&d, "Petra", "approver").await;
+    let alice = d.alice.account_id.clone();
+    let body = json!({"account_id": alice, "amount": "500.00", "currency": "RUB", "external_ref": "rail-9"});
+    let response = d
+        .server
+        .http
+        .post(format!("{}/admin/v1/deposits", d.server.url))
+        .bearer_auth(&d.admin)
+        .header("idempotency-key", key())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let sent = d.send(&d.alice, &d.bob, "100.00").await;
+    let (status, _) = d
+        .server
+        .post(&format!("/admin/v1/accounts/{alice}/freeze"), Some(&d.admin), json!({"reason": "claim 50"}))
+        .await;
+    assert_eq!(status, 200);
+    d.server.post(&format!("/admin/v1/accounts/{alice}/unfreeze"), Some(&d.admin), json!({"reason": "cleared"})).await;
+    let (status, _, _) = d
+        .reverse(sent["transfer_id"].as_str().unwrap(), &key(), json!({"reason": "claim 51", "amount": "10.00"}))
+        .await;
+    assert_eq!(status, 201);
+    let (_, hold) = place_hold(&d, &alice, "5.00", None).await;
+    d.server
+        .post(&format!("/admin/v1/holds/{}/release", hold["hold_id"].as_str().unwrap()), Some(&d.admin), json!({}))
+        .await;
+    let (_, proposed) = propose(&d, &d.admin, &alice, "1.00").await;
+    let (status, _, _) = decide(&d, &petra, proposed["adjustment_id"].as_str().unwrap(), "approve", &key()).await;
+    assert_eq!(status, 200);
+    let (status, _) = patch_region(&d, "BR", json!({"daily_max": "9000.00"})).await;
+    assert_eq!(status, 200);
+    let (_, operators) = d.server.get("/admin/v1/operators", Some(&d.admin)).await;
+    let petra_id =
+        operators["items"].as_array().unwrap().iter().find(|o| o["name"] == "Petra").unwrap()["operator_id"].clone();
+    let (status, _) = d
+        .server
+        .call(Method::DELETE, &format!("/admin/v1/operators/{}", petra_id.as_str().unwrap()), Some(&d.admin), None)
+        .await;
+    assert_eq!(status, 204);
+    // Refused: no entry.
+    let (status, _) = d
+        .server
+        .post(&format!("/admin/v1/accounts/{alice}/unfreeze"), Some(&d.admin), json!({"reason": "again"}))
+        .await;
+    assert_eq!(status, 409);
+
+    let entries = audit(&d, "").await;
+    let actions: Vec<&str> = entries.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        [
+            "operator_created",
+            "operator_created",
+            "deposit",
+            "freeze",
+            "unfreeze",
+            "reversal",
+            "hold_placed",
+            "hold_released",
+            "adjustment_proposed",
+            "adjustment_approved",
+            "region_changed",
+            "operator_revoked",
+        ],
+        "{entries:?}"
+    );
+    let seqs: Vec<i64> = entries.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=12).collect::<Vec<_>>());
+    assert_eq!(
+        (entries[0]["operator"].as_str(), entries[1]["target"].as_str()),
+        (Some("bootstrap"), petra_id.as_str())
+    );
+    let deposit = &entries[2];
+    assert_eq!(
+        (deposit["target"].as_str(), deposit["request_id"].as_str()),
+        (Some(alice.as_str()), Some(request_id.as_str()))
+    );
+    let freeze = &entries[3];
+    let before: Value = serde_json::from_str(freeze["before"].as_str().unwrap()).unwrap();
+    let after: Value = serde_json::from_str(freeze["after"].as_str().unwrap()).unwrap();
+    assert_eq!((&before["status"], &after["status"]), (&json!("active"), &json!("frozen")));
+    let region = &entries[10];
+    let before: Value = serde_json::from_str(region["before"].as_str().unwrap()).unwrap();
+    let after: Value = serde_json::from_str(region["after"].as_str().unwrap()).unwrap();
+    assert_eq!((&before["daily_max"], &after["daily_max"]), (&json!("10000.00"), &json!("9000.00")));
+    assert_eq!(audit(&d, &format!("target={alice}&action=freeze")).await.len(), 1);
+
+    let verdict = verify(&d).await;
+    assert_eq!(
+        (&verdict["ok"], &verdict["entries"], &verdict["first_bad"], &verdict["head"]),
+        (&json!(true), &json!(12), &Value::Null, &entries[11]["hash"])
+    );
+    d.server.finish().await;
+}
+
+/// Changing, deleting or reordering one entry in the database (with the
+/// append-only triggers dropped) makes verification name it.
+async fn a_tampered_audit_log_names_the_entry(db: Db) {
+    let d = Desk::open(db).await;
+    for n in 0..4 {
+        operator(&d, &format!("Op{n}"), "viewer").await;
+    }
+    assert_eq!(verify(&d).await["entries"], 5);
+    let refused = {
+        sqlx::any::install_default_drivers();
+        let mut connection = sqlx::AnyConnection::connect(&d.server.database_url).await.unwrap();
+        let update =
+            sqlx::query("UPDATE audit_log SET operator = 'mallory' WHERE seq = 2").execute(&mut connection).await;
+        let delete = sqlx::query("DELETE FROM audit_log WHERE seq = 2").execute(&mut connection).await;
+        (update.is_err(), delete.is_err())
+    };
+    assert_eq!(refused, (true, true), "the database refuses to change or delete an entry");
+    let drop_triggers = match db {
+        Db::Postgres => "DROP TRIGGER audit_log_append_only ON audit_log",
+        Db::Sqlite => "DROP TRIGGER audit_log_no_update",
+    };
+    d.server.sql(drop_triggers).await;
+    if db == Db::Sqlite {
+        d.server.sql("DROP TRIGGER audit_log_no_delete").await;
+    }
+    assert_eq!(verify(&d).await["ok"], true);
+
+    d.server.sql("UPDATE audit_log SET after_json = replace(after_json, 'viewer', 'admin') WHERE seq = 3").await;
+    assert_eq!((verify(&d).await["ok"].clone(), verify(&d).await["first_bad"].clone()), (json!(false), json!(3)));
+    d.server.sql("UPDATE audit_log SET after_json = replace(after_json, 'admin', 'viewer') WHERE seq = 3").await;
+    assert_eq!(verify(&d).await["ok"], true, "put back as it was, it holds again");
+
+    d.server.sql("UPDATE audit_log SET seq = 100 WHERE seq = 2").await;
+    d.server.sql("UPDATE audit_log SET seq = 2 WHERE seq = 4").await;
+    d.server.sql("UPDATE audit_log SET seq = 4 WHERE seq = 100").await;
+    assert_eq!(verify(&d).await["first_bad"], 2, "reordered");
+    d.server.sql("UPDATE audit_log SET seq = 100 WHERE seq = 2").await;
+    d.server.sql("UPDATE audit_log SET seq = 2 WHERE seq = 4").await;
+    d.server.sql("UPDATE audit_log SET seq = 4 WHERE seq = 100").await;
+    assert_eq!(verify(&d).await["ok"], true);
+
+    d.server.sql("DELETE FROM audit_log WHERE seq = 3").await;
+    assert_eq!(verify(&d).await["first_bad"], 3, "deleted");
+    d.server.sql("DELETE FROM audit_log WHERE seq > 2").await;
+    let verdict = verify(&d).await;
+    assert_eq!((&verdict["first_bad"], &verdict["entries"]), (&json!(3), &json!(2)), "cut from the end: {verdict}");
+    let (ok, _, stderr) = admin(&d, &["audit", "verify"]);
+    assert!(!ok && stderr.contains("from entry 3"), "{stderr}");
+    d.server.finish().await;
+}
+
 /// `courier admin …` as an operator runs it: JSON for scripts, tables for
 /// people, and errors that say what to do.
 fn admin(d: &Desk, args: &[&str]) -> (bool, String, String) {
@@ -847,6 +1014,8 @@ async fn the_admin_cli_moves_searches_reverses_and_freezes(db: Db) {
 }
 
 on_both_databases!(
+    every_admin_action_is_in_the_audit_chain,
+    a_tampered_audit_log_names_the_entry,
     a_hold_keeps_money_until_it_is_returned_or_released,
     a_hold_releases_itself_when_it_expires,
     adjustments_need_a_second_pair_of_eyes,

@@ -384,9 +384,7 @@ async fn a_batch_that_writes_other_rows_than_due_leaves_nothing(db: Db) {
             },
         ],
         idempotency: vec![(key, "fingerprint".into(), response)],
-        regions: Vec::new(),
-        adjustments: Vec::new(),
-        holds: Vec::new(),
+        ..BatchWrite::default()
     };
     let error = connection.commit(&batch, 1).await.unwrap_err();
     assert!(error.to_string().contains("the batch wrote"), "{error}");

@@ -95,6 +95,8 @@ pub struct WriteRequest {
     pub initiator: String,
     /// The key and the request's fingerprint.
     pub idempotency: Option<(IdempotencyKey, String)>,
+    /// An operator's request's id, recorded in the audit log.
+    pub request_id: Option<String>,
     pub reply: oneshot::Sender<WriteOutcome>,
 }
 
@@ -143,10 +145,12 @@ impl WriterHandle {
         command: Command,
         initiator: String,
         idempotency: Option<(IdempotencyKey, String)>,
+        request_id: Option<String>,
         deadline: Duration,
     ) -> Result<WriteOutcome, SubmitError> {
         let (reply, outcome) = oneshot::channel();
-        self.queue.try_send(WriteRequest { command, initiator, idempotency, reply }).map_err(|error| match error {
+        let request = WriteRequest { command, initiator, idempotency, request_id, reply };
+        self.queue.try_send(request).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => SubmitError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => SubmitError::Unavailable,
         })?;
@@ -294,9 +298,8 @@ async fn run(
                         Ok(expired) => tracing::info!(expired, "expired idempotency keys"),
                         Err(error) => break Some(error),
                     }
-                    match connection.expire_adjustments(now_ms()).await {
-                        Ok(0) => {}
-                        Ok(expired) => tracing::info!(expired, "pending adjustments expired"),
+                    match writer.expire_adjustments(&mut connection, stats).await {
+                        Ok(()) => {}
                         Err(error) => break Some(error),
                     }
                     continue;
@@ -375,6 +378,33 @@ impl Writer {
         Ok(())
     }
 
+    /// Records the undecided adjustments past their time as expired, as a
+    /// batch of the writer's own (each gets its audit entry).
+    async fn expire_adjustments(
+        &mut self,
+        connection: &mut WriterStore,
+        stats: &WriterStats,
+    ) -> Result<(), StoreError> {
+        let expired = connection.expired_adjustments(now_ms()).await?;
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let count = expired.len();
+        let batch = expired
+            .into_iter()
+            .map(|(adjustment_id, account_id)| WriteRequest {
+                command: Command::ExpireAdjustment { adjustment_id, account_id },
+                initiator: SYSTEM_OPERATOR.into(),
+                idempotency: None,
+                request_id: None,
+                reply: oneshot::channel().0,
+            })
+            .collect();
+        self.process(connection, batch, stats).await?;
+        tracing::info!(count, "pending adjustments expired");
+        Ok(())
+    }
+
     /// Releases the holds past their time, as a batch of the writer's own.
     async fn expire_holds(&mut self, connection: &mut WriterStore, stats: &WriterStats) -> Result<(), StoreError> {
         let expired = connection.expired_holds(now_ms()).await?;
@@ -388,6 +418,7 @@ impl Writer {
                 command: Command::ReleaseHold { hold_id, account_id, operator: SYSTEM_OPERATOR.into(), expired: true },
                 initiator: SYSTEM_OPERATOR.into(),
                 idempotency: None,
+                request_id: None,
                 reply: oneshot::channel().0,
             })
             .collect();
@@ -549,10 +580,20 @@ impl Writer {
                     continue;
                 }
             }
+            let before = crate::audit::action(&request.command)
+                .and_then(|_| crate::audit::before(ledger, &request.command, now));
             let outcome = ledger.apply(&request.command, &request.initiator, now);
             let response = view::render(&request.command, &outcome, ledger, now);
             match outcome {
                 Ok(transfers) => {
+                    write.audit.extend(crate::audit::draft(
+                        &request.command,
+                        &request.initiator,
+                        request.request_id.as_deref(),
+                        before,
+                        &response.body,
+                        now,
+                    ));
                     write.transfers.extend(transfers);
                     match &request.command {
                         Command::SetFrozen { wallet, .. } => frozen.push(wallet.clone()),
@@ -570,7 +611,8 @@ impl Writer {
                             }
                         }
                         Command::ProposeAdjustment { adjustment: Adjustment { id, .. } }
-                        | Command::DecideAdjustment { adjustment_id: id, .. } => {
+                        | Command::DecideAdjustment { adjustment_id: id, .. }
+                        | Command::ExpireAdjustment { adjustment_id: id, .. } => {
                             if let Some(adjustment) = ledger.adjustments.get(id) {
                                 write.adjustments.retain(|changed| &changed.id != id);
                                 write.adjustments.push(adjustment.clone());

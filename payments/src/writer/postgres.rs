@@ -6,13 +6,14 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
+use courier_common::audit;
 use sqlx::PgConnection;
 
 use crate::ledger::{Adjustment, Hold, LedgerAccount, LedgerAccountId, Reversible};
 use crate::region::{RegionCode, RegionRules};
 use crate::store::{
-    ACCOUNT_COLUMNS_SQL, ADJUSTMENT_COLUMNS, AccountRow, AdjustmentRow, BatchWrite, EXPIRE_ADJUSTMENTS_SQL,
-    EXPIRE_KEYS_SQL, EXPIRED_HOLDS_SQL, HOLD_COLUMNS, HoldRow, IdempotencyKey, ORIGINAL_SQL, OriginalRow,
+    ACCOUNT_COLUMNS_SQL, ADJUSTMENT_COLUMNS, AccountRow, AdjustmentRow, BatchWrite, EXPIRE_KEYS_SQL,
+    EXPIRED_ADJUSTMENTS_SQL, EXPIRED_HOLDS_SQL, HOLD_COLUMNS, HoldRow, IdempotencyKey, ORIGINAL_SQL, OriginalRow,
     REGION_COLUMNS_SQL, RegionRow, StoredResponse, TRANSFER_COLUMNS, USAGE_COUNT_SQL, USAGE_UNCOUNTED_SQL,
     USAGE_ZERO_SQL, account_from_row, adjustment_from_row, hold_from_row, original_from_row, region_from_row,
     region_values, usage_since,
@@ -68,9 +69,12 @@ pub async fn expired_holds(connection: &mut PgConnection, now_ms: i64) -> Result
     sqlx::query_as(EXPIRED_HOLDS_SQL).bind(now_ms).fetch_all(&mut *connection).await
 }
 
-/// Records pending adjustments past their time as expired: how many.
-pub async fn expire_adjustments(connection: &mut PgConnection, now_ms: i64) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(EXPIRE_ADJUSTMENTS_SQL).bind(now_ms).execute(&mut *connection).await?.rows_affected())
+/// Pending adjustments past their time: `(adjustment, wallet)`.
+pub async fn expired_adjustments(
+    connection: &mut PgConnection,
+    now_ms: i64,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(EXPIRED_ADJUSTMENTS_SQL).bind(now_ms).fetch_all(&mut *connection).await
 }
 
 /// Every system account (settlement, fee revenue, adjustments).
@@ -281,6 +285,28 @@ pub async fn commit(connection: &mut PgConnection, batch: &BatchWrite, now_ms: i
                 .execute(&mut *transaction)
                 .await?;
         }
+    }
+    if !batch.audit.is_empty() {
+        let (mut seq, mut hash): (i64, String) =
+            sqlx::query_as(audit::HEAD_FOR_UPDATE_SQL).fetch_one(&mut *transaction).await?;
+        for draft in &batch.audit {
+            seq += 1;
+            let entry = draft.clone().chain(seq, &hash);
+            sqlx::query(audit::INSERT_SQL)
+                .bind(entry.seq)
+                .bind(entry.at_ms)
+                .bind(&entry.operator)
+                .bind(&entry.action)
+                .bind(&entry.target)
+                .bind(&entry.request_id)
+                .bind(&entry.before)
+                .bind(&entry.after)
+                .bind(&entry.hash)
+                .execute(&mut *transaction)
+                .await?;
+            hash = entry.hash;
+        }
+        sqlx::query(audit::SET_HEAD_SQL).bind(seq).bind(&hash).execute(&mut *transaction).await?;
     }
     commit_statement(&mut transaction, batch, now_ms).await?;
     transaction.commit().await

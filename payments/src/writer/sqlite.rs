@@ -7,16 +7,17 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use courier_common::audit;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::store::StoreError;
 use crate::ledger::{Adjustment, Hold, LedgerAccount, LedgerAccountId, Reversible};
 use crate::region::{RegionCode, RegionRules};
 use crate::store::{
-    self, ACCOUNT_COLUMNS_SQL, ADJUSTMENT_COLUMNS, AccountRow, AdjustmentRow, BatchWrite, EXPIRE_ADJUSTMENTS_SQL,
-    EXPIRE_KEYS_SQL, EXPIRED_HOLDS_SQL, HOLD_COLUMNS, HoldRow, IDEMPOTENT_RESPONSE_SQL, IdempotencyKey, ORIGINAL_SQL,
-    OriginalRow, REGION_COLUMNS_SQL, RegionRow, StoredResponse, TRANSFER_COLUMNS, USAGE_COUNT_SQL, USAGE_UNCOUNTED_SQL,
-    USAGE_ZERO_SQL,
+    self, ACCOUNT_COLUMNS_SQL, ADJUSTMENT_COLUMNS, AccountRow, AdjustmentRow, BatchWrite, EXPIRE_KEYS_SQL,
+    EXPIRED_ADJUSTMENTS_SQL, EXPIRED_HOLDS_SQL, HOLD_COLUMNS, HoldRow, IDEMPOTENT_RESPONSE_SQL, IdempotencyKey,
+    ORIGINAL_SQL, OriginalRow, REGION_COLUMNS_SQL, RegionRow, StoredResponse, TRANSFER_COLUMNS, USAGE_COUNT_SQL,
+    USAGE_UNCOUNTED_SQL, USAGE_ZERO_SQL,
 };
 
 // SQLite reads `$1` as a named parameter, numbered by first appearance: the
@@ -35,6 +36,10 @@ const UPDATE_REGION_SQL: &str = "\
 UPDATE regions SET enabled = ?2, per_transfer_max = ?3, daily_max = ?4, monthly_max = ?5, night_max = ?6, \
   night_start_hour = ?7, night_end_hour = ?8, fee_free_monthly = ?9, fee_rate_bp = ?10, fee_cap = ?11, \
   updated_at = ?12 WHERE code = ?1";
+
+const AUDIT_INSERT_SQL: &str = "INSERT INTO audit_log (seq, at, operator, action, target, request_id, \
+  before_json, after_json, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const AUDIT_SET_HEAD_SQL: &str = "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1";
 
 /// Statements the writer keeps prepared (SQLite's default cache holds 16).
 const STATEMENTS_CACHED: usize = 32;
@@ -160,9 +165,10 @@ impl SqliteWriter {
         statement.query_map([now_ms], |row| <(String, String)>::try_from(row))?.collect()
     }
 
-    /// Records pending adjustments past their time as expired: how many.
-    pub fn expire_adjustments(&self, now_ms: i64) -> rusqlite::Result<u64> {
-        Ok(self.connection.prepare_cached(EXPIRE_ADJUSTMENTS_SQL)?.execute([now_ms])? as u64)
+    /// Pending adjustments past their time: `(adjustment, wallet)`.
+    pub fn expired_adjustments(&self, now_ms: i64) -> rusqlite::Result<Vec<(String, String)>> {
+        let mut statement = self.connection.prepare_cached(EXPIRED_ADJUSTMENTS_SQL)?;
+        statement.query_map([now_ms], |row| <(String, String)>::try_from(row))?.collect()
     }
 
     /// Counts the usage of the wallets that have none counted
@@ -310,6 +316,29 @@ impl SqliteWriter {
                         h.return_transfer_id,
                     ])?;
                 }
+            }
+            if !batch.audit.is_empty() {
+                // The transaction holds the write lock: the head is ours.
+                let (mut seq, mut hash): (i64, String) =
+                    transaction.query_row(audit::HEAD_SQL, [], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                let mut insert = transaction.prepare_cached(AUDIT_INSERT_SQL)?;
+                for draft in &batch.audit {
+                    seq += 1;
+                    let entry = draft.clone().chain(seq, &hash);
+                    insert.execute(params![
+                        entry.seq,
+                        entry.at_ms,
+                        entry.operator,
+                        entry.action,
+                        entry.target,
+                        entry.request_id,
+                        entry.before,
+                        entry.after,
+                        entry.hash,
+                    ])?;
+                    hash = entry.hash;
+                }
+                transaction.prepare_cached(AUDIT_SET_HEAD_SQL)?.execute(params![seq, hash])?;
             }
             let mut keyed = transaction.prepare_cached(INSERT_KEY_SQL)?;
             for (key, fingerprint, response) in &batch.idempotency {

@@ -123,11 +123,11 @@ impl WriterStore {
         }
     }
 
-    /// Records pending adjustments past their time as expired: how many.
-    pub async fn expire_adjustments(&mut self, now_ms: i64) -> Result<u64, StoreError> {
+    /// Pending adjustments past their time: `(adjustment, wallet)`.
+    pub async fn expired_adjustments(&mut self, now_ms: i64) -> Result<Vec<(String, String)>, StoreError> {
         match self {
-            WriterStore::Postgres(connection) => Ok(postgres::expire_adjustments(connection, now_ms).await?),
-            WriterStore::Sqlite(sqlite) => Ok(sqlite.expire_adjustments(now_ms)?),
+            WriterStore::Postgres(connection) => Ok(postgres::expired_adjustments(connection, now_ms).await?),
+            WriterStore::Sqlite(sqlite) => Ok(sqlite.expired_adjustments(now_ms)?),
         }
     }
 

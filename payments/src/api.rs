@@ -1489,12 +1489,15 @@ async fn audit_log(
         Some(after) => Some(after.parse::<i64>().map_err(|_| courier_common::page::not_ours())?),
         None => None,
     };
-    for value in [&query.operator, &query.action, &query.target].into_iter().flatten() {
+    for value in [&query.operator, &query.target].into_iter().flatten() {
         if value.is_empty() || value.len() > 64 || !value.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(HttpError::invalid_request(
-                "operator, action and target are 1 to 64 printable ASCII characters",
-            ));
+            return Err(HttpError::invalid_request("operator and target are 1 to 64 printable ASCII characters"));
         }
+    }
+    if let Some(action) = &query.action
+        && (action.is_empty() || action.len() > 64 || !action.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+    {
+        return Err(HttpError::invalid_request("action is 1 to 64 lower-case letters and underscores"));
     }
     let filter = courier_common::audit::Filter { operator: query.operator, action: query.action, target: query.target };
     let rows = courier_common::audit::list(&payments.inner.db, &filter, before_seq, page.limit + 1)

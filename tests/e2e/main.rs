@@ -6,6 +6,7 @@
 mod support;
 
 mod accounts;
+mod admin_authz;
 mod authz;
 mod calls_media;
 mod calls_signaling;

@@ -880,6 +880,52 @@ async fn a_tampered_audit_log_names_the_entry(db: Db) {
     d.server.finish().await;
 }
 
+/// An approval, a reversal, a hold and its return answered 2xx survive
+/// `kill -9`; replayed with the same keys after the restart they answer
+/// the same and move nothing more.
+async fn operator_actions_answered_survive_a_crash(db: Db) {
+    let mut d = Desk::open(db).await;
+    let petra = operator(&d, "Petra", "approver").await;
+    d.deposit(&d.alice.account_id, "1000.00", "RUB").await;
+    let sent = d.send(&d.alice, &d.bob, "400.00").await;
+    let sent_id = sent["transfer_id"].as_str().unwrap().to_owned();
+
+    let (_, proposed) = propose(&d, &d.admin, &d.bob.account_id, "25.00").await;
+    let adjustment = proposed["adjustment_id"].as_str().unwrap().to_owned();
+    let approval_key = key();
+    let (status, _, approved) = decide(&d, &petra, &adjustment, "approve", &approval_key).await;
+    assert_eq!(status, 200);
+    let reversal_key = key();
+    let reversal_body = json!({"reason": "claim 60", "amount": "100.00"});
+    let (status, _, reversed) = d.reverse(&sent_id, &reversal_key, reversal_body.clone()).await;
+    assert_eq!(status, 201);
+    let hold_key = key();
+    let hold_path = format!("/admin/v1/accounts/{}/holds", d.bob.account_id);
+    let hold_body = json!({"amount": "50.00", "currency": "RUB", "reason": "claim 61", "transfer_id": sent_id});
+    let (status, hold, placed) = d.server.post_keyed(&hold_path, &d.admin, &hold_key, hold_body.clone()).await;
+    assert_eq!(status, 201, "{hold}");
+    let return_path = format!("/admin/v1/holds/{}/return", hold["hold_id"].as_str().unwrap());
+    let return_key = key();
+    let (status, _, returned) = d.server.post_keyed(&return_path, &d.admin, &return_key, json!({})).await;
+    assert_eq!(status, 200);
+    let before = d.state().await;
+    assert_eq!((d.balance(&d.alice).await, d.balance(&d.bob).await), ("750.00".into(), "275.00".into()));
+
+    d.server.crash_and_restart().await;
+    assert_eq!(d.state().await, before, "everything answered is still there");
+    let (status, _, again) = decide(&d, &petra, &adjustment, "approve", &approval_key).await;
+    assert_eq!((status, again), (200, approved));
+    let (status, _, again) = d.reverse(&sent_id, &reversal_key, reversal_body).await;
+    assert_eq!((status, again), (201, reversed));
+    let (status, _, again) = d.server.post_keyed(&hold_path, &d.admin, &hold_key, hold_body).await;
+    assert_eq!((status, again), (201, placed));
+    let (status, _, again) = d.server.post_keyed(&return_path, &d.admin, &return_key, json!({})).await;
+    assert_eq!((status, again), (200, returned));
+    assert_eq!(d.state().await, before, "the replays moved nothing");
+    assert_eq!(verify(&d).await["ok"], true);
+    d.server.finish().await;
+}
+
 /// `courier admin …` as an operator runs it: JSON for scripts, tables for
 /// people, and errors that say what to do.
 fn admin(d: &Desk, args: &[&str]) -> (bool, String, String) {
@@ -1014,6 +1060,7 @@ async fn the_admin_cli_moves_searches_reverses_and_freezes(db: Db) {
 }
 
 on_both_databases!(
+    operator_actions_answered_survive_a_crash,
     every_admin_action_is_in_the_audit_chain,
     a_tampered_audit_log_names_the_entry,
     a_hold_keeps_money_until_it_is_returned_or_released,

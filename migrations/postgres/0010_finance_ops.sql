@@ -100,3 +100,38 @@ CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
 CREATE TRIGGER audit_log_not_truncated BEFORE TRUNCATE ON audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+
+-- Each transfer records the balances its two accounts had right after it,
+-- so that an account's balance at any moment is that of its last transfer
+-- before it, found along its chain without summing its history. The
+-- transfers so far get theirs here, in the order of their ids (UUIDv7: the
+-- order they were made in).
+ALTER TABLE transfers ADD COLUMN debit_balance BIGINT;
+ALTER TABLE transfers ADD COLUMN credit_balance BIGINT;
+CREATE TEMP TABLE ledger_running AS
+SELECT transfer, account,
+    SUM(delta) OVER (PARTITION BY account ORDER BY transfer ROWS UNBOUNDED PRECEDING) AS balance
+FROM (
+    SELECT id AS transfer, debit_account AS account, -amount AS delta FROM transfers
+    UNION ALL
+    SELECT id, credit_account, amount FROM transfers
+) AS postings;
+CREATE INDEX ledger_running_by_transfer ON ledger_running (transfer, account);
+UPDATE transfers SET
+    debit_balance = (SELECT balance FROM ledger_running r WHERE r.transfer = transfers.id AND r.account = transfers.debit_account),
+    credit_balance = (SELECT balance FROM ledger_running r WHERE r.transfer = transfers.id AND r.account = transfers.credit_account);
+DROP TABLE ledger_running;
+
+-- Checkpoints along each account's chain, about one in 512 of its
+-- transfers (chosen by a hash of the transfer and the account, so that the
+-- writer keeps no count): the balance at a moment is found from the first
+-- checkpoint after it, walking back at most a few thousand transfers,
+-- however long the history.
+CREATE TABLE balance_checkpoints (
+    account      TEXT NOT NULL,
+    at           BIGINT NOT NULL,
+    transfer_id  TEXT NOT NULL,
+    balance      BIGINT NOT NULL,
+    PRIMARY KEY (account, transfer_id)
+);
+CREATE INDEX balance_checkpoints_by_time ON balance_checkpoints (account, at);

@@ -205,6 +205,7 @@ impl FromRef<Payments> for OperatorDirectory {
 pub fn app(payments: Payments) -> Router {
     Router::new()
         .route("/v1/wallet", get(wallet))
+        .route("/v1/wallet/statement", get(statement))
         .route("/v1/transfers", post(send).get(transfers))
         .route("/v1/transfers/{id}", get(transfer))
         .route("/admin/v1/deposits", post(deposit))
@@ -215,6 +216,7 @@ pub fn app(payments: Payments) -> Router {
         .route("/admin/v1/transfers", get(search))
         .route("/admin/v1/transfers/{id}/reverse", post(reverse))
         .route("/admin/v1/accounts/{id}", get(account))
+        .route("/admin/v1/accounts/{id}/balance", get(balance_at))
         .route("/admin/v1/regions", get(regions))
         .route("/admin/v1/adjustments", post(propose_adjustment).get(list_adjustments))
         .route("/admin/v1/accounts/{id}/holds", post(place_hold))
@@ -233,8 +235,8 @@ pub fn app(payments: Payments) -> Router {
 #[openapi(
     paths(wallet, send, transfers, transfer, deposit, withdrawal, freeze, unfreeze, reconciliation, search, reverse, account, regions, patch_region,
         propose_adjustment, approve_adjustment, reject_adjustment, list_adjustments,
-        place_hold, release_hold, return_hold, list_holds, audit_log, audit_verify),
-    components(schemas(ErrorBody, AuditEntryView, courier_common::audit::Verdict, TransferView, AdminTransferView, RegionView, AdjustmentView, HoldView, HoldRequest, AdjustmentRequest, crate::view::FeeView, RegionPatch, FeePatch, AccountView, FreezeView, Currency, RegionCode, WalletStatus)),
+        place_hold, release_hold, return_hold, list_holds, audit_log, audit_verify, balance_at, statement),
+    components(schemas(ErrorBody, BalanceAt, Statement, Movement, AuditEntryView, courier_common::audit::Verdict, TransferView, AdminTransferView, RegionView, AdjustmentView, HoldView, HoldRequest, AdjustmentRequest, crate::view::FeeView, RegionPatch, FeePatch, AccountView, FreezeView, Currency, RegionCode, WalletStatus)),
     tags((name = "payments", description = "Wallets and peer-to-peer transfers"),
          (name = "finance-ops", description = "Operators: money in and out, freezes, reconciliation"))
 )]
@@ -1530,4 +1532,155 @@ async fn audit_verify(
         tracing::error!(first_bad = ?verdict.first_bad, "the audit log does not verify");
     }
     Ok(axum::Json(verdict))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AtQuery {
+    /// The moment (RFC 3339): the balance after every transfer made at or before it.
+    #[param(value_type = String, format = DateTime)]
+    at: String,
+}
+
+/// A balance at a moment.
+#[derive(Serialize, ToSchema)]
+pub struct BalanceAt {
+    account_id: String,
+    currency: Currency,
+    balance: String,
+    at: String,
+}
+
+/// A wallet's balance as it was at a moment, exactly: the balance recorded
+/// with its last transfer at or before it, found from the first checkpoint
+/// after it without summing the history.
+#[utoipa::path(get, path = "/admin/v1/accounts/{id}/balance", tag = "finance-ops", security(("operator" = [])),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"), AtQuery),
+    responses((status = 200, body = BalanceAt), (status = 404, description = "`not_found`: no wallet", body = ErrorBody)))]
+async fn balance_at(
+    State(payments): State<Payments>,
+    _viewer: Authorized<Viewer>,
+    IdPath(id): IdPath,
+    Query(query): Query<AtQuery>,
+) -> Result<axum::Json<BalanceAt>, HttpError> {
+    let at_ms = moment(Some(&query.at), "at")?.unwrap_or_default();
+    let (wallet, balance) = store::balance_at(&payments.inner.db, &id, at_ms)
+        .await
+        .map_err(PaymentsError::from)?
+        .ok_or(PaymentsError::NotFound("no such wallet"))?;
+    Ok(axum::Json(BalanceAt {
+        account_id: wallet.id,
+        currency: wallet.currency,
+        balance: format_minor(balance, wallet.currency),
+        at: courier_common::time::rfc3339(at_ms),
+    }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct StatementQuery {
+    /// From this moment, inclusive (RFC 3339); default: 30 days before `to`.
+    #[param(value_type = Option<String>, format = DateTime)]
+    from: Option<String>,
+    /// To this moment, exclusive (RFC 3339); default: now. At most 366 days after `from`.
+    #[param(value_type = Option<String>, format = DateTime)]
+    to: Option<String>,
+}
+
+/// One movement of a statement.
+#[derive(Serialize, ToSchema)]
+pub struct Movement {
+    transfer_id: String,
+    /// `p2p`, `fee`, `deposit`, `withdrawal`, `reversal`, `adjustment`.
+    kind: String,
+    /// Signed from the wallet's side: `"-150.00"` left it, `"150.00"` came in.
+    amount: String,
+    /// The other ledger account: a wallet's account id, or `sys:RU:fee_revenue`.
+    counterparty: String,
+    /// The wallet's balance right after it.
+    balance: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    created_at: String,
+}
+
+/// A statement: the balance before, each movement with the balance after
+/// it, and the balance after.
+#[derive(Serialize, ToSchema)]
+pub struct Statement {
+    account_id: String,
+    currency: Currency,
+    from: String,
+    to: String,
+    opening_balance: String,
+    /// Oldest first.
+    movements: Vec<Movement>,
+    closing_balance: String,
+}
+
+const STATEMENT_DAYS_MAX: i64 = 366;
+const STATEMENT_DAYS_DEFAULT: i64 = 30;
+
+/// My statement for a period: opening balance, every movement with its
+/// running balance, closing balance.
+#[utoipa::path(get, path = "/v1/wallet/statement", tag = "payments", security(("user" = [])), params(StatementQuery),
+    responses((status = 200, body = Statement),
+              (status = 400, description = "`invalid_request`: a time not in RFC 3339; `invalid_range`: `from` after `to`, more than 366 days, or more than 10,000 movements (ask for a shorter period)", body = ErrorBody),
+              (status = 403, description = "`region_not_supported`", body = ErrorBody)))]
+async fn statement(
+    State(payments): State<Payments>,
+    user: AuthUser,
+    Query(query): Query<StatementQuery>,
+) -> Result<axum::Json<Statement>, HttpError> {
+    let region = RegionCode::parse(user.region()).ok_or(PaymentsError::RegionNotSupported)?;
+    let to_ms = moment(query.to.as_deref(), "to")?.unwrap_or_else(courier_common::time::now_ms);
+    let day_ms = 24 * 3_600 * 1_000;
+    let from_ms =
+        moment(query.from.as_deref(), "from")?.unwrap_or_else(|| to_ms.saturating_sub(STATEMENT_DAYS_DEFAULT * day_ms));
+    if from_ms > to_ms {
+        return Err(invalid_range());
+    }
+    if to_ms - from_ms > STATEMENT_DAYS_MAX * day_ms {
+        return Err(HttpError::new(StatusCode::BAD_REQUEST, "invalid_range", "a statement covers at most 366 days"));
+    }
+    payments.ensure_wallet(user.account_id(), region).await.map_err(PaymentsError::from)?;
+    let db = &payments.inner.db;
+    let wallet = store::wallet(db, user.account_id())
+        .await
+        .map_err(PaymentsError::from)?
+        .ok_or(PaymentsError::NotFound("no wallet"))?;
+    let (opening, movements, closing) =
+        store::statement(db, &wallet, from_ms, to_ms).await.map_err(PaymentsError::from)?.map_err(|()| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_range",
+                format!("more than {} movements in this period; ask for a shorter one", store::STATEMENT_MOVEMENTS_MAX),
+            )
+        })?;
+    let money = |minor: i64| format_minor(minor, wallet.currency);
+    Ok(axum::Json(Statement {
+        account_id: wallet.id.clone(),
+        currency: wallet.currency,
+        from: courier_common::time::rfc3339(from_ms),
+        to: courier_common::time::rfc3339(to_ms),
+        opening_balance: money(opening),
+        movements: movements
+            .iter()
+            .map(|t| {
+                let outgoing = t.debit == wallet.id;
+                Movement {
+                    transfer_id: t.id.clone(),
+                    kind: t.kind.as_str().to_owned(),
+                    amount: money(if outgoing { -t.amount_minor } else { t.amount_minor }),
+                    counterparty: if outgoing { t.credit.clone() } else { t.debit.clone() },
+                    balance: money(store::balance_after(t, &wallet.id)),
+                    note: t.note.clone(),
+                    created_at: courier_common::time::rfc3339(t.created_at_ms),
+                }
+            })
+            .collect(),
+        closing_balance: money(closing),
+    }))
 }

@@ -606,10 +606,15 @@ proptest! {
             journal.extend(made);
 
             // Every balance equals the model's and the sum of its transfers.
+            // and each transfer records the balances of its accounts right
+            // after it: the balance at any moment is the sum of the
+            // movements up to it.
             let mut computed: HashMap<&str, i64> = HashMap::new();
             for t in &journal {
                 *computed.entry(t.debit.as_str()).or_default() -= t.amount_minor;
+                prop_assert_eq!(t.debit_balance_minor, computed[t.debit.as_str()], "after {}", t.id);
                 *computed.entry(t.credit.as_str()).or_default() += t.amount_minor;
+                prop_assert_eq!(t.credit_balance_minor, computed[t.credit.as_str()], "after {}", t.id);
             }
             let mut totals: HashMap<Currency, i64> = HashMap::new();
             for (id, account) in &ledger.accounts {

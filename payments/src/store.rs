@@ -255,6 +255,8 @@ pub struct BatchWrite {
     pub holds: Vec<Hold>,
     /// The operators' actions applied, for the audit log.
     pub audit: Vec<courier_common::audit::Draft>,
+    /// The balance checkpoints the batch's transfers make.
+    pub checkpoints: Vec<crate::ledger::Checkpoint>,
 }
 
 impl BatchWrite {
@@ -276,61 +278,50 @@ impl BatchWrite {
 
 pub(crate) const EXPIRE_KEYS_SQL: &str = "DELETE FROM idempotency_keys WHERE created_at < $1";
 
-type TransferRow = (
-    String,
-    String,
-    String,
-    String,
-    i64,
-    i64,
-    String,
-    String,
-    Option<String>,
-    String,
-    Option<String>,
-    Option<String>,
-    i64,
-    Option<String>,
-    Option<String>,
-);
+/// A transfer as stored (`TRANSFER_COLUMNS`, in order).
+#[derive(sqlx::FromRow)]
+struct TransferRow {
+    id: String,
+    kind: String,
+    debit_account: String,
+    credit_account: String,
+    amount: i64,
+    fee: i64,
+    currency: String,
+    region: String,
+    linked_id: Option<String>,
+    initiator: String,
+    note: Option<String>,
+    external_ref: Option<String>,
+    created_at: i64,
+    debit_prev: Option<String>,
+    credit_prev: Option<String>,
+    debit_balance: i64,
+    credit_balance: i64,
+}
 
 pub(crate) const TRANSFER_COLUMNS: &str = "id, kind, debit_account, credit_account, amount, fee, currency, region, linked_id, \
-     initiator, note, external_ref, created_at, debit_prev, credit_prev";
+     initiator, note, external_ref, created_at, debit_prev, credit_prev, debit_balance, credit_balance";
 
 fn transfer_from_row(row: TransferRow) -> Option<Transfer> {
-    let (
-        id,
-        kind,
-        debit,
-        credit,
-        amount,
-        fee,
-        currency,
-        region,
-        linked_id,
-        initiator,
-        note,
-        external_ref,
-        created_at,
-        debit_prev,
-        credit_prev,
-    ) = row;
     Some(Transfer {
-        id,
-        kind: TransferKind::parse(&kind)?,
-        debit,
-        credit,
-        amount_minor: amount,
-        fee_minor: fee,
-        currency: Currency::parse(&currency)?,
-        region: RegionCode::parse(&region)?,
-        linked_id,
-        initiator,
-        note,
-        external_ref,
-        created_at_ms: created_at,
-        debit_prev,
-        credit_prev,
+        id: row.id,
+        kind: TransferKind::parse(&row.kind)?,
+        debit: row.debit_account,
+        credit: row.credit_account,
+        amount_minor: row.amount,
+        fee_minor: row.fee,
+        currency: Currency::parse(&row.currency)?,
+        region: RegionCode::parse(&row.region)?,
+        linked_id: row.linked_id,
+        initiator: row.initiator,
+        note: row.note,
+        external_ref: row.external_ref,
+        created_at_ms: row.created_at,
+        debit_prev: row.debit_prev,
+        credit_prev: row.credit_prev,
+        debit_balance_minor: row.debit_balance,
+        credit_balance_minor: row.credit_balance,
     })
 }
 
@@ -845,6 +836,127 @@ async fn chain_of(
         .fetch_all(db.pool())
         .await?;
     Ok(rows.into_iter().filter_map(transfer_from_row).collect())
+}
+
+/// Up to `steps` transfers of `account`'s chain, newest first, starting at
+/// its transfer `start_id` itself.
+async fn chain_from(db: &Database, account_id: &str, start_id: &str, steps: u32) -> Result<Vec<Transfer>, sqlx::Error> {
+    let sql = format!(
+        "WITH RECURSIVE wanted (account, steps) AS ( \
+           SELECT CAST($1 AS TEXT), CAST($3 AS BIGINT) \
+         ), chain (link, depth) AS ( \
+           SELECT CAST($2 AS TEXT), CAST(0 AS BIGINT) \
+           UNION ALL \
+           SELECT CASE WHEN t.debit_account = w.account THEN t.debit_prev ELSE t.credit_prev END, chain.depth + 1 \
+           FROM chain JOIN transfers t ON t.id = chain.link CROSS JOIN wanted w \
+           WHERE chain.depth + 1 < w.steps \
+         ) \
+         SELECT {TRANSFER_COLUMNS} FROM chain JOIN transfers ON transfers.id = chain.link ORDER BY chain.depth"
+    );
+    let rows: Vec<TransferRow> =
+        sqlx::query_as(&sql).bind(account_id).bind(start_id).bind(i64::from(steps)).fetch_all(db.pool()).await?;
+    Ok(rows.into_iter().filter_map(transfer_from_row).collect())
+}
+
+/// The balance of `account` right after `transfer`, one of its transfers.
+pub fn balance_after(transfer: &Transfer, account: &str) -> i64 {
+    if transfer.debit == account { transfer.debit_balance_minor } else { transfer.credit_balance_minor }
+}
+
+/// Where to start walking `account`'s chain back to find what happened
+/// before `before_ms`: the first checkpoint at or after it, or the
+/// account's newest transfer. `None`: the account has no transfers.
+async fn walk_start(db: &Database, account: &LedgerAccount, before_ms: i64) -> Result<Option<String>, sqlx::Error> {
+    let checkpoint: Option<(String,)> = sqlx::query_as(
+        "SELECT transfer_id FROM balance_checkpoints WHERE account = $1 AND at >= $2 ORDER BY at LIMIT 1",
+    )
+    .bind(&account.id)
+    .bind(before_ms)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(checkpoint.map(|(id,)| id).or_else(|| account.last_transfer.clone()))
+}
+
+const WALK_CHUNK: u32 = 1_000;
+
+/// `account`'s transfers made before `before_ms`, newest first, walking its
+/// chain back from the checkpoint after that moment, handed to `visit`
+/// until it returns `false` or the chain ends.
+async fn walk_back(
+    db: &Database,
+    account: &LedgerAccount,
+    before_ms: i64,
+    mut visit: impl FnMut(&Transfer) -> bool,
+) -> Result<(), sqlx::Error> {
+    let Some(mut start) = walk_start(db, account, before_ms).await? else { return Ok(()) };
+    loop {
+        let chunk = chain_from(db, &account.id, &start, WALK_CHUNK + 1).await?;
+        let ended = chunk.len() <= WALK_CHUNK as usize;
+        for transfer in chunk.iter().take(WALK_CHUNK as usize) {
+            if transfer.created_at_ms < before_ms && !visit(transfer) {
+                return Ok(());
+            }
+        }
+        match (ended, chunk.last()) {
+            (false, Some(next)) => start = next.id.clone(),
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// The balance of ledger account `account_id` as it was at `at_ms` (after
+/// every transfer made at or before it): `None` when there is no such
+/// account. Walks back from the first checkpoint after the moment (about
+/// [`crate::ledger::CHECKPOINT_EVERY`] transfers), never sums the history.
+pub async fn balance_at(
+    db: &Database,
+    account_id: &str,
+    at_ms: i64,
+) -> Result<Option<(LedgerAccount, i64)>, sqlx::Error> {
+    let Some(account) = wallet(db, account_id).await? else { return Ok(None) };
+    let mut balance = 0;
+    walk_back(db, &account, at_ms.saturating_add(1), |transfer| {
+        balance = balance_after(transfer, account_id);
+        false
+    })
+    .await?;
+    Ok(Some((account, balance)))
+}
+
+/// The most movements one statement lists.
+pub const STATEMENT_MOVEMENTS_MAX: usize = 10_000;
+
+/// A wallet's statement for `[from_ms, to_ms)`: the balance before, the
+/// transfers in it oldest first, and the balance after; `Err(())` when
+/// there are more than [`STATEMENT_MOVEMENTS_MAX`].
+pub async fn statement(
+    db: &Database,
+    account: &LedgerAccount,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Result<(i64, Vec<Transfer>, i64), ()>, sqlx::Error> {
+    let mut movements = Vec::new();
+    let mut opening = 0;
+    let mut too_many = false;
+    walk_back(db, account, to_ms, |transfer| {
+        if transfer.created_at_ms < from_ms {
+            opening = balance_after(transfer, &account.id);
+            return false;
+        }
+        if movements.len() == STATEMENT_MOVEMENTS_MAX {
+            too_many = true;
+            return false;
+        }
+        movements.push(transfer.clone());
+        true
+    })
+    .await?;
+    if too_many {
+        return Ok(Err(()));
+    }
+    let closing = movements.first().map_or(opening, |newest| balance_after(newest, &account.id));
+    movements.reverse();
+    Ok(Ok((opening, movements, closing)))
 }
 
 #[cfg(test)]

@@ -101,6 +101,14 @@ async fn every_admin_route_admits_its_roles_alone(db: Db) {
         ),
         row(Method::GET, "/admin/v1/accounts/{id}", &id_path("/admin/v1/accounts/{id}"), None, Role::Viewer, 404),
         row(
+            Method::GET,
+            "/admin/v1/accounts/{id}/balance",
+            &id_path("/admin/v1/accounts/{id}/balance?at=2026-12-06T00:00:00Z"),
+            None,
+            Role::Viewer,
+            404,
+        ),
+        row(
             Method::POST,
             "/admin/v1/accounts/{id}/holds",
             &id_path("/admin/v1/accounts/{id}/holds"),

@@ -5,6 +5,7 @@
 
 use crate::support;
 
+use futures::StreamExt;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -926,6 +927,111 @@ async fn operator_actions_answered_survive_a_crash(db: Db) {
     d.server.finish().await;
 }
 
+async fn balance_at(d: &Desk, account: &str, at: &str) -> String {
+    let query = format!("/admin/v1/accounts/{account}/balance?at={}", at.replace('+', "%2B"));
+    let (status, body) = d.server.get(&query, Some(&d.admin)).await;
+    assert_eq!(status, 200, "{body}");
+    body["balance"].as_str().unwrap().to_owned()
+}
+
+async fn pause() -> String {
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let now = jiff::Timestamp::now().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    now
+}
+
+async fn balances_at_any_moment_and_the_statement(db: Db) {
+    let d = Desk::open(db).await;
+    let alice = d.alice.account_id.clone();
+    let t0 = pause().await;
+    let deposit = d.deposit(&alice, "100.00", "RUB").await;
+    let t1 = pause().await;
+    let sent = d.send(&d.alice, &d.bob, "30.00").await;
+    let t2 = pause().await;
+    let (status, _, _) = d
+        .reverse(sent["transfer_id"].as_str().unwrap(), &key(), json!({"reason": "claim 70", "amount": "10.00"}))
+        .await;
+    assert_eq!(status, 201);
+    let t3 = pause().await;
+    for (at, expected) in [(&t0, "0.00"), (&t1, "100.00"), (&t2, "70.00"), (&t3, "80.00")] {
+        assert_eq!(balance_at(&d, &alice, at).await, expected, "at {at}");
+    }
+    // At the very millisecond of a transfer, it counts.
+    assert_eq!(balance_at(&d, &alice, deposit["created_at"].as_str().unwrap()).await, "100.00");
+    assert_eq!(balance_at(&d, &d.bob.account_id, &t3).await, "20.00");
+
+    let (status, statement) =
+        d.server.get(&format!("/v1/wallet/statement?from={t1}&to={t3}"), Some(&d.alice.access_token)).await;
+    assert_eq!(status, 200, "{statement}");
+    assert_eq!((&statement["opening_balance"], &statement["closing_balance"]), (&json!("100.00"), &json!("80.00")));
+    let lines: Vec<(&str, &str, &str)> = statement["movements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["kind"].as_str().unwrap(), m["amount"].as_str().unwrap(), m["balance"].as_str().unwrap()))
+        .collect();
+    assert_eq!(lines, [("p2p", "-30.00", "70.00"), ("reversal", "10.00", "80.00")]);
+    assert_eq!(statement["movements"][0]["counterparty"], json!(d.bob.account_id));
+    let (status, whole) = d.server.get("/v1/wallet/statement", Some(&d.alice.access_token)).await;
+    assert_eq!((status, &whole["opening_balance"], &whole["closing_balance"]), (200, &json!("0.00"), &json!("80.00")));
+    assert_eq!(whole["movements"].as_array().unwrap().len(), 3);
+    let (_, empty) =
+        d.server.get(&format!("/v1/wallet/statement?from={t0}&to={t0}"), Some(&d.alice.access_token)).await;
+    assert_eq!((&empty["opening_balance"], &empty["movements"]), (&json!("0.00"), &json!([])));
+
+    for (query, code) in [
+        (format!("from={t3}&to={t1}"), "invalid_range"),
+        ("from=2024-01-01T00:00:00Z&to=2026-01-01T00:00:00Z".to_owned(), "invalid_range"),
+        ("from=yesterday".to_owned(), "invalid_request"),
+        ("colour=red".to_owned(), "invalid_request"),
+    ] {
+        let (status, body) = d.server.get(&format!("/v1/wallet/statement?{query}"), Some(&d.alice.access_token)).await;
+        assert_eq!((status, error_code(&body)), (400, code), "{query}");
+    }
+    let (status, body) = d.server.get(&format!("/admin/v1/accounts/{alice}/balance"), Some(&d.admin)).await;
+    assert_eq!((status, error_code(&body)), (400, "invalid_request"), "at is required");
+    let (status, body) = d.server.get(&format!("/admin/v1/accounts/{}/balance?at={t3}", key()), Some(&d.admin)).await;
+    assert_eq!((status, error_code(&body)), (404, "not_found"));
+    d.server.finish().await;
+}
+
+/// Over a history long enough to have checkpoints, the balance at every
+/// moment equals the sum of the movements up to it.
+async fn balances_at_a_moment_over_a_long_history(db: Db) {
+    let d = Desk::open(db).await;
+    let alice = d.alice.account_id.clone();
+    // 32 at a time: batches of several deposits, as in production.
+    let deposits: Vec<(u16, Value, String)> = futures::stream::iter((0..1_500).map(|n| {
+        let body = json!({"account_id": alice, "amount": format!("{}.{:02}", 1 + n % 7, n % 100), "currency": "RUB", "external_ref": "rail"});
+        let server = &d.server;
+        let admin = d.admin.clone();
+        async move { server.post_keyed("/admin/v1/deposits", &admin, &key(), body).await }
+    }))
+    .buffer_unordered(32)
+    .collect()
+    .await;
+    let mut made: Vec<(i64, i64)> = deposits
+        .iter()
+        .map(|(status, body, _)| {
+            assert_eq!(*status, 201, "{body}");
+            let at: jiff::Timestamp = body["created_at"].as_str().unwrap().parse().unwrap();
+            let minor = (body["amount"].as_str().unwrap().parse::<f64>().unwrap() * 100.0).round() as i64;
+            (at.as_millisecond(), minor)
+        })
+        .collect();
+    made.sort();
+    let checkpoints = d.server.sql_i64("SELECT COUNT(*) FROM balance_checkpoints").await;
+    for probe in [0, 1, 499, 500, 777, 1_000, 1_234, 1_499] {
+        let at = made[probe].0;
+        let expected: i64 = made.iter().filter(|(when, _)| *when <= at).map(|(_, minor)| minor).sum();
+        let moment = jiff::Timestamp::from_millisecond(at).unwrap().to_string();
+        let expected = format!("{}.{:02}", expected / 100, expected % 100);
+        assert_eq!(balance_at(&d, &alice, &moment).await, expected, "at {moment} ({checkpoints} checkpoints)");
+    }
+    d.server.finish().await;
+}
+
 /// `courier admin …` as an operator runs it: JSON for scripts, tables for
 /// people, and errors that say what to do.
 fn admin(d: &Desk, args: &[&str]) -> (bool, String, String) {
@@ -1060,6 +1166,8 @@ async fn the_admin_cli_moves_searches_reverses_and_freezes(db: Db) {
 }
 
 on_both_databases!(
+    balances_at_any_moment_and_the_statement,
+    balances_at_a_moment_over_a_long_history,
     operator_actions_answered_survive_a_crash,
     every_admin_action_is_in_the_audit_chain,
     a_tampered_audit_log_names_the_entry,

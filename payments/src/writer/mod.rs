@@ -629,6 +629,7 @@ impl Writer {
             }
             outcomes.push(WriteOutcome::Response(response));
         }
+        write.checkpoints = write.transfers.iter().flat_map(|t| t.checkpoints()).collect();
         let changed: HashSet<&LedgerAccountId> =
             write.transfers.iter().flat_map(|t| [&t.debit, &t.credit]).chain(frozen.iter()).collect();
         write.accounts = changed.into_iter().filter_map(|id| ledger.accounts.get(id).cloned()).collect();

@@ -158,10 +158,11 @@ pub const KEYS_TAKEN_SQLSTATE: &str = "CLKEY";
 /// The whole batch is one statement, run on its own (its implicit
 /// transaction is the batch's: one round trip, no BEGIN or COMMIT, durable
 /// when it returns). Each table's rows travel column by column, one array a
-/// column (`$1`–`$15` transfers, `$16`–`$29` accounts, `$30`–`$34` keys, `$35`
+/// column (`$1`–`$17` transfers, `$18`–`$31` accounts, `$32`–`$36` keys, `$37`
 /// the keys' time), in PostgreSQL's binary format: the text never changes, it
 /// is prepared once per connection, and nothing is parsed on the server. It
-/// checks the rows it wrote per table against `$36`, `$37` and `$38` and
+/// checks the rows it wrote per table against `$38`, `$39` and `$40` (`$41`–`$44`
+/// are the balance checkpoints, a few per thousand transfers) and
 /// fails, rolling everything back, when they differ (migration 8's
 /// `ledger_batch_refused`). Keys are inserted without being looked up first:
 /// a key stored before makes the insert skip its row, and the statement
@@ -174,30 +175,33 @@ static COMMIT_POSTGRES_SQL: LazyLock<String> = LazyLock::new(|| {
 WITH moved AS ( \
   INSERT INTO transfers ({TRANSFER_COLUMNS}) \
   SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::text[], \
-    $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], $14::text[], $15::text[]) \
+    $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], $14::text[], $15::text[], $16::int8[], $17::int8[]) \
   RETURNING 1 \
 ), changed AS ( \
   UPDATE ledger_accounts AS a SET balance = c.balance, frozen = c.frozen, last_transfer = c.last_transfer, \
     usage_day_start = c.usage_day_start, usage_day = c.usage_day, usage_month_start = c.usage_month_start, \
     usage_month = c.usage_month, usage_night_start = c.usage_night_start, usage_night = c.usage_night, \
     frozen_reason = c.frozen_reason, frozen_by = c.frozen_by, frozen_at = c.frozen_at, held = c.held \
-  FROM UNNEST($16::text[], $17::int8[], $18::int8[], $19::text[], $20::int8[], $21::int8[], $22::int8[], \
-    $23::int8[], $24::int8[], $25::int8[], $26::text[], $27::text[], $28::int8[], $29::int8[]) \
+  FROM UNNEST($18::text[], $19::int8[], $20::int8[], $21::text[], $22::int8[], $23::int8[], $24::int8[], \
+    $25::int8[], $26::int8[], $27::int8[], $28::text[], $29::text[], $30::int8[], $31::int8[]) \
     AS c (id, balance, frozen, last_transfer, usage_day_start, usage_day, usage_month_start, usage_month, \
       usage_night_start, usage_night, frozen_reason, frozen_by, frozen_at, held) \
   WHERE a.id = c.id \
   RETURNING 1 \
 ), keyed AS ( \
   INSERT INTO idempotency_keys (scope, key, fingerprint, status, body, created_at) \
-  SELECT scope, key, fingerprint, status, body, $35 \
-  FROM UNNEST($30::text[], $31::text[], $32::text[], $33::int8[], $34::text[]) AS k (scope, key, fingerprint, status, body) \
+  SELECT scope, key, fingerprint, status, body, $37 \
+  FROM UNNEST($32::text[], $33::text[], $34::text[], $35::int8[], $36::text[]) AS k (scope, key, fingerprint, status, body) \
   ON CONFLICT (key, scope) DO NOTHING \
   RETURNING 1 \
+), marked AS ( \
+  INSERT INTO balance_checkpoints (account, at, transfer_id, balance) \
+  SELECT * FROM UNNEST($41::text[], $42::int8[], $43::text[], $44::int8[]) \
 ), counted AS ( \
   SELECT (SELECT COUNT(*) FROM moved) AS moved, (SELECT COUNT(*) FROM changed) AS changed, \
     (SELECT COUNT(*) FROM keyed) AS keyed \
-) SELECT CASE WHEN moved = $36 AND changed = $37 AND keyed = $38 THEN moved \
-  WHEN moved = $36 AND changed = $37 AND keyed < $38 \
+) SELECT CASE WHEN moved = $38 AND changed = $39 AND keyed = $40 THEN moved \
+  WHEN moved = $38 AND changed = $39 AND keyed < $40 \
     THEN ledger_batch_refused('{KEYS_TAKEN_SQLSTATE}', 'an idempotency key of the batch is taken') \
   ELSE ledger_batch_refused('CLROW', \
     'the batch wrote ' || moved || ' transfers, ' || changed || ' accounts, ' || keyed || ' keys') \
@@ -317,7 +321,7 @@ async fn commit_statement(connection: &mut PgConnection, batch: &BatchWrite, now
     fn column<'a, T, U>(rows: &'a [T], value: impl Fn(&'a T) -> U) -> Vec<U> {
         rows.iter().map(value).collect()
     }
-    let (t, a, k) = (&batch.transfers, &batch.accounts, &batch.idempotency);
+    let (t, a, k, c) = (&batch.transfers, &batch.accounts, &batch.idempotency, &batch.checkpoints);
     let query = sqlx::query(COMMIT_POSTGRES_SQL.as_str())
         .bind(column(t, |t| t.id.as_str()))
         .bind(column(t, |t| t.kind.as_str()))
@@ -334,6 +338,8 @@ async fn commit_statement(connection: &mut PgConnection, batch: &BatchWrite, now
         .bind(column(t, |t| t.created_at_ms))
         .bind(column(t, |t| t.debit_prev.as_deref()))
         .bind(column(t, |t| t.credit_prev.as_deref()))
+        .bind(column(t, |t| t.debit_balance_minor))
+        .bind(column(t, |t| t.credit_balance_minor))
         .bind(column(a, |a| a.id.as_str()))
         .bind(column(a, |a| a.balance_minor))
         .bind(column(a, |a| i64::from(a.frozen.is_some())))
@@ -356,7 +362,11 @@ async fn commit_statement(connection: &mut PgConnection, batch: &BatchWrite, now
         .bind(now_ms)
         .bind(t.len() as i64)
         .bind(a.len() as i64)
-        .bind(k.len() as i64);
+        .bind(k.len() as i64)
+        .bind(column(c, |c| c.account.as_str()))
+        .bind(column(c, |c| c.at_ms))
+        .bind(column(c, |c| c.transfer_id.as_str()))
+        .bind(column(c, |c| c.balance_minor));
     query.execute(&mut *connection).await?;
     Ok(())
 }

@@ -37,6 +37,9 @@ UPDATE regions SET enabled = ?2, per_transfer_max = ?3, daily_max = ?4, monthly_
   night_start_hour = ?7, night_end_hour = ?8, fee_free_monthly = ?9, fee_rate_bp = ?10, fee_cap = ?11, \
   updated_at = ?12 WHERE code = ?1";
 
+const INSERT_CHECKPOINT_SQL: &str =
+    "INSERT INTO balance_checkpoints (account, at, transfer_id, balance) VALUES (?1, ?2, ?3, ?4)";
+
 const AUDIT_INSERT_SQL: &str = "INSERT INTO audit_log (seq, at, operator, action, target, request_id, \
   before_json, after_json, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 const AUDIT_SET_HEAD_SQL: &str = "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1";
@@ -239,7 +242,15 @@ impl SqliteWriter {
                     t.created_at_ms,
                     t.debit_prev,
                     t.credit_prev,
+                    t.debit_balance_minor,
+                    t.credit_balance_minor,
                 ])?;
+            }
+            if !batch.checkpoints.is_empty() {
+                let mut mark = transaction.prepare_cached(INSERT_CHECKPOINT_SQL)?;
+                for c in &batch.checkpoints {
+                    mark.execute(params![c.account, c.at_ms, c.transfer_id, c.balance_minor])?;
+                }
             }
             let mut update = transaction.prepare_cached(UPDATE_ACCOUNT_SQL)?;
             for a in &batch.accounts {

@@ -85,6 +85,13 @@ enum AdminCommand {
     },
     /// A wallet: balance, status with its freeze, recent history.
     Account { account_id: String },
+    /// A wallet's balance as it was at a moment.
+    Balance {
+        account_id: String,
+        /// RFC 3339, e.g. 2026-12-06T12:00:00Z.
+        #[arg(long)]
+        at: String,
+    },
     /// Reverse a transfer, whole or in part (the fee goes back in proportion).
     Reverse {
         transfer_id: String,
@@ -576,6 +583,10 @@ async fn money(command: AdminCommand, client: &ApiClient, json: bool) -> Result<
                 println!();
                 print_table(&TRANSFER_COLUMNS, recent.as_array().map(Vec::as_slice).unwrap_or_default());
             }
+        }
+        AdminCommand::Balance { account_id, at } => {
+            let path = format!("/admin/v1/accounts/{account_id}/balance?at={}", encode(&at));
+            print_object(&client.send(reqwest::Method::GET, &path, None).await?, json);
         }
         AdminCommand::Reverse { transfer_id, reason, amount, key } => {
             let mut body = serde_json::json!({"reason": reason});

@@ -52,7 +52,7 @@ impl Clients {
     pub async fn post_json(
         &self,
         client: usize,
-        path: &'static str,
+        path: &str,
         headers: &[(HeaderName, HeaderValue)],
         body: String,
     ) -> Result<Answer, String> {

@@ -46,6 +46,14 @@ pub struct LedgerBench {
     /// Skip the naive baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Measure a second phase in the same run with finance ops in place: a
+    /// hold on every tenth wallet, and an operator making audited changes
+    /// (freezes, unfreezes, holds placed and released) throughout.
+    #[arg(long)]
+    ops: bool,
+    /// Audited operator actions a second during the `--ops` phase.
+    #[arg(long, default_value_t = 50)]
+    ops_per_s: u64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -56,10 +64,19 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     let server = start(&bench, scratch.path()).await?;
     let seeded = seed(&bench, &server, scratch.path()).await?;
     let grouped = transfers(&bench, &server, &seeded).await?;
+    let with_ops = if bench.ops { Some(transfers_with_ops(&bench, &server, &seeded).await?) } else { None };
     server.shutdown.cancel();
     let naive = if bench.no_baseline { None } else { Some(naive_baseline(&bench, &server, &seeded).await?) };
     let (reconciled, reconciliation) = reconcile(&server.database).await?;
-    let figures = figures(&bench, &grouped, naive.as_ref(), reconciled);
+    let mut figures = figures(&bench, &grouped, naive.as_ref(), reconciled);
+    if let Some((phase, actions)) = &with_ops {
+        let rate = |phase: &Phase| phase.completed as f64 / phase.elapsed.as_secs_f64();
+        figures["ops_transfers_per_s"] = json!(rate(phase).round());
+        figures["ops_failures"] = json!(phase.failed);
+        figures["ops_latency_ms_p99"] = json!(phase.latency.value_at_quantile(0.99) as f64 / 1000.0);
+        figures["ops_audited_actions"] = json!(actions);
+        figures["ops_ratio"] = json!((rate(phase) / rate(&grouped.phase).max(1e-9) * 1000.0).round() / 1000.0);
+    }
     if bench.json {
         println!("{figures}");
     } else {
@@ -73,6 +90,11 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     }
     if grouped.phase.failed > 0 {
         return Err(format!("{} transfers failed", grouped.phase.failed));
+    }
+    if let Some((phase, _)) = &with_ops
+        && phase.failed > 0
+    {
+        return Err(format!("{} transfers failed with finance ops in place", phase.failed));
     }
     Ok(())
 }
@@ -112,6 +134,7 @@ struct Seeded {
     accounts: Arc<Vec<String>>,
     bearers: Arc<Vec<HeaderValue>>,
     http: Arc<Clients>,
+    admin: HeaderValue,
 }
 
 /// Setup, not measured: accounts inserted directly, tokens minted with the
@@ -132,6 +155,7 @@ async fn seed(bench: &LedgerBench, server: &Server, data_dir: &std::path::Path) 
     let bar = progress("depositing", bench.wallets as u64, bench.json);
     let accounts = Arc::new(accounts);
     let admin = bearer(&admin_key)?;
+    let seeding_admin = admin.clone();
     run_clients(bench.clients, bench.wallets as u64, Duration::from_secs(600), &bar, {
         let (http, accounts) = (http.clone(), accounts.clone());
         move |index, client| {
@@ -149,7 +173,7 @@ async fn seed(bench: &LedgerBench, server: &Server, data_dir: &std::path::Path) 
     })
     .await?;
     bar.finish();
-    Ok(Seeded { accounts, bearers, http })
+    Ok(Seeded { accounts, bearers, http, admin: seeding_admin })
 }
 
 /// The measured phase's figures: the clients' and the writer's.
@@ -204,6 +228,61 @@ async fn transfers(bench: &LedgerBench, server: &Server, seeded: &Seeded) -> Res
         requests: stats.requests.load(Ordering::Relaxed) - requests_before,
         distribution,
     })
+}
+
+/// The measured phase again, with a hold of 1.00 on every tenth wallet and
+/// an operator's audited actions on a wallet of its own throughout (each a
+/// batch of the writer with an audit entry): the P2P rate, and how many
+/// actions were audited.
+async fn transfers_with_ops(bench: &LedgerBench, server: &Server, seeded: &Seeded) -> Result<(Phase, u64), String> {
+    let post = |path: String, body: String| operator_post(seeded.http.clone(), seeded.admin.clone(), path, body);
+    let hold = r#"{"amount":"1.00","currency":"RUB","reason":"bench"}"#;
+    for account in seeded.accounts.iter().step_by(10) {
+        post(format!("/admin/v1/accounts/{account}/holds"), hold.to_owned()).await?.created("hold")?;
+    }
+    // The operator's own wallet: never a party to the P2P transfers.
+    let own = seed_accounts(&server.database, 1, &ProgressBar::hidden()).await?.remove(0);
+    let deposit = format!(r#"{{"account_id":"{own}","amount":"1000.00","currency":"RUB","external_ref":"bench"}}"#);
+    post("/admin/v1/deposits".into(), deposit).await?.created("deposit")?;
+    let stop = CancellationToken::new();
+    let operator = tokio::spawn({
+        let (stop, every) = (stop.clone(), Duration::from_micros(1_000_000 / bench.ops_per_s.max(1)));
+        let (http, admin) = (seeded.http.clone(), seeded.admin.clone());
+        let post = move |path: String, body: String| operator_post(http.clone(), admin.clone(), path, body);
+        async move {
+            let mut actions = 0u64;
+            let mut tick = tokio::time::interval(every);
+            while !stop.is_cancelled() {
+                tick.tick().await;
+                let (path, body) = match actions % 4 {
+                    0 => (format!("/admin/v1/accounts/{own}/freeze"), r#"{"reason":"bench"}"#.to_owned()),
+                    1 => (format!("/admin/v1/accounts/{own}/unfreeze"), r#"{"reason":"bench"}"#.to_owned()),
+                    _ => (format!("/admin/v1/accounts/{own}/holds"), hold.to_owned()),
+                };
+                match post(path, body).await {
+                    Ok(answer) if answer.status < 300 => actions += 1,
+                    Ok(answer) => return Err(format!("an operator action answered {}", answer.status)),
+                    Err(error) => return Err(error),
+                }
+            }
+            Ok(actions)
+        }
+    });
+    let grouped = transfers(bench, server, seeded).await;
+    stop.cancel();
+    let actions = operator.await.map_err(|e| e.to_string())??;
+    Ok((grouped?.phase, actions))
+}
+
+/// One operator request (on the clients' first connection) with a new key.
+async fn operator_post(
+    http: Arc<Clients>,
+    admin: HeaderValue,
+    path: String,
+    body: String,
+) -> Result<crate::http::Answer, String> {
+    let key = header(&uuid::Uuid::now_v7().to_string())?;
+    http.post_json(0, &path, &[(AUTHORIZATION, admin), (IDEMPOTENCY_KEY, key)], body).await
 }
 
 /// The naive baseline, on the same database: one transaction per transfer.

@@ -67,6 +67,22 @@ impl Draft {
     }
 }
 
+/// `drafts` chained after the entry `(seq, hash)`: the entries to store,
+/// and the new head.
+pub fn chain_all(drafts: &[Draft], mut seq: i64, hash: &str) -> (Vec<Entry>, (i64, String)) {
+    let mut prev = hash.to_owned();
+    let entries: Vec<Entry> = drafts
+        .iter()
+        .map(|draft| {
+            seq += 1;
+            let entry = draft.clone().chain(seq, &prev);
+            prev.clone_from(&entry.hash);
+            entry
+        })
+        .collect();
+    (entries, (seq, prev))
+}
+
 impl Entry {
     fn draft(&self) -> Draft {
         Draft {
@@ -189,23 +205,21 @@ pub async fn append(
             HEAD_SQL
         }
     };
-    let (mut seq, mut hash): (i64, String) = sqlx::query_as(head_sql).fetch_one(&mut **transaction).await?;
-    for draft in drafts {
-        seq += 1;
-        let entry = draft.chain(seq, &hash);
+    let (seq, hash): (i64, String) = sqlx::query_as(head_sql).fetch_one(&mut **transaction).await?;
+    let (entries, (seq, hash)) = chain_all(&drafts, seq, &hash);
+    for entry in entries {
         sqlx::query(INSERT_SQL)
             .bind(entry.seq)
             .bind(entry.at_ms)
-            .bind(&entry.operator)
-            .bind(&entry.action)
-            .bind(&entry.target)
-            .bind(&entry.request_id)
-            .bind(&entry.before)
-            .bind(&entry.after)
-            .bind(&entry.hash)
+            .bind(entry.operator)
+            .bind(entry.action)
+            .bind(entry.target)
+            .bind(entry.request_id)
+            .bind(entry.before)
+            .bind(entry.after)
+            .bind(entry.hash)
             .execute(&mut **transaction)
             .await?;
-        hash = entry.hash;
     }
     sqlx::query(SET_HEAD_SQL).bind(seq).bind(&hash).execute(&mut **transaction).await?;
     Ok(())

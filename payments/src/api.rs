@@ -755,6 +755,22 @@ fn moment(value: Option<&str>, name: &str) -> Result<Option<i64>, HttpError> {
         .transpose()
 }
 
+/// A cursor of a list ordered by id: a position this server wrote is an id.
+fn cursor_of_ids(page: &courier_common::page::PageRequest) -> Result<(), HttpError> {
+    match &page.after {
+        Some(after) if !is_uuid(after) => Err(courier_common::page::not_ours()),
+        _ => Ok(()),
+    }
+}
+
+/// An `account` query parameter: an account id.
+fn account_param(account: Option<&str>) -> Result<(), HttpError> {
+    match account {
+        Some(account) if !is_uuid(account) => Err(HttpError::invalid_request("account must be an account id (a UUID)")),
+        _ => Ok(()),
+    }
+}
+
 fn invalid_range() -> HttpError {
     HttpError::new(StatusCode::BAD_REQUEST, "invalid_range", "from must be before to")
 }
@@ -788,16 +804,8 @@ async fn search(
             })
         })
         .transpose()?;
-    if let Some(account) = &query.account
-        && !is_uuid(account)
-    {
-        return Err(HttpError::invalid_request("account must be an account id (a UUID)"));
-    }
-    if let Some(after) = &page.after
-        && !is_uuid(after)
-    {
-        return Err(courier_common::page::not_ours());
-    }
+    account_param(query.account.as_deref())?;
+    cursor_of_ids(&page)?;
     let search = store::TransferSearch { account: query.account, region: query.region, kind, from_ms, to_ms };
     let (rows, position) = store::search_transfers(&payments.inner.db, &search, page.after.as_deref(), page.limit)
         .await
@@ -1215,11 +1223,7 @@ async fn list_adjustments(
                 .ok_or_else(|| HttpError::invalid_request("status must be pending, approved, rejected or expired"))
         })
         .transpose()?;
-    if let Some(after) = &page.after
-        && !is_uuid(after)
-    {
-        return Err(courier_common::page::not_ours());
-    }
+    cursor_of_ids(&page)?;
     let rows = store::adjustments(&payments.inner.db, status, page.after.as_deref(), page.limit + 1)
         .await
         .map_err(PaymentsError::from)?;
@@ -1424,16 +1428,8 @@ async fn list_holds(
                 .ok_or_else(|| HttpError::invalid_request("status must be active, released, returned or expired"))
         })
         .transpose()?;
-    if let Some(account) = &query.account
-        && !is_uuid(account)
-    {
-        return Err(HttpError::invalid_request("account must be an account id (a UUID)"));
-    }
-    if let Some(after) = &page.after
-        && !is_uuid(after)
-    {
-        return Err(courier_common::page::not_ours());
-    }
+    account_param(query.account.as_deref())?;
+    cursor_of_ids(&page)?;
     let rows =
         store::holds(&payments.inner.db, query.account.as_deref(), status, page.after.as_deref(), page.limit + 1)
             .await

@@ -390,17 +390,10 @@ impl Writer {
             return Ok(());
         }
         let count = expired.len();
-        let batch = expired
+        let commands = expired
             .into_iter()
-            .map(|(adjustment_id, account_id)| WriteRequest {
-                command: Command::ExpireAdjustment { adjustment_id, account_id },
-                initiator: SYSTEM_OPERATOR.into(),
-                idempotency: None,
-                request_id: None,
-                reply: oneshot::channel().0,
-            })
-            .collect();
-        self.process(connection, batch, stats).await?;
+            .map(|(adjustment_id, account_id)| Command::ExpireAdjustment { adjustment_id, account_id });
+        self.process(connection, own_batch(commands), stats).await?;
         tracing::info!(count, "pending adjustments expired");
         Ok(())
     }
@@ -412,17 +405,13 @@ impl Writer {
             return Ok(());
         }
         let count = expired.len();
-        let batch = expired
-            .into_iter()
-            .map(|(hold_id, account_id)| WriteRequest {
-                command: Command::ReleaseHold { hold_id, account_id, operator: SYSTEM_OPERATOR.into(), expired: true },
-                initiator: SYSTEM_OPERATOR.into(),
-                idempotency: None,
-                request_id: None,
-                reply: oneshot::channel().0,
-            })
-            .collect();
-        self.process(connection, batch, stats).await?;
+        let commands = expired.into_iter().map(|(hold_id, account_id)| Command::ReleaseHold {
+            hold_id,
+            account_id,
+            operator: SYSTEM_OPERATOR.into(),
+            expired: true,
+        });
+        self.process(connection, own_batch(commands), stats).await?;
         tracing::info!(count, "holds expired and released");
         Ok(())
     }
@@ -698,6 +687,19 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// A batch of the writer's own (expiries), answered to nobody.
+fn own_batch(commands: impl Iterator<Item = Command>) -> Vec<WriteRequest> {
+    commands
+        .map(|command| WriteRequest {
+            command,
+            initiator: SYSTEM_OPERATOR.into(),
+            idempotency: None,
+            request_id: None,
+            reply: oneshot::channel().0,
+        })
+        .collect()
 }
 
 /// A batch applied in memory.

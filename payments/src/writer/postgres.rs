@@ -291,24 +291,22 @@ pub async fn commit(connection: &mut PgConnection, batch: &BatchWrite, now_ms: i
         }
     }
     if !batch.audit.is_empty() {
-        let (mut seq, mut hash): (i64, String) =
+        let (seq, hash): (i64, String) =
             sqlx::query_as(audit::HEAD_FOR_UPDATE_SQL).fetch_one(&mut *transaction).await?;
-        for draft in &batch.audit {
-            seq += 1;
-            let entry = draft.clone().chain(seq, &hash);
+        let (entries, (seq, hash)) = audit::chain_all(&batch.audit, seq, &hash);
+        for entry in entries {
             sqlx::query(audit::INSERT_SQL)
                 .bind(entry.seq)
                 .bind(entry.at_ms)
-                .bind(&entry.operator)
-                .bind(&entry.action)
-                .bind(&entry.target)
-                .bind(&entry.request_id)
-                .bind(&entry.before)
-                .bind(&entry.after)
-                .bind(&entry.hash)
+                .bind(entry.operator)
+                .bind(entry.action)
+                .bind(entry.target)
+                .bind(entry.request_id)
+                .bind(entry.before)
+                .bind(entry.after)
+                .bind(entry.hash)
                 .execute(&mut *transaction)
                 .await?;
-            hash = entry.hash;
         }
         sqlx::query(audit::SET_HEAD_SQL).bind(seq).bind(&hash).execute(&mut *transaction).await?;
     }

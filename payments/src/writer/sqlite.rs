@@ -330,24 +330,22 @@ impl SqliteWriter {
             }
             if !batch.audit.is_empty() {
                 // The transaction holds the write lock: the head is ours.
-                let (mut seq, mut hash): (i64, String) =
+                let (seq, hash): (i64, String) =
                     transaction.query_row(audit::HEAD_SQL, [], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                let (entries, (seq, hash)) = audit::chain_all(&batch.audit, seq, &hash);
                 let mut insert = transaction.prepare_cached(AUDIT_INSERT_SQL)?;
-                for draft in &batch.audit {
-                    seq += 1;
-                    let entry = draft.clone().chain(seq, &hash);
+                for e in entries {
                     insert.execute(params![
-                        entry.seq,
-                        entry.at_ms,
-                        entry.operator,
-                        entry.action,
-                        entry.target,
-                        entry.request_id,
-                        entry.before,
-                        entry.after,
-                        entry.hash,
+                        e.seq,
+                        e.at_ms,
+                        e.operator,
+                        e.action,
+                        e.target,
+                        e.request_id,
+                        e.before,
+                        e.after,
+                        e.hash
                     ])?;
-                    hash = entry.hash;
                 }
                 transaction.prepare_cached(AUDIT_SET_HEAD_SQL)?.execute(params![seq, hash])?;
             }

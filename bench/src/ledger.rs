@@ -12,6 +12,7 @@ use courier_accounts::tokens::{TokenIssuer, TokenKey};
 use courier_common::Database;
 use courier_common::shutdown::CancellationToken;
 use courier_payments::Payments;
+use hdrhistogram::Histogram;
 use hyper::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use indicatif::ProgressBar;
 use serde_json::json;
@@ -54,6 +55,11 @@ pub struct LedgerBench {
     /// Audited operator actions a second during the `--ops` phase.
     #[arg(long, default_value_t = 50)]
     ops_per_s: u64,
+    /// After the transfers, time this many operator searches (every filter
+    /// in turn) and as many balances at a moment of the busiest wallet
+    /// (with `--hot`, wallet 0 takes part in every transfer).
+    #[arg(long, default_value_t = 0)]
+    queries: u32,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -63,12 +69,29 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     let server = start(&bench, scratch.path()).await?;
     let seeded = seed(&bench, &server, scratch.path()).await?;
+    let started = jiff::Timestamp::now();
     let grouped = transfers(&bench, &server, &seeded).await?;
+    let ended = jiff::Timestamp::now();
     let with_ops = if bench.ops { Some(transfers_with_ops(&bench, &server, &seeded).await?) } else { None };
+    let queried = if bench.queries > 0 {
+        Some(queries(&bench, &server, &seeded, (started.as_millisecond(), ended.as_millisecond())).await?)
+    } else {
+        None
+    };
     server.shutdown.cancel();
     let naive = if bench.no_baseline { None } else { Some(naive_baseline(&bench, &server, &seeded).await?) };
     let (reconciled, reconciliation) = reconcile(&server.database).await?;
     let mut figures = figures(&bench, &grouped, naive.as_ref(), reconciled);
+    if let Some((search, balance, transfers)) = &queried {
+        let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        figures["queries_over_transfers"] = json!(transfers);
+        figures["search_ms_p50"] = json!(ms(search, 0.5));
+        figures["search_ms_p99"] = json!(ms(search, 0.99));
+        figures["search_ms_max"] = json!(search.max() as f64 / 1000.0);
+        figures["balance_at_ms_p50"] = json!(ms(balance, 0.5));
+        figures["balance_at_ms_p99"] = json!(ms(balance, 0.99));
+        figures["balance_at_ms_max"] = json!(balance.max() as f64 / 1000.0);
+    }
     if let Some((phase, actions)) = &with_ops {
         let rate = |phase: &Phase| phase.completed as f64 / phase.elapsed.as_secs_f64();
         figures["ops_transfers_per_s"] = json!(rate(phase).round());
@@ -272,6 +295,63 @@ async fn transfers_with_ops(bench: &LedgerBench, server: &Server, seeded: &Seede
     stop.cancel();
     let actions = operator.await.map_err(|e| e.to_string())??;
     Ok((grouped?.phase, actions))
+}
+
+/// Operator searches with every filter in turn, and balances of wallet 0
+/// at moments spread over `(from, to)` ms, one at a time over HTTP: their
+/// latencies, and how many transfers the ledger holds.
+async fn queries(
+    bench: &LedgerBench,
+    server: &Server,
+    seeded: &Seeded,
+    (from, to): (i64, i64),
+) -> Result<(Histogram<u64>, Histogram<u64>, i64), String> {
+    let http = courier_common::client::http_client_builder().build().map_err(|e| e.to_string())?;
+    let base = format!("http://{}", server.addr);
+    let admin = seeded.admin.to_str().map_err(|e| e.to_string())?.to_owned();
+    let hot = &seeded.accounts[0];
+    let moment = |n: u32| {
+        let span = (to - from).max(1);
+        let at = from + (u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15) % span as u64) as i64;
+        jiff::Timestamp::from_millisecond(at).map(|t| t.to_string()).unwrap_or_default()
+    };
+    let get = |path: String| {
+        let request = http.get(format!("{base}{path}")).header("authorization", &admin);
+        async move {
+            let started = std::time::Instant::now();
+            let response = request.send().await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            response.bytes().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("a query answered {status}"));
+            }
+            Ok::<u64, String>(started.elapsed().as_micros() as u64)
+        }
+    };
+    let (mut search, mut balance) =
+        (Histogram::new(3).map_err(|e| e.to_string())?, Histogram::new(3).map_err(|e| e.to_string())?);
+    let bar = progress("searches and balances at a moment", u64::from(bench.queries) * 2, bench.json);
+    for n in 0..bench.queries {
+        let (a, b) = (moment(n), moment(n + 1));
+        let (early, late) = if a <= b { (a, b) } else { (b, a) };
+        let filter = match n % 6 {
+            0 => String::new(),
+            1 => "kind=p2p".to_owned(),
+            2 => "region=RU&kind=deposit".to_owned(),
+            3 => format!("account={hot}"),
+            4 => format!("from={early}&to={late}"),
+            _ => format!("account={hot}&from={early}&to={late}"),
+        };
+        let path = format!("/admin/v1/transfers?limit=50&{}", filter.replace('+', "%2B"));
+        search.record(get(path).await?).map_err(|e| e.to_string())?;
+        bar.inc(1);
+        let path = format!("/admin/v1/accounts/{hot}/balance?at={}", moment(n * 7 + 3).replace('+', "%2B"));
+        balance.record(get(path).await?).map_err(|e| e.to_string())?;
+        bar.inc(1);
+    }
+    bar.finish();
+    let count = courier_payments::store::transfer_count(&server.database).await.map_err(|e| e.to_string())?;
+    Ok((search, balance, count))
 }
 
 /// One operator request (on the clients' first connection) with a new key.

@@ -1372,22 +1372,21 @@ async fn return_hold(
         Some(transfer_id) => store::transfer(db, transfer_id).await.map_err(PaymentsError::from)?,
         None => None,
     };
-    let Some(original) = original else {
-        // A hold that names no transfer has nothing to return.
-        let refusal = match hold.status {
-            crate::ledger::HoldStatus::Active => crate::ledger::Refusal::HoldNotReturnable,
-            _ => crate::ledger::Refusal::HoldNotActive,
-        };
-        return Ok(stored(crate::view::refusal(refusal)));
+    // A hold that names no transfer (or one no longer found) returns
+    // nothing: the writer answers `not_reversible`, or `hold_not_active`
+    // first, in order with the hold's other changes.
+    let (original, parties, region) = match original {
+        Some(t) => (t.id, [t.debit, t.credit], t.region),
+        None => (String::new(), [hold.account_id.clone(), hold.account_id.clone()], hold.region),
     };
     let command = Command::ReturnHold {
         hold_id: hold.id,
         account_id: hold.account_id,
         id: uuid::Uuid::now_v7().to_string(),
         fee_id: uuid::Uuid::now_v7().to_string(),
-        original: original.id,
-        parties: [original.debit, original.credit],
-        region: original.region,
+        original,
+        parties,
+        region,
         operator: operator_id.clone(),
     };
     payments.idempotent(key, fingerprint, operator_id, async move || Ok(command)).await

@@ -590,33 +590,11 @@ pub async fn transfers_of(
     after_id: Option<&str>,
     limit: u32,
 ) -> Result<Vec<Transfer>, sqlx::Error> {
-    let sql = format!(
-        "WITH RECURSIVE wanted (account, after_id, steps) AS ( \
-           SELECT CAST($1 AS TEXT), CAST($2 AS TEXT), CAST($3 AS BIGINT) \
-         ), chain (link, depth) AS ( \
-           SELECT CASE WHEN w.after_id = '' \
-               THEN (SELECT a.last_transfer FROM ledger_accounts a WHERE a.id = w.account) \
-               ELSE (SELECT CASE WHEN c.debit_account = w.account THEN c.debit_prev ELSE c.credit_prev END \
-                     FROM transfers c \
-                     WHERE c.id = w.after_id AND (c.debit_account = w.account OR c.credit_account = w.account)) \
-             END, CAST(0 AS BIGINT) \
-           FROM wanted w \
-           UNION ALL \
-           SELECT CASE WHEN t.debit_account = w.account THEN t.debit_prev ELSE t.credit_prev END, chain.depth + 1 \
-           FROM chain JOIN transfers t ON t.id = chain.link CROSS JOIN wanted w \
-           WHERE chain.depth + 1 < w.steps \
-         ) \
-         SELECT {TRANSFER_COLUMNS} FROM chain JOIN transfers ON transfers.id = chain.link \
-         WHERE kind <> 'fee' ORDER BY chain.depth LIMIT $4"
-    );
-    let rows: Vec<TransferRow> = sqlx::query_as(&sql)
-        .bind(account_id)
-        .bind(after_id.unwrap_or(""))
-        .bind(2 * i64::from(limit))
-        .bind(i64::from(limit))
-        .fetch_all(db.pool())
-        .await?;
-    Ok(rows.into_iter().filter_map(transfer_from_row).collect())
+    let start = after_id.map_or(ChainStart::Newest, ChainStart::After);
+    let mut shown: Vec<Transfer> =
+        chain(db, account_id, start, 2 * limit).await?.into_iter().filter(|t| t.kind != TransferKind::Fee).collect();
+    shown.truncate(limit as usize);
+    Ok(shown)
 }
 
 /// How many transfers the ledger holds (fees included).
@@ -749,10 +727,13 @@ pub async fn search_transfers(
             _ => None,
         };
         loop {
-            let chunk = match start.take() {
-                Some(start) => chain_from(db, account, &start, SEARCH_CHAIN_CHUNK).await?,
-                None => chain_of(db, account, position.as_deref(), SEARCH_CHAIN_CHUNK).await?,
+            let from = match (&start, &position) {
+                (Some(checkpoint), _) => ChainStart::At(checkpoint),
+                (None, Some(position)) => ChainStart::After(position),
+                (None, None) => ChainStart::Newest,
             };
+            let chunk = chain(db, account, from, SEARCH_CHAIN_CHUNK).await?;
+            start = None;
             let ended = chunk.len() < SEARCH_CHAIN_CHUNK as usize;
             steps += SEARCH_CHAIN_CHUNK;
             for transfer in chunk {
@@ -851,23 +832,35 @@ enum Bind {
     Int(i64),
 }
 
+/// Where a walk along an account's chain starts.
+#[derive(Debug, Clone, Copy)]
+enum ChainStart<'a> {
+    /// At the account's newest transfer.
+    Newest,
+    /// At the transfer before this one of the account's (a cursor).
+    After(&'a str),
+    /// At this transfer of the account's itself (a checkpoint).
+    At(&'a str),
+}
+
 /// Up to `steps` transfers of `account`'s chain (fees too), newest first,
-/// after its transfer `after_id` (`None`: from its newest).
-async fn chain_of(
+/// from `start`: one statement, one primary-key look-up a step.
+async fn chain(
     db: &Database,
     account_id: &str,
-    after_id: Option<&str>,
+    start: ChainStart<'_>,
     steps: u32,
 ) -> Result<Vec<Transfer>, sqlx::Error> {
     let sql = format!(
-        "WITH RECURSIVE wanted (account, after_id, steps) AS ( \
-           SELECT CAST($1 AS TEXT), CAST($2 AS TEXT), CAST($3 AS BIGINT) \
+        "WITH RECURSIVE wanted (account, mode, start_id, steps) AS ( \
+           SELECT CAST($1 AS TEXT), CAST($2 AS TEXT), CAST($3 AS TEXT), CAST($4 AS BIGINT) \
          ), chain (link, depth) AS ( \
-           SELECT CASE WHEN w.after_id = '' \
-               THEN (SELECT a.last_transfer FROM ledger_accounts a WHERE a.id = w.account) \
-               ELSE (SELECT CASE WHEN c.debit_account = w.account THEN c.debit_prev ELSE c.credit_prev END \
+           SELECT CASE w.mode \
+               WHEN 'newest' THEN (SELECT a.last_transfer FROM ledger_accounts a WHERE a.id = w.account) \
+               WHEN 'after' THEN (SELECT CASE WHEN c.debit_account = w.account THEN c.debit_prev ELSE c.credit_prev END \
                      FROM transfers c \
-                     WHERE c.id = w.after_id AND (c.debit_account = w.account OR c.credit_account = w.account)) \
+                     WHERE c.id = w.start_id AND (c.debit_account = w.account OR c.credit_account = w.account)) \
+               ELSE w.start_id \
              END, CAST(0 AS BIGINT) \
            FROM wanted w \
            UNION ALL \
@@ -877,32 +870,18 @@ async fn chain_of(
          ) \
          SELECT {TRANSFER_COLUMNS} FROM chain JOIN transfers ON transfers.id = chain.link ORDER BY chain.depth"
     );
+    let (mode, start_id) = match start {
+        ChainStart::Newest => ("newest", ""),
+        ChainStart::After(id) => ("after", id),
+        ChainStart::At(id) => ("at", id),
+    };
     let rows: Vec<TransferRow> = sqlx::query_as(&sql)
         .bind(account_id)
-        .bind(after_id.unwrap_or(""))
+        .bind(mode)
+        .bind(start_id)
         .bind(i64::from(steps))
         .fetch_all(db.pool())
         .await?;
-    Ok(rows.into_iter().filter_map(transfer_from_row).collect())
-}
-
-/// Up to `steps` transfers of `account`'s chain, newest first, starting at
-/// its transfer `start_id` itself.
-async fn chain_from(db: &Database, account_id: &str, start_id: &str, steps: u32) -> Result<Vec<Transfer>, sqlx::Error> {
-    let sql = format!(
-        "WITH RECURSIVE wanted (account, steps) AS ( \
-           SELECT CAST($1 AS TEXT), CAST($3 AS BIGINT) \
-         ), chain (link, depth) AS ( \
-           SELECT CAST($2 AS TEXT), CAST(0 AS BIGINT) \
-           UNION ALL \
-           SELECT CASE WHEN t.debit_account = w.account THEN t.debit_prev ELSE t.credit_prev END, chain.depth + 1 \
-           FROM chain JOIN transfers t ON t.id = chain.link CROSS JOIN wanted w \
-           WHERE chain.depth + 1 < w.steps \
-         ) \
-         SELECT {TRANSFER_COLUMNS} FROM chain JOIN transfers ON transfers.id = chain.link ORDER BY chain.depth"
-    );
-    let rows: Vec<TransferRow> =
-        sqlx::query_as(&sql).bind(account_id).bind(start_id).bind(i64::from(steps)).fetch_all(db.pool()).await?;
     Ok(rows.into_iter().filter_map(transfer_from_row).collect())
 }
 
@@ -938,7 +917,7 @@ async fn walk_back(
 ) -> Result<(), sqlx::Error> {
     let Some(mut start) = walk_start(db, account, before_ms).await? else { return Ok(()) };
     loop {
-        let chunk = chain_from(db, &account.id, &start, WALK_CHUNK + 1).await?;
+        let chunk = chain(db, &account.id, ChainStart::At(&start), WALK_CHUNK + 1).await?;
         let ended = chunk.len() <= WALK_CHUNK as usize;
         for transfer in chunk.iter().take(WALK_CHUNK as usize) {
             if transfer.created_at_ms < before_ms && !visit(transfer) {

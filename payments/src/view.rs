@@ -207,7 +207,7 @@ fn json_response(status: u16, view: &impl Serialize) -> StoredResponse {
 }
 
 /// The stored form of a refusal.
-pub fn refusal(refusal: Refusal) -> StoredResponse {
+fn refusal(refusal: Refusal) -> StoredResponse {
     StoredResponse {
         status: refusal.status(),
         body: serde_json::json!({"error": {"code": refusal.code(), "message": refusal.message()}}).to_string(),

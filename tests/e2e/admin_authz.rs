@@ -176,15 +176,7 @@ async fn every_admin_route_admits_its_roles_alone(db: Db) {
 
     let (status, openapi) = server.get("/openapi.json", None).await;
     assert_eq!(status, 200);
-    let documented: BTreeSet<(String, String)> = openapi["paths"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(path, _)| path.starts_with("/admin/"))
-        .flat_map(|(path, item)| {
-            item.as_object().unwrap().keys().map(move |method| (method.to_uppercase(), path.clone()))
-        })
-        .collect();
+    let documented = support::documented_routes(&openapi, "/admin/");
     let tabled: BTreeSet<(String, String)> =
         rows.iter().map(|row| (row.method.as_str().to_owned(), row.route.to_owned())).collect();
     assert_eq!(tabled, documented, "the table and /openapi.json's /admin routes differ");

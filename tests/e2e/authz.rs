@@ -156,14 +156,8 @@ async fn every_user_route_admits_its_owner_alone(db: Db) {
     // Every bearer route of the document has a row, and no row is stale.
     let (status, openapi) = server.get("/openapi.json", None).await;
     assert_eq!(status, 200);
-    let documented: BTreeSet<(String, String)> = openapi["paths"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(path, _)| path.starts_with("/v1/"))
-        .flat_map(|(path, item)| {
-            item.as_object().unwrap().keys().map(move |method| (method.to_uppercase(), path.clone()))
-        })
+    let documented: BTreeSet<(String, String)> = support::documented_routes(&openapi, "/v1/")
+        .into_iter()
         .filter(|(method, path)| !NOT_BEARER.contains(&(method.as_str(), path.as_str())))
         .collect();
     let tabled: BTreeSet<(String, String)> =

@@ -569,8 +569,7 @@ impl Writer {
                     continue;
                 }
             }
-            let before = crate::audit::action(&request.command)
-                .and_then(|_| crate::audit::before(ledger, &request.command, now));
+            let before = crate::audit::before(ledger, &request.command, now);
             let outcome = ledger.apply(&request.command, &request.initiator, now);
             let response = view::render(&request.command, &outcome, ledger, now);
             match outcome {

@@ -214,6 +214,13 @@ UPDATE regions SET enabled = $2, per_transfer_max = $3, daily_max = $4, monthly_
   night_start_hour = $7, night_end_hour = $8, fee_free_monthly = $9, fee_rate_bp = $10, fee_cap = $11, \
   updated_at = $12 WHERE code = $1";
 
+const INSERT_AUDIT_SQL: &str = "INSERT INTO audit_log (seq, at, operator, action, target, request_id, before_json, \
+  after_json, hash) SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], \
+  $7::text[], $8::text[], $9::text[])";
+
+static UPSERT_ADJUSTMENT_SQL: LazyLock<String> = LazyLock::new(|| crate::store::upsert_adjustment_sql('$'));
+static UPSERT_HOLD_SQL: LazyLock<String> = LazyLock::new(|| crate::store::upsert_hold_sql('$'));
+
 /// Writes a batch and commits it durably: as one statement, or, when it
 /// also changes regions or adjustments (rare), with those in one
 /// transaction.
@@ -248,9 +255,8 @@ pub async fn commit(connection: &mut PgConnection, batch: &BatchWrite, now_ms: i
         }
     }
     if !batch.adjustments.is_empty() {
-        let upsert = crate::store::upsert_adjustment_sql('$');
         for a in &batch.adjustments {
-            sqlx::query(&upsert)
+            sqlx::query(UPSERT_ADJUSTMENT_SQL.as_str())
                 .bind(&a.id)
                 .bind(&a.account_id)
                 .bind(a.amount_minor)
@@ -269,9 +275,8 @@ pub async fn commit(connection: &mut PgConnection, batch: &BatchWrite, now_ms: i
         }
     }
     if !batch.holds.is_empty() {
-        let upsert = crate::store::upsert_hold_sql('$');
         for h in &batch.holds {
-            sqlx::query(&upsert)
+            sqlx::query(UPSERT_HOLD_SQL.as_str())
                 .bind(&h.id)
                 .bind(&h.account_id)
                 .bind(h.amount_minor)
@@ -294,20 +299,20 @@ pub async fn commit(connection: &mut PgConnection, batch: &BatchWrite, now_ms: i
         let (seq, hash): (i64, String) =
             sqlx::query_as(audit::HEAD_FOR_UPDATE_SQL).fetch_one(&mut *transaction).await?;
         let (entries, (seq, hash)) = audit::chain_all(&batch.audit, seq, &hash);
-        for entry in entries {
-            sqlx::query(audit::INSERT_SQL)
-                .bind(entry.seq)
-                .bind(entry.at_ms)
-                .bind(entry.operator)
-                .bind(entry.action)
-                .bind(entry.target)
-                .bind(entry.request_id)
-                .bind(entry.before)
-                .bind(entry.after)
-                .bind(entry.hash)
-                .execute(&mut *transaction)
-                .await?;
-        }
+        // All of the batch's entries in one statement, a column an array.
+        let texts = |field: fn(&audit::Entry) -> Option<&str>| entries.iter().map(field).collect::<Vec<_>>();
+        sqlx::query(INSERT_AUDIT_SQL)
+            .bind(entries.iter().map(|e| e.seq).collect::<Vec<_>>())
+            .bind(entries.iter().map(|e| e.at_ms).collect::<Vec<_>>())
+            .bind(texts(|e| Some(&e.operator)))
+            .bind(texts(|e| Some(&e.action)))
+            .bind(texts(|e| Some(&e.target)))
+            .bind(texts(|e| e.request_id.as_deref()))
+            .bind(texts(|e| e.before.as_deref()))
+            .bind(texts(|e| e.after.as_deref()))
+            .bind(texts(|e| Some(&e.hash)))
+            .execute(&mut *transaction)
+            .await?;
         sqlx::query(audit::SET_HEAD_SQL).bind(seq).bind(&hash).execute(&mut *transaction).await?;
     }
     commit_statement(&mut transaction, batch, now_ms).await?;

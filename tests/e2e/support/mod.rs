@@ -44,6 +44,20 @@ macro_rules! on_both_databases {
     };
 }
 
+/// Every `(METHOD, route)` of an `/openapi.json` whose route starts with
+/// `prefix`.
+pub fn documented_routes(openapi: &Value, prefix: &str) -> std::collections::BTreeSet<(String, String)> {
+    openapi["paths"]
+        .as_object()
+        .expect("an OpenAPI document has paths")
+        .iter()
+        .filter(|(path, _)| path.starts_with(prefix))
+        .flat_map(|(path, item)| {
+            item.as_object().into_iter().flatten().map(move |(method, _)| (method.to_uppercase(), path.clone()))
+        })
+        .collect()
+}
+
 /// The PostgreSQL server tests create their databases on.
 pub fn postgres_admin_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())

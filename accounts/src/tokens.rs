@@ -55,9 +55,9 @@ pub struct AccessClaims {
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read the token-signing key {path}: {source}")]
+    #[error("cannot read the signing key {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("cannot write the token-signing key {path}: {source}")]
+    #[error("cannot write the signing key {path}: {source}")]
     Write { path: String, source: std::io::Error },
     #[error("{path} is not an Ed25519 private key in PKCS#8 PEM form")]
     Format { path: String },
@@ -91,38 +91,12 @@ impl TokenKey {
     /// Loads the key at `path`, or creates one there (mode 0600) if the file
     /// does not exist.
     pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
-        match std::fs::read_to_string(path) {
-            Ok(pem) => Self::from_pem(&pem, path),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let key = Self::generate_signing_key();
-                let pem = key
-                    .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-                    .expect("an Ed25519 key always encodes to PKCS#8 PEM");
-                write_private(path, pem.as_bytes())
-                    .map_err(|source| KeyError::Write { path: path.display().to_string(), source })?;
-                tracing::info!(path = %path.display(), "created a new token-signing key");
-                Ok(Self::from_signing_key(&key))
-            }
-            Err(source) => Err(KeyError::Read { path: path.display().to_string(), source }),
-        }
+        Ok(Self::from_signing_key(&load_or_create_signing_key(path, "token-signing")?))
     }
 
     /// Loads an existing key; a missing file is an error.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let pem = std::fs::read_to_string(path)
-            .map_err(|source| KeyError::Read { path: path.display().to_string(), source })?;
-        Self::from_pem(&pem, path)
-    }
-
-    fn from_pem(pem: &str, path: &Path) -> Result<Self, KeyError> {
-        let key = SigningKey::from_pkcs8_pem(pem).map_err(|_| KeyError::Format { path: path.display().to_string() })?;
-        Ok(Self::from_signing_key(&key))
-    }
-
-    fn generate_signing_key() -> SigningKey {
-        let mut seed = [0u8; 32];
-        rand::Rng::fill(&mut rand::rng(), &mut seed);
-        SigningKey::from_bytes(&seed)
+        Ok(Self::from_signing_key(&load_signing_key(path)?))
     }
 
     pub fn kid(&self) -> &str {
@@ -139,6 +113,38 @@ impl TokenKey {
             x: URL_SAFE_NO_PAD.encode(self.public),
         }
     }
+}
+
+/// The Ed25519 key in the PKCS#8 PEM file at `path`, or a new one written
+/// there (mode 0600) if the file does not exist; `what` names it in the log.
+pub fn load_or_create_signing_key(path: &Path, what: &str) -> Result<SigningKey, KeyError> {
+    match std::fs::read_to_string(path) {
+        Ok(pem) => signing_key_from_pem(&pem, path),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let mut seed = [0u8; 32];
+            rand::Rng::fill(&mut rand::rng(), &mut seed);
+            let key = SigningKey::from_bytes(&seed);
+            let pem = key
+                .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+                .expect("an Ed25519 key always encodes to PKCS#8 PEM");
+            write_private(path, pem.as_bytes())
+                .map_err(|source| KeyError::Write { path: path.display().to_string(), source })?;
+            tracing::info!(path = %path.display(), "created a new {what} key");
+            Ok(key)
+        }
+        Err(source) => Err(KeyError::Read { path: path.display().to_string(), source }),
+    }
+}
+
+/// The Ed25519 key in the PKCS#8 PEM file at `path`; a missing file is an error.
+pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
+    let pem =
+        std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.display().to_string(), source })?;
+    signing_key_from_pem(&pem, path)
+}
+
+fn signing_key_from_pem(pem: &str, path: &Path) -> Result<SigningKey, KeyError> {
+    SigningKey::from_pkcs8_pem(pem).map_err(|_| KeyError::Format { path: path.display().to_string() })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

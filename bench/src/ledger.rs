@@ -462,8 +462,6 @@ async fn seed_accounts(database: &Database, count: usize, bar: &ProgressBar) -> 
 
 /// Whether every currency sums to zero and stored balances equal their transfers.
 async fn reconcile(database: &Database) -> Result<(bool, String), String> {
-    let totals = courier_payments::store::trial_balance(database).await.map_err(|e| e.to_string())?;
-    let mismatches = courier_payments::store::balance_mismatches(database).await.map_err(|e| e.to_string())?;
-    let ok = mismatches.is_empty() && totals.iter().all(|(_, total)| *total == 0);
-    Ok((ok, format!("totals {totals:?}, mismatches {}", mismatches.len())))
+    let found = courier_payments::report::reconcile(database).await.map_err(|e| e.to_string())?;
+    Ok((found.balanced(), format!("totals {:?}, mismatches {}", found.trial_balance, found.mismatches.len())))
 }

@@ -84,7 +84,8 @@ pub fn chain_all(drafts: &[Draft], mut seq: i64, hash: &str) -> (Vec<Entry>, (i6
 }
 
 impl Entry {
-    fn draft(&self) -> Draft {
+    /// The entry as it was drafted (what its canonical bytes cover).
+    pub fn draft(&self) -> Draft {
         Draft {
             at_ms: self.at_ms,
             operator: self.operator.clone(),
@@ -137,40 +138,65 @@ pub struct Verdict {
 /// Checks entries given in stored order (by `seq`) against `head`, the
 /// newest entry's `(seq, hash)` as `audit_head` holds it.
 pub fn verify(entries: impl IntoIterator<Item = Entry>, head: (i64, &str)) -> Verdict {
-    let mut prev = GENESIS.to_owned();
-    let mut count = 0;
-    let mut first_bad = None;
+    let mut verifier = Verifier::default();
     for entry in entries {
-        count += 1;
-        if first_bad.is_some() {
-            continue;
+        verifier.feed(&entry);
+    }
+    verifier.finish(head)
+}
+
+/// [`verify`] one entry at a time, in constant memory.
+#[derive(Debug)]
+pub struct Verifier {
+    prev: String,
+    count: i64,
+    first_bad: Option<i64>,
+}
+
+impl Default for Verifier {
+    fn default() -> Self {
+        Verifier { prev: GENESIS.to_owned(), count: 0, first_bad: None }
+    }
+}
+
+impl Verifier {
+    /// The next entry in stored order.
+    pub fn feed(&mut self, entry: &Entry) {
+        self.count += 1;
+        if self.first_bad.is_some() {
+            return;
         }
-        let expected_seq = count;
+        let expected_seq = self.count;
         if entry.seq != expected_seq {
             // A gap (a deleted entry) or a seq written twice.
-            first_bad = Some(expected_seq.min(entry.seq));
-            continue;
+            self.first_bad = Some(expected_seq.min(entry.seq));
+            return;
         }
-        let hash = link(&prev, &canonical(entry.seq, &entry.draft()));
+        let hash = link(&self.prev, &canonical(entry.seq, &entry.draft()));
         if hash != entry.hash {
-            first_bad = Some(entry.seq);
-            continue;
+            self.first_bad = Some(entry.seq);
+            return;
         }
-        prev = hash;
+        self.prev = hash;
     }
-    if first_bad.is_none() {
-        first_bad = if count != head.0 {
-            // Entries cut from the end (the first one missing), or entries
-            // past the head (the first of them).
-            Some(count.min(head.0) + 1)
-        } else if prev != head.1 {
-            // The newest entry is not the one the head names.
-            Some(count.max(1))
-        } else {
-            None
-        };
+
+    /// The verdict against the stored head.
+    pub fn finish(self, head: (i64, &str)) -> Verdict {
+        let Verifier { prev, count, mut first_bad } = self;
+        if first_bad.is_none() {
+            first_bad = if count != head.0 {
+                // Entries cut from the end (the first one missing), or entries
+                // past the head (the first of them).
+                Some(count.min(head.0) + 1)
+            } else if prev != head.1 {
+                // The newest entry is not the one the head names.
+                Some(count.max(1))
+            } else {
+                None
+            };
+        }
+        Verdict { ok: first_bad.is_none(), entries: count, first_bad, head: prev }
     }
-    Verdict { ok: first_bad.is_none(), entries: count, first_bad, head: prev }
 }
 
 pub const ENTRY_COLUMNS: &str = "seq, at, operator, action, target, request_id, before_json, after_json, hash";
@@ -260,25 +286,30 @@ pub async fn list(
     Ok(query.bind(i64::from(limit)).fetch_all(db.pool()).await?.into_iter().map(entry_from_row).collect())
 }
 
-/// Recomputes the whole chain from the database, in pages.
+/// Recomputes the whole chain from the database, in pages, in one snapshot
+/// (entries appended meanwhile are after its head), in constant memory.
 pub async fn verify_stored(db: &Database) -> Result<Verdict, sqlx::Error> {
     const PAGE: i64 = 10_000;
-    let (head_seq, head_hash): (i64, String) = sqlx::query_as(HEAD_SQL).fetch_one(db.pool()).await?;
+    let mut snapshot = db.snapshot().await?;
+    let (head_seq, head_hash): (i64, String) = sqlx::query_as(HEAD_SQL).fetch_one(&mut *snapshot).await?;
     let sql = format!("SELECT {ENTRY_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2");
-    let mut entries = Vec::new();
+    let mut verifier = Verifier::default();
     let mut after = i64::MIN;
     loop {
-        let rows: Vec<EntryRow> = sqlx::query_as(&sql).bind(after).bind(PAGE).fetch_all(db.pool()).await?;
+        let rows: Vec<EntryRow> = sqlx::query_as(&sql).bind(after).bind(PAGE).fetch_all(&mut *snapshot).await?;
         let done = (rows.len() as i64) < PAGE;
         if let Some(last) = rows.last() {
             after = last.0;
         }
-        entries.extend(rows.into_iter().map(entry_from_row));
+        for row in rows {
+            verifier.feed(&entry_from_row(row));
+        }
         if done {
             break;
         }
     }
-    Ok(verify(entries, (head_seq, &head_hash)))
+    snapshot.commit().await?;
+    Ok(verifier.finish((head_seq, &head_hash)))
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ pub async fn request_keyed(
 
 /// What a refused request tells a person: the error's code and message in
 /// the shared error shape, and when to try again where the server said.
-fn refusal(status: u16, retry_after_s: Option<u64>, body: &str) -> String {
+pub fn refusal(status: u16, retry_after_s: Option<u64>, body: &str) -> String {
     let said = match serde_json::from_str::<Value>(body) {
         Ok(value) if value["error"]["code"].is_string() => format!(
             "{} ({status}): {}",

@@ -102,7 +102,18 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0010_finance_ops.sql"),
         include_str!("../../migrations/postgres/0010_finance_ops.sql"),
     ),
+    (
+        11,
+        "audit_checkpoints",
+        include_str!("../../migrations/sqlite/0011_audit_checkpoints.sql"),
+        include_str!("../../migrations/postgres/0011_audit_checkpoints.sql"),
+    ),
 ];
+
+/// `$first, $first+1, …` for `count` parameters.
+pub fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+}
 
 /// How long a connection waits for a lock held by another writer before the
 /// statement fails (SQLite `busy_timeout`).
@@ -174,6 +185,22 @@ impl Database {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// A read-only transaction whose statements all see one snapshot of the
+    /// database, however the ledger's writer commits meanwhile: PostgreSQL
+    /// `REPEATABLE READ` (the snapshot of its first statement); on SQLite one
+    /// read transaction, which in WAL mode sees the database as of its first
+    /// read until it ends. Reports that read several statements use it, so
+    /// that their figures add up to one moment.
+    pub async fn snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        let mut transaction = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *transaction)
+                .await?;
+        }
+        Ok(transaction)
     }
 
     /// Round-trips a trivial query (for `/readyz`).

@@ -3,13 +3,15 @@
 //! bodies in that shape; the storage handle over SQLite or PostgreSQL with its
 //! migrations; pagination; Prometheus metrics; `/healthz`, `/readyz`,
 //! `/metrics`; the HTTP middleware stack (body limit, timeout, tracing);
-//! graceful shutdown; the hash-chained audit log of operators' actions; and
+//! graceful shutdown; the hash-chained audit log of operators' actions and
+//! its signed checkpoints; and
 //! the small shared pieces: ids, the poison-tolerant lock, hex.
 //!
 //! It must never know about accounts, calls or money: services depend on it,
 //! never the other way round.
 
 pub mod audit;
+pub mod checkpoint;
 pub mod client;
 pub mod db;
 pub mod error;

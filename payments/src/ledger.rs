@@ -45,6 +45,10 @@ impl AccountKind {
     }
 }
 
+/// What every system account's id starts with; a wallet's id (its
+/// account's UUID) never does.
+pub const SYSTEM_ACCOUNT_PREFIX: &str = "sys:";
+
 /// The id of a region's system account of `kind`, e.g. `sys:RU:settlement`.
 pub fn system_account(region: RegionCode, kind: AccountKind) -> LedgerAccountId {
     system_account_id(region, kind).to_owned()

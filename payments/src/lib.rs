@@ -7,7 +7,8 @@
 //! `GET /v1/transfers/{id}`, and the finance-ops admin API under
 //! `/admin/v1`: deposits, withdrawals, freezes, transfer search, the
 //! account view, reversals, holds, four-eyes adjustments, region rules,
-//! reconciliation and the audit log (see [`api`]).
+//! reconciliation, the daily report, the CSV export and the audit log
+//! (see [`api`]).
 //!
 //! Money is never a float; a transfer is never half applied and never edited;
 //! only the one writer task ([`writer`], with one file of statements per
@@ -21,12 +22,14 @@
 
 pub mod api;
 pub mod audit;
+pub mod checkpoint;
 pub mod error;
 pub mod ledger;
 pub mod money;
 #[cfg(feature = "naive-baseline")]
 pub mod naive;
 pub mod region;
+pub mod report;
 pub mod store;
 pub mod view;
 pub mod writer;

@@ -190,7 +190,8 @@ impl RegionRules {
         }
     }
 
-    fn zone(&self) -> TimeZone {
+    /// The region's time zone (its local days and months).
+    pub fn zone(&self) -> TimeZone {
         // Zones are validated when rules are stored; UTC is a safe fallback.
         TimeZone::get(&self.time_zone).unwrap_or(TimeZone::UTC)
     }

@@ -12,10 +12,7 @@ use crate::ledger::{
 use crate::money::Currency;
 use crate::region::{FeeRule, RegionCode, RegionRules, Windows};
 
-/// `$first, $first+1, …` for `count` parameters.
-pub(crate) fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
-}
+pub(crate) use courier_common::db::placeholders;
 
 pub(crate) type RegionRow =
     (String, i64, String, String, i64, i64, i64, Option<i64>, i64, i64, Option<i64>, Option<i64>, Option<i64>);
@@ -603,36 +600,6 @@ pub async fn transfer_count(db: &Database) -> Result<i64, sqlx::Error> {
     Ok(count)
 }
 
-/// Per currency, the sum of all balances (zero when the ledger balances).
-pub async fn trial_balance(db: &Database) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT currency, CAST(COALESCE(SUM(balance), 0) AS BIGINT) FROM ledger_accounts GROUP BY currency ORDER BY currency",
-    )
-    .fetch_all(db.pool())
-    .await
-}
-
-/// Accounts whose stored balance differs from the sum of their transfers:
-/// `(id, stored, computed)`, in one pass over the transfers. An account that
-/// transfers name but `ledger_accounts` lacks is always listed, with a
-/// stored balance of 0 (transfers carry no foreign keys: the writer checks
-/// their accounts, and this is where a break would show).
-pub async fn balance_mismatches(db: &Database) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT COALESCE(a.id, moved.account) AS account, CAST(COALESCE(a.balance, 0) AS BIGINT), \
-           CAST(COALESCE(moved.net, 0) AS BIGINT) \
-         FROM ledger_accounts a FULL OUTER JOIN ( \
-           SELECT account, SUM(delta) AS net FROM ( \
-             SELECT credit_account AS account, amount AS delta FROM transfers \
-             UNION ALL SELECT debit_account, -amount FROM transfers \
-           ) AS postings GROUP BY account \
-         ) AS moved ON moved.account = a.id \
-         WHERE a.id IS NULL OR a.balance <> COALESCE(moved.net, 0) ORDER BY account",
-    )
-    .fetch_all(db.pool())
-    .await
-}
-
 /// One transfer by id, whoever its parties.
 pub async fn transfer(db: &Database, id: &str) -> Result<Option<Transfer>, sqlx::Error> {
     let sql = format!("SELECT {TRANSFER_COLUMNS} FROM transfers WHERE id = $1");
@@ -1004,4 +971,40 @@ mod tests {
             assert!(id.as_str() < uuid_v7_floor(ms + 1).as_str(), "{id} >= the next millisecond's floor");
         }
     }
+}
+
+/// One page of an export: transfers made in `[from_ms, to_ms)` (of
+/// `region`, or all), oldest first, after the transfer `after_id`, read on
+/// `connection` (the export's snapshot). The ids narrow the key's range by
+/// as much as an id can be from its `created_at`; `created_at + 0` keeps
+/// every planner on the key's order rather than the time index and a sort.
+pub async fn export_page(
+    connection: &mut sqlx::AnyConnection,
+    region: Option<RegionCode>,
+    from_ms: i64,
+    to_ms: i64,
+    after_id: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Transfer>, sqlx::Error> {
+    let floor = uuid_v7_floor(from_ms.saturating_sub(ID_BEFORE_CREATED_MS));
+    let ceiling = uuid_v7_floor(to_ms.saturating_add(ID_AFTER_CREATED_MS));
+    let start = match after_id {
+        Some(after) if after > floor.as_str() => after.to_owned(),
+        _ => floor,
+    };
+    let by_region = if region.is_some() { "region = $6 AND " } else { "" };
+    let sql = format!(
+        "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE {by_region}id > $1 AND id < $2 \
+         AND created_at + 0 >= $3 AND created_at + 0 < $4 ORDER BY id LIMIT $5"
+    );
+    let mut query = sqlx::query_as::<_, TransferRow>(&sql)
+        .bind(start)
+        .bind(ceiling)
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(i64::from(limit));
+    if let Some(region) = region {
+        query = query.bind(region.as_str());
+    }
+    Ok(query.fetch_all(connection).await?.into_iter().filter_map(transfer_from_row).collect())
 }

@@ -17,6 +17,7 @@ use courier_accounts::AccountsConfig;
 use courier_common::http::HttpLimits;
 
 use crate::connections::{ConnectionLimits, total_max_for_file_limit};
+use courier_payments::checkpoint::CheckpointConfig;
 use courier_payments::writer::WriterConfig;
 use courier_signaling::SignalingConfig;
 use courier_signaling::cluster::ClusterConfig;
@@ -28,6 +29,7 @@ pub const HEADER_READ_TIMEOUT_S_DEFAULT: u64 = 10;
 /// Enough for every device of a household or an office behind one NAT.
 pub const CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: usize = 512;
 const TOKEN_KEY_FILE_NAME: &str = "token-signing-key.pem";
+const AUDIT_KEY_FILE_NAME: &str = "audit-signing-key.pem";
 const SQLITE_FILE_NAME: &str = "courier.db";
 
 /// Which services one process runs.
@@ -339,6 +341,15 @@ pub struct LedgerSection {
     /// Seconds a hold keeps its money before it releases itself.
     #[arg(long, env = "COURIER_HOLD_TTL_S", default_value_t = WriterConfig::default().hold_ttl_s)]
     pub hold_ttl_s: u64,
+    /// The Ed25519 key that signs the audit log's checkpoints (PKCS#8 PEM); created if missing. Default: in the data directory. Rotate by starting with a new file: old public keys stay published.
+    #[arg(long, env = "COURIER_AUDIT_KEY_FILE")]
+    pub audit_key_file: Option<PathBuf>,
+    /// Audit entries between two signed checkpoints.
+    #[arg(long, env = "COURIER_AUDIT_CHECKPOINT_EVERY", default_value_t = CheckpointConfig::default().every_entries)]
+    pub audit_checkpoint_every: i64,
+    /// Seconds after which a checkpoint is signed even if fewer entries were added (at least daily).
+    #[arg(long, env = "COURIER_AUDIT_CHECKPOINT_INTERVAL_S", default_value_t = CheckpointConfig::default().interval.as_secs())]
+    pub audit_checkpoint_interval_s: u64,
 }
 
 impl LedgerSection {
@@ -351,6 +362,19 @@ impl LedgerSection {
             hold_ttl_s: self.hold_ttl_s,
             ..WriterConfig::default()
         }
+    }
+
+    pub fn checkpoint_config(&self) -> CheckpointConfig {
+        CheckpointConfig {
+            every_entries: self.audit_checkpoint_every,
+            interval: Duration::from_secs(self.audit_checkpoint_interval_s),
+            ..CheckpointConfig::default()
+        }
+    }
+
+    /// The audit key's file: the one given, or one in `data_dir`.
+    pub fn audit_key_file(&self, data_dir: &Path) -> PathBuf {
+        self.audit_key_file.clone().unwrap_or_else(|| data_dir.join(AUDIT_KEY_FILE_NAME))
     }
 
     pub fn submit_timeout(&self) -> Duration {
@@ -369,6 +393,12 @@ impl LedgerSection {
         }
         if self.hold_ttl_s == 0 || self.hold_ttl_s > 365 * 24 * 3_600 {
             return Err("--hold-ttl-s must be from 1 to 31536000 (a year)".into());
+        }
+        if !(1..=1_000_000).contains(&self.audit_checkpoint_every) {
+            return Err("--audit-checkpoint-every must be from 1 to 1000000 entries".into());
+        }
+        if self.audit_checkpoint_interval_s == 0 || self.audit_checkpoint_interval_s > 24 * 3_600 {
+            return Err("--audit-checkpoint-interval-s must be from 1 to 86400 (checkpoints are at least daily)".into());
         }
         Ok(())
     }
@@ -422,6 +452,12 @@ pub struct SignalingSection {
     /// Seconds without a heartbeat after which a signaling node is taken for dead.
     #[arg(long, env = "COURIER_REDIS_NODE_TTL_S", default_value_t = courier_signaling::cluster::REDIS_NODE_TTL_S_DEFAULT)]
     pub redis_node_ttl_s: u64,
+    /// Days call records (with their ratings and figures) are kept; older ones are deleted hourly, each run audited. 0 keeps them forever.
+    #[arg(long, env = "COURIER_CALL_RECORDS_RETENTION_DAYS", default_value_t = 90)]
+    pub call_records_retention_days: u64,
+    /// Seconds between two runs of the call-records retention.
+    #[arg(long, env = "COURIER_CALL_RECORDS_PURGE_INTERVAL_S", default_value_t = courier_signaling::store::PURGE_EVERY.as_secs(), hide = true)]
+    pub call_records_purge_interval_s: u64,
 }
 
 impl SignalingSection {

@@ -14,6 +14,7 @@ use courier_common::Database;
 use courier_common::observe::{OpsDoc, ops_routes};
 use courier_common::shutdown::CancellationToken;
 use courier_payments::Payments;
+use courier_payments::checkpoint::{self, AuditSigner};
 use courier_payments::writer::{self, WriterLock};
 use courier_signaling::ice::IceServers;
 use courier_turn::{TurnSecrets, TurnServer};
@@ -165,6 +166,12 @@ async fn build_signaling(parts: &mut Parts<'_>) -> Result<(courier_signaling::Si
     };
     parts.tasks.push(tokio::spawn(hub.clone().run(parts.shutdown.clone())));
     parts.tasks.push(tokio::spawn(hub.clone().watch_revocations(parts.verifier.revocations().subscribe())));
+    parts.tasks.push(tokio::spawn(courier_signaling::store::purge_call_records_periodically(
+        parts.database.clone(),
+        section.call_records_retention_days,
+        Duration::from_secs(section.call_records_purge_interval_s.max(1)),
+        parts.shutdown.clone(),
+    )));
     let (ice, relay) = ice_servers(parts).await?;
     Ok((courier_signaling::Signaling::new(hub, parts.verifier.clone()).with_ice_servers(ice), relay))
 }
@@ -228,6 +235,20 @@ fn build_payments(parts: &mut Parts<'_>) -> Result<Payments, String> {
         writer::spawn(parts.database.clone(), lock, options.ledger.writer_config(), parts.shutdown.clone())
             .map_err(|error| format!("cannot start the ledger writer: {error}"))?;
     parts.tasks.push(task);
+    // The audit log's checkpoints, signed with this node's audit key.
+    let key_file = options.ledger.audit_key_file(&options.server.data_dir);
+    if options.ledger.audit_key_file.is_none() {
+        create_private_dir(&options.server.data_dir).map_err(|error| {
+            format!("cannot create the data directory {}: {error}; pass --data-dir", options.server.data_dir.display())
+        })?;
+    }
+    let signer = AuditSigner::load_or_create(&key_file).map_err(|error| error.to_string())?;
+    parts.tasks.push(tokio::spawn(checkpoint::run_registered(
+        parts.database.clone(),
+        signer,
+        options.ledger.checkpoint_config(),
+        parts.shutdown.clone(),
+    )));
     Ok(Payments::new(parts.database.clone(), writer, parts.verifier.clone(), options.ledger.submit_timeout()))
 }
 

@@ -236,3 +236,93 @@ pub async fn record_stats(
     .await?;
     Ok(())
 }
+
+/// Call records (with their parties' ratings and figures) deleted per
+/// statement, so that a long backlog never holds the database's write lock
+/// for long.
+const PURGE_CHUNK: i64 = 5_000;
+
+/// Deletes the records of calls that started before `cutoff_ms` and have
+/// ended, with their reports, and records the run in the audit log (one
+/// entry per run, by `system`, in the transaction of the last deletion).
+/// Returns how many calls were deleted.
+pub async fn purge_call_records(db: &Database, cutoff_ms: i64, retention_days: u64) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0u64;
+    loop {
+        let mut transaction = db.pool().begin().await?;
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM calls WHERE started_at < $1 AND ended_at IS NOT NULL ORDER BY started_at LIMIT $2",
+        )
+        .bind(cutoff_ms)
+        .bind(PURGE_CHUNK)
+        .fetch_all(&mut *transaction)
+        .await?;
+        let last = (ids.len() as i64) < PURGE_CHUNK;
+        if !ids.is_empty() {
+            let list = courier_common::db::placeholders(1, ids.len());
+            for table_sql in [
+                format!("DELETE FROM call_reports WHERE call_id IN ({list})"),
+                format!("DELETE FROM calls WHERE id IN ({list})"),
+            ] {
+                let mut query = sqlx::query(&table_sql);
+                for (id,) in &ids {
+                    query = query.bind(id);
+                }
+                query.execute(&mut *transaction).await?;
+            }
+            deleted += ids.len() as u64;
+        }
+        if last {
+            let after = serde_json::json!({
+                "deleted_calls": deleted,
+                "started_before": courier_common::time::rfc3339(cutoff_ms),
+                "retention_days": retention_days,
+            });
+            let draft = courier_common::audit::Draft {
+                at_ms: courier_common::time::now_ms(),
+                operator: "system".into(),
+                action: "call_records_purge".into(),
+                target: "calls".into(),
+                request_id: None,
+                before: None,
+                after: Some(after.to_string()),
+            };
+            courier_common::audit::append(db.backend(), &mut transaction, vec![draft]).await?;
+        }
+        transaction.commit().await?;
+        if last {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// How often the retention task runs.
+pub const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(3_600);
+
+/// Deletes call records older than `retention_days` every `every` (the
+/// first time `every` after the start, so that a restart does not add a run)
+/// until `shutdown`; `0` keeps them forever (no task).
+pub async fn purge_call_records_periodically(
+    db: Database,
+    retention_days: u64,
+    every: std::time::Duration,
+    shutdown: courier_common::shutdown::CancellationToken,
+) {
+    if retention_days == 0 {
+        return;
+    }
+    let retention_ms = i64::try_from(retention_days.saturating_mul(24 * 3_600 * 1_000)).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let cutoff = courier_common::time::now_ms().saturating_sub(retention_ms);
+        match purge_call_records(&db, cutoff, retention_days).await {
+            Ok(deleted) => tracing::info!(deleted, retention_days, "deleted call records past their retention"),
+            Err(error) => tracing::warn!(%error, "cannot delete old call records; trying again later"),
+        }
+    }
+}

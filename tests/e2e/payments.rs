@@ -542,7 +542,7 @@ async fn migration_5_chains_the_history_and_counts_usage(db: Db) {
         courier_payments::store::transfers_of(&database, "w2", Some(ids[0]), 10).await.unwrap().is_empty(),
         "not w2's"
     );
-    assert_eq!(courier_payments::store::balance_mismatches(&database).await.unwrap(), vec![]);
+    assert_eq!(courier_payments::report::reconcile(&database).await.unwrap().mismatches, vec![]);
 
     // Transfers carry no foreign keys since migration 7 (the writer checks
     // their accounts): reconciliation is where a transfer naming an account
@@ -556,9 +556,17 @@ async fn migration_5_chains_the_history_and_counts_usage(db: Db) {
     .unwrap();
     let (w1_balance,): (i64,) =
         sqlx::query_as("SELECT balance FROM ledger_accounts WHERE id = 'w1'").fetch_one(database.pool()).await.unwrap();
+    let mismatch = |account_id: &str, currency: Option<&str>, stored_minor: i64, computed_minor: i64| {
+        courier_payments::report::Mismatch {
+            account_id: account_id.to_owned(),
+            currency: currency.map(str::to_owned),
+            stored_minor,
+            computed_minor,
+        }
+    };
     assert_eq!(
-        courier_payments::store::balance_mismatches(&database).await.unwrap(),
-        vec![("ghost".to_owned(), 0, 5), ("w1".to_owned(), w1_balance, w1_balance - 5)]
+        courier_payments::report::reconcile(&database).await.unwrap().mismatches,
+        vec![mismatch("ghost", None, 0, 5), mismatch("w1", Some("RUB"), w1_balance, w1_balance - 5)]
     );
     database.close().await;
     if let Some(name) = name {

@@ -11,6 +11,8 @@ use courier_common::client::print_table;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
+mod reports;
+
 const URL_DEFAULT: &str = "http://127.0.0.1:8080";
 
 #[derive(Args)]
@@ -103,8 +105,26 @@ enum AdminCommand {
         #[command(flatten)]
         key: KeyArg,
     },
-    /// Trial balance and stored-versus-computed balances.
+    /// Trial balance and stored-versus-computed balances, from one snapshot.
     Reconcile,
+    /// Reports for the finance team.
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// Write every transfer of a period to a CSV file (streamed, with a progress bar).
+    Export {
+        /// Made at or after (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+        #[arg(long)]
+        from: String,
+        /// Made before (RFC 3339); at most 366 days after --from.
+        #[arg(long)]
+        to: String,
+        /// RU or BR (default: every region).
+        #[arg(long)]
+        region: Option<String>,
+        /// The CSV file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Regions' rules (admin).
     #[command(subcommand)]
     Regions(RegionsCommand),
@@ -134,8 +154,39 @@ enum AuditCommand {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
-    /// Recompute the hash chain; exits non-zero when an entry does not hold.
-    Verify,
+    /// Verify the chain and every checkpoint's signature on this machine;
+    /// exits non-zero naming what does not hold.
+    Verify {
+        /// A checkpoint kept outside the database (courier admin audit checkpoint -o).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The audit keys to trust (courier admin audit keys -o); default: the server's.
+        #[arg(long)]
+        keys: Option<PathBuf>,
+    },
+    /// Save the newest signed checkpoint to a file, to keep outside the database.
+    Checkpoint {
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// The audit keys' public halves (current and rotated out); -o saves them.
+    Keys {
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// A region's day in its own time zone: movements, holds, wallets' totals, senders.
+    Daily {
+        /// RU or BR.
+        #[arg(long)]
+        region: String,
+        /// The local day (YYYY-MM-DD); default: today there.
+        #[arg(long)]
+        date: Option<String>,
+    },
 }
 
 async fn manage_audit(command: AuditCommand, client: &ApiClient, json: bool) -> Result<(), String> {
@@ -154,16 +205,11 @@ async fn manage_audit(command: AuditCommand, client: &ApiClient, json: bool) -> 
                 print_table(&["seq", "at", "operator", "action", "target"], &items);
             }
         }
-        AuditCommand::Verify => {
-            let verdict = client.send(reqwest::Method::GET, "/admin/v1/audit/verify", None).await?;
-            print_object(&verdict, json);
-            if verdict["ok"] != Value::Bool(true) {
-                return Err(format!(
-                    "the audit log does not verify from entry {}: it was changed outside Courier",
-                    verdict["first_bad"]
-                ));
-            }
+        AuditCommand::Verify { checkpoint, keys } => {
+            reports::verify(client, checkpoint.as_ref(), keys.as_ref(), json).await?;
         }
+        AuditCommand::Checkpoint { output } => reports::save_checkpoint(client, &output, json).await?,
+        AuditCommand::Keys { output } => reports::save_keys(client, output.as_deref(), json).await?,
     }
     Ok(())
 }
@@ -617,6 +663,12 @@ async fn money(command: AdminCommand, client: &ApiClient, json: bool) -> Result<
                 return Err("the ledger does not balance: see the accounts listed".into());
             }
         }
+        AdminCommand::Report(ReportCommand::Daily { region, date }) => {
+            reports::daily_report(client, &region, date.as_deref(), json).await?;
+        }
+        AdminCommand::Export { from, to, region, output } => {
+            reports::export(client, &from, &to, region.as_deref(), &output, json).await?;
+        }
         AdminCommand::Bootstrap { .. }
         | AdminCommand::Operators(_)
         | AdminCommand::Regions(_)
@@ -781,6 +833,25 @@ impl ApiClient {
     pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, String> {
         courier_common::client::request(&self.http, &self.base, method, path, Some(self.key.expose_secret()), body)
             .await
+    }
+
+    /// A GET whose answer is read as it arrives (an export); a refusal
+    /// comes back as the server's `code (status): message`.
+    pub async fn get_raw(&self, path: &str) -> Result<reqwest::Response, String> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(self.key.expose_secret())
+            .timeout(std::time::Duration::from_secs(3_600))
+            .send()
+            .await
+            .map_err(|error| format!("cannot reach {}: {error}", self.base))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        Err(courier_common::client::refusal(status, None, &text))
     }
 
     pub async fn send_keyed(

@@ -1,5 +1,7 @@
-//! HTTP routes of the ledger service (API.md "Payments", and the deposit,
-//! withdrawal, freeze and reconciliation calls of "Finance ops").
+//! HTTP routes of the ledger service (API.md "Payments", and "Finance ops";
+//! what the finance team reads is in [`reports`]).
+
+mod reports;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -57,6 +59,8 @@ struct Inner {
     in_flight: Mutex<HashSet<IdempotencyKey>>,
     known_wallets: Mutex<HashSet<String>>,
     recipients: Mutex<HashMap<String, (String, Option<RegionCode>)>>,
+    /// Exports streaming now (each holds a database connection).
+    exports: Arc<tokio::sync::Semaphore>,
 }
 
 impl Payments {
@@ -70,6 +74,7 @@ impl Payments {
                 in_flight: Mutex::default(),
                 known_wallets: Mutex::default(),
                 recipients: Mutex::default(),
+                exports: Arc::new(tokio::sync::Semaphore::new(reports::EXPORTS_AT_ONCE_MAX)),
             }),
         }
     }
@@ -212,7 +217,11 @@ pub fn app(payments: Payments) -> Router {
         .route("/admin/v1/withdrawals", post(withdrawal))
         .route("/admin/v1/accounts/{id}/freeze", post(freeze))
         .route("/admin/v1/accounts/{id}/unfreeze", post(unfreeze))
-        .route("/admin/v1/reconciliation", get(reconciliation))
+        .route("/admin/v1/reconciliation", get(reports::reconciliation))
+        .route("/admin/v1/reports/daily", get(reports::daily_report))
+        .route("/admin/v1/exports/transfers.csv", get(reports::export_transfers))
+        .route("/admin/v1/audit/keys", get(reports::audit_keys))
+        .route("/admin/v1/audit/checkpoints", get(reports::audit_checkpoints))
         .route("/admin/v1/transfers", get(search))
         .route("/admin/v1/transfers/{id}/reverse", post(reverse))
         .route("/admin/v1/accounts/{id}", get(account))
@@ -233,12 +242,13 @@ pub fn app(payments: Payments) -> Router {
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(wallet, send, transfers, transfer, deposit, withdrawal, freeze, unfreeze, reconciliation, search, reverse, account, regions, patch_region,
+    paths(wallet, send, transfers, transfer, deposit, withdrawal, freeze, unfreeze, reports::reconciliation,
+        reports::daily_report, reports::export_transfers, reports::audit_keys, reports::audit_checkpoints, search, reverse, account, regions, patch_region,
         propose_adjustment, approve_adjustment, reject_adjustment, list_adjustments,
         place_hold, release_hold, return_hold, list_holds, audit_log, audit_verify, balance_at, statement),
-    components(schemas(ErrorBody, BalanceAt, Statement, Movement, AuditEntryView, courier_common::audit::Verdict, TransferView, AdminTransferView, RegionView, AdjustmentView, HoldView, HoldRequest, AdjustmentRequest, crate::view::FeeView, RegionPatch, FeePatch, AccountView, FreezeView, Currency, RegionCode, WalletStatus)),
+    components(schemas(ErrorBody, courier_common::checkpoint::Checkpoint, courier_common::checkpoint::AuditKey, BalanceAt, Statement, Movement, AuditEntryView, courier_common::audit::Verdict, TransferView, AdminTransferView, RegionView, AdjustmentView, HoldView, HoldRequest, AdjustmentRequest, crate::view::FeeView, RegionPatch, FeePatch, AccountView, FreezeView, Currency, RegionCode, WalletStatus)),
     tags((name = "payments", description = "Wallets and peer-to-peer transfers"),
-         (name = "finance-ops", description = "Operators: money in and out, freezes, reconciliation"))
+         (name = "finance-ops", description = "Operators: money in and out, freezes, reports, reconciliation, exports, the audit log"))
 )]
 pub struct ApiDoc;
 
@@ -580,59 +590,6 @@ async fn set_frozen(
     tracing::info!(operator = %operator_id, account = %id, frozen, %reason, "wallet freeze changed");
     let freeze = frozen.then_some(reason);
     payments.submit(Command::SetFrozen { wallet: id, freeze }, operator_id, None).await
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Reconciliation {
-    /// True when every currency sums to zero and every stored balance equals its transfers.
-    balanced: bool,
-    trial_balance: Vec<CurrencyTotal>,
-    mismatches: Vec<Mismatch>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct CurrencyTotal {
-    currency: String,
-    total: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Mismatch {
-    account_id: String,
-    stored: String,
-    computed: String,
-}
-
-/// Trial balance and stored-versus-computed balances, from the database.
-#[utoipa::path(get, path = "/admin/v1/reconciliation", tag = "finance-ops", security(("operator" = [])),
-    responses((status = 200, body = Reconciliation)))]
-async fn reconciliation(
-    State(payments): State<Payments>,
-    _viewer: Authorized<Viewer>,
-) -> Result<axum::Json<Reconciliation>, HttpError> {
-    let db = &payments.inner.db;
-    let totals = store::trial_balance(db).await.map_err(PaymentsError::from)?;
-    let mismatches = store::balance_mismatches(db).await.map_err(PaymentsError::from)?;
-    let show = |minor: i64, currency: &str| match Currency::parse(currency) {
-        Some(currency) => format_minor(minor, currency),
-        None => minor.to_string(),
-    };
-    let balanced = mismatches.is_empty() && totals.iter().all(|(_, total)| *total == 0);
-    Ok(axum::Json(Reconciliation {
-        balanced,
-        trial_balance: totals
-            .iter()
-            .map(|(currency, total)| CurrencyTotal { currency: currency.clone(), total: show(*total, currency) })
-            .collect(),
-        mismatches: mismatches
-            .into_iter()
-            .map(|(account_id, stored, computed)| Mismatch {
-                account_id,
-                stored: stored.to_string(),
-                computed: computed.to_string(),
-            })
-            .collect(),
-    }))
 }
 
 #[derive(Deserialize, ToSchema)]

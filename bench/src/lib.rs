@@ -9,12 +9,14 @@
 //! - [`signaling`]: relayed messages/s, latency and memory per idle
 //!   connection, against PeerJS;
 //! - [`turn`]: packets/s the embedded relay carries at 0 % loss, against coturn;
-//! - [`calls`]: real softphone calls: setup times, mouth-to-ear latency, CPU.
+//! - [`calls`]: real softphone calls: setup times, mouth-to-ear latency, CPU;
+//! - [`ops`]: the finance team's reads over a million transfers and audit entries.
 
 pub mod accounts;
 pub mod calls;
 mod http;
 pub mod ledger;
+pub mod ops;
 pub mod signaling;
 mod support;
 pub mod turn;
@@ -41,6 +43,8 @@ enum BenchCommand {
     Turn(turn::TurnBench),
     /// Real calls between softphone pairs: setup times, mouth-to-ear latency, CPU per call.
     Calls(calls::CallsBench),
+    /// Finance ops' reads: CSV export rows/s and server memory, daily report latency, audit verification entries/s.
+    Ops(ops::OpsBench),
 }
 
 impl BenchArgs {
@@ -62,5 +66,6 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         BenchCommand::Signaling(bench) => signaling::run(bench).await,
         BenchCommand::Turn(bench) => turn::run(bench).await,
         BenchCommand::Calls(bench) => calls::run(bench).await,
+        BenchCommand::Ops(bench) => ops::run(bench).await,
     }
 }

@@ -202,6 +202,27 @@ impl ChainWalk {
     }
 }
 
+/// An entry as `GET /admin/v1/audit` lists it (`at` in RFC 3339 with
+/// milliseconds), back in the form its hash covers.
+pub fn listed_entry(item: &serde_json::Value) -> Result<Entry, String> {
+    let text = |name: &str| item[name].as_str().map(str::to_owned);
+    let at_ms = text("at")
+        .and_then(|at| at.parse::<jiff::Timestamp>().ok())
+        .map(|at| at.as_millisecond())
+        .ok_or_else(|| format!("an entry listed without a valid time: {item}"))?;
+    Ok(Entry {
+        seq: item["seq"].as_i64().ok_or_else(|| format!("an entry listed without seq: {item}"))?,
+        at_ms,
+        operator: text("operator").unwrap_or_default(),
+        action: text("action").unwrap_or_default(),
+        target: text("target").unwrap_or_default(),
+        request_id: text("request_id"),
+        before: text("before"),
+        after: text("after"),
+        hash: text("hash").unwrap_or_default(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use courier_common::audit::Entry;
 use courier_common::checkpoint::{AuditKey, AuditKeys, ChainWalk, Checkpoint};
 use serde_json::Value;
 
@@ -218,25 +217,6 @@ pub async fn save_keys(client: &ApiClient, output: Option<&Path>, json: bool) ->
     Ok(())
 }
 
-fn entry_of(item: &Value) -> Result<Entry, String> {
-    let text = |name: &str| item[name].as_str().map(str::to_owned);
-    let at_ms = text("at")
-        .and_then(|at| at.parse::<jiff::Timestamp>().ok())
-        .map(|at| at.as_millisecond())
-        .ok_or_else(|| format!("the server listed an entry without a valid time: {item}"))?;
-    Ok(Entry {
-        seq: item["seq"].as_i64().ok_or_else(|| format!("the server listed an entry without seq: {item}"))?,
-        at_ms,
-        operator: text("operator").unwrap_or_default(),
-        action: text("action").unwrap_or_default(),
-        target: text("target").unwrap_or_default(),
-        request_id: text("request_id"),
-        before: text("before"),
-        after: text("after"),
-        hash: text("hash").unwrap_or_default(),
-    })
-}
-
 /// Verifies the audit log on this machine: every checkpoint's signature
 /// with the trusted keys (`--keys`, else the server's), then the whole
 /// chain, read newest first, against every checkpoint (the server's and
@@ -280,7 +260,7 @@ pub async fn verify(
         }
         let page = client.send(reqwest::Method::GET, &path, None).await?;
         for item in page["items"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            walk.feed(entry_of(item)?);
+            walk.feed(courier_common::checkpoint::listed_entry(item)?);
         }
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),

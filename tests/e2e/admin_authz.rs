@@ -172,6 +172,24 @@ async fn every_admin_route_admits_its_roles_alone(db: Db) {
         ),
         row(Method::GET, "/admin/v1/audit", "/admin/v1/audit", None, Role::Viewer, 200),
         row(Method::GET, "/admin/v1/audit/verify", "/admin/v1/audit/verify", None, Role::Viewer, 200),
+        row(Method::GET, "/admin/v1/audit/keys", "/admin/v1/audit/keys", None, Role::Viewer, 200),
+        row(Method::GET, "/admin/v1/audit/checkpoints", "/admin/v1/audit/checkpoints", None, Role::Viewer, 200),
+        row(
+            Method::GET,
+            "/admin/v1/reports/daily",
+            "/admin/v1/reports/daily?region=RU&date=2026-12-06",
+            None,
+            Role::Viewer,
+            200,
+        ),
+        row(
+            Method::GET,
+            "/admin/v1/exports/transfers.csv",
+            "/admin/v1/exports/transfers.csv?from=2026-12-01T00:00:00Z&to=2026-12-02T00:00:00Z",
+            None,
+            Role::Viewer,
+            200,
+        ),
     ];
 
     let (status, openapi) = server.get("/openapi.json", None).await;

@@ -16,23 +16,23 @@ const BOB: &str = "+79167654321";
 const CAROL: &str = "+79160001122";
 const BRUNO: &str = "+5511912345678";
 
-struct Desk {
-    server: Server,
-    admin: String,
-    alice: Session,
-    bob: Session,
+pub(crate) struct Desk {
+    pub(crate) server: Server,
+    pub(crate) admin: String,
+    pub(crate) alice: Session,
+    pub(crate) bob: Session,
 }
 
-fn key() -> String {
+pub(crate) fn key() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
 impl Desk {
-    async fn open(db: Db) -> Desk {
+    pub(crate) async fn open(db: Db) -> Desk {
         Desk::open_with(db, &[]).await
     }
 
-    async fn open_with(db: Db, args: &[&str]) -> Desk {
+    pub(crate) async fn open_with(db: Db, args: &[&str]) -> Desk {
         let server = Server::start_with(db, args).await;
         let admin = server.bootstrap_admin();
         let alice = server.sign_in(ALICE, "phone").await;
@@ -40,27 +40,27 @@ impl Desk {
         Desk { server, admin, alice, bob }
     }
 
-    async fn deposit(&self, account_id: &str, amount: &str, currency: &str) -> Value {
+    pub(crate) async fn deposit(&self, account_id: &str, amount: &str, currency: &str) -> Value {
         let body = json!({"account_id": account_id, "amount": amount, "currency": currency, "external_ref": "rail-1"});
         let (status, body, _) = self.server.post_keyed("/admin/v1/deposits", &self.admin, &key(), body).await;
         assert_eq!(status, 201, "{body}\n{}", self.server.log());
         body
     }
 
-    async fn send(&self, from: &Session, to: &Session, amount: &str) -> Value {
+    pub(crate) async fn send(&self, from: &Session, to: &Session, amount: &str) -> Value {
         let body = json!({"to": {"account_id": to.account_id}, "amount": amount, "currency": "RUB"});
         let (status, body, _) = self.server.post_keyed("/v1/transfers", &from.access_token, &key(), body).await;
         assert_eq!(status, 201, "{body}");
         body
     }
 
-    async fn balance(&self, session: &Session) -> String {
+    pub(crate) async fn balance(&self, session: &Session) -> String {
         let (status, wallet) = self.server.get("/v1/wallet", Some(&session.access_token)).await;
         assert_eq!(status, 200, "{wallet}");
         wallet["balance"].as_str().unwrap().to_owned()
     }
 
-    async fn reverse(&self, transfer: &str, key: &str, body: Value) -> (u16, Value, String) {
+    pub(crate) async fn reverse(&self, transfer: &str, key: &str, body: Value) -> (u16, Value, String) {
         self.server.post_keyed(&format!("/admin/v1/transfers/{transfer}/reverse"), &self.admin, key, body).await
     }
 
@@ -428,20 +428,20 @@ async fn region_rules_change_live_for_the_very_next_transfer(db: Db) {
     d.server.finish().await;
 }
 
-async fn operator(d: &Desk, name: &str, role: &str) -> String {
+pub(crate) async fn operator(d: &Desk, name: &str, role: &str) -> String {
     let (status, created) =
         d.server.post("/admin/v1/operators", Some(&d.admin), json!({"name": name, "role": role})).await;
     assert_eq!(status, 201, "{created}");
     created["api_key"].as_str().unwrap().to_owned()
 }
 
-async fn propose(d: &Desk, key: &str, account: &str, amount: &str) -> (u16, Value) {
+pub(crate) async fn propose(d: &Desk, key: &str, account: &str, amount: &str) -> (u16, Value) {
     let body =
         json!({"account_id": account, "amount": amount, "currency": "RUB", "reason": "claim 30: rail fee refund"});
     d.server.post("/admin/v1/adjustments", Some(key), body).await
 }
 
-async fn decide(d: &Desk, key: &str, id: &str, verdict: &str, idempotency: &str) -> (u16, Value, String) {
+pub(crate) async fn decide(d: &Desk, key: &str, id: &str, verdict: &str, idempotency: &str) -> (u16, Value, String) {
     d.server.post_keyed(&format!("/admin/v1/adjustments/{id}/{verdict}"), key, idempotency, json!({})).await
 }
 
@@ -1034,7 +1034,7 @@ async fn balances_at_a_moment_over_a_long_history(db: Db) {
 
 /// `courier admin …` as an operator runs it: JSON for scripts, tables for
 /// people, and errors that say what to do.
-fn admin(d: &Desk, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn admin(d: &Desk, args: &[&str]) -> (bool, String, String) {
     admin_as(d, &d.admin, args)
 }
 
@@ -1053,7 +1053,7 @@ fn admin_as(d: &Desk, key: &str, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn admin_json(d: &Desk, args: &[&str]) -> Value {
+pub(crate) fn admin_json(d: &Desk, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.push("--json");
     let (ok, stdout, stderr) = admin(d, &all);

@@ -13,6 +13,7 @@ mod calls_signaling;
 mod contract;
 mod faults;
 mod finance_ops;
+mod finance_reports;
 mod ledger_crash;
 mod ledger_standby;
 mod payments;

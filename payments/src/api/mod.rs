@@ -3,6 +3,8 @@
 
 mod reports;
 
+pub use reports::{EXPORT_COLUMNS, EXPORT_DAYS_MAX};
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 

@@ -278,6 +278,14 @@ impl Server {
         self.spawn().await;
     }
 
+    /// Stops it (SIGTERM) and starts it again on the same data directory
+    /// and database with other extra flags.
+    pub async fn restart_with(&mut self, extra: &[&str]) {
+        self.terminate().await;
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.spawn().await;
+    }
+
     /// `kill -9`, leaving it down.
     pub async fn kill(&mut self) {
         let mut child = self.child.take().expect("running");

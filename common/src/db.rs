@@ -203,6 +203,23 @@ impl Database {
         Ok(transaction)
     }
 
+    /// A connection of its own, outside the pool, in a read-only snapshot
+    /// like [`Database::snapshot`]'s, for a long read that streams (an
+    /// export): it holds no pool slot while a client downloads, and on
+    /// SQLite it keeps a small page cache, since a read that passes through
+    /// the data once gains nothing from a large one and the process's
+    /// memory would grow by it. Dropped, it closes, which ends the snapshot.
+    pub async fn streaming_snapshot(&self) -> Result<AnyConnection, sqlx::Error> {
+        let mut connection = AnyConnection::connect(&self.url).await?;
+        configure(&mut connection, self.backend).await?;
+        let begin = match self.backend {
+            Backend::Sqlite => "PRAGMA cache_size = -1024; BEGIN",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        };
+        connection.execute(begin).await?;
+        Ok(connection)
+    }
+
     /// Round-trips a trivial query (for `/readyz`).
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())

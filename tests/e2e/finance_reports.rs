@@ -206,8 +206,8 @@ async fn the_daily_report_adds_up_to_the_rows_across_utc_midnight(db: Db) {
         d.server.post(&format!("/admin/v1/accounts/{}/holds", bob.account_id), Some(&d.admin), hold).await;
     assert_eq!(status, 201, "{placed}");
     let path = format!("/admin/v1/holds/{}/return", placed["hold_id"].as_str().unwrap());
-    let (status, _, _) = d.server.post_keyed(&path, &d.admin, &key(), json!({})).await;
-    assert_eq!(status, 201);
+    let (status, returned, _) = d.server.post_keyed(&path, &d.admin, &key(), json!({})).await;
+    assert_eq!(status, 200, "{returned}");
     let other = json!({"amount": "5.00", "currency": "RUB", "reason": "MED claim 2"});
     let (status, _) =
         d.server.post(&format!("/admin/v1/accounts/{}/holds", carol.account_id), Some(&d.admin), other).await;
@@ -250,7 +250,7 @@ async fn the_daily_report_adds_up_to_the_rows_across_utc_midnight(db: Db) {
     assert_eq!(expected["opening_wallets"], "5000.00", "yesterday's deposit");
     assert_eq!(expected["adjustments_credited"], json!({"count": 1, "volume": "25.00"}));
     assert_eq!(expected["holds_returned"], json!({"count": 1, "volume": "40.00"}));
-    assert_eq!(expected["fee_refunds"]["count"], 1, "the reversal's share of the fee");
+    assert_eq!(expected["fee_refunds"]["count"], 2, "the reversal's and the returned hold's shares of the fee");
 
     let (status, got) = report(&d, &format!("region=RU&date={yesterday}")).await;
     assert_eq!(status, 200, "{got}");
@@ -281,7 +281,7 @@ async fn the_daily_report_adds_up_to_the_rows_across_utc_midnight(db: Db) {
     let printed = admin_json(&d, &["report", "daily", "--region", "RU", "--date", &today]);
     assert_eq!(printed, report(&d, &format!("region=RU&date={today}")).await.1);
     let (ok, table, _) = admin(&d, &["report", "daily", "--region", "RU", "--date", &today]);
-    assert!(ok && table.contains("adjustments_credited") && table.contains("opening wallets   5700.00 RUB"), "{table}");
+    assert!(ok && table.contains("adjustments_credited") && table.contains("opening wallets   5000.00 RUB"), "{table}");
 
     // Refusals change nothing.
     let before = ledger_state(&d).await;
@@ -327,7 +327,7 @@ async fn reconciliation_holds_under_load_and_lists_a_corrupted_balance(db: Db) {
             let (status, found) = d.server.get("/admin/v1/reconciliation", Some(&d.admin)).await;
             assert_eq!(status, 200);
             assert_eq!(found["balanced"], true, "while 64 clients send: {found}");
-            assert_eq!(found["trial_balance"], json!([{"currency": "RUB", "total": "0.00"}]));
+            assert!(found["trial_balance"].as_array().unwrap().iter().all(|t| t["total"] == "0.00"), "{found}");
             seen += 1;
         }
         seen
@@ -342,7 +342,8 @@ async fn reconciliation_holds_under_load_and_lists_a_corrupted_balance(db: Db) {
     let (_, found) = d.server.get("/admin/v1/reconciliation", Some(&d.admin)).await;
     assert_eq!(found["balanced"], false);
     assert_eq!(found["mismatches"], json!([{"account_id": victim, "stored": "1001.00", "computed": "1000.00"}]));
-    assert_eq!(found["trial_balance"], json!([{"currency": "RUB", "total": "1.00"}]));
+    let rub = found["trial_balance"].as_array().unwrap().iter().find(|t| t["currency"] == "RUB").cloned();
+    assert_eq!(rub, Some(json!({"currency": "RUB", "total": "1.00"})));
     let (ok, stdout, stderr) = admin(&d, &["reconcile"]);
     assert!(!ok && stdout.contains(victim) && stdout.contains("1001.00"), "{stdout}\n{stderr}");
     d.server.finish().await;
@@ -431,7 +432,7 @@ async fn the_csv_export_streams_100k_transfers_in_flat_memory(db: Db) {
     // structs, 25 MB as CSV); a streamed one, a page.
     let grown = peak_after.saturating_sub(peak_before);
     eprintln!("export of {COUNT}: peak RSS {peak_before} -> {peak_after} KiB, RSS after {rss_after} KiB");
-    assert!(grown < 24 * 1024, "the server's peak memory grew by {grown} KiB during the export");
+    assert!(grown < 16 * 1024, "the server's peak memory grew by {grown} KiB during the export");
 
     // Refusals change nothing.
     let before = ledger_state(&d).await;

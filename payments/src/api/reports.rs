@@ -28,7 +28,8 @@ use crate::store;
 pub const EXPORT_DAYS_MAX: i64 = 366;
 /// Transfers read per page of an export (one statement each).
 const EXPORT_PAGE: u32 = 2_000;
-/// Exports running at once; more get 503 `overloaded`.
+/// Exports running at once (each on a database connection of its own);
+/// more get 503 `overloaded`.
 pub const EXPORTS_AT_ONCE_MAX: usize = 4;
 
 const DAY_MS: i64 = 24 * 3_600 * 1_000;
@@ -290,12 +291,11 @@ fn csv_bytes(header: bool, transfers: &[Transfer]) -> Result<bytes::Bytes, csv::
 
 /// Where a running export is.
 struct Export {
-    snapshot: sqlx::Transaction<'static, sqlx::Any>,
+    snapshot: sqlx::AnyConnection,
     region: Option<RegionCode>,
     from_ms: i64,
     to_ms: i64,
     after: Option<String>,
-    header: bool,
     done: bool,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -330,18 +330,23 @@ pub(super) async fn export_transfers(
         ));
     }
     let permit = Arc::clone(&payments.inner.exports).try_acquire_owned().map_err(|_| PaymentsError::Overloaded)?;
-    let snapshot = payments.inner.db.snapshot().await.map_err(PaymentsError::from)?;
+    let mut snapshot = payments.inner.db.streaming_snapshot().await.map_err(PaymentsError::from)?;
+    // The first page is read before answering, so that a failure to read
+    // at all is a clean 500 rather than a body that breaks off.
+    let first = store::export_page(&mut snapshot, query.region, from_ms, to_ms, None, EXPORT_PAGE)
+        .await
+        .map_err(PaymentsError::from)?;
     let export = Export {
         snapshot,
         region: query.region,
         from_ms,
         to_ms,
-        after: None,
-        header: true,
-        done: false,
+        after: first.last().map(|t| t.id.clone()),
+        done: first.len() < EXPORT_PAGE as usize,
         _permit: permit,
     };
-    let pages = futures::stream::unfold(export, |mut export| async move {
+    let head = futures::stream::once(std::future::ready(csv_bytes(true, &first).map_err(std::io::Error::other)));
+    let rest = futures::stream::unfold(export, |mut export| async move {
         if export.done {
             return None;
         }
@@ -365,9 +370,9 @@ pub(super) async fn export_transfers(
         };
         export.done = page.len() < EXPORT_PAGE as usize;
         export.after = page.last().map(|t| t.id.clone()).or(export.after);
-        let chunk = csv_bytes(std::mem::take(&mut export.header), &page).map_err(std::io::Error::other);
-        Some((chunk, export))
+        Some((csv_bytes(false, &page).map_err(std::io::Error::other), export))
     });
+    let pages = futures::StreamExt::chain(head, rest);
     let name = format!(
         "attachment; filename=\"transfers-{}-{}.csv\"",
         rfc3339(from_ms).get(..10).unwrap_or("from"),

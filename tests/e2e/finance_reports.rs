@@ -434,6 +434,28 @@ async fn the_csv_export_streams_100k_transfers_in_flat_memory(db: Db) {
     eprintln!("export of {COUNT}: peak RSS {peak_before} -> {peak_after} KiB, RSS after {rss_after} KiB");
     assert!(grown < 16 * 1024, "the server's peak memory grew by {grown} KiB during the export");
 
+    // Four exports stream at once; a fifth is refused until one ends.
+    let url = format!("{}/admin/v1/exports/transfers.csv?from={from}&to={to}", d.server.url);
+    let mut streaming = Vec::new();
+    for _ in 0..courier_payments::api::EXPORTS_AT_ONCE_MAX {
+        let response = d.server.http.get(&url).bearer_auth(&d.admin).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        streaming.push(response);
+    }
+    let (status, body) = d.server.get(&url[d.server.url.len()..], Some(&d.admin)).await;
+    assert_eq!((status, error_code(&body)), (503, "overloaded"), "{body}");
+    drop(streaming);
+    let mut answered = 0;
+    for _ in 0..100 {
+        let response = d.server.http.get(&url).bearer_auth(&d.admin).send().await.unwrap();
+        answered = response.status().as_u16();
+        if answered == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered, 200, "an export ended by its client frees its place");
+
     // Refusals change nothing.
     let before = ledger_state(&d).await;
     for (query, code) in [

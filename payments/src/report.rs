@@ -113,11 +113,6 @@ pub async fn daily(db: &Database, rules: &RegionRules, date: Date) -> Result<Opt
     for (currency, kind, direction, count, volume, senders) in rows {
         let d = day(&mut days, &currency);
         d.distinct_senders += senders;
-        let into_wallets = match direction.as_str() {
-            "in" => volume,
-            "out" => -volume,
-            _ => 0,
-        };
         match (TransferKind::parse(&kind), direction.as_str()) {
             (Some(TransferKind::P2p), _) => d.p2p.add(count, volume),
             (Some(TransferKind::Fee), "in") => d.fee_refunds.add(count, volume),
@@ -129,7 +124,7 @@ pub async fn daily(db: &Database, rules: &RegionRules, date: Date) -> Result<Opt
             (Some(TransferKind::Adjustment), _) => d.adjustments_debited.add(count, volume),
             (None, _) => {}
         }
-        add_net(&mut day_net, &currency, into_wallets);
+        add_net(&mut day_net, &currency, into_wallets(&direction, volume));
     }
     if !one_pass {
         let senders: Vec<(String, i64)> = sqlx::query_as(
@@ -157,12 +152,7 @@ pub async fn daily(db: &Database, rules: &RegionRules, date: Date) -> Result<Opt
         sqlx::query_as(&since).bind(region).bind(to_ms).fetch_all(&mut *snapshot).await?;
     let mut after_net: Vec<(String, i64)> = Vec::new();
     for (currency, direction, volume) in rows {
-        let into_wallets = match direction.as_str() {
-            "in" => volume,
-            "out" => -volume,
-            _ => 0,
-        };
-        add_net(&mut after_net, &currency, into_wallets);
+        add_net(&mut after_net, &currency, into_wallets(&direction, volume));
     }
     let totals: Vec<(String, i64)> = sqlx::query_as(
         "SELECT currency, CAST(COALESCE(SUM(balance), 0) AS BIGINT) FROM ledger_accounts \
@@ -202,6 +192,15 @@ pub async fn daily(db: &Database, rules: &RegionRules, date: Date) -> Result<Opt
     snapshot.commit().await?;
     days.sort_by(|a, b| a.currency.cmp(&b.currency));
     Ok(Some(Day { date, from_ms, to_ms, currencies: days }))
+}
+
+/// What a direction's volume did to the wallets' total.
+fn into_wallets(direction: &str, volume: i64) -> i64 {
+    match direction {
+        "in" => volume,
+        "out" => -volume,
+        _ => 0,
+    }
 }
 
 fn add_net(nets: &mut Vec<(String, i64)>, currency: &str, minor: i64) {

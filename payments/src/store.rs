@@ -953,26 +953,6 @@ pub async fn statement(
     Ok(Ok((opening, movements, closing)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uuid_v7_ids_sort_after_the_floor_of_their_time() {
-        for ms in [0_i64, 1, 1_781_092_800_000, 1_781_092_800_001] {
-            let floor = uuid_v7_floor(ms);
-            let id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
-                uuid::NoContext,
-                (ms / 1000) as u64,
-                ((ms % 1000) * 1_000_000) as u32,
-            ))
-            .to_string();
-            assert!(id.as_str() >= floor.as_str(), "{id} < {floor}");
-            assert!(id.as_str() < uuid_v7_floor(ms + 1).as_str(), "{id} >= the next millisecond's floor");
-        }
-    }
-}
-
 /// One page of an export: transfers made in `[from_ms, to_ms)` (of
 /// `region`, or all), oldest first, after the transfer `after_id`, read on
 /// `connection` (the export's snapshot). The ids narrow the key's range by
@@ -1007,4 +987,24 @@ pub async fn export_page(
         query = query.bind(region.as_str());
     }
     Ok(query.fetch_all(connection).await?.into_iter().filter_map(transfer_from_row).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuid_v7_ids_sort_after_the_floor_of_their_time() {
+        for ms in [0_i64, 1, 1_781_092_800_000, 1_781_092_800_001] {
+            let floor = uuid_v7_floor(ms);
+            let id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                (ms / 1000) as u64,
+                ((ms % 1000) * 1_000_000) as u32,
+            ))
+            .to_string();
+            assert!(id.as_str() >= floor.as_str(), "{id} < {floor}");
+            assert!(id.as_str() < uuid_v7_floor(ms + 1).as_str(), "{id} >= the next millisecond's floor");
+        }
+    }
 }

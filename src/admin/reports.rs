@@ -159,27 +159,42 @@ async fn server_keys(client: &ApiClient) -> Result<Vec<AuditKey>, String> {
     Ok(keys.keys)
 }
 
-/// Every checkpoint the server lists.
-async fn server_checkpoints(client: &ApiClient) -> Result<Vec<Checkpoint>, String> {
-    let mut checkpoints = Vec::new();
+/// Hands every item of a paged list to `each`, page by page (200 a page),
+/// following its cursor, without keeping them.
+async fn each_item(
+    client: &ApiClient,
+    path: &str,
+    mut each: impl FnMut(&Value) -> Result<(), String>,
+) -> Result<(), String> {
     let mut cursor: Option<String> = None;
     loop {
-        let mut path = "/admin/v1/audit/checkpoints?limit=200".to_owned();
+        let mut page_path = format!("{path}?limit=200");
         if let Some(cursor) = &cursor {
-            path.push_str(&format!("&cursor={cursor}"));
+            page_path.push_str(&format!("&cursor={cursor}"));
         }
-        let page = client.send(reqwest::Method::GET, &path, None).await?;
+        let page = client.send(reqwest::Method::GET, &page_path, None).await?;
         for item in page["items"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            checkpoints.push(
-                serde_json::from_value(item.clone())
-                    .map_err(|error| format!("the server listed a malformed checkpoint: {error}"))?,
-            );
+            each(item)?;
         }
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
-            None => return Ok(checkpoints),
+            None => return Ok(()),
         }
     }
+}
+
+/// Every checkpoint the server lists.
+async fn server_checkpoints(client: &ApiClient) -> Result<Vec<Checkpoint>, String> {
+    let mut checkpoints = Vec::new();
+    each_item(client, "/admin/v1/audit/checkpoints", |item| {
+        checkpoints.push(
+            serde_json::from_value(item.clone())
+                .map_err(|error| format!("the server listed a malformed checkpoint: {error}"))?,
+        );
+        Ok(())
+    })
+    .await?;
+    Ok(checkpoints)
 }
 
 /// Saves the newest signed checkpoint (and, beside it, nothing else: keep
@@ -252,21 +267,11 @@ pub async fn verify(
     let listed = checkpoints.len();
     checkpoints.extend(kept.clone());
     let mut walk = ChainWalk::new(&checkpoints);
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut path = "/admin/v1/audit?limit=200".to_owned();
-        if let Some(cursor) = &cursor {
-            path.push_str(&format!("&cursor={cursor}"));
-        }
-        let page = client.send(reqwest::Method::GET, &path, None).await?;
-        for item in page["items"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            walk.feed(courier_common::checkpoint::listed_entry(item)?);
-        }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => break,
-        }
-    }
+    each_item(client, "/admin/v1/audit", |item| {
+        walk.feed(courier_common::checkpoint::listed_entry(item)?);
+        Ok(())
+    })
+    .await?;
     let walk = walk.finish();
     problems.extend(walk.faults.iter().map(ToString::to_string));
     // The server's own check also compares the chain with its stored head,

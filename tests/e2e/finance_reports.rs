@@ -460,7 +460,7 @@ async fn the_csv_export_streams_100k_transfers_in_flat_memory(db: Db) {
     let before = ledger_state(&d).await;
     for (query, code) in [
         (format!("from={to}&to={from}"), "invalid_range"),
-        (format!("from=2025-01-01T00:00:00Z&to=2026-01-03T00:00:00Z"), "invalid_range"),
+        ("from=2025-01-01T00:00:00Z&to=2026-01-03T00:00:00Z".to_owned(), "invalid_range"),
         (format!("from=yesterday&to={to}"), "invalid_request"),
         (format!("from={from}"), "invalid_request"),
         (format!("from={from}&to={to}&region=XX"), "invalid_request"),

@@ -70,6 +70,7 @@ fn main() -> ExitCode {
             }
             Command::Admin(args) => {
                 init_logging(LogFormat::Human, "warn");
+                quiet_on_closed_pipe();
                 admin::run(args).await
             }
             Command::Call(args) => {
@@ -89,6 +90,18 @@ fn main() -> ExitCode {
             eprintln!("courier: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A command-line tool whose output is piped into one that stops reading
+/// (`courier admin search | head`) ends quietly, as Unix tools do, instead of
+/// panicking on its next write: Rust ignores SIGPIPE by default (right for
+/// the server, whose sockets report EPIPE), so the default comes back here.
+fn quiet_on_closed_pipe() {
+    // SAFETY: setting a signal's disposition to its default before this
+    // command writes anything; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -19,7 +19,7 @@ pub fn action(command: &Command) -> Option<(&'static str, String)> {
         Command::Withdrawal { wallet, .. } => ("withdrawal", wallet.clone()),
         Command::SetFrozen { wallet, freeze: Some(_) } => ("freeze", wallet.clone()),
         Command::SetFrozen { wallet, freeze: None } => ("unfreeze", wallet.clone()),
-        Command::SetRegion { rules } => ("region_changed", rules.code.as_str().to_owned()),
+        Command::SetRegion { code, .. } => ("region_changed", code.as_str().to_owned()),
         Command::ProposeAdjustment { adjustment } => ("adjustment_proposed", adjustment.id.clone()),
         Command::DecideAdjustment { adjustment_id, approve: true, .. } => {
             ("adjustment_approved", adjustment_id.clone())
@@ -47,9 +47,7 @@ pub fn before(ledger: &Ledger, command: &Command, now_ms: i64) -> Option<String>
                 None => json!({"status": "active"}),
             }
         }
-        Command::SetRegion { rules } => {
-            serde_json::to_value(RegionView::from(ledger.regions.get(&rules.code)?)).ok()?
-        }
+        Command::SetRegion { code, .. } => serde_json::to_value(RegionView::from(ledger.regions.get(code)?)).ok()?,
         Command::DecideAdjustment { adjustment_id, .. } | Command::ExpireAdjustment { adjustment_id, .. } => {
             serde_json::to_value(AdjustmentView::of(ledger.adjustments.get(adjustment_id)?, now_ms)).ok()?
         }

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use crate::money::{Currency, Money};
-use crate::region::{RegionCode, RegionRules};
+use crate::region::{RegionCode, RegionRules, RulesChange};
 
 /// A ledger account: a user's wallet (its account id) or a region's system
 /// account (`sys:RU:settlement`).
@@ -294,9 +294,10 @@ pub enum Command {
         /// `None`: unfreeze.
         freeze: Option<String>,
     },
-    /// An admin changes a region's rules (validated before): the very next
-    /// command obeys them.
-    SetRegion { rules: RegionRules },
+    /// An admin changes some of a region's rules, made to the rules in
+    /// force in the writer's turn and validated there: the very next command
+    /// obeys them.
+    SetRegion { code: RegionCode, change: RulesChange },
     /// An operator proposes an adjustment: stored pending, moving nothing.
     ProposeAdjustment { adjustment: Adjustment },
     /// An approver other than the proposer approves (posting the
@@ -626,6 +627,10 @@ pub enum Refusal {
     /// An operator's movement that would take a wallet below zero (a
     /// reversal from a recipient who has spent the money).
     NotEnoughToTakeBack,
+    /// A change of a region's rules that would not hold together with the
+    /// rules in force (checked first by the API against the rules it read;
+    /// this is a change made meanwhile by another admin).
+    InvalidRegionRules,
 }
 
 impl Refusal {
@@ -658,6 +663,7 @@ impl Refusal {
             Refusal::AdjustmentNotPending => "adjustment_not_pending",
             Refusal::AlreadyReversed | Refusal::ReversalTooLarge => "already_reversed",
             Refusal::NotEnoughToTakeBack => "insufficient_funds",
+            Refusal::InvalidRegionRules => "invalid_region_rules",
         }
     }
 
@@ -699,6 +705,9 @@ impl Refusal {
             Refusal::NotEnoughToTakeBack => {
                 "the wallet's available balance does not cover this; hold or adjust it first, or reverse less"
             }
+            Refusal::InvalidRegionRules => {
+                "with a change another admin made meanwhile, these rules would not hold together; read them and try again"
+            }
         }
     }
 
@@ -725,6 +734,7 @@ impl Refusal {
             | Refusal::AdjustmentNotPending
             | Refusal::HoldNotActive
             | Refusal::HoldNotReturnable => 409,
+            Refusal::InvalidRegionRules => 400,
             _ => 422,
         }
     }
@@ -864,11 +874,11 @@ impl Ledger {
                     }
                 }
             }
-            Command::SetRegion { rules } => {
-                if !self.regions.contains_key(&rules.code) {
-                    return Err(Refusal::RegionNotSupported);
-                }
-                self.regions.insert(rules.code, rules.clone());
+            Command::SetRegion { code, change } => {
+                let current = self.regions.get(code).ok_or(Refusal::RegionNotSupported)?;
+                let rules = change.apply(current);
+                rules.validate().map_err(|_| Refusal::InvalidRegionRules)?;
+                self.regions.insert(*code, rules);
                 Ok(Vec::new())
             }
             Command::ProposeAdjustment { adjustment } => {
@@ -1494,5 +1504,36 @@ mod checkpoint_tests {
         }
         let expected = 2 * count / CHECKPOINT_EVERY as usize;
         assert!(marked > expected * 8 / 10 && marked < expected * 12 / 10, "{marked} marks, about {expected} due");
+    }
+}
+
+#[cfg(test)]
+mod region_change_tests {
+    use super::*;
+
+    /// Two changes of different rules both hold, applied one after the
+    /// other; a change that would break the rules in force changes nothing.
+    #[test]
+    fn changes_apply_to_the_rules_in_force() {
+        let mut ledger = Ledger::default();
+        ledger.regions.insert(RegionCode::Ru, RegionRules::default_for(RegionCode::Ru));
+        let change = |change: RulesChange| Command::SetRegion { code: RegionCode::Ru, change };
+        ledger
+            .apply(&change(RulesChange { daily_max_minor: Some(120_000_00), ..RulesChange::default() }), "a", 0)
+            .unwrap();
+        ledger.apply(&change(RulesChange { enabled: Some(false), ..RulesChange::default() }), "b", 0).unwrap();
+        let rules = &ledger.regions[&RegionCode::Ru];
+        assert_eq!((rules.daily_max_minor, rules.enabled), (120_000_00, false));
+
+        // Valid against the defaults, not against the daily limit set above.
+        let refused = ledger.apply(
+            &change(RulesChange { per_transfer_max_minor: Some(130_000_00), ..RulesChange::default() }),
+            "c",
+            0,
+        );
+        assert_eq!(refused, Err(Refusal::InvalidRegionRules));
+        assert_eq!(ledger.regions[&RegionCode::Ru].per_transfer_max_minor, 100_000_00);
+        assert_eq!(Refusal::InvalidRegionRules.status(), 400);
+        assert_eq!(Refusal::InvalidRegionRules.code(), "invalid_region_rules");
     }
 }

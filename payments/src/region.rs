@@ -89,6 +89,38 @@ pub struct RegionRules {
     pub fee: FeeRule,
 }
 
+/// A change to a region's rules: each field that is set replaces the rule
+/// (`night_max_minor: Some(None)` removes the night limit). The ledger's
+/// writer applies it to the rules in force when its turn comes, so that two
+/// admins changing different rules at once both have their way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RulesChange {
+    pub enabled: Option<bool>,
+    pub per_transfer_max_minor: Option<i64>,
+    pub daily_max_minor: Option<i64>,
+    pub monthly_max_minor: Option<i64>,
+    pub night_max_minor: Option<Option<i64>>,
+    pub night_start_hour: Option<i8>,
+    pub night_end_hour: Option<i8>,
+    pub fee: Option<FeeRule>,
+}
+
+impl RulesChange {
+    /// `rules` with this change made (not validated).
+    pub fn apply(&self, rules: &RegionRules) -> RegionRules {
+        let mut changed = rules.clone();
+        changed.enabled = self.enabled.unwrap_or(rules.enabled);
+        changed.per_transfer_max_minor = self.per_transfer_max_minor.unwrap_or(rules.per_transfer_max_minor);
+        changed.daily_max_minor = self.daily_max_minor.unwrap_or(rules.daily_max_minor);
+        changed.monthly_max_minor = self.monthly_max_minor.unwrap_or(rules.monthly_max_minor);
+        changed.night_max_minor = self.night_max_minor.unwrap_or(rules.night_max_minor);
+        changed.night_start_hour = self.night_start_hour.unwrap_or(rules.night_start_hour);
+        changed.night_end_hour = self.night_end_hour.unwrap_or(rules.night_end_hour);
+        changed.fee = self.fee.unwrap_or(rules.fee);
+        changed
+    }
+}
+
 /// The local-time windows a moment falls in, as UTC millisecond starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Windows {

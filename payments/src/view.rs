@@ -229,7 +229,13 @@ pub fn render(
                 body: serde_json::json!({"account_id": wallet, "status": if freeze.is_some() { "frozen" } else { "active" }})
                     .to_string(),
             },
-            (Command::SetRegion { rules }, _) => json_response(200, &RegionView::from(rules)),
+            (Command::SetRegion { code, .. }, _) => match ledger.regions.get(code) {
+                Some(rules) => json_response(200, &RegionView::from(rules)),
+                None => StoredResponse {
+                    status: 500,
+                    body: r#"{"error":{"code":"internal","message":"the region vanished"}}"#.into(),
+                },
+            },
             (Command::PlaceHold { hold }, _) => json_response(201, &HoldView::from(hold)),
             (Command::ReleaseHold { hold_id, .. } | Command::ReturnHold { hold_id, .. }, _) => {
                 match ledger.holds.get(hold_id) {

@@ -384,6 +384,22 @@ async fn region_rules_change_live_for_the_very_next_transfer(db: Db) {
     let (status, changed) = patch_region(&d, "BR", json!({"night_max": null, "fee": null})).await;
     assert_eq!((status, &changed["night_max"], &changed["fee"]), (200, &Value::Null, &Value::Null));
 
+    // Two admins changing different rules at the same moment both have
+    // their way: each change is made to the rules in force in the writer's
+    // turn, not to what its request read.
+    for round in 1..=10 {
+        let daily = format!("{}.00", 20_000 + round);
+        let monthly = format!("{}.00", 500_000 + round);
+        let (first, second) = futures::join!(
+            patch_region(&d, "BR", json!({"daily_max": daily})),
+            patch_region(&d, "BR", json!({"monthly_max": monthly}))
+        );
+        assert_eq!((first.0, second.0), (200, 200), "{first:?} {second:?}");
+        let (_, regions) = d.server.get("/admin/v1/regions", Some(&d.admin)).await;
+        let br = regions.as_array().unwrap().iter().find(|r| r["code"] == "BR").unwrap().clone();
+        assert_eq!((&br["daily_max"], &br["monthly_max"]), (&json!(daily), &json!(monthly)), "round {round}");
+    }
+
     // Rules that do not hold together change nothing.
     let (_, before) = d.server.get("/admin/v1/regions", Some(&d.admin)).await;
     for (body, code) in [

@@ -903,53 +903,42 @@ fn invalid_rules(message: impl Into<String>) -> HttpError {
 }
 
 impl RegionPatch {
-    /// `rules` with this patch applied and validated.
-    fn apply(self, mut rules: RegionRules) -> Result<RegionRules, HttpError> {
-        let currency = rules.currency;
+    /// The change this patch asks for, its amounts in `currency`'s minor
+    /// units (a region's currency never changes).
+    fn change(self, currency: Currency) -> Result<crate::region::RulesChange, HttpError> {
         let amount = |name: &str, text: &str| {
             money::parse_minor(text, currency, false).map_err(|error| invalid_rules(format!("{name}: {error}")))
         };
-        if let Some(enabled) = self.enabled {
-            rules.enabled = enabled;
-        }
-        if let Some(text) = &self.per_transfer_max {
-            rules.per_transfer_max_minor = amount("per_transfer_max", text)?;
-        }
-        if let Some(text) = &self.daily_max {
-            rules.daily_max_minor = amount("daily_max", text)?;
-        }
-        if let Some(text) = &self.monthly_max {
-            rules.monthly_max_minor = amount("monthly_max", text)?;
-        }
-        if let Some(night) = &self.night_max {
-            rules.night_max_minor = night.as_deref().map(|text| amount("night_max", text)).transpose()?;
-        }
         let hour = |name: &str, value: i64| {
             i8::try_from(value)
                 .ok()
                 .filter(|hour| (0..=23).contains(hour))
                 .ok_or_else(|| HttpError::invalid_request(format!("{name} must be an hour from 0 to 23")))
         };
-        if let Some(start) = self.night_start_hour {
-            rules.night_start_hour = hour("night_start_hour", start)?;
-        }
-        if let Some(end) = self.night_end_hour {
-            rules.night_end_hour = hour("night_end_hour", end)?;
-        }
-        if let Some(fee) = self.fee {
-            rules.fee = match fee {
-                None => crate::region::FeeRule::None,
-                Some(fee) => crate::region::FeeRule::FreeMonthlyThenRate {
-                    free_monthly_minor: amount("fee.free_monthly", &fee.free_monthly)?,
-                    rate_bp: rate_bp(&fee.rate).ok_or_else(|| {
-                        invalid_rules("fee.rate must be a fraction from 0 to 0.05 with at most 4 decimal places")
-                    })?,
-                    cap_minor: amount("fee.cap", &fee.cap)?,
-                },
-            };
-        }
-        rules.validate().map_err(|error| invalid_rules(error.0))?;
-        Ok(rules)
+        let fee = match self.fee {
+            None => None,
+            Some(None) => Some(crate::region::FeeRule::None),
+            Some(Some(fee)) => Some(crate::region::FeeRule::FreeMonthlyThenRate {
+                free_monthly_minor: amount("fee.free_monthly", &fee.free_monthly)?,
+                rate_bp: rate_bp(&fee.rate).ok_or_else(|| {
+                    invalid_rules("fee.rate must be a fraction from 0 to 0.05 with at most 4 decimal places")
+                })?,
+                cap_minor: amount("fee.cap", &fee.cap)?,
+            }),
+        };
+        Ok(crate::region::RulesChange {
+            enabled: self.enabled,
+            per_transfer_max_minor: self.per_transfer_max.map(|text| amount("per_transfer_max", &text)).transpose()?,
+            daily_max_minor: self.daily_max.map(|text| amount("daily_max", &text)).transpose()?,
+            monthly_max_minor: self.monthly_max.map(|text| amount("monthly_max", &text)).transpose()?,
+            night_max_minor: self
+                .night_max
+                .map(|night| night.map(|text| amount("night_max", &text)).transpose())
+                .transpose()?,
+            night_start_hour: self.night_start_hour.map(|value| hour("night_start_hour", value)).transpose()?,
+            night_end_hour: self.night_end_hour.map(|value| hour("night_end_hour", value)).transpose()?,
+            fee,
+        })
     }
 }
 
@@ -985,10 +974,14 @@ async fn patch_region(
         .into_iter()
         .find(|rules| rules.code == code)
         .ok_or(PaymentsError::NotFound("no such region"))?;
-    let rules = patch.apply(current)?;
+    let change = patch.change(current.currency)?;
+    // Checked here against the rules just read, to say which rule breaks;
+    // the writer applies the change to the rules in force in its turn and
+    // checks again.
+    change.apply(&current).validate().map_err(|error| invalid_rules(error.0))?;
     let operator_id = admin.operator.operator_id;
-    tracing::info!(operator = %operator_id, region = code.as_str(), ?rules, "region rules changed");
-    payments.submit(Command::SetRegion { rules }, operator_id, None).await
+    tracing::info!(operator = %operator_id, region = code.as_str(), ?change, "region rules changed");
+    payments.submit(Command::SetRegion { code, change }, operator_id, None).await
 }
 
 #[derive(Deserialize, ToSchema)]

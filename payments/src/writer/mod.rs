@@ -585,9 +585,11 @@ impl Writer {
                     write.transfers.extend(transfers);
                     match &request.command {
                         Command::SetFrozen { wallet, .. } => frozen.push(wallet.clone()),
-                        Command::SetRegion { rules } => {
-                            write.regions.retain(|changed| changed.code != rules.code);
-                            write.regions.push(rules.clone());
+                        Command::SetRegion { code, .. } => {
+                            if let Some(rules) = ledger.regions.get(code) {
+                                write.regions.retain(|changed| changed.code != *code);
+                                write.regions.push(rules.clone());
+                            }
                         }
                         Command::PlaceHold { hold: Hold { id, account_id, .. } }
                         | Command::ReleaseHold { hold_id: id, account_id, .. }

@@ -6,6 +6,8 @@
 //! shutdown). The `courier` binary, the benchmarks and tests start a whole
 //! server through here.
 //!
+//! It also serves the browser client ([`web`], the files of `web/`).
+//!
 //! It holds no service logic: each service crate owns its routes, its state
 //! and its SQL.
 
@@ -13,6 +15,7 @@ pub mod config;
 pub mod connections;
 mod files;
 mod serve;
+pub mod web;
 
 pub use config::{ServeCommand, ServeOptions, Service};
 pub use connections::ConnectionLimits;

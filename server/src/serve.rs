@@ -84,6 +84,9 @@ pub async fn build(
         turn = relay;
         router = router.merge(courier_signaling::app(signaling));
         doc.merge(courier_signaling::ApiDoc::openapi());
+        // The browser client calls from the page, so it is served where calls are.
+        router = router.merge(crate::web::routes());
+        doc.merge(crate::web::WebDoc::openapi());
     }
     let mut payments = None;
     if runs(Service::Payments) {

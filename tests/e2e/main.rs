@@ -8,6 +8,7 @@ mod support;
 mod accounts;
 mod admin_authz;
 mod authz;
+mod browser;
 mod calls_media;
 mod calls_signaling;
 mod contract;

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod coturn;
 pub mod proxy;
 pub mod ws;

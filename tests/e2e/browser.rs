@@ -1,0 +1,98 @@
+//! The browser client in real headless Chromium (chromedriver), found by
+//! accessible names: the page served with its policy, sign-in, the wallet
+//! (balance, a double-submitted send that moves money once, a refusal in
+//! words, history), sign-out revoking the device, at a phone's width, with
+//! no console error.
+
+use serde_json::json;
+
+use crate::support::browser::Browser;
+use crate::support::{Db, Server};
+
+const ALICE: &str = "+79161234567";
+const BOB: &str = "+79167654321";
+
+async fn the_wallet_page_signs_in_sends_once_and_explains_refusals(db: Db) {
+    // Alice asks for a code on her phone, then again in the browser.
+    let server =
+        Server::start_with(db, &["--sign-in-codes-per-addr-per-hour-max", "0", "--sign-in-code-resend-after-s", "0"])
+            .await;
+    let admin = server.bootstrap_admin();
+    let bob = server.sign_in(BOB, "phone").await;
+    let alice_phone = server.sign_in(ALICE, "phone").await;
+    let body =
+        json!({"account_id": alice_phone.account_id, "amount": "1000.00", "currency": "RUB", "external_ref": "web-1"});
+    let (status, _, _) = server.post_keyed("/admin/v1/deposits", &admin, "web-deposit-1", body).await;
+    assert_eq!(status, 201);
+
+    // The page and its files carry the policy and revalidate.
+    let page = server.http.get(format!("{}/", server.url)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(policy.contains("script-src 'self'") && policy.contains("connect-src 'self'"), "{policy}");
+    let etag = page.headers()["etag"].clone();
+    let again = server.http.get(format!("{}/", server.url)).header("if-none-match", etag).send().await.unwrap();
+    assert_eq!(again.status(), 304);
+
+    let browser = Browser::start(360).await;
+    browser.open(&server.url).await;
+    browser.type_into("Phone number", "+7 916 123-45-67").await;
+    browser.click("Send code").await;
+    browser.named("Code").await;
+    browser.type_into("Code", &server.hook.last_code(ALICE)).await;
+    browser.click("Sign in").await;
+    browser.wait_for_text("Balance", "1000.00 RUB").await;
+
+    // Submitted twice at once (a double click): the money moves once.
+    browser.type_into("Recipient phone number", BOB).await;
+    browser.type_into("Amount", "150.00").await;
+    browser
+        .eval("const form = document.getElementById('send-form'); form.requestSubmit(); form.requestSubmit();")
+        .await;
+    browser.wait_for_text("Balance", "850.00 RUB").await;
+    let (_, wallet) = server.get("/v1/wallet", Some(&bob.access_token)).await;
+    assert_eq!(wallet["balance"], "150.00", "one transfer reached Bob");
+    let items = browser.eval("return document.querySelectorAll('#history li').length").await;
+    assert_eq!(items, json!(2), "the transfer and the deposit");
+    let history = browser.eval("return document.getElementById('history').textContent").await;
+    assert!(history.as_str().unwrap().contains("150.00 RUB"), "{history}");
+
+    // A refusal in words, changing nothing.
+    browser.type_into("Amount", "100000.01").await;
+    browser.click("Send money").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let said = loop {
+        let said = browser.eval("return document.getElementById('send-status').textContent").await;
+        if said.as_str().unwrap().contains("more than one transfer") || tokio::time::Instant::now() > deadline {
+            break said;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(said, "That is more than one transfer may carry in your region.");
+    assert_eq!(browser.text_of("Balance").await, "850.00 RUB");
+
+    // A phone's width, and nothing the page logged as an error.
+    let overflow = browser.eval("return document.documentElement.scrollWidth").await;
+    let wide = browser
+        .eval(
+            "return [window.innerWidth, ...[...document.querySelectorAll('body *')]\
+               .filter(e => e.getBoundingClientRect().right > window.innerWidth)\
+               .map(e => e.tagName + '#' + e.id + ' ' + Math.round(e.getBoundingClientRect().right))]",
+        )
+        .await;
+    assert_eq!(wide[0], 360, "the viewport");
+    assert!(overflow.as_u64().unwrap() <= 360, "the page is {overflow} px wide at 360: {wide}");
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.screenshot(&format!("wallet-{db:?}").to_lowercase()).await;
+
+    // Signing out revokes this browser's device session.
+    browser.click("Sign out").await;
+    browser.named("Phone number").await;
+    let (_, devices) = server.get("/v1/me/devices", Some(&alice_phone.access_token)).await;
+    let names: Vec<&str> = devices["items"].as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["phone"], "the browser's session is gone");
+    browser.close().await;
+    server.finish().await;
+}
+
+on_both_databases!(the_wallet_page_signs_in_sends_once_and_explains_refusals);

@@ -33,8 +33,16 @@ const SENTENCES = {
   unauthenticated: "You were signed out. Sign in again.",
 };
 
+/** Where the API gives it, what is left of the limit a refusal names. */
+const LIMIT_LEFT = { limit_per_transfer: "per_transfer", limit_daily: "daily", limit_monthly: "monthly", limit_night: "night" };
+
 function sentence(error) {
-  return SENTENCES[error.code] || error.message || "Something went wrong. Try again.";
+  const said = SENTENCES[error.code] || error.message || "Something went wrong. Try again.";
+  const limit = LIMIT_LEFT[error.code];
+  const left = limit && lastQuote && lastQuote.limits_left[limit];
+  if (!left) return said;
+  const what = limit === "per_transfer" ? "One transfer may carry at most" : "You can still send";
+  return `${said} ${what} ${left} ${lastQuote.currency}.`;
 }
 
 class ApiError extends Error {
@@ -218,6 +226,31 @@ function historyItem(transfer) {
 }
 
 $("older").addEventListener("click", () => showHistory(false));
+
+// The fee (and what is left of the limits) for the amount being typed.
+let lastQuote = null;
+let quoteTimer = null;
+
+$("amount").addEventListener("input", () => {
+  clearTimeout(quoteTimer);
+  quoteTimer = setTimeout(showQuote, 250);
+});
+
+async function showQuote() {
+  const amount = $("amount").value.trim();
+  if (!/^(0|[1-9][0-9]*)(\.[0-9]+)?$/.test(amount)) {
+    $("quote").textContent = "";
+    return;
+  }
+  try {
+    const quote = await call("GET", `/v1/transfers/quote?amount=${encodeURIComponent(amount)}`);
+    if ($("amount").value.trim() !== amount) return;
+    lastQuote = quote;
+    $("quote").textContent = `Fee ${quote.fee} ${quote.currency} · you pay ${quote.total} ${quote.currency}`;
+  } catch (error) {
+    $("quote").textContent = sentence(error);
+  }
+}
 
 // One Idempotency-Key per transfer the person means to make: a double click
 // or a retry after a network failure sends the same key, so the money moves

@@ -150,6 +150,7 @@ async fn every_user_route_admits_its_owner_alone(db: Db) {
         row(Method::GET, "/v1/wallet/statement", "/v1/wallet/statement".into(), None, 200, 200),
         row(Method::POST, "/v1/transfers", "/v1/transfers".into(), Some(money), 201, 422),
         row(Method::GET, "/v1/transfers", "/v1/transfers".into(), None, 200, 200),
+        row(Method::GET, "/v1/transfers/quote", "/v1/transfers/quote?amount=1.00".into(), None, 200, 200),
         row(Method::GET, "/v1/transfers/{id}", format!("/v1/transfers/{transfer}"), None, 200, 404),
     ];
 

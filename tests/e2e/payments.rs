@@ -726,7 +726,61 @@ async fn the_ledger_benchmark_measures_group_commit_and_the_baseline(db: Db) {
     }
 }
 
+/// A quote says the fee a transfer would pay and what is left of each
+/// limit, as the transfer itself then finds; it moves nothing.
+async fn a_quote_tells_the_fee_and_the_limits_left(db: Db) {
+    let w = world(db).await;
+    w.deposit(&w.alice.account_id, "20000.00", "RUB").await;
+    let quote = |session: &Session, amount: &str| {
+        let path = format!("/v1/transfers/quote?amount={amount}");
+        let token = session.access_token.clone();
+        let server = &w.server;
+        async move { server.get(&path, Some(&token)).await }
+    };
+    let (status, first) = quote(&w.alice, "1000.00").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        first,
+        json!({"amount": "1000.00", "fee": "0.00", "total": "1000.00", "currency": "RUB",
+               "limits_left": {"per_transfer": "100000.00", "daily": "150000.00", "monthly": "600000.00", "night": null}})
+    );
+    // Every RU transfer pays 0.5 % from the first kopeck.
+    w.server.sql("UPDATE regions SET fee_free_monthly = 0 WHERE code = 'RU'").await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let (_, quoted) = quote(&w.alice, "1000.00").await;
+    assert_eq!((&quoted["fee"], &quoted["total"]), (&json!("5.00"), &json!("1005.00")));
+    let (status, sent, _) = w
+        .send(
+            &w.alice,
+            "quote-1",
+            json!({"to": {"account_id": w.bob.account_id}, "amount": "1000.00", "currency": "RUB"}),
+        )
+        .await;
+    assert_eq!((status, &sent["fee"]), (201, &quoted["fee"]), "the transfer pays what the quote said");
+    let (_, after) = quote(&w.alice, "10.00").await;
+    assert_eq!(
+        (&after["limits_left"]["daily"], &after["limits_left"]["monthly"]),
+        (&json!("149000.00"), &json!("599000.00"))
+    );
+
+    let balance = w.balance(&w.alice).await;
+    for (amount, status, code) in
+        [("0", 422, "invalid_amount"), ("1.001", 422, "invalid_amount"), ("ten", 400, "invalid_amount")]
+    {
+        let (got, body) = quote(&w.alice, amount).await;
+        assert_eq!((got, error_code(&body)), (status, code), "{amount}: {body}");
+    }
+    let (got, body) = w.server.get("/v1/transfers/quote", Some(&w.alice.access_token)).await;
+    assert_eq!((got, error_code(&body)), (400, "invalid_request"), "{body}");
+    let hans = w.server.sign_in(HANS, "phone").await;
+    let (got, body) = quote(&hans, "1.00").await;
+    assert_eq!((got, error_code(&body)), (403, "region_not_supported"));
+    assert_eq!(w.balance(&w.alice).await, balance, "quotes move nothing");
+    w.server.finish().await;
+}
+
 on_both_databases!(
+    a_quote_tells_the_fee_and_the_limits_left,
     the_ledger_benchmark_measures_group_commit_and_the_baseline,
     a_full_queue_is_overloaded_not_unbounded,
     a_transfer_moves_money_and_balances,

@@ -214,6 +214,7 @@ pub fn app(payments: Payments) -> Router {
         .route("/v1/wallet", get(wallet))
         .route("/v1/wallet/statement", get(statement))
         .route("/v1/transfers", post(send).get(transfers))
+        .route("/v1/transfers/quote", get(quote))
         .route("/v1/transfers/{id}", get(transfer))
         .route("/admin/v1/deposits", post(deposit))
         .route("/admin/v1/withdrawals", post(withdrawal))
@@ -244,7 +245,7 @@ pub fn app(payments: Payments) -> Router {
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(wallet, send, transfers, transfer, deposit, withdrawal, freeze, unfreeze, reports::reconciliation,
+    paths(wallet, send, quote, transfers, transfer, deposit, withdrawal, freeze, unfreeze, reports::reconciliation,
         reports::daily_report, reports::export_transfers, reports::audit_keys, reports::audit_checkpoints, search, reverse, account, regions, patch_region,
         propose_adjustment, approve_adjustment, reject_adjustment, list_adjustments,
         place_hold, release_hold, return_hold, list_holds, audit_log, audit_verify, balance_at, statement),
@@ -1521,6 +1522,89 @@ async fn balance_at(
         currency: wallet.currency,
         balance: format_minor(balance, wallet.currency),
         at: courier_common::time::rfc3339(at_ms),
+    }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteQuery {
+    /// What I mean to send, in my region's currency.
+    #[param(max_length = 32, pattern = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")]
+    amount: String,
+}
+
+/// What is left of a limit now.
+#[derive(Serialize, ToSchema)]
+pub struct LimitsLeft {
+    per_transfer: String,
+    daily: String,
+    monthly: String,
+    /// `null` outside the night window, or where there is no night limit.
+    night: Option<String>,
+}
+
+/// What sending an amount now would cost.
+#[derive(Serialize, ToSchema)]
+pub struct Quote {
+    amount: String,
+    /// Paid by the sender on top of the amount.
+    fee: String,
+    /// Amount and fee.
+    total: String,
+    currency: Currency,
+    /// What is left of each of my limits before this transfer.
+    limits_left: LimitsLeft,
+}
+
+/// The fee for sending `amount` now, and what is left of my limits: from my
+/// wallet's usage as of the ledger's last commit (the transfer's own answer
+/// is what counts).
+#[utoipa::path(get, path = "/v1/transfers/quote", tag = "payments", security(("user" = [])), params(QuoteQuery),
+    responses((status = 200, body = Quote),
+              (status = 400, description = "`invalid_amount`, `invalid_request`: not of the documented form", body = ErrorBody),
+              (status = 403, description = "`region_not_supported`", body = ErrorBody),
+              (status = 422, description = "`invalid_amount` (too precise, zero or too large)", body = ErrorBody)))]
+async fn quote(
+    State(payments): State<Payments>,
+    user: AuthUser,
+    Query(query): Query<QuoteQuery>,
+) -> Result<axum::Json<Quote>, HttpError> {
+    let region = RegionCode::parse(user.region()).ok_or(PaymentsError::RegionNotSupported)?;
+    let db = &payments.inner.db;
+    let rules = store::regions(db)
+        .await
+        .map_err(PaymentsError::from)?
+        .into_iter()
+        .find(|rules| rules.code == region)
+        .ok_or(PaymentsError::RegionNotSupported)?;
+    let amount = money::parse_minor(&query.amount, rules.currency, false)
+        .and_then(|minor| if minor == 0 { Err(money::AmountError::NotPositive) } else { Ok(minor) })
+        .map_err(PaymentsError::InvalidAmount)?;
+    payments.ensure_wallet(user.account_id(), region).await.map_err(PaymentsError::from)?;
+    let wallet = store::wallet(db, user.account_id())
+        .await
+        .map_err(PaymentsError::from)?
+        .ok_or(PaymentsError::NotFound("no wallet"))?;
+    let windows = rules.windows(courier_common::time::now_ms());
+    let mut usage = wallet.usage.clone();
+    usage.roll(windows);
+    let fee = rules.fee.fee_minor(usage.month_minor, amount);
+    let show = |minor: i64| format_minor(minor.max(0), rules.currency);
+    Ok(axum::Json(Quote {
+        amount: show(amount),
+        fee: show(fee),
+        total: show(amount.saturating_add(fee)),
+        currency: rules.currency,
+        limits_left: LimitsLeft {
+            per_transfer: show(rules.per_transfer_max_minor),
+            daily: show(rules.daily_max_minor - usage.day_minor),
+            monthly: show(rules.monthly_max_minor - usage.month_minor),
+            night: match (rules.night_max_minor, windows.night_start_ms) {
+                (Some(night_max), Some(_)) => Some(show(night_max - usage.night_minor)),
+                _ => None,
+            },
+        },
     }))
 }
 

@@ -142,6 +142,19 @@ impl Browser {
         }
     }
 
+    /// Waits until `script` returns text containing `part`, and returns it.
+    pub async fn wait_for_script(&self, script: &str, part: &str) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let text = self.eval(script).await.as_str().unwrap_or("").to_owned();
+            if text.contains(part) {
+                return text;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{script:?} never showed {part:?}; it shows {text:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Runs `script` in the page and returns its value.
     pub async fn eval(&self, script: &str) -> Value {
         self.command(reqwest::Method::POST, "/execute/sync", Some(json!({"script": script, "args": []}))).await

@@ -1587,7 +1587,7 @@ async fn quote(
         .map_err(PaymentsError::from)?
         .ok_or(PaymentsError::NotFound("no wallet"))?;
     let windows = rules.windows(courier_common::time::now_ms());
-    let mut usage = wallet.usage.clone();
+    let mut usage = wallet.usage;
     usage.roll(windows);
     let fee = rules.fee.fee_minor(usage.month_minor, amount);
     let show = |minor: i64| format_minor(minor.max(0), rules.currency);

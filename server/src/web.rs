@@ -33,11 +33,14 @@ fn asset(path: &'static str, content_type: &'static str, body: &'static [u8]) ->
     Asset { path, content_type, body, etag: HeaderValue::from_str(&etag).expect("hex is a valid header value") }
 }
 
-static ASSETS: LazyLock<[Asset; 3]> = LazyLock::new(|| {
+static ASSETS: LazyLock<[Asset; 5]> = LazyLock::new(|| {
     [
         asset("/", "text/html; charset=utf-8", include_bytes!("../../web/index.html")),
         asset("/app.js", "text/javascript; charset=utf-8", include_bytes!("../../web/app.js")),
+        asset("/sas.js", "text/javascript; charset=utf-8", include_bytes!("../../web/sas.js")),
         asset("/style.css", "text/css; charset=utf-8", include_bytes!("../../web/style.css")),
+        // The SAS's emoji table: the very file the softphone compiles in.
+        asset("/sas-emoji.txt", "text/plain; charset=utf-8", include_bytes!("../../protocol/sas-emoji.txt")),
     ]
 });
 
@@ -81,6 +84,26 @@ async fn script(headers: HeaderMap) -> Response {
     serve("/app.js", &headers)
 }
 
+/// The short authentication string's code (an ES module).
+#[utoipa::path(get, path = "/sas.js", tag = "web",
+    params(("If-None-Match" = Option<String>, Header, description = "an ETag this server sent")),
+    responses((status = 200, content_type = "text/javascript", body = String),
+              (status = 304, description = "the copy the browser has is current")))]
+async fn sas_script(headers: HeaderMap) -> Response {
+    serve("/sas.js", &headers)
+}
+
+/// The short authentication string's 256 emojis, one line each (code
+/// point, emoji, name, tab-separated; `#` lines are comments): the table
+/// the softphone compiles in.
+#[utoipa::path(get, path = "/sas-emoji.txt", tag = "web",
+    params(("If-None-Match" = Option<String>, Header, description = "an ETag this server sent")),
+    responses((status = 200, content_type = "text/plain", body = String),
+              (status = 304, description = "the copy the browser has is current")))]
+async fn sas_emoji(headers: HeaderMap) -> Response {
+    serve("/sas-emoji.txt", &headers)
+}
+
 /// The page's style sheet.
 #[utoipa::path(get, path = "/style.css", tag = "web",
     params(("If-None-Match" = Option<String>, Header, description = "an ETag this server sent")),
@@ -91,11 +114,16 @@ async fn style(headers: HeaderMap) -> Response {
 }
 
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(index, script, style), tags((name = "web", description = "The browser client")))]
+#[openapi(paths(index, script, sas_script, sas_emoji, style), tags((name = "web", description = "The browser client")))]
 pub struct WebDoc;
 
 pub fn routes() -> Router {
-    Router::new().route("/", get(index)).route("/app.js", get(script)).route("/style.css", get(style))
+    Router::new()
+        .route("/", get(index))
+        .route("/app.js", get(script))
+        .route("/sas.js", get(sas_script))
+        .route("/sas-emoji.txt", get(sas_emoji))
+        .route("/style.css", get(style))
 }
 
 #[cfg(test)]
@@ -104,7 +132,13 @@ mod tests {
 
     #[test]
     fn each_file_has_its_type_an_etag_and_the_policy_and_revalidates() {
-        for (path, kind) in [("/", "text/html"), ("/app.js", "text/javascript"), ("/style.css", "text/css")] {
+        for (path, kind) in [
+            ("/", "text/html"),
+            ("/app.js", "text/javascript"),
+            ("/sas.js", "text/javascript"),
+            ("/style.css", "text/css"),
+            ("/sas-emoji.txt", "text/plain"),
+        ] {
             let response = serve(path, &HeaderMap::new());
             assert_eq!(response.status(), StatusCode::OK);
             let headers = response.headers();

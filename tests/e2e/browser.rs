@@ -97,4 +97,52 @@ async fn the_wallet_page_signs_in_sends_once_and_explains_refusals(db: Db) {
     server.finish().await;
 }
 
-on_both_databases!(the_wallet_page_signs_in_sends_once_and_explains_refusals);
+/// The page derives the same SAS as the softphone (the Rust side) from the
+/// same call, fingerprints and nonces, with the table the server serves
+/// from the protocol's own file, and checks commitments the same way.
+async fn the_page_computes_the_softphones_sas(db: Db) {
+    use courier_protocol::sas::{Sas, SasInput, commitment, fingerprint_in_sdp};
+    let server = Server::start(db).await;
+    let browser = Browser::start(360).await;
+    browser.open(&server.url).await;
+    let sdp = "v=0\r\na=fingerprint:SHA-256 ab:cd:ef:01\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=fingerprint:sha-256 AB:CD:EF:01\r\n";
+    for round in 0u8..8 {
+        let caller_nonce = [round.wrapping_mul(31); 32];
+        let callee_nonce = [round.wrapping_add(200); 32];
+        let call_id = format!("0193a0b1-c2d3-7e4f-8a9b-{round:012x}");
+        let caller_fingerprint = format!("sha-256 {}", ["0A"; 32].join(":"));
+        let callee_fingerprint = format!("sha-256 {:02X}:{}", round, ["FF"; 31].join(":"));
+        let expected = Sas::compute(&SasInput {
+            call_id: &call_id,
+            caller_fingerprint: &caller_fingerprint,
+            callee_fingerprint: &callee_fingerprint,
+            caller_nonce,
+            callee_nonce,
+        });
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let script = format!(
+            "const done = arguments[arguments.length - 1];
+             import('/sas.js').then(async (m) => {{
+               const shown = await m.sas({{ callId: '{call_id}', callerFingerprint: '{caller_fingerprint}',
+                 calleeFingerprint: '{callee_fingerprint}', callerNonce: m.fromHex('{}'), calleeNonce: m.fromHex('{}') }});
+               done({{ symbols: shown.map((e) => e.symbol).join(' '), names: shown.map((e) => e.name),
+                       commitment: await m.commitment(m.fromHex('{}')),
+                       fingerprint: m.fingerprintInSdp({sdp:?}) }});
+             }}).catch((error) => done({{ error: String(error) }}));",
+            hex(&caller_nonce),
+            hex(&callee_nonce),
+            hex(&caller_nonce),
+        );
+        let got = browser.eval_async(&script).await;
+        assert_eq!(got["symbols"], expected.symbols(), "round {round}: {got}");
+        assert_eq!(got["names"], json!(expected.names()));
+        assert_eq!(got["commitment"], commitment(&caller_nonce));
+        assert_eq!(got["fingerprint"], json!(fingerprint_in_sdp(sdp)));
+    }
+    assert_eq!(fingerprint_in_sdp(sdp).as_deref(), Some("sha-256 AB:CD:EF:01"));
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.close().await;
+    server.finish().await;
+}
+
+on_both_databases!(the_wallet_page_signs_in_sends_once_and_explains_refusals, the_page_computes_the_softphones_sas);

@@ -160,6 +160,12 @@ impl Browser {
         self.command(reqwest::Method::POST, "/execute/sync", Some(json!({"script": script, "args": []}))).await
     }
 
+    /// Runs `script` (which ends by calling its last argument with a value)
+    /// in the page and returns that value.
+    pub async fn eval_async(&self, script: &str) -> Value {
+        self.command(reqwest::Method::POST, "/execute/async", Some(json!({"script": script, "args": []}))).await
+    }
+
     /// What the page logged at level SEVERE (errors, CSP violations, files
     /// that failed to load) so far, but the API's refusals the page was
     /// meant to show in words (Chromium logs every 4xx answer to a fetch).

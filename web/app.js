@@ -2,6 +2,8 @@
 // framework, no build step. Tokens live in this module's memory only (never
 // in localStorage): a reload signs the person out.
 
+import { renewToken, startCalls, stopCalls } from "/call.js";
+
 const $ = (id) => document.getElementById(id);
 
 /** What a refusal code means to a person (API.md's error codes). */
@@ -87,6 +89,7 @@ function keep(tokens) {
   // Refresh a minute before the access token expires.
   const seconds = Math.max(5, (tokens.expires_in || 900) - 60);
   session.timer = setTimeout(refresh, seconds * 1000);
+  renewToken(tokens.access_token);
 }
 
 async function refresh() {
@@ -114,9 +117,11 @@ function say(id, text, isError = false) {
 }
 
 function signedOut(message = "") {
+  stopCalls();
   clearTimeout(session.timer);
   Object.assign(session, { accountId: null, deviceId: null, access: null, refresh: null, timer: null });
   $("wallet").hidden = true;
+  $("calls").hidden = true;
   $("devices").hidden = true;
   $("sign-out").hidden = true;
   $("sign-in").hidden = false;
@@ -176,8 +181,10 @@ $("sign-out").addEventListener("click", async () => {
 async function signedIn() {
   $("sign-in").hidden = true;
   $("wallet").hidden = false;
+  $("calls").hidden = false;
   $("devices").hidden = false;
   $("sign-out").hidden = false;
+  startCalls({ token: () => session.access, call });
   await Promise.all([showWallet(), showHistory(true), showDevices()]);
 }
 

@@ -33,10 +33,11 @@ fn asset(path: &'static str, content_type: &'static str, body: &'static [u8]) ->
     Asset { path, content_type, body, etag: HeaderValue::from_str(&etag).expect("hex is a valid header value") }
 }
 
-static ASSETS: LazyLock<[Asset; 5]> = LazyLock::new(|| {
+static ASSETS: LazyLock<[Asset; 6]> = LazyLock::new(|| {
     [
         asset("/", "text/html; charset=utf-8", include_bytes!("../../web/index.html")),
         asset("/app.js", "text/javascript; charset=utf-8", include_bytes!("../../web/app.js")),
+        asset("/call.js", "text/javascript; charset=utf-8", include_bytes!("../../web/call.js")),
         asset("/sas.js", "text/javascript; charset=utf-8", include_bytes!("../../web/sas.js")),
         asset("/style.css", "text/css; charset=utf-8", include_bytes!("../../web/style.css")),
         // The SAS's emoji table: the very file the softphone compiles in.
@@ -84,6 +85,15 @@ async fn script(headers: HeaderMap) -> Response {
     serve("/app.js", &headers)
 }
 
+/// The page's calls: signaling and WebRTC (an ES module).
+#[utoipa::path(get, path = "/call.js", tag = "web",
+    params(("If-None-Match" = Option<String>, Header, description = "an ETag this server sent")),
+    responses((status = 200, content_type = "text/javascript", body = String),
+              (status = 304, description = "the copy the browser has is current")))]
+async fn call_script(headers: HeaderMap) -> Response {
+    serve("/call.js", &headers)
+}
+
 /// The short authentication string's code (an ES module).
 #[utoipa::path(get, path = "/sas.js", tag = "web",
     params(("If-None-Match" = Option<String>, Header, description = "an ETag this server sent")),
@@ -114,13 +124,14 @@ async fn style(headers: HeaderMap) -> Response {
 }
 
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(index, script, sas_script, sas_emoji, style), tags((name = "web", description = "The browser client")))]
+#[openapi(paths(index, script, call_script, sas_script, sas_emoji, style), tags((name = "web", description = "The browser client")))]
 pub struct WebDoc;
 
 pub fn routes() -> Router {
     Router::new()
         .route("/", get(index))
         .route("/app.js", get(script))
+        .route("/call.js", get(call_script))
         .route("/sas.js", get(sas_script))
         .route("/sas-emoji.txt", get(sas_emoji))
         .route("/style.css", get(style))
@@ -135,6 +146,7 @@ mod tests {
         for (path, kind) in [
             ("/", "text/html"),
             ("/app.js", "text/javascript"),
+            ("/call.js", "text/javascript"),
             ("/sas.js", "text/javascript"),
             ("/style.css", "text/css"),
             ("/sas-emoji.txt", "text/plain"),
@@ -160,13 +172,16 @@ mod tests {
     #[test]
     fn the_page_carries_the_accessible_names_of_api_md() {
         let page = std::str::from_utf8(include_bytes!("../../web/index.html")).unwrap();
-        for label in ["Phone number", "Code", "Amount", "Recipient phone number"] {
+        for label in ["Phone number", "Code", "Number to call", "Amount", "Recipient phone number"] {
             assert!(page.contains(&format!(">{label}</label>")), "input {label}");
         }
-        for button in ["Send code", "Sign in", "Send money", "Sign out"] {
+        for button in ["Send code", "Sign in", "Call", "Answer", "Decline", "Hang up", "Mute", "Send money", "Sign out"]
+        {
             assert!(page.contains(&format!(">{button}</button>")), "button {button}");
         }
-        assert!(page.contains(r#"role="region" aria-label="Balance""#));
+        for region in ["Balance", "Security code", "Connection"] {
+            assert!(page.contains(&format!(r#"role="region" aria-label="{region}""#)), "region {region}");
+        }
         assert!(!page.contains("<script>") && !page.contains("style="), "nothing inline");
     }
 }

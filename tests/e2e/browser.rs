@@ -145,4 +145,86 @@ async fn the_page_computes_the_softphones_sas(db: Db) {
     server.finish().await;
 }
 
-on_both_databases!(the_wallet_page_signs_in_sends_once_and_explains_refusals, the_page_computes_the_softphones_sas);
+/// A WAV of a `hz` tone (16-bit PCM at 48 kHz, 2 s; Chromium loops it).
+fn tone_wav(dir: &std::path::Path, hz: f32) -> std::path::PathBuf {
+    let path = dir.join(format!("tone-{hz}.wav"));
+    let mut sink = courier_calls::audio::WavSink::create(&path).unwrap();
+    let samples: Vec<i16> =
+        (0..96_000).map(|n| ((n as f32 * hz * std::f32::consts::TAU / 48_000.0).sin() * 12_000.0) as i16).collect();
+    sink.write(&samples).unwrap();
+    sink.finish().unwrap();
+    path
+}
+
+async fn sign_in_page(browser: &Browser, server: &Server, phone: &str) {
+    browser.open(&server.url).await;
+    browser.type_into("Phone number", phone).await;
+    browser.click("Send code").await;
+    browser.named("Code").await;
+    browser.type_into("Code", &server.hook.last_code(phone)).await;
+    browser.click("Sign in").await;
+    browser.named("Number to call").await;
+}
+
+/// The loudest frequency of what the page hears from the other side.
+async fn heard_hz(browser: &Browser) -> f64 {
+    let script = "const done = arguments[arguments.length - 1];
+        const context = new AudioContext();
+        context.resume().then(() => {
+          const source = context.createMediaStreamSource(document.getElementById('remote-audio').srcObject);
+          const analyser = context.createAnalyser();
+          analyser.fftSize = 8192;
+          source.connect(analyser);
+          setTimeout(() => {
+            const bins = new Float32Array(analyser.frequencyBinCount);
+            analyser.getFloatFrequencyData(bins);
+            let loudest = 1;
+            for (let i = 1; i < bins.length; i++) if (bins[i] > bins[loudest]) loudest = i;
+            done(loudest * context.sampleRate / analyser.fftSize);
+          }, 1500);
+        });";
+    browser.eval_async(script).await.as_f64().unwrap()
+}
+
+/// Two Chromium processes, each playing its own tone, call each other
+/// through `courier serve`: each hears the other's tone, both show the same
+/// security code, the connection is direct, and a hang-up reaches the other.
+async fn two_browsers_call_each_other_with_the_same_security_code(db: Db) {
+    let server = Server::start_with(db, &["--sign-in-codes-per-addr-per-hour-max", "0"]).await;
+    let alice = Browser::with_microphone(360, &tone_wav(server.dir.path(), 440.0)).await;
+    let bob = Browser::with_microphone(360, &tone_wav(server.dir.path(), 1_000.0)).await;
+    sign_in_page(&alice, &server, ALICE).await;
+    sign_in_page(&bob, &server, BOB).await;
+
+    alice.type_into("Number to call", BOB).await;
+    alice.click("Call").await;
+    bob.click("Answer").await;
+    for browser in [&alice, &bob] {
+        browser.wait_for_text("Connection", "Direct").await;
+        browser.wait_for_text("Security code", " · ").await;
+    }
+    let code = "return document.getElementById('sas').dataset.symbols";
+    let (alices, bobs) = (alice.eval(code).await, bob.eval(code).await);
+    assert_eq!(alices, bobs, "both sides show the same security code");
+    assert_eq!(alices.as_str().unwrap().split(' ').count(), 4);
+
+    let (alice_hears, bob_hears) = (heard_hz(&alice).await, heard_hz(&bob).await);
+    assert!((alice_hears - 1_000.0).abs() < 30.0, "Alice hears {alice_hears} Hz, not Bob's 1000 Hz");
+    assert!((bob_hears - 440.0).abs() < 30.0, "Bob hears {bob_hears} Hz, not Alice's 440 Hz");
+    alice.screenshot(&format!("call-{db:?}").to_lowercase()).await;
+
+    alice.click("Hang up").await;
+    bob.wait_for_script("return document.getElementById('call-message').textContent", "hung up").await;
+    for browser in [&alice, &bob] {
+        assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    }
+    alice.close().await;
+    bob.close().await;
+    server.finish().await;
+}
+
+on_both_databases!(
+    the_wallet_page_signs_in_sends_once_and_explains_refusals,
+    the_page_computes_the_softphones_sas,
+    two_browsers_call_each_other_with_the_same_security_code,
+);

@@ -26,6 +26,23 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a headless Chromium with a `width`-pixel-wide viewport.
     pub async fn start(width: u32) -> Browser {
+        Browser::start_with(width, &[]).await
+    }
+
+    /// A Chromium whose microphone plays `wav` (16-bit PCM, looped), with
+    /// permission granted and audio allowed to play without a gesture.
+    pub async fn with_microphone(width: u32, wav: &std::path::Path) -> Browser {
+        let file = format!("--use-file-for-fake-audio-capture={}", wav.display());
+        let args = [
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            file.as_str(),
+            "--autoplay-policy=no-user-gesture-required",
+        ];
+        Browser::start_with(width, &args).await
+    }
+
+    async fn start_with(width: u32, extra: &[&str]) -> Browser {
         for path in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 std::path::Path::new(path).exists(),
@@ -47,11 +64,13 @@ impl Browser {
             assert!(tokio::time::Instant::now() < deadline, "chromedriver did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let mut args = vec!["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"];
+        args.extend_from_slice(extra);
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+                "args": args,
                 // A headless window is at least 500 px wide; a phone's
                 // viewport is emulated.
                 "mobileEmulation": {"deviceMetrics": {"width": width, "height": 800, "pixelRatio": 1.0}},

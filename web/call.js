@@ -1,0 +1,291 @@
+// Calls in the browser: the signaling socket (API.md's protocol), one
+// RTCPeerConnection per call with the browser's own WebRTC, and the short
+// authentication string exchanged commit-then-reveal as the softphone does.
+
+import { commitment, fingerprintInSdp, fromHex, hex, nonce, revealMatches, sas } from "/sas.js";
+
+const $ = (id) => document.getElementById(id);
+
+let api = null;          // { token(), call(method, path, body) } from app.js
+let socket = null;
+let nextId = 0;
+const waiting = new Map(); // message id -> { resolve, reject }
+let call = null;         // the call in progress, or ringing
+
+/** Starts signaling for the signed-in session. */
+export function startCalls(session) {
+  api = session;
+  connect();
+}
+
+/** Ends signaling (signing out). */
+export function stopCalls() {
+  if (call) endCall("Call ended.");
+  api = null;
+  if (socket) socket.close(1000);
+  socket = null;
+}
+
+/** A fresh access token: sent on the open socket before the old one expires. */
+export function renewToken(token) {
+  if (socket && socket.readyState === WebSocket.OPEN) request("reauth", { token }).catch(() => {});
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  socket = new WebSocket(`${scheme}://${location.host}/v1/calls/ws`);
+  socket.addEventListener("open", () => request("auth", { token: api.token() }).catch(() => {}));
+  socket.addEventListener("message", (event) => handle(JSON.parse(event.data)));
+  socket.addEventListener("close", () => {
+    for (const { reject } of waiting.values()) reject(new Error("the connection closed"));
+    waiting.clear();
+    // Come back while signed in (a dropped network, a restarted server).
+    if (api) setTimeout(() => api && connect(), 1000);
+  });
+}
+
+function request(type, fields) {
+  const id = `m${++nextId}`;
+  socket.send(JSON.stringify({ v: 1, type, id, ...fields }));
+  return new Promise((resolve, reject) => waiting.set(id, { resolve, reject }));
+}
+
+function handle(message) {
+  if (message.type === "ack" || message.type === "error") {
+    const pending = waiting.get(message.id);
+    if (!pending) return;
+    waiting.delete(message.id);
+    if (message.type === "ack") pending.resolve(message);
+    else pending.reject(Object.assign(new Error(message.message), { code: message.code }));
+    return;
+  }
+  const handlers = {
+    incoming: onIncoming,
+    ringing: () => call && say("Ringing…"),
+    answered: onAnswered,
+    answered_elsewhere: () => endCall("Answered on another device."),
+    candidates: onCandidates,
+    sas_reveal: onReveal,
+    hangup: (event) => call && call.id === event.call_id && endCall(HANGUPS[event.reason] || "Call ended."),
+  };
+  const handler = handlers[message.type];
+  if (handler && (!call || !message.call_id || message.call_id === call.id)) handler(message);
+}
+
+const HANGUPS = {
+  user_hangup: "The other side hung up.",
+  rejected: "The call was declined.",
+  busy: "The other side is busy.",
+  invite_timeout: "No answer.",
+  unavailable: "The other side is not online.",
+  lost_connection: "The connection was lost.",
+  server_shutdown: "The server is restarting. Call again in a moment.",
+};
+
+const REFUSALS = {
+  callee_not_found: "Nobody uses Courier with that number.",
+  callee_not_accepting: "That person is not taking calls from you.",
+  callee_busy: "That person is on another call.",
+  already_in_call: "You are in a call already.",
+};
+
+function say(text) {
+  $("call-state").textContent = text;
+}
+
+async function peer(icePolicy) {
+  const { ice_servers: iceServers } = await api.call("GET", "/v1/calls/ice-servers");
+  const config = { iceServers };
+  if (icePolicy === "relay") config.iceTransportPolicy = "relay";
+  const connection = new RTCPeerConnection(config);
+  connection.addEventListener("icecandidate", (event) => {
+    // No end-of-candidates marker goes out: the other side does not need it.
+    if (!event.candidate || !event.candidate.candidate || !call) return;
+    request("candidates", { call_id: call.id, candidates: [event.candidate.toJSON()] }).catch(() => {});
+  });
+  connection.addEventListener("track", (event) => {
+    $("remote-audio").srcObject = event.streams[0] || new MediaStream([event.track]);
+  });
+  connection.addEventListener("connectionstatechange", () => {
+    if (!call) return;
+    if (connection.connectionState === "connected") connected();
+    if (connection.connectionState === "failed") hangUp("ice_failed", "The call could not connect.");
+  });
+  return connection;
+}
+
+async function microphone() {
+  // Asked for before the connection exists: Chromium shows its real
+  // addresses to ICE only once the page may use the microphone.
+  return navigator.mediaDevices.getUserMedia({ audio: true });
+}
+
+function showCall() {
+  $("call-form").hidden = true;
+  $("incoming").hidden = true;
+  $("in-call").hidden = false;
+  $("sas").textContent = "…";
+  $("connection").textContent = "Connecting…";
+}
+
+$("call-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (call) return;
+  const callee = $("callee").value.replace(/[^+0-9]/g, "");
+  call = { id: crypto.randomUUID(), role: "caller", nonce: nonce(), candidates: [] };
+  showCall();
+  say("Calling…");
+  try {
+    call.stream = await microphone();
+    call.pc = await peer("all");
+    call.stream.getTracks().forEach((track) => call.pc.addTrack(track, call.stream));
+    call.offer = await call.pc.createOffer();
+    const ack = await request("invite", {
+      call_id: call.id,
+      callee,
+      sdp: call.offer.sdp,
+      sas_commit: await commitment(call.nonce),
+    });
+    if (ack.ice_policy === "relay") {
+      call.pc.setConfiguration({ ...call.pc.getConfiguration(), iceTransportPolicy: "relay" });
+    }
+    // Only now does gathering start, under the call's policy.
+    await call.pc.setLocalDescription(call.offer);
+  } catch (error) {
+    endCall(REFUSALS[error.code] || error.message || "The call could not be placed.");
+  }
+});
+
+async function onIncoming(event) {
+  if (call) return; // the server answers busy for us
+  call = {
+    id: event.call_id,
+    role: "callee",
+    caller: event.caller,
+    offerSdp: event.sdp,
+    icePolicy: event.ice_policy,
+    commit: event.sas_commit || null,
+    nonce: nonce(),
+    candidates: [],
+  };
+  $("incoming-text").textContent = `Incoming call from ${event.caller}`;
+  $("incoming").hidden = false;
+  $("call-form").hidden = true;
+  request("ringing", { call_id: call.id }).catch(() => {});
+}
+
+$("answer").addEventListener("click", async () => {
+  if (!call || call.role !== "callee") return;
+  showCall();
+  say("Connecting…");
+  try {
+    call.stream = await microphone();
+    call.pc = await peer(call.icePolicy);
+    await call.pc.setRemoteDescription({ type: "offer", sdp: call.offerSdp });
+    call.stream.getTracks().forEach((track) => call.pc.addTrack(track, call.stream));
+    const answer = await call.pc.createAnswer();
+    await call.pc.setLocalDescription(answer);
+    call.answerSdp = answer.sdp;
+    for (const candidate of call.candidates.splice(0)) await call.pc.addIceCandidate(candidate).catch(() => {});
+    await request("answer", { call_id: call.id, sdp: answer.sdp, sas_nonce: hex(call.nonce) });
+  } catch (error) {
+    hangUp("user_hangup", error.message || "The call could not be answered.");
+  }
+});
+
+$("decline").addEventListener("click", () => {
+  if (!call) return;
+  request("reject", { call_id: call.id }).catch(() => {});
+  endCall("");
+});
+
+async function onAnswered(event) {
+  if (!call || call.role !== "caller") return;
+  say("Connecting…");
+  await call.pc.setRemoteDescription({ type: "answer", sdp: event.sdp });
+  for (const candidate of call.candidates.splice(0)) await call.pc.addIceCandidate(candidate).catch(() => {});
+  if (event.sas_nonce) {
+    await showSas(call.pc.localDescription.sdp, event.sdp, call.nonce, fromHex(event.sas_nonce));
+    request("sas_reveal", { call_id: call.id, nonce: hex(call.nonce) }).catch(() => {});
+  }
+}
+
+async function onCandidates(event) {
+  if (!call) return;
+  const ready = call.pc && call.pc.remoteDescription;
+  for (const candidate of event.candidates) {
+    if (ready) await call.pc.addIceCandidate(candidate).catch(() => {});
+    else call.candidates.push(candidate);
+  }
+}
+
+async function onReveal(event) {
+  if (!call || call.role !== "callee") return;
+  const callerNonce = fromHex(event.nonce);
+  if (!callerNonce || !call.commit || !(await revealMatches(call.commit, callerNonce))) {
+    $("sas").textContent = "Warning: the security code cannot be trusted on this call (the other side's value changed).";
+    return;
+  }
+  await showSas(call.offerSdp, call.answerSdp, callerNonce, call.nonce);
+}
+
+async function showSas(callerSdp, calleeSdp, callerNonce, calleeNonce) {
+  const callerFingerprint = fingerprintInSdp(callerSdp);
+  const calleeFingerprint = fingerprintInSdp(calleeSdp);
+  if (!callerFingerprint || !calleeFingerprint) {
+    $("sas").textContent = "Warning: no security code for this call.";
+    return;
+  }
+  const emojis = await sas({ callId: call.id, callerFingerprint, calleeFingerprint, callerNonce, calleeNonce });
+  $("sas").textContent = emojis.map((e) => `${e.symbol} ${e.name}`).join(" · ");
+  $("sas").dataset.symbols = emojis.map((e) => e.symbol).join(" ");
+}
+
+async function connected() {
+  say("In call");
+  call.started = Date.now();
+  call.timer = setInterval(() => {
+    const seconds = Math.floor((Date.now() - call.started) / 1000);
+    $("call-timer").textContent = `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
+  }, 1000);
+  const stats = await call.pc.getStats();
+  let kind = null;
+  stats.forEach((report) => {
+    if (report.type !== "transport" || !report.selectedCandidatePairId) return;
+    const pair = stats.get(report.selectedCandidatePairId);
+    const local = pair && stats.get(pair.localCandidateId);
+    const remote = pair && stats.get(pair.remoteCandidateId);
+    if (local && remote) kind = local.candidateType === "relay" || remote.candidateType === "relay" ? "relay" : "direct";
+  });
+  $("connection").textContent = kind === "relay" ? "Relayed through a TURN server" : kind ? "Direct (peer to peer)" : "Connected";
+  $("connection").dataset.kind = kind || "";
+}
+
+$("mute").addEventListener("click", () => {
+  if (!call || !call.stream) return;
+  const muted = $("mute").getAttribute("aria-pressed") !== "true";
+  call.stream.getAudioTracks().forEach((track) => { track.enabled = !muted; });
+  $("mute").setAttribute("aria-pressed", String(muted));
+});
+
+$("hangup").addEventListener("click", () => hangUp("user_hangup", "Call ended."));
+
+function hangUp(reason, text) {
+  if (call) request("hangup", { call_id: call.id, reason }).catch(() => {});
+  endCall(text);
+}
+
+function endCall(text) {
+  if (call) {
+    clearInterval(call.timer);
+    if (call.pc) call.pc.close();
+    if (call.stream) call.stream.getTracks().forEach((track) => track.stop());
+  }
+  call = null;
+  $("incoming").hidden = true;
+  $("in-call").hidden = true;
+  $("call-form").hidden = false;
+  $("mute").setAttribute("aria-pressed", "false");
+  $("call-timer").textContent = "0:00";
+  $("call-message").textContent = text;
+}

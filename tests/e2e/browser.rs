@@ -223,7 +223,53 @@ async fn two_browsers_call_each_other_with_the_same_security_code(db: Db) {
     server.finish().await;
 }
 
+/// The page calls the softphone and the softphone calls the page: each
+/// hears the other's tone (the softphone's recording checked with the
+/// Goertzel filter, the page's audio with an analyser), and the page shows
+/// the softphone's SAS.
+async fn the_page_and_the_softphone_call_each_other(db: Db) {
+    use crate::calls_media::{CALL_S, Softphone, seconds_of_tone};
+    const PHONE: &str = "+79161140002";
+    let server = Server::start_with(db, &["--sign-in-codes-per-addr-per-hour-max", "0"]).await;
+    let browser = Browser::with_microphone(360, &tone_wav(server.dir.path(), 440.0)).await;
+    sign_in_page(&browser, &server, ALICE).await;
+    let softphone = Softphone::login(&server.url, &server, PHONE).await;
+
+    for page_calls in [true, false] {
+        let running = if page_calls {
+            let answering = softphone.answer(&server.url, 880);
+            answering.wait_for("waiting for a call").await;
+            browser.type_into("Number to call", PHONE).await;
+            browser.click("Call").await;
+            answering
+        } else {
+            let dialing = softphone.dial(&server.url, ALICE, 880);
+            browser.click("Answer").await;
+            dialing
+        };
+        browser.wait_for_text("Connection", "Direct").await;
+        browser.wait_for_text("Security code", " · ").await;
+        let heard = heard_hz(&browser).await;
+        // The softphone hangs up after its call's duration.
+        browser.wait_for_script("return document.getElementById('call-message').textContent", "hung up").await;
+        let report = running.report().await;
+        let shown = browser.eval("return document.getElementById('sas').dataset.symbols").await;
+        assert_eq!(shown, report["sas"], "the page shows the softphone's SAS ({page_calls}): {report}");
+        assert!(report["sas_warning"].is_null(), "{report}");
+        assert!((heard - 880.0).abs() < 30.0, "the page heard {heard} Hz, not the softphone's 880 Hz");
+        let at_softphone = seconds_of_tone(&softphone.recording(), 440.0);
+        assert!(
+            at_softphone >= 0.7 * CALL_S,
+            "the softphone heard the page for {at_softphone} s of {CALL_S}: {report}"
+        );
+    }
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.close().await;
+    server.finish().await;
+}
+
 on_both_databases!(
+    the_page_and_the_softphone_call_each_other,
     the_wallet_page_signs_in_sends_once_and_explains_refusals,
     the_page_computes_the_softphones_sas,
     two_browsers_call_each_other_with_the_same_security_code,

@@ -25,21 +25,21 @@ const ALICE: &str = "+79161140001";
 const BOB: &str = "+79161140002";
 /// Long enough that setting up the media path (2 s and more on a loaded
 /// two-core machine) leaves the 80 % bar meaningful.
-const CALL_S: f64 = 12.0;
+pub(crate) const CALL_S: f64 = 12.0;
 
-struct Softphone {
+pub(crate) struct Softphone {
     profile: tempfile::TempDir,
 }
 
 /// A running `dial` or `answer`: its stderr lines collected as they come.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
     reader: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
-    async fn wait_for(&self, text: &str) {
+    pub(crate) async fn wait_for(&self, text: &str) {
         for _ in 0..300 {
             if self.lines.lock().unwrap().iter().any(|line| line.contains(text)) {
                 return;
@@ -50,7 +50,7 @@ impl Running {
     }
 
     /// The JSON object printed at the end.
-    async fn report(self) -> Value {
+    pub(crate) async fn report(self) -> Value {
         self.ended().await.0
     }
 
@@ -72,7 +72,7 @@ impl Running {
 }
 
 impl Softphone {
-    async fn login(server_url: &str, server: &Server, phone: &'static str) -> Softphone {
+    pub(crate) async fn login(server_url: &str, server: &Server, phone: &'static str) -> Softphone {
         let profile = tempfile::tempdir().unwrap();
         let (status, _) = server.post("/v1/auth/codes", None, json!({"phone": phone})).await;
         assert_eq!(status, 202);
@@ -101,7 +101,7 @@ impl Softphone {
         serde_json::from_slice(&output.stdout).unwrap()
     }
 
-    fn recording(&self) -> PathBuf {
+    pub(crate) fn recording(&self) -> PathBuf {
         self.profile.path().join("heard.wav")
     }
 
@@ -129,11 +129,11 @@ impl Softphone {
         Running { child, lines, reader }
     }
 
-    fn answer(&self, server_url: &str, tone: u32) -> Running {
+    pub(crate) fn answer(&self, server_url: &str, tone: u32) -> Running {
         self.spawn(server_url, &["answer", "--auto", "--wait-s", "60"], tone)
     }
 
-    fn dial(&self, server_url: &str, to: &str, tone: u32) -> Running {
+    pub(crate) fn dial(&self, server_url: &str, to: &str, tone: u32) -> Running {
         self.spawn(server_url, &["dial", to], tone)
     }
 }
@@ -149,7 +149,7 @@ async fn call(alice: &Softphone, alice_url: &str, bob: &Softphone, bob_url: &str
 
 /// Seconds of `path` (100 ms windows) in which `expected` is the louder of
 /// the two tones, with real signal in the window.
-fn seconds_of_tone(path: &Path, expected: f32) -> f64 {
+pub(crate) fn seconds_of_tone(path: &Path, expected: f32) -> f64 {
     let samples: Vec<i16> = read_wav(path).unwrap().iter().map(|value| (value * 32_767.0) as i16).collect();
     let windows = samples.chunks_exact(4_800);
     let mut heard = 0usize;

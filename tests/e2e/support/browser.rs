@@ -30,7 +30,9 @@ impl Browser {
     }
 
     /// A Chromium whose microphone plays `wav` (16-bit PCM, looped), with
-    /// permission granted and audio allowed to play without a gesture.
+    /// permission granted, audio allowed to play without a gesture, and
+    /// loopback addresses among its ICE candidates (a softphone bound to
+    /// 127.0.0.1 offers only those).
     pub async fn with_microphone(width: u32, wav: &std::path::Path) -> Browser {
         let file = format!("--use-file-for-fake-audio-capture={}", wav.display());
         let args = [
@@ -38,6 +40,7 @@ impl Browser {
             "--use-fake-device-for-media-stream",
             file.as_str(),
             "--autoplay-policy=no-user-gesture-required",
+            "--allow-loopback-in-peer-connection",
         ];
         Browser::start_with(width, &args).await
     }

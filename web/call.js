@@ -255,7 +255,10 @@ async function connected() {
     const pair = stats.get(report.selectedCandidatePairId);
     const local = pair && stats.get(pair.localCandidateId);
     const remote = pair && stats.get(pair.remoteCandidateId);
-    if (local && remote) kind = local.candidateType === "relay" || remote.candidateType === "relay" ? "relay" : "direct";
+    if (!local || !remote) return;
+    kind = local.candidateType === "relay" || remote.candidateType === "relay" ? "relay" : "direct";
+    $("connection").dataset.local = local.candidateType;
+    $("connection").dataset.remote = remote.candidateType;
   });
   $("connection").textContent = kind === "relay" ? "Relayed through a TURN server" : kind ? "Direct (peer to peer)" : "Connected";
   $("connection").dataset.kind = kind || "";

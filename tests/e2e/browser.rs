@@ -268,7 +268,90 @@ async fn the_page_and_the_softphone_call_each_other(db: Db) {
     server.finish().await;
 }
 
+/// With `p2p: never` on the callee's side, both pages gather and pair
+/// relay candidates only: the selected pair is relay at both ends, and the
+/// call carries audio through the embedded relay.
+async fn a_relay_only_call_between_pages_goes_through_the_relay(db: Db) {
+    let server = Server::start_with(
+        db,
+        &["--sign-in-codes-per-addr-per-hour-max", "0", "--sign-in-code-resend-after-s", "0"],
+    )
+    .await;
+    let bob_api = server.sign_in(BOB, "phone").await;
+    let (status, settings) = server
+        .call(reqwest::Method::PATCH, "/v1/me/settings", Some(&bob_api.access_token), Some(json!({"p2p": "never"})))
+        .await;
+    assert_eq!((status, &settings["p2p"]), (200, &json!("never")));
+    let alice = Browser::with_microphone(360, &tone_wav(server.dir.path(), 440.0)).await;
+    let bob = Browser::with_microphone(360, &tone_wav(server.dir.path(), 1_000.0)).await;
+    sign_in_page(&alice, &server, ALICE).await;
+    sign_in_page(&bob, &server, BOB).await;
+    alice.type_into("Number to call", BOB).await;
+    alice.click("Call").await;
+    bob.click("Answer").await;
+    for browser in [&alice, &bob] {
+        browser.wait_for_text("Connection", "Relayed").await;
+        let pair =
+            browser.eval("const c = document.getElementById('connection').dataset; return [c.local, c.remote]").await;
+        assert_eq!(pair, json!(["relay", "relay"]), "the selected pair is relay at both ends");
+    }
+    let (alice_hears, bob_hears) = (heard_hz(&alice).await, heard_hz(&bob).await);
+    assert!((alice_hears - 1_000.0).abs() < 30.0, "Alice hears {alice_hears} Hz through the relay");
+    assert!((bob_hears - 440.0).abs() < 30.0, "Bob hears {bob_hears} Hz through the relay");
+    alice.click("Hang up").await;
+    alice.close().await;
+    bob.close().await;
+    server.finish().await;
+}
+
+/// A signaling server that rewrites the page's answer (its DTLS
+/// fingerprint) cannot make the SAS the softphone shows match the page's.
+async fn a_man_in_the_middle_shows_in_the_pages_security_code(db: Db) {
+    use crate::calls_media::Softphone;
+    use crate::support::proxy::{Proxy, Rewrite};
+    const PHONE: &str = "+79161140002";
+    let forged =
+        "sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF";
+    let rewrite: Rewrite = std::sync::Arc::new(move |mut message: serde_json::Value| {
+        if message["type"] == "answer" {
+            let sdp = message["sdp"].as_str().unwrap_or_default();
+            let lines: Vec<String> = sdp
+                .split("\r\n")
+                .map(|line| {
+                    if line.starts_with("a=fingerprint:") { format!("a=fingerprint:{forged}") } else { line.to_owned() }
+                })
+                .collect();
+            message["sdp"] = json!(lines.join("\r\n"));
+        }
+        message
+    });
+    let server = Server::start_with(db, &["--sign-in-codes-per-addr-per-hour-max", "0"]).await;
+    let proxy = Proxy::start(&server.url, Some(rewrite)).await;
+    let browser = Browser::with_microphone(360, &tone_wav(server.dir.path(), 440.0)).await;
+    // The page is served, and signals, through the compromised server.
+    browser.open(&proxy.url).await;
+    browser.type_into("Phone number", BOB).await;
+    browser.click("Send code").await;
+    browser.named("Code").await;
+    browser.type_into("Code", &server.hook.last_code(BOB)).await;
+    browser.click("Sign in").await;
+    browser.named("Number to call").await;
+    let softphone = Softphone::login(&server.url, &server, PHONE).await;
+    let dialing = softphone.dial(&server.url, BOB, 880);
+    browser.click("Answer").await;
+    browser.wait_for_text("Security code", " · ").await;
+    let shown = browser.eval("return document.getElementById('sas').dataset.symbols").await;
+    let report = dialing.report().await;
+    assert!(proxy.sent().iter().any(|m| m["type"] == "answer" && m["sdp"].as_str().unwrap().contains(forged)));
+    assert!(report["sas"].is_string(), "{report}");
+    assert_ne!(shown, report["sas"], "the forged fingerprint is in the softphone's SAS, not the page's");
+    browser.close().await;
+    server.finish().await;
+}
+
 on_both_databases!(
+    a_relay_only_call_between_pages_goes_through_the_relay,
+    a_man_in_the_middle_shows_in_the_pages_security_code,
     the_page_and_the_softphone_call_each_other,
     the_wallet_page_signs_in_sends_once_and_explains_refusals,
     the_page_computes_the_softphones_sas,

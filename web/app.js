@@ -268,8 +268,11 @@ $("send-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const button = event.submitter || $("send-form").querySelector("button[type=submit]");
   if (button.disabled) return;
+  const recipient = $("recipient").value.trim();
+  // The person on a call may be known by their account id only.
+  const isAccountId = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(recipient);
   const body = {
-    to: { phone: $("recipient").value.trim() },
+    to: isAccountId ? { account_id: recipient } : { phone: recipient },
     amount: $("amount").value.trim(),
     currency: wallet ? wallet.currency : "RUB",
   };

@@ -16,6 +16,32 @@ let call = null;         // the call in progress, or ringing
 export function startCalls(session) {
   api = session;
   connect();
+  showHistory();
+}
+
+const DIRECTIONS = { outgoing: "Outgoing", incoming: "Incoming", missed: "Missed" };
+
+/** My recent calls, newest first: missed ones say so. */
+async function showHistory() {
+  try {
+    const page = await api.call("GET", "/v1/calls/history?limit=20");
+    const items = page.items.map((record) => {
+      const item = document.createElement("li");
+      item.dataset.direction = record.direction;
+      const what = document.createElement("span");
+      const when = new Date(record.started_at).toLocaleString();
+      what.textContent = `${DIRECTIONS[record.direction] || record.direction} · ${when}`;
+      const how = document.createElement("span");
+      const seconds = record.duration_s || 0;
+      const rated = record.rating ? ` · rated ${record.rating}` : "";
+      how.textContent = record.direction === "missed" ? "missed" : `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}${rated}`;
+      item.append(what, how);
+      return item;
+    });
+    $("call-history").replaceChildren(...items);
+  } catch {
+    // The list stays as it was; the next call refreshes it.
+  }
 }
 
 /** Ends signaling (signing out). */
@@ -121,6 +147,7 @@ async function microphone() {
 }
 
 function showCall() {
+  $("rate-form").hidden = true;
   $("call-form").hidden = true;
   $("incoming").hidden = true;
   $("in-call").hidden = false;
@@ -132,7 +159,7 @@ $("call-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   if (call) return;
   const callee = $("callee").value.replace(/[^+0-9]/g, "");
-  call = { id: crypto.randomUUID(), role: "caller", nonce: nonce(), candidates: [] };
+  call = { id: crypto.randomUUID(), role: "caller", peer: callee, nonce: nonce(), candidates: [], dialed: Date.now() };
   showCall();
   say("Calling…");
   try {
@@ -161,7 +188,8 @@ async function onIncoming(event) {
   call = {
     id: event.call_id,
     role: "callee",
-    caller: event.caller,
+    peer: event.caller,
+    dialed: Date.now(),
     offerSdp: event.sdp,
     icePolicy: event.ice_policy,
     commit: event.sas_commit || null,
@@ -244,6 +272,7 @@ async function showSas(callerSdp, calleeSdp, callerNonce, calleeNonce) {
 async function connected() {
   say("In call");
   call.started = Date.now();
+  call.setupMs = call.started - call.dialed;
   call.timer = setInterval(() => {
     const seconds = Math.floor((Date.now() - call.started) / 1000);
     $("call-timer").textContent = `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
@@ -257,6 +286,7 @@ async function connected() {
     const remote = pair && stats.get(pair.remoteCandidateId);
     if (!local || !remote) return;
     kind = local.candidateType === "relay" || remote.candidateType === "relay" ? "relay" : "direct";
+    call.candidateType = local.candidateType;
     $("connection").dataset.local = local.candidateType;
     $("connection").dataset.remote = remote.candidateType;
   });
@@ -273,18 +303,74 @@ $("mute").addEventListener("click", () => {
 
 $("hangup").addEventListener("click", () => hangUp("user_hangup", "Call ended."));
 
+// Paying the person on the call: the wallet's form, with them as the recipient.
+$("pay-peer").addEventListener("click", () => {
+  if (!call) return;
+  $("recipient").value = call.peer;
+  $("amount").focus();
+});
+
+/** The call's figures, posted to the call's record as it ends. */
+async function postStats(ending) {
+  if (!ending.pc || !ending.started) return;
+  const figures = { candidate_type: ending.candidateType, setup_ms: ending.setupMs };
+  try {
+    const stats = await ending.pc.getStats();
+    stats.forEach((report) => {
+      if (report.type === "remote-inbound-rtp" && report.roundTripTime !== undefined) {
+        figures.rtt_ms = report.roundTripTime * 1000;
+      }
+      if (report.type === "inbound-rtp" && report.kind === "audio") {
+        if (report.jitter !== undefined) figures.jitter_ms = report.jitter * 1000;
+        const received = (report.packetsReceived || 0) + Math.max(0, report.packetsLost || 0);
+        if (received > 0) figures.packet_loss_pct = (100 * Math.max(0, report.packetsLost || 0)) / received;
+      }
+    });
+  } catch {
+    // The connection is gone; what was measured so far goes.
+  }
+  for (const name of Object.keys(figures)) if (figures[name] === undefined) delete figures[name];
+  await api.call("POST", `/v1/calls/${ending.id}/stats`, figures).catch(() => {});
+}
+
+let rating = null; // the call that may be rated now
+
+$("rate-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!rating) return;
+  const problems = [...$("rate-form").querySelectorAll("input[name=problem]:checked")].map((box) => box.value);
+  try {
+    await api.call("POST", `/v1/calls/${rating}/rating`, { rating: Number($("rating").value), problems });
+    $("call-message").textContent = "Thank you for rating the call.";
+    $("rate-form").hidden = true;
+    rating = null;
+    showHistory();
+  } catch (error) {
+    $("call-message").textContent = error.message || "The rating could not be saved.";
+  }
+});
+
 function hangUp(reason, text) {
   if (call) request("hangup", { call_id: call.id, reason }).catch(() => {});
   endCall(text);
 }
 
 function endCall(text) {
-  if (call) {
-    clearInterval(call.timer);
-    if (call.pc) call.pc.close();
-    if (call.stream) call.stream.getTracks().forEach((track) => track.stop());
-  }
+  const ending = call;
   call = null;
+  if (ending) {
+    clearInterval(ending.timer);
+    if (ending.stream) ending.stream.getTracks().forEach((track) => track.stop());
+    postStats(ending).finally(() => {
+      if (ending.pc) ending.pc.close();
+      showHistory();
+    });
+    if (ending.started) {
+      rating = ending.id;
+      $("rate-form").reset();
+      $("rate-form").hidden = false;
+    }
+  }
   $("incoming").hidden = true;
   $("in-call").hidden = true;
   $("call-form").hidden = false;

@@ -190,7 +190,15 @@ async fn heard_hz(browser: &Browser) -> f64 {
 /// through `courier serve`: each hears the other's tone, both show the same
 /// security code, the connection is direct, and a hang-up reaches the other.
 async fn two_browsers_call_each_other_with_the_same_security_code(db: Db) {
-    let server = Server::start_with(db, &["--sign-in-codes-per-addr-per-hour-max", "0"]).await;
+    let server =
+        Server::start_with(db, &["--sign-in-codes-per-addr-per-hour-max", "0", "--sign-in-code-resend-after-s", "0"])
+            .await;
+    let admin = server.bootstrap_admin();
+    let (alice_api, bob_api) = (server.sign_in(ALICE, "phone").await, server.sign_in(BOB, "phone").await);
+    let body =
+        json!({"account_id": alice_api.account_id, "amount": "100.00", "currency": "RUB", "external_ref": "web-2"});
+    let (status, _, _) = server.post_keyed("/admin/v1/deposits", &admin, "web-deposit-2", body).await;
+    assert_eq!(status, 201);
     let alice = Browser::with_microphone(360, &tone_wav(server.dir.path(), 440.0)).await;
     let bob = Browser::with_microphone(360, &tone_wav(server.dir.path(), 1_000.0)).await;
     sign_in_page(&alice, &server, ALICE).await;
@@ -213,8 +221,42 @@ async fn two_browsers_call_each_other_with_the_same_security_code(db: Db) {
     assert!((bob_hears - 440.0).abs() < 30.0, "Bob hears {bob_hears} Hz, not Alice's 440 Hz");
     alice.screenshot(&format!("call-{db:?}").to_lowercase()).await;
 
+    // Paying the person on the call, from the call screen.
+    alice.click("Send money to the person on this call").await;
+    alice.type_into("Amount", "10.00").await;
+    alice.click("Send money").await;
+    alice.wait_for_text("Balance", "90.00 RUB").await;
+    let (_, wallet) = server.get("/v1/wallet", Some(&bob_api.access_token)).await;
+    assert_eq!(wallet["balance"], "10.00");
+
     alice.click("Hang up").await;
     bob.wait_for_script("return document.getElementById('call-message').textContent", "hung up").await;
+    // The ended call can be rated; its figures went to its record.
+    alice.type_into("Rating (1 to 5)", "4").await;
+    alice.click("Echo").await;
+    alice.click("Rate the call").await;
+    alice.wait_for_script("return document.getElementById('call-message').textContent", "Thank you").await;
+    let (_, history) = server.get("/v1/calls/history", Some(&alice_api.access_token)).await;
+    let record = &history["items"][0];
+    assert_eq!(
+        (&record["direction"], &record["rating"], &record["problems"]),
+        (&json!("outgoing"), &json!(4), &json!(["echo"]))
+    );
+    assert!(["host", "srflx", "prflx"].contains(&record["stats"]["candidate_type"].as_str().unwrap_or("")), "{record}");
+    assert!(record["stats"]["setup_ms"].as_f64().is_some(), "{record}");
+
+    // A call hung up before it is answered shows as missed on the other side.
+    alice.type_into("Number to call", BOB).await;
+    alice.click("Call").await;
+    bob.named("Answer").await;
+    alice.click("Hang up").await;
+    bob.wait_for_script("return document.querySelector('#call-history li').dataset.direction", "missed").await;
+    // Declined: the caller is told.
+    alice.type_into("Number to call", BOB).await;
+    alice.click("Call").await;
+    bob.click("Decline").await;
+    alice.wait_for_script("return document.getElementById('call-message').textContent", "declined").await;
+
     for browser in [&alice, &bob] {
         assert_eq!(browser.console_errors().await, Vec::<String>::new());
     }
@@ -272,11 +314,9 @@ async fn the_page_and_the_softphone_call_each_other(db: Db) {
 /// relay candidates only: the selected pair is relay at both ends, and the
 /// call carries audio through the embedded relay.
 async fn a_relay_only_call_between_pages_goes_through_the_relay(db: Db) {
-    let server = Server::start_with(
-        db,
-        &["--sign-in-codes-per-addr-per-hour-max", "0", "--sign-in-code-resend-after-s", "0"],
-    )
-    .await;
+    let server =
+        Server::start_with(db, &["--sign-in-codes-per-addr-per-hour-max", "0", "--sign-in-code-resend-after-s", "0"])
+            .await;
     let bob_api = server.sign_in(BOB, "phone").await;
     let (status, settings) = server
         .call(reqwest::Method::PATCH, "/v1/me/settings", Some(&bob_api.access_token), Some(json!({"p2p": "never"})))

@@ -14,6 +14,13 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const WAIT: Duration = Duration::from_secs(15);
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// The controls and regions whose label, `aria-label` or text contains
+/// `arguments[0]`.
+const CANDIDATES: &str = "const name = arguments[0];
+    return [...document.querySelectorAll('input, button, [role=region], [role=status]')].filter((e) => {
+      const labels = e.labels ? [...e.labels].map((l) => l.textContent).join(' ') : '';
+      return [e.getAttribute('aria-label') || '', labels, e.textContent || ''].some((t) => t.includes(name));
+    });";
 
 /// One Chromium, with its chromedriver.
 pub struct Browser {
@@ -110,11 +117,13 @@ impl Browser {
     pub async fn named(&self, name: &str) -> String {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
+            // Only the elements whose label text could be the name are
+            // asked for their computed accessible name (a round trip each).
             let found = self
                 .command(
                     reqwest::Method::POST,
-                    "/elements",
-                    Some(json!({"using": "css selector", "value": "input, button, [role=region], [role=status]"})),
+                    "/execute/sync",
+                    Some(json!({"script": CANDIDATES, "args": [name]})),
                 )
                 .await;
             for element in found.as_array().unwrap() {

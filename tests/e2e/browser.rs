@@ -314,9 +314,28 @@ async fn the_page_and_the_softphone_call_each_other(db: Db) {
 /// relay candidates only: the selected pair is relay at both ends, and the
 /// call carries audio through the embedded relay.
 async fn a_relay_only_call_between_pages_goes_through_the_relay(db: Db) {
-    let server =
-        Server::start_with(db, &["--sign-in-codes-per-addr-per-hour-max", "0", "--sign-in-code-resend-after-s", "0"])
-            .await;
+    relay_only_call_between_pages(db, &[]).await;
+}
+
+/// The same through coturn (`--turn external`), the production relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_only_call_between_pages_goes_through_coturn() {
+    use crate::support::coturn::Coturn;
+    const SECRET: &str = "a-coturn-secret-for-the-page-test";
+    let coturn = Coturn::start(SECRET, &["allow-loopback-peers", "allowed-peer-ip=127.0.0.1"]);
+    coturn.ready().await;
+    let turn_url = format!("turn:{}?transport=udp", coturn.addr);
+    relay_only_call_between_pages(
+        Db::Sqlite,
+        &["--turn", "external", "--turn-secret", SECRET, "--turn-urls", &turn_url],
+    )
+    .await;
+}
+
+async fn relay_only_call_between_pages(db: Db, extra: &[&str]) {
+    let mut args = vec!["--sign-in-codes-per-addr-per-hour-max", "0", "--sign-in-code-resend-after-s", "0"];
+    args.extend_from_slice(extra);
+    let server = Server::start_with(db, &args).await;
     let bob_api = server.sign_in(BOB, "phone").await;
     let (status, settings) = server
         .call(reqwest::Method::PATCH, "/v1/me/settings", Some(&bob_api.access_token), Some(json!({"p2p": "never"})))

@@ -120,11 +120,7 @@ impl Browser {
             // Only the elements whose label text could be the name are
             // asked for their computed accessible name (a round trip each).
             let found = self
-                .command(
-                    reqwest::Method::POST,
-                    "/execute/sync",
-                    Some(json!({"script": CANDIDATES, "args": [name]})),
-                )
+                .command(reqwest::Method::POST, "/execute/sync", Some(json!({"script": CANDIDATES, "args": [name]})))
                 .await;
             for element in found.as_array().unwrap() {
                 let id = element[ELEMENT].as_str().unwrap();

@@ -17,6 +17,53 @@ export function startCalls(session) {
   api = session;
   connect();
   showHistory();
+  showSettings();
+  showBlocked();
+}
+
+async function showSettings() {
+  try {
+    const settings = await api.call("GET", "/v1/me/settings");
+    $("calls-from").value = settings.calls_from;
+    $("hide-address").checked = settings.p2p === "never";
+  } catch {
+    // Shown as they were.
+  }
+}
+
+$("settings-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const body = { calls_from: $("calls-from").value, p2p: $("hide-address").checked ? "never" : "always" };
+  try {
+    await api.call("PATCH", "/v1/me/settings", body);
+    $("call-message").textContent = "Settings saved.";
+  } catch (error) {
+    $("call-message").textContent = error.message || "The settings could not be saved.";
+  }
+});
+
+async function showBlocked() {
+  try {
+    const page = await api.call("GET", "/v1/me/blocked?limit=200");
+    const items = page.items.map((entry) => {
+      const item = document.createElement("li");
+      const who = document.createElement("span");
+      who.textContent = entry.account_id;
+      const unblock = document.createElement("button");
+      unblock.type = "button";
+      unblock.textContent = "Unblock";
+      unblock.setAttribute("aria-label", `Unblock ${entry.account_id}`);
+      unblock.addEventListener("click", async () => {
+        await api.call("DELETE", `/v1/me/blocked/${entry.account_id}`).catch(() => {});
+        showBlocked();
+      });
+      item.append(who, unblock);
+      return item;
+    });
+    $("blocked").replaceChildren(...items);
+  } catch {
+    // Shown as it was.
+  }
 }
 
 const DIRECTIONS = { outgoing: "Outgoing", incoming: "Incoming", missed: "Missed" };
@@ -35,7 +82,15 @@ async function showHistory() {
       const seconds = record.duration_s || 0;
       const rated = record.rating ? ` · rated ${record.rating}` : "";
       how.textContent = record.direction === "missed" ? "missed" : `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}${rated}`;
-      item.append(what, how);
+      const block = document.createElement("button");
+      block.type = "button";
+      block.textContent = "Block";
+      block.setAttribute("aria-label", `Block ${record.peer}`);
+      block.addEventListener("click", async () => {
+        await api.call("PUT", `/v1/me/blocked/${record.peer}`).catch(() => {});
+        showBlocked();
+      });
+      item.append(what, how, block);
       return item;
     });
     $("call-history").replaceChildren(...items);

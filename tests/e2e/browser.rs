@@ -408,7 +408,56 @@ async fn a_man_in_the_middle_shows_in_the_pages_security_code(db: Db) {
     server.finish().await;
 }
 
+/// "Who can call me" and the block list, set in the page, are what the
+/// server honours: the caller is told in words, and undoing either lets
+/// the call ring again.
+async fn call_settings_and_blocks_set_in_the_page_are_honoured(db: Db) {
+    let server =
+        Server::start_with(db, &["--sign-in-codes-per-addr-per-hour-max", "0", "--sign-in-code-resend-after-s", "0"])
+            .await;
+    let alice_id = server.sign_in(ALICE, "phone").await.account_id;
+    let alice = Browser::with_microphone(360, &tone_wav(server.dir.path(), 440.0)).await;
+    let bob = Browser::start(360).await;
+    sign_in_page(&alice, &server, ALICE).await;
+    sign_in_page(&bob, &server, BOB).await;
+    let message = "return document.getElementById('call-message').textContent";
+    let refused = "not taking calls from you";
+    let rings = || async {
+        alice.type_into("Number to call", BOB).await;
+        alice.click("Call").await;
+        bob.click("Decline").await;
+        alice.wait_for_script(message, "declined").await;
+    };
+    let is_refused = || async {
+        alice.type_into("Number to call", BOB).await;
+        alice.click("Call").await;
+        alice.wait_for_script(message, refused).await;
+    };
+
+    bob.choose("Who can call me", "Nobody").await;
+    bob.click("Save settings").await;
+    bob.wait_for_script(message, "Settings saved").await;
+    is_refused().await;
+    bob.choose("Who can call me", "Everybody").await;
+    bob.click("Save settings").await;
+    rings().await;
+
+    bob.click(&format!("Block {alice_id}")).await;
+    bob.named(&format!("Unblock {alice_id}")).await;
+    is_refused().await;
+    bob.click(&format!("Unblock {alice_id}")).await;
+    bob.wait_for_script("return document.getElementById('blocked').children.length + ''", "0").await;
+    rings().await;
+    for browser in [&alice, &bob] {
+        assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    }
+    alice.close().await;
+    bob.close().await;
+    server.finish().await;
+}
+
 on_both_databases!(
+    call_settings_and_blocks_set_in_the_page_are_honoured,
     a_relay_only_call_between_pages_goes_through_the_relay,
     a_man_in_the_middle_shows_in_the_pages_security_code,
     the_page_and_the_softphone_call_each_other,

@@ -17,7 +17,7 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// The controls and regions whose label, `aria-label` or text contains
 /// `arguments[0]`.
 const CANDIDATES: &str = "const name = arguments[0];
-    return [...document.querySelectorAll('input, button, [role=region], [role=status]')].filter((e) => {
+    return [...document.querySelectorAll('input, select, button, [role=region], [role=status]')].filter((e) => {
       const labels = e.labels ? [...e.labels].map((l) => l.textContent).join(' ') : '';
       return [e.getAttribute('aria-label') || '', labels, e.textContent || ''].some((t) => t.includes(name));
     });";
@@ -144,6 +144,12 @@ impl Browser {
         let id = self.named(name).await;
         self.command(reqwest::Method::POST, &format!("/element/{id}/clear"), Some(json!({}))).await;
         self.command(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({"text": text}))).await;
+    }
+
+    /// Picks the option shown as `option` in the list named `name`.
+    pub async fn choose(&self, name: &str, option: &str) {
+        let id = self.named(name).await;
+        self.command(reqwest::Method::POST, &format!("/element/{id}/value"), Some(json!({"text": option}))).await;
     }
 
     pub async fn click(&self, name: &str) {

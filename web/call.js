@@ -115,7 +115,9 @@ export function renewToken(token) {
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   socket = new WebSocket(`${scheme}://${location.host}/v1/calls/ws`);
-  socket.addEventListener("open", () => request("auth", { token: api.token() }).catch(() => {}));
+  socket.addEventListener("open", () => {
+    request("auth", { token: api.token() }).then(resumeCall).catch(() => {});
+  });
   socket.addEventListener("message", (event) => handle(JSON.parse(event.data)));
   socket.addEventListener("close", () => {
     for (const { reject } of waiting.values()) reject(new Error("the connection closed"));
@@ -146,11 +148,61 @@ function handle(message) {
     answered: onAnswered,
     answered_elsewhere: () => endCall("Answered on another device."),
     candidates: onCandidates,
+    negotiate: onNegotiate,
     sas_reveal: onReveal,
     hangup: (event) => call && call.id === event.call_id && endCall(HANGUPS[event.reason] || "Call ended."),
   };
   const handler = handlers[message.type];
   if (handler && (!call || !message.call_id || message.call_id === call.id)) handler(message);
+}
+
+/** After a reconnect mid-call: take the call up again; the caller restarts ICE. */
+async function resumeCall() {
+  if (!call || !call.answered) return;
+  try {
+    await request("resume", { call_id: call.id });
+    say("In call (reconnected)");
+    restartIce();
+  } catch (error) {
+    endCall("The connection was lost.");
+  }
+}
+
+/** The caller restarts ICE (Chromium keeps its DTLS role only that way), and
+ * offers again until the callee answers: the server drops an offer sent
+ * before the callee has resumed. */
+async function restartIce() {
+  if (!call || call.role !== "caller" || !call.pc || call.restarting) return;
+  call.restarting = true;
+  const restarting = call;
+  try {
+    await restarting.pc.setLocalDescription(await restarting.pc.createOffer({ iceRestart: true }));
+  } catch {
+    restarting.restarting = false;
+    return;
+  }
+  const send = () => {
+    if (call !== restarting || restarting.pc.signalingState !== "have-local-offer") return;
+    request("negotiate", { call_id: restarting.id, sdp: restarting.pc.localDescription.sdp, kind: "offer" }).catch(() => {});
+    restarting.restartTimer = setTimeout(send, 3000);
+  };
+  send();
+}
+
+async function onNegotiate(event) {
+  if (!call || !call.pc) return;
+  if (event.kind === "offer" && call.role === "callee") {
+    await call.pc.setRemoteDescription({ type: "offer", sdp: event.sdp });
+    const answer = await call.pc.createAnswer();
+    await call.pc.setLocalDescription(answer);
+    request("negotiate", { call_id: call.id, sdp: answer.sdp, kind: "answer" }).catch(() => {});
+  } else if (event.kind === "answer" && call.role === "caller" && call.pc.signalingState === "have-local-offer") {
+    clearTimeout(call.restartTimer);
+    await call.pc.setRemoteDescription({ type: "answer", sdp: event.sdp });
+    call.restarting = false;
+    call.restarts = (call.restarts || 0) + 1;
+    $("connection").dataset.restarts = String(call.restarts);
+  }
 }
 
 const HANGUPS = {
@@ -189,8 +241,16 @@ async function peer(icePolicy) {
   });
   connection.addEventListener("connectionstatechange", () => {
     if (!call) return;
-    if (connection.connectionState === "connected") connected();
-    if (connection.connectionState === "failed") hangUp("ice_failed", "The call could not connect.");
+    if (connection.connectionState === "connected" && !call.started) connected();
+    if (connection.connectionState === "failed" && !call.started) hangUp("ice_failed", "The call could not connect.");
+  });
+  connection.addEventListener("iceconnectionstatechange", () => {
+    // The network changed under the call: the caller restarts ICE if the
+    // path has not come back by itself within two seconds.
+    if (connection.iceConnectionState !== "disconnected" && connection.iceConnectionState !== "failed") return;
+    setTimeout(() => {
+      if (call && call.pc === connection && ["disconnected", "failed"].includes(connection.iceConnectionState)) restartIce();
+    }, 2000);
   });
   return connection;
 }
@@ -269,6 +329,7 @@ $("answer").addEventListener("click", async () => {
     const answer = await call.pc.createAnswer();
     await call.pc.setLocalDescription(answer);
     call.answerSdp = answer.sdp;
+    call.answered = true;
     for (const candidate of call.candidates.splice(0)) await call.pc.addIceCandidate(candidate).catch(() => {});
     await request("answer", { call_id: call.id, sdp: answer.sdp, sas_nonce: hex(call.nonce) });
   } catch (error) {
@@ -284,6 +345,7 @@ $("decline").addEventListener("click", () => {
 
 async function onAnswered(event) {
   if (!call || call.role !== "caller") return;
+  call.answered = true;
   say("Connecting…");
   await call.pc.setRemoteDescription({ type: "answer", sdp: event.sdp });
   for (const candidate of call.candidates.splice(0)) await call.pc.addIceCandidate(candidate).catch(() => {});
@@ -415,6 +477,7 @@ function endCall(text) {
   call = null;
   if (ending) {
     clearInterval(ending.timer);
+    clearTimeout(ending.restartTimer);
     if (ending.stream) ending.stream.getTracks().forEach((track) => track.stop());
     postStats(ending).finally(() => {
       if (ending.pc) ending.pc.close();

@@ -456,7 +456,52 @@ async fn call_settings_and_blocks_set_in_the_page_are_honoured(db: Db) {
     server.finish().await;
 }
 
+/// Mid-call both signaling sockets drop (as on a network change): the
+/// pages reconnect, `resume`, the caller restarts ICE with `negotiate`, the
+/// callee answers it, and the call goes on with its audio.
+async fn a_call_survives_the_signaling_socket_dropping(db: Db) {
+    use crate::support::proxy::Proxy;
+    let server = Server::start_with(db, &["--sign-in-codes-per-addr-per-hour-max", "0"]).await;
+    let proxy = Proxy::start(&server.url, None).await;
+    let alice = Browser::with_microphone(360, &tone_wav(server.dir.path(), 440.0)).await;
+    let bob = Browser::with_microphone(360, &tone_wav(server.dir.path(), 1_000.0)).await;
+    for (browser, phone) in [(&alice, ALICE), (&bob, BOB)] {
+        browser.open(&proxy.url).await;
+        browser.type_into("Phone number", phone).await;
+        browser.click("Send code").await;
+        browser.named("Code").await;
+        browser.type_into("Code", &server.hook.last_code(phone)).await;
+        browser.click("Sign in").await;
+        browser.named("Number to call").await;
+    }
+    alice.type_into("Number to call", BOB).await;
+    alice.click("Call").await;
+    bob.click("Answer").await;
+    for browser in [&alice, &bob] {
+        browser.wait_for_text("Connection", "Direct").await;
+    }
+    proxy.cut();
+    alice.wait_for_script("return document.getElementById('connection').dataset.restarts || ''", "1").await;
+    let sent = proxy.sent();
+    let resumed = sent.iter().filter(|m| m["type"] == "resume").count();
+    assert_eq!(resumed, 2, "both pages resumed the call");
+    assert!(sent.iter().any(|m| m["type"] == "negotiate" && m["kind"] == "offer"), "the caller restarted ICE");
+    assert!(sent.iter().any(|m| m["type"] == "negotiate" && m["kind"] == "answer"), "the callee answered it");
+    for browser in [&alice, &bob] {
+        browser.wait_for_text("Connection", "Direct").await;
+    }
+    let (alice_hears, bob_hears) = (heard_hz(&alice).await, heard_hz(&bob).await);
+    assert!((alice_hears - 1_000.0).abs() < 30.0, "Alice hears {alice_hears} Hz after the restart");
+    assert!((bob_hears - 440.0).abs() < 30.0, "Bob hears {bob_hears} Hz after the restart");
+    alice.click("Hang up").await;
+    bob.wait_for_script("return document.getElementById('call-message').textContent", "hung up").await;
+    alice.close().await;
+    bob.close().await;
+    server.finish().await;
+}
+
 on_both_databases!(
+    a_call_survives_the_signaling_socket_dropping,
     call_settings_and_blocks_set_in_the_page_are_honoured,
     a_relay_only_call_between_pages_goes_through_the_relay,
     a_man_in_the_middle_shows_in_the_pages_security_code,

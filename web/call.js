@@ -212,6 +212,8 @@ const HANGUPS = {
   invite_timeout: "No answer.",
   unavailable: "The other side is not online.",
   lost_connection: "The connection was lost.",
+  ice_failed: "The call could not connect.",
+  glare: "You were calling each other; the other call went through.",
   server_shutdown: "The server is restarting. Call again in a moment.",
 };
 
@@ -261,7 +263,36 @@ async function microphone() {
   return navigator.mediaDevices.getUserMedia({ audio: true });
 }
 
+/** The ring of an incoming call: two short tones every two seconds. */
+let ringer = null;
+
+function ring(on) {
+  if (ringer) {
+    clearInterval(ringer.timer);
+    ringer.context.close().catch(() => {});
+    ringer = null;
+  }
+  $("incoming").dataset.ringing = String(on);
+  if (!on) return;
+  const context = new AudioContext();
+  const beep = () => {
+    for (const [start, hz] of [[0, 440], [0.45, 480]]) {
+      const tone = context.createOscillator();
+      const gain = context.createGain();
+      tone.frequency.value = hz;
+      gain.gain.value = 0.15;
+      tone.connect(gain).connect(context.destination);
+      tone.start(context.currentTime + start);
+      tone.stop(context.currentTime + start + 0.35);
+    }
+  };
+  context.resume().catch(() => {});
+  beep();
+  ringer = { context, timer: setInterval(beep, 2000) };
+}
+
 function showCall() {
+  ring(false);
   $("rate-form").hidden = true;
   $("call-form").hidden = true;
   $("incoming").hidden = true;
@@ -291,8 +322,10 @@ $("call-form").addEventListener("submit", async (event) => {
     if (ack.ice_policy === "relay") {
       call.pc.setConfiguration({ ...call.pc.getConfiguration(), iceTransportPolicy: "relay" });
     }
-    // Only now does gathering start, under the call's policy.
-    await call.pc.setLocalDescription(call.offer);
+    // Only now does gathering start, under the call's policy. The answer
+    // may arrive before this completes: it waits for it (onAnswered).
+    call.localSet = call.pc.setLocalDescription(call.offer);
+    await call.localSet;
   } catch (error) {
     endCall(REFUSALS[error.code] || error.message || "The call could not be placed.");
   }
@@ -313,6 +346,7 @@ async function onIncoming(event) {
   };
   $("incoming-text").textContent = `Incoming call from ${event.caller}`;
   $("incoming").hidden = false;
+  ring(true);
   $("call-form").hidden = true;
   request("ringing", { call_id: call.id }).catch(() => {});
 }
@@ -345,9 +379,12 @@ $("decline").addEventListener("click", () => {
 
 async function onAnswered(event) {
   if (!call || call.role !== "caller") return;
-  call.answered = true;
+  const answered = call;
+  answered.answered = true;
   say("Connecting…");
-  await call.pc.setRemoteDescription({ type: "answer", sdp: event.sdp });
+  await answered.localSet;
+  if (call !== answered) return;
+  await answered.pc.setRemoteDescription({ type: "answer", sdp: event.sdp });
   for (const candidate of call.candidates.splice(0)) await call.pc.addIceCandidate(candidate).catch(() => {});
   if (event.sas_nonce) {
     await showSas(call.pc.localDescription.sdp, event.sdp, call.nonce, fromHex(event.sas_nonce));
@@ -473,6 +510,7 @@ function hangUp(reason, text) {
 }
 
 function endCall(text) {
+  ring(false);
   const ending = call;
   call = null;
   if (ending) {

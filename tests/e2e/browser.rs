@@ -206,11 +206,15 @@ async fn two_browsers_call_each_other_with_the_same_security_code(db: Db) {
 
     alice.type_into("Number to call", BOB).await;
     alice.click("Call").await;
+    bob.named("Answer").await;
+    let ringing = bob.eval("return document.getElementById('incoming').dataset.ringing").await;
+    assert_eq!(ringing, "true", "an incoming call rings");
     bob.click("Answer").await;
     for browser in [&alice, &bob] {
         browser.wait_for_text("Connection", "Direct").await;
         browser.wait_for_text("Security code", " · ").await;
     }
+    assert_eq!(bob.eval("return document.getElementById('incoming').dataset.ringing").await, "false");
     let code = "return document.getElementById('sas').dataset.symbols";
     let (alices, bobs) = (alice.eval(code).await, bob.eval(code).await);
     assert_eq!(alices, bobs, "both sides show the same security code");
@@ -270,8 +274,11 @@ async fn two_browsers_call_each_other_with_the_same_security_code(db: Db) {
 /// Goertzel filter, the page's audio with an analyser), and the page shows
 /// the softphone's SAS.
 async fn the_page_and_the_softphone_call_each_other(db: Db) {
-    use crate::calls_media::{CALL_S, Softphone, seconds_of_tone};
+    use crate::calls_media::{Softphone, seconds_of_tone};
     const PHONE: &str = "+79161140002";
+    // The softphone would end the call after this long; the page hangs up
+    // first, once it has checked what it hears.
+    const AT_MOST_S: f64 = 60.0;
     let server = Server::start_with(db, &["--sign-in-codes-per-addr-per-hour-max", "0"]).await;
     let browser = Browser::with_microphone(360, &tone_wav(server.dir.path(), 440.0)).await;
     sign_in_page(&browser, &server, ALICE).await;
@@ -279,31 +286,33 @@ async fn the_page_and_the_softphone_call_each_other(db: Db) {
 
     for page_calls in [true, false] {
         let running = if page_calls {
-            let answering = softphone.answer(&server.url, 880);
+            let answering = softphone.spawn_for(&server.url, &["answer", "--auto", "--wait-s", "60"], 880, AT_MOST_S);
             answering.wait_for("waiting for a call").await;
             browser.type_into("Number to call", PHONE).await;
             browser.click("Call").await;
             answering
         } else {
-            let dialing = softphone.dial(&server.url, ALICE, 880);
+            let dialing = softphone.spawn_for(&server.url, &["dial", ALICE], 880, AT_MOST_S);
             browser.click("Answer").await;
             dialing
         };
-        browser.wait_for_text("Connection", "Direct").await;
+        // Setting up a call on a loaded two-core machine can take a while,
+        // and then ICE may settle on the relay pair (the policy is "all").
+        browser.wait_for_script("return document.getElementById('connection').dataset.kind ? 'up' : ''", "up").await;
+        let kind = browser.eval("return document.getElementById('connection').dataset.kind").await;
+        assert!(kind == "direct" || kind == "relay", "{kind}");
         browser.wait_for_text("Security code", " · ").await;
         let heard = heard_hz(&browser).await;
-        // The softphone hangs up after its call's duration.
-        browser.wait_for_script("return document.getElementById('call-message').textContent", "hung up").await;
+        // Long enough for the softphone's recording to hold the page's tone.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        browser.click("Hang up").await;
         let report = running.report().await;
         let shown = browser.eval("return document.getElementById('sas').dataset.symbols").await;
         assert_eq!(shown, report["sas"], "the page shows the softphone's SAS ({page_calls}): {report}");
         assert!(report["sas_warning"].is_null(), "{report}");
         assert!((heard - 880.0).abs() < 30.0, "the page heard {heard} Hz, not the softphone's 880 Hz");
         let at_softphone = seconds_of_tone(&softphone.recording(), 440.0);
-        assert!(
-            at_softphone >= 0.7 * CALL_S,
-            "the softphone heard the page for {at_softphone} s of {CALL_S}: {report}"
-        );
+        assert!(at_softphone >= 2.0, "the softphone heard the page for only {at_softphone} s: {report}");
     }
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
     browser.close().await;
@@ -500,7 +509,38 @@ async fn a_call_survives_the_signaling_socket_dropping(db: Db) {
     server.finish().await;
 }
 
+/// A caller whose revealed nonce is not the one it committed to (a server
+/// in the middle swapping it) makes the page warn instead of showing a
+/// code to compare.
+async fn a_reveal_that_breaks_its_commitment_shows_a_warning(db: Db) {
+    use crate::calls_media::Softphone;
+    use crate::support::proxy::{Proxy, Rewrite};
+    const PHONE: &str = "+79161140002";
+    let rewrite: Rewrite = std::sync::Arc::new(|mut message: serde_json::Value| {
+        if message["type"] == "sas_reveal" {
+            message["nonce"] = json!("00".repeat(32));
+        }
+        message
+    });
+    let server = Server::start_with(db, &["--sign-in-codes-per-addr-per-hour-max", "0"]).await;
+    let proxy = Proxy::start(&server.url, Some(rewrite)).await;
+    let browser = Browser::with_microphone(360, &tone_wav(server.dir.path(), 440.0)).await;
+    sign_in_page(&browser, &server, BOB).await;
+    // The softphone signals through the server that swaps its reveal.
+    let softphone = Softphone::login(&proxy.url, &server, PHONE).await;
+    let dialing = softphone.dial(&proxy.url, BOB, 880);
+    browser.click("Answer").await;
+    let warned = browser.wait_for_text("Security code", "Warning").await;
+    assert!(warned.contains("cannot be trusted"), "{warned}");
+    assert!(proxy.sent().iter().any(|m| m["type"] == "sas_reveal"));
+    browser.click("Hang up").await;
+    dialing.report().await;
+    browser.close().await;
+    server.finish().await;
+}
+
 on_both_databases!(
+    a_reveal_that_breaks_its_commitment_shows_a_warning,
     a_call_survives_the_signaling_socket_dropping,
     call_settings_and_blocks_set_in_the_page_are_honoured,
     a_relay_only_call_between_pages_goes_through_the_relay,

@@ -106,7 +106,12 @@ impl Softphone {
     }
 
     fn spawn(&self, server_url: &str, args: &[&str], tone: u32) -> Running {
-        let duration = CALL_S.to_string();
+        self.spawn_for(server_url, args, tone, CALL_S)
+    }
+
+    /// A call of at most `seconds` (the other side may hang up first).
+    pub(crate) fn spawn_for(&self, server_url: &str, args: &[&str], tone: u32, seconds: f64) -> Running {
+        let duration = seconds.to_string();
         let recording = self.recording();
         let mut child = self
             .command(server_url)

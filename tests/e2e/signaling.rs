@@ -460,6 +460,11 @@ async fn signaling_runs_alone_verifying_tokens_with_the_jwks(db: Db) {
     assert_eq!(status, 200, "the full server still runs everything");
     let response = http.get(format!("{}/v1/wallet", node.url)).bearer_auth(&alice.access_token).send().await.unwrap();
     assert_eq!(response.status(), 404, "the signaling node runs signaling only");
+    // It serves the browser client, which calls from the page.
+    let page = http.get(format!("{}/", node.url)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
+    assert!(page.text().await.unwrap().contains("Number to call"));
     server.finish().await;
 }
 

@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const WAIT: Duration = Duration::from_secs(15);
+const WAIT: Duration = Duration::from_secs(30);
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// The controls and regions whose label, `aria-label` or text contains
 /// `arguments[0]`.
@@ -164,7 +164,12 @@ impl Browser {
 
     /// Waits until the element named `name` shows text containing `part`.
     pub async fn wait_for_text(&self, name: &str, part: &str) -> String {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.wait_for_text_within(name, part, WAIT).await
+    }
+
+    /// [`Browser::wait_for_text`] with a time of its own.
+    pub async fn wait_for_text_within(&self, name: &str, part: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             let text = self.text_of(name).await;
             if text.contains(part) {

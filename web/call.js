@@ -298,7 +298,9 @@ function showCall() {
   $("incoming").hidden = true;
   $("in-call").hidden = false;
   $("sas").textContent = "…";
+  delete $("sas").dataset.symbols;
   $("connection").textContent = "Connecting…";
+  for (const key of ["kind", "local", "remote", "restarts"]) delete $("connection").dataset[key];
 }
 
 $("call-form").addEventListener("submit", async (event) => {

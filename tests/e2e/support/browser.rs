@@ -60,7 +60,10 @@ impl Browser {
             );
         }
         let port = super::free_tcp_port();
+        // chromedriver and the Chromium it starts share a process group of
+        // their own, ended as one when the test ends, also on a failure.
         let driver = Command::new(CHROMEDRIVER)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -237,9 +240,19 @@ impl Browser {
         path
     }
 
-    pub async fn close(mut self) {
+    pub async fn close(self) {
         let url = format!("{}/session/{}", self.base, self.session);
         let _ = self.http.delete(url).send().await;
-        let _ = self.driver.kill().await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id().and_then(|pid| i32::try_from(pid).ok()) {
+            // SAFETY: signals the process group this test started; no memory is touched.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
     }
 }

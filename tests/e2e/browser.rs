@@ -36,12 +36,11 @@ async fn the_wallet_page_signs_in_sends_once_and_explains_refusals(db: Db) {
 
     let browser = Browser::start(360).await;
     browser.open(&server.url).await;
-    browser.type_into("Phone number", "+7 916 123-45-67").await;
-    browser.click("Send code").await;
+    // With the keyboard alone: Enter submits each form.
+    browser.type_into("Phone number", "+7 916 123-45-67\u{E007}").await;
     browser.named("Code").await;
     assert_eq!(server.hook.messages(ALICE).len(), 2, "one code for the phone, one for the browser");
-    browser.type_into("Code", &server.hook.last_code(ALICE)).await;
-    browser.click("Sign in").await;
+    browser.type_into("Code", &format!("{}\u{E007}", server.hook.last_code(ALICE))).await;
     browser.wait_for_text("Balance", "1000.00 RUB").await;
 
     // Submitted twice at once (a double click): the money moves once.
@@ -173,6 +172,11 @@ async fn sign_in_page_at(browser: &Browser, server: &Server, url: &str, phone: &
 
 /// The loudest frequency of what the page hears from the other side.
 async fn heard_hz(browser: &Browser) -> f64 {
+    heard(browser).await.0
+}
+
+/// The loudest frequency the page hears from the other side, and its level (dB).
+async fn heard(browser: &Browser) -> (f64, f64) {
     let script = "const done = arguments[arguments.length - 1];
         const context = new AudioContext();
         context.resume().then(() => {
@@ -185,10 +189,12 @@ async fn heard_hz(browser: &Browser) -> f64 {
             analyser.getFloatFrequencyData(bins);
             let loudest = 1;
             for (let i = 1; i < bins.length; i++) if (bins[i] > bins[loudest]) loudest = i;
-            done(loudest * context.sampleRate / analyser.fftSize);
+            done([loudest * context.sampleRate / analyser.fftSize, Math.max(bins[loudest], -200)]);
+            context.close();
           }, 1500);
         });";
-    browser.eval_async(script).await.as_f64().unwrap()
+    let value = browser.eval_async(script).await;
+    (value[0].as_f64().unwrap(), value[1].as_f64().unwrap())
 }
 
 /// Two Chromium processes, each playing its own tone, call each other
@@ -225,10 +231,20 @@ async fn two_browsers_call_each_other_with_the_same_security_code(db: Db) {
     assert_eq!(alices, bobs, "both sides show the same security code");
     assert_eq!(alices.as_str().unwrap().split(' ').count(), 4);
 
-    let (alice_hears, bob_hears) = (heard_hz(&alice).await, heard_hz(&bob).await);
+    let ((alice_hears, loud), bob_hears) = (heard(&alice).await, heard_hz(&bob).await);
     assert!((alice_hears - 1_000.0).abs() < 30.0, "Alice hears {alice_hears} Hz, not Bob's 1000 Hz");
     assert!((bob_hears - 440.0).abs() < 30.0, "Bob hears {bob_hears} Hz, not Alice's 440 Hz");
     alice.screenshot(&format!("call-{db:?}").to_lowercase()).await;
+
+    // Muted, Bob's tone no longer reaches Alice; unmuted, it does again.
+    bob.click("Mute").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (_, muted) = heard(&alice).await;
+    assert!(muted < loud - 30.0, "Alice still hears Bob at {muted} dB (unmuted: {loud} dB)");
+    bob.click("Mute").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (again, _) = heard(&alice).await;
+    assert!((again - 1_000.0).abs() < 30.0, "after unmuting Alice hears {again} Hz");
 
     // Paying the person on the call, from the call screen.
     alice.click("Send money to the person on this call").await;
@@ -328,7 +344,8 @@ async fn the_page_and_the_softphone_call_each_other(db: Db) {
 /// relay candidates only: the selected pair is relay at both ends, and the
 /// call carries audio through the embedded relay.
 async fn a_relay_only_call_between_pages_goes_through_the_relay(db: Db) {
-    relay_only_call_between_pages(db, &[]).await;
+    relay_only_call_between_pages(db, BOB, &[]).await;
+    relay_only_call_between_pages(db, ALICE, &[]).await;
 }
 
 /// The same through coturn (`--turn external`), the production relay.
@@ -341,18 +358,20 @@ async fn a_relay_only_call_between_pages_goes_through_coturn() {
     let turn_url = format!("turn:{}?transport=udp", coturn.addr);
     relay_only_call_between_pages(
         Db::Sqlite,
+        BOB,
         &["--turn", "external", "--turn-secret", SECRET, "--turn-urls", &turn_url],
     )
     .await;
 }
 
-async fn relay_only_call_between_pages(db: Db, extra: &[&str]) {
+/// Alice calls Bob; `hidden` (either of them) has `p2p: never`.
+async fn relay_only_call_between_pages(db: Db, hidden: &str, extra: &[&str]) {
     let mut args = vec!["--sign-in-codes-per-addr-per-hour-max", "0", "--sign-in-code-resend-after-s", "0"];
     args.extend_from_slice(extra);
     let server = Server::start_with(db, &args).await;
-    let bob_api = server.sign_in(BOB, "phone").await;
+    let hiding = server.sign_in(hidden, "phone").await;
     let (status, settings) = server
-        .call(reqwest::Method::PATCH, "/v1/me/settings", Some(&bob_api.access_token), Some(json!({"p2p": "never"})))
+        .call(reqwest::Method::PATCH, "/v1/me/settings", Some(&hiding.access_token), Some(json!({"p2p": "never"})))
         .await;
     assert_eq!((status, &settings["p2p"]), (200, &json!("never")));
     let alice = Browser::with_microphone(360, &tone_wav(server.dir.path(), 440.0)).await;

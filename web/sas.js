@@ -64,6 +64,8 @@ export function normalizeFingerprint(value) {
   const match = /^\s*(\S+)\s+(\S+)\s*$/.exec(value);
   if (!match) return null;
   const [, algorithm, bytes] = match;
+  // A hash function's name (RFC 4572 `hash-func`): letters, digits and hyphens.
+  if (!/^[A-Za-z0-9-]+$/.test(algorithm)) return null;
   if (!bytes.split(":").every((byte) => /^[0-9a-fA-F]{2}$/.test(byte))) return null;
   return `${algorithm.toLowerCase()} ${bytes.toUpperCase()}`;
 }

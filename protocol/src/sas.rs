@@ -147,7 +147,9 @@ pub fn normalize_fingerprint(value: &str) -> Option<String> {
     let bytes = bytes.trim();
     let valid = !bytes.is_empty()
         && bytes.split(':').all(|byte| byte.len() == 2 && byte.bytes().all(|b| b.is_ascii_hexdigit()));
-    if algorithm.is_empty() || !valid {
+    // A hash function's name (RFC 4572 `hash-func`): letters, digits and hyphens.
+    let named = !algorithm.is_empty() && algorithm.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if !named || !valid {
         return None;
     }
     Some(format!("{} {}", algorithm.to_ascii_lowercase(), bytes.to_ascii_uppercase()))
@@ -246,5 +248,6 @@ mod tests {
         assert_eq!(fingerprint_in_sdp(two), None, "two certificates");
         assert_eq!(normalize_fingerprint("sha-256 0A:1B:XY"), None);
         assert_eq!(normalize_fingerprint("sha-256"), None);
+        assert_eq!(normalize_fingerprint("\u{a1}\u{b}0a"), None, "a hash function is named in ASCII");
     }
 }

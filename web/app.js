@@ -300,7 +300,7 @@ $("send-form").addEventListener("submit", async (event) => {
 async function showDevices() {
   try {
     const page = await call("GET", "/v1/me/devices");
-    const items = (page.items || page).map((device) => {
+    const items = page.items.map((device) => {
       const item = document.createElement("li");
       const name = document.createElement("span");
       const current = device.current ? " (this browser)" : "";

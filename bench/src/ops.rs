@@ -54,61 +54,45 @@ const WALLETS: i64 = 10_000;
 /// that reconciles.
 pub async fn insert_transfers(db: &Database, from_ms: i64, span_ms: i64, count: i64) -> Result<(), sqlx::Error> {
     let step = (span_ms / count.max(1)).max(1);
-    let sql = match db.backend() {
-        Backend::Sqlite => {
-            let id = |n: &str| {
-                format!(
-                    "printf('%08x-%04x-7000-8000-%012x', ({from_ms} + ({n} - 1) * {step}) >> 16, \
-                     ({from_ms} + ({n} - 1) * {step}) & 65535, {n})"
-                )
-            };
-            format!(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}), \
-                 t AS (SELECT i, {id_i} AS id, {id_prev} AS prev, \
-                   printf('0190aaaa-0000-7000-8000-%012x', i % {WALLETS}) AS a, \
-                   printf('0190bbbb-0000-7000-8000-%012x', i % {other}) AS b FROM n) \
-                 INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, \
-                   linked_id, initiator, note, created_at, debit_balance, credit_balance) \
-                 SELECT id, {kind}, {debit}, {credit}, 100 + i % 9901, 0, 'RUB', 'RU', {linked}, 'bench', \
-                   CASE WHEN i % 1000 = 0 THEN 'rent, \"march\"' || char(10) || 'paid' END, {from_ms} + (i - 1) * {step}, 0, 0 \
-                 FROM t",
-                id_i = id("i"),
-                id_prev = id("(i - 1)"),
-                other = WALLETS - 3,
-                kind = KIND_SQL,
-                debit = DEBIT_SQL,
-                credit = CREDIT_SQL,
-                linked = LINKED_SQL,
-            )
-        }
+    let backend = db.backend();
+    // What differs between the two dialects: counting rows out, a number in
+    // zero-padded hex, and a line feed.
+    let (numbers, from, newline) = match backend {
+        Backend::Sqlite => (
+            format!("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}),"),
+            "n".to_owned(),
+            "char(10)",
+        ),
         Backend::Postgres => {
-            let id = |n: &str| {
-                format!(
-                    "lpad(to_hex(({from_ms} + ({n} - 1) * {step}) >> 16), 8, '0') || '-' \
-                     || lpad(to_hex(({from_ms} + ({n} - 1) * {step}) & 65535), 4, '0') || '-7000-8000-' \
-                     || lpad(to_hex({n}), 12, '0')"
-                )
-            };
-            format!(
-                "WITH t AS (SELECT i, {id_i} AS id, {id_prev} AS prev, \
-                   '0190aaaa-0000-7000-8000-' || lpad(to_hex(i % {WALLETS}), 12, '0') AS a, \
-                   '0190bbbb-0000-7000-8000-' || lpad(to_hex(i % {other}), 12, '0') AS b \
-                   FROM generate_series(1::BIGINT, {count}::BIGINT) AS i) \
-                 INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, \
-                   linked_id, initiator, note, created_at, debit_balance, credit_balance) \
-                 SELECT id, {kind}, {debit}, {credit}, 100 + i % 9901, 0, 'RUB', 'RU', {linked}, 'bench', \
-                   CASE WHEN i % 1000 = 0 THEN 'rent, \"march\"' || chr(10) || 'paid' END, {from_ms} + (i - 1) * {step}, 0, 0 \
-                 FROM t",
-                id_i = id("i"),
-                id_prev = id("(i - 1)"),
-                other = WALLETS - 3,
-                kind = KIND_SQL,
-                debit = DEBIT_SQL,
-                credit = CREDIT_SQL,
-                linked = LINKED_SQL,
-            )
+            ("WITH".to_owned(), format!("generate_series(1::BIGINT, {count}::BIGINT) AS i"), "chr(10)")
         }
     };
+    let hex = |expr: &str, width: u32| match backend {
+        Backend::Sqlite => format!("printf('%0{width}x', {expr})"),
+        Backend::Postgres => format!("lpad(to_hex({expr}), {width}, '0')"),
+    };
+    let id = |n: &str| {
+        let ms = format!("({from_ms} + ({n} - 1) * {step})");
+        format!(
+            "{} || '-' || {} || '-7000-8000-' || {}",
+            hex(&format!("{ms} >> 16"), 8),
+            hex(&format!("{ms} & 65535"), 4),
+            hex(n, 12)
+        )
+    };
+    let sql = format!(
+        "{numbers} t AS (SELECT i, {id_i} AS id, {id_prev} AS prev, \
+           '0190aaaa-0000-7000-8000-' || {a} AS a, '0190bbbb-0000-7000-8000-' || {b} AS b FROM {from}) \
+         INSERT INTO transfers (id, kind, debit_account, credit_account, amount, fee, currency, region, \
+           linked_id, initiator, note, created_at, debit_balance, credit_balance) \
+         SELECT id, {KIND_SQL}, {DEBIT_SQL}, {CREDIT_SQL}, 100 + i % 9901, 0, 'RUB', 'RU', {LINKED_SQL}, 'bench', \
+           CASE WHEN i % 1000 = 0 THEN 'rent, \"march\"' || {newline} || 'paid' END, {from_ms} + (i - 1) * {step}, 0, 0 \
+         FROM t",
+        id_i = id("i"),
+        id_prev = id("(i - 1)"),
+        a = hex(&format!("i % {WALLETS}"), 12),
+        b = hex(&format!("i % {}", WALLETS - 3), 12),
+    );
     sqlx::query(&sql).execute(db.pool()).await?;
     Ok(())
 }
@@ -148,16 +132,7 @@ async fn insert_audit(db: &Database, count: i64, json: bool) -> Result<(), Strin
         );
         let mut query = sqlx::query(&sql);
         for entry in entries {
-            query = query
-                .bind(entry.seq)
-                .bind(entry.at_ms)
-                .bind(entry.operator)
-                .bind(entry.action)
-                .bind(entry.target)
-                .bind(entry.request_id)
-                .bind(entry.before)
-                .bind(entry.after)
-                .bind(entry.hash);
+            query = courier_common::audit::bind_entry(query, entry);
         }
         let mut transaction = db.pool().begin().await.map_err(|e| e.to_string())?;
         query.execute(&mut *transaction).await.map_err(|e| e.to_string())?;

@@ -215,6 +215,23 @@ pub const INSERT_SQL: &str = "INSERT INTO audit_log (seq, at, operator, action, 
      after_json, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 pub const SET_HEAD_SQL: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
 
+/// An INSERT's query with `entry`'s nine columns bound next, in the order
+/// of [`INSERT_SQL`] (one row of a multi-row insert, as bulk loads write).
+pub type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+pub fn bind_entry(query: AnyQuery<'_>, entry: Entry) -> AnyQuery<'_> {
+    query
+        .bind(entry.seq)
+        .bind(entry.at_ms)
+        .bind(entry.operator)
+        .bind(entry.action)
+        .bind(entry.target)
+        .bind(entry.request_id)
+        .bind(entry.before)
+        .bind(entry.after)
+        .bind(entry.hash)
+}
+
 /// Appends `drafts` in `transaction` (of the pool), after locking the head;
 /// the caller commits with its own action.
 pub async fn append(
@@ -234,18 +251,7 @@ pub async fn append(
     let (seq, hash): (i64, String) = sqlx::query_as(head_sql).fetch_one(&mut **transaction).await?;
     let (entries, (seq, hash)) = chain_all(&drafts, seq, &hash);
     for entry in entries {
-        sqlx::query(INSERT_SQL)
-            .bind(entry.seq)
-            .bind(entry.at_ms)
-            .bind(entry.operator)
-            .bind(entry.action)
-            .bind(entry.target)
-            .bind(entry.request_id)
-            .bind(entry.before)
-            .bind(entry.after)
-            .bind(entry.hash)
-            .execute(&mut **transaction)
-            .await?;
+        bind_entry(sqlx::query(INSERT_SQL), entry).execute(&mut **transaction).await?;
     }
     sqlx::query(SET_HEAD_SQL).bind(seq).bind(&hash).execute(&mut **transaction).await?;
     Ok(())

@@ -41,14 +41,9 @@ impl AuditSigner {
         &self.key_id
     }
 
-    /// The public half as published.
-    pub fn public(&self, created_at_ms: i64) -> AuditKey {
-        AuditKey {
-            key_id: self.key_id.clone(),
-            algorithm: "Ed25519".into(),
-            public_key: URL_SAFE_NO_PAD.encode(self.key.verifying_key().to_bytes()),
-            created_at: rfc3339(created_at_ms),
-        }
+    /// The public half, base64url (as published in `audit_keys`).
+    pub fn public_key(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.key.verifying_key().to_bytes())
     }
 
     /// A checkpoint of entry `seq` with hash `head`, signed at `at_ms`.
@@ -88,12 +83,11 @@ impl Default for CheckpointConfig {
 
 /// Publishes the signer's public key (once; a known key keeps its date).
 pub async fn register(db: &Database, signer: &AuditSigner) -> Result<(), sqlx::Error> {
-    let public = signer.public(0);
     sqlx::query(
         "INSERT INTO audit_keys (key_id, public_key, created_at) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING",
     )
-    .bind(&public.key_id)
-    .bind(&public.public_key)
+    .bind(signer.key_id())
+    .bind(signer.public_key())
     .bind(now_ms())
     .execute(db.pool())
     .await?;
@@ -102,28 +96,35 @@ pub async fn register(db: &Database, signer: &AuditSigner) -> Result<(), sqlx::E
 
 /// Signs a checkpoint of the log's head if one is due: the log grew by
 /// `every_entries` since the last, or the last is older than `interval`
-/// (or there is none yet). An empty log has nothing to sign.
+/// (or there is none yet). An empty log has nothing to sign. `known` is the
+/// newest checkpoint's `(seq, at)` as this node last saw it: while that says
+/// nothing is due, the head is the only read; once it says something is,
+/// the newest checkpoint is read again (another node may have signed).
 pub async fn sign_if_due(
     db: &Database,
     signer: &AuditSigner,
     config: &CheckpointConfig,
+    known: &mut Option<(i64, i64)>,
 ) -> Result<Option<Checkpoint>, sqlx::Error> {
     let (seq, head): (i64, String) = sqlx::query_as(courier_common::audit::HEAD_SQL).fetch_one(db.pool()).await?;
     if seq == 0 {
         return Ok(None);
     }
-    let last: Option<(i64, i64)> = sqlx::query_as("SELECT seq, at FROM audit_checkpoints ORDER BY id DESC LIMIT 1")
-        .fetch_optional(db.pool())
-        .await?;
     let now = now_ms();
     let interval_ms = i64::try_from(config.interval.as_millis()).unwrap_or(i64::MAX);
-    let due = match last {
+    let due = |last: Option<(i64, i64)>| match last {
         None => true,
         Some((last_seq, last_at)) => {
             seq >= last_seq.saturating_add(config.every_entries) || now.saturating_sub(last_at) >= interval_ms
         }
     };
-    if !due {
+    if known.is_some() && !due(*known) {
+        return Ok(None);
+    }
+    *known = sqlx::query_as("SELECT seq, at FROM audit_checkpoints ORDER BY id DESC LIMIT 1")
+        .fetch_optional(db.pool())
+        .await?;
+    if !due(*known) {
         return Ok(None);
     }
     let checkpoint = signer.sign(seq, &head, now);
@@ -136,6 +137,7 @@ pub async fn sign_if_due(
         .bind(&checkpoint.signature)
         .execute(db.pool())
         .await?;
+    *known = Some((seq, now));
     tracing::info!(seq, key_id = signer.key_id(), "signed an audit checkpoint");
     Ok(Some(checkpoint))
 }
@@ -144,12 +146,13 @@ pub async fn sign_if_due(
 pub async fn run(db: Database, signer: AuditSigner, config: CheckpointConfig, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(config.poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut known = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(error) = sign_if_due(&db, &signer, &config).await {
+        if let Err(error) = sign_if_due(&db, &signer, &config, &mut known).await {
             tracing::warn!(%error, "cannot sign an audit checkpoint; trying again");
         }
     }

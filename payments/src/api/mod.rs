@@ -3,7 +3,7 @@
 
 mod reports;
 
-pub use reports::{EXPORT_COLUMNS, EXPORT_DAYS_MAX, EXPORTS_AT_ONCE_MAX};
+pub use reports::{EXPORT_COLUMNS, EXPORTS_AT_ONCE_MAX};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

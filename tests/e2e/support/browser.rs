@@ -167,12 +167,7 @@ impl Browser {
 
     /// Waits until the element named `name` shows text containing `part`.
     pub async fn wait_for_text(&self, name: &str, part: &str) -> String {
-        self.wait_for_text_within(name, part, WAIT).await
-    }
-
-    /// [`Browser::wait_for_text`] with a time of its own.
-    pub async fn wait_for_text_within(&self, name: &str, part: &str, within: Duration) -> String {
-        let deadline = tokio::time::Instant::now() + within;
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let text = self.text_of(name).await;
             if text.contains(part) {

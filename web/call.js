@@ -433,7 +433,14 @@ async function connected() {
     const seconds = Math.floor((Date.now() - call.started) / 1000);
     $("call-timer").textContent = `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
   }, 1000);
-  const stats = await call.pc.getStats();
+  showPath(call, 10);
+}
+
+/** Direct or relayed, from the selected candidate pair. Chromium may say
+ * "connected" before its statistics name the pair: asked again shortly. */
+async function showPath(current, tries) {
+  if (call !== current) return;
+  const stats = await current.pc.getStats();
   let kind = null;
   stats.forEach((report) => {
     if (report.type !== "transport" || !report.selectedCandidatePairId) return;
@@ -442,10 +449,14 @@ async function connected() {
     const remote = pair && stats.get(pair.remoteCandidateId);
     if (!local || !remote) return;
     kind = local.candidateType === "relay" || remote.candidateType === "relay" ? "relay" : "direct";
-    call.candidateType = local.candidateType;
+    current.candidateType = local.candidateType;
     $("connection").dataset.local = local.candidateType;
     $("connection").dataset.remote = remote.candidateType;
   });
+  if (!kind && tries > 1) {
+    setTimeout(() => showPath(current, tries - 1), 500);
+    return;
+  }
   $("connection").textContent = kind === "relay" ? "Relayed through a TURN server" : kind ? "Direct (peer to peer)" : "Connected";
   $("connection").dataset.kind = kind || "";
 }

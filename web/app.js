@@ -238,25 +238,39 @@ $("older").addEventListener("click", () => showHistory(false));
 let lastQuote = null;
 let quoteTimer = null;
 
-$("amount").addEventListener("input", () => {
-  clearTimeout(quoteTimer);
-  quoteTimer = setTimeout(showQuote, 250);
-});
+for (const field of ["amount", "recipient"]) {
+  $(field).addEventListener("input", () => {
+    clearTimeout(quoteTimer);
+    quoteTimer = setTimeout(showQuote, 250);
+  });
+}
 
+/** The fee for the amount, and whether the recipient can be paid, asked
+ * while they are typed (the transfer's own answer is what counts). */
 async function showQuote() {
   const amount = $("amount").value.trim();
-  if (!/^(0|[1-9][0-9]*)(\.[0-9]+)?$/.test(amount)) {
+  const recipient = $("recipient").value.trim();
+  const query = new URLSearchParams();
+  if (/^(0|[1-9][0-9]*)(\.[0-9]+)?$/.test(amount)) query.set("amount", amount);
+  if (/^\+[0-9 ().-]{8,31}$/.test(recipient) || isAccountId(recipient)) query.set("to", recipient);
+  if (!query.has("amount") && !query.has("to")) {
     $("quote").textContent = "";
     return;
   }
   try {
-    const quote = await call("GET", `/v1/transfers/quote?amount=${encodeURIComponent(amount)}`);
-    if ($("amount").value.trim() !== amount) return;
+    const quote = await call("GET", `/v1/transfers/quote?${query}`);
+    if ($("amount").value.trim() !== amount || $("recipient").value.trim() !== recipient) return;
     lastQuote = quote;
-    $("quote").textContent = `Fee ${quote.fee} ${quote.currency} · you pay ${quote.total} ${quote.currency}`;
+    $("quote").textContent = quote.fee ? `Fee ${quote.fee} ${quote.currency} · you pay ${quote.total} ${quote.currency}` : "";
   } catch (error) {
-    $("quote").textContent = sentence(error);
+    if ($("amount").value.trim() === amount && $("recipient").value.trim() === recipient) {
+      $("quote").textContent = sentence(error);
+    }
   }
+}
+
+function isAccountId(text) {
+  return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(text);
 }
 
 // One Idempotency-Key per transfer the person means to make: a double click
@@ -270,9 +284,8 @@ $("send-form").addEventListener("submit", async (event) => {
   if (button.disabled) return;
   const recipient = $("recipient").value.trim();
   // The person on a call may be known by their account id only.
-  const isAccountId = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(recipient);
   const body = {
-    to: isAccountId ? { account_id: recipient } : { phone: recipient },
+    to: isAccountId(recipient) ? { account_id: recipient } : { phone: recipient },
     amount: $("amount").value.trim(),
     currency: wallet ? wallet.currency : "RUB",
   };

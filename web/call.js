@@ -242,7 +242,8 @@ async function peer(icePolicy) {
     $("remote-audio").srcObject = event.streams[0] || new MediaStream([event.track]);
   });
   connection.addEventListener("connectionstatechange", () => {
-    if (!call) return;
+    if (!call || call.pc !== connection) return;
+    $("connection").dataset.state = connection.connectionState;
     if (connection.connectionState === "connected" && !call.started) connected();
     if (connection.connectionState === "failed" && !call.started) hangUp("ice_failed", "The call could not connect.");
   });
@@ -299,8 +300,11 @@ function showCall() {
   $("in-call").hidden = false;
   $("sas").textContent = "…";
   delete $("sas").dataset.symbols;
+  $("call-quality").textContent = "";
+  $("pay-peer").hidden = true;
+  offerPayment(call);
   $("connection").textContent = "Connecting…";
-  for (const key of ["kind", "local", "remote", "restarts"]) delete $("connection").dataset[key];
+  for (const key of ["kind", "local", "remote", "restarts", "state"]) delete $("connection").dataset[key];
 }
 
 $("call-form").addEventListener("submit", async (event) => {
@@ -433,32 +437,61 @@ async function connected() {
     const seconds = Math.floor((Date.now() - call.started) / 1000);
     $("call-timer").textContent = `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`;
   }, 1000);
-  showPath(call, 10);
+  $("connection").textContent = "Connected";
+  showPath(call);
+  showFigures(call);
 }
 
-/** Direct or relayed, from the selected candidate pair. Chromium may say
- * "connected" before its statistics name the pair: asked again shortly. */
-async function showPath(current, tries) {
+/** Direct or relayed, from the selected candidate pair: shown once the
+ * connection has one, and again whenever ICE selects another (a restart, a
+ * network change). Chromium may say "connected" a moment before it names
+ * the pair: asked again every half second until it does. */
+function showPath(current) {
   if (call !== current) return;
+  const ice = iceTransport(current.pc);
+  if (ice && !current.watchingPath) {
+    current.watchingPath = true;
+    ice.addEventListener("selectedcandidatepairchange", () => showPath(current));
+  }
+  readPath(current).then((path) => {
+    if (call !== current) return;
+    if (!path) {
+      clearTimeout(current.pathTimer);
+      current.pathTimer = setTimeout(() => showPath(current), 500);
+      return;
+    }
+    const kind = path.local === "relay" || path.remote === "relay" ? "relay" : "direct";
+    current.candidateType = path.local;
+    const shown = $("connection");
+    shown.dataset.local = path.local;
+    shown.dataset.remote = path.remote;
+    shown.dataset.kind = kind;
+    shown.textContent = kind === "relay" ? "Relayed through a TURN server" : "Direct (peer to peer)";
+  });
+}
+
+function iceTransport(pc) {
+  const sender = pc.getSenders().find((s) => s.transport);
+  return sender ? sender.transport.iceTransport : null;
+}
+
+/** The selected pair's candidate types, or null while there is none. */
+async function readPath(current) {
+  const ice = iceTransport(current.pc);
+  const selected = ice && ice.getSelectedCandidatePair ? ice.getSelectedCandidatePair() : null;
+  if (selected && selected.local && selected.remote && selected.local.type && selected.remote.type) {
+    return { local: selected.local.type, remote: selected.remote.type };
+  }
   const stats = await current.pc.getStats();
-  let kind = null;
+  let path = null;
   stats.forEach((report) => {
     if (report.type !== "transport" || !report.selectedCandidatePairId) return;
     const pair = stats.get(report.selectedCandidatePairId);
     const local = pair && stats.get(pair.localCandidateId);
     const remote = pair && stats.get(pair.remoteCandidateId);
-    if (!local || !remote) return;
-    kind = local.candidateType === "relay" || remote.candidateType === "relay" ? "relay" : "direct";
-    current.candidateType = local.candidateType;
-    $("connection").dataset.local = local.candidateType;
-    $("connection").dataset.remote = remote.candidateType;
+    if (local && remote) path = { local: local.candidateType, remote: remote.candidateType };
   });
-  if (!kind && tries > 1) {
-    setTimeout(() => showPath(current, tries - 1), 500);
-    return;
-  }
-  $("connection").textContent = kind === "relay" ? "Relayed through a TURN server" : kind ? "Direct (peer to peer)" : "Connected";
-  $("connection").dataset.kind = kind || "";
+  return path;
 }
 
 $("mute").addEventListener("click", () => {
@@ -477,25 +510,59 @@ $("pay-peer").addEventListener("click", () => {
   $("amount").focus();
 });
 
+/** The call's figures so far: round trip, jitter and loss of what arrives. */
+async function figuresOf(current) {
+  const figures = {};
+  const stats = await current.pc.getStats();
+  stats.forEach((report) => {
+    if (report.type === "remote-inbound-rtp" && report.roundTripTime !== undefined) {
+      figures.rtt_ms = report.roundTripTime * 1000;
+    }
+    if (report.type === "inbound-rtp" && report.kind === "audio") {
+      if (report.jitter !== undefined) figures.jitter_ms = report.jitter * 1000;
+      const received = (report.packetsReceived || 0) + Math.max(0, report.packetsLost || 0);
+      if (received > 0) figures.packet_loss_pct = (100 * Math.max(0, report.packetsLost || 0)) / received;
+    }
+  });
+  return figures;
+}
+
+/** The figures on the call screen, every two seconds while the call lasts. */
+async function showFigures(current) {
+  if (call !== current) return;
+  try {
+    const figures = await figuresOf(current);
+    const parts = [];
+    if (figures.rtt_ms !== undefined) parts.push(`round trip ${Math.round(figures.rtt_ms)} ms`);
+    if (figures.jitter_ms !== undefined) parts.push(`jitter ${Math.round(figures.jitter_ms)} ms`);
+    if (figures.packet_loss_pct !== undefined) parts.push(`loss ${figures.packet_loss_pct.toFixed(1)} %`);
+    if (call === current && parts.length) $("call-quality").textContent = parts.join(" · ");
+  } catch {
+    // Shown as it was; the next turn tries again.
+  }
+  if (call === current) current.figuresTimer = setTimeout(() => showFigures(current), 2000);
+}
+
+/** "Send money" is offered only for someone I could pay now (my region). */
+async function offerPayment(current) {
+  try {
+    await api.call("GET", `/v1/transfers/quote?to=${encodeURIComponent(current.peer)}`);
+    if (call === current) $("pay-peer").hidden = false;
+  } catch {
+    // Another region, no wallet here, or not reachable now: nothing offered.
+  }
+}
+
 /** The call's figures, posted to the call's record as it ends. */
 async function postStats(ending) {
   if (!ending.pc || !ending.started) return;
-  const figures = { candidate_type: ending.candidateType, setup_ms: ending.setupMs };
+  let figures = {};
   try {
-    const stats = await ending.pc.getStats();
-    stats.forEach((report) => {
-      if (report.type === "remote-inbound-rtp" && report.roundTripTime !== undefined) {
-        figures.rtt_ms = report.roundTripTime * 1000;
-      }
-      if (report.type === "inbound-rtp" && report.kind === "audio") {
-        if (report.jitter !== undefined) figures.jitter_ms = report.jitter * 1000;
-        const received = (report.packetsReceived || 0) + Math.max(0, report.packetsLost || 0);
-        if (received > 0) figures.packet_loss_pct = (100 * Math.max(0, report.packetsLost || 0)) / received;
-      }
-    });
+    figures = await figuresOf(ending);
   } catch {
-    // The connection is gone; what was measured so far goes.
+    // The connection is gone; what is known of the call still goes.
   }
+  Object.assign(figures, { candidate_type: ending.candidateType, setup_ms: ending.setupMs });
   for (const name of Object.keys(figures)) if (figures[name] === undefined) delete figures[name];
   await api.call("POST", `/v1/calls/${ending.id}/stats`, figures).catch(() => {});
 }
@@ -529,6 +596,8 @@ function endCall(text) {
   if (ending) {
     clearInterval(ending.timer);
     clearTimeout(ending.restartTimer);
+    clearTimeout(ending.pathTimer);
+    clearTimeout(ending.figuresTimer);
     if (ending.stream) ending.stream.getTracks().forEach((track) => track.stop());
     postStats(ending).finally(() => {
       if (ending.pc) ending.pc.close();

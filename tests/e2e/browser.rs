@@ -246,7 +246,13 @@ async fn two_browsers_call_each_other_with_the_same_security_code(db: Db) {
     let (again, _) = heard(&alice).await;
     assert!((again - 1_000.0).abs() < 30.0, "after unmuting Alice hears {again} Hz");
 
-    // Paying the person on the call, from the call screen.
+    // The call's figures show while it lasts.
+    for browser in [&alice, &bob] {
+        browser.wait_for_text("Call quality", "jitter").await;
+    }
+    // Paying the person on the call, from the call screen; Bob could too
+    // (Alice is in his region, known to his page by her account id).
+    assert_eq!(bob.eval("return document.getElementById('pay-peer').hidden").await, false);
     alice.click("Send money to the person on this call").await;
     alice.type_into("Amount", "10.00").await;
     alice.click("Send money").await;
@@ -296,7 +302,8 @@ async fn two_browsers_call_each_other_with_the_same_security_code(db: Db) {
 /// the softphone's SAS.
 async fn the_page_and_the_softphone_call_each_other(db: Db) {
     use crate::calls_media::{Softphone, seconds_of_tone};
-    const PHONE: &str = "+79161140002";
+    // In Brazil: the page offers no "Send money" on a call with them.
+    const PHONE: &str = "+5511912340002";
     // The softphone would end the call after this long; the page hangs up
     // first, once it has checked what it hears.
     const AT_MOST_S: f64 = 60.0;
@@ -319,10 +326,18 @@ async fn the_page_and_the_softphone_call_each_other(db: Db) {
         };
         // Setting up a call on a loaded two-core machine can take a while,
         // and then ICE may settle on the relay pair (the policy is "all").
-        browser.wait_for_script("return document.getElementById('connection').dataset.kind ? 'up' : ''", "up").await;
+        // Until it is up, the script says where the page is, for a failure to show.
+        let up = "const c = document.getElementById('connection'); return c.dataset.kind ? 'up' : \
+                  [document.getElementById('call-state').textContent, c.dataset.state, c.textContent].join(' / ')";
+        if let Err(failed) = browser.try_wait_for_script(up, "up").await {
+            panic!("{failed} (page calls: {page_calls}); the softphone printed:\n{}", running.printed());
+        }
         let kind = browser.eval("return document.getElementById('connection').dataset.kind").await;
         assert!(kind == "direct" || kind == "relay", "{kind}");
         browser.wait_for_text("Security code", " · ").await;
+        // By the time the figures show, the page has asked whether it can pay them.
+        browser.wait_for_text("Call quality", "jitter").await;
+        assert_eq!(browser.eval("return document.getElementById('pay-peer').hidden").await, true);
         let heard = heard_hz(&browser).await;
         // Long enough for the softphone's recording to hold the page's tone.
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;

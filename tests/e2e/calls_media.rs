@@ -49,6 +49,11 @@ impl Running {
         panic!("never printed {text:?}; printed:\n{}", self.lines.lock().unwrap().join("\n"));
     }
 
+    /// What it has printed on stderr so far.
+    pub(crate) fn printed(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
     /// The JSON object printed at the end.
     pub(crate) async fn report(self) -> Value {
         self.ended().await.0

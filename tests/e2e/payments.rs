@@ -770,8 +770,9 @@ async fn a_quote_tells_the_fee_and_the_limits_left(db: Db) {
         let (got, body) = quote(&w.alice, amount).await;
         assert_eq!((got, error_code(&body)), (status, code), "{amount}: {body}");
     }
+    // With neither an amount nor a recipient, what is left of the limits.
     let (got, body) = w.server.get("/v1/transfers/quote", Some(&w.alice.access_token)).await;
-    assert_eq!((got, error_code(&body)), (400, "invalid_request"), "{body}");
+    assert_eq!((got, &body["limits_left"]["daily"], body.get("fee")), (200, &json!("149000.00"), None), "{body}");
     let hans = w.server.sign_in(HANS, "phone").await;
     let (got, body) = quote(&hans, "1.00").await;
     assert_eq!((got, error_code(&body)), (403, "region_not_supported"));
@@ -779,7 +780,58 @@ async fn a_quote_tells_the_fee_and_the_limits_left(db: Db) {
     w.server.finish().await;
 }
 
+/// A quote with `to` says whether that person can be paid now, with the
+/// refusal the transfer would get: the page offers "Send money" during a
+/// call only for someone it can pay.
+async fn a_quote_tells_whether_a_recipient_can_be_paid(db: Db) {
+    let w = world(db).await;
+    w.deposit(&w.bob.account_id, "5.00", "RUB").await;
+    let bruno = w.server.sign_in(BRUNO, "phone").await;
+    let hans = w.server.sign_in(HANS, "phone").await;
+    let quote = |to: &str, amount: Option<&str>| {
+        let mut path = format!("/v1/transfers/quote?to={}", to.replace('+', "%2B"));
+        if let Some(amount) = amount {
+            path.push_str(&format!("&amount={amount}"));
+        }
+        let token = w.alice.access_token.clone();
+        let server = &w.server;
+        async move { server.get(&path, Some(&token)).await }
+    };
+    let (status, by_phone) = quote(BOB, None).await;
+    assert_eq!((status, &by_phone["to"]), (200, &json!(w.bob.account_id)), "{by_phone}");
+    assert_eq!(by_phone.get("fee"), None, "no amount, no fee: {by_phone}");
+    let (status, by_id) = quote(&w.bob.account_id, Some("10.00")).await;
+    assert_eq!((status, &by_id["to"], &by_id["fee"]), (200, &json!(w.bob.account_id), &json!("0.00")), "{by_id}");
+
+    let state = w.ledger_state().await;
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for (to, status, code) in [
+        (CAROL, 404, "recipient_not_found"),
+        (unknown.as_str(), 404, "recipient_not_found"),
+        (ALICE, 422, "self_transfer"),
+        (w.alice.account_id.as_str(), 422, "self_transfer"),
+        (BRUNO, 422, "cross_region"),
+        (bruno.account_id.as_str(), 422, "cross_region"),
+        (HANS, 422, "cross_region"),
+        ("+7 916", 422, "invalid_phone"),
+        ("nobody", 400, "invalid_phone"),
+    ] {
+        let (got, body) = quote(to, None).await;
+        assert_eq!((got, error_code(&body)), (status, code), "{to}: {body}");
+    }
+    let (status, _) = freeze(&w, &w.bob.account_id, "freeze", "chargeback review").await;
+    assert_eq!(status, 200);
+    let (got, body) = quote(BOB, Some("1.00")).await;
+    assert_eq!((got, error_code(&body)), (422, "recipient_frozen"), "{body}");
+    let (got, body) = w.server.get("/v1/transfers/quote?to=%2B79161234567", Some(&hans.access_token)).await;
+    assert_eq!((got, error_code(&body)), (403, "region_not_supported"), "{body}");
+    let (_, after) = w.server.get("/v1/wallet", Some(&w.alice.access_token)).await;
+    assert_eq!(after, state["alice"], "quotes move nothing");
+    w.server.finish().await;
+}
+
 on_both_databases!(
+    a_quote_tells_whether_a_recipient_can_be_paid,
     a_quote_tells_the_fee_and_the_limits_left,
     the_ledger_benchmark_measures_group_commit_and_the_baseline,
     a_full_queue_is_overloaded_not_unbounded,

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::error::PaymentsError;
-use crate::ledger::Command;
+use crate::ledger::{Command, Refusal};
 use crate::money::{self, Currency, Money, format_minor};
 use crate::region::{RegionCode, RegionRules};
 use crate::store::{self, IdempotencyKey, StoredResponse};
@@ -145,6 +145,36 @@ impl Payments {
         }
         cache.insert(cache_key, found.clone());
         Ok(Some(found))
+    }
+
+    /// The account of `to` (a phone number or an account id) if `from` (of
+    /// `region`) could pay them now; else the refusal a transfer would get.
+    async fn payable(&self, from: &str, region: RegionCode, to: String) -> Result<String, HttpError> {
+        let (recipient, number) = if is_uuid(&to) {
+            (Recipient::Account(ToAccount { account_id: to }), None)
+        } else {
+            let number = PhoneNumber::parse(&to).map_err(PaymentsError::InvalidPhone)?;
+            (Recipient::Phone(ToPhone { phone: to }), Some(number))
+        };
+        let refused = |refusal: Refusal| {
+            let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+            HttpError::new(status, refusal.code(), refusal.message())
+        };
+        let Some((to, to_region)) = self.recipient(&recipient, number.as_ref()).await? else {
+            return Err(refused(Refusal::RecipientNotFound));
+        };
+        if to == from {
+            return Err(refused(Refusal::SelfTransfer));
+        }
+        if to_region != Some(region) {
+            return Err(refused(Refusal::CrossRegion));
+        }
+        let frozen =
+            store::wallet(&self.inner.db, &to).await.map_err(PaymentsError::from)?.is_some_and(|w| w.frozen.is_some());
+        if frozen {
+            return Err(refused(Refusal::RecipientFrozen));
+        }
+        Ok(to)
     }
 
     async fn submit(
@@ -1529,9 +1559,15 @@ async fn balance_at(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct QuoteQuery {
-    /// What I mean to send, in my region's currency.
+    /// What I mean to send, in my region's currency; without it, the answer
+    /// has no `amount`, `fee` or `total`.
     #[param(max_length = 32, pattern = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")]
-    amount: String,
+    amount: Option<String>,
+    /// Whom I mean to send it to, by phone number or account id: refused as
+    /// `POST /v1/transfers` would refuse them now (`recipient_not_found`,
+    /// `self_transfer`, `cross_region`, `recipient_frozen`).
+    #[param(pattern = r"^(\+[0-9 ().-]{1,31}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")]
+    to: Option<String>,
 }
 
 /// What is left of a limit now.
@@ -1547,24 +1583,31 @@ pub struct LimitsLeft {
 /// What sending an amount now would cost.
 #[derive(Serialize, ToSchema)]
 pub struct Quote {
-    amount: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amount: Option<String>,
     /// Paid by the sender on top of the amount.
-    fee: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fee: Option<String>,
     /// Amount and fee.
-    total: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<String>,
+    /// The recipient's account, when `to` was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<String>,
     currency: Currency,
     /// What is left of each of my limits before this transfer.
     limits_left: LimitsLeft,
 }
 
-/// The fee for sending `amount` now, and what is left of my limits: from my
-/// wallet's usage as of the ledger's last commit (the transfer's own answer
-/// is what counts).
+/// The fee for sending `amount` now, whether `to` can be paid, and what is
+/// left of my limits: from my wallet's usage as of the ledger's last commit
+/// (the transfer's own answer is what counts).
 #[utoipa::path(get, path = "/v1/transfers/quote", tag = "payments", security(("user" = [])), params(QuoteQuery),
     responses((status = 200, body = Quote),
-              (status = 400, description = "`invalid_amount`, `invalid_request`: not of the documented form", body = ErrorBody),
+              (status = 400, description = "`invalid_amount`, `invalid_phone`, `invalid_request`: not of the documented form", body = ErrorBody),
               (status = 403, description = "`region_not_supported`", body = ErrorBody),
-              (status = 422, description = "`invalid_amount` (too precise, zero or too large)", body = ErrorBody)))]
+              (status = 404, description = "`recipient_not_found`", body = ErrorBody),
+              (status = 422, description = "`invalid_amount` (too precise, zero or too large), `invalid_phone` (not a mobile number), `self_transfer`, `cross_region`, `recipient_frozen`", body = ErrorBody)))]
 async fn quote(
     State(payments): State<Payments>,
     user: AuthUser,
@@ -1578,9 +1621,19 @@ async fn quote(
         .into_iter()
         .find(|rules| rules.code == region)
         .ok_or(PaymentsError::RegionNotSupported)?;
-    let amount = money::parse_minor(&query.amount, rules.currency, false)
-        .and_then(|minor| if minor == 0 { Err(money::AmountError::NotPositive) } else { Ok(minor) })
-        .map_err(PaymentsError::InvalidAmount)?;
+    let amount = query
+        .amount
+        .as_deref()
+        .map(|amount| {
+            money::parse_minor(amount, rules.currency, false)
+                .and_then(|minor| if minor == 0 { Err(money::AmountError::NotPositive) } else { Ok(minor) })
+                .map_err(PaymentsError::InvalidAmount)
+        })
+        .transpose()?;
+    let to = match query.to {
+        Some(phone) => Some(payments.payable(user.account_id(), region, phone).await?),
+        None => None,
+    };
     payments.ensure_wallet(user.account_id(), region).await.map_err(PaymentsError::from)?;
     let wallet = store::wallet(db, user.account_id())
         .await
@@ -1589,12 +1642,13 @@ async fn quote(
     let windows = rules.windows(courier_common::time::now_ms());
     let mut usage = wallet.usage;
     usage.roll(windows);
-    let fee = rules.fee.fee_minor(usage.month_minor, amount);
     let show = |minor: i64| format_minor(minor.max(0), rules.currency);
+    let fee = amount.map(|amount| rules.fee.fee_minor(usage.month_minor, amount));
     Ok(axum::Json(Quote {
-        amount: show(amount),
-        fee: show(fee),
-        total: show(amount.saturating_add(fee)),
+        amount: amount.map(show),
+        fee: fee.map(show),
+        total: amount.zip(fee).map(|(amount, fee)| show(amount.saturating_add(fee))),
+        to,
         currency: rules.currency,
         limits_left: LimitsLeft {
             per_transfer: show(rules.per_transfer_max_minor),

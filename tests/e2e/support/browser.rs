@@ -180,13 +180,21 @@ impl Browser {
 
     /// Waits until `script` returns text containing `part`, and returns it.
     pub async fn wait_for_script(&self, script: &str, part: &str) -> String {
+        self.try_wait_for_script(script, part).await.unwrap_or_else(|failed| panic!("{failed}"))
+    }
+
+    /// As `wait_for_script`, but a timeout is an error that says what the
+    /// script returned last, for the caller to add what else it knows.
+    pub async fn try_wait_for_script(&self, script: &str, part: &str) -> Result<String, String> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let text = self.eval(script).await.as_str().unwrap_or("").to_owned();
             if text.contains(part) {
-                return text;
+                return Ok(text);
             }
-            assert!(tokio::time::Instant::now() < deadline, "{script:?} never showed {part:?}; it shows {text:?}");
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("{script:?} never showed {part:?}; it shows {text:?}"));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -218,7 +218,8 @@ pub async fn dial(setup: &CallSetup, callee: &str, stop: impl Future<Output = ()
     let settings =
         PeerSettings { ice_servers: setup.ice_servers.clone(), relay_only: setup.relay_only, ..setup.peer.clone() };
     let (peer, peer_events) = WebRtcPeer::create(&settings).await?;
-    let offer = peer.offer(false).await?;
+    // Nothing is gathered before the server says the call's ICE policy.
+    let offer = peer.create_offer().await?;
     let call_id = new_call_id();
     let nonce = sas::nonce();
     let mut session = Session::new(setup, signaling, peer, peer_events, Role::Caller, call_id.clone(), started)?;
@@ -226,6 +227,9 @@ pub async fn dial(setup: &CallSetup, callee: &str, stop: impl Future<Output = ()
     session.report.peer = callee.to_owned();
     (setup.progress)(&format!("calling {callee} (call {call_id})"));
     let policy = session.signaling.invite(&call_id, callee, &offer, Some(&sas::commitment(&nonce))).await?;
+    // Relay-only when the callee hides its address, too: gathering and ICE
+    // checks from the relay alone, not only the candidates sent.
+    session.peer.apply_offer(&offer, policy == IcePolicy::Relay).await?;
     session.set_policy(policy).await?;
     session.own_nonce = Some(nonce);
     session.run(stop).await

@@ -150,6 +150,13 @@ pub struct SelectedPath {
 pub trait MediaPeer: Send + Sync {
     /// Creates an offer (restarting ICE when asked) and applies it locally.
     async fn offer(&self, ice_restart: bool) -> Result<String, PeerError>;
+    /// Creates the call's first offer without applying it: nothing is
+    /// gathered until [`MediaPeer::apply_offer`], when the call's ICE policy
+    /// is known.
+    async fn create_offer(&self) -> Result<String, PeerError>;
+    /// Applies the offer from [`MediaPeer::create_offer`], which starts
+    /// gathering: from the relay only when `relay_only`.
+    async fn apply_offer(&self, offer: &str, relay_only: bool) -> Result<(), PeerError>;
     /// Applies the other side's offer and returns the applied answer.
     async fn answer(&self, offer: &str) -> Result<String, PeerError>;
     /// Applies the other side's answer to our offer.
@@ -175,14 +182,14 @@ pub fn candidate_type(candidate: &str) -> Option<&str> {
 
 struct Handler {
     events: mpsc::Sender<PeerEvent>,
-    relay_only: bool,
+    relay_only: Arc<AtomicBool>,
     connected: Arc<AtomicBool>,
 }
 
 #[async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if self.relay_only && event.candidate.typ != RTCIceCandidateType::Relay {
+        if self.relay_only.load(Ordering::Relaxed) && event.candidate.typ != RTCIceCandidateType::Relay {
             return;
         }
         let Ok(init) = event.candidate.to_json() else { return };
@@ -235,6 +242,7 @@ pub struct WebRtcPeer {
     /// SSRC and payload type once negotiated.
     sending: Mutex<Option<(u32, u8)>>,
     connected: Arc<AtomicBool>,
+    relay_only: Arc<AtomicBool>,
 }
 
 impl WebRtcPeer {
@@ -298,7 +306,8 @@ impl WebRtcPeer {
             .with_answering_dtls_role(RTCDtlsRole::Server)
             .build();
         let connected = Arc::new(AtomicBool::new(false));
-        let handler = Handler { events: events_tx, relay_only: settings.relay_only, connected: connected.clone() };
+        let relay_only = Arc::new(AtomicBool::new(settings.relay_only));
+        let handler = Handler { events: events_tx, relay_only: relay_only.clone(), connected: connected.clone() };
         let connection = PeerConnectionBuilder::new()
             .with_configuration(configuration)
             .with_media_engine(media_engine)
@@ -328,7 +337,7 @@ impl WebRtcPeer {
             ),
         )?);
         let sender = connection.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
-        Ok((WebRtcPeer { connection, track, sender, sending: Mutex::new(None), connected }, events))
+        Ok((WebRtcPeer { connection, track, sender, sending: Mutex::new(None), connected, relay_only }, events))
     }
 
     async fn negotiated(&self) -> Option<(u32, u8)> {
@@ -360,6 +369,25 @@ impl MediaPeer for WebRtcPeer {
         self.connection.set_local_description(offer).await?;
         let local = self.connection.local_description().await.ok_or_else(|| PeerError("no local offer".into()))?;
         Ok(local.sdp)
+    }
+
+    async fn create_offer(&self) -> Result<String, PeerError> {
+        Ok(self.connection.create_offer(None).await?.sdp)
+    }
+
+    async fn apply_offer(&self, offer: &str, relay_only: bool) -> Result<(), PeerError> {
+        if relay_only && !self.relay_only.swap(true, Ordering::Relaxed) {
+            // Before gathering starts, so that it gathers (and ICE checks)
+            // from relay candidates only, as a browser does.
+            let current = self.connection.get_configuration().await;
+            let configuration = RTCConfigurationBuilder::new()
+                .with_ice_servers(current.ice_servers().to_vec())
+                .with_ice_transport_policy(RTCIceTransportPolicy::Relay)
+                .build();
+            self.connection.set_configuration(configuration).await?;
+        }
+        self.connection.set_local_description(RTCSessionDescription::offer(offer.to_owned())?).await?;
+        Ok(())
     }
 
     async fn answer(&self, offer: &str) -> Result<String, PeerError> {

@@ -231,42 +231,56 @@ async fn a_p2p_call_carries_each_sides_tone_postgres() {
     a_p2p_call_carries_each_sides_tone(Db::Postgres).await;
 }
 
-/// Bob hides his address: `p2p: never`. Only relay candidates of his ever
-/// leave his softphone — neither the server (through the recording proxy)
-/// nor Alice saw anything else — and the audio still flows both ways.
+/// One side hides its address (`p2p: never`), so the call's ICE policy is
+/// `relay`, and both ends honour it, the caller as well as the callee: both
+/// gather, check and select relay candidates only, so no host or
+/// server-reflexive address of either reaches the server (through a
+/// recording proxy on each side) or the other side, and the audio still
+/// flows both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_only_call_never_shares_the_address() {
-    let server = Server::start(Db::Sqlite).await;
-    let proxy = Proxy::start(&server.url, None).await;
-    let alice = Softphone::login(&server.url, &server, ALICE).await;
-    let bob = Softphone::login(&proxy.url, &server, BOB).await;
-    assert_eq!(bob.settings(&proxy.url, &["--p2p", "never"]).await["p2p"], "never");
-    let (a, b) = call(&alice, &server.url, &bob, &proxy.url).await;
-    assert_same_sas(&a, &b);
-    assert_eq!(a["ice_policy"], "relay");
-    assert_eq!(b["ice_policy"], "relay");
-    assert_eq!(b["candidate_type"], "relay", "{b}");
-    // Alice may use her own address (she did not ask to hide it), but only
-    // toward Bob's relay.
-    assert_eq!(a["remote_candidate_type"], "relay", "{a}");
-    let sent_by_bob = candidate_lines(&b, "candidates_sent");
-    assert!(!sent_by_bob.is_empty());
-    let received_by_alice = candidate_lines(&a, "candidates_received");
-    let seen_by_server: Vec<String> = proxy
-        .sent()
-        .iter()
-        .filter(|message| message["type"] == "candidates")
-        .flat_map(|message| message["candidates"].as_array().unwrap().clone())
-        .map(|candidate| candidate["candidate"].as_str().unwrap().to_owned())
-        .collect();
-    assert!(!seen_by_server.is_empty());
-    for line in sent_by_bob.iter().chain(&received_by_alice).chain(&seen_by_server) {
-        assert_eq!(candidate_type(line), Some("relay"), "{line}");
+    for caller_hides in [false, true] {
+        relay_only_call_between_softphones(caller_hides).await;
     }
-    // Nor did Bob's SDP carry an address of his in its candidates.
-    for message in proxy.sent().iter().filter(|message| message["type"] == "answer") {
-        let sdp = message["sdp"].as_str().unwrap();
-        assert!(sdp.lines().filter(|l| l.starts_with("a=candidate")).all(|l| l.contains("typ relay")), "{sdp}");
+}
+
+async fn relay_only_call_between_softphones(caller_hides: bool) {
+    let server = Server::start(Db::Sqlite).await;
+    let (alice_proxy, bob_proxy) = (Proxy::start(&server.url, None).await, Proxy::start(&server.url, None).await);
+    let alice = Softphone::login(&alice_proxy.url, &server, ALICE).await;
+    let bob = Softphone::login(&bob_proxy.url, &server, BOB).await;
+    let (hiding, url) = if caller_hides { (&alice, &alice_proxy.url) } else { (&bob, &bob_proxy.url) };
+    assert_eq!(hiding.settings(url, &["--p2p", "never"]).await["p2p"], "never");
+    let (a, b) = call(&alice, &alice_proxy.url, &bob, &bob_proxy.url).await;
+    assert_same_sas(&a, &b);
+    for report in [&a, &b] {
+        assert_eq!(report["ice_policy"], "relay", "{report}");
+        let pair = (&report["candidate_type"], &report["remote_candidate_type"]);
+        assert_eq!(pair, (&json!("relay"), &json!("relay")), "caller hides: {caller_hides}; {report}");
+        assert!(!candidate_lines(report, "candidates_sent").is_empty(), "{report}");
+        for line in
+            candidate_lines(report, "candidates_sent").iter().chain(&candidate_lines(report, "candidates_received"))
+        {
+            assert_eq!(candidate_type(line), Some("relay"), "{line}");
+        }
+    }
+    for proxy in [&alice_proxy, &bob_proxy] {
+        let sent = proxy.sent();
+        let seen_by_server: Vec<String> = sent
+            .iter()
+            .filter(|message| message["type"] == "candidates")
+            .flat_map(|message| message["candidates"].as_array().unwrap().clone())
+            .map(|candidate| candidate["candidate"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(!seen_by_server.is_empty());
+        for line in &seen_by_server {
+            assert_eq!(candidate_type(line), Some("relay"), "{line}");
+        }
+        // Nor did an offer or answer carry an address in its candidates.
+        for message in sent.iter().filter(|message| message["type"] == "invite" || message["type"] == "answer") {
+            let sdp = message["sdp"].as_str().unwrap();
+            assert!(sdp.lines().filter(|l| l.starts_with("a=candidate")).all(|l| l.contains("typ relay")), "{sdp}");
+        }
     }
     assert_heard_each_other(&alice, &bob, (&a, &b));
     server.finish().await;

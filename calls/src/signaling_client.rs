@@ -221,7 +221,17 @@ impl Requests {
         let sent = self.sink.lock().await.send(Message::text(frame)).await;
         if let Err(error) = sent {
             self.forget(&id);
-            return Err(SignalingError::Failed(format!("cannot send: {error}")));
+            use tokio_tungstenite::tungstenite::Error as WsError;
+            return Err(match error {
+                // The connection is gone (a reset, a broken pipe after the
+                // network changed): the reader reports it closed, and the
+                // call reconnects and resumes.
+                WsError::Io(_) | WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Protocol(_) => {
+                    tracing::debug!(%error, "the signaling connection broke while sending");
+                    SignalingError::Closed(None)
+                }
+                other => SignalingError::Failed(format!("cannot send: {other}")),
+            });
         }
         match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
             Ok(Ok(outcome)) => outcome,

@@ -21,14 +21,16 @@ use support::{Db, Server, courier_bin};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const ALICE: &str = "+79161140001";
-const BOB: &str = "+79161140002";
+pub(crate) const ALICE: &str = "+79161140001";
+pub(crate) const BOB: &str = "+79161140002";
 /// Long enough that setting up the media path (2 s and more on a loaded
 /// two-core machine) leaves the 80 % bar meaningful.
 pub(crate) const CALL_S: f64 = 12.0;
 
 pub(crate) struct Softphone {
     profile: tempfile::TempDir,
+    /// The network namespace its calls run in, and the address they bind.
+    home: Option<(String, String)>,
 }
 
 /// A running `dial` or `answer`: its stderr lines collected as they come.
@@ -82,25 +84,40 @@ impl Softphone {
         let (status, _) = server.post("/v1/auth/codes", None, json!({"phone": phone})).await;
         assert_eq!(status, 202);
         let code = server.hook.last_code(phone);
-        let softphone = Softphone { profile };
+        let softphone = Softphone { profile, home: None };
         let output =
             softphone.command(server_url).args(["login", "--phone", phone, "--code", &code]).output().await.unwrap();
         assert!(output.status.success(), "login: {}", String::from_utf8_lossy(&output.stderr));
         softphone
     }
 
-    fn command(&self, server_url: &str) -> Command {
-        let mut command = Command::new(courier_bin());
+    /// From now on its commands run in network namespace `ns`, binding
+    /// their media to `ip`.
+    pub(crate) fn in_namespace(mut self, ns: String, ip: String) -> Softphone {
+        self.home = Some((ns, ip));
+        self
+    }
+
+    pub(crate) fn command(&self, server_url: &str) -> Command {
+        let mut command = match &self.home {
+            Some((ns, _)) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(courier_bin());
+                command
+            }
+            None => Command::new(courier_bin()),
+        };
         command
             .arg("call")
             .args(["--server", server_url])
             .args(["--profile", self.profile.path().to_str().unwrap()])
-            .env("COURIER_LOG", "warn")
+            // More, to see why a call failed: COURIER_TEST_SOFTPHONE_LOG=warn,rtc_ice=debug
+            .env("COURIER_LOG", std::env::var("COURIER_TEST_SOFTPHONE_LOG").unwrap_or_else(|_| "warn".into()))
             .kill_on_drop(true);
         command
     }
 
-    async fn settings(&self, server_url: &str, args: &[&str]) -> Value {
+    pub(crate) async fn settings(&self, server_url: &str, args: &[&str]) -> Value {
         let output = self.command(server_url).args(["--json", "settings"]).args(args).output().await.unwrap();
         assert!(output.status.success(), "settings: {}", String::from_utf8_lossy(&output.stderr));
         serde_json::from_slice(&output.stdout).unwrap()
@@ -123,7 +140,7 @@ impl Softphone {
             .arg("--json")
             .args(args)
             .args(["--play", &format!("tone:{tone}"), "--record", recording.to_str().unwrap()])
-            .args(["--duration", &duration, "--bind", "127.0.0.1"])
+            .args(["--duration", &duration, "--bind", self.home.as_ref().map_or("127.0.0.1", |(_, ip)| ip.as_str())])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -150,7 +167,7 @@ impl Softphone {
 
 /// Bob answers (through `bob_url`), Alice dials him by phone number
 /// (through `alice_url`); the two JSON reports once both have ended.
-async fn call(alice: &Softphone, alice_url: &str, bob: &Softphone, bob_url: &str) -> (Value, Value) {
+pub(crate) async fn call(alice: &Softphone, alice_url: &str, bob: &Softphone, bob_url: &str) -> (Value, Value) {
     let answering = bob.answer(bob_url, 880);
     answering.wait_for("waiting for a call").await;
     let dialing = alice.dial(alice_url, BOB, 440);
@@ -173,7 +190,7 @@ pub(crate) fn seconds_of_tone(path: &Path, expected: f32) -> f64 {
 }
 
 /// Both recordings hold the other side's tone over at least 80 % of the call.
-fn assert_heard_each_other(caller: &Softphone, callee: &Softphone, reports: (&Value, &Value)) {
+pub(crate) fn assert_heard_each_other(caller: &Softphone, callee: &Softphone, reports: (&Value, &Value)) {
     let at_caller = seconds_of_tone(&caller.recording(), 880.0);
     let at_callee = seconds_of_tone(&callee.recording(), 440.0);
     let (a, b) = reports;
@@ -181,7 +198,7 @@ fn assert_heard_each_other(caller: &Softphone, callee: &Softphone, reports: (&Va
     assert!(at_callee >= 0.8 * CALL_S, "the callee heard 440 Hz for only {at_callee} s of {CALL_S}:\n{a}\n{b}");
 }
 
-fn assert_same_sas(a: &Value, b: &Value) {
+pub(crate) fn assert_same_sas(a: &Value, b: &Value) {
     assert!(a["sas"].is_string(), "{a}");
     assert_eq!(a["sas"], b["sas"]);
     assert_eq!(a["sas_names"], b["sas_names"]);
@@ -189,7 +206,7 @@ fn assert_same_sas(a: &Value, b: &Value) {
     assert!(a["sas_warning"].is_null() && b["sas_warning"].is_null(), "{a}\n{b}");
 }
 
-fn candidate_lines(report: &Value, field: &str) -> Vec<String> {
+pub(crate) fn candidate_lines(report: &Value, field: &str) -> Vec<String> {
     report[field].as_array().unwrap().iter().map(|line| line.as_str().unwrap().to_owned()).collect()
 }
 

@@ -17,6 +17,7 @@ mod finance_ops;
 mod finance_reports;
 mod ledger_crash;
 mod ledger_standby;
+mod networks;
 mod payments;
 mod server;
 mod signaling;

@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod coturn;
+pub mod netns;
 pub mod proxy;
 pub mod ws;
 
@@ -175,15 +176,15 @@ pub struct Server {
     pub http: reqwest::Client,
 }
 
-/// Runs `courier serve <args> --listen 127.0.0.1:0` (and its TURN relay on a
-/// free port unless `args` place it), logging to `log`, and waits for the
-/// URL it prints.
+/// Runs `courier serve <args> --listen 127.0.0.1:0` (unless `args` place it,
+/// and its TURN relay on a free port unless `args` place it), logging to
+/// `log`, and waits for the URL it prints.
 async fn serve(args: &[&str], log: &Path) -> (Child, String) {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let mut child = Command::new(courier_bin())
         .arg("serve")
         .args(args)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(if args.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
         .args(if args.contains(&"--turn-listen") { &[][..] } else { &["--turn-listen", "127.0.0.1:0"][..] })
         .env_remove("COURIER_CONFIG")
         .stdout(Stdio::piped())

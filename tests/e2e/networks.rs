@@ -1,0 +1,130 @@
+//! Calls across real networks: two softphones, each in a home network behind
+//! a NAT router of its own (network namespaces and nftables, see
+//! `support::netns`), with `courier serve` and its embedded relay on a
+//! "public" segment. Run as root, one at a time (the `netns` test group).
+
+use crate::calls_media::{
+    ALICE, BOB, CALL_S, Softphone, assert_heard_each_other, assert_same_sas, call, seconds_of_tone,
+};
+use crate::support::netns::{Nat, Net, PUBLIC_IP, PUBLIC_RANGE};
+use crate::support::{Db, Server};
+use serde_json::{Value, json};
+
+/// `courier serve` on the public segment, its relay allowed to reach the
+/// segment's addresses (the routers') and nothing else that is not public.
+async fn public_server() -> Server {
+    let listen = format!("{PUBLIC_IP}:0");
+    Server::start_with(Db::Sqlite, &["--listen", &listen, "--turn-listen", &listen, "--turn-allow-peer", PUBLIC_RANGE])
+        .await
+}
+
+/// Alice in home 1 and Bob in home 2, signed in.
+async fn parties(net: &Net, server: &Server) -> (Softphone, Softphone) {
+    let alice = Softphone::login(&server.url, server, ALICE).await.in_namespace(net.home_ns(1), Net::home_ip(1));
+    let bob = Softphone::login(&server.url, server, BOB).await.in_namespace(net.home_ns(2), Net::home_ip(2));
+    (alice, bob)
+}
+
+fn path(report: &Value) -> (String, String) {
+    let kind = |field: &str| report[field].as_str().unwrap_or("none").to_owned();
+    (kind("candidate_type"), kind("remote_candidate_type"))
+}
+
+/// Neither end relays, and the far end is reached at a reflexive address
+/// (its home address is not routable from here). webrtc-rs names a pair's
+/// local end by its base, the host candidate the NAT maps.
+fn direct((local, remote): &(String, String)) -> bool {
+    local != "relay" && (remote == "srflx" || remote == "prflx")
+}
+
+/// Behind port-preserving NAT on both sides, the call goes direct: each
+/// side's server-reflexive address (learned from the embedded relay's STUN)
+/// reaches the other, and the audio flows both ways without the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_port_preserving_nat_the_call_goes_direct() {
+    let net = Net::build(&[Nat::PortPreserving, Nat::PortPreserving]);
+    let server = public_server().await;
+    let (alice, bob) = parties(&net, &server).await;
+    let (a, b) = call(&alice, &server.url, &bob, &server.url).await;
+    assert_same_sas(&a, &b);
+    for report in [&a, &b] {
+        let pair = path(report);
+        assert!(direct(&pair), "not direct ({pair:?}): {report}");
+    }
+    assert_heard_each_other(&alice, &bob, (&a, &b));
+    println!("set-up: caller {} ms, callee {} ms", a["setup_ms"], b["setup_ms"]);
+    server.finish().await;
+}
+
+/// Behind symmetric NAT on both sides, with the policy `all`, no direct
+/// path exists: ICE falls back to the relay by itself, and the call
+/// carries audio both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_symmetric_nat_the_call_falls_back_to_the_relay() {
+    let net = Net::build(&[Nat::Symmetric, Nat::Symmetric]);
+    let server = public_server().await;
+    let (alice, bob) = parties(&net, &server).await;
+    let (a, b) = call(&alice, &server.url, &bob, &server.url).await;
+    assert_same_sas(&a, &b);
+    for report in [&a, &b] {
+        assert_eq!(report["ice_policy"], "all", "{report}");
+        let (local, remote) = path(report);
+        assert!(local == "relay" || remote == "relay", "not relayed ({local} / {remote}): {report}");
+    }
+    assert_heard_each_other(&alice, &bob, (&a, &b));
+    println!("set-up through the fallback: caller {} ms, callee {} ms", a["setup_ms"], b["setup_ms"]);
+    server.finish().await;
+}
+
+/// Mid-call, the caller's router moves to another public address, as when
+/// a phone changes networks: every mapping it held is gone, the media path
+/// and the signaling socket break, and the call comes back through an ICE
+/// restart, with audio both ways again, still direct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_survives_its_nat_rebinding() {
+    const SECONDS: f64 = 20.0;
+    let net = Net::build(&[Nat::PortPreserving, Nat::PortPreserving]);
+    let server = public_server().await;
+    let (alice, bob) = parties(&net, &server).await;
+    let answering = bob.spawn_for(&server.url, &["answer", "--auto", "--wait-s", "60"], 880, SECONDS);
+    answering.wait_for("waiting for a call").await;
+    let dialing = alice.spawn_for(&server.url, &["dial", BOB], 440, SECONDS);
+    dialing.wait_for("first audio").await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    net.rebind(1, "203.0.113.21");
+    let (a, b) = (dialing.report().await, answering.report().await);
+    assert!(a["ice_restarts"].as_u64().is_some_and(|n| n >= 1), "no ICE restart: {a}");
+    assert_eq!((&a["end_reason"], &b["end_reason"]), (&json!("user_hangup"), &json!("user_hangup")), "{a}\n{b}");
+    let pair = path(&a);
+    assert!(direct(&pair), "not direct after the restart ({pair:?}): {a}");
+    // Heard for most of the call: all but the break and its repair.
+    let (at_alice, at_bob) = (seconds_of_tone(&alice.recording(), 880.0), seconds_of_tone(&bob.recording(), 440.0));
+    assert!(
+        at_alice >= SECONDS - 8.0 && at_bob >= SECONDS - 8.0,
+        "heard {at_alice} s and {at_bob} s of {SECONDS}:\n{a}\n{b}"
+    );
+    server.finish().await;
+}
+
+/// With 10 % of the packets lost at random in each direction at both
+/// routers, from before the call starts, calls still set up (ICE, DTLS and
+/// the SAS exchange retransmit until they succeed) and carry audio both
+/// ways: every one of three in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_set_up_and_carry_audio_under_ten_percent_loss() {
+    let net = Net::build(&[Nat::PortPreserving, Nat::PortPreserving]);
+    let server = public_server().await;
+    let (alice, bob) = parties(&net, &server).await;
+    net.set_loss(1, 10, 10);
+    net.set_loss(2, 10, 10);
+    for attempt in 1..=3 {
+        let (a, b) = call(&alice, &server.url, &bob, &server.url).await;
+        assert_same_sas(&a, &b);
+        let (at_alice, at_bob) = (seconds_of_tone(&alice.recording(), 880.0), seconds_of_tone(&bob.recording(), 440.0));
+        assert!(
+            at_alice >= 0.7 * CALL_S && at_bob >= 0.7 * CALL_S,
+            "call {attempt}: heard {at_alice} s and {at_bob} s of {CALL_S}:\n{a}\n{b}"
+        );
+    }
+    server.finish().await;
+}

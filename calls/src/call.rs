@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::audio::{Decoder, Encoder, FRAME_SAMPLES, Source, WavSink};
+use crate::jitter::{JitterBuffer, Playout};
 use crate::peer::{AudioPacket, IceServer, MediaPeer, PeerEvent, PeerSettings, PeerState, WebRtcPeer, candidate_type};
 use crate::signaling_client::{Event, SignalingClient, SignalingError, TokenSource};
 use courier_common::text::hex;
@@ -100,6 +101,15 @@ pub struct CallReport {
     pub bitrate_kbps: Option<f64>,
     pub packets_received: u64,
     pub packets_sent: u64,
+    /// The jitter buffer's delay at the end of the call, and what it did:
+    /// frames that came after their turn, concealed (lost with no FEC, or not
+    /// there in time), rebuilt from the next packet's FEC, and dropped to
+    /// bring the delay back down.
+    pub playout_delay_ms: Option<u32>,
+    pub late_frames: u64,
+    pub concealed_frames: u64,
+    pub recovered_frames: u64,
+    pub dropped_frames: u64,
     pub ice_restarts: u32,
     pub end_reason: String,
     /// Every candidate this client sent, and every one it received.
@@ -120,16 +130,14 @@ struct Reception {
 }
 
 impl Reception {
-    /// Records a packet; returns how many packets are missing right before it.
-    fn record(&mut self, packet: &AudioPacket) -> u64 {
+    /// Records a packet.
+    fn record(&mut self, packet: &AudioPacket) {
         self.received += 1;
         self.bytes += packet.payload.len() as u64;
-        let gap;
         match self.first {
             None => {
                 self.first = Some((u64::from(packet.sequence), packet.arrived, packet.timestamp));
                 self.highest = u64::from(packet.sequence);
-                gap = 0;
             }
             Some(_) => {
                 // Extend the 16-bit sequence number around the highest seen.
@@ -140,7 +148,6 @@ impl Reception {
                 } else if extended > self.highest + 0x8000 && extended >= 0x1_0000 {
                     extended -= 0x1_0000;
                 }
-                gap = extended.saturating_sub(self.highest + 1);
                 self.highest = self.highest.max(extended);
             }
         }
@@ -150,7 +157,6 @@ impl Reception {
             self.jitter += ((arrival_units - sent_units).abs() - self.jitter) / 16.0;
         }
         self.last = Some((packet.arrived, packet.timestamp));
-        gap
     }
 
     fn loss_pct(&self) -> Option<f64> {
@@ -189,6 +195,7 @@ struct Session<'a> {
     /// Candidates gathered before the invite was acknowledged (the policy unknown).
     held_candidates: Option<Vec<Value>>,
     reception: Reception,
+    jitter: JitterBuffer,
     decoder: Decoder,
     encoder: Encoder,
     sink: Option<WavSink>,
@@ -333,6 +340,7 @@ impl<'a> Session<'a> {
             their_fingerprint: None,
             held_candidates: Some(Vec::new()),
             reception: Reception::default(),
+            jitter: JitterBuffer::new(),
             decoder: Decoder::new()?,
             encoder: Encoder::new()?,
             sink,
@@ -452,7 +460,10 @@ impl<'a> Session<'a> {
                 _ = rtt_clock.tick(), if self.connected => {
                     self.last_rtt = self.peer.rtt_ms().await.or(self.last_rtt);
                 }
-                _ = clock.tick() => self.send_frame(&mut play).await?,
+                _ = clock.tick() => {
+                    self.send_frame(&mut play).await?;
+                    self.play_out()?;
+                }
                 event = self.signaling.next_event() => {
                     if let Some(reason) = self.signaled(event).await? {
                         break reason;
@@ -691,17 +702,22 @@ impl<'a> Session<'a> {
             self.report.first_audio_ms = Some(ms);
             self.say(&format!("first audio {ms} ms after the answer"));
         }
-        let missing = self.reception.record(&packet);
+        self.reception.record(&packet);
         self.report.packets_received += 1;
-        let mut samples = Vec::with_capacity(FRAME_SAMPLES * (missing as usize + 1));
-        if missing > 0 && missing < 50 {
-            for _ in 1..missing {
-                samples.extend(self.decoder.conceal()?);
-            }
-            // The packet before this one rides in-band in this one (FEC).
-            samples.extend(self.decoder.recover(&packet.payload)?);
-        }
-        samples.extend(self.decoder.decode(&packet.payload)?);
+        self.jitter.push(packet.sequence, packet.timestamp, packet.payload, packet.arrived);
+        Ok(())
+    }
+
+    /// The next 20 ms of what the other side said, from the jitter buffer,
+    /// to the ear tap and the recording.
+    fn play_out(&mut self) -> Result<(), CallError> {
+        let samples = match self.jitter.tick(Instant::now()) {
+            None => return Ok(()),
+            Some(Playout::Decode(payload)) => self.decoder.decode(&payload)?,
+            // The frame before this packet rides in-band in it (FEC).
+            Some(Playout::Recover(next)) => self.decoder.recover(&next)?,
+            Some(Playout::Conceal) => self.decoder.conceal()?,
+        };
         if let Some(ear) = &self.setup.ear {
             ear(&samples, Instant::now());
         }
@@ -750,6 +766,14 @@ impl<'a> Session<'a> {
         self.report.rtt_ms = rtt.map(round2);
         self.report.jitter_ms = self.reception.jitter_ms().map(round2);
         self.report.packet_loss_pct = self.reception.loss_pct().map(round2);
+        let buffered = self.jitter.stats();
+        if self.reception.received > 0 {
+            self.report.playout_delay_ms = Some(self.jitter.delay_ms());
+        }
+        self.report.late_frames = buffered.late;
+        self.report.concealed_frames = buffered.concealed;
+        self.report.recovered_frames = buffered.recovered;
+        self.report.dropped_frames = buffered.dropped;
         if talking > 0.0 && self.reception.received > 0 {
             self.report.bitrate_kbps = Some(round2(self.reception.bytes as f64 * 8.0 / talking / 1_000.0));
         }
@@ -782,10 +806,10 @@ mod tests {
     fn reception_counts_gaps_loss_and_jitter() {
         let start = Instant::now();
         let mut reception = Reception::default();
-        assert_eq!(reception.record(&packet(65_534, 0, start)), 0);
-        assert_eq!(reception.record(&packet(65_535, 960, start + Duration::from_millis(20))), 0);
+        reception.record(&packet(65_534, 0, start));
+        reception.record(&packet(65_535, 960, start + Duration::from_millis(20)));
         // 0 and 1 are lost across the wrap.
-        assert_eq!(reception.record(&packet(2, 3_840, start + Duration::from_millis(80))), 2);
+        reception.record(&packet(2, 3_840, start + Duration::from_millis(80)));
         assert_eq!(reception.loss_pct(), Some(40.0));
         assert!(reception.jitter_ms().unwrap() < 0.1);
         // A late packet arriving 30 ms off its schedule adds jitter.

@@ -354,6 +354,9 @@ async fn finish(client: &Client, report: CallReport, json_out: bool) -> Result<(
             "bitrate_kbps": report.bitrate_kbps,
             "candidate_type": report.candidate_type,
             "setup_ms": report.setup_ms,
+            "playout_delay_ms": report.playout_delay_ms,
+            "late_frames": report.late_frames,
+            "concealed_frames": report.concealed_frames,
         });
         let stats = Value::Object(
             stats

@@ -108,6 +108,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0011_audit_checkpoints.sql"),
         include_str!("../../migrations/postgres/0011_audit_checkpoints.sql"),
     ),
+    (
+        12,
+        "playout_figures",
+        include_str!("../../migrations/sqlite/0012_playout_figures.sql"),
+        include_str!("../../migrations/postgres/0012_playout_figures.sql"),
+    ),
 ];
 
 /// `$first, $first+1, …` for `count` parameters.

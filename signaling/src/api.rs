@@ -33,6 +33,8 @@ pub const PROBLEMS: [&str; 7] =
 /// Bounds on a client's figures: beyond them a figure is a bug, not a call.
 const MILLISECONDS_MAX: f64 = 600_000.0;
 const BITRATE_KBPS_MAX: f64 = 100_000.0;
+/// A call of a year at 50 frames a second is some 1.6 billion frames.
+const FRAMES_MAX: i64 = 1_000_000_000;
 /// The WebSocket codec's read buffer to start with: small, because most
 /// sockets sit idle (it grows to the largest frame the connection has read);
 /// the socket itself is read in larger pieces (`upgrade::ReadAhead`).
@@ -337,11 +339,16 @@ async fn stats(
     if !in_range(body.rtt_ms, MILLISECONDS_MAX)
         || !in_range(body.jitter_ms, MILLISECONDS_MAX)
         || !in_range(body.setup_ms, MILLISECONDS_MAX)
+        || !in_range(body.playout_delay_ms, MILLISECONDS_MAX)
     {
         return Err(HttpError::invalid_request(format!("times are milliseconds from 0 to {MILLISECONDS_MAX}")));
     }
     if !in_range(body.packet_loss_pct, 100.0) {
         return Err(HttpError::invalid_request("packet_loss_pct is a percentage from 0 to 100"));
+    }
+    let frames_in_range = |count: Option<i64>| count.is_none_or(|count| (0..=FRAMES_MAX).contains(&count));
+    if !frames_in_range(body.late_frames) || !frames_in_range(body.concealed_frames) {
+        return Err(HttpError::invalid_request(format!("frame counts are from 0 to {FRAMES_MAX}")));
     }
     if !in_range(body.bitrate_kbps, BITRATE_KBPS_MAX) {
         return Err(HttpError::invalid_request(format!("bitrate_kbps is from 0 to {BITRATE_KBPS_MAX}")));

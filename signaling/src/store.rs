@@ -114,7 +114,7 @@ pub async fn history(
     sqlx::query_as(
         "SELECT c.id, c.caller_id, c.callee_id, c.started_at, c.answered_at, c.ended_at, c.end_reason, \
                 r.rating, r.problems, r.comment, r.rtt_ms, r.jitter_ms, r.packet_loss_pct, r.bitrate_kbps, \
-                r.candidate_type, r.setup_ms \
+                r.candidate_type, r.setup_ms, r.playout_delay_ms, r.late_frames, r.concealed_frames \
          FROM calls c LEFT JOIN call_reports r ON r.call_id = c.id AND r.account_id = $1 \
          WHERE (c.caller_id = $1 OR c.callee_id = $1) \
            AND (c.started_at < $2 OR (c.started_at = $2 AND ($3 = '' OR c.id < $3))) \
@@ -188,6 +188,15 @@ pub struct Stats {
     pub candidate_type: Option<String>,
     #[schema(minimum = 0, maximum = 600_000)]
     pub setup_ms: Option<f64>,
+    /// The jitter buffer's delay at the end of the call.
+    #[schema(minimum = 0, maximum = 600_000)]
+    pub playout_delay_ms: Option<f64>,
+    /// Packets that came after their turn to play.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub late_frames: Option<i64>,
+    /// Frames concealed: lost with no FEC at hand, or not there in time.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    pub concealed_frames: Option<i64>,
 }
 
 /// The types of ICE candidate (RFC 8445), as `Stats::candidate_type` takes them.
@@ -216,12 +225,15 @@ pub async fn record_stats(
     let figure = |value: Option<f64>| value.map(|value| value.to_string());
     sqlx::query(
         "INSERT INTO call_reports (call_id, account_id, rtt_ms, jitter_ms, packet_loss_pct, bitrate_kbps, \
-             candidate_type, setup_ms, stats_at) \
+             candidate_type, setup_ms, stats_at, playout_delay_ms, late_frames, concealed_frames) \
          VALUES ($1, $2, CAST($3 AS DOUBLE PRECISION), CAST($4 AS DOUBLE PRECISION), \
-             CAST($5 AS DOUBLE PRECISION), CAST($6 AS DOUBLE PRECISION), $7, CAST($8 AS DOUBLE PRECISION), $9) \
+             CAST($5 AS DOUBLE PRECISION), CAST($6 AS DOUBLE PRECISION), $7, CAST($8 AS DOUBLE PRECISION), $9, \
+             CAST($10 AS DOUBLE PRECISION), CAST($11 AS BIGINT), CAST($12 AS BIGINT)) \
          ON CONFLICT (call_id, account_id) DO UPDATE SET rtt_ms = excluded.rtt_ms, jitter_ms = excluded.jitter_ms, \
              packet_loss_pct = excluded.packet_loss_pct, bitrate_kbps = excluded.bitrate_kbps, \
-             candidate_type = excluded.candidate_type, setup_ms = excluded.setup_ms, stats_at = excluded.stats_at",
+             candidate_type = excluded.candidate_type, setup_ms = excluded.setup_ms, stats_at = excluded.stats_at, \
+             playout_delay_ms = excluded.playout_delay_ms, late_frames = excluded.late_frames, \
+             concealed_frames = excluded.concealed_frames",
     )
     .bind(call_id)
     .bind(account)
@@ -232,6 +244,9 @@ pub async fn record_stats(
     .bind(stats.candidate_type.as_deref())
     .bind(figure(stats.setup_ms))
     .bind(at_ms)
+    .bind(figure(stats.playout_delay_ms))
+    .bind(stats.late_frames.map(|count| count.to_string()))
+    .bind(stats.concealed_frames.map(|count| count.to_string()))
     .execute(db.pool())
     .await?;
     Ok(())

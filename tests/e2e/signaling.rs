@@ -157,6 +157,9 @@ async fn rings_every_device_and_the_first_answer_wins(db: Db) {
         json!({"packet_loss_pct": 101.0}),
         json!({"candidate_type": "magic"}),
         json!({"rtt": 1}),
+        json!({"playout_delay_ms": 600_001.0}),
+        json!({"late_frames": -1}),
+        json!({"concealed_frames": 1.5}),
     ] {
         let (status, body) = server.post("/v1/calls/call-1/stats", Some(&alice.access_token), bad.clone()).await;
         assert_eq!((status, error_code(&body)), (400, "invalid_request"), "{bad}");
@@ -167,7 +170,9 @@ async fn rings_every_device_and_the_first_answer_wins(db: Db) {
         let (status, body) = server.post("/v1/calls/call-1/stats", Some(&alice.access_token), partial).await;
         assert_eq!(status, 204, "{body}");
     }
-    let figures = json!({"rtt_ms": 473021.6025459501, "jitter_ms": 3.0, "packet_loss_pct": 0.5, "bitrate_kbps": 32.0, "candidate_type": "host", "setup_ms": 180.0});
+    let figures = json!({"rtt_ms": 473021.6025459501, "jitter_ms": 3.0, "packet_loss_pct": 0.5, "bitrate_kbps": 32.0,
+                         "candidate_type": "host", "setup_ms": 180.0, "playout_delay_ms": 40.0, "late_frames": 3,
+                         "concealed_frames": 12});
     for _ in 0..3 {
         let (status, body) = server.post("/v1/calls/call-1/stats", Some(&alice.access_token), figures.clone()).await;
         assert_eq!(status, 204, "{body}");

@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 
 use crate::audio::{Decoder, Encoder, FRAME_SAMPLES, Source, WavSink};
 use crate::jitter::{JitterBuffer, Playout};
-use crate::peer::{AudioPacket, IceServer, MediaPeer, PeerEvent, PeerSettings, PeerState, WebRtcPeer, candidate_type};
+use crate::peer::{
+    AudioPacket, IceServer, MediaPeer, PeerEvent, PeerSettings, PeerState, WebRtcPeer, candidate_type, new_certificate,
+};
 use crate::signaling_client::{Event, SignalingClient, SignalingError, TokenSource};
 use courier_common::text::hex;
 use courier_protocol::sas::{self, NONCE_BYTES, Sas, SasInput};
@@ -33,6 +35,14 @@ const RTT_EVERY: Duration = Duration::from_secs(1);
 /// An answered call whose media path has not come up by then has failed
 /// (`ice_failed`): no audio will be carried.
 pub const MEDIA_WITHIN: Duration = Duration::from_secs(15);
+/// An answered call whose media path is not up after this long is set up
+/// again on new peer connections (with the same DTLS certificates, so the
+/// SAS stands): webrtc-rs's DTLS client does not send its last flight again
+/// when the server repeats its own (RFC 6347, 4.2.4), and under loss the
+/// handshake can wait for it forever.
+const REBUILD_AFTER: Duration = Duration::from_secs(4);
+/// At most this many times in a call.
+const REBUILDS_MAX: u32 = 2;
 /// An ICE restart offer unanswered for this long is made again: the server
 /// drops an offer whose callee has not resumed yet after a dropped socket.
 const RESTART_ANSWER_WITHIN: Duration = Duration::from_secs(3);
@@ -182,6 +192,11 @@ struct Session<'a> {
     signaling: SignalingClient,
     peer: Arc<WebRtcPeer>,
     peer_events: mpsc::Receiver<PeerEvent>,
+    /// What the peer was made with (and its DTLS certificate), to make it
+    /// again when a handshake stalls.
+    peer_settings: PeerSettings,
+    /// Peer connections made again in this call.
+    rebuilds: u32,
     role: Role,
     call_id: String,
     policy: IcePolicy,
@@ -222,14 +237,19 @@ fn new_call_id() -> String {
 pub async fn dial(setup: &CallSetup, callee: &str, stop: impl Future<Output = ()>) -> Result<CallReport, CallError> {
     let started = Instant::now();
     let signaling = SignalingClient::connect(&setup.server, &setup.tokens).await?;
-    let settings =
-        PeerSettings { ice_servers: setup.ice_servers.clone(), relay_only: setup.relay_only, ..setup.peer.clone() };
+    let settings = PeerSettings {
+        ice_servers: setup.ice_servers.clone(),
+        relay_only: setup.relay_only,
+        certificate: Some(new_certificate()?),
+        ..setup.peer.clone()
+    };
     let (peer, peer_events) = WebRtcPeer::create(&settings).await?;
     // Nothing is gathered before the server says the call's ICE policy.
     let offer = peer.create_offer().await?;
     let call_id = new_call_id();
     let nonce = sas::nonce();
-    let mut session = Session::new(setup, signaling, peer, peer_events, Role::Caller, call_id.clone(), started)?;
+    let mut session =
+        Session::new(setup, signaling, (peer, peer_events, settings), Role::Caller, call_id.clone(), started)?;
     session.own_fingerprint = sas::fingerprint_in_sdp(&offer);
     session.report.peer = callee.to_owned();
     (setup.progress)(&format!("calling {callee} (call {call_id})"));
@@ -290,10 +310,12 @@ pub async fn answer_next(
     let settings = PeerSettings {
         ice_servers: setup.ice_servers.clone(),
         relay_only: setup.relay_only || policy == IcePolicy::Relay,
+        certificate: Some(new_certificate()?),
         ..setup.peer.clone()
     };
     let (peer, peer_events) = WebRtcPeer::create(&settings).await?;
-    let mut session = Session::new(setup, signaling, peer, peer_events, Role::Callee, call_id.clone(), started)?;
+    let mut session =
+        Session::new(setup, signaling, (peer, peer_events, settings), Role::Callee, call_id.clone(), started)?;
     session.report.peer = caller;
     session.their_fingerprint = sas::fingerprint_in_sdp(offer.as_str());
     let answer = session.peer.answer(offer.as_str()).await?;
@@ -313,8 +335,7 @@ impl<'a> Session<'a> {
     fn new(
         setup: &'a CallSetup,
         signaling: SignalingClient,
-        peer: WebRtcPeer,
-        peer_events: mpsc::Receiver<PeerEvent>,
+        (peer, peer_events, peer_settings): (WebRtcPeer, mpsc::Receiver<PeerEvent>, PeerSettings),
         role: Role,
         call_id: String,
         started: Instant,
@@ -325,6 +346,8 @@ impl<'a> Session<'a> {
             signaling,
             peer: Arc::new(peer),
             peer_events,
+            peer_settings,
+            rebuilds: 0,
             role,
             report: CallReport {
                 call_id: call_id.clone(),
@@ -441,6 +464,11 @@ impl<'a> Session<'a> {
                 _ = sleep_until_some(self.hangup_at) => {
                     let reason = if self.connected { HangupReason::UserHangup } else { HangupReason::IceFailed };
                     break self.hang_up(reason).await;
+                }
+                _ = sleep_until_some(self.rebuild_due()), if !self.connected && self.role == Role::Caller => {
+                    if let Err(error) = self.rebuild_and_offer().await {
+                        self.say(&format!("setting up again failed: {error}"));
+                    }
                 }
                 _ = sleep_until_some(self.media_due()), if !self.connected => {
                     self.say(&format!("no media path came up within {} s of the answer", MEDIA_WITHIN.as_secs()));
@@ -602,6 +630,43 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// When the caller sets the media path up again (see [`REBUILD_AFTER`]).
+    fn rebuild_due(&self) -> Option<tokio::time::Instant> {
+        if self.rebuilds >= REBUILDS_MAX {
+            return None;
+        }
+        let after = REBUILD_AFTER * (self.rebuilds + 1);
+        self.answered.map(|at| tokio::time::Instant::from_std(at + after))
+    }
+
+    /// A new peer connection in place of the current one, made as it was.
+    async fn rebuild(&mut self) -> Result<(), CallError> {
+        self.rebuilds += 1;
+        self.peer_settings.relay_only = self.setup.relay_only || self.policy == IcePolicy::Relay;
+        let (peer, events) = WebRtcPeer::create(&self.peer_settings).await?;
+        let old = std::mem::replace(&mut self.peer, Arc::new(peer));
+        self.peer_events = events;
+        tokio::spawn(async move { old.close().await });
+        self.say("the media path did not come up; setting it up again");
+        Ok(())
+    }
+
+    /// The caller sets the media path up again: a new peer connection, and
+    /// its offer to the callee (which makes a new one too).
+    async fn rebuild_and_offer(&mut self) -> Result<(), CallError> {
+        self.rebuild().await?;
+        self.restarting = true;
+        let offer = self.peer.offer(false).await?;
+        match self.signaling.negotiate(&self.call_id, &offer, NegotiateKind::Offer).await {
+            Ok(()) => {
+                self.restart_answer_due = Some(tokio::time::Instant::now() + RESTART_ANSWER_WITHIN);
+                Ok(())
+            }
+            Err(SignalingError::Closed(_)) | Err(SignalingError::Timeout) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// When the media path must be up: [`MEDIA_WITHIN`] after the answer.
     fn media_due(&self) -> Option<tokio::time::Instant> {
         self.answered.map(|at| tokio::time::Instant::from_std(at + MEDIA_WITHIN))
@@ -620,6 +685,13 @@ impl<'a> Session<'a> {
             self.warn("the other side's DTLS fingerprint changed in a renegotiation".into());
         }
         if kind == NegotiateKind::Offer {
+            // An offer before any audio came is the caller setting the media
+            // path up again on a new peer connection: so does this side
+            // (its own DTLS may think the handshake done, if the caller
+            // never got its last flight).
+            if self.report.packets_received == 0 && self.answered.is_some() && self.rebuilds < REBUILDS_MAX {
+                self.rebuild().await?;
+            }
             let answer = self.peer.answer(sdp).await?;
             self.signaling.negotiate(&self.call_id, &answer, NegotiateKind::Answer).await?;
         } else {
@@ -685,7 +757,16 @@ impl<'a> Session<'a> {
     /// The certificate DTLS saw must be the one the SDP announced (and the
     /// SAS covers).
     async fn check_dtls(&mut self) {
-        let seen = self.peer.remote_certificate_fingerprint().await;
+        // The peer may say "connected" a moment before its DTLS transport
+        // hands out the certificate: asked a few times.
+        let mut seen = None;
+        for _ in 0..10 {
+            seen = self.peer.remote_certificate_fingerprint().await;
+            if seen.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         match (seen, self.their_fingerprint.clone()) {
             (Some(seen), Some(announced)) if seen != announced => {
                 self.warn(format!("the DTLS certificate ({seen}) is not the one the SDP announced ({announced})"));

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rtc::media::Sample;
+use rtc::peer_connection::certificate::RTCCertificate;
 use rtc::peer_connection::configuration::RTCOfferOptions;
 use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RTCRtpEncodingParameters, RtpCodecKind};
@@ -97,6 +98,9 @@ pub struct PeerSettings {
     /// How long without an answer from the other side before ICE reports
     /// `disconnected` (the softphone then restarts ICE).
     pub disconnected_after: Duration,
+    /// The DTLS certificate, when a call keeps one across peer connections
+    /// (its fingerprint is in the SDP and the SAS); otherwise a new one.
+    pub certificate: Option<RTCCertificate>,
 }
 
 impl Default for PeerSettings {
@@ -106,6 +110,7 @@ impl Default for PeerSettings {
             relay_only: false,
             host_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             disconnected_after: Duration::from_secs(3),
+            certificate: None,
         }
     }
 }
@@ -171,6 +176,17 @@ pub trait MediaPeer: Send + Sync {
     /// The current round-trip time of the selected pair, from ICE consent checks.
     async fn rtt_ms(&self) -> Option<f64>;
     async fn close(&self);
+}
+
+/// A DTLS certificate for a call's peer connections (ECDSA P-256, as
+/// webrtc-rs makes its own).
+pub fn new_certificate() -> Result<RTCCertificate, PeerError> {
+    use rtc::crypto::SignatureScheme;
+    use rtc::peer_connection::certificate::CertificateParams;
+    let provider = rtc::crypto::default_provider().map_err(|error| PeerError(error.to_string()))?;
+    let params = CertificateParams::new(vec!["courier".to_owned()]).map_err(|error| PeerError(error.to_string()))?;
+    RTCCertificate::generate(provider.crypto(), SignatureScheme::EcdsaP256Sha256, params)
+        .map_err(|error| PeerError(error.to_string()))
 }
 
 /// Does this candidate line keep the relay-only promise?
@@ -273,8 +289,12 @@ impl WebRtcPeer {
             })
             .collect();
         let policy = if settings.relay_only { RTCIceTransportPolicy::Relay } else { RTCIceTransportPolicy::All };
-        let configuration =
-            RTCConfigurationBuilder::new().with_ice_servers(ice_servers).with_ice_transport_policy(policy).build();
+        let mut configuration =
+            RTCConfigurationBuilder::new().with_ice_servers(ice_servers).with_ice_transport_policy(policy);
+        if let Some(certificate) = &settings.certificate {
+            configuration = configuration.with_certificates(vec![certificate.clone()]);
+        }
+        let configuration = configuration.build();
         let setting_engine = SettingEngineBuilder::new()
             .with_ice_timeouts(
                 Some(settings.disconnected_after),

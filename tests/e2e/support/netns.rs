@@ -213,6 +213,36 @@ impl Net {
         nft(&self.router_ns(k), &script);
     }
 
+    /// Drops every datagram leaving home `k` that carries a DTLS handshake
+    /// record of this type first (11: the client's Certificate, which opens
+    /// its last flight), until [`Net::set_loss`] clears the rules.
+    pub fn drop_dtls(&self, k: usize, handshake_type: u8) {
+        // The UDP payload starts 64 bits into the transport header: the
+        // record's content type (22: handshake) is its first byte, the
+        // handshake message's type its fourteenth.
+        nft(
+            &self.router_ns(k),
+            &format!(
+                "add rule ip loss drops oifname \"wan\" udp length > 21 @th,64,8 22 @th,168,8 {handshake_type} \
+                 counter drop\n"
+            ),
+        );
+    }
+
+    /// How many packets home `k`'s loss rules have counted.
+    pub fn dropped(&self, k: usize) -> u64 {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.router_ns(k), "nft", "list", "chain", "ip", "loss", "drops"])
+            .output()
+            .expect("nft runs");
+        let listed = String::from_utf8_lossy(&output.stdout);
+        listed
+            .split("counter packets ")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// Home `k`'s router moves to another public address: every mapping it
     /// held is gone (as when a phone changes networks or a NAT reboots).
     pub fn rebind(&self, k: usize, new_ip: &str) {

@@ -145,7 +145,7 @@ async fn the_page_computes_the_softphones_sas(db: Db) {
 }
 
 /// A WAV of a `hz` tone (16-bit PCM at 48 kHz, 2 s; Chromium loops it).
-fn tone_wav(dir: &std::path::Path, hz: f32) -> std::path::PathBuf {
+pub(crate) fn tone_wav(dir: &std::path::Path, hz: f32) -> std::path::PathBuf {
     let path = dir.join(format!("tone-{hz}.wav"));
     let mut sink = courier_calls::audio::WavSink::create(&path).unwrap();
     let samples: Vec<i16> =
@@ -155,7 +155,7 @@ fn tone_wav(dir: &std::path::Path, hz: f32) -> std::path::PathBuf {
     path
 }
 
-async fn sign_in_page(browser: &Browser, server: &Server, phone: &str) {
+pub(crate) async fn sign_in_page(browser: &Browser, server: &Server, phone: &str) {
     sign_in_page_at(browser, server, &server.url, phone).await;
 }
 
@@ -171,7 +171,7 @@ async fn sign_in_page_at(browser: &Browser, server: &Server, url: &str, phone: &
 }
 
 /// The loudest frequency of what the page hears from the other side.
-async fn heard_hz(browser: &Browser) -> f64 {
+pub(crate) async fn heard_hz(browser: &Browser) -> f64 {
     heard(browser).await.0
 }
 

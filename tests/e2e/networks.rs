@@ -111,7 +111,7 @@ async fn a_call_survives_its_nat_rebinding() {
 /// table comes from 20); one line of figures per level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_set_up_and_carry_audio_under_loss() {
-    const SECONDS: f64 = 5.0;
+    const SECONDS: f64 = 8.0;
     let calls: usize = std::env::var("COURIER_TEST_LOSS_CALLS").ok().and_then(|n| n.parse().ok()).unwrap_or(3);
     let net = Net::build(&[Nat::PortPreserving, Nat::PortPreserving]);
     let server = public_server().await;
@@ -119,7 +119,7 @@ async fn calls_set_up_and_carry_audio_under_loss() {
     for loss in [0, 5, 10, 15] {
         net.set_loss(1, loss, loss);
         let mut setups = Vec::new();
-        let (mut concealed, mut recovered, mut heard) = (0, 0, 0.0);
+        let (mut concealed, mut recovered, mut heard, mut again) = (0, 0, 0.0, 0);
         for attempt in 1..=calls {
             let answering = bob.spawn_for(&server.url, &["answer", "--auto", "--wait-s", "60"], 880, SECONDS);
             answering.wait_for("waiting for a call").await;
@@ -128,12 +128,15 @@ async fn calls_set_up_and_carry_audio_under_loss() {
             assert_same_sas(&a, &b);
             let (at_alice, at_bob) =
                 (seconds_of_tone(&alice.recording(), 880.0), seconds_of_tone(&bob.recording(), 440.0));
+            // Connected, with audio both ways (a call set up again after a
+            // stalled handshake has lost four seconds of it).
             assert!(
-                at_alice >= 0.5 * SECONDS && at_bob >= 0.5 * SECONDS,
+                a["setup_ms"].is_u64() && at_alice >= 2.0 && at_bob >= 2.0,
                 "{loss} % loss, call {attempt}: heard {at_alice} s and {at_bob} s of {SECONDS}:\n{a}\n{b}\n\
                  caller:\n{a_log}\ncallee:\n{b_log}"
             );
             setups.push(a["setup_ms"].as_u64().unwrap_or(0));
+            again += usize::from(a_log.contains("setting it up again"));
             for report in [&a, &b] {
                 concealed += report["concealed_frames"].as_u64().unwrap_or(0);
                 recovered += report["recovered_frames"].as_u64().unwrap_or(0);
@@ -142,7 +145,7 @@ async fn calls_set_up_and_carry_audio_under_loss() {
         }
         setups.sort_unstable();
         println!(
-            "loss {loss} %: {calls} of {calls} calls connected; set-up p50 {} ms, max {} ms; \
+            "loss {loss} %: {calls} of {calls} calls connected, {again} set up again; set-up p50 {} ms, max {} ms; \
              heard {:.1} s of {SECONDS} s on average; frames concealed {concealed}, recovered from FEC {recovered}",
             setups[setups.len() / 2],
             setups[setups.len() - 1],
@@ -186,5 +189,71 @@ async fn a_stalled_dtls_handshake_is_set_up_again() {
         at_alice >= SECONDS - 6.0 && at_bob >= SECONDS - 6.0,
         "heard {at_alice} s and {at_bob} s of {SECONDS}:\n{a}\n{b}\ncaller:\n{a_log}\ncallee:\n{b_log}"
     );
+    server.finish().await;
+}
+
+/// Chromium in home 1 (the page, with its own WebRTC) and the softphone in
+/// home 2 call each other, each way: behind port-preserving NAT the call
+/// goes direct, behind symmetric NAT it falls back to the relay by itself;
+/// each side hears the other's tone.
+///
+/// When the page calls, Chromium (controlling) may nominate the relayed pair
+/// first and a direct one a moment later; webrtc-rs, controlled, keeps the
+/// first pair it was given (it does not follow a renomination), so the
+/// page's side of such a call is direct and the softphone's relayed. When
+/// the softphone calls, it nominates, and both sides are direct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_and_the_softphone_call_across_nat() {
+    for (nat, relayed) in [(Nat::PortPreserving, false), (Nat::Symmetric, true)] {
+        for page_calls in [false, true] {
+            page_and_softphone_across(nat, relayed, page_calls).await;
+        }
+    }
+}
+
+async fn page_and_softphone_across(nat: Nat, relayed: bool, page_calls: bool) {
+    use crate::browser::{heard_hz, sign_in_page, tone_wav};
+    use crate::support::browser::Browser;
+    const PAGE: &str = "+79161234567";
+    let net = Net::build(&[nat, nat]);
+    let server = public_server().await;
+    let bob = Softphone::login(&server.url, &server, BOB).await.in_namespace(net.home_ns(2), Net::home_ip(2));
+    let browser =
+        Browser::with_microphone_in(&net.home_ns(1), &server.url, 360, &tone_wav(server.dir.path(), 440.0)).await;
+    sign_in_page(&browser, &server, PAGE).await;
+    let running = if page_calls {
+        let answering = bob.spawn_for(&server.url, &["answer", "--auto", "--wait-s", "60"], 880, 60.0);
+        answering.wait_for("waiting for a call").await;
+        browser.type_into("Number to call", BOB).await;
+        browser.click("Call").await;
+        answering
+    } else {
+        let dialing = bob.spawn_for(&server.url, &["dial", PAGE], 880, 60.0);
+        browser.click("Answer").await;
+        dialing
+    };
+    let case = format!("{nat:?}, the page calls: {page_calls}");
+    let shown = browser.wait_for_text("Connection", if relayed { "Relayed" } else { "Direct" }).await;
+    let pair =
+        browser.eval("const c = document.getElementById('connection').dataset; return [c.local, c.remote]").await;
+    let heard = heard_hz(&browser).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    browser.click("Hang up").await;
+    let b = running.report().await;
+    assert!((heard - 880.0).abs() < 30.0, "{case}: the page heard {heard} Hz ({shown}, {pair})");
+    let at_bob = seconds_of_tone(&bob.recording(), 440.0);
+    assert!(at_bob >= 2.0, "{case}: the softphone heard the page for {at_bob} s: {b}");
+    let softphone_pair = path(&b);
+    if relayed {
+        assert!(softphone_pair.0 == "relay" || softphone_pair.1 == "relay", "{case}: {softphone_pair:?}: {b}");
+    } else if !page_calls {
+        assert!(direct(&softphone_pair), "{case}: the softphone's pair {softphone_pair:?}: {b}");
+    }
+    println!(
+        "{case}: the page showed {shown:?} over {pair}, the softphone {softphone_pair:?}; set-up {} ms",
+        b["setup_ms"]
+    );
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.close().await;
     server.finish().await;
 }

@@ -52,7 +52,34 @@ impl Browser {
         Browser::start_with(width, &args).await
     }
 
+    /// As [`Browser::with_microphone`], with Chromium in network namespace
+    /// `ns` (chromedriver talks to it over a pipe, which needs no network),
+    /// and `origin` (plain HTTP, not loopback) trusted as secure so that the
+    /// page may use the microphone.
+    pub async fn with_microphone_in(ns: &str, origin: &str, width: u32, wav: &std::path::Path) -> Browser {
+        let wrapper = wav.with_file_name(format!("chromium-in-{ns}"));
+        std::fs::write(&wrapper, format!("#!/bin/sh\nexec ip netns exec {ns} {CHROMIUM} \"$@\"\n")).unwrap();
+        let mut permissions = std::fs::metadata(&wrapper).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+        std::fs::set_permissions(&wrapper, permissions).unwrap();
+        let file = format!("--use-file-for-fake-audio-capture={}", wav.display());
+        let secure = format!("--unsafely-treat-insecure-origin-as-secure={origin}");
+        let args = [
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            file.as_str(),
+            "--autoplay-policy=no-user-gesture-required",
+            "--remote-debugging-pipe",
+            secure.as_str(),
+        ];
+        Browser::launch(width, wrapper.to_str().unwrap(), &args).await
+    }
+
     async fn start_with(width: u32, extra: &[&str]) -> Browser {
+        Browser::launch(width, CHROMIUM, extra).await
+    }
+
+    async fn launch(width: u32, binary: &str, extra: &[&str]) -> Browser {
         for path in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 std::path::Path::new(path).exists(),
@@ -82,7 +109,7 @@ impl Browser {
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
-                "binary": CHROMIUM,
+                "binary": binary,
                 "args": args,
                 // A headless window is at least 500 px wide; a phone's
                 // viewport is emulated.

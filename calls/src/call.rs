@@ -207,6 +207,9 @@ struct Session<'a> {
     own_fingerprint: Option<String>,
     /// The fingerprint the other side's SDP announced first.
     their_fingerprint: Option<String>,
+    /// The session id of the other side's SDP (`o=`): the same across its
+    /// renegotiations, new when it made a new peer connection.
+    their_session: Option<String>,
     /// Candidates gathered before the invite was acknowledged (the policy unknown).
     held_candidates: Option<Vec<Value>>,
     reception: Reception,
@@ -318,6 +321,7 @@ pub async fn answer_next(
         Session::new(setup, signaling, (peer, peer_events, settings), Role::Callee, call_id.clone(), started)?;
     session.report.peer = caller;
     session.their_fingerprint = sas::fingerprint_in_sdp(offer.as_str());
+    session.their_session = sdp_session_id(offer.as_str());
     let answer = session.peer.answer(offer.as_str()).await?;
     session.own_fingerprint = sas::fingerprint_in_sdp(&answer);
     let nonce = sas::nonce();
@@ -361,6 +365,7 @@ impl<'a> Session<'a> {
             connected: false,
             own_fingerprint: None,
             their_fingerprint: None,
+            their_session: None,
             held_candidates: Some(Vec::new()),
             reception: Reception::default(),
             jitter: JitterBuffer::new(),
@@ -583,6 +588,7 @@ impl<'a> Session<'a> {
             self.set_policy(ice_policy).await?;
         }
         self.their_fingerprint = sas::fingerprint_in_sdp(sdp);
+        self.their_session = sdp_session_id(sdp);
         self.peer.accept_answer(sdp).await?;
         match (self.own_nonce, sas_nonce.as_ref().and_then(|nonce| sas::parse_nonce(nonce.as_str()))) {
             (Some(own), Some(theirs)) => {
@@ -685,13 +691,15 @@ impl<'a> Session<'a> {
             self.warn("the other side's DTLS fingerprint changed in a renegotiation".into());
         }
         if kind == NegotiateKind::Offer {
-            // An offer before any audio came is the caller setting the media
-            // path up again on a new peer connection: so does this side
-            // (its own DTLS may think the handshake done, if the caller
-            // never got its last flight).
-            if self.report.packets_received == 0 && self.answered.is_some() && self.rebuilds < REBUILDS_MAX {
+            // An offer from a new peer connection (a new SDP session id) is
+            // the caller setting the media path up again: so does this side
+            // (its own DTLS may think the handshake done, if the caller never
+            // got its last flight). An ICE restart keeps the session id.
+            let session = sdp_session_id(sdp);
+            if session != self.their_session && self.rebuilds < REBUILDS_MAX {
                 self.rebuild().await?;
             }
+            self.their_session = session;
             let answer = self.peer.answer(sdp).await?;
             self.signaling.negotiate(&self.call_id, &answer, NegotiateKind::Answer).await?;
         } else {
@@ -862,6 +870,12 @@ impl<'a> Session<'a> {
     }
 }
 
+/// The session id of an SDP's origin line (`o=- 4611731400430051336 2 IN IP4 …`).
+fn sdp_session_id(sdp: &str) -> Option<String> {
+    let origin = sdp.lines().find_map(|line| line.strip_prefix("o="))?;
+    origin.split_whitespace().nth(1).map(str::to_owned)
+}
+
 /// Sleeps until `at`, or forever without one.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
@@ -881,6 +895,13 @@ mod tests {
 
     fn packet(sequence: u16, timestamp: u32, arrived: Instant) -> AudioPacket {
         AudioPacket { sequence, timestamp, payload: vec![0; 10], arrived }
+    }
+
+    #[test]
+    fn an_sdp_session_id_is_read_from_its_origin_line() {
+        let sdp = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\n";
+        assert_eq!(sdp_session_id(sdp).as_deref(), Some("4611731400430051336"));
+        assert_eq!(sdp_session_id("v=0\r\ns=-\r\n"), None);
     }
 
     #[test]

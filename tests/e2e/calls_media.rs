@@ -133,13 +133,18 @@ impl Softphone {
 
     /// A call of at most `seconds` (the other side may hang up first).
     pub(crate) fn spawn_for(&self, server_url: &str, args: &[&str], tone: u32, seconds: f64) -> Running {
+        self.spawn_playing(server_url, args, &format!("tone:{tone}"), seconds)
+    }
+
+    /// The same, playing `play` (`tone:HZ`, `clicks:MS` or a WAV file).
+    pub(crate) fn spawn_playing(&self, server_url: &str, args: &[&str], play: &str, seconds: f64) -> Running {
         let duration = seconds.to_string();
         let recording = self.recording();
         let mut child = self
             .command(server_url)
             .arg("--json")
             .args(args)
-            .args(["--play", &format!("tone:{tone}"), "--record", recording.to_str().unwrap()])
+            .args(["--play", play, "--record", recording.to_str().unwrap()])
             .args(["--duration", &duration, "--bind", self.home.as_ref().map_or("127.0.0.1", |(_, ip)| ip.as_str())])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -474,5 +479,57 @@ async fn a_call_keeps_its_audio_while_the_clusters_redis_restarts() {
     assert_eq!(a["end_reason"], "user_hangup", "{a}");
     assert_eq!(b["end_reason"], "user_hangup", "{b}");
     assert_heard_each_other(&alice, &bob, (&a, &b));
+    server.finish().await;
+}
+
+/// Real speech (espeak-ng reading a fixed text) through a call on a clean
+/// path keeps its quality: PESQ (ITU-T P.862.2, wideband) of what the callee
+/// recorded against what the caller sent is at least 3.5, so a broken audio
+/// path (the wrong rate, a gap, the jitter buffer dropping frames) cannot pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_through_a_call_keeps_its_quality() {
+    const TEXT: &str = "Courier calls are encrypted from one end to the other. \
+        Compare the four pictures with the person you are talking to. \
+        If they differ, someone is listening in, so hang up and call again.";
+    let python = std::env::var_os("COURIER_PESQ_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/pesq/bin/python"));
+    assert!(python.exists(), "{}: ./scripts/test installs PESQ (or set COURIER_PESQ_PYTHON)", python.display());
+    let dir = tempfile::tempdir().unwrap();
+    let spoken = dir.path().join("spoken.wav");
+    let status = std::process::Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "150", "-w", spoken.to_str().unwrap(), TEXT])
+        .status()
+        .expect("espeak-ng runs (./scripts/test installs it)");
+    assert!(status.success());
+    // Two seconds of silence first, which the call's set-up may eat, and one after.
+    let speech = read_wav(&spoken).unwrap();
+    let sent = dir.path().join("sent.wav");
+    let mut sink = courier_calls::audio::WavSink::create(&sent).unwrap();
+    let silence = vec![0i16; 96_000];
+    sink.write(&silence).unwrap();
+    sink.write(&speech.iter().map(|value| (value * 32_767.0) as i16).collect::<Vec<_>>()).unwrap();
+    sink.write(&silence[..48_000]).unwrap();
+    sink.finish().unwrap();
+    let seconds = (speech.len() as f64 / 48_000.0 + 3.5).ceil();
+
+    let server = Server::start(Db::Sqlite).await;
+    let alice = Softphone::login(&server.url, &server, ALICE).await;
+    let bob = Softphone::login(&server.url, &server, BOB).await;
+    let answering = bob.spawn_for(&server.url, &["answer", "--auto", "--wait-s", "60"], 880, seconds + 2.0);
+    answering.wait_for("waiting for a call").await;
+    let dialing = alice.spawn_playing(&server.url, &["dial", BOB], sent.to_str().unwrap(), seconds);
+    let (a, b) = (dialing.report().await, answering.report().await);
+    let output = std::process::Command::new(&python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pesq-score"))
+        .args([&sent, &bob.recording()])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let score: f64 = printed.trim().parse().unwrap_or_else(|_| {
+        panic!("pesq-score printed {printed:?}: {}\n{a}\n{b}", String::from_utf8_lossy(&output.stderr))
+    });
+    println!("PESQ MOS-LQO, clean loopback path: {score}");
+    assert!(score >= 3.5, "MOS-LQO {score} < 3.5:\n{a}\n{b}");
     server.finish().await;
 }

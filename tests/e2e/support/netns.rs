@@ -1,10 +1,10 @@
 //! Test networks in network namespaces, for calls across NAT and loss.
 //!
 //! ```text
-//!   root namespace: courier serve and its relay on 203.0.113.1
+//!   root namespace: courier serve and its relay on 198.18.200.1
 //!        │ veth
-//!   <prefix>p: a bridge, the "public" segment 203.0.113.0/24
-//!        │ veth (wan, 203.0.113.1k)            one per home k = 1, 2, …
+//!   <prefix>p: a bridge, the "public" segment 198.18.200.0/24
+//!        │ veth (wan, 198.18.200.1k)            one per home k = 1, 2, …
 //!   <prefix>rk: a NAT router (nftables masquerade), loss rules per direction
 //!        │ veth (lan, 10.0.k.1)
 //!   <prefix>hk: a home network, the party at 10.0.k.2
@@ -19,9 +19,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The server's address on the public segment.
-pub const PUBLIC_IP: &str = "203.0.113.1";
+pub const PUBLIC_IP: &str = "198.18.200.1";
 /// The public segment, which the relay is allowed to reach.
-pub const PUBLIC_RANGE: &str = "203.0.113.0/24";
+pub const PUBLIC_RANGE: &str = "198.18.200.0/24";
 const PREFIX: &str = "crt";
 
 /// How a home's router maps its parties' flows onto its public address.
@@ -108,6 +108,11 @@ impl Net {
     /// Builds the public segment and one home per entry of `homes`.
     pub fn build(homes: &[Nat]) -> Net {
         sweep_stale();
+        // The range must be nobody's here: a machine may reach services
+        // (a package mirror, say) at addresses of other test ranges.
+        let routes = Command::new("ip").args(["-o", "route", "show", "to", "match", PUBLIC_IP]).output().unwrap();
+        let taken = String::from_utf8_lossy(&routes.stdout).lines().any(|route| !route.starts_with("default"));
+        assert!(!taken, "{PUBLIC_RANGE} is routed on this machine already: the network tests need it free");
         let index = NETS.fetch_add(1, Ordering::Relaxed) % 100;
         // The process id and a per-process index, recoverable by the sweep.
         let prefix = format!("{PREFIX}{}", std::process::id() * 100 + index);
@@ -151,7 +156,7 @@ impl Net {
 
     /// Home `k`'s router's public address.
     pub fn router_public_ip(k: usize) -> String {
-        format!("203.0.113.{}", 10 + k)
+        format!("198.18.200.{}", 10 + k)
     }
 
     fn build_home(&self, k: usize, nat: Nat) {
@@ -191,13 +196,17 @@ impl Net {
             &format!(
                 "table ip nat {{\n  chain post {{ type nat hook postrouting priority srcnat; oifname \"wan\" {masquerade}; }}\n}}\n\
                  table ip firewall {{\n  chain input {{ type filter hook input priority filter; iifname \"wan\" ct state new drop; }}\n}}\n\
-                 table ip loss {{\n  chain drops {{ type filter hook forward priority filter; }}\n}}\n"
+                 table ip loss {{\n  chain drops {{ type filter hook prerouting priority raw; }}\n}}\n"
             ),
         );
     }
 
     /// Drops `inbound_pct` % of the packets coming into home `k` and
-    /// `outbound_pct` % of those leaving it, at random, from now on.
+    /// `outbound_pct` % of those leaving it, at random, from now on. They are
+    /// dropped as they reach the router, before its connection tracking sees
+    /// them, as a lossy link would lose them (dropped later, a TCP segment
+    /// would still move the router's idea of the connection's window, and
+    /// the retransmissions that follow look out of window to it).
     pub fn set_loss(&self, k: usize, inbound_pct: u32, outbound_pct: u32) {
         let mut script = String::from("flush chain ip loss drops\n");
         if inbound_pct > 0 {
@@ -207,7 +216,7 @@ impl Net {
         }
         if outbound_pct > 0 {
             script.push_str(&format!(
-                "add rule ip loss drops oifname \"wan\" numgen random mod 100 < {outbound_pct} drop\n"
+                "add rule ip loss drops iifname \"lan\" numgen random mod 100 < {outbound_pct} drop\n"
             ));
         }
         nft(&self.router_ns(k), &script);
@@ -223,7 +232,7 @@ impl Net {
         nft(
             &self.router_ns(k),
             &format!(
-                "add rule ip loss drops oifname \"wan\" udp length > 21 @th,64,8 22 @th,168,8 {handshake_type} \
+                "add rule ip loss drops iifname \"lan\" udp length > 21 @th,64,8 22 @th,168,8 {handshake_type} \
                  counter drop\n"
             ),
         );

@@ -40,6 +40,9 @@ const OPUS_FMTP: &str = "minptime=10;useinbandfec=1";
 const ICE_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// Checks sent on a candidate pair before it is given up (1.4 s at 50 ms).
 const ICE_CHECKS_PER_PAIR: u16 = 28;
+/// How long after checks start a relayed pair may be nominated, while the
+/// call's policy lets a direct one win (see [`WebRtcPeer::create`]).
+const RELAY_NOMINATION_WAIT: Duration = Duration::from_secs(1);
 /// Events waiting for the call loop; audio is 50 packets a second.
 const EVENTS_QUEUED_MAX: usize = 1_024;
 
@@ -311,10 +314,14 @@ impl WebRtcPeer {
         // hoping for a better one: 2 s for relay, 1 s for a peer-reflexive
         // candidate (one learned from a check that came before the signaled
         // candidates), 0.5 s for server-reflexive. Relay-only, nothing better
-        // can come; otherwise direct pairs on a working path succeed well
-        // within 250 ms. Among pairs that succeeded the best is nominated, so
-        // a reflexive pair never wins over a host pair that works.
-        let relay_wait = if settings.relay_only { Duration::ZERO } else { Duration::from_millis(250) };
+        // can come. Otherwise a direct pair through two NATs needs both
+        // sides' checks to cross (a few round trips, and a browser on a busy
+        // machine answers late): a relayed pair that succeeded first is
+        // nominated only after 1 s, when no direct pair has, which a call
+        // behind symmetric NAT pays in set-up. Among pairs that succeeded
+        // the best is nominated, so a reflexive pair never wins over a host
+        // pair that works.
+        let relay_wait = if settings.relay_only { Duration::ZERO } else { RELAY_NOMINATION_WAIT };
         let setting_engine = setting_engine
             .with_relay_acceptance_min_wait(Some(relay_wait))
             .with_prflx_acceptance_min_wait(Some(Duration::ZERO))

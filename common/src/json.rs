@@ -70,6 +70,15 @@ pub fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64,
     }
 }
 
+/// [`integer`] for an optional field (missing or `null`: `None`), with
+/// `#[serde(default, deserialize_with = "courier_common::json::optional_integer")]`.
+pub fn optional_integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    match Option::<serde_json::Number>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(number) => integer(number).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 /// Like `axum::extract::Query`, with rejections in the service error shape.
 pub struct Query<T>(pub T);
 
@@ -121,5 +130,20 @@ mod tests {
         assert!(read(r#"{"rating":4.5}"#).is_err());
         assert!(read(r#"{"rating":1e300}"#).is_err());
         assert!(read(r#"{"rating":"4"}"#).is_err());
+    }
+
+    #[test]
+    fn optional_integers_are_json_schema_integers_or_nothing() {
+        #[derive(Deserialize)]
+        struct Figures {
+            #[serde(default, deserialize_with = "optional_integer")]
+            frames: Option<i64>,
+        }
+        let read = |text: &str| serde_json::from_str::<Figures>(text).map(|f| f.frames).map_err(|e| e.to_string());
+        assert_eq!(read(r#"{"frames":234.0}"#), Ok(Some(234)));
+        assert_eq!(read(r#"{"frames":null}"#), Ok(None));
+        assert_eq!(read("{}"), Ok(None));
+        assert!(read(r#"{"frames":1.5}"#).is_err());
+        assert!(read(r#"{"frames":"3"}"#).is_err());
     }
 }

@@ -192,9 +192,11 @@ pub struct Stats {
     #[schema(minimum = 0, maximum = 600_000)]
     pub playout_delay_ms: Option<f64>,
     /// Packets that came after their turn to play.
+    #[serde(default, deserialize_with = "courier_common::json::optional_integer")]
     #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub late_frames: Option<i64>,
     /// Frames concealed: lost with no FEC at hand, or not there in time.
+    #[serde(default, deserialize_with = "courier_common::json::optional_integer")]
     #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub concealed_frames: Option<i64>,
 }

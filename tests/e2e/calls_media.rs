@@ -426,7 +426,7 @@ async fn ice_restarts_after_the_signaling_socket_drops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_calls_benchmark_measures_each_setup() {
     let output = Command::new(courier_bin())
-        .args(["bench", "calls", "--pairs", "1", "--duration-s", "3", "--json"])
+        .args(["bench", "calls", "--pairs", "1", "--duration-s", "6", "--json"])
         .output()
         .await
         .unwrap();

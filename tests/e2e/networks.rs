@@ -218,9 +218,9 @@ async fn a_stalled_dtls_handshake_is_set_up_again() {
 }
 
 /// Chromium in home 1 (the page, with its own WebRTC) and the softphone in
-/// home 2 call each other, each way: behind port-preserving NAT the call
-/// goes direct, behind symmetric NAT it falls back to the relay by itself;
-/// each side hears the other's tone.
+/// home 2 call each other, each way: behind port-preserving NAT the page's
+/// call goes direct, behind symmetric NAT either falls back to the relay by
+/// itself; each side hears the other's tone.
 ///
 /// When the page calls, Chromium (controlling) may nominate the relayed pair
 /// first and a direct one a moment later; webrtc-rs, controlled, keeps the
@@ -258,7 +258,17 @@ async fn page_and_softphone_across(nat: Nat, relayed: bool, page_calls: bool) {
         dialing
     };
     let case = format!("{nat:?}, the page calls: {page_calls}");
-    let shown = browser.wait_for_text("Connection", if relayed { "Relayed" } else { "Direct" }).await;
+    // The softphone calling nominates; on a loaded machine Chromium's checks
+    // may open its NAT after the softphone's wait for a direct pair (1 s)
+    // has passed, and the call is relayed: either path, then, but a path.
+    let expected = match (relayed, page_calls) {
+        (true, _) => "Relayed",
+        (false, true) => "Direct",
+        (false, false) => "",
+    };
+    let up = "const c = document.getElementById('connection'); return c.dataset.kind ? 'up: ' + c.textContent : ''";
+    let shown = browser.wait_for_script(up, "up: ").await;
+    assert!(shown.contains(expected), "{case}: {shown}, not {expected}");
     let pair =
         browser.eval("const c = document.getElementById('connection').dataset; return [c.local, c.remote]").await;
     let heard = heard_hz(&browser).await;
@@ -271,7 +281,7 @@ async fn page_and_softphone_across(nat: Nat, relayed: bool, page_calls: bool) {
     let softphone_pair = path(&b);
     if relayed {
         assert!(softphone_pair.0 == "relay" || softphone_pair.1 == "relay", "{case}: {softphone_pair:?}: {b}");
-    } else if !page_calls {
+    } else if !page_calls && shown.contains("Direct") {
         assert!(direct(&softphone_pair), "{case}: the softphone's pair {softphone_pair:?}: {b}");
     }
     println!(

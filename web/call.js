@@ -453,7 +453,7 @@ function showPath(current) {
     current.watchingPath = true;
     ice.addEventListener("selectedcandidatepairchange", () => showPath(current));
   }
-  readPath(current).then((path) => {
+  readPath(current.pc, ice).then((path) => {
     if (call !== current) return;
     if (!path) {
       clearTimeout(current.pathTimer);
@@ -476,13 +476,12 @@ function iceTransport(pc) {
 }
 
 /** The selected pair's candidate types, or null while there is none. */
-async function readPath(current) {
-  const ice = iceTransport(current.pc);
+async function readPath(pc, ice) {
   const selected = ice && ice.getSelectedCandidatePair ? ice.getSelectedCandidatePair() : null;
   if (selected && selected.local && selected.remote && selected.local.type && selected.remote.type) {
     return { local: selected.local.type, remote: selected.remote.type };
   }
-  const stats = await current.pc.getStats();
+  const stats = await pc.getStats();
   let path = null;
   stats.forEach((report) => {
     if (report.type !== "transport" || !report.selectedCandidatePairId) return;

@@ -663,12 +663,22 @@ impl<'a> Session<'a> {
         self.rebuild().await?;
         self.restarting = true;
         let offer = self.peer.offer(false).await?;
-        match self.signaling.negotiate(&self.call_id, &offer, NegotiateKind::Offer).await {
+        self.offer_restart(&offer).await
+    }
+
+    /// Sends the caller's offer that restarts the media path, and expects
+    /// its answer within [`RESTART_ANSWER_WITHIN`]. Sent while the socket
+    /// was down, it is made again after resume.
+    async fn offer_restart(&mut self, offer: &str) -> Result<(), CallError> {
+        match self.signaling.negotiate(&self.call_id, offer, NegotiateKind::Offer).await {
             Ok(()) => {
                 self.restart_answer_due = Some(tokio::time::Instant::now() + RESTART_ANSWER_WITHIN);
                 Ok(())
             }
-            Err(SignalingError::Closed(_)) | Err(SignalingError::Timeout) => Ok(()),
+            Err(SignalingError::Closed(_)) | Err(SignalingError::Timeout) => {
+                self.restarting = false;
+                Ok(())
+            }
             Err(error) => Err(error.into()),
         }
     }
@@ -720,17 +730,7 @@ impl<'a> Session<'a> {
         self.report.ice_restarts += 1;
         self.say("restarting ICE");
         let offer = self.peer.offer(true).await?;
-        match self.signaling.negotiate(&self.call_id, &offer, NegotiateKind::Offer).await {
-            Ok(()) => {
-                self.restart_answer_due = Some(tokio::time::Instant::now() + RESTART_ANSWER_WITHIN);
-                Ok(())
-            }
-            Err(SignalingError::Closed(_)) | Err(SignalingError::Timeout) => {
-                self.restarting = false;
-                Ok(())
-            }
-            Err(error) => Err(error.into()),
-        }
+        self.offer_restart(&offer).await
     }
 
     async fn peer_state(&mut self, state: PeerState) -> Result<(), CallError> {

@@ -137,7 +137,7 @@ impl JitterBuffer {
                 self.highest = None;
             } else if extended < next {
                 self.stats.late += 1;
-                if self.delay_ms_aimed_at_most() {
+                if self.delay_ms() < DELAY_MAX_MS {
                     self.hold = self.hold.saturating_add(1).min(2);
                 }
                 return;
@@ -212,17 +212,9 @@ impl JitterBuffer {
             self.stats.played += 1;
             return Some(Playout::Decode(payload));
         }
-        let Some(&newer) = self.frames.keys().next() else {
-            if trails < target {
-                // Nothing newer, and not overdue yet: it may only be late.
-                self.stats.concealed += 1;
-                return Some(Playout::Conceal);
-            }
-            self.stats.concealed += 1;
-            self.next = Some(next + 1);
-            return Some(Playout::Conceal);
-        };
-        if newer == next + 1 && trails >= target || newer > next + target + 2 {
+        if let Some(&newer) = self.frames.keys().next()
+            && (newer == next + 1 && trails >= target || newer > next + target + 2)
+        {
             // Lost, and the next packet is here: its FEC carries this frame.
             // Far behind what arrives (a long burst was lost), the same
             // from the frame before the oldest that is here.
@@ -230,6 +222,7 @@ impl JitterBuffer {
             self.next = Some(newer);
             return self.frames.get(&newer).map(|payload| Playout::Recover(payload.clone()));
         }
+        // Concealed; not overdue yet, it may only be late, and is waited for.
         self.stats.concealed += 1;
         if trails >= target {
             self.next = Some(next + 1);
@@ -243,11 +236,6 @@ impl JitterBuffer {
         let (Some(highest), Some(at)) = (self.highest, self.highest_arrival) else { return 0 };
         let since = now.saturating_duration_since(at).as_millis() as u64 / u64::from(FRAME_MS);
         (highest + since).saturating_sub(next)
-    }
-
-    /// Whether the delay may still grow.
-    fn delay_ms_aimed_at_most(&self) -> bool {
-        self.delay_ms() < DELAY_MAX_MS
     }
 
     /// Drops a frame when the playout point has trailed by two frames or

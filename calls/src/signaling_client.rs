@@ -26,7 +26,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -221,7 +221,6 @@ impl Requests {
         let sent = self.sink.lock().await.send(Message::text(frame)).await;
         if let Err(error) = sent {
             self.forget(&id);
-            use tokio_tungstenite::tungstenite::Error as WsError;
             return Err(match error {
                 // The connection is gone (a reset, a broken pipe after the
                 // network changed): the reader reports it closed, and the

@@ -259,13 +259,6 @@ impl Net {
         run("ip", &["-n", &router, "addr", "flush", "dev", "wan"]);
         run("ip", &["-n", &router, "addr", "add", &format!("{new_ip}/24"), "dev", "wan"]);
     }
-
-    /// `ip netns exec <home k> <program>`.
-    pub fn command_in_home(&self, k: usize, program: &std::path::Path) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new("ip");
-        command.args(["netns", "exec", &self.home_ns(k)]).arg(program);
-        command
-    }
 }
 
 impl Drop for Net {

@@ -25,8 +25,10 @@ const CLICK_HZ: f32 = 1_000.0;
 const CLICK_AMPLITUDE: f32 = 0.9;
 /// Speech-grade Opus: about 32 kb/s, and room for FEC.
 const BITRATE_BPS: i32 = 32_000;
-/// The loss the encoder plans its FEC for.
-const EXPECTED_LOSS_PCT: i32 = 10;
+/// The loss levels the encoder plans its in-band FEC for (percent), and the
+/// margin a measured loss must clear to move to a level from below (or fall
+/// under to leave it), so that a loss near a step does not flap.
+const LOSS_LEVELS_PCT: [(u8, f64); 4] = [(20, 2.0), (10, 1.0), (5, 1.0), (1, 0.0)];
 /// Largest Opus packet the encoder may produce.
 const PACKET_BYTES_MAX: usize = 1_275;
 /// Longest WAV file accepted (an hour): a source is held in memory.
@@ -248,23 +250,56 @@ impl WavSink {
     }
 }
 
-/// Opus for speech: 48 kHz mono, 20 ms frames, in-band FEC.
+/// Opus for speech: 48 kHz mono, 20 ms frames, in-band FEC planned for the
+/// loss the far end reports.
 pub struct Encoder {
     opus: opus::Encoder,
+    expected_loss_pct: u8,
 }
 
 impl Encoder {
+    /// An encoder that expects no loss (no FEC bits) until told otherwise.
     pub fn new() -> Result<Encoder, AudioError> {
         let mut opus = opus::Encoder::new(SAMPLE_RATE, opus::Channels::Mono, opus::Application::Voip)?;
         opus.set_bitrate(opus::Bitrate::Bits(BITRATE_BPS))?;
         opus.set_inband_fec(true)?;
-        opus.set_packet_loss_perc(EXPECTED_LOSS_PCT)?;
-        Ok(Encoder { opus })
+        opus.set_packet_loss_perc(0)?;
+        Ok(Encoder { opus, expected_loss_pct: 0 })
+    }
+
+    /// Plans the FEC for `loss_pct`, the loss the far end sees (smoothed by
+    /// the caller): FEC costs the speech itself bits, so a clean path gets
+    /// none, and a lossy one as much as its level calls for.
+    pub fn expect_loss(&mut self, loss_pct: f64) -> Result<(), AudioError> {
+        let level = expected_loss_level(loss_pct, self.expected_loss_pct);
+        if level != self.expected_loss_pct {
+            self.opus.set_packet_loss_perc(i32::from(level))?;
+            self.expected_loss_pct = level;
+        }
+        Ok(())
+    }
+
+    /// The loss (percent) the encoder plans its FEC for.
+    pub fn expected_loss_pct(&self) -> u8 {
+        self.expected_loss_pct
     }
 
     pub fn encode(&mut self, frame: &[i16; FRAME_SAMPLES]) -> Result<Vec<u8>, AudioError> {
         Ok(self.opus.encode_vec(frame, PACKET_BYTES_MAX)?)
     }
+}
+
+/// The level of [`LOSS_LEVELS_PCT`] a measured loss calls for, given the
+/// level in force: a level is entered above its value plus its margin and
+/// kept down to its value less the margin.
+fn expected_loss_level(loss_pct: f64, current: u8) -> u8 {
+    LOSS_LEVELS_PCT
+        .iter()
+        .find(|(level, margin)| {
+            let threshold = f64::from(*level) + if current >= *level { -margin } else { *margin };
+            loss_pct >= threshold
+        })
+        .map_or(0, |(level, _)| *level)
 }
 
 pub struct Decoder {
@@ -357,6 +392,7 @@ mod tests {
     fn lost_packets_are_rebuilt_or_concealed() {
         let mut source = Source::Tone { hz: 880.0, phase: 0.0 };
         let (mut encoder, mut decoder) = (Encoder::new().unwrap(), Decoder::new().unwrap());
+        encoder.expect_loss(10.0).unwrap();
         let packets: Vec<Vec<u8>> =
             frames(&mut source, 40).iter().map(|frame| encoder.encode(frame).unwrap()).collect();
         let mut heard = Vec::new();
@@ -378,6 +414,19 @@ mod tests {
         assert_eq!(dominant(gap, &[440.0, 880.0]), Some(880.0), "the tone carries on through the losses");
         let concealed = &heard[29 * FRAME_SAMPLES..32 * FRAME_SAMPLES];
         assert_eq!(dominant(concealed, &[440.0, 880.0]), Some(880.0));
+    }
+
+    #[test]
+    fn fec_is_planned_for_the_loss_reported_and_does_not_flap() {
+        let mut encoder = Encoder::new().unwrap();
+        assert_eq!(encoder.expected_loss_pct(), 0, "a clean path spends no bits on FEC");
+        let mut levels = Vec::new();
+        for loss in [0.5, 1.0, 5.5, 6.5, 4.5, 3.9, 10.5, 11.2, 9.2, 8.9, 25.0, 18.5, 17.9, 0.0] {
+            encoder.expect_loss(loss).unwrap();
+            levels.push(encoder.expected_loss_pct());
+        }
+        // Up a level past its value plus the margin, down below it less the margin.
+        assert_eq!(levels, [0, 1, 1, 5, 5, 1, 5, 10, 10, 5, 20, 20, 10, 0]);
     }
 
     #[test]

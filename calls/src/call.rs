@@ -32,6 +32,9 @@ const UNANSWERED_GIVE_UP: Duration = Duration::from_secs(90);
 const CLOSE_WITHIN: Duration = Duration::from_secs(3);
 /// How often the round-trip time is read while the media path is up.
 const RTT_EVERY: Duration = Duration::from_secs(1);
+/// How much of each new reading of the far end's loss goes into its
+/// smoothed value, once a second.
+const REMOTE_LOSS_WEIGHT: f64 = 0.5;
 /// An answered call whose media path has not come up by then has failed
 /// (`ice_failed`): no audio will be carried.
 pub const MEDIA_WITHIN: Duration = Duration::from_secs(15);
@@ -118,6 +121,11 @@ pub struct CallReport {
     pub playout_delay_ms: Option<u32>,
     pub late_frames: u64,
     pub concealed_frames: u64,
+    /// The loss the path shows, smoothed (the far end's receiver reports of
+    /// what this side sent, or else this side's own reception), and the loss
+    /// the encoder planned its FEC for at the end.
+    pub remote_loss_pct: Option<f64>,
+    pub fec_planned_pct: u8,
     pub recovered_frames: u64,
     pub dropped_frames: u64,
     pub ice_restarts: u32,
@@ -137,6 +145,9 @@ struct Reception {
     bytes: u64,
     jitter: f64,
     last: Option<(Instant, u32)>,
+    /// The highest sequence number and the count received when
+    /// [`Reception::loss_since_last_pct`] last looked.
+    looked: Option<(u64, u64)>,
 }
 
 impl Reception {
@@ -177,6 +188,18 @@ impl Reception {
 
     fn jitter_ms(&self) -> Option<f64> {
         self.first.map(|_| self.jitter / 48.0)
+    }
+
+    /// The share of packets lost since the last look (none before a packet
+    /// came, or when none was due since).
+    fn loss_since_last_pct(&mut self) -> Option<f64> {
+        let (first, _, _) = self.first?;
+        // The first packet opens the count.
+        let (highest, received) = self.looked.unwrap_or((first, 1));
+        self.looked = Some((self.highest, self.received));
+        let expected = self.highest.checked_sub(highest).filter(|expected| *expected > 0)?;
+        let got = self.received - received;
+        Some(expected.saturating_sub(got) as f64 * 100.0 / expected as f64)
     }
 }
 
@@ -491,7 +514,21 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = rtt_clock.tick(), if self.connected => {
-                    self.last_rtt = self.peer.rtt_ms().await.or(self.last_rtt);
+                    let figures = self.peer.path_figures().await;
+                    self.last_rtt = figures.rtt_ms.or(self.last_rtt);
+                    // What the far end lost of ours, where webrtc-rs's
+                    // statistics have it (0.21 reads only receiver reports,
+                    // which a peer that sends media need not send); else what
+                    // we lost of theirs: a path's two ways share its network.
+                    let heard = self.reception.loss_since_last_pct();
+                    if let Some(loss) = figures.remote_loss_pct.or(heard) {
+                        // Smoothed: one report's interval holds about 50 packets.
+                        let smoothed = self.report.remote_loss_pct.map_or(loss, |before| {
+                            before + (loss - before) * REMOTE_LOSS_WEIGHT
+                        });
+                        self.report.remote_loss_pct = Some(smoothed);
+                        self.encoder.expect_loss(smoothed)?;
+                    }
                 }
                 _ = clock.tick() => {
                     self.send_frame(&mut play).await?;
@@ -842,7 +879,7 @@ impl<'a> Session<'a> {
     }
 
     async fn finish(mut self, reason: String) -> Result<CallReport, CallError> {
-        let rtt = self.peer.rtt_ms().await.or(self.last_rtt);
+        let rtt = self.peer.path_figures().await.rtt_ms.or(self.last_rtt);
         // Closing is a courtesy to the other side and the relay; it never
         // holds the report back.
         let _ = tokio::time::timeout(CLOSE_WITHIN, self.peer.close()).await;
@@ -863,6 +900,7 @@ impl<'a> Session<'a> {
         self.report.concealed_frames = buffered.concealed;
         self.report.recovered_frames = buffered.recovered;
         self.report.dropped_frames = buffered.dropped;
+        self.report.fec_planned_pct = self.encoder.expected_loss_pct();
         if talking > 0.0 && self.reception.received > 0 {
             self.report.bitrate_kbps = Some(round2(self.reception.bytes as f64 * 8.0 / talking / 1_000.0));
         }
@@ -917,5 +955,24 @@ mod tests {
         // A late packet arriving 30 ms off its schedule adds jitter.
         reception.record(&packet(3, 4_800, start + Duration::from_millis(130)));
         assert!(reception.jitter_ms().unwrap() > 1.0);
+    }
+
+    #[test]
+    fn reception_tells_the_loss_since_it_last_looked() {
+        let start = Instant::now();
+        let mut reception = Reception::default();
+        assert_eq!(reception.loss_since_last_pct(), None, "nothing came yet");
+        reception.record(&packet(10, 0, start));
+        assert_eq!(reception.loss_since_last_pct(), None, "one packet: nothing was due after it");
+        // 11 to 20: 13 and 17 lost.
+        for sequence in (11..=20).filter(|sequence| ![13, 17].contains(sequence)) {
+            reception.record(&packet(sequence, 0, start));
+        }
+        assert_eq!(reception.loss_since_last_pct(), Some(20.0));
+        assert_eq!(reception.loss_since_last_pct(), None, "nothing new");
+        for sequence in 21..=24 {
+            reception.record(&packet(sequence, 0, start));
+        }
+        assert_eq!(reception.loss_since_last_pct(), Some(0.0));
     }
 }

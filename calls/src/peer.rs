@@ -29,7 +29,8 @@ use webrtc::media_stream::{MediaStreamTrack, Track};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceCandidateType, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
+    RTCPeerConnectionState, RTCSessionDescription, RTCStatsReportEntry, Registry, SettingEngineBuilder,
+    register_default_interceptors,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -176,9 +177,20 @@ pub trait MediaPeer: Send + Sync {
     async fn selected_path(&self) -> Option<SelectedPath>;
     /// `sha-256 AB:CD:…` of the certificate the DTLS handshake actually saw.
     async fn remote_certificate_fingerprint(&self) -> Option<String>;
-    /// The current round-trip time of the selected pair, from ICE consent checks.
-    async fn rtt_ms(&self) -> Option<f64>;
+    /// The selected pair's round-trip time and the far end's reception, as
+    /// its receiver reports tell.
+    async fn path_figures(&self) -> PathFigures;
     async fn close(&self);
+}
+
+/// What a peer connection knows of its path.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PathFigures {
+    /// The selected pair's current round-trip time, from ICE consent checks.
+    pub rtt_ms: Option<f64>,
+    /// The share of our packets the far end lost in its last receiver
+    /// report's interval (none before the first report).
+    pub remote_loss_pct: Option<f64>,
 }
 
 /// A DTLS certificate for a call's peer connections (ECDSA P-256, as
@@ -462,13 +474,23 @@ impl MediaPeer for WebRtcPeer {
         Some(certificate_fingerprint(certificate))
     }
 
-    async fn rtt_ms(&self) -> Option<f64> {
+    async fn path_figures(&self) -> PathFigures {
         let report = self.connection.get_stats(Instant::now(), webrtc::peer_connection::StatsSelector::None).await;
-        report
+        let rtt_ms = report
             .candidate_pairs()
             .filter(|pair| pair.nominated && pair.current_round_trip_time > 0.0)
             .map(|pair| pair.current_round_trip_time * 1_000.0)
-            .next()
+            .next();
+        let remote_loss_pct = report
+            .iter()
+            .filter_map(|entry| match entry {
+                RTCStatsReportEntry::RemoteInboundRtp(stream) if stream.round_trip_time_measurements > 0 => {
+                    Some(stream.fraction_lost * 100.0)
+                }
+                _ => None,
+            })
+            .next();
+        PathFigures { rtt_ms, remote_loss_pct }
     }
 
     async fn close(&self) {

@@ -495,26 +495,11 @@ async fn speech_through_a_call_keeps_its_quality() {
     const TEXT: &str = "Courier calls are encrypted from one end to the other. \
         Compare the four pictures with the person you are talking to. \
         If they differ, someone is listening in, so hang up and call again.";
-    let python = std::env::var_os("COURIER_PESQ_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/pesq/bin/python"));
-    assert!(python.exists(), "{}: ./scripts/test installs PESQ (or set COURIER_PESQ_PYTHON)", python.display());
     let dir = tempfile::tempdir().unwrap();
-    let spoken = dir.path().join("spoken.wav");
-    let status = std::process::Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "150", "-w", spoken.to_str().unwrap(), TEXT])
-        .status()
-        .expect("espeak-ng runs (./scripts/test installs it)");
-    assert!(status.success());
+    let speech = spoken(dir.path(), TEXT);
     // Two seconds of silence first, which the call's set-up may eat, and one after.
-    let speech = read_wav(&spoken).unwrap();
     let sent = dir.path().join("sent.wav");
-    let mut sink = courier_calls::audio::WavSink::create(&sent).unwrap();
-    let silence = vec![0i16; 96_000];
-    sink.write(&silence).unwrap();
-    sink.write(&speech.iter().map(|value| (value * 32_767.0) as i16).collect::<Vec<_>>()).unwrap();
-    sink.write(&silence[..48_000]).unwrap();
-    sink.finish().unwrap();
+    write_wav(&sent, &[&[0; 96_000], &speech, &[0; 48_000]]);
     let seconds = (speech.len() as f64 / 48_000.0 + 3.5).ceil();
 
     let server = Server::start(Db::Sqlite).await;
@@ -524,16 +509,47 @@ async fn speech_through_a_call_keeps_its_quality() {
     answering.wait_for("waiting for a call").await;
     let dialing = alice.spawn_playing(&server.url, &["dial", BOB], sent.to_str().unwrap(), seconds);
     let (a, b) = (dialing.report().await, answering.report().await);
-    let output = std::process::Command::new(&python)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pesq-score"))
-        .args([&sent, &bob.recording()])
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&output.stdout);
-    let score: f64 = printed.trim().parse().unwrap_or_else(|_| {
-        panic!("pesq-score printed {printed:?}: {}\n{a}\n{b}", String::from_utf8_lossy(&output.stderr))
-    });
+    let score = pesq_score(&sent, &bob.recording()).unwrap_or_else(|error| panic!("{error}\n{a}\n{b}"));
     println!("PESQ MOS-LQO, clean loopback path: {score}");
     assert!(score >= 3.0, "MOS-LQO {score} < 3.0:\n{a}\n{b}");
     server.finish().await;
+}
+
+/// `text` spoken by espeak-ng, as 16-bit samples at 48 kHz.
+pub(crate) fn spoken(dir: &Path, text: &str) -> Vec<i16> {
+    let path = dir.join("spoken.wav");
+    let status = std::process::Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "150", "-w", path.to_str().unwrap(), text])
+        .status()
+        .expect("espeak-ng runs (./scripts/test installs it)");
+    assert!(status.success());
+    read_wav(&path).unwrap().iter().map(|value| (value * 32_767.0) as i16).collect()
+}
+
+/// A 48 kHz WAV of `parts`, one after the other.
+pub(crate) fn write_wav(path: &Path, parts: &[&[i16]]) {
+    let mut sink = courier_calls::audio::WavSink::create(path).unwrap();
+    for part in parts {
+        sink.write(part).unwrap();
+    }
+    sink.finish().unwrap();
+}
+
+/// PESQ MOS-LQO (P.862.2, wideband) of `heard` against `sent`, by
+/// `scripts/pesq-score`; the script's complaint when it cannot score.
+pub(crate) fn pesq_score(sent: &Path, heard: &Path) -> Result<f64, String> {
+    let python = std::env::var_os("COURIER_PESQ_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/pesq/bin/python"));
+    assert!(python.exists(), "{}: ./scripts/test installs PESQ (or set COURIER_PESQ_PYTHON)", python.display());
+    let output = std::process::Command::new(&python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pesq-score"))
+        .args([sent, heard])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout);
+    printed
+        .trim()
+        .parse()
+        .map_err(|_| format!("pesq-score printed {printed:?}: {}", String::from_utf8_lossy(&output.stderr)))
 }

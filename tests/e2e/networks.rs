@@ -57,6 +57,12 @@ async fn call_doing(
     ((a, a_log), (b, b_log))
 }
 
+/// The loss levels (percent) environment variable `name` lists, comma-separated, or `default`.
+fn loss_levels(name: &str, default: &str) -> Vec<u32> {
+    let levels = std::env::var(name).unwrap_or_else(|_| default.into());
+    levels.split(',').map(|level| level.trim().parse().unwrap_or_else(|_| panic!("{name}: {levels:?}"))).collect()
+}
+
 fn path(report: &Value) -> (String, String) {
     let kind = |field: &str| report[field].as_str().unwrap_or("none").to_owned();
     (kind("candidate_type"), kind("remote_candidate_type"))
@@ -137,16 +143,18 @@ async fn a_call_survives_its_nat_rebinding() {
 /// in force from before each call: every call sets up (ICE, DTLS and the
 /// SAS exchange retransmit until they succeed) and carries audio both ways.
 /// `COURIER_TEST_LOSS_CALLS` calls per level (2 by default; BENCHMARKS.md's
-/// table comes from 20); one line of figures per level.
+/// table comes from 20), at the levels `COURIER_TEST_LOSS_LEVELS` names
+/// (`0,5,10,15` by default); one line of figures per level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_set_up_and_carry_audio_under_loss() {
     // Long enough for both attempts to set the call up again (at 4 and 8 s).
     const SECONDS: f64 = 14.0;
     let calls: usize = std::env::var("COURIER_TEST_LOSS_CALLS").ok().and_then(|n| n.parse().ok()).unwrap_or(2);
+    let levels = loss_levels("COURIER_TEST_LOSS_LEVELS", "0,5,10,15");
     let net = Net::build(&[Nat::PortPreserving, Nat::PortPreserving]);
     let server = public_server().await;
     let (alice, bob) = parties(&net, &server).await;
-    for loss in [0, 5, 10, 15] {
+    for loss in levels {
         net.set_loss(1, loss, loss);
         let mut setups = Vec::new();
         let (mut concealed, mut recovered, mut heard, mut again) = (0, 0, 0.0, 0);
@@ -291,3 +299,164 @@ async fn page_and_softphone_across(nat: Nat, relayed: bool, page_calls: bool) {
     browser.close().await;
     server.finish().await;
 }
+
+/// Speech through a call at each loss level in `COURIER_TEST_QUALITY_LEVELS`
+/// (`0,10` by default; BENCHMARKS.md's table comes from `0,5,10,15`), set at
+/// the caller's router both ways, on one network: softphone to softphone,
+/// then page to page, Chromium's own WebRTC with its NetEq jitter buffer as
+/// the reference. The far end's recording is scored with PESQ (P.862.2,
+/// `scripts/pesq-score`, every whole copy of the sentence it holds); one
+/// line per path and level: MOS-LQO, the receiver's jitter-buffer delay and
+/// the share of its playout that was concealed.
+///
+/// The pages' microphone processing (echo cancellation, noise suppression,
+/// gain control) is off here, as the softphone has none, so that the two
+/// paths differ only in their codec settings, network stacks and jitter
+/// buffers; both send Opus at 32 kb/s with in-band FEC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_quality_under_loss_beside_chromium() {
+    use crate::browser::sign_in_page;
+    use crate::calls_media::{pesq_score, spoken, write_wav};
+    use crate::support::browser::Browser;
+    const TEXT: &str = "Courier calls are encrypted from one end to the other. \
+        Compare the four pictures with the person you are talking to.";
+    const PAGE_1: &str = "+79161140003";
+    const PAGE_2: &str = "+79161140004";
+    let levels = loss_levels("COURIER_TEST_QUALITY_LEVELS", "0,10");
+    let net = Net::build(&[Nat::PortPreserving, Nat::PortPreserving]);
+    let server = public_server().await;
+    let dir = server.dir.path();
+    // The sentence with half a second of silence each side: what a page's
+    // microphone loops, and what the softphone plays twice after 2 s.
+    let speech = spoken(dir, TEXT);
+    let unit = dir.join("unit.wav");
+    write_wav(&unit, &[&[0; 24_000], &speech, &[0; 24_000]]);
+    let unit_s = (speech.len() + 48_000) as f64 / 48_000.0;
+    let twice = dir.join("twice.wav");
+    write_wav(&twice, &[&[0; 96_000], &[0; 24_000], &speech, &[0; 48_000], &speech, &[0; 24_000]]);
+
+    let (alice, bob) = parties(&net, &server).await;
+    let talking = Browser::with_microphone_in(&net.home_ns(1), &server.url, 360, &unit).await;
+    let listening =
+        Browser::with_microphone_in(&net.home_ns(2), &server.url, 360, &crate::browser::tone_wav(dir, 440.0)).await;
+    sign_in_page(&talking, &server, PAGE_1).await;
+    sign_in_page(&listening, &server, PAGE_2).await;
+    talking.eval(WITHOUT_PROCESSING).await;
+    listening.eval(KEEP_PEER_CONNECTIONS).await;
+
+    let mut lines = Vec::new();
+    for loss in levels {
+        net.set_loss(1, loss, loss);
+        // Softphone to softphone: Alice plays the sentence twice, Bob records.
+        let seconds = 2.0 + 2.0 * unit_s + 1.5;
+        let answering = bob.spawn_for(&server.url, &["answer", "--auto", "--wait-s", "60"], 880, seconds + 5.0);
+        answering.wait_for("waiting for a call").await;
+        let dialing = alice.spawn_playing(&server.url, &["dial", BOB], twice.to_str().unwrap(), seconds);
+        let ((a, _, a_log), (b, _, b_log)) = (dialing.ended().await, answering.ended().await);
+        let score = pesq_score(&unit, &bob.recording())
+            .unwrap_or_else(|error| panic!("{loss} %: {error}\n{a}\n{b}\ncaller:\n{a_log}\ncallee:\n{b_log}"));
+        let received = b["packets_received"].as_u64().unwrap_or(0);
+        let concealed = b["concealed_frames"].as_u64().unwrap_or(0);
+        lines.push(format!(
+            "loss {loss} %, softphone to softphone: MOS-LQO {score:.2}, jitter buffer {} ms, concealed {:.1} % \
+             ({} frames recovered from FEC; the sender saw {:.1} % lost and planned FEC for {} %)",
+            b["playout_delay_ms"],
+            100.0 * concealed as f64 / (received + concealed).max(1) as f64,
+            b["recovered_frames"],
+            a["remote_loss_pct"].as_f64().unwrap_or(0.0),
+            a["fec_planned_pct"],
+        ));
+        println!("{}", lines.last().unwrap());
+        if loss == 0 {
+            assert!(score >= 3.0, "MOS-LQO {score} on the clean path:\n{a}\n{b}");
+        }
+
+        // Page to page: the talking page calls, the listening page records
+        // two lengths of the looped sentence once the call is up.
+        talking.type_into("Number to call", PAGE_2).await;
+        talking.click("Call").await;
+        listening.click("Answer").await;
+        let up = "const c = document.getElementById('connection'); return c.dataset.kind ? 'up: ' + c.textContent : ''";
+        listening.wait_for_script(up, "up: ").await;
+        listening.eval(RECORD).await;
+        tokio::time::sleep(std::time::Duration::from_secs_f64(2.0 * unit_s + 0.5)).await;
+        let stats = listening.eval_async(RECEIVED).await;
+        let recorded = listening.eval(RECORDED).await;
+        talking.click("Hang up").await;
+        listening.wait_for_script("return document.getElementById('call-message').textContent", "hung up").await;
+        let heard = dir.join(format!("page-heard-{loss}.wav"));
+        let pcm =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, recorded.as_str().unwrap()).unwrap();
+        let samples: Vec<i16> = pcm.chunks_exact(2).map(|pair| i16::from_le_bytes([pair[0], pair[1]])).collect();
+        write_wav(&heard, &[&samples]);
+        let score = pesq_score(&unit, &heard).unwrap_or_else(|error| panic!("{loss} %, pages: {error}: {stats}"));
+        let per = |field: &str, count: &str| {
+            stats[field].as_f64().unwrap_or(0.0) / stats[count].as_f64().unwrap_or(1.0).max(1.0)
+        };
+        lines.push(format!(
+            "loss {loss} %, page to page: MOS-LQO {score:.2}, jitter buffer {:.0} ms, concealed {:.1} %",
+            1_000.0 * per("jitterBufferDelay", "jitterBufferEmittedCount"),
+            100.0 * per("concealedSamples", "totalSamplesReceived"),
+        ));
+        println!("{}", lines.last().unwrap());
+        if loss == 0 {
+            assert!(score >= 3.0, "MOS-LQO {score} between the pages on the clean path: {stats}");
+        }
+    }
+    println!("{}", lines.join("\n"));
+    for browser in [&talking, &listening] {
+        assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    }
+    talking.close().await;
+    listening.close().await;
+    server.finish().await;
+}
+
+/// The page's microphone without echo cancellation, noise suppression or
+/// gain control, and its peer connections kept where a test can read them.
+const WITHOUT_PROCESSING: &str = "
+    const devices = navigator.mediaDevices;
+    const original = devices.getUserMedia.bind(devices);
+    devices.getUserMedia = () =>
+      original({ audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false } });";
+
+/// Keeps each peer connection the page makes in `window.connections`.
+const KEEP_PEER_CONNECTIONS: &str = "
+    window.connections = [];
+    const Original = window.RTCPeerConnection;
+    window.RTCPeerConnection = class extends Original {
+      constructor(...args) { super(...args); window.connections.push(this); }
+    };";
+
+/// Records what the page plays from the other side, at 48 kHz.
+const RECORD: &str = "
+    const context = new AudioContext({ sampleRate: 48000 });
+    const source = context.createMediaStreamSource(document.getElementById('remote-audio').srcObject);
+    const node = context.createScriptProcessor(4096, 1, 1);
+    const chunks = [];
+    node.onaudioprocess = (event) => chunks.push(new Float32Array(event.inputBuffer.getChannelData(0)));
+    source.connect(node);
+    node.connect(context.destination);
+    context.resume();
+    window.recording = { context, source, node, chunks };";
+
+/// Stops the recording; its 16-bit little-endian samples, in base64.
+const RECORDED: &str = "
+    const { context, source, node, chunks } = window.recording;
+    source.disconnect(); node.disconnect(); context.close();
+    const pcm = new Int16Array(chunks.reduce((n, chunk) => n + chunk.length, 0));
+    let at = 0;
+    for (const chunk of chunks) for (const value of chunk) pcm[at++] = Math.max(-32768, Math.min(32767, Math.round(value * 32767)));
+    const bytes = new Uint8Array(pcm.buffer);
+    let text = '';
+    for (let i = 0; i < bytes.length; i += 32768) text += String.fromCharCode.apply(null, bytes.subarray(i, i + 32768));
+    return btoa(text);";
+
+/// The newest peer connection's inbound audio statistics.
+const RECEIVED: &str = "
+    const done = arguments[arguments.length - 1];
+    window.connections[window.connections.length - 1].getStats().then((report) => {
+      let found = null;
+      report.forEach((entry) => { if (entry.type === 'inbound-rtp' && entry.kind === 'audio') found = entry; });
+      done(found);
+    });";

@@ -47,6 +47,11 @@ pub struct LedgerBench {
     /// Skip the naive baseline.
     #[arg(long)]
     no_baseline: bool,
+    /// Skip the floor: the same requests to a route that authenticates,
+    /// reads and checks them as the ledger's does, and answers without the
+    /// ledger (the most this HTTP stack could give).
+    #[arg(long)]
+    no_floor: bool,
     /// Measure a second phase in the same run with finance ops in place: a
     /// hold on every tenth wallet, and an operator making audited changes
     /// (freezes, unfreezes, holds placed and released) throughout.
@@ -72,6 +77,11 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     let started = jiff::Timestamp::now();
     let grouped = transfers(&bench, &server, &seeded).await?;
     let ended = jiff::Timestamp::now();
+    let floor = if bench.no_floor {
+        None
+    } else {
+        Some(post_transfers(&bench, &seeded, courier_payments::api::FLOOR_PATH, "the floor over HTTP").await?)
+    };
     let with_ops = if bench.ops { Some(transfers_with_ops(&bench, &server, &seeded).await?) } else { None };
     let queried = if bench.queries > 0 {
         Some(queries(&bench, &server, &seeded, (started.as_millisecond(), ended.as_millisecond())).await?)
@@ -81,7 +91,7 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     server.shutdown.cancel();
     let naive = if bench.no_baseline { None } else { Some(naive_baseline(&bench, &server, &seeded).await?) };
     let (reconciled, reconciliation) = reconcile(&server.database).await?;
-    let mut figures = figures(&bench, &grouped, naive.as_ref(), reconciled);
+    let mut figures = figures(&bench, &grouped, (floor.as_ref(), naive.as_ref()), reconciled);
     if let Some((search, balance, transfers)) = &queried {
         let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         figures["queries_over_transfers"] = json!(transfers);
@@ -114,6 +124,9 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     if grouped.phase.failed > 0 {
         return Err(format!("{} transfers failed", grouped.phase.failed));
     }
+    if let Some(floor) = floor.as_ref().filter(|floor| floor.failed > 0) {
+        return Err(format!("{} requests to the floor failed", floor.failed));
+    }
     if let Some((phase, _)) = &with_ops
         && phase.failed > 0
     {
@@ -140,7 +153,9 @@ async fn start(bench: &LedgerBench, data_dir: &std::path::Path) -> Result<Server
     }
     let options = serve_options(&args)?;
     let shutdown = CancellationToken::new();
-    let built = courier_server::build(&options, None, shutdown.clone()).await?;
+    // The ledger's floor is served beside it, behind the same stack.
+    let floor = |payments: Option<&Payments>| payments.cloned().map(courier_payments::api::floor).unwrap_or_default();
+    let built = courier_server::build_with(&options, None, shutdown.clone(), floor).await?;
     let payments = built.payments.clone().ok_or("the ledger is not mounted")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -213,28 +228,7 @@ async fn transfers(bench: &LedgerBench, server: &Server, seeded: &Seeded) -> Res
     let batches_before = stats.batches.load(Ordering::Relaxed);
     let requests_before = stats.requests.load(Ordering::Relaxed);
     let buckets_before: Vec<u64> = stats.batch_size_buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
-    let bar = progress("transfers over HTTP", bench.transfers, bench.json);
-    let (wallets, hot) = (bench.wallets as u64, bench.hot);
-    let phase = run_clients(bench.clients, bench.transfers, Duration::from_secs(bench.duration_s), &bar, {
-        let (http, accounts, bearers) = (seeded.http.clone(), seeded.accounts.clone(), seeded.bearers.clone());
-        move |index, client| {
-            let (http, accounts, bearers) = (http.clone(), accounts.clone(), bearers.clone());
-            async move {
-                let (from, to) = pick(index, client, wallets, hot);
-                let body = format!(
-                    r#"{{"to":{{"account_id":"{}"}},"amount":"{}","currency":"RUB"}}"#,
-                    accounts[to],
-                    amount(index)
-                );
-                let key = header(&uuid::Uuid::now_v7().to_string())?;
-                let headers = [(AUTHORIZATION, bearers[from].clone()), (IDEMPOTENCY_KEY, key)];
-                let answer = http.post_json(client, "/v1/transfers", &headers, body).await?;
-                answer.created("transfer")
-            }
-        }
-    })
-    .await?;
-    bar.finish();
+    let phase = post_transfers(bench, seeded, "/v1/transfers", "transfers over HTTP").await?;
     let distribution = stats
         .batch_size_buckets
         .iter()
@@ -251,6 +245,39 @@ async fn transfers(bench: &LedgerBench, server: &Server, seeded: &Seeded) -> Res
         requests: stats.requests.load(Ordering::Relaxed) - requests_before,
         distribution,
     })
+}
+
+/// `POST path` with a P2P transfer's body, from every client, for a phase:
+/// the ledger's route or its floor, with the same generator.
+async fn post_transfers(
+    bench: &LedgerBench,
+    seeded: &Seeded,
+    path: &'static str,
+    label: &str,
+) -> Result<Phase, String> {
+    let bar = progress(label, bench.transfers, bench.json);
+    let (wallets, hot) = (bench.wallets as u64, bench.hot);
+    let phase = run_clients(bench.clients, bench.transfers, Duration::from_secs(bench.duration_s), &bar, {
+        let (http, accounts, bearers) = (seeded.http.clone(), seeded.accounts.clone(), seeded.bearers.clone());
+        move |index, client| {
+            let (http, accounts, bearers) = (http.clone(), accounts.clone(), bearers.clone());
+            async move {
+                let (from, to) = pick(index, client, wallets, hot);
+                let body = format!(
+                    r#"{{"to":{{"account_id":"{}"}},"amount":"{}","currency":"RUB"}}"#,
+                    accounts[to],
+                    amount(index)
+                );
+                let key = header(&uuid::Uuid::now_v7().to_string())?;
+                let headers = [(AUTHORIZATION, bearers[from].clone()), (IDEMPOTENCY_KEY, key)];
+                let answer = http.post_json(client, path, &headers, body).await?;
+                answer.created("transfer")
+            }
+        }
+    })
+    .await?;
+    bar.finish();
+    Ok(phase)
 }
 
 /// The measured phase again, with a hold of 1.00 on every tenth wallet and
@@ -389,7 +416,12 @@ async fn naive_baseline(bench: &LedgerBench, server: &Server, seeded: &Seeded) -
     Ok(phase)
 }
 
-fn figures(bench: &LedgerBench, grouped: &Grouped, naive: Option<&Phase>, reconciled: bool) -> serde_json::Value {
+fn figures(
+    bench: &LedgerBench,
+    grouped: &Grouped,
+    (floor, naive): (Option<&Phase>, Option<&Phase>),
+    reconciled: bool,
+) -> serde_json::Value {
     let rate = |phase: &Phase| phase.completed as f64 / phase.elapsed.as_secs_f64();
     let phase = &grouped.phase;
     let mut figures = json!({
@@ -412,6 +444,12 @@ fn figures(bench: &LedgerBench, grouped: &Grouped, naive: Option<&Phase>, reconc
         },
         "batch_size_distribution": grouped.distribution,
     });
+    if let Some(floor) = floor {
+        figures["floor_requests_per_s"] = json!(rate(floor).round());
+        figures["floor_failures"] = json!(floor.failed);
+        figures["floor_latency_ms_p99"] = json!(floor.latency.value_at_quantile(0.99) as f64 / 1000.0);
+        figures["ratio_to_floor"] = json!((rate(phase) / rate(floor).max(1e-9) * 1000.0).round() / 1000.0);
+    }
     if let Some(naive) = naive {
         figures["naive_transfers_per_s"] = json!(rate(naive).round());
         figures["naive_failures"] = json!(naive.failed);

@@ -45,6 +45,12 @@ enum BenchCommand {
     Calls(calls::CallsBench),
     /// Finance ops' reads: CSV export rows/s and server memory, daily report latency, audit verification entries/s.
     Ops(ops::OpsBench),
+    /// The signaling benchmark's floor relay, which `courier bench signaling` runs as a child process.
+    #[command(hide = true)]
+    SignalingFloor(signaling::FloorServer),
+    /// The TURN benchmark's floor relay, which `courier bench turn` runs as a child process.
+    #[command(hide = true)]
+    TurnFloor(turn::FloorServer),
 }
 
 impl BenchArgs {
@@ -67,5 +73,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         BenchCommand::Turn(bench) => turn::run(bench).await,
         BenchCommand::Calls(bench) => calls::run(bench).await,
         BenchCommand::Ops(bench) => ops::run(bench).await,
+        BenchCommand::SignalingFloor(server) => signaling::serve_floor(server).await,
+        BenchCommand::TurnFloor(server) => turn::serve_floor(server).await,
     }
 }

@@ -1,9 +1,11 @@
 //! `courier bench signaling`: pairs of devices in calls relaying
 //! `candidates`-sized messages through the server with a window in flight,
 //! idle authenticated connections held open, and invite → incoming latency.
-//! The same load runs against the PeerJS server (npm package `peer`) when
-//! `--peerjs` names its `peerjs` executable. Both servers run as child
-//! processes on loopback, so their memory is measured alone.
+//! The same load runs against the floor (`courier_signaling::floor`: the
+//! same WebSocket stack, authenticated once, each frame passed to the peer
+//! unparsed) and against the PeerJS server (npm package `peer`) when
+//! `--peerjs` names its `peerjs` executable. Every server runs as a child
+//! process on loopback, so its memory is measured alone.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -90,6 +92,8 @@ impl SignalingBench {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Courier,
+    /// Courier's protocol and stack, with nothing between two devices.
+    Floor,
     PeerJs,
 }
 
@@ -106,6 +110,7 @@ pub async fn run(bench: SignalingBench) -> Result<(), String> {
     // main() has already confined this process to the generator's CPUs.
     let (generator_cpus, server_cpus) = bench.cpus.clone().unzip();
     let courier = measure(start_courier(server_cpus.as_deref()).await?, &bench).await?;
+    let floor = measure(start_floor(server_cpus.as_deref()).await?, &bench).await?;
     let peerjs = match &bench.peerjs {
         Some(path) => Some(measure(start_peerjs(path, server_cpus.as_deref()).await?, &bench).await?),
         None => None,
@@ -121,6 +126,10 @@ pub async fn run(bench: SignalingBench) -> Result<(), String> {
             "memory_per_idle_courier_over_peerjs": ratio(peerjs, &courier, "memory_per_idle_kib"),
         })
     });
+    let to_floor = json!({
+        "msgs_per_s_courier_over_floor": ratio(&floor, &courier, "msgs_per_s"),
+        "p99_courier_over_floor": ratio(&floor, &courier, "delivery_ms_p99"),
+    });
     let figures = json!({
         "bench": "signaling",
         "server_cpus": server_cpus,
@@ -130,13 +139,15 @@ pub async fn run(bench: SignalingBench) -> Result<(), String> {
         "message_bytes": MESSAGE_BYTES,
         "idle_connections": bench.idle,
         "courier": courier,
+        "floor": floor,
         "peerjs": peerjs,
         "ratios": ratios,
+        "ratios_to_floor": to_floor,
     });
     if bench.json {
         println!("{figures}");
     } else {
-        for side in ["courier", "peerjs"] {
+        for side in ["courier", "floor", "peerjs"] {
             if let Some(values) = figures[side].as_object() {
                 println!("{side}");
                 for (name, value) in values {
@@ -144,9 +155,11 @@ pub async fn run(bench: SignalingBench) -> Result<(), String> {
                 }
             }
         }
-        if let Some(ratios) = figures["ratios"].as_object() {
-            for (name, value) in ratios {
-                println!("{name:<36} {value}");
+        for group in ["ratios", "ratios_to_floor"] {
+            if let Some(ratios) = figures[group].as_object() {
+                for (name, value) in ratios {
+                    println!("{name:<36} {value}");
+                }
             }
         }
     }
@@ -163,6 +176,7 @@ async fn measure(mut target: Target, bench: &SignalingBench) -> Result<Value, St
 async fn measure_inner(target: &mut Target, bench: &SignalingBench) -> Result<Value, String> {
     let name = match target.kind {
         Kind::Courier => "courier",
+        Kind::Floor => "floor",
         Kind::PeerJs => "peerjs",
     };
     let pid = target.child.id().ok_or("the server exited")?;
@@ -265,6 +279,61 @@ async fn start_courier(cpus: Option<&[usize]>) -> Result<Target, String> {
     Ok(Target { kind: Kind::Courier, child, base, issuer: Some(issuer), scratch: Some(scratch) })
 }
 
+/// The floor relay, `courier bench signaling-floor`, trusting the tokens of
+/// a key of its own.
+async fn start_floor(cpus: Option<&[usize]>) -> Result<Target, String> {
+    let scratch = tempfile::tempdir().map_err(|error| error.to_string())?;
+    let key = TokenKey::load_or_create(&scratch.path().join(FLOOR_KEY_FILE)).map_err(|e| e.to_string())?;
+    let issuer = Arc::new(TokenIssuer::new(key, vec![], 3_600));
+    let exe = std::env::current_exe().map_err(|error| error.to_string())?;
+    let mut command = Command::new(exe);
+    crate::support::affinity::confine(&mut command, cpus);
+    let mut child = command
+        .args(["bench", "signaling-floor", "--data-dir"])
+        .arg(scratch.path())
+        .env("COURIER_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| format!("cannot start the floor relay: {error}"))?;
+    let mut lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    let line = crate::support::next_serve_line(&mut lines).await?;
+    let base = line.strip_prefix("floor listening on ").ok_or("unexpected first line")?.replacen("http", "ws", 1);
+    Ok(Target { kind: Kind::Floor, child, base, issuer: Some(issuer), scratch: None })
+}
+
+/// Where the floor relay finds the key whose tokens it trusts.
+const FLOOR_KEY_FILE: &str = "floor-token-key.pem";
+
+/// `courier bench signaling-floor`: the floor relay's process.
+#[derive(Args)]
+pub struct FloorServer {
+    /// The directory holding the key whose tokens the relay trusts.
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+/// Serves the floor relay on a free loopback port, named on the first line
+/// of standard output, until the process is ended.
+pub async fn serve_floor(server: FloorServer) -> Result<(), String> {
+    courier_server::connections::raise_file_limit();
+    let key = TokenKey::load(&server.data_dir.join(FLOOR_KEY_FILE)).map_err(|e| e.to_string())?;
+    let jwks = TokenIssuer::new(key, vec![], 3_600).jwks();
+    let verifier = Arc::new(courier_accounts::tokens::TokenVerifier::from_jwks(&jwks).map_err(|e| e.to_string())?);
+    let bytes_max = courier_signaling::SignalingConfig::default().ws_message_bytes_max;
+    let router = courier_common::http::stack(
+        courier_signaling::floor::app(verifier, bytes_max),
+        courier_common::http::HttpLimits::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?;
+    let addr = listener.local_addr().map_err(|error| error.to_string())?;
+    println!("floor listening on http://{addr}");
+    courier_server::serve_router(listener, router, crate::support::connection_limits(), std::future::pending())
+        .await
+        .map_err(|error| error.to_string())
+}
+
 async fn start_peerjs(path: &PathBuf, cpus: Option<&[usize]>) -> Result<Target, String> {
     let port = crate::support::free_port()?;
     let mut command = Command::new(path);
@@ -347,7 +416,7 @@ fn token(target: &Target, account: &str) -> String {
 /// An authenticated connection for the made-up device `name`.
 async fn open_device(target: &Target, name: &str) -> Result<Ws, String> {
     match target.kind {
-        Kind::Courier => {
+        Kind::Courier | Kind::Floor => {
             let mut ws = connect(&format!("{}/v1/calls/ws", target.base)).await?;
             let auth = courier_frame("auth", ClientBody::Auth { token: token(target, name) });
             ws.send(Message::text(auth)).await.map_err(|error| error.to_string())?;
@@ -424,7 +493,7 @@ fn relay_template(kind: Kind, pair: &Pair) -> String {
     let candidate = |pad: usize| json!({"candidate": format!("candidate:842163049 1 udp 1677729535 127.0.0.1 40000 typ srflx raddr 0.0.0.0 rport 0 generation 0 {}", "x".repeat(pad)), "sdpMid": "0", "sdpMLineIndex": 0, "seq": 0});
     let build = |pad: usize| {
         match kind {
-        Kind::Courier => {
+        Kind::Courier | Kind::Floor => {
             let call_id = CallId::parse(&pair.call_id).expect("the bench's call ids are valid");
             let candidates = Candidates::from_values(&[candidate(pad)]).expect("one candidate object");
             courier_frame("s", ClientBody::Candidates { call_id, candidates })

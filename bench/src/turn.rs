@@ -1,6 +1,6 @@
 //! `courier bench turn`: packets relayed per second at 0 % loss by the
-//! embedded TURN relay and by coturn, on the same machine with the same
-//! load. Each session is two clients with an allocation each, bound to one
+//! embedded TURN relay, by its floor (the same sockets with no TURN, see
+//! [`serve_floor`]) and by coturn, on the same machine with the same load. Each session is two clients with an allocation each, bound to one
 //! another by channels, sending Opus-sized packets (170 bytes) at Opus's
 //! pace (one per 20 ms) both ways, as a relayed call does. The session count
 //! grows step by step until packets are lost. Both relays run as child
@@ -75,6 +75,10 @@ pub async fn run(bench: TurnBench) -> Result<(), String> {
         let relay = Relay::embedded().await?;
         measure(&relay, &bench, "embedded").await?
     };
+    let floor = {
+        let relay = Relay::floor().await?;
+        measure(&relay, &bench, "floor").await?
+    };
     let coturn = if bench.coturn.no_coturn {
         None
     } else {
@@ -89,9 +93,15 @@ pub async fn run(bench: TurnBench) -> Result<(), String> {
         "step_s": bench.step_s,
         "embedded": embedded,
     });
+    let ours = best(&figures["embedded"]);
+    let ratio = |theirs: &Value| {
+        let ratio = if best(theirs) > 0.0 { ours / best(theirs) } else { 0.0 };
+        json!((ratio * 100.0).round() / 100.0)
+    };
+    figures["ratio_to_floor"] = ratio(&floor);
+    figures["floor"] = floor;
     if let Some(coturn) = coturn {
-        let ratio = if best(&coturn) > 0.0 { best(&figures["embedded"]) / best(&coturn) } else { 0.0 };
-        figures["ratio_to_coturn"] = json!((ratio * 100.0).round() / 100.0);
+        figures["ratio_to_coturn"] = ratio(&coturn);
         figures["coturn"] = coturn;
     }
     if bench.json {
@@ -103,7 +113,7 @@ pub async fn run(bench: TurnBench) -> Result<(), String> {
 }
 
 fn print_table(figures: &Value) {
-    for name in ["embedded", "coturn"] {
+    for name in ["embedded", "floor", "coturn"] {
         let Some(relay) = figures.get(name) else { continue };
         println!("{name}: {} packets/s relayed at 0 % loss", relay["max_pps_at_zero_loss"]);
         println!(
@@ -124,8 +134,10 @@ fn print_table(figures: &Value) {
             );
         }
     }
-    if let Some(ratio) = figures.get("ratio_to_coturn") {
-        println!("embedded ÷ coturn: {ratio}");
+    for (name, key) in [("floor", "ratio_to_floor"), ("coturn", "ratio_to_coturn")] {
+        if let Some(ratio) = figures.get(key) {
+            println!("embedded ÷ {name}: {ratio}");
+        }
     }
 }
 
@@ -134,6 +146,8 @@ fn print_table(figures: &Value) {
 pub struct Relay {
     child: Child,
     pub addr: SocketAddr,
+    /// The floor relay, which speaks no TURN.
+    floor: bool,
     _scratch: tempfile::TempDir,
 }
 
@@ -165,7 +179,28 @@ impl Relay {
                 .and_then(|addr| addr.parse().ok());
         }
         let addr = addr.ok_or("no TURN address")?;
-        Ok(Relay { child, addr, _scratch: scratch })
+        Ok(Relay { child, addr, floor: false, _scratch: scratch })
+    }
+
+    /// The floor relay, `courier bench turn-floor`, as a child process.
+    async fn floor() -> Result<Relay, String> {
+        use tokio::io::AsyncBufReadExt;
+        let scratch = tempfile::tempdir().map_err(|error| error.to_string())?;
+        let exe = std::env::current_exe().map_err(|error| error.to_string())?;
+        let mut child = Command::new(exe)
+            .args(["bench", "turn-floor"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|error| format!("cannot start the floor relay: {error}"))?;
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+        let line = crate::support::next_serve_line(&mut lines).await?;
+        let addr = line
+            .strip_prefix("turn floor on ")
+            .and_then(|addr| addr.parse().ok())
+            .ok_or_else(|| format!("the floor relay said: {line}"))?;
+        Ok(Relay { child, addr, floor: true, _scratch: scratch })
     }
 
     /// coturn from `deploy/turnserver.conf` on a free loopback port, without
@@ -208,7 +243,7 @@ impl Relay {
                 format!("cannot start {} (Debian package coturn; or pass --no-coturn): {error}", turnserver.display())
             })?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let relay = Relay { child, addr, _scratch: scratch };
+        let relay = Relay { child, addr, floor: false, _scratch: scratch };
         let mut probe = TurnClient::bind("127.0.0.1:0".parse().expect("an address"), addr, "", "")
             .await
             .map_err(|error| error.to_string())?;
@@ -339,9 +374,16 @@ async fn measure(relay: &Relay, bench: &TurnBench, name: &str) -> Result<Value, 
         }
         while sessions.len() < count {
             let batch = (count - sessions.len()).min(SETUP_CONCURRENCY);
-            let opened = futures::future::join_all(
-                (0..batch).map(|i| open_session(relay.addr, sessions.len() + i, tally.clone())),
-            )
+            let opened = futures::future::join_all((0..batch).map(|i| {
+                let (index, tally) = (sessions.len() + i, tally.clone());
+                async move {
+                    if relay.floor {
+                        open_floor_session(relay.addr, index, tally).await
+                    } else {
+                        open_session(relay.addr, index, tally).await
+                    }
+                }
+            }))
             .await;
             for session in opened {
                 sessions.push(session.map_err(|error| format!("{name}: {error}"))?);
@@ -403,4 +445,102 @@ async fn measure(relay: &Relay, bench: &TurnBench, name: &str) -> Result<Value, 
         }
     }
     Ok(json!({ "steps": steps, "max_pps_at_zero_loss": best_pps.round() }))
+}
+
+/// What a floor client sends first: this, its session (4 bytes) and side (1).
+const FLOOR_HELLO: &[u8] = b"courier-turn-floor";
+
+/// `courier bench turn-floor`: the TURN benchmark's floor relay.
+#[derive(Args)]
+pub struct FloorServer {}
+
+/// The floor the embedded relay is measured against: the cheapest relay the
+/// same sockets allow, with none of TURN. A client says hello (its session
+/// and side) on the listening socket and gets a relayed socket of its own;
+/// from then on every ChannelData it sends leaves its relayed socket for
+/// its session's other relayed socket, and what a relayed socket receives
+/// goes back to its client behind a ChannelData header, through the
+/// listening socket: per packet the system calls of the embedded relay
+/// (two receives, two sends), with no STUN, authentication, permission or
+/// channel table. Serves until the process is ended; the first line of
+/// standard output names the listening address.
+pub async fn serve_floor(_: FloorServer) -> Result<(), String> {
+    courier_server::connections::raise_file_limit();
+    let listening = Arc::new(UdpSocket::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?);
+    println!("turn floor on {}", listening.local_addr().map_err(|error| error.to_string())?);
+    // Each side's relayed socket and address, by (session, side); each
+    // client's relayed socket and its peer's relayed address, by client.
+    let mut sides: std::collections::HashMap<(u32, u8), (Arc<UdpSocket>, SocketAddr)> = Default::default();
+    let mut clients: std::collections::HashMap<SocketAddr, (Arc<UdpSocket>, (u32, u8), Option<SocketAddr>)> =
+        Default::default();
+    let mut buffer = vec![0u8; 2_048];
+    loop {
+        let Ok((length, client)) = listening.recv_from(&mut buffer).await else { continue };
+        let packet = &buffer[..length];
+        if let Some(hello) = packet.strip_prefix(FLOOR_HELLO)
+            && hello.len() == 5
+        {
+            let key = (u32::from_be_bytes([hello[0], hello[1], hello[2], hello[3]]), hello[4]);
+            if !clients.contains_key(&client) {
+                let relayed = Arc::new(UdpSocket::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?);
+                let addr = relayed.local_addr().map_err(|error| error.to_string())?;
+                tokio::spawn(floor_to_client(relayed.clone(), listening.clone(), client));
+                sides.insert(key, (relayed.clone(), addr));
+                clients.insert(client, (relayed, key, None));
+            }
+            let _ = listening.send_to(FLOOR_HELLO, client).await;
+            continue;
+        }
+        if length < 4 || packet[0] & 0xc0 != 0x40 {
+            continue;
+        }
+        let Some((relayed, (session, side), peer)) = clients.get_mut(&client) else { continue };
+        if peer.is_none() {
+            *peer = sides.get(&(*session, *side ^ 1)).map(|(_, addr)| *addr);
+        }
+        if let Some(peer) = peer {
+            let _ = socket2::SockRef::from(relayed.as_ref()).send_to(&packet[4..], &(*peer).into());
+        }
+    }
+}
+
+/// What one relayed socket of the floor receives, back to its client.
+async fn floor_to_client(relayed: Arc<UdpSocket>, listening: Arc<UdpSocket>, client: SocketAddr) {
+    let mut buffer = vec![0u8; 4 + 2_048];
+    while let Ok((length, _)) = relayed.recv_from(&mut buffer[4..]).await {
+        buffer[..2].copy_from_slice(&CHANNEL.to_be_bytes());
+        buffer[2..4].copy_from_slice(&(length as u16).to_be_bytes());
+        let _ = listening.send_to(&buffer[..4 + length], client).await;
+    }
+}
+
+/// One floor session: two clients, each with a relayed socket of the floor.
+async fn open_floor_session(server: SocketAddr, index: usize, tally: Arc<Tally>) -> Result<Session, String> {
+    let mut sockets = Vec::with_capacity(2);
+    for side in 0..2u8 {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?;
+        socket.connect(server).await.map_err(|error| error.to_string())?;
+        let mut hello = FLOOR_HELLO.to_vec();
+        hello.extend_from_slice(&(index as u32).to_be_bytes());
+        hello.push(side);
+        let mut answer = [0u8; 64];
+        let mut answered = false;
+        for _ in 0..10 {
+            socket.send(&hello).await.map_err(|error| error.to_string())?;
+            if let Ok(Ok(length)) = tokio::time::timeout(Duration::from_millis(200), socket.recv(&mut answer)).await
+                && &answer[..length] == FLOOR_HELLO
+            {
+                answered = true;
+                break;
+            }
+        }
+        if !answered {
+            return Err("the floor relay did not answer".into());
+        }
+        let socket = Arc::new(socket);
+        tokio::spawn(receive(socket.clone(), tally.clone()));
+        sockets.push(socket);
+    }
+    let [a, b]: [Arc<UdpSocket>; 2] = sockets.try_into().map_err(|_| "two sockets")?;
+    Ok(Session { sockets: [a, b] })
 }

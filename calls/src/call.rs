@@ -32,6 +32,10 @@ const UNANSWERED_GIVE_UP: Duration = Duration::from_secs(90);
 const CLOSE_WITHIN: Duration = Duration::from_secs(3);
 /// How often the round-trip time is read while the media path is up.
 const RTT_EVERY: Duration = Duration::from_secs(1);
+/// How often, and how many times, a connected peer's DTLS transport is
+/// asked for the other side's certificate before its absence is a warning.
+const DTLS_CHECK_EVERY: Duration = Duration::from_millis(100);
+const DTLS_CHECKS_MAX: u32 = 50;
 /// How much of each new reading of the far end's loss goes into its
 /// smoothed value, once a second.
 const REMOTE_LOSS_WEIGHT: f64 = 0.5;
@@ -243,6 +247,10 @@ struct Session<'a> {
     restarting: bool,
     /// When the answer to the ICE restart offer in flight is overdue.
     restart_answer_due: Option<tokio::time::Instant>,
+    /// When to ask the DTLS transport for the other side's certificate
+    /// again, and how often it was asked on this path.
+    dtls_check_due: Option<tokio::time::Instant>,
+    dtls_checks: u32,
     said: std::collections::HashSet<String>,
     /// This side's SAS nonce, and the caller's commitment to its own (callee).
     own_nonce: Option<[u8; NONCE_BYTES]>,
@@ -397,6 +405,8 @@ impl<'a> Session<'a> {
             sink,
             restarting: false,
             restart_answer_due: None,
+            dtls_check_due: None,
+            dtls_checks: 0,
             said: Default::default(),
             own_nonce: None,
             their_commit: None,
@@ -504,6 +514,10 @@ impl<'a> Session<'a> {
                 }
                 _ = tokio::time::sleep_until(give_up_at), if !self.connected && self.answered.is_none() => {
                     break self.hang_up(HangupReason::UserHangup).await;
+                }
+                _ = sleep_until_some(self.dtls_check_due), if self.dtls_check_due.is_some() => {
+                    self.dtls_check_due = None;
+                    self.check_dtls().await;
                 }
                 _ = sleep_until_some(self.restart_answer_due), if self.restart_answer_due.is_some() => {
                     self.say("no answer to the ICE restart; offering it again");
@@ -785,6 +799,7 @@ impl<'a> Session<'a> {
                 } else {
                     self.say("connected");
                 }
+                self.dtls_checks = 0;
                 self.check_dtls().await;
             }
             PeerState::Disconnected | PeerState::Failed => {
@@ -800,21 +815,20 @@ impl<'a> Session<'a> {
     }
 
     /// The certificate DTLS saw must be the one the SDP announced (and the
-    /// SAS covers).
+    /// SAS covers). The peer may say "connected" a while before its DTLS
+    /// transport hands out the certificate (under loss, seconds): until it
+    /// does, it is asked again every [`DTLS_CHECK_EVERY`], without holding
+    /// the call up, and only after [`DTLS_CHECKS_MAX`] tries is its absence
+    /// a warning.
     async fn check_dtls(&mut self) {
-        // The peer may say "connected" a moment before its DTLS transport
-        // hands out the certificate: asked a few times.
-        let mut seen = None;
-        for _ in 0..10 {
-            seen = self.peer.remote_certificate_fingerprint().await;
-            if seen.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.dtls_checks += 1;
+        let seen = self.peer.remote_certificate_fingerprint().await;
         match (seen, self.their_fingerprint.clone()) {
             (Some(seen), Some(announced)) if seen != announced => {
                 self.warn(format!("the DTLS certificate ({seen}) is not the one the SDP announced ({announced})"));
+            }
+            (None, _) if self.dtls_checks < DTLS_CHECKS_MAX => {
+                self.dtls_check_due = Some(tokio::time::Instant::now() + DTLS_CHECK_EVERY);
             }
             (None, _) => self.warn("the DTLS certificate of the other side could not be read".into()),
             _ => {}
@@ -879,6 +893,10 @@ impl<'a> Session<'a> {
     }
 
     async fn finish(mut self, reason: String) -> Result<CallReport, CallError> {
+        if self.dtls_check_due.is_some() {
+            // Still unread: the call never showed whose certificate it ran on.
+            self.warn("the DTLS certificate of the other side could not be read".into());
+        }
         let rtt = self.peer.path_figures().await.rtt_ms.or(self.last_rtt);
         // Closing is a courtesy to the other side and the relay; it never
         // holds the report back.

@@ -19,4 +19,4 @@ pub mod web;
 
 pub use config::{ServeCommand, ServeOptions, Service};
 pub use connections::ConnectionLimits;
-pub use serve::{Built, build, run, serve_router};
+pub use serve::{Built, build, build_with, run, serve_router};

@@ -57,6 +57,18 @@ pub async fn build(
     service: Option<Service>,
     shutdown: CancellationToken,
 ) -> Result<Built, String> {
+    build_with(options, service, shutdown, |_| Router::new()).await
+}
+
+/// As [`build`], with the routes `extra` makes from the ledger's state (when
+/// it runs) behind the same HTTP stack: how a benchmark measures its floor
+/// on the server it measures.
+pub async fn build_with(
+    options: &ServeOptions,
+    service: Option<Service>,
+    shutdown: CancellationToken,
+    extra: impl FnOnce(Option<&courier_payments::Payments>) -> Router,
+) -> Result<Built, String> {
     options.validate()?;
     let runs = |one: Service| service.is_none_or(|only| only == one);
     let database = open_database(options, runs(Service::Accounts)).await?;
@@ -102,6 +114,7 @@ pub async fn build(
     courier_common::openapi::finish(&mut doc);
     let doc = Arc::new(doc);
     let router = router
+        .merge(extra(payments.as_ref()))
         .merge(ops_routes(Some(database.clone())))
         .route("/openapi.json", axum::routing::get(move || std::future::ready(axum::Json(doc.as_ref().clone()))));
     let router = courier_common::http::stack(router, options.server.http_limits());

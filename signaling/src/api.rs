@@ -113,17 +113,23 @@ async fn websocket(State(signaling): State<Signaling>, mut request: Request) -> 
             .with_retry_after(1)
             .into_response();
     };
-    let bytes_max = ws::transport_message_bytes_max(signaling.hub.config().ws_message_bytes_max);
-    let config = WebSocketConfig::default()
-        .read_buffer_size(WS_READ_BUFFER_BYTES)
-        // Frames are buffered until the writer flushes its batch.
-        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
-        .max_message_size(Some(bytes_max))
-        .max_frame_size(Some(bytes_max));
+    let config = socket_config(signaling.hub.config().ws_message_bytes_max);
     upgrade.respond(config, move |mut socket| async move {
         ws::serve(&mut socket, &signaling.hub, &signaling.verifier).await;
         drop(permit);
     })
+}
+
+/// The WebSocket settings of a signaling connection whose messages may be
+/// `ws_message_bytes_max` long.
+pub(crate) fn socket_config(ws_message_bytes_max: usize) -> WebSocketConfig {
+    let bytes_max = ws::transport_message_bytes_max(ws_message_bytes_max);
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        // Frames are buffered until the writer flushes its batch.
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .max_message_size(Some(bytes_max))
+        .max_frame_size(Some(bytes_max))
 }
 
 /// One STUN or TURN server, as WebRTC's `RTCIceServer` takes it.

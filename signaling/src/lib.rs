@@ -16,6 +16,7 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod floor;
 pub mod hub;
 pub mod ice;
 pub mod machine;

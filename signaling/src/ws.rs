@@ -37,7 +37,7 @@ pub fn transport_message_bytes_max(ws_message_bytes_max: usize) -> usize {
 
 /// Frames written with one flush when they are already queued, and client
 /// frames already received handled before the replies are written.
-const BATCH_FRAMES_MAX: usize = 64;
+pub(crate) const BATCH_FRAMES_MAX: usize = 64;
 
 /// Runs one upgraded connection to its end.
 pub async fn serve(socket: &mut WebSocket, hub: &Hub, verifier: &TokenVerifier) {

@@ -698,8 +698,9 @@ async fn a_full_queue_is_overloaded_not_unbounded(db: Db) {
 }
 
 /// `courier bench ledger` moves money over HTTP through the writer and in
-/// its naive baseline, fails nothing and leaves a ledger that reconciles
-/// (the figures go to BENCHMARKS.md; here only that they were measured).
+/// its naive baseline, sends the same requests to its floor, fails nothing
+/// and leaves a ledger that reconciles (the figures go to BENCHMARKS.md;
+/// here only that they were measured).
 async fn the_ledger_benchmark_measures_group_commit_and_the_baseline(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let mut args: Vec<String> =
@@ -718,7 +719,16 @@ async fn the_ledger_benchmark_measures_group_commit_and_the_baseline(db: Db) {
     assert_eq!((figures["transfers"].as_u64(), figures["failures"].as_u64()), (Some(400), Some(0)), "{figures}");
     assert_eq!(figures["reconciled"], true, "{figures}");
     assert_eq!(figures["database"], if db == Db::Postgres { "postgres" } else { "sqlite" }, "{figures}");
-    for figure in ["transfers_per_s", "latency_ms_p99", "batch_size_mean", "naive_transfers_per_s"] {
+    // The floor took the same requests, all answered 201.
+    assert_eq!(figures["floor_failures"], 0, "{figures}");
+    for figure in [
+        "transfers_per_s",
+        "latency_ms_p99",
+        "batch_size_mean",
+        "naive_transfers_per_s",
+        "floor_requests_per_s",
+        "ratio_to_floor",
+    ] {
         assert!(figures[figure].as_f64().is_some_and(|value| value > 0.0), "{figure}: {figures}");
     }
     if let Some(name) = name {

@@ -649,8 +649,8 @@ on_both_databases!(
     a_socket_lives_no_longer_than_its_token_unless_reauthenticated,
 );
 
-/// `courier bench signaling` relays its whole budget, holds its idle
-/// connections and times invites, with the server on cores of its own and
+/// `courier bench signaling` relays its whole budget, through Courier and
+/// through its floor, holds its idle connections and times invites, with the server on cores of its own and
 /// the load generator on the others (the figures go to BENCHMARKS.md; here
 /// only that they were measured).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -664,6 +664,9 @@ async fn the_signaling_benchmark_measures_relay_idle_and_invites() {
     let figures: Value = serde_json::from_slice(&output.stdout).unwrap();
     let courier = &figures["courier"];
     assert_eq!(courier["delivered"], 2000, "{figures}");
+    // The floor relayed the same load.
+    assert_eq!(figures["floor"]["delivered"], 2000, "{figures}");
+    assert!(figures["ratios_to_floor"]["msgs_per_s_courier_over_floor"].as_f64().is_some_and(|r| r > 0.0), "{figures}");
     assert_eq!(courier["idle_held"], 100, "{figures}");
     for figure in ["msgs_per_s", "delivery_ms_p99", "invite_incoming_ms_p99", "server_rss_before_idle_kib"] {
         assert!(courier[figure].as_f64().is_some_and(|value| value > 0.0), "{figure}: {figures}");

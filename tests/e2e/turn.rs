@@ -463,3 +463,26 @@ async fn coturn_accepts_the_credentials_courier_hands_out() {
     }
     client.create_permission(&["8.8.8.8:53".parse().unwrap()]).await.expect("a public peer");
 }
+
+/// `courier bench turn` steps the embedded relay and its floor (the same
+/// sockets without TURN) through a load with nothing lost (the figures go to
+/// BENCHMARKS.md; here only that they were measured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_turn_benchmark_measures_the_relay_and_its_floor() {
+    let output = tokio::process::Command::new(support::courier_bin())
+        .args(["bench", "turn", "--sessions", "4,8", "--step-s", "1", "--no-coturn", "--json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let figures: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for relay in ["embedded", "floor"] {
+        let steps = figures[relay]["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 2, "{relay}: {figures}");
+        for step in steps {
+            assert!(step["received"].as_u64().is_some_and(|received| received > 0), "{relay}: {figures}");
+        }
+        assert!(figures[relay]["max_pps_at_zero_loss"].as_f64().is_some_and(|pps| pps > 0.0), "{relay}: {figures}");
+    }
+    assert!(figures["ratio_to_floor"].as_f64().is_some_and(|ratio| ratio > 0.0), "{figures}");
+}

@@ -403,20 +403,11 @@ async fn send(
     headers: HeaderMap,
     Json(body): Json<serde_json::Value>,
 ) -> Result<Response, HttpError> {
-    let key = idempotency_key(&headers, format!("account:{}", user.account_id()))?;
-    let (request, fingerprint) = parse_body::<TransferRequest>(body, "POST /v1/transfers")?;
-    let currency = Currency::parse(&request.currency);
-    let amount_minor = money::parse_minor(&request.amount, currency.unwrap_or(Currency::Rub), false)
-        .and_then(|minor| if minor == 0 { Err(money::AmountError::NotPositive) } else { Ok(minor) })
-        .map_err(PaymentsError::InvalidAmount)?;
-    let note = request.note.as_deref().map(|note| checked_text(note, "note", NOTE_CHARS_MAX)).transpose()?;
-    let recipient_phone = match &request.to {
-        Recipient::Phone(ToPhone { phone }) => Some(PhoneNumber::parse(phone).map_err(PaymentsError::InvalidPhone)?),
-        Recipient::Account(_) => None,
-    };
+    let parsed = TransferInput::read(&user, &headers, body)?;
     let from = user.account_id().to_owned();
     let from_region = RegionCode::parse(user.region());
     let this = payments.clone();
+    let TransferInput { key, fingerprint, request, currency, amount_minor, note, recipient_phone } = parsed;
     payments
         .idempotent(key, fingerprint, from.clone(), async move || {
             if let Some(region) = from_region {
@@ -440,6 +431,80 @@ async fn send(
             })
         })
         .await
+}
+
+/// What `POST /v1/transfers` reads from a request before the ledger sees it.
+struct TransferInput {
+    key: IdempotencyKey,
+    fingerprint: String,
+    request: TransferRequest,
+    currency: Option<Currency>,
+    amount_minor: i64,
+    note: Option<String>,
+    recipient_phone: Option<PhoneNumber>,
+}
+
+impl TransferInput {
+    /// The key, the body and its fingerprint, the amount, the note and the
+    /// recipient's number, each checked (400 and 422 as documented).
+    fn read(user: &AuthUser, headers: &HeaderMap, body: serde_json::Value) -> Result<TransferInput, HttpError> {
+        let key = idempotency_key(headers, format!("account:{}", user.account_id()))?;
+        let (request, fingerprint) = parse_body::<TransferRequest>(body, "POST /v1/transfers")?;
+        let currency = Currency::parse(&request.currency);
+        let amount_minor = money::parse_minor(&request.amount, currency.unwrap_or(Currency::Rub), false)
+            .and_then(|minor| if minor == 0 { Err(money::AmountError::NotPositive) } else { Ok(minor) })
+            .map_err(PaymentsError::InvalidAmount)?;
+        let note = request.note.as_deref().map(|note| checked_text(note, "note", NOTE_CHARS_MAX)).transpose()?;
+        let recipient_phone = match &request.to {
+            Recipient::Phone(ToPhone { phone }) => {
+                Some(PhoneNumber::parse(phone).map_err(PaymentsError::InvalidPhone)?)
+            }
+            Recipient::Account(_) => None,
+        };
+        Ok(TransferInput { key, fingerprint, request, currency, amount_minor, note, recipient_phone })
+    }
+}
+
+/// The floor `courier bench ledger` measures the ledger against: the
+/// cheapest version of `POST /v1/transfers` the same HTTP stack allows. It
+/// authenticates the user and reads and checks the request exactly as the
+/// route does, then answers 201 with a body of the same shape, made up,
+/// without the ledger (no idempotency record, no wallet, no writer).
+/// `courier serve` never mounts it.
+pub fn floor(payments: Payments) -> Router {
+    Router::new().route(FLOOR_PATH, post(send_to_the_floor)).with_state(payments)
+}
+
+/// Where [`floor`] answers.
+pub const FLOOR_PATH: &str = "/bench/floor/transfers";
+
+async fn send_to_the_floor(
+    State(_): State<Payments>,
+    user: AuthUser,
+    headers: HeaderMap,
+    Json(body): Json<serde_json::Value>,
+) -> Result<Response, HttpError> {
+    let input = TransferInput::read(&user, &headers, body)?;
+    let currency = input.currency.unwrap_or(Currency::Rub);
+    let view = TransferView {
+        transfer_id: uuid::Uuid::now_v7().to_string(),
+        kind: "p2p".into(),
+        status: "completed",
+        from: user.account_id().to_owned(),
+        to: match &input.request.to {
+            Recipient::Account(ToAccount { account_id }) => account_id.clone(),
+            Recipient::Phone(ToPhone { phone }) => phone.clone(),
+        },
+        amount: format_minor(input.amount_minor, currency),
+        fee: format_minor(0, currency),
+        currency: currency.code().to_owned(),
+        note: input.note,
+        external_ref: None,
+        reverses: None,
+        created_at: jiff::Timestamp::now().to_string(),
+    };
+    let body = serde_json::to_vec(&view).map_err(|error| HttpError::internal("floor answer", &error))?;
+    Ok((StatusCode::CREATED, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 /// My transfers, newest first.

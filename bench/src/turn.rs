@@ -450,6 +450,9 @@ async fn measure(relay: &Relay, bench: &TurnBench, name: &str) -> Result<Value, 
 /// What a floor client sends first: this, its session (4 bytes) and side (1).
 const FLOOR_HELLO: &[u8] = b"courier-turn-floor";
 
+/// The floor's listening socket's kernel buffers, as the embedded relay's.
+const FLOOR_LISTENER_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
 /// `courier bench turn-floor`: the TURN benchmark's floor relay.
 #[derive(Args)]
 pub struct FloorServer {}
@@ -466,7 +469,14 @@ pub struct FloorServer {}
 /// standard output names the listening address.
 pub async fn serve_floor(_: FloorServer) -> Result<(), String> {
     courier_server::connections::raise_file_limit();
-    let listening = Arc::new(UdpSocket::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?);
+    let listening = UdpSocket::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?;
+    // The embedded relay's listener buffers, so that both absorb the same bursts.
+    let buffers = socket2::SockRef::from(&listening);
+    buffers
+        .set_recv_buffer_size(FLOOR_LISTENER_BUFFER_BYTES)
+        .and_then(|()| buffers.set_send_buffer_size(FLOOR_LISTENER_BUFFER_BYTES))
+        .map_err(|error| error.to_string())?;
+    let listening = Arc::new(listening);
     println!("turn floor on {}", listening.local_addr().map_err(|error| error.to_string())?);
     // Each side's relayed socket and address, by (session, side); each
     // client's relayed socket and its peer's relayed address, by client.

@@ -564,6 +564,9 @@ impl<'a> Session<'a> {
         let mut frame = [0i16; FRAME_SAMPLES];
         play.next_frame(&mut frame);
         if !self.connected {
+            // Setting up (gathering, checks, DTLS): what the peer queued for
+            // the relay goes out within a tick rather than at its next timer.
+            self.peer.flush_relayed().await;
             return Ok(());
         }
         if let Some(mouth) = &self.setup.mouth {
@@ -571,7 +574,12 @@ impl<'a> Session<'a> {
         }
         let packet = self.encoder.encode(&frame)?;
         match self.peer.send_opus(packet).await {
-            Ok(()) => self.report.packets_sent += 1,
+            Ok(()) => {
+                self.report.packets_sent += 1;
+                if self.report.candidate_type.as_deref() == Some("relay") {
+                    self.peer.flush_relayed().await;
+                }
+            }
             // The path is down for now; ICE restart or hangup follows.
             Err(error) => self.say_once(&format!("audio not sent: {error}")),
         }

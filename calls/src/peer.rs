@@ -174,6 +174,9 @@ pub trait MediaPeer: Send + Sync {
     async fn add_remote_candidate(&self, candidate: &Value) -> Result<(), PeerError>;
     /// Sends one encoded 20 ms Opus frame (a no-op until media flows).
     async fn send_opus(&self, frame: Vec<u8>) -> Result<(), PeerError>;
+    /// Has the connection's event loop run once more, sending what it has
+    /// queued for the TURN relay (see [`WebRtcPeer::flush_relayed`]).
+    async fn flush_relayed(&self);
     async fn selected_path(&self) -> Option<SelectedPath>;
     /// `sha-256 AB:CD:…` of the certificate the DTLS handshake actually saw.
     async fn remote_certificate_fingerprint(&self) -> Option<String>;
@@ -450,6 +453,18 @@ impl MediaPeer for WebRtcPeer {
         }
         self.connection.add_ice_candidate(init).await?;
         Ok(())
+    }
+
+    /// webrtc-rs 0.21's event loop sends what its TURN client holds before
+    /// it hands the TURN client the connection's new packets, and then sleeps
+    /// until its next timer or packet: a packet for the relay (a DTLS flight,
+    /// an audio frame) waits for the loop's next turn, hundreds of
+    /// milliseconds during set-up, up to the next frame during a call. An
+    /// empty list of RTCP packets is a message to the loop that sends
+    /// nothing by itself; queued behind what was just written, it gives the
+    /// loop the turn that sends it.
+    async fn flush_relayed(&self) {
+        let _ = self.track.write_rtcp(Vec::new()).await;
     }
 
     async fn send_opus(&self, frame: Vec<u8>) -> Result<(), PeerError> {

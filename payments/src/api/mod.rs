@@ -403,11 +403,11 @@ async fn send(
     headers: HeaderMap,
     Json(body): Json<serde_json::Value>,
 ) -> Result<Response, HttpError> {
-    let parsed = TransferInput::read(&user, &headers, body)?;
+    let TransferInput { key, fingerprint, request, currency, amount_minor, note, recipient_phone } =
+        TransferInput::read(&user, &headers, body)?;
     let from = user.account_id().to_owned();
     let from_region = RegionCode::parse(user.region());
     let this = payments.clone();
-    let TransferInput { key, fingerprint, request, currency, amount_minor, note, recipient_phone } = parsed;
     payments
         .idempotent(key, fingerprint, from.clone(), async move || {
             if let Some(region) = from_region {

@@ -446,8 +446,14 @@ impl<'a> Session<'a> {
         self.send_candidates(held).await
     }
 
+    /// Whether this side's peer uses relayed candidates only (its own
+    /// setting, or the call's policy).
+    fn relay_only(&self) -> bool {
+        self.policy == IcePolicy::Relay || self.setup.relay_only || self.peer_settings.relay_only
+    }
+
     async fn send_candidates(&mut self, candidates: Vec<Value>) -> Result<(), CallError> {
-        let relay_only = self.policy == IcePolicy::Relay || self.setup.relay_only;
+        let relay_only = self.relay_only();
         let allowed: Vec<Value> = candidates
             .into_iter()
             .filter(|candidate| {
@@ -564,9 +570,14 @@ impl<'a> Session<'a> {
         let mut frame = [0i16; FRAME_SAMPLES];
         play.next_frame(&mut frame);
         if !self.connected {
-            // Setting up (gathering, checks, DTLS): what the peer queued for
-            // the relay goes out within a tick rather than at its next timer.
-            self.peer.flush_relayed().await;
+            // A relay-only call setting up (gathering, checks, DTLS): what
+            // the peer queued for the relay goes out within a tick rather than
+            // at its next timer. Not when a direct pair may come: a relayed
+            // pair that answered first would be nominated by a browser that
+            // calls (the softphone, controlled, then keeps it).
+            if self.relay_only() {
+                self.peer.flush_relayed().await;
+            }
             return Ok(());
         }
         if let Some(mouth) = &self.setup.mouth {

@@ -478,11 +478,10 @@ pub async fn serve_floor(_: FloorServer) -> Result<(), String> {
         .map_err(|error| error.to_string())?;
     let listening = Arc::new(listening);
     println!("turn floor on {}", listening.local_addr().map_err(|error| error.to_string())?);
-    // Each side's relayed socket and address, by (session, side); each
-    // client's relayed socket and its peer's relayed address, by client.
-    let mut sides: std::collections::HashMap<(u32, u8), (Arc<UdpSocket>, SocketAddr)> = Default::default();
-    let mut clients: std::collections::HashMap<SocketAddr, (Arc<UdpSocket>, (u32, u8), Option<SocketAddr>)> =
-        Default::default();
+    // Each side's relayed address, by (session, side); each client's relayed
+    // socket, side and its peer's relayed address, by client.
+    let mut sides: std::collections::HashMap<(u32, u8), SocketAddr> = Default::default();
+    let mut clients: std::collections::HashMap<SocketAddr, FloorClient> = Default::default();
     let mut buffer = vec![0u8; 2_048];
     loop {
         let Ok((length, client)) = listening.recv_from(&mut buffer).await else { continue };
@@ -490,13 +489,12 @@ pub async fn serve_floor(_: FloorServer) -> Result<(), String> {
         if let Some(hello) = packet.strip_prefix(FLOOR_HELLO)
             && hello.len() == 5
         {
-            let key = (u32::from_be_bytes([hello[0], hello[1], hello[2], hello[3]]), hello[4]);
-            if !clients.contains_key(&client) {
+            let side = (u32::from_be_bytes([hello[0], hello[1], hello[2], hello[3]]), hello[4]);
+            if let std::collections::hash_map::Entry::Vacant(slot) = clients.entry(client) {
                 let relayed = Arc::new(UdpSocket::bind("127.0.0.1:0").await.map_err(|error| error.to_string())?);
-                let addr = relayed.local_addr().map_err(|error| error.to_string())?;
+                sides.insert(side, relayed.local_addr().map_err(|error| error.to_string())?);
                 tokio::spawn(floor_to_client(relayed.clone(), listening.clone(), client));
-                sides.insert(key, (relayed.clone(), addr));
-                clients.insert(client, (relayed, key, None));
+                slot.insert(FloorClient { relayed, side, peer: None });
             }
             let _ = listening.send_to(FLOOR_HELLO, client).await;
             continue;
@@ -504,14 +502,22 @@ pub async fn serve_floor(_: FloorServer) -> Result<(), String> {
         if length < 4 || packet[0] & 0xc0 != 0x40 {
             continue;
         }
-        let Some((relayed, (session, side), peer)) = clients.get_mut(&client) else { continue };
+        let Some(FloorClient { relayed, side: (session, side), peer }) = clients.get_mut(&client) else { continue };
         if peer.is_none() {
-            *peer = sides.get(&(*session, *side ^ 1)).map(|(_, addr)| *addr);
+            *peer = sides.get(&(*session, *side ^ 1)).copied();
         }
         if let Some(peer) = peer {
             let _ = socket2::SockRef::from(relayed.as_ref()).send_to(&packet[4..], &(*peer).into());
         }
     }
+}
+
+/// A client of the floor: its relayed socket, its (session, side), and its
+/// peer's relayed address once that side has said hello.
+struct FloorClient {
+    relayed: Arc<UdpSocket>,
+    side: (u32, u8),
+    peer: Option<SocketAddr>,
 }
 
 /// What one relayed socket of the floor receives, back to its client.

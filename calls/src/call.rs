@@ -718,7 +718,7 @@ impl<'a> Session<'a> {
     /// A new peer connection in place of the current one, made as it was.
     async fn rebuild(&mut self) -> Result<(), CallError> {
         self.rebuilds += 1;
-        self.peer_settings.relay_only = self.setup.relay_only || self.policy == IcePolicy::Relay;
+        self.peer_settings.relay_only = self.relay_only();
         let (peer, events) = WebRtcPeer::create(&self.peer_settings).await?;
         let old = std::mem::replace(&mut self.peer, Arc::new(peer));
         self.peer_events = events;

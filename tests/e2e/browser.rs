@@ -147,11 +147,9 @@ async fn the_page_computes_the_softphones_sas(db: Db) {
 /// A WAV of a `hz` tone (16-bit PCM at 48 kHz, 2 s; Chromium loops it).
 pub(crate) fn tone_wav(dir: &std::path::Path, hz: f32) -> std::path::PathBuf {
     let path = dir.join(format!("tone-{hz}.wav"));
-    let mut sink = courier_calls::audio::WavSink::create(&path).unwrap();
     let samples: Vec<i16> =
         (0..96_000).map(|n| ((n as f32 * hz * std::f32::consts::TAU / 48_000.0).sin() * 12_000.0) as i16).collect();
-    sink.write(&samples).unwrap();
-    sink.finish().unwrap();
+    crate::calls_media::write_wav(&path, &[&samples]);
     path
 }
 

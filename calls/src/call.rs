@@ -288,9 +288,13 @@ pub async fn dial(setup: &CallSetup, callee: &str, stop: impl Future<Output = ()
     session.report.peer = callee.to_owned();
     (setup.progress)(&format!("calling {callee} (call {call_id})"));
     let policy = session.signaling.invite(&call_id, callee, &offer, Some(&sas::commitment(&nonce))).await?;
-    // Relay-only when the callee hides its address, too: gathering and ICE
-    // checks from the relay alone, not only the candidates sent.
-    session.peer.apply_offer(&offer, policy == IcePolicy::Relay).await?;
+    if policy == IcePolicy::Relay && !session.peer_settings.relay_only {
+        // Relay-only because the callee hides its address: a peer that
+        // gathers and checks from the relay alone, and nominates at once.
+        session.take_over_offer_relay_only(&offer).await?;
+    } else {
+        session.peer.apply_offer(&offer).await?;
+    }
     session.set_policy(policy).await?;
     session.own_nonce = Some(nonce);
     session.run(stop).await
@@ -510,7 +514,7 @@ impl<'a> Session<'a> {
                     break self.hang_up(reason).await;
                 }
                 _ = sleep_until_some(self.rebuild_due()), if !self.connected && self.role == Role::Caller => {
-                    if let Err(error) = self.rebuild_and_offer().await {
+                    if let Err(error) = self.rebuild_and_offer("the media path did not come up").await {
                         self.say(&format!("setting up again failed: {error}"));
                     }
                 }
@@ -716,21 +720,35 @@ impl<'a> Session<'a> {
     }
 
     /// A new peer connection in place of the current one, made as it was.
-    async fn rebuild(&mut self) -> Result<(), CallError> {
+    async fn rebuild(&mut self, why: &str) -> Result<(), CallError> {
         self.rebuilds += 1;
         self.peer_settings.relay_only = self.relay_only();
         let (peer, events) = WebRtcPeer::create(&self.peer_settings).await?;
+        self.replace_peer(peer, events);
+        self.say(&format!("{why}; setting it up again"));
+        Ok(())
+    }
+
+    /// The caller's first peer was made before the invite's ack said the
+    /// call is relay-only: a relay-only peer takes over the offer sent (see
+    /// [`WebRtcPeer::create_for_offer`]) before anything was gathered.
+    async fn take_over_offer_relay_only(&mut self, offer: &str) -> Result<(), CallError> {
+        self.peer_settings.relay_only = true;
+        let (peer, events) = WebRtcPeer::create_for_offer(&self.peer_settings, offer).await?;
+        self.replace_peer(peer, events);
+        Ok(())
+    }
+
+    fn replace_peer(&mut self, peer: WebRtcPeer, events: mpsc::Receiver<PeerEvent>) {
         let old = std::mem::replace(&mut self.peer, Arc::new(peer));
         self.peer_events = events;
         tokio::spawn(async move { old.close().await });
-        self.say("the media path did not come up; setting it up again");
-        Ok(())
     }
 
     /// The caller sets the media path up again: a new peer connection, and
     /// its offer to the callee (which makes a new one too).
-    async fn rebuild_and_offer(&mut self) -> Result<(), CallError> {
-        self.rebuild().await?;
+    async fn rebuild_and_offer(&mut self, why: &str) -> Result<(), CallError> {
+        self.rebuild(why).await?;
         self.restarting = true;
         let offer = self.peer.offer(false).await?;
         self.offer_restart(&offer).await
@@ -777,7 +795,7 @@ impl<'a> Session<'a> {
             // got its last flight). An ICE restart keeps the session id.
             let session = sdp_session_id(sdp);
             if session != self.their_session && self.rebuilds < REBUILDS_MAX {
-                self.rebuild().await?;
+                self.rebuild("the caller made a new peer connection").await?;
             }
             self.their_session = session;
             let answer = self.peer.answer(sdp).await?;
@@ -796,8 +814,11 @@ impl<'a> Session<'a> {
         if self.role != Role::Caller || self.restarting {
             return Ok(());
         }
-        self.restarting = true;
         self.report.ice_restarts += 1;
+        if !self.peer.restarts_ice() {
+            return self.rebuild_and_offer("the peer's ICE credentials are pinned").await;
+        }
+        self.restarting = true;
         self.say("restarting ICE");
         let offer = self.peer.offer(true).await?;
         self.offer_restart(&offer).await

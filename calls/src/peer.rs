@@ -164,8 +164,13 @@ pub trait MediaPeer: Send + Sync {
     /// is known.
     async fn create_offer(&self) -> Result<String, PeerError>;
     /// Applies the offer from [`MediaPeer::create_offer`], which starts
-    /// gathering: from the relay only when `relay_only`.
-    async fn apply_offer(&self, offer: &str, relay_only: bool) -> Result<(), PeerError>;
+    /// gathering.
+    async fn apply_offer(&self, offer: &str) -> Result<(), PeerError>;
+    /// Whether an ICE restart gives this peer new ICE credentials. A peer
+    /// made to take over an offer already sent ([`WebRtcPeer::create_for_offer`])
+    /// keeps that offer's, and webrtc-rs restarts ICE with pinned credentials
+    /// unchanged, which the other side would not see as a restart.
+    fn restarts_ice(&self) -> bool;
     /// Applies the other side's offer and returns the applied answer.
     async fn answer(&self, offer: &str) -> Result<String, PeerError>;
     /// Applies the other side's answer to our offer.
@@ -216,14 +221,14 @@ pub fn candidate_type(candidate: &str) -> Option<&str> {
 
 struct Handler {
     events: mpsc::Sender<PeerEvent>,
-    relay_only: Arc<AtomicBool>,
+    relay_only: bool,
     connected: Arc<AtomicBool>,
 }
 
 #[async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if self.relay_only.load(Ordering::Relaxed) && event.candidate.typ != RTCIceCandidateType::Relay {
+        if self.relay_only && event.candidate.typ != RTCIceCandidateType::Relay {
             return;
         }
         let Ok(init) = event.candidate.to_json() else { return };
@@ -276,13 +281,63 @@ pub struct WebRtcPeer {
     /// SSRC and payload type once negotiated.
     sending: Mutex<Option<(u32, u8)>>,
     connected: Arc<AtomicBool>,
-    relay_only: Arc<AtomicBool>,
+    /// ICE credentials pinned to an offer made by another peer.
+    pinned_credentials: bool,
+}
+
+/// What a peer taking over an offer already sent must keep of it: the ICE
+/// credentials and the SSRC the other side was told (the DTLS certificate,
+/// and with it the fingerprint, comes with the settings).
+#[derive(Debug, PartialEq, Eq)]
+struct SentOffer {
+    ufrag: String,
+    pwd: String,
+    ssrc: u32,
+}
+
+impl SentOffer {
+    fn read(sdp: &str) -> Option<SentOffer> {
+        let attribute = |name: &str| {
+            sdp.lines().find_map(|line| line.trim_end().strip_prefix("a=")?.strip_prefix(name)?.strip_prefix(':'))
+        };
+        let ssrc = attribute("ssrc")?.split_whitespace().next()?.parse().ok()?;
+        Some(SentOffer { ufrag: attribute("ice-ufrag")?.to_owned(), pwd: attribute("ice-pwd")?.to_owned(), ssrc })
+    }
 }
 
 impl WebRtcPeer {
     /// A peer connection with one send-and-receive Opus track; its events
     /// (candidates, state, audio) go to the returned receiver.
     pub async fn create(settings: &PeerSettings) -> Result<(WebRtcPeer, mpsc::Receiver<PeerEvent>), PeerError> {
+        Self::build(settings, None).await
+    }
+
+    /// A peer that takes over `offer`, made and sent by another peer with
+    /// the same settings' certificate but not applied (see
+    /// [`MediaPeer::create_offer`]): the same ICE credentials and SSRC, so
+    /// the answer to that offer fits this one. Its own equivalent offer is
+    /// applied, which starts gathering.
+    ///
+    /// The caller builds its first peer before the server says the call's
+    /// ICE policy; when that is `relay`, this peer takes its place, because
+    /// webrtc-rs fixes how long a relayed pair waits before nomination
+    /// ([`RELAY_NOMINATION_WAIT`]) when the connection is made, and applies
+    /// no local offer but its own.
+    pub async fn create_for_offer(
+        settings: &PeerSettings,
+        offer: &str,
+    ) -> Result<(WebRtcPeer, mpsc::Receiver<PeerEvent>), PeerError> {
+        let sent =
+            SentOffer::read(offer).ok_or_else(|| PeerError("the offer has no ICE credentials or SSRC".into()))?;
+        let (peer, events) = Self::build(settings, Some(sent)).await?;
+        peer.offer(false).await?;
+        Ok((peer, events))
+    }
+
+    async fn build(
+        settings: &PeerSettings,
+        sent: Option<SentOffer>,
+    ) -> Result<(WebRtcPeer, mpsc::Receiver<PeerEvent>), PeerError> {
         let (events_tx, events) = mpsc::channel(EVENTS_QUEUED_MAX);
         let mut media_engine = MediaEngine::default();
         let opus = RTCRtpCodec {
@@ -337,7 +392,7 @@ impl WebRtcPeer {
         // the best is nominated, so a reflexive pair never wins over a host
         // pair that works.
         let relay_wait = if settings.relay_only { Duration::ZERO } else { RELAY_NOMINATION_WAIT };
-        let setting_engine = setting_engine
+        let mut setting_engine = setting_engine
             .with_relay_acceptance_min_wait(Some(relay_wait))
             .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
             .with_srflx_acceptance_min_wait(Some(Duration::ZERO))
@@ -345,11 +400,13 @@ impl WebRtcPeer {
             // last that ICE is up) sends the first flight: sent the other way,
             // the first ClientHello can arrive before the caller listens and
             // is retransmitted only a second later.
-            .with_answering_dtls_role(RTCDtlsRole::Server)
-            .build();
+            .with_answering_dtls_role(RTCDtlsRole::Server);
+        if let Some(sent) = &sent {
+            setting_engine = setting_engine.with_ice_credentials(sent.ufrag.clone(), sent.pwd.clone());
+        }
+        let setting_engine = setting_engine.build();
         let connected = Arc::new(AtomicBool::new(false));
-        let relay_only = Arc::new(AtomicBool::new(settings.relay_only));
-        let handler = Handler { events: events_tx, relay_only: relay_only.clone(), connected: connected.clone() };
+        let handler = Handler { events: events_tx, relay_only: settings.relay_only, connected: connected.clone() };
         let connection = PeerConnectionBuilder::new()
             .with_configuration(configuration)
             .with_media_engine(media_engine)
@@ -360,7 +417,7 @@ impl WebRtcPeer {
             .build()
             .await?;
         let connection: Arc<dyn PeerConnection> = Arc::new(connection);
-        let ssrc: u32 = rand::random();
+        let ssrc: u32 = sent.as_ref().map_or_else(rand::random, |sent| sent.ssrc);
         let track = Arc::new(TrackLocalStaticSample::new(
             Instant::now(),
             MediaStreamTrack::new(
@@ -379,7 +436,8 @@ impl WebRtcPeer {
             ),
         )?);
         let sender = connection.add_track(track.clone() as Arc<dyn TrackLocal>).await?;
-        Ok((WebRtcPeer { connection, track, sender, sending: Mutex::new(None), connected, relay_only }, events))
+        let pinned_credentials = sent.is_some();
+        Ok((WebRtcPeer { connection, track, sender, sending: Mutex::new(None), connected, pinned_credentials }, events))
     }
 
     async fn negotiated(&self) -> Option<(u32, u8)> {
@@ -417,19 +475,13 @@ impl MediaPeer for WebRtcPeer {
         Ok(self.connection.create_offer(None).await?.sdp)
     }
 
-    async fn apply_offer(&self, offer: &str, relay_only: bool) -> Result<(), PeerError> {
-        if relay_only && !self.relay_only.swap(true, Ordering::Relaxed) {
-            // Before gathering starts, so that it gathers (and ICE checks)
-            // from relay candidates only, as a browser does.
-            let current = self.connection.get_configuration().await;
-            let configuration = RTCConfigurationBuilder::new()
-                .with_ice_servers(current.ice_servers().to_vec())
-                .with_ice_transport_policy(RTCIceTransportPolicy::Relay)
-                .build();
-            self.connection.set_configuration(configuration).await?;
-        }
+    async fn apply_offer(&self, offer: &str) -> Result<(), PeerError> {
         self.connection.set_local_description(RTCSessionDescription::offer(offer.to_owned())?).await?;
         Ok(())
+    }
+
+    fn restarts_ice(&self) -> bool {
+        !self.pinned_credentials
     }
 
     async fn answer(&self, offer: &str) -> Result<String, PeerError> {
@@ -542,19 +594,14 @@ mod tests {
         assert!(certificate_fingerprint(b"x").starts_with("sha-256 2D:71:16:42"));
     }
 
-    /// Two peers in one process on loopback: a 440 Hz tone one way, 880 Hz
-    /// the other, decoded and told apart on arrival.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn two_peers_exchange_opus_audio_on_loopback() {
+    type Side = (WebRtcPeer, mpsc::Receiver<PeerEvent>);
+
+    /// A 440 Hz tone from `a`, 880 Hz from `b`, until each heard 50 frames
+    /// and told the other's tone apart; the peers are returned connected.
+    async fn exchange_tones(a: Side, b: Side) -> (Arc<WebRtcPeer>, Arc<WebRtcPeer>) {
         use crate::audio::{Decoder, Encoder, FRAME_SAMPLES, Source, dominant};
-        let settings = PeerSettings { host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), ..PeerSettings::default() };
-        let (a, mut a_events) = WebRtcPeer::create(&settings).await.unwrap();
-        let (b, mut b_events) = WebRtcPeer::create(&settings).await.unwrap();
-        let offer = a.offer(false).await.unwrap();
-        let answer = b.answer(&offer).await.unwrap();
-        a.accept_answer(&answer).await.unwrap();
-        let a = Arc::new(a);
-        let b = Arc::new(b);
+        let (a, mut a_events) = (Arc::new(a.0), a.1);
+        let (b, mut b_events) = (Arc::new(b.0), b.1);
         let mut heard = [Vec::new(), Vec::new()];
         let mut sources = [Source::parse("tone:440").unwrap(), Source::parse("tone:880").unwrap()];
         let mut encoders = [Encoder::new().unwrap(), Encoder::new().unwrap()];
@@ -586,12 +633,66 @@ mod tests {
         let tail = |frames: &[Vec<i16>]| frames[frames.len() - 25..].concat();
         assert_eq!(dominant(&tail(&heard[0]), &[440.0, 880.0]), Some(880.0));
         assert_eq!(dominant(&tail(&heard[1]), &[440.0, 880.0]), Some(440.0));
-        let path = a.selected_path().await.unwrap();
-        assert_eq!(path.local, "host");
-        let seen = a.remote_certificate_fingerprint().await.unwrap();
-        assert_eq!(Some(seen), courier_protocol::sas::fingerprint_in_sdp(&answer));
+        assert_eq!(a.selected_path().await.unwrap().local, "host");
+        (a, b)
+    }
+
+    /// Two peers in one process on loopback exchange tones over Opus.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_peers_exchange_opus_audio_on_loopback() {
+        let settings = PeerSettings { host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), ..PeerSettings::default() };
+        let (a, a_events) = WebRtcPeer::create(&settings).await.unwrap();
+        let (b, b_events) = WebRtcPeer::create(&settings).await.unwrap();
+        let offer = a.offer(false).await.unwrap();
+        let answer = b.answer(&offer).await.unwrap();
+        a.accept_answer(&answer).await.unwrap();
+        assert!(a.restarts_ice());
+        let (a, b) = exchange_tones((a, a_events), (b, b_events)).await;
+        let seen = a.remote_certificate_fingerprint().await;
+        assert_eq!(seen, courier_protocol::sas::fingerprint_in_sdp(&answer));
         a.close().await;
         b.close().await;
+    }
+
+    /// The offer of a peer that never applied it, answered by the other
+    /// side, is taken over by a second peer with the same certificate: the
+    /// answer fits it, audio goes both ways, and the other side's DTLS saw
+    /// the certificate whose fingerprint it was offered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_peer_takes_over_an_offer_sent_and_not_applied() {
+        use courier_protocol::sas::fingerprint_in_sdp;
+        let settings = PeerSettings {
+            host_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            certificate: Some(new_certificate().unwrap()),
+            ..PeerSettings::default()
+        };
+        let (first, _first_events) = WebRtcPeer::create(&settings).await.unwrap();
+        let sent = first.create_offer().await.unwrap();
+        let (b, b_events) = WebRtcPeer::create(&PeerSettings { certificate: None, ..settings.clone() }).await.unwrap();
+        let answer = b.answer(&sent).await.unwrap();
+        let (a, a_events) = WebRtcPeer::create_for_offer(&settings, &sent).await.unwrap();
+        first.close().await;
+        let applied = a.connection.local_description().await.unwrap().sdp;
+        assert_ne!(applied, sent, "a peer of its own, with an offer of its own");
+        assert_eq!(SentOffer::read(&applied), SentOffer::read(&sent));
+        assert_eq!(fingerprint_in_sdp(&applied), fingerprint_in_sdp(&sent));
+        a.accept_answer(&answer).await.unwrap();
+        assert!(!a.restarts_ice(), "pinned ICE credentials stay in an ICE restart");
+        let (a, b) = exchange_tones((a, a_events), (b, b_events)).await;
+        assert_eq!(b.remote_certificate_fingerprint().await, fingerprint_in_sdp(&sent));
+        a.close().await;
+        b.close().await;
+    }
+
+    #[test]
+    fn an_offer_sent_is_read_for_its_ice_credentials_and_ssrc() {
+        let sdp = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ice-ufrag:AbC\r\na=ice-pwd:pass/word+1\r\na=ssrc:3735928559 cname:x\r\na=ssrc:3735928559 msid:s t\r\n";
+        assert_eq!(
+            SentOffer::read(sdp),
+            Some(SentOffer { ufrag: "AbC".into(), pwd: "pass/word+1".into(), ssrc: 3_735_928_559 })
+        );
+        assert_eq!(SentOffer::read("v=0\r\na=ice-ufrag:x\r\na=ice-pwd:y\r\n"), None);
+        assert_eq!(SentOffer::read("a=ice-ufrag:x\na=ice-pwd:y\na=ssrc:nope cname:x\n"), None);
     }
 }
 

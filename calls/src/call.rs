@@ -50,6 +50,9 @@ pub const MEDIA_WITHIN: Duration = Duration::from_secs(15);
 const REBUILD_AFTER: Duration = Duration::from_secs(4);
 /// At most this many times in a call.
 const REBUILDS_MAX: u32 = 2;
+/// How often a relay-only call that is setting up has the peer send what it
+/// queued for the relay: a DTLS handshake is six flights in turn.
+const SETUP_FLUSH_EVERY: Duration = Duration::from_millis(5);
 /// An ICE restart offer unanswered for this long is made again: the server
 /// drops an offer whose callee has not resumed yet after a dropped socket.
 const RESTART_ANSWER_WITHIN: Duration = Duration::from_secs(3);
@@ -450,6 +453,13 @@ impl<'a> Session<'a> {
         self.send_candidates(held).await
     }
 
+    /// Whether set-up packets for the relay are flushed on a clock of their
+    /// own ([`SETUP_FLUSH_EVERY`]): a relay-only call, answered, not yet
+    /// connected.
+    fn flushing_setup(&self) -> bool {
+        self.answered.is_some() && !self.connected && self.relay_only()
+    }
+
     /// Whether this side's peer uses relayed candidates only (its own
     /// setting, or the call's policy).
     fn relay_only(&self) -> bool {
@@ -506,6 +516,8 @@ impl<'a> Session<'a> {
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let give_up_at = tokio::time::Instant::now() + UNANSWERED_GIVE_UP;
         let mut rtt_clock = tokio::time::interval(RTT_EVERY);
+        let mut setup_flush = tokio::time::interval(SETUP_FLUSH_EVERY);
+        setup_flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reason = loop {
             tokio::select! {
                 _ = &mut stop => break self.hang_up(HangupReason::UserHangup).await,
@@ -537,6 +549,15 @@ impl<'a> Session<'a> {
                         self.say(&format!("ICE restart failed: {error}"));
                     }
                 }
+                // A relay-only call setting up, from the answer (when checks
+                // start) until connected (checks, DTLS) or given up: what the
+                // peer queued for the relay goes out within a few milliseconds
+                // rather than at its next timer (see
+                // `WebRtcPeer::flush_relayed`). Not when a direct pair may
+                // come: a relayed pair that answered first would be nominated
+                // by a browser that calls (the softphone, controlled, then
+                // keeps it).
+                _ = setup_flush.tick(), if self.flushing_setup() => self.peer.flush_relayed().await,
                 _ = rtt_clock.tick(), if self.connected => {
                     let figures = self.peer.path_figures().await;
                     self.last_rtt = figures.rtt_ms.or(self.last_rtt);
@@ -574,14 +595,6 @@ impl<'a> Session<'a> {
         let mut frame = [0i16; FRAME_SAMPLES];
         play.next_frame(&mut frame);
         if !self.connected {
-            // A relay-only call setting up (gathering, checks, DTLS): what
-            // the peer queued for the relay goes out within a tick rather than
-            // at its next timer. Not when a direct pair may come: a relayed
-            // pair that answered first would be nominated by a browser that
-            // calls (the softphone, controlled, then keeps it).
-            if self.relay_only() {
-                self.peer.flush_relayed().await;
-            }
             return Ok(());
         }
         if let Some(mouth) = &self.setup.mouth {

@@ -281,6 +281,63 @@ const FORBIDDEN_PEERS: [&str; 24] = [
     "[2002:7f00:1::]:9",
 ];
 
+/// Two allocations of the relay send to each other's relayed addresses (a
+/// relayed call whose parties share the relay): the relay hands the data
+/// over in its own process, with the rules its relayed sockets apply: no
+/// permission at the receiving allocation, nothing arrives; a permission
+/// without a channel, a Data indication from the sender's relayed address;
+/// with a channel, ChannelData on the receiver's own channel number; both
+/// ways, from ChannelData and from Send indications.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_allocations_of_the_relay_reach_each_other_under_its_rules() {
+    let server = Server::start_with(Db::Sqlite, &["--turn-secret", SECRET]).await;
+    let alice = server.sign_in(ALICE, "phone").await;
+    let bob = server.sign_in(BOB, "phone").await;
+    let (ice, a_username, a_credential) = ice_credentials(&server, &alice.access_token).await;
+    let (_, b_username, b_credential) = ice_credentials(&server, &bob.access_token).await;
+    let relay = turn_addr(&ice);
+    let mut a = turn_client(relay, &a_username, &a_credential).await;
+    let mut b = turn_client(relay, &b_username, &b_credential).await;
+    let a_relayed = a.allocate().await.unwrap().relayed;
+    let b_relayed = b.allocate().await.unwrap().relayed;
+    a.channel_bind(0x4000, b_relayed).await.unwrap();
+    let mut frame = Vec::new();
+    let mut buffer = [0u8; 1_500];
+    // What one client hears within `wait`, if anything.
+    async fn heard(client: &TurnClient, buffer: &mut [u8], wait: Duration) -> Option<Vec<u8>> {
+        let (length, _) = tokio::time::timeout(wait, client.socket.recv_from(buffer)).await.ok()?.ok()?;
+        Some(buffer[..length].to_vec())
+    }
+    courier_turn::client::channel_data(0x4000, b"no permission yet", &mut frame);
+    a.socket.send_to(&frame, relay).await.unwrap();
+    assert_eq!(heard(&b, &mut buffer, Duration::from_millis(500)).await, None, "delivered without a permission");
+
+    b.create_permission(&[a_relayed]).await.unwrap();
+    courier_turn::client::channel_data(0x4000, b"as an indication", &mut frame);
+    a.socket.send_to(&frame, relay).await.unwrap();
+    let indication = heard(&b, &mut buffer, Duration::from_secs(5)).await.expect("a Data indication");
+    let mut message = Message::new();
+    message.unmarshal_binary(&indication).unwrap();
+    assert_eq!(message.typ, MessageType::new(METHOD_DATA, CLASS_INDICATION));
+    let mut from = PeerAddress::default();
+    from.get_from(&message).unwrap();
+    assert_eq!(SocketAddr::new(from.ip, from.port), a_relayed, "from the sender's relayed address");
+    assert_eq!(message.get(ATTR_DATA).unwrap(), b"as an indication");
+
+    b.channel_bind(0x4abc, a_relayed).await.unwrap();
+    courier_turn::client::channel_data(0x4000, b"on a channel", &mut frame);
+    a.socket.send_to(&frame, relay).await.unwrap();
+    let data = heard(&b, &mut buffer, Duration::from_secs(5)).await.expect("ChannelData");
+    assert_eq!(&data[..4], &[0x4a, 0xbc, 0, 12], "on the receiver's channel, with the payload's length");
+    assert_eq!(&data[4..], b"on a channel");
+
+    // The other way, from a Send indication, onto Alice's channel.
+    b.send_indication(a_relayed, b"back").await.unwrap();
+    let data = heard(&a, &mut buffer, Duration::from_secs(5)).await.expect("ChannelData back");
+    assert_eq!(data, [&[0x40, 0x00, 0, 4][..], b"back"].concat());
+    server.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_refuses_every_non_public_peer() {
     // `none`: the filter of a relay on a public address (a relay on loopback

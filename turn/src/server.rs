@@ -7,6 +7,12 @@
 //! socket. Control messages (Allocate, Refresh, CreatePermission,
 //! ChannelBind, Binding) are decoded with `rtc-stun`; data (ChannelData,
 //! Send indications) is relayed with one table lookup and no allocation.
+//!
+//! Data for a peer that is another allocation's relayed address on this
+//! relay (both parties of a relayed call on the same relay: the usual case)
+//! is handed to that allocation's client at once, with the checks and the
+//! framing its relayed socket would have applied: no datagram through the
+//! kernel between two sockets of this process, and no task woken for it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -194,7 +200,11 @@ impl TurnServer {
                 accept_tcp(shared.clone(), tcp, shutdown.clone()),
                 sweep(shared.clone(), shutdown.clone()),
             );
-            let all: Vec<Arc<Allocation>> = shared.table().by_tuple.drain().map(|(_, allocation)| allocation).collect();
+            let all: Vec<Arc<Allocation>> = {
+                let mut table = shared.table();
+                table.by_relay.clear();
+                table.by_tuple.drain().map(|(_, allocation)| allocation).collect()
+            };
             for allocation in all {
                 allocation.closed.cancel();
             }
@@ -276,12 +286,15 @@ impl Allocation {
 #[derive(Default)]
 struct Table {
     by_tuple: HashMap<FiveTuple, Arc<Allocation>>,
+    /// The same allocations by relayed address.
+    by_relay: HashMap<SocketAddr, Arc<Allocation>>,
     per_account: HashMap<Arc<str>, usize>,
 }
 
 impl Table {
     fn remove(&mut self, tuple: &FiveTuple) -> Option<Arc<Allocation>> {
         let allocation = self.by_tuple.remove(tuple)?;
+        self.by_relay.remove(&allocation.relay_addr);
         if let Some(count) = self.per_account.get_mut(&allocation.account) {
             *count -= 1;
             if *count == 0 {
@@ -632,6 +645,7 @@ impl Shared {
             let mut table = self.table();
             *table.per_account.entry(allocation.account.clone()).or_default() += 1;
             table.by_tuple.insert(tuple, allocation.clone());
+            table.by_relay.insert(relay_addr, allocation.clone());
             self.meters.allocations.set(table.by_tuple.len() as f64);
         }
         tracing::debug!(client = %tuple.client, tcp = tuple.tcp, relay = %relay_addr, account = %allocation.account, "TURN allocation");
@@ -757,8 +771,8 @@ impl Shared {
         let Some(allocation) = self.allocation(&tuple) else { return };
         let (Some(&peer), Ok(data)) = (peer_addresses(request).first(), request.get(ATTR_DATA)) else { return };
         let permitted = self.filter.check(peer.ip()).is_ok() && allocation.state().permitted(peer.ip(), Instant::now());
-        if permitted && send_now(&allocation.relay, &data, peer) {
-            self.meters.to_peer.increment(1);
+        if permitted {
+            self.to_peer(&allocation, &data, peer);
         } else {
             self.meters.dropped.increment(1);
         }
@@ -778,9 +792,73 @@ impl Shared {
                 .map(|(peer, _)| *peer)
         };
         match peer {
-            Some(peer) if send_now(&allocation.relay, payload, peer) => self.meters.to_peer.increment(1),
-            _ => self.meters.dropped.increment(1),
+            Some(peer) => self.to_peer(&allocation, payload, peer),
+            None => self.meters.dropped.increment(1),
         }
+    }
+
+    /// Sends `payload` from `from`'s relayed address to `peer`, once the
+    /// sender's checks passed: handed over in this process when `peer` is
+    /// an allocation of this relay, else through the relayed socket.
+    fn to_peer(&self, from: &Allocation, payload: &[u8], peer: SocketAddr) {
+        let local = self.table().by_relay.get(&peer).cloned();
+        let delivered = match local {
+            Some(to) => {
+                self.meters.to_peer.increment(1);
+                // Dropped where the peer's socket would have dropped it.
+                self.from_peer(&to, from.relay_addr, payload)
+            }
+            None => {
+                let sent = send_now(&from.relay, payload, peer);
+                if sent {
+                    self.meters.to_peer.increment(1);
+                }
+                sent
+            }
+        };
+        if !delivered {
+            self.meters.dropped.increment(1);
+        }
+    }
+
+    /// What `to`'s relayed socket does with a datagram from `peer` (another
+    /// allocation of this relay), without the socket: dropped without a
+    /// permission for the peer's address, else to the client as ChannelData
+    /// on the peer's channel or as a Data indication.
+    fn from_peer(&self, to: &Allocation, peer: SocketAddr, payload: &[u8]) -> bool {
+        let channel = {
+            let now = Instant::now();
+            let state = to.state();
+            if !state.permitted(peer.ip(), now) {
+                return false;
+            }
+            state.channel_to(peer, now)
+        };
+        FRAME.with_borrow_mut(|frame| {
+            frame.clear();
+            match channel {
+                Some(number) => {
+                    frame.extend_from_slice(&number.to_be_bytes());
+                    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+                    frame.extend_from_slice(payload);
+                    if to.tuple.tcp {
+                        frame.resize((frame.len() + 3) & !3, 0);
+                    }
+                }
+                None => match data_indication(peer, payload) {
+                    Some(indication) => *frame = indication,
+                    None => return false,
+                },
+            }
+            let sent = match &to.client {
+                ClientSink::Udp(socket) => send_now(socket, frame, to.tuple.client),
+                ClientSink::Tcp(sender) => sender.try_send(frame.clone()).is_ok(),
+            };
+            if sent {
+                self.meters.to_client.increment(1);
+            }
+            sent
+        })
     }
 
     fn remove(&self, tuple: &FiveTuple) {
@@ -789,6 +867,11 @@ impl Shared {
             self.meters.allocations.set(table.by_tuple.len() as f64);
         }
     }
+}
+
+thread_local! {
+    /// The frame for a client built by [`Shared::from_peer`], reused.
+    static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Sends one datagram from a relayed socket without waiting: dropped only

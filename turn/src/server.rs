@@ -139,7 +139,8 @@ impl TurnConfig {
 /// A bound relay, ready to run.
 pub struct TurnServer {
     shared: Arc<Shared>,
-    udp: Arc<UdpSocket>,
+    /// The UDP listener's sockets, one per core (see [`udp_listeners`]).
+    udp: Vec<Arc<UdpSocket>>,
     tcp: TcpListener,
 }
 
@@ -151,27 +152,29 @@ impl TurnServer {
         let mut attempt = 0;
         let (udp, tcp) = loop {
             attempt += 1;
-            let udp = UdpSocket::bind(listen).await.map_err(|error| bind_error("UDP", listen, &error))?;
-            let buffers = socket2::SockRef::from(&udp);
-            if let Err(error) = buffers
-                .set_recv_buffer_size(LISTENER_BUFFER_BYTES)
-                .and_then(|()| buffers.set_send_buffer_size(LISTENER_BUFFER_BYTES))
-            {
-                tracing::warn!(%error, "cannot size the TURN listener's buffers");
-            }
-            let port = udp.local_addr().map_err(|error| error.to_string())?.port();
-            match TcpListener::bind(SocketAddr::new(listen.ip(), port)).await {
-                Ok(tcp) => break (udp, tcp),
+            // Taken without SO_REUSEPORT first: a port some other socket
+            // holds is refused here (with it, another process of the same
+            // user could share the port unnoticed), and port 0 picks a free one.
+            let probe = std::net::UdpSocket::bind(listen).map_err(|error| bind_error("UDP", listen, &error))?;
+            let local = probe.local_addr().map_err(|error| error.to_string())?;
+            match TcpListener::bind(local).await {
+                Ok(tcp) => {
+                    drop(probe);
+                    let udp = udp_listeners(local).map_err(|error| bind_error("UDP", local, &error))?;
+                    break (udp, tcp);
+                }
                 // A free UDP port whose TCP twin is taken: try another.
-                Err(error) if listen.port() == 0 && attempt < 16 => tracing::debug!(%error, port, "TCP port taken"),
-                Err(error) => return Err(bind_error("TCP", SocketAddr::new(listen.ip(), port), &error)),
+                Err(error) if listen.port() == 0 && attempt < 16 => {
+                    tracing::debug!(%error, port = local.port(), "TCP port taken")
+                }
+                Err(error) => return Err(bind_error("TCP", local, &error)),
             }
         };
         let crypto = rtc_turn::crypto::default_provider().map_err(|error| error.to_string())?;
         let mut nonce_key = [0u8; 32];
         rand::fill(&mut nonce_key);
         let tcp_connections = Arc::new(Semaphore::new(config.allocations_max));
-        let local = udp.local_addr().map_err(|error| error.to_string())?;
+        let local = udp[0].local_addr().map_err(|error| error.to_string())?;
         let shared = Arc::new(Shared {
             filter: PeerFilter::new(config.allow_peers.clone()),
             config,
@@ -182,7 +185,7 @@ impl TurnServer {
             meters: Meters::new(),
             tcp_connections,
         });
-        Ok(TurnServer { shared, udp: Arc::new(udp), tcp })
+        Ok(TurnServer { shared, udp: udp.into_iter().map(Arc::new).collect(), tcp })
     }
 
     /// Where the relay listens (UDP and TCP).
@@ -195,8 +198,12 @@ impl TurnServer {
         tokio::spawn(async move {
             let TurnServer { shared, udp, tcp } = self;
             tracing::info!(listen = %shared.local, relay_ip = %shared.config.relay_ip, "TURN relay serving UDP and TCP");
+            let mut readers = tokio::task::JoinSet::new();
+            for socket in udp {
+                readers.spawn(serve_udp(shared.clone(), socket, shutdown.clone()));
+            }
             tokio::join!(
-                serve_udp(shared.clone(), udp, shutdown.clone()),
+                async { while readers.join_next().await.is_some() {} },
                 accept_tcp(shared.clone(), tcp, shutdown.clone()),
                 sweep(shared.clone(), shutdown.clone()),
             );
@@ -869,6 +876,34 @@ impl Shared {
     }
 }
 
+/// The UDP listener: a socket per core on the same address
+/// (`SO_REUSEPORT`), each read by a task of its own; the kernel gives each
+/// client's datagrams to one of them (by the addresses' hash), so a
+/// client's packets stay in order. Each has [`LISTENER_BUFFER_BYTES`] of
+/// kernel buffers.
+fn udp_listeners(local: SocketAddr) -> std::io::Result<Vec<UdpSocket>> {
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    (0..cores)
+        .map(|_| {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(local),
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            socket.set_reuse_port(true)?;
+            if let Err(error) = socket
+                .set_recv_buffer_size(LISTENER_BUFFER_BYTES)
+                .and_then(|()| socket.set_send_buffer_size(LISTENER_BUFFER_BYTES))
+            {
+                tracing::warn!(%error, "cannot size the TURN listener's buffers");
+            }
+            socket.set_nonblocking(true)?;
+            socket.bind(&local.into())?;
+            UdpSocket::from_std(socket.into())
+        })
+        .collect()
+}
+
 thread_local! {
     /// The frame for a client built by [`Shared::from_peer`], reused.
     static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -1365,7 +1400,7 @@ mod fuzz {
             let _entered = runtime.enter();
             let shared = &server.shared;
             let (sender, _frames) = mpsc::channel(1_024);
-            let sink = if tcp { ClientSink::Tcp(sender) } else { ClientSink::Udp(server.udp.clone()) };
+            let sink = if tcp { ClientSink::Tcp(sender) } else { ClientSink::Udp(server.udp[0].clone()) };
             let tuple = FiveTuple { client: SocketAddr::new("127.0.0.1".parse().unwrap(), port), tcp };
             handle(shared, tuple, &sink, &bytes);
             if let Some(packet) = encode(shared, tuple, stun) {

@@ -813,7 +813,7 @@ impl Shared {
             Some(to) => {
                 self.meters.to_peer.increment(1);
                 // Dropped where the peer's socket would have dropped it.
-                self.from_peer(&to, from.relay_addr, payload)
+                self.deliver_from_peer(&to, from.relay_addr, payload)
             }
             None => {
                 let sent = send_now(&from.relay, payload, peer);
@@ -832,7 +832,7 @@ impl Shared {
     /// allocation of this relay), without the socket: dropped without a
     /// permission for the peer's address, else to the client as ChannelData
     /// on the peer's channel or as a Data indication.
-    fn from_peer(&self, to: &Allocation, peer: SocketAddr, payload: &[u8]) -> bool {
+    fn deliver_from_peer(&self, to: &Allocation, peer: SocketAddr, payload: &[u8]) -> bool {
         let channel = {
             let now = Instant::now();
             let state = to.state();
@@ -905,7 +905,7 @@ fn udp_listeners(local: SocketAddr) -> std::io::Result<Vec<UdpSocket>> {
 }
 
 thread_local! {
-    /// The frame for a client built by [`Shared::from_peer`], reused.
+    /// The frame for a client built by [`Shared::deliver_from_peer`], reused.
     static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 

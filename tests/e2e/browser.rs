@@ -294,10 +294,12 @@ async fn two_browsers_call_each_other_with_the_same_security_code(db: Db) {
     server.finish().await;
 }
 
-/// The page calls the softphone and the softphone calls the page: each
-/// hears the other's tone (the softphone's recording checked with the
-/// Goertzel filter, the page's audio with an analyser), and the page shows
-/// the softphone's SAS.
+/// The page calls the softphone and the softphone calls the page, then
+/// calls it again once the page's account has `p2p: never` (the softphone
+/// learns from the invite's ack that the call is relay-only and takes its
+/// offer over with a relay-only peer connection): each hears the other's
+/// tone (the softphone's recording checked with the Goertzel filter, the
+/// page's audio with an analyser), and the page shows the softphone's SAS.
 async fn the_page_and_the_softphone_call_each_other(db: Db) {
     use crate::calls_media::{Softphone, seconds_of_tone};
     // In Brazil: the page offers no "Send money" on a call with them.
@@ -305,12 +307,20 @@ async fn the_page_and_the_softphone_call_each_other(db: Db) {
     // The softphone would end the call after this long; the page hangs up
     // first, once it has checked what it hears.
     const AT_MOST_S: f64 = 60.0;
-    let server = Server::start_with(db, &["--sign-in-codes-per-addr-per-hour-max", "0"]).await;
+    let args = ["--sign-in-codes-per-addr-per-hour-max", "0", "--sign-in-code-resend-after-s", "0"];
+    let server = Server::start_with(db, &args).await;
     let browser = Browser::with_microphone(360, &tone_wav(server.dir.path(), 440.0)).await;
     sign_in_page(&browser, &server, ALICE).await;
     let softphone = Softphone::login(&server.url, &server, PHONE).await;
 
-    for page_calls in [true, false] {
+    for (page_calls, page_hides) in [(true, false), (false, false), (false, true)] {
+        if page_hides {
+            let alice = server.sign_in(ALICE, "phone").await;
+            let change = Some(json!({"p2p": "never"}));
+            let (status, settings) =
+                server.call(reqwest::Method::PATCH, "/v1/me/settings", Some(&alice.access_token), change).await;
+            assert_eq!((status, &settings["p2p"]), (200, &json!("never")));
+        }
         let running = if page_calls {
             let answering = softphone.spawn_for(&server.url, &["answer", "--auto", "--wait-s", "60"], 880, AT_MOST_S);
             answering.wait_for("waiting for a call").await;
@@ -331,7 +341,11 @@ async fn the_page_and_the_softphone_call_each_other(db: Db) {
             panic!("{failed} (page calls: {page_calls}); the softphone printed:\n{}", running.printed());
         }
         let kind = browser.eval("return document.getElementById('connection').dataset.kind").await;
-        assert!(kind == "direct" || kind == "relay", "{kind}");
+        if page_hides {
+            assert_eq!(kind, "relay");
+        } else {
+            assert!(kind == "direct" || kind == "relay", "{kind}");
+        }
         browser.wait_for_text("Security code", " · ").await;
         // By the time the figures show, the page has asked whether it can pay them.
         browser.wait_for_text("Call quality", "jitter").await;
@@ -344,6 +358,11 @@ async fn the_page_and_the_softphone_call_each_other(db: Db) {
         let shown = browser.eval("return document.getElementById('sas').dataset.symbols").await;
         assert_eq!(shown, report["sas"], "the page shows the softphone's SAS ({page_calls}): {report}");
         assert!(report["sas_warning"].is_null(), "{report}");
+        if page_hides {
+            assert_eq!(report["ice_policy"], "relay", "{report}");
+            let pair = (&report["candidate_type"], &report["remote_candidate_type"]);
+            assert_eq!(pair, (&json!("relay"), &json!("relay")), "{report}");
+        }
         assert!((heard - 880.0).abs() < 30.0, "the page heard {heard} Hz, not the softphone's 880 Hz");
         let at_softphone = seconds_of_tone(&softphone.recording(), 440.0);
         assert!(at_softphone >= 2.0, "the softphone heard the page for only {at_softphone} s: {report}");

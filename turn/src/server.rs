@@ -288,6 +288,46 @@ impl Allocation {
     fn state(&self) -> MutexGuard<'_, AllocationState> {
         lock(&self.state)
     }
+
+    /// What this allocation's relayed socket makes of a datagram from
+    /// `peer`, held at `buffer[4..4 + length]` (four bytes of room before it,
+    /// three after): nothing without a permission for the peer's address;
+    /// else the frame for the client, ChannelData on the peer's channel built
+    /// in place (padded to four bytes for a TCP client), or a Data
+    /// indication built into `indication`.
+    fn frame_from_peer<'a>(
+        &self,
+        peer: SocketAddr,
+        buffer: &'a mut [u8],
+        length: usize,
+        indication: &'a mut Vec<u8>,
+    ) -> Option<&'a [u8]> {
+        let channel = {
+            let now = Instant::now();
+            let state = self.state();
+            if !state.permitted(peer.ip(), now) {
+                return None;
+            }
+            state.channel_to(peer, now)
+        };
+        match channel {
+            Some(number) => {
+                buffer[..2].copy_from_slice(&number.to_be_bytes());
+                buffer[2..4].copy_from_slice(&(length as u16).to_be_bytes());
+                let mut end = 4 + length;
+                if self.tuple.tcp {
+                    let padded = (end + 3) & !3;
+                    buffer[end..padded].fill(0);
+                    end = padded;
+                }
+                Some(&buffer[..end])
+            }
+            None => {
+                *indication = data_indication(peer, &buffer[4..4 + length])?;
+                Some(indication)
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -809,57 +849,34 @@ impl Shared {
     /// an allocation of this relay, else through the relayed socket.
     fn to_peer(&self, from: &Allocation, payload: &[u8], peer: SocketAddr) {
         let local = self.table().by_relay.get(&peer).cloned();
-        let delivered = match local {
-            Some(to) => {
-                self.meters.to_peer.increment(1);
-                // Dropped where the peer's socket would have dropped it.
-                self.deliver_from_peer(&to, from.relay_addr, payload)
-            }
+        let (left, delivered) = match local {
+            // Dropped where the peer's socket would have dropped it.
+            Some(to) => (true, self.deliver_from_peer(&to, from.relay_addr, payload)),
             None => {
                 let sent = send_now(&from.relay, payload, peer);
-                if sent {
-                    self.meters.to_peer.increment(1);
-                }
-                sent
+                (sent, sent)
             }
         };
+        if left {
+            self.meters.to_peer.increment(1);
+        }
         if !delivered {
             self.meters.dropped.increment(1);
         }
     }
 
     /// What `to`'s relayed socket does with a datagram from `peer` (another
-    /// allocation of this relay), without the socket: dropped without a
-    /// permission for the peer's address, else to the client as ChannelData
-    /// on the peer's channel or as a Data indication.
+    /// allocation of this relay), without the socket (see
+    /// [`Allocation::frame_from_peer`]).
     fn deliver_from_peer(&self, to: &Allocation, peer: SocketAddr, payload: &[u8]) -> bool {
-        let channel = {
-            let now = Instant::now();
-            let state = to.state();
-            if !state.permitted(peer.ip(), now) {
-                return false;
-            }
-            state.channel_to(peer, now)
-        };
-        FRAME.with_borrow_mut(|frame| {
-            frame.clear();
-            match channel {
-                Some(number) => {
-                    frame.extend_from_slice(&number.to_be_bytes());
-                    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-                    frame.extend_from_slice(payload);
-                    if to.tuple.tcp {
-                        frame.resize((frame.len() + 3) & !3, 0);
-                    }
-                }
-                None => match data_indication(peer, payload) {
-                    Some(indication) => *frame = indication,
-                    None => return false,
-                },
-            }
+        FRAME.with_borrow_mut(|(buffer, indication)| {
+            buffer.clear();
+            buffer.resize(4 + payload.len() + 3, 0);
+            buffer[4..4 + payload.len()].copy_from_slice(payload);
+            let Some(frame) = to.frame_from_peer(peer, buffer, payload.len(), indication) else { return false };
             let sent = match &to.client {
                 ClientSink::Udp(socket) => send_now(socket, frame, to.tuple.client),
-                ClientSink::Tcp(sender) => sender.try_send(frame.clone()).is_ok(),
+                ClientSink::Tcp(sender) => sender.try_send(frame.to_vec()).is_ok(),
             };
             if sent {
                 self.meters.to_client.increment(1);
@@ -905,8 +922,8 @@ fn udp_listeners(local: SocketAddr) -> std::io::Result<Vec<UdpSocket>> {
 }
 
 thread_local! {
-    /// The frame for a client built by [`Shared::deliver_from_peer`], reused.
-    static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The buffer and the Data indication [`Shared::deliver_from_peer`] frames into, reused.
+    static FRAME: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Sends one datagram from a relayed socket without waiting: dropped only
@@ -1120,6 +1137,7 @@ async fn serve_tcp(shared: &Arc<Shared>, stream: TcpStream, client: SocketAddr, 
 async fn relay_to_client(shared: Arc<Shared>, allocation: Arc<Allocation>) {
     // Four bytes of headroom for the ChannelData header, three for TCP padding.
     let mut buffer = vec![0u8; 4 + DATAGRAM_BYTES_MAX + 3];
+    let mut indication = Vec::new();
     let client = allocation.tuple.client;
     loop {
         let received = tokio::select! {
@@ -1128,36 +1146,9 @@ async fn relay_to_client(shared: Arc<Shared>, allocation: Arc<Allocation>) {
             received = allocation.relay.recv_from(&mut buffer[4..4 + DATAGRAM_BYTES_MAX]) => received,
         };
         let Ok((length, peer)) = received else { continue };
-        let channel = {
-            let now = Instant::now();
-            let state = allocation.state();
-            if !state.permitted(peer.ip(), now) {
-                drop(state);
-                shared.meters.dropped.increment(1);
-                continue;
-            }
-            state.channel_to(peer, now)
-        };
-        let indication;
-        let frame: &[u8] = match channel {
-            Some(number) => {
-                buffer[..2].copy_from_slice(&number.to_be_bytes());
-                buffer[2..4].copy_from_slice(&(length as u16).to_be_bytes());
-                let mut end = 4 + length;
-                if allocation.tuple.tcp {
-                    let padded = (end + 3) & !3;
-                    buffer[end..padded].fill(0);
-                    end = padded;
-                }
-                &buffer[..end]
-            }
-            None => match data_indication(peer, &buffer[4..4 + length]) {
-                Some(built) => {
-                    indication = built;
-                    &indication
-                }
-                None => continue,
-            },
+        let Some(frame) = allocation.frame_from_peer(peer, &mut buffer, length, &mut indication) else {
+            shared.meters.dropped.increment(1);
+            continue;
         };
         let sent = send_to_client(&allocation.client, client, frame).await;
         if sent {

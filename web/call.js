@@ -312,6 +312,11 @@ $("call-form").addEventListener("submit", async (event) => {
   if (call) return;
   const callee = $("callee").value.replace(/[^+0-9]/g, "");
   call = { id: crypto.randomUUID(), role: "caller", peer: callee, nonce: nonce(), candidates: [], dialed: Date.now() };
+  // The answer may come before the invite's ack (the server acknowledges
+  // the invite once its record is written, and the callee need not wait
+  // for that): it waits for the offer to be set, which waits for the ack.
+  let offerSet;
+  call.localSet = new Promise((resolve) => (offerSet = resolve));
   showCall();
   say("Calling…");
   try {
@@ -330,8 +335,9 @@ $("call-form").addEventListener("submit", async (event) => {
     }
     // Only now does gathering start, under the call's policy. The answer
     // may arrive before this completes: it waits for it (onAnswered).
-    call.localSet = call.pc.setLocalDescription(call.offer);
-    await call.localSet;
+    const setting = call.pc.setLocalDescription(call.offer);
+    offerSet(setting);
+    await setting;
   } catch (error) {
     endCall(REFUSALS[error.code] || error.message || "The call could not be placed.");
   }
@@ -388,7 +394,11 @@ async function onAnswered(event) {
   const answered = call;
   answered.answered = true;
   say("Connecting…");
-  await answered.localSet;
+  try {
+    await answered.localSet;
+  } catch {
+    return; // the call could not be placed, and says so
+  }
   if (call !== answered) return;
   await answered.pc.setRemoteDescription({ type: "answer", sdp: event.sdp });
   for (const candidate of call.candidates.splice(0)) await call.pc.addIceCandidate(candidate).catch(() => {});

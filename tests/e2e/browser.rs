@@ -338,7 +338,11 @@ async fn the_page_and_the_softphone_call_each_other(db: Db) {
         let up = "const c = document.getElementById('connection'); return c.dataset.kind ? 'up' : \
                   [document.getElementById('call-state').textContent, c.dataset.state, c.textContent].join(' / ')";
         if let Err(failed) = browser.try_wait_for_script(up, "up").await {
-            panic!("{failed} (page calls: {page_calls}); the softphone printed:\n{}", running.printed());
+            let errors = browser.console_errors().await;
+            panic!(
+                "{failed} (page calls: {page_calls}); the page's console: {errors:?}; the softphone printed:\n{}",
+                running.printed()
+            );
         }
         let kind = browser.eval("return document.getElementById('connection').dataset.kind").await;
         if page_hides {
@@ -367,6 +371,47 @@ async fn the_page_and_the_softphone_call_each_other(db: Db) {
         let at_softphone = seconds_of_tone(&softphone.recording(), 440.0);
         assert!(at_softphone >= 2.0, "the softphone heard the page for only {at_softphone} s: {report}");
     }
+    assert_eq!(browser.console_errors().await, Vec::<String>::new());
+    browser.close().await;
+    server.finish().await;
+}
+
+/// The server may tell the caller that the call was answered before it
+/// acknowledges the invite (the invite's ack waits for its record, the
+/// callee's answer need not): the page takes the answer once its own offer
+/// is set, and the call connects. The proxy holds the invite's ack until
+/// the `answered` event has gone to the page.
+async fn the_page_takes_an_answer_that_comes_before_its_invites_ack(db: Db) {
+    use crate::calls_media::{Softphone, seconds_of_tone};
+    use crate::support::proxy::{Proxy, Reorder};
+    const PHONE: &str = "+5511912340003";
+    let server = Server::start_with(db, &["--sign-in-codes-per-addr-per-hour-max", "0"]).await;
+    let reorder = Reorder { answer_to: "invite", until: "answered" };
+    let proxy = Proxy::start_with(&server.url, None, Some(reorder)).await;
+    let browser = Browser::with_microphone(360, &tone_wav(server.dir.path(), 440.0)).await;
+    sign_in_page_at(&browser, &server, &proxy.url, ALICE).await;
+    let softphone = Softphone::login(&server.url, &server, PHONE).await;
+    let answering = softphone.spawn_for(&server.url, &["answer", "--auto", "--wait-s", "60"], 880, 60.0);
+    answering.wait_for("waiting for a call").await;
+    browser.type_into("Number to call", PHONE).await;
+    browser.click("Call").await;
+    let up = "const c = document.getElementById('connection'); return c.dataset.kind ? 'up' : \
+              [document.getElementById('call-state').textContent, c.dataset.state, c.textContent].join(' / ')";
+    if let Err(failed) = browser.try_wait_for_script(up, "up").await {
+        let errors = browser.console_errors().await;
+        panic!("{failed}; the page's console: {errors:?}; the softphone printed:\n{}", answering.printed());
+    }
+    assert_eq!(proxy.reordered(), 1, "the invite's ack reached the page after the answer");
+    browser.wait_for_text("Security code", " · ").await;
+    let heard = heard_hz(&browser).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    browser.click("Hang up").await;
+    let report = answering.report().await;
+    let shown = browser.eval("return document.getElementById('sas').dataset.symbols").await;
+    assert_eq!(shown, report["sas"], "{report}");
+    assert!((heard - 880.0).abs() < 30.0, "the page heard {heard} Hz, not the softphone's 880 Hz");
+    let at_softphone = seconds_of_tone(&softphone.recording(), 440.0);
+    assert!(at_softphone >= 2.0, "the softphone heard the page for only {at_softphone} s: {report}");
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
     browser.close().await;
     server.finish().await;
@@ -591,6 +636,7 @@ on_both_databases!(
     a_relay_only_call_between_pages_goes_through_the_relay,
     a_man_in_the_middle_shows_in_the_pages_security_code,
     the_page_and_the_softphone_call_each_other,
+    the_page_takes_an_answer_that_comes_before_its_invites_ack,
     the_wallet_page_signs_in_sends_once_and_explains_refusals,
     the_page_computes_the_softphones_sas,
     two_browsers_call_each_other_with_the_same_security_code,

@@ -16,12 +16,24 @@ use tokio_tungstenite::tungstenite::Message;
 /// Rewrites a client → server message (parsed JSON) before it goes on.
 pub type Rewrite = Arc<dyn Fn(Value) -> Value + Send + Sync>;
 
+/// Holds the server's answer (`ack` or `error`) to a client message of type
+/// `answer_to` until the server's next event of type `until` has gone to
+/// the client: a server that was slow to answer while the call went on.
+#[derive(Clone, Copy)]
+pub struct Reorder {
+    pub answer_to: &'static str,
+    pub until: &'static str,
+}
+
 #[derive(Clone)]
 struct Shared {
     upstream: String,
     http: reqwest::Client,
     sent: Arc<Mutex<Vec<Value>>>,
     rewrite: Option<Rewrite>,
+    reorder: Option<Reorder>,
+    /// Answers delivered after the event they were held for.
+    reordered: Arc<std::sync::atomic::AtomicUsize>,
     cut: watch::Sender<u64>,
 }
 
@@ -32,12 +44,19 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(upstream: &str, rewrite: Option<Rewrite>) -> Proxy {
+        Proxy::start_with(upstream, rewrite, None).await
+    }
+
+    /// The same, delivering some of the server's frames out of their order.
+    pub async fn start_with(upstream: &str, rewrite: Option<Rewrite>, reorder: Option<Reorder>) -> Proxy {
         let (cut, _) = watch::channel(0);
         let shared = Shared {
             upstream: upstream.trim_end_matches('/').to_owned(),
             http: reqwest::Client::new(),
             sent: Arc::default(),
             rewrite,
+            reorder,
+            reordered: Arc::default(),
             cut,
         };
         let app = axum::Router::new()
@@ -53,6 +72,11 @@ impl Proxy {
     /// Every message clients sent on the signaling socket, as it reached the server.
     pub fn sent(&self) -> Vec<Value> {
         self.shared.sent.lock().unwrap().clone()
+    }
+
+    /// How many answers went to the client after the event they were held for.
+    pub fn reordered(&self) -> usize {
+        self.shared.reordered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Drops every open signaling socket, both ways, without a close frame.
@@ -96,6 +120,9 @@ async fn relay(shared: Shared, client: WebSocket) {
     let (mut to_server, mut from_server) = server.split();
     let (mut to_client, mut from_client) = client.split();
     let mut cut = shared.cut.subscribe();
+    // The ids of client messages whose answer is to be held, and the answers held.
+    let mut holding: Vec<String> = Vec::new();
+    let mut held: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             _ = cut.changed() => return,
@@ -109,6 +136,11 @@ async fn relay(shared: Shared, client: WebSocket) {
                 let text = match serde_json::from_str::<Value>(&text) {
                     Ok(value) => {
                         let value = match &shared.rewrite { Some(rewrite) => rewrite(value), None => value };
+                        if let (Some(reorder), Some(id)) = (shared.reorder, value["id"].as_str())
+                            && value["type"] == reorder.answer_to
+                        {
+                            holding.push(id.to_owned());
+                        }
                         shared.sent.lock().unwrap().push(value.clone());
                         value.to_string()
                     }
@@ -118,12 +150,28 @@ async fn relay(shared: Shared, client: WebSocket) {
             }
             frame = from_server.next() => {
                 let Some(Ok(frame)) = frame else { return };
-                match frame {
-                    Message::Text(text) if to_client.send(AxumMessage::Text(text.as_str().into())).await.is_err() => {
-                        return
-                    }
+                let text = match frame {
+                    Message::Text(text) => text.as_str().to_owned(),
                     Message::Close(_) => { let _ = to_client.close().await; return }
-                    _ => {}
+                    _ => continue,
+                };
+                let event: Value = serde_json::from_str(&text).unwrap_or_default();
+                if let Some(at) = event["id"].as_str().and_then(|id| holding.iter().position(|held| held == id)) {
+                    holding.remove(at);
+                    held.push(text);
+                    continue;
+                }
+                let release = shared.reorder.is_some_and(|reorder| event["type"] == reorder.until);
+                if to_client.send(AxumMessage::Text(text.into())).await.is_err() {
+                    return;
+                }
+                if release {
+                    for text in held.drain(..) {
+                        if to_client.send(AxumMessage::Text(text.into())).await.is_err() {
+                            return;
+                        }
+                        shared.reordered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             }
         }

@@ -200,6 +200,7 @@ async fn measure_inner(target: &mut Target, bench: &SignalingBench) -> Result<Va
         pairs.push(open_pair(target, index).await?);
     }
     let remaining = Arc::new(AtomicU64::new(bench.messages));
+    let cpu_before = crate::support::cpu_s(pid);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(bench.duration_s.max(1));
     let tasks: Vec<_> = pairs
@@ -207,13 +208,16 @@ async fn measure_inner(target: &mut Target, bench: &SignalingBench) -> Result<Va
         .map(|pair| tokio::spawn(relay(pair, target.kind, bench.window.max(1), remaining.clone(), deadline)))
         .collect();
     let mut latency = new_histogram();
+    let mut ack_latency = new_histogram();
     let mut delivered = 0u64;
     for task in tasks {
-        let (pair_latency, pair_delivered) = task.await.map_err(|error| error.to_string())??;
+        let (pair_latency, pair_ack_latency, pair_delivered) = task.await.map_err(|error| error.to_string())??;
         latency.add(pair_latency).map_err(|error| error.to_string())?;
+        ack_latency.add(pair_ack_latency).map_err(|error| error.to_string())?;
         delivered += pair_delivered;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_s = crate::support::cpu_s(pid) - cpu_before;
     if !bench.json {
         eprintln!("{name}: {delivered} messages relayed in {elapsed:.1} s");
     }
@@ -224,11 +228,18 @@ async fn measure_inner(target: &mut Target, bench: &SignalingBench) -> Result<Va
         "delivery_ms_p50": ms(latency.value_at_quantile(0.50)),
         "delivery_ms_p99": ms(latency.value_at_quantile(0.99)),
         "delivery_ms_max": ms(latency.max()),
+        // The server's CPU (user and system, every thread) over the relay phase.
+        "server_cpu_us_per_msg": (cpu_s * 1e6 / delivered.max(1) as f64 * 100.0).round() / 100.0,
         "idle_held": held,
         "server_rss_before_idle_kib": before_kib,
         "server_rss_with_idle_kib": after_kib,
         "memory_per_idle_kib": ((after_kib.saturating_sub(before_kib)) as f64 / held.max(1) as f64 * 100.0).round() / 100.0,
     });
+    if target.kind == Kind::Courier {
+        // From the message's write to its ack's read, at the sender.
+        figures["ack_ms_p50"] = json!(ms(ack_latency.value_at_quantile(0.50)));
+        figures["ack_ms_p99"] = json!(ms(ack_latency.value_at_quantile(0.99)));
+    }
     if target.kind == Kind::Courier && bench.invites > 0 {
         let invite = invite_latency(target, bench.invites).await?;
         figures["invite_incoming_ms_p50"] = json!(ms(invite.value_at_quantile(0.50)));
@@ -513,7 +524,8 @@ fn seq_of(text: &str) -> Option<u64> {
 }
 
 /// One pair's relay loop: keep `window` messages in flight from A to B until
-/// the shared budget or the deadline runs out; A's acks are read and dropped.
+/// the shared budget or the deadline runs out. A's acks (Courier's, one per
+/// message, in order) are timed from the message's write.
 /// Frames that have already arrived are handled together and the freed
 /// window refilled with one flush, so the load generator spends little of
 /// the machine's CPU per message (it shares the cores with the server).
@@ -523,13 +535,16 @@ async fn relay(
     window: usize,
     remaining: Arc<AtomicU64>,
     deadline: Instant,
-) -> Result<(Histogram<u64>, u64), String> {
+) -> Result<(Histogram<u64>, Histogram<u64>, u64), String> {
     let template = relay_template(kind, &pair);
     let (head, tail) = template.split_once("\"seq\":0").ok_or("the template has a seq")?;
     let (head, tail) = (format!("{head}\"seq\":"), tail.to_owned());
     let Pair { mut a, mut b, .. } = pair;
     let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::with_capacity(window);
     let mut latency = new_histogram();
+    let mut ack_latency = new_histogram();
+    let mut unacked: VecDeque<Instant> = VecDeque::new();
+    let acked = kind == Kind::Courier;
     let (mut seq, mut delivered) = (0u64, 0u64);
     let give_up = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline + Duration::from_secs(5)));
     tokio::pin!(give_up);
@@ -552,7 +567,11 @@ async fn relay(
         {
             let text = format!("{head}{seq}{tail}");
             a.feed(Message::text(text)).await.map_err(|error| error.to_string())?;
-            in_flight.push_back((seq, Instant::now()));
+            let now = Instant::now();
+            in_flight.push_back((seq, now));
+            if acked {
+                unacked.push_back(now);
+            }
             seq += 1;
             fed = true;
         }
@@ -564,11 +583,15 @@ async fn relay(
         }
         tokio::select! {
             next = b.next() => drain(next, &mut b, "B", |text| arrived(text, &mut in_flight))?,
-            next = a.next() => drain(next, &mut a, "A", |_| {})?,
+            next = a.next() => drain(next, &mut a, "A", |_| {
+                if let Some(sent) = unacked.pop_front() {
+                    let _ = ack_latency.record(sent.elapsed().as_micros() as u64);
+                }
+            })?,
             () = &mut give_up => break,
         }
     }
-    Ok((latency, delivered))
+    Ok((latency, ack_latency, delivered))
 }
 
 /// Hands `each` the text of `first` and of every frame already waiting on

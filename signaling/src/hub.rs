@@ -70,6 +70,9 @@ impl From<Ended> for RecordWrite {
 /// (it looks things up or reaches the shared call state).
 pub enum Handled<'a> {
     Now(String),
+    /// The plain `ack` of a message relayed within a call: the connection
+    /// may write it with the acks that follow (see `ws::ACKS_HELD_AT_MOST`).
+    Relayed(String),
     Later(Pin<Box<dyn Future<Output = String> + Send + 'a>>),
 }
 
@@ -187,7 +190,10 @@ impl Hub {
                 Ok((reply, ended)) => {
                     // Relaying ends no call; should that ever change, the records are still written.
                     self.spawn_record_ended(ended);
-                    return Handled::Now(reply_frame(&id, reply));
+                    return match reply {
+                        Reply::Ack => Handled::Relayed(reply_frame(&id, reply)),
+                        reply => Handled::Now(reply_frame(&id, reply)),
+                    };
                 }
                 Err(body) => body,
             }

@@ -71,6 +71,11 @@ impl Outbox {
         lock(&self.queue).is_empty()
     }
 
+    /// How many frames are queued.
+    pub fn len(&self) -> usize {
+        lock(&self.queue).len()
+    }
+
     /// Asks the connection to close with `code` (the first code asked wins).
     /// Queues a last `error` frame and closes with `close_code`; nothing when
     /// the connection is closing already (it was told why once).

@@ -39,6 +39,19 @@ pub fn transport_message_bytes_max(ws_message_bytes_max: usize) -> usize {
 /// frames already received handled before the replies are written.
 pub(crate) const BATCH_FRAMES_MAX: usize = 64;
 
+/// How late the `ack` of a message relayed within a call (`candidates`,
+/// `sas_reveal`, …) may be written on a busy connection. A connection that
+/// wrote no ack this long gets its acks at once; one that did holds them
+/// until this long after that write, so that a client sending steadily gets
+/// its acks a batch per write rather than a write per batch it sent (each
+/// write is a system call here and a wake-up in the client). Anything else
+/// queued for the connection (an event, an error, a pong, the answer to
+/// `invite`) takes the held acks out with it at once, in order; relayed
+/// messages themselves are never held. As QUIC's `max_ack_delay` and TCP's
+/// delayed acknowledgement do, this trades a bounded delay of the sender's
+/// acknowledgement for fewer writes, never the delivery of the message.
+pub(crate) const ACKS_HELD_AT_MOST: Duration = Duration::from_millis(5);
+
 /// Runs one upgraded connection to its end.
 pub async fn serve(socket: &mut WebSocket, hub: &Hub, verifier: &TokenVerifier) {
     let outbox = Outbox::new(hub.config().ws_outbound_queue_len_max);
@@ -178,6 +191,9 @@ async fn authenticate(
 enum Read<'a> {
     /// Keep going.
     Continue,
+    /// Keep going; a relayed message's ack was queued, which may be held
+    /// (see [`ACKS_HELD_AT_MOST`]).
+    Acked,
     /// The connection is over (closed by the client, broken, or asked to close).
     End,
     /// A message the hub handles with an await (database look-ups for an invite).
@@ -206,19 +222,39 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, session: &Session<'_>, out
     };
     let timer = tokio::time::sleep_until(next_wake(heard, next_ping));
     tokio::pin!(timer);
+    // Relayed messages' acks queued since the last write, when they are due
+    // and when acks were last written (see [`ACKS_HELD_AT_MOST`]).
+    let mut acks_held = 0usize;
+    let mut acks_due: Option<Instant> = None;
+    let mut acks_written: Option<Instant> = None;
     loop {
         if outbox.is_closed() {
             return;
         }
-        if !outbox.is_empty() {
-            // Writes are boxed (in statements of their own) so that an idle
-            // connection does not carry their space, timers included.
-            let writing = Box::pin(write_queued(socket, outbox, None, config.ws_write_timeout));
-            if !writing.await {
-                outbox.close(close::SLOW_READER);
-                return;
+        let queued = outbox.len();
+        if queued > 0 {
+            let hold_until = acks_due.filter(|_| queued <= acks_held).filter(|&due| Instant::now() < due);
+            match hold_until {
+                Some(due) => {
+                    if due < timer.deadline() {
+                        timer.as_mut().reset(due);
+                    }
+                }
+                None => {
+                    if acks_held > 0 {
+                        acks_written = Some(Instant::now());
+                    }
+                    (acks_held, acks_due) = (0, None);
+                    // Writes are boxed (in statements of their own) so that an idle
+                    // connection does not carry their space, timers included.
+                    let writing = Box::pin(write_queued(socket, outbox, None, config.ws_write_timeout));
+                    if !writing.await {
+                        outbox.close(close::SLOW_READER);
+                        return;
+                    }
+                    continue;
+                }
             }
-            continue;
         }
         tokio::select! {
             biased;
@@ -228,10 +264,12 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, session: &Session<'_>, out
                 // Handle what else has arrived before writing the replies, so
                 // that a busy connection writes a batch per flush.
                 let mut next = Some(next);
+                let held_before = acks_held;
                 for _ in 0..BATCH_FRAMES_MAX {
                     let Some(item) = next.take().or_else(|| socket.next().now_or_never()) else { break };
                     match read(item, hub, session, outbox, &limiter) {
                         Read::Continue => {}
+                        Read::Acked => acks_held += 1,
                         Read::End => return,
                         Read::Later(handling) => {
                             // Boxed by the hub: the handling future is large,
@@ -242,6 +280,10 @@ async fn connected(socket: &mut WebSocket, hub: &Hub, session: &Session<'_>, out
                             }
                         }
                     }
+                }
+                if acks_held > held_before && acks_due.is_none() {
+                    let now = Instant::now();
+                    acks_due = Some(acks_written.map_or(now, |at| (at + ACKS_HELD_AT_MOST).max(now)));
                 }
             }
             () = &mut timer => {
@@ -333,6 +375,10 @@ fn read<'a>(
         Handled::Now(reply) => {
             outbox.push(reply);
             if outbox.is_closed() { Read::End } else { Read::Continue }
+        }
+        Handled::Relayed(ack) => {
+            outbox.push(ack);
+            if outbox.is_closed() { Read::End } else { Read::Acked }
         }
         Handled::Later(handling) => Read::Later(handling),
     }

@@ -632,6 +632,48 @@ async fn a_socket_lives_no_longer_than_its_token_unless_reauthenticated(db: Db) 
     server.finish().await;
 }
 
+/// A client that sends steadily gets its relayed messages' acks a batch
+/// per write (held at most `ACKS_HELD_AT_MOST`), but still every one, once,
+/// in the order it sent them; an event for it goes out with its held acks,
+/// and a ping is answered at once.
+async fn a_busy_sender_gets_every_ack_once_and_in_order(db: Db) {
+    const BURST: usize = 200;
+    let server = start(db, &["--ws-messages-per-s", "10000", "--ws-messages-burst", "10000"]).await;
+    let (_, mut a) = online(&server, ALICE, "a", "alice").await;
+    let (bob, mut b) = online(&server, BOB, "b", "bob").await;
+    let call_id = "call-busy".to_owned();
+    answered_call(&mut a, &mut b, &call_id, &bob).await;
+    let mut sent = Vec::new();
+    for _ in 0..BURST {
+        sent.push(a.send("candidates", candidates(&call_id)).await);
+    }
+    // Bob speaks while Alice's acks may be held: his message reaches her too.
+    b.ok("candidates", candidates(&call_id)).await;
+    let mut acked = Vec::new();
+    let mut events = 0;
+    while acked.len() < BURST || events < 1 {
+        let frames = a.frames_within(Duration::from_millis(200)).await;
+        assert!(!frames.is_empty(), "alice got {} acks and {events} events, then nothing", acked.len());
+        for frame in frames {
+            match frame["type"].as_str() {
+                Some("ack") => acked.push(frame["id"].as_str().unwrap_or_default().to_owned()),
+                Some("candidates") => events += 1,
+                _ => panic!("alice got {frame}"),
+            }
+        }
+    }
+    assert_eq!(acked, sent, "every message acked once, in the order sent");
+    assert_eq!(events, 1);
+    for _ in 0..BURST {
+        let relayed = b.event("candidates").await;
+        assert_eq!(relayed["call_id"], call_id.as_str());
+    }
+    let pong = a.request("ping", json!({})).await;
+    assert_eq!(pong["type"], "pong", "{pong}");
+    a.ok("candidates", candidates(&call_id)).await;
+    server.finish().await;
+}
+
 on_both_databases!(
     rings_every_device_and_the_first_answer_wins,
     reject_busy_and_already_in_call,
@@ -647,6 +689,7 @@ on_both_databases!(
     signaling_runs_alone_verifying_tokens_with_the_jwks,
     a_signed_out_device_loses_its_socket_and_its_tokens_at_once,
     a_socket_lives_no_longer_than_its_token_unless_reauthenticated,
+    a_busy_sender_gets_every_ack_once_and_in_order,
 );
 
 /// `courier bench signaling` relays its whole budget, through Courier and

@@ -201,6 +201,7 @@ async fn measure_inner(target: &mut Target, bench: &SignalingBench) -> Result<Va
     }
     let remaining = Arc::new(AtomicU64::new(bench.messages));
     let cpu_before = crate::support::cpu_s(pid);
+    let generator_cpu_before = crate::support::cpu_s(std::process::id());
     let started = Instant::now();
     let deadline = started + Duration::from_secs(bench.duration_s.max(1));
     let tasks: Vec<_> = pairs
@@ -218,6 +219,7 @@ async fn measure_inner(target: &mut Target, bench: &SignalingBench) -> Result<Va
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_s = crate::support::cpu_s(pid) - cpu_before;
+    let generator_cpu_s = crate::support::cpu_s(std::process::id()) - generator_cpu_before;
     if !bench.json {
         eprintln!("{name}: {delivered} messages relayed in {elapsed:.1} s");
     }
@@ -230,6 +232,10 @@ async fn measure_inner(target: &mut Target, bench: &SignalingBench) -> Result<Va
         "delivery_ms_max": ms(latency.max()),
         // The server's CPU (user and system, every thread) over the relay phase.
         "server_cpu_us_per_msg": (cpu_s * 1e6 / delivered.max(1) as f64 * 100.0).round() / 100.0,
+        // The same for the load generator (this process), and how busy each side's cores were.
+        "load_generator_cpu_us_per_msg": (generator_cpu_s * 1e6 / delivered.max(1) as f64 * 100.0).round() / 100.0,
+        "server_cpu_busy": (cpu_s / elapsed * 100.0).round() / 100.0,
+        "load_generator_cpu_busy": (generator_cpu_s / elapsed * 100.0).round() / 100.0,
         "idle_held": held,
         "server_rss_before_idle_kib": before_kib,
         "server_rss_with_idle_kib": after_kib,

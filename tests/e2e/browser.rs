@@ -301,7 +301,7 @@ async fn two_browsers_call_each_other_with_the_same_security_code(db: Db) {
 /// tone (the softphone's recording checked with the Goertzel filter, the
 /// page's audio with an analyser), and the page shows the softphone's SAS.
 async fn the_page_and_the_softphone_call_each_other(db: Db) {
-    use crate::calls_media::{Softphone, seconds_of_tone};
+    use crate::calls_media::Softphone;
     // In Brazil: the page offers no "Send money" on a call with them.
     const PHONE: &str = "+5511912340002";
     // The softphone would end the call after this long; the page hangs up
@@ -334,46 +334,59 @@ async fn the_page_and_the_softphone_call_each_other(db: Db) {
         };
         // Setting up a call on a loaded two-core machine can take a while,
         // and then ICE may settle on the relay pair (the policy is "all").
-        // Until it is up, the script says where the page is, for a failure to show.
-        let up = "const c = document.getElementById('connection'); return c.dataset.kind ? 'up' : \
-                  [document.getElementById('call-state').textContent, c.dataset.state, c.textContent].join(' / ')";
-        if let Err(failed) = browser.try_wait_for_script(up, "up").await {
-            let errors = browser.console_errors().await;
-            panic!(
-                "{failed} (page calls: {page_calls}); the page's console: {errors:?}; the softphone printed:\n{}",
-                running.printed()
-            );
-        }
+        page_call_up(&browser, &running, &format!("page calls: {page_calls}")).await;
         let kind = browser.eval("return document.getElementById('connection').dataset.kind").await;
         if page_hides {
             assert_eq!(kind, "relay");
         } else {
             assert!(kind == "direct" || kind == "relay", "{kind}");
         }
-        browser.wait_for_text("Security code", " · ").await;
         // By the time the figures show, the page has asked whether it can pay them.
         browser.wait_for_text("Call quality", "jitter").await;
         assert_eq!(browser.eval("return document.getElementById('pay-peer').hidden").await, true);
-        let heard = heard_hz(&browser).await;
-        // Long enough for the softphone's recording to hold the page's tone.
-        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-        browser.click("Hang up").await;
-        let report = running.report().await;
-        let shown = browser.eval("return document.getElementById('sas').dataset.symbols").await;
-        assert_eq!(shown, report["sas"], "the page shows the softphone's SAS ({page_calls}): {report}");
-        assert!(report["sas_warning"].is_null(), "{report}");
+        let report = page_and_softphone_heard_each_other(&browser, &softphone, running).await;
         if page_hides {
             assert_eq!(report["ice_policy"], "relay", "{report}");
             let pair = (&report["candidate_type"], &report["remote_candidate_type"]);
             assert_eq!(pair, (&json!("relay"), &json!("relay")), "{report}");
         }
-        assert!((heard - 880.0).abs() < 30.0, "the page heard {heard} Hz, not the softphone's 880 Hz");
-        let at_softphone = seconds_of_tone(&softphone.recording(), 440.0);
-        assert!(at_softphone >= 2.0, "the softphone heard the page for only {at_softphone} s: {report}");
     }
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
     browser.close().await;
     server.finish().await;
+}
+
+/// Waits until the page's call is up; else fails with where the page is,
+/// its console and what the softphone printed.
+async fn page_call_up(browser: &Browser, softphone: &crate::calls_media::Running, case: &str) {
+    let up = "const c = document.getElementById('connection'); return c.dataset.kind ? 'up' : \
+              [document.getElementById('call-state').textContent, c.dataset.state, c.textContent].join(' / ')";
+    if let Err(failed) = browser.try_wait_for_script(up, "up").await {
+        let errors = browser.console_errors().await;
+        panic!("{failed} ({case}); the page's console: {errors:?}; the softphone printed:\n{}", softphone.printed());
+    }
+}
+
+/// The page (playing 440 Hz) and the softphone's call (playing 880 Hz) hear
+/// each other and show the same SAS; the page hangs up. The softphone's report.
+async fn page_and_softphone_heard_each_other(
+    browser: &Browser,
+    softphone: &crate::calls_media::Softphone,
+    running: crate::calls_media::Running,
+) -> serde_json::Value {
+    browser.wait_for_text("Security code", " · ").await;
+    let heard = heard_hz(browser).await;
+    // Long enough for the softphone's recording to hold the page's tone.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    browser.click("Hang up").await;
+    let report = running.report().await;
+    let shown = browser.eval("return document.getElementById('sas').dataset.symbols").await;
+    assert_eq!(shown, report["sas"], "the page shows the softphone's SAS: {report}");
+    assert!(report["sas_warning"].is_null(), "{report}");
+    assert!((heard - 880.0).abs() < 30.0, "the page heard {heard} Hz, not the softphone's 880 Hz");
+    let at_softphone = crate::calls_media::seconds_of_tone(&softphone.recording(), 440.0);
+    assert!(at_softphone >= 2.0, "the softphone heard the page for only {at_softphone} s: {report}");
+    report
 }
 
 /// The server may tell the caller that the call was answered before it
@@ -382,7 +395,7 @@ async fn the_page_and_the_softphone_call_each_other(db: Db) {
 /// is set, and the call connects. The proxy holds the invite's ack until
 /// the `answered` event has gone to the page.
 async fn the_page_takes_an_answer_that_comes_before_its_invites_ack(db: Db) {
-    use crate::calls_media::{Softphone, seconds_of_tone};
+    use crate::calls_media::Softphone;
     use crate::support::proxy::{Proxy, Reorder};
     const PHONE: &str = "+5511912340003";
     let server = Server::start_with(db, &["--sign-in-codes-per-addr-per-hour-max", "0"]).await;
@@ -395,23 +408,9 @@ async fn the_page_takes_an_answer_that_comes_before_its_invites_ack(db: Db) {
     answering.wait_for("waiting for a call").await;
     browser.type_into("Number to call", PHONE).await;
     browser.click("Call").await;
-    let up = "const c = document.getElementById('connection'); return c.dataset.kind ? 'up' : \
-              [document.getElementById('call-state').textContent, c.dataset.state, c.textContent].join(' / ')";
-    if let Err(failed) = browser.try_wait_for_script(up, "up").await {
-        let errors = browser.console_errors().await;
-        panic!("{failed}; the page's console: {errors:?}; the softphone printed:\n{}", answering.printed());
-    }
+    page_call_up(&browser, &answering, "the answer before the ack").await;
     assert_eq!(proxy.reordered(), 1, "the invite's ack reached the page after the answer");
-    browser.wait_for_text("Security code", " · ").await;
-    let heard = heard_hz(&browser).await;
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    browser.click("Hang up").await;
-    let report = answering.report().await;
-    let shown = browser.eval("return document.getElementById('sas').dataset.symbols").await;
-    assert_eq!(shown, report["sas"], "{report}");
-    assert!((heard - 880.0).abs() < 30.0, "the page heard {heard} Hz, not the softphone's 880 Hz");
-    let at_softphone = seconds_of_tone(&softphone.recording(), 440.0);
-    assert!(at_softphone >= 2.0, "the softphone heard the page for only {at_softphone} s: {report}");
+    page_and_softphone_heard_each_other(&browser, &softphone, answering).await;
     assert_eq!(browser.console_errors().await, Vec::<String>::new());
     browser.close().await;
     server.finish().await;

@@ -60,6 +60,15 @@ fn turn_addr(ice: &Value) -> SocketAddr {
     url.trim_start_matches("turn:").split('?').next().unwrap().parse().unwrap()
 }
 
+/// Alice and Bob signed in: the relay's address and each one's TURN username and credential.
+async fn alice_and_bob_on_the_relay(server: &Server) -> (SocketAddr, [(String, String); 2]) {
+    let alice = server.sign_in(ALICE, "phone").await;
+    let bob = server.sign_in(BOB, "phone").await;
+    let (ice, alice_user, alice_credential) = ice_credentials(server, &alice.access_token).await;
+    let (_, bob_user, bob_credential) = ice_credentials(server, &bob.access_token).await;
+    (turn_addr(&ice), [(alice_user, alice_credential), (bob_user, bob_credential)])
+}
+
 async fn ice_credentials(server: &Server, token: &str) -> (Value, String, String) {
     let (status, ice) = server.get("/v1/calls/ice-servers", Some(token)).await;
     assert_eq!(status, 200, "{ice}");
@@ -291,11 +300,7 @@ const FORBIDDEN_PEERS: [&str; 24] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_allocations_of_the_relay_reach_each_other_under_its_rules() {
     let server = Server::start_with(Db::Sqlite, &["--turn-secret", SECRET]).await;
-    let alice = server.sign_in(ALICE, "phone").await;
-    let bob = server.sign_in(BOB, "phone").await;
-    let (ice, a_username, a_credential) = ice_credentials(&server, &alice.access_token).await;
-    let (_, b_username, b_credential) = ice_credentials(&server, &bob.access_token).await;
-    let relay = turn_addr(&ice);
+    let (relay, [(a_username, a_credential), (b_username, b_credential)]) = alice_and_bob_on_the_relay(&server).await;
     let mut a = turn_client(relay, &a_username, &a_credential).await;
     let mut b = turn_client(relay, &b_username, &b_credential).await;
     let a_relayed = a.allocate().await.unwrap().relayed;
@@ -420,11 +425,8 @@ async fn quotas_and_lifetimes_of_the_embedded_relay() {
         ],
     )
     .await;
-    let alice = server.sign_in(ALICE, "phone").await;
-    let bob = server.sign_in(BOB, "phone").await;
-    let (ice, alice_user, alice_credential) = ice_credentials(&server, &alice.access_token).await;
-    let (_, bob_user, bob_credential) = ice_credentials(&server, &bob.access_token).await;
-    let relay = turn_addr(&ice);
+    let (relay, [(alice_user, alice_credential), (bob_user, bob_credential)]) =
+        alice_and_bob_on_the_relay(&server).await;
 
     let mut first = turn_client(relay, &alice_user, &alice_credential).await;
     let lifetime = || vec![Box::new(Lifetime(Duration::from_secs(3_600))) as Box<dyn Setter + Send>];

@@ -14,6 +14,7 @@
 //! framing its relayed socket would have applied: no datagram through the
 //! kernel between two sockets of this process, and no task woken for it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -150,7 +151,7 @@ impl TurnServer {
         config.validate()?;
         let listen = config.listen;
         let mut attempt = 0;
-        let (udp, tcp) = loop {
+        let (udp, tcp, local) = loop {
             attempt += 1;
             // Taken without SO_REUSEPORT first: a port some other socket
             // holds is refused here (with it, another process of the same
@@ -161,7 +162,7 @@ impl TurnServer {
                 Ok(tcp) => {
                     drop(probe);
                     let udp = udp_listeners(local).map_err(|error| bind_error("UDP", local, &error))?;
-                    break (udp, tcp);
+                    break (udp, tcp, local);
                 }
                 // A free UDP port whose TCP twin is taken: try another.
                 Err(error) if listen.port() == 0 && attempt < 16 => {
@@ -174,7 +175,6 @@ impl TurnServer {
         let mut nonce_key = [0u8; 32];
         rand::fill(&mut nonce_key);
         let tcp_connections = Arc::new(Semaphore::new(config.allocations_max));
-        let local = udp[0].local_addr().map_err(|error| error.to_string())?;
         let shared = Arc::new(Shared {
             filter: PeerFilter::new(config.allow_peers.clone()),
             config,
@@ -293,15 +293,8 @@ impl Allocation {
     /// `peer`, held at `buffer[4..4 + length]` (four bytes of room before it,
     /// three after): nothing without a permission for the peer's address;
     /// else the frame for the client, ChannelData on the peer's channel built
-    /// in place (padded to four bytes for a TCP client), or a Data
-    /// indication built into `indication`.
-    fn frame_from_peer<'a>(
-        &self,
-        peer: SocketAddr,
-        buffer: &'a mut [u8],
-        length: usize,
-        indication: &'a mut Vec<u8>,
-    ) -> Option<&'a [u8]> {
+    /// in place (padded to four bytes for a TCP client), or a Data indication.
+    fn frame_from_peer<'a>(&self, peer: SocketAddr, buffer: &'a mut [u8], length: usize) -> Option<Cow<'a, [u8]>> {
         let channel = {
             let now = Instant::now();
             let state = self.state();
@@ -320,12 +313,9 @@ impl Allocation {
                     buffer[end..padded].fill(0);
                     end = padded;
                 }
-                Some(&buffer[..end])
+                Some(Cow::Borrowed(&buffer[..end]))
             }
-            None => {
-                *indication = data_indication(peer, &buffer[4..4 + length])?;
-                Some(indication)
-            }
+            None => data_indication(peer, &buffer[4..4 + length]).map(Cow::Owned),
         }
     }
 }
@@ -869,14 +859,14 @@ impl Shared {
     /// allocation of this relay), without the socket (see
     /// [`Allocation::frame_from_peer`]).
     fn deliver_from_peer(&self, to: &Allocation, peer: SocketAddr, payload: &[u8]) -> bool {
-        FRAME.with_borrow_mut(|(buffer, indication)| {
+        FRAME.with_borrow_mut(|buffer| {
             buffer.clear();
             buffer.resize(4 + payload.len() + 3, 0);
             buffer[4..4 + payload.len()].copy_from_slice(payload);
-            let Some(frame) = to.frame_from_peer(peer, buffer, payload.len(), indication) else { return false };
+            let Some(frame) = to.frame_from_peer(peer, buffer, payload.len()) else { return false };
             let sent = match &to.client {
-                ClientSink::Udp(socket) => send_now(socket, frame, to.tuple.client),
-                ClientSink::Tcp(sender) => sender.try_send(frame.to_vec()).is_ok(),
+                ClientSink::Udp(socket) => send_now(socket, &frame, to.tuple.client),
+                ClientSink::Tcp(sender) => sender.try_send(frame.into_owned()).is_ok(),
             };
             if sent {
                 self.meters.to_client.increment(1);
@@ -922,8 +912,8 @@ fn udp_listeners(local: SocketAddr) -> std::io::Result<Vec<UdpSocket>> {
 }
 
 thread_local! {
-    /// The buffer and the Data indication [`Shared::deliver_from_peer`] frames into, reused.
-    static FRAME: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// The buffer [`Shared::deliver_from_peer`] frames into, reused.
+    static FRAME: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Sends one datagram from a relayed socket without waiting: dropped only
@@ -1137,7 +1127,6 @@ async fn serve_tcp(shared: &Arc<Shared>, stream: TcpStream, client: SocketAddr, 
 async fn relay_to_client(shared: Arc<Shared>, allocation: Arc<Allocation>) {
     // Four bytes of headroom for the ChannelData header, three for TCP padding.
     let mut buffer = vec![0u8; 4 + DATAGRAM_BYTES_MAX + 3];
-    let mut indication = Vec::new();
     let client = allocation.tuple.client;
     loop {
         let received = tokio::select! {
@@ -1146,11 +1135,11 @@ async fn relay_to_client(shared: Arc<Shared>, allocation: Arc<Allocation>) {
             received = allocation.relay.recv_from(&mut buffer[4..4 + DATAGRAM_BYTES_MAX]) => received,
         };
         let Ok((length, peer)) = received else { continue };
-        let Some(frame) = allocation.frame_from_peer(peer, &mut buffer, length, &mut indication) else {
+        let Some(frame) = allocation.frame_from_peer(peer, &mut buffer, length) else {
             shared.meters.dropped.increment(1);
             continue;
         };
-        let sent = send_to_client(&allocation.client, client, frame).await;
+        let sent = send_to_client(&allocation.client, client, &frame).await;
         if sent {
             shared.meters.to_client.increment(1);
         } else {

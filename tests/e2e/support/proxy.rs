@@ -120,9 +120,12 @@ async fn relay(shared: Shared, client: WebSocket) {
     let (mut to_server, mut from_server) = server.split();
     let (mut to_client, mut from_client) = client.split();
     let mut cut = shared.cut.subscribe();
-    // The ids of client messages whose answer is to be held, and the answers held.
+    // With a reorder: the ids of client messages whose answer is to be held
+    // (the event not yet gone to the client), the answers held, and the ids
+    // whose answer will come after the event anyway (it went first).
     let mut holding: Vec<String> = Vec::new();
     let mut held: Vec<String> = Vec::new();
+    let mut late: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             _ = cut.changed() => return,
@@ -155,13 +158,24 @@ async fn relay(shared: Shared, client: WebSocket) {
                     Message::Close(_) => { let _ = to_client.close().await; return }
                     _ => continue,
                 };
-                let event: Value = serde_json::from_str(&text).unwrap_or_default();
-                if let Some(at) = event["id"].as_str().and_then(|id| holding.iter().position(|held| held == id)) {
-                    holding.remove(at);
-                    held.push(text);
-                    continue;
+                let mut release = false;
+                if let Some(reorder) = shared.reorder {
+                    let event: Value = serde_json::from_str(&text).unwrap_or_default();
+                    let id = event["id"].as_str().unwrap_or_default();
+                    if let Some(at) = holding.iter().position(|held| held == id) {
+                        holding.remove(at);
+                        held.push(text);
+                        continue;
+                    }
+                    if let Some(at) = late.iter().position(|late| late == id) {
+                        late.remove(at);
+                        shared.reordered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    release = event["type"] == reorder.until;
+                    if release {
+                        late.append(&mut holding);
+                    }
                 }
-                let release = shared.reorder.is_some_and(|reorder| event["type"] == reorder.until);
                 if to_client.send(AxumMessage::Text(text.into())).await.is_err() {
                     return;
                 }

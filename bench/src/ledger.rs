@@ -12,6 +12,11 @@ use courier_accounts::tokens::{TokenIssuer, TokenKey};
 use courier_common::Database;
 use courier_common::shutdown::CancellationToken;
 use courier_payments::Payments;
+use courier_payments::ledger::Command;
+use courier_payments::money::Currency;
+use courier_payments::region::RegionCode;
+use courier_payments::store::IdempotencyKey;
+use courier_payments::writer::WriteOutcome;
 use hdrhistogram::Histogram;
 use hyper::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use indicatif::ProgressBar;
@@ -52,6 +57,11 @@ pub struct LedgerBench {
     /// ledger (the most this HTTP stack could give).
     #[arg(long)]
     no_floor: bool,
+    /// Also measure the ledger without HTTP: the same transfers handed by
+    /// as many tasks straight to the writer (the batch applied in memory,
+    /// its statements and its durable commit), after the floor.
+    #[arg(long)]
+    in_process: bool,
     /// Measure a second phase in the same run with finance ops in place: a
     /// hold on every tenth wallet, and an operator making audited changes
     /// (freezes, unfreezes, holds placed and released) throughout.
@@ -82,6 +92,7 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     } else {
         Some(post_transfers(&bench, &seeded, courier_payments::api::FLOOR_PATH, "the floor over HTTP").await?)
     };
+    let in_process = if bench.in_process { Some(writer_only(&bench, &server, &seeded).await?) } else { None };
     let with_ops = if bench.ops { Some(transfers_with_ops(&bench, &server, &seeded).await?) } else { None };
     let queried = if bench.queries > 0 {
         Some(queries(&bench, &server, &seeded, (started.as_millisecond(), ended.as_millisecond())).await?)
@@ -102,8 +113,18 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
         figures["balance_at_ms_p99"] = json!(ms(balance, 0.99));
         figures["balance_at_ms_max"] = json!(balance.max() as f64 / 1000.0);
     }
+    let rate = |phase: &Phase| phase.completed as f64 / phase.elapsed.as_secs_f64();
+    if let Some(direct) = &in_process {
+        figures["in_process_transfers_per_s"] = json!(rate(&direct.phase).round());
+        figures["in_process_failures"] = json!(direct.phase.failed);
+        figures["in_process_latency_ms_p99"] = json!(direct.phase.latency.value_at_quantile(0.99) as f64 / 1000.0);
+        figures["in_process_batch_size_mean"] = json!(direct.batch_size_mean());
+        if let Some(floor) = &floor {
+            figures["in_process_ratio_to_floor"] =
+                json!((rate(&direct.phase) / rate(floor).max(1e-9) * 1000.0).round() / 1000.0);
+        }
+    }
     if let Some((phase, actions)) = &with_ops {
-        let rate = |phase: &Phase| phase.completed as f64 / phase.elapsed.as_secs_f64();
         figures["ops_transfers_per_s"] = json!(rate(phase).round());
         figures["ops_failures"] = json!(phase.failed);
         figures["ops_latency_ms_p99"] = json!(phase.latency.value_at_quantile(0.99) as f64 / 1000.0);
@@ -126,6 +147,9 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     }
     if let Some(floor) = floor.as_ref().filter(|floor| floor.failed > 0) {
         return Err(format!("{} requests to the floor failed", floor.failed));
+    }
+    if let Some(direct) = in_process.as_ref().filter(|direct| direct.phase.failed > 0) {
+        return Err(format!("{} transfers handed straight to the writer failed", direct.phase.failed));
     }
     if let Some((phase, _)) = &with_ops
         && phase.failed > 0
@@ -222,13 +246,63 @@ struct Grouped {
     distribution: serde_json::Map<String, serde_json::Value>,
 }
 
+impl Grouped {
+    fn batch_size_mean(&self) -> f64 {
+        if self.batches > 0 { (self.requests as f64 / self.batches as f64 * 10.0).round() / 10.0 } else { 0.0 }
+    }
+}
+
 /// The measured phase: P2P transfers over HTTP, group-committed.
 async fn transfers(bench: &LedgerBench, server: &Server, seeded: &Seeded) -> Result<Grouped, String> {
+    grouped(server, post_transfers(bench, seeded, "/v1/transfers", "transfers over HTTP")).await
+}
+
+/// The same transfers as commands handed straight to the ledger's writer by
+/// as many tasks as there are clients, each waiting for its durable answer:
+/// the writer's own serial stage (applying a batch in memory, its checks,
+/// statements and commit) with no HTTP, JWT or JSON request in front of it.
+async fn writer_only(bench: &LedgerBench, server: &Server, seeded: &Seeded) -> Result<Grouped, String> {
+    let bar = progress("transfers straight to the writer", bench.transfers, bench.json);
+    let (wallets, hot) = (bench.wallets as u64, bench.hot);
+    let phase = run_clients(bench.clients, bench.transfers, Duration::from_secs(bench.duration_s), &bar, {
+        let (writer, accounts) = (server.payments.writer().clone(), seeded.accounts.clone());
+        move |index, client| {
+            let (writer, accounts) = (writer.clone(), accounts.clone());
+            async move {
+                let (from, to) = pick(index, client, wallets, hot);
+                let (from, to) = (accounts[from].clone(), accounts[to].clone());
+                let key = uuid::Uuid::now_v7().to_string();
+                let idempotency = IdempotencyKey { scope: format!("account:{from}"), key: key.clone() };
+                let command = Command::P2p {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    fee_id: uuid::Uuid::now_v7().to_string(),
+                    from: from.clone(),
+                    from_region: Some(RegionCode::Ru),
+                    to: Some(to),
+                    to_region: Some(RegionCode::Ru),
+                    amount_minor: amount_minor(index),
+                    currency: Some(Currency::Rub),
+                    note: None,
+                };
+                match writer.submit(command, from, Some((idempotency, key)), None, Duration::from_secs(30)).await {
+                    Ok(WriteOutcome::Response(response)) if response.status == 201 => Ok(()),
+                    other => Err(format!("the writer answered {other:?}")),
+                }
+            }
+        }
+    });
+    let direct = grouped(server, phase).await?;
+    bar.finish();
+    Ok(direct)
+}
+
+/// A phase's figures with the writer's batches made during it.
+async fn grouped(server: &Server, phase: impl Future<Output = Result<Phase, String>>) -> Result<Grouped, String> {
     let stats = &server.payments.writer().stats;
     let batches_before = stats.batches.load(Ordering::Relaxed);
     let requests_before = stats.requests.load(Ordering::Relaxed);
     let buckets_before: Vec<u64> = stats.batch_size_buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
-    let phase = post_transfers(bench, seeded, "/v1/transfers", "transfers over HTTP").await?;
+    let phase = phase.await?;
     let distribution = stats
         .batch_size_buckets
         .iter()
@@ -437,11 +511,7 @@ fn figures(
         "latency_ms_p99": phase.latency.value_at_quantile(0.99) as f64 / 1000.0,
         "latency_ms_max": phase.latency.max() as f64 / 1000.0,
         "batches": grouped.batches,
-        "batch_size_mean": if grouped.batches > 0 {
-            (grouped.requests as f64 / grouped.batches as f64 * 10.0).round() / 10.0
-        } else {
-            0.0
-        },
+        "batch_size_mean": grouped.batch_size_mean(),
         "batch_size_distribution": grouped.distribution,
     });
     if let Some(floor) = floor {
@@ -482,6 +552,11 @@ fn amount(index: u64) -> String {
     format!("{}.{:02}", 1 + index % 9, index % 100)
 }
 
+/// [`amount`] in kopecks.
+fn amount_minor(index: u64) -> i64 {
+    ((1 + index % 9) * 100 + index % 100) as i64
+}
+
 /// Wallet owners, written straight into the accounts service's store (no
 /// sign-in to pay for).
 async fn seed_accounts(database: &Database, count: usize, bar: &ProgressBar) -> Result<Vec<String>, String> {
@@ -502,4 +577,19 @@ async fn seed_accounts(database: &Database, count: usize, bar: &ProgressBar) -> 
 async fn reconcile(database: &Database) -> Result<(bool, String), String> {
     let found = courier_payments::report::reconcile(database).await.map_err(|e| e.to_string())?;
     Ok((found.balanced(), format!("totals {:?}, mismatches {}", found.trial_balance, found.mismatches.len())))
+}
+
+#[cfg(test)]
+mod tests {
+    use courier_payments::money::{Currency, Money};
+
+    /// The transfers handed straight to the writer move what the same
+    /// transfers over HTTP move.
+    #[test]
+    fn amounts_in_kopecks_match_the_amounts_sent_over_http() {
+        for index in 0..1_000 {
+            let sent = Money::parse(&super::amount(index), Currency::Rub).unwrap();
+            assert_eq!(super::amount_minor(index), sent.minor(), "transfer {index}");
+        }
+    }
 }

@@ -698,15 +698,18 @@ async fn a_full_queue_is_overloaded_not_unbounded(db: Db) {
 }
 
 /// `courier bench ledger` moves money over HTTP through the writer and in
-/// its naive baseline, sends the same requests to its floor, fails nothing
-/// and leaves a ledger that reconciles (the figures go to BENCHMARKS.md;
-/// here only that they were measured).
+/// its naive baseline, sends the same requests to its floor, hands the same
+/// transfers straight to the writer (`--in-process`), fails nothing and
+/// leaves a ledger that reconciles (the figures go to BENCHMARKS.md; here
+/// only that they were measured).
 async fn the_ledger_benchmark_measures_group_commit_and_the_baseline(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let mut args: Vec<String> =
         ["bench", "ledger", "--json", "--wallets", "50", "--clients", "8", "--transfers", "400", "--duration-s", "20"]
+            .into_iter()
+            .chain(["--in-process"])
             .map(String::from)
-            .to_vec();
+            .collect();
     let mut name = None;
     if db == Db::Postgres {
         let (url, database) = support::fresh_database(db, dir.path()).await;
@@ -719,8 +722,10 @@ async fn the_ledger_benchmark_measures_group_commit_and_the_baseline(db: Db) {
     assert_eq!((figures["transfers"].as_u64(), figures["failures"].as_u64()), (Some(400), Some(0)), "{figures}");
     assert_eq!(figures["reconciled"], true, "{figures}");
     assert_eq!(figures["database"], if db == Db::Postgres { "postgres" } else { "sqlite" }, "{figures}");
-    // The floor took the same requests, all answered 201.
+    // The floor took the same requests, all answered 201, and the writer
+    // the same transfers without HTTP.
     assert_eq!(figures["floor_failures"], 0, "{figures}");
+    assert_eq!(figures["in_process_failures"], 0, "{figures}");
     for figure in [
         "transfers_per_s",
         "latency_ms_p99",
@@ -728,6 +733,9 @@ async fn the_ledger_benchmark_measures_group_commit_and_the_baseline(db: Db) {
         "naive_transfers_per_s",
         "floor_requests_per_s",
         "ratio_to_floor",
+        "in_process_transfers_per_s",
+        "in_process_batch_size_mean",
+        "in_process_ratio_to_floor",
     ] {
         assert!(figures[figure].as_f64().is_some_and(|value| value > 0.0), "{figure}: {figures}");
     }

@@ -284,7 +284,10 @@ async fn writer_only(bench: &LedgerBench, server: &Server, seeded: &Seeded) -> R
                     currency: Some(Currency::Rub),
                     note: None,
                 };
-                match writer.submit(command, from, Some((idempotency, key)), None, Duration::from_secs(30)).await {
+                // Stored as long as the HTTP path's (a SHA-256 in hex).
+                let fingerprint = format!("{:0>64}", key.replace('-', ""));
+                let idempotency = Some((idempotency, fingerprint));
+                match writer.submit(command, from, idempotency, None, Duration::from_secs(30)).await {
                     Ok(WriteOutcome::Response(response)) if response.status == 201 => Ok(()),
                     other => Err(format!("the writer answered {other:?}")),
                 }

@@ -113,23 +113,17 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
         figures["balance_at_ms_p99"] = json!(ms(balance, 0.99));
         figures["balance_at_ms_max"] = json!(balance.max() as f64 / 1000.0);
     }
-    let rate = |phase: &Phase| phase.completed as f64 / phase.elapsed.as_secs_f64();
     if let Some(direct) = &in_process {
-        figures["in_process_transfers_per_s"] = json!(rate(&direct.phase).round());
-        figures["in_process_failures"] = json!(direct.phase.failed);
-        figures["in_process_latency_ms_p99"] = json!(direct.phase.latency.value_at_quantile(0.99) as f64 / 1000.0);
+        phase_figures(&mut figures, "in_process", "transfers", &direct.phase);
         figures["in_process_batch_size_mean"] = json!(direct.batch_size_mean());
         if let Some(floor) = &floor {
-            figures["in_process_ratio_to_floor"] =
-                json!((rate(&direct.phase) / rate(floor).max(1e-9) * 1000.0).round() / 1000.0);
+            figures["in_process_ratio_to_floor"] = json!(ratio(&direct.phase, floor, 1000.0));
         }
     }
     if let Some((phase, actions)) = &with_ops {
-        figures["ops_transfers_per_s"] = json!(rate(phase).round());
-        figures["ops_failures"] = json!(phase.failed);
-        figures["ops_latency_ms_p99"] = json!(phase.latency.value_at_quantile(0.99) as f64 / 1000.0);
+        phase_figures(&mut figures, "ops", "transfers", phase);
         figures["ops_audited_actions"] = json!(actions);
-        figures["ops_ratio"] = json!((rate(phase) / rate(&grouped.phase).max(1e-9) * 1000.0).round() / 1000.0);
+        figures["ops_ratio"] = json!(ratio(phase, &grouped.phase, 1000.0));
     }
     if bench.json {
         println!("{figures}");
@@ -499,7 +493,6 @@ fn figures(
     (floor, naive): (Option<&Phase>, Option<&Phase>),
     reconciled: bool,
 ) -> serde_json::Value {
-    let rate = |phase: &Phase| phase.completed as f64 / phase.elapsed.as_secs_f64();
     let phase = &grouped.phase;
     let mut figures = json!({
         "bench": "ledger",
@@ -509,7 +502,7 @@ fn figures(
         "hot_account": bench.hot,
         "transfers": phase.completed,
         "failures": phase.failed,
-        "transfers_per_s": rate(phase).round(),
+        "transfers_per_s": phase.per_s().round(),
         "latency_ms_p50": phase.latency.value_at_quantile(0.5) as f64 / 1000.0,
         "latency_ms_p99": phase.latency.value_at_quantile(0.99) as f64 / 1000.0,
         "latency_ms_max": phase.latency.max() as f64 / 1000.0,
@@ -518,19 +511,27 @@ fn figures(
         "batch_size_distribution": grouped.distribution,
     });
     if let Some(floor) = floor {
-        figures["floor_requests_per_s"] = json!(rate(floor).round());
-        figures["floor_failures"] = json!(floor.failed);
-        figures["floor_latency_ms_p99"] = json!(floor.latency.value_at_quantile(0.99) as f64 / 1000.0);
-        figures["ratio_to_floor"] = json!((rate(phase) / rate(floor).max(1e-9) * 1000.0).round() / 1000.0);
+        phase_figures(&mut figures, "floor", "requests", floor);
+        figures["ratio_to_floor"] = json!(ratio(phase, floor, 1000.0));
     }
     if let Some(naive) = naive {
-        figures["naive_transfers_per_s"] = json!(rate(naive).round());
-        figures["naive_failures"] = json!(naive.failed);
-        figures["naive_latency_ms_p99"] = json!(naive.latency.value_at_quantile(0.99) as f64 / 1000.0);
-        figures["ratio_to_naive"] = json!((rate(phase) / rate(naive).max(1e-9) * 10.0).round() / 10.0);
+        phase_figures(&mut figures, "naive", "transfers", naive);
+        figures["ratio_to_naive"] = json!(ratio(phase, naive, 10.0));
     }
     figures["reconciled"] = json!(reconciled);
     figures
+}
+
+/// A further phase's rate, failures and p99 under `{name}_…`.
+fn phase_figures(figures: &mut serde_json::Value, name: &str, unit: &str, phase: &Phase) {
+    figures[format!("{name}_{unit}_per_s")] = json!(phase.per_s().round());
+    figures[format!("{name}_failures")] = json!(phase.failed);
+    figures[format!("{name}_latency_ms_p99")] = json!(phase.latency.value_at_quantile(0.99) as f64 / 1000.0);
+}
+
+/// `phase`'s rate over `other`'s, rounded to `1 / scale`.
+fn ratio(phase: &Phase, other: &Phase, scale: f64) -> f64 {
+    (phase.per_s() / other.per_s().max(1e-9) * scale).round() / scale
 }
 
 /// Sender and recipient for transfer `index`: random-looking, distinct; with

@@ -54,6 +54,13 @@ pub struct Phase {
     pub latency: Histogram<u64>,
 }
 
+impl Phase {
+    /// Completed operations a second.
+    pub fn per_s(&self) -> f64 {
+        self.completed as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
 /// Runs `work(index, client)` for indexes 0.. on `clients` tasks until
 /// `total` are done or `limit` has passed.
 pub async fn run_clients<F, Fut>(

@@ -704,12 +704,22 @@ async fn a_full_queue_is_overloaded_not_unbounded(db: Db) {
 /// only that they were measured).
 async fn the_ledger_benchmark_measures_group_commit_and_the_baseline(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let mut args: Vec<String> =
-        ["bench", "ledger", "--json", "--wallets", "50", "--clients", "8", "--transfers", "400", "--duration-s", "20"]
-            .into_iter()
-            .chain(["--in-process"])
-            .map(String::from)
-            .collect();
+    let mut args: Vec<String> = [
+        "bench",
+        "ledger",
+        "--json",
+        "--wallets",
+        "50",
+        "--clients",
+        "8",
+        "--transfers",
+        "400",
+        "--duration-s",
+        "20",
+        "--in-process",
+    ]
+    .map(String::from)
+    .to_vec();
     let mut name = None;
     if db == Db::Postgres {
         let (url, database) = support::fresh_database(db, dir.path()).await;

@@ -408,6 +408,103 @@ async fn a_batch_that_writes_other_rows_than_due_leaves_nothing(db: Db) {
     }
 }
 
+/// PostgreSQL, where the writer sends a batch while the previous one is
+/// still committing: a batch commits only after the batch it was built on,
+/// and never when that one did not commit (migration 13's count). Nothing of
+/// a refused batch stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_commits_a_batch_only_after_the_batch_it_was_built_on() {
+    use courier_payments::ledger::{AccountKind, LedgerAccount};
+    use courier_payments::money::Currency;
+    use courier_payments::region::RegionCode;
+    use courier_payments::store::{BatchWrite, IdempotencyKey, StoredResponse};
+    use courier_payments::writer::store::{StoreError, WriterStore};
+    let dir = tempfile::tempdir().unwrap();
+    let (url, name) = support::fresh_database(Db::Postgres, dir.path()).await;
+    let database = courier_common::Database::connect(&url, 2).await.unwrap();
+    let batch = |key: &str, balance_minor: i64| BatchWrite {
+        accounts: vec![LedgerAccount {
+            balance_minor,
+            ..LedgerAccount::new("sys:RU:settlement".into(), AccountKind::Settlement, RegionCode::Ru, Currency::Rub)
+        }],
+        idempotency: vec![(
+            IdempotencyKey { scope: "account:a".into(), key: key.into() },
+            "fingerprint".into(),
+            StoredResponse { status: 201, body: "{}".into() },
+        )],
+        ..BatchWrite::default()
+    };
+    let stored = |key: &'static str| {
+        let pool = database.pool().clone();
+        async move {
+            let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM idempotency_keys WHERE key = $1")
+                .bind(key)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            count == 1
+        }
+    };
+    let answer = || {
+        let (durable, outcome) = tokio::sync::oneshot::channel();
+        let then: Box<dyn FnOnce(bool) + Send> = Box::new(move |ok| {
+            let _ = durable.send(ok);
+        });
+        (then, outcome)
+    };
+
+    // Two writers built on the same count (as when one lost its lock with a
+    // batch in flight): the second waits for the first and is refused.
+    let mut first = WriterStore::connect(&database).await.unwrap();
+    let mut second = WriterStore::connect(&database).await.unwrap();
+    first.stage(&batch("first", -100), 1).await.unwrap();
+    let second_batch = batch("second", -200);
+    let waiting = second.stage(&second_batch, 1);
+    tokio::pin!(waiting);
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut waiting).await;
+    assert!(early.is_err(), "the second batch waits for the first to end: {early:?}");
+    let (then, durable) = answer();
+    first.commit_staged(then).await.unwrap();
+    assert!(durable.await.unwrap(), "the first batch is durable");
+    let staged = waiting.await;
+    assert!(matches!(staged, Err(StoreError::Unsequenced)), "{staged:?}");
+    assert!(stored("first").await && !stored("second").await);
+
+    // A batch whose commit fails: the batch staged after it, built on it, is
+    // refused, and the writer learns of the failure.
+    let mut writer = WriterStore::connect(&database).await.unwrap();
+    writer.stage(&batch("lost", -300), 1).await.unwrap();
+    let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()").fetch_one(writer.postgres().unwrap()).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)").bind(pid).execute(database.pool()).await.unwrap();
+    let (then, durable) = answer();
+    writer.commit_staged(then).await.unwrap();
+    let next = writer.stage(&batch("after-lost", -400), 1).await;
+    assert!(matches!(next, Err(StoreError::Unsequenced)), "{next:?}");
+    assert!(!durable.await.unwrap(), "the lost batch's requests are told it failed");
+    assert!(writer.settle().await.is_err(), "and so is the writer");
+    assert!(!stored("lost").await && !stored("after-lost").await);
+    drop(writer);
+
+    // A writer that starts again from the database goes on from its count.
+    let mut writer = WriterStore::connect(&database).await.unwrap();
+    writer.stage(&batch("again", -500), 1).await.unwrap();
+    let (then, durable) = answer();
+    writer.commit_staged(then).await.unwrap();
+    writer.settle().await.unwrap();
+    assert!(durable.await.unwrap() && stored("again").await);
+    let (committed, balance): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT committed FROM ledger_batches), (SELECT balance FROM ledger_accounts \
+         WHERE id = 'sys:RU:settlement')",
+    )
+    .fetch_one(database.pool())
+    .await
+    .unwrap();
+    assert_eq!((committed, balance), (2, -500), "two batches committed, the last one's balance stands");
+    drop(writer);
+    database.close().await;
+    support::drop_database(&name.unwrap()).await;
+}
+
 /// Migration 5 on a ledger written before it: every account's history
 /// becomes a chain through its transfers (in the order they were made), the
 /// per-party indexes go, and the writer counts each wallet's usage in its

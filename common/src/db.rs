@@ -114,12 +114,6 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../migrations/sqlite/0012_playout_figures.sql"),
         include_str!("../../migrations/postgres/0012_playout_figures.sql"),
     ),
-    (
-        13,
-        "ledger_batches",
-        include_str!("../../migrations/sqlite/0013_ledger_batches.sql"),
-        include_str!("../../migrations/postgres/0013_ledger_batches.sql"),
-    ),
 ];
 
 /// `$first, $first+1, …` for `count` parameters.

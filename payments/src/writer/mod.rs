@@ -287,16 +287,10 @@ async fn run(
         let mut hold_sweep = tokio::time::interval(HOLD_SWEEP_EVERY);
         hold_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let failure = loop {
-            let committing = connection.is_committing();
             let first = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => None,
                 request = requests.recv() => request,
-                // Idle with a commit in flight: learn how it ended.
-                settled = connection.settle(), if committing => match settled {
-                    Ok(()) => continue,
-                    Err(error) => break Some(error),
-                },
                 _ = sweep.tick() => {
                     let before = now_ms() - i64::try_from(config.idempotency_ttl_s * 1_000).unwrap_or(i64::MAX);
                     match connection.expire_idempotency_keys(before).await {
@@ -326,9 +320,6 @@ async fn run(
                         break;
                     }
                 }
-                if let Err(error) = connection.settle().await {
-                    tracing::error!(%error, "ledger batch failed during shutdown");
-                }
                 metrics::gauge!("ledger_writer_active").set(0.0);
                 tracing::info!("ledger writer drained and stopped");
                 return;
@@ -342,8 +333,6 @@ async fn run(
         if let Some(error) = failure {
             tracing::error!(%error, "ledger writer lost its database; reconnecting");
         }
-        // A commit still in flight ends before the lock is let go.
-        let _ = connection.settle().await;
         drop(held);
         tokio::time::sleep(STANDBY_POLL).await;
     }
@@ -503,25 +492,17 @@ impl Writer {
             if applied.write.is_empty() {
                 break applied;
             }
-            match connection.stage(&applied.write, now).await {
+            match connection.commit(&applied.write, now).await {
                 Ok(()) => break applied,
                 Err(StoreError::KeysTaken) if !look_up => {
                     // Nothing of the batch stayed: undo it in memory too, and
-                    // apply it again knowing the stored answers (once the
-                    // batch in flight, whose keys may be among them, has
-                    // committed).
+                    // apply it again knowing the stored answers.
                     metrics::counter!("ledger_batch_key_retries_total").increment(1);
-                    if let Err(error) = connection.settle().await {
-                        self.ledger = Ledger::default();
-                        reply_all(batch, WriteOutcome::Unavailable);
-                        return Err(error);
-                    }
                     self.ledger.restore(snapshot);
                     look_up = true;
                 }
                 Err(error) => {
-                    // The batch may or may not have committed (SQLite), or a
-                    // batch before it did not (PostgreSQL): forget the cache,
+                    // The commit may or may not have happened: forget the cache,
                     // so the next writer reads the truth from the database.
                     self.ledger = Ledger::default();
                     reply_all(batch, WriteOutcome::Unavailable);
@@ -529,41 +510,15 @@ impl Writer {
                 }
             }
         };
-        // Until the batch is written (PostgreSQL: its commit then runs on
-        // beside the next batch; SQLite: committed).
-        let written = started.elapsed();
-        tracing::debug!(size = batch.len(), ?prepared, ?written, "batch");
-        metrics::histogram!("ledger_batch_duration_seconds").record(written.as_secs_f64());
+        let committed = started.elapsed();
+        tracing::debug!(size = batch.len(), ?prepared, ?committed, "batch");
+        metrics::histogram!("ledger_batch_duration_seconds").record(committed.as_secs_f64());
         metrics::counter!("ledger_transfers_total").increment(applied.write.transfers.len() as u64);
         for code in applied.refusals {
             metrics::counter!("ledger_refusals_total", "code" => code).increment(1);
         }
-        // Answered once the batch is durable, and the batch before it too.
-        let replies: Vec<_> = batch.into_iter().zip(applied.outcomes).map(|(r, outcome)| (r.reply, outcome)).collect();
-        let answer = Box::new(move |durable: bool| {
-            for (reply, outcome) in replies {
-                let _ = reply.send(if durable { outcome } else { WriteOutcome::Unavailable });
-            }
-        });
-        if let Err(error) = connection.commit_staged(answer).await {
-            self.ledger = Ledger::default();
-            return Err(error);
-        }
-        self.trim_cache(connection).await
-    }
-
-    /// Empties the caches that outgrew their bound, once no commit is in
-    /// flight: whatever a batch in flight changed stays cached until it is
-    /// durable, so that no batch after it reads that from the database.
-    async fn trim_cache(&mut self, connection: &mut WriterStore) -> Result<(), StoreError> {
-        let max = self.config.cache_accounts_max;
-        let l = &self.ledger;
-        if l.accounts.len() <= max && l.originals.len() <= max && l.adjustments.len() <= max && l.holds.len() <= max {
-            return Ok(());
-        }
-        if let Err(error) = connection.settle().await {
-            self.ledger = Ledger::default();
-            return Err(error);
+        for (request, outcome) in batch.into_iter().zip(applied.outcomes) {
+            let _ = request.reply.send(outcome);
         }
         if self.ledger.accounts.len() > self.config.cache_accounts_max {
             let system: HashSet<&LedgerAccountId> = self.system.iter().collect();

@@ -155,33 +155,20 @@ pub async fn idempotent_responses(
 /// stored before.
 pub const KEYS_TAKEN_SQLSTATE: &str = "CLKEY";
 
-/// The SQLSTATE of a batch statement that was built on a batch that has not
-/// committed (migration 13's count).
-pub const UNSEQUENCED_SQLSTATE: &str = "CLSEQ";
-
-/// The whole batch is one statement. Each table's rows travel column by
-/// column, one array a column (`$1`–`$17` transfers, `$18`–`$31` accounts,
-/// `$32`–`$36` keys, `$37` the keys' time), in PostgreSQL's binary format:
-/// the text never changes, it is prepared once per connection, and nothing is
-/// parsed on the server. It checks the rows it wrote per table against `$38`,
-/// `$39` and `$40` (`$41`–`$44` are the balance checkpoints, a few per
-/// thousand transfers) and fails, rolling everything back, when they differ
-/// (migration 8's `ledger_batch_refused`). Keys are inserted without being
-/// looked up first: a key stored before makes the insert skip its row, and
-/// the statement fails with [`KEYS_TAKEN_SQLSTATE`]; the writer then looks
-/// the batch's keys up and applies it again ([`crate::writer`]).
-///
-/// Last, it counts itself in `ledger_batches` and fails with
-/// [`UNSEQUENCED_SQLSTATE`] unless the count is `$45`, the one the writer
-/// built it for. The writer sends a batch while the previous one's commit
-/// is still being flushed ([`PostgresWriter`]): the count's row, like every
-/// account row both batches change, is locked by the previous batch until it
-/// commits, so this statement does its inserts beside that flush, then waits
-/// for it, and goes on only if the previous batch did commit. The parts run
-/// in the order `counted` names them (it is materialised, so that the final
-/// check cannot reorder them): inserts first, the locked rows last. The
-/// writer's connections plan it with index lookups (see the writer's
-/// settings).
+/// The whole batch is one statement, run on its own (its implicit
+/// transaction is the batch's: one round trip, no BEGIN or COMMIT, durable
+/// when it returns). Each table's rows travel column by column, one array a
+/// column (`$1`–`$17` transfers, `$18`–`$31` accounts, `$32`–`$36` keys, `$37`
+/// the keys' time), in PostgreSQL's binary format: the text never changes, it
+/// is prepared once per connection, and nothing is parsed on the server. It
+/// checks the rows it wrote per table against `$38`, `$39` and `$40` (`$41`–`$44`
+/// are the balance checkpoints, a few per thousand transfers) and
+/// fails, rolling everything back, when they differ (migration 8's
+/// `ledger_batch_refused`). Keys are inserted without being looked up first:
+/// a key stored before makes the insert skip its row, and the statement
+/// fails with [`KEYS_TAKEN_SQLSTATE`]; the writer then looks the batch's keys
+/// up and applies it again ([`crate::writer`]). The writer's connection plans
+/// it with index lookups (see the writer's settings).
 static COMMIT_POSTGRES_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "\
@@ -210,15 +197,10 @@ WITH moved AS ( \
 ), marked AS ( \
   INSERT INTO balance_checkpoints (account, at, transfer_id, balance) \
   SELECT * FROM UNNEST($41::text[], $42::int8[], $43::text[], $44::int8[]) \
-), sequenced AS ( \
-  UPDATE ledger_batches SET committed = committed + 1 WHERE id = 1 RETURNING committed \
-), counted AS MATERIALIZED ( \
-  SELECT (SELECT COUNT(*) FROM moved) AS moved, (SELECT COUNT(*) FROM keyed) AS keyed, \
-    (SELECT COUNT(*) FROM changed) AS changed, (SELECT committed FROM sequenced) AS sequenced \
-) SELECT CASE WHEN sequenced IS DISTINCT FROM $45 \
-    THEN ledger_batch_refused('{UNSEQUENCED_SQLSTATE}', \
-      'the batch was built on batch ' || ($45 - 1) || ', but ' || COALESCE(sequenced - 1, -1) || ' have committed') \
-  WHEN moved = $38 AND changed = $39 AND keyed = $40 THEN moved \
+), counted AS ( \
+  SELECT (SELECT COUNT(*) FROM moved) AS moved, (SELECT COUNT(*) FROM changed) AS changed, \
+    (SELECT COUNT(*) FROM keyed) AS keyed \
+) SELECT CASE WHEN moved = $38 AND changed = $39 AND keyed = $40 THEN moved \
   WHEN moved = $38 AND changed = $39 AND keyed < $40 \
     THEN ledger_batch_refused('{KEYS_TAKEN_SQLSTATE}', 'an idempotency key of the batch is taken') \
   ELSE ledger_batch_refused('CLROW', \
@@ -241,15 +223,10 @@ static UPSERT_HOLD_SQL: LazyLock<String> = LazyLock::new(|| crate::store::upsert
 
 /// Writes a batch and commits it durably: as one statement, or, when it
 /// also changes regions or adjustments (rare), with those in one
-/// transaction. `sequence`: the batch's number in `ledger_batches`.
-async fn commit(
-    connection: &mut PgConnection,
-    batch: &BatchWrite,
-    now_ms: i64,
-    sequence: i64,
-) -> Result<(), sqlx::Error> {
+/// transaction.
+pub async fn commit(connection: &mut PgConnection, batch: &BatchWrite, now_ms: i64) -> Result<(), sqlx::Error> {
     if !batch.has_rare_writes() {
-        return commit_statement(connection, batch, now_ms, sequence).await;
+        return commit_statement(connection, batch, now_ms).await;
     }
     let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
     for rules in &batch.regions {
@@ -338,17 +315,12 @@ async fn commit(
             .await?;
         sqlx::query(audit::SET_HEAD_SQL).bind(seq).bind(&hash).execute(&mut *transaction).await?;
     }
-    commit_statement(&mut transaction, batch, now_ms, sequence).await?;
+    commit_statement(&mut transaction, batch, now_ms).await?;
     transaction.commit().await
 }
 
 /// The batch statement.
-async fn commit_statement(
-    connection: &mut PgConnection,
-    batch: &BatchWrite,
-    now_ms: i64,
-    sequence: i64,
-) -> Result<(), sqlx::Error> {
+async fn commit_statement(connection: &mut PgConnection, batch: &BatchWrite, now_ms: i64) -> Result<(), sqlx::Error> {
     fn column<'a, T, U>(rows: &'a [T], value: impl Fn(&'a T) -> U) -> Vec<U> {
         rows.iter().map(value).collect()
     }
@@ -397,8 +369,7 @@ async fn commit_statement(
         .bind(column(c, |c| c.account.as_str()))
         .bind(column(c, |c| c.at_ms))
         .bind(column(c, |c| c.transfer_id.as_str()))
-        .bind(column(c, |c| c.balance_minor))
-        .bind(sequence);
+        .bind(column(c, |c| c.balance_minor));
     query.execute(&mut *connection).await?;
     Ok(())
 }
@@ -407,176 +378,4 @@ async fn commit_statement(
 pub async fn expire_idempotency_keys(connection: &mut PgConnection, before_ms: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(EXPIRE_KEYS_SQL).bind(before_ms).execute(&mut *connection).await?;
     Ok(done.rows_affected())
-}
-
-/// What a staged batch's requests are answered with once its commit has
-/// ended: `true` when it is durable.
-pub type OnCommit = Box<dyn FnOnce(bool) + Send + 'static>;
-
-/// The writer's two connections to PostgreSQL, which let one batch's commit
-/// overlap the next batch's statement. A batch of transfers is written in a
-/// transaction on the active connection ([`PostgresWriter::stage`]); its
-/// COMMIT, and with it the WAL flush the batch's requests wait for, then
-/// runs on a task of its own ([`PostgresWriter::commit_staged`]) while the
-/// writer applies the next batch and sends it on the other connection. The
-/// batch count in every statement ([`COMMIT_POSTGRES_SQL`]) makes that next
-/// batch commit after this one and only if this one did.
-///
-/// What the writer reads from the database while a commit is in flight
-/// (accounts, transfers, holds, adjustments it has not cached) is never
-/// something that commit changes: a batch only changes what the writer has
-/// cached, and the writer empties its cache only when no commit is in
-/// flight.
-pub struct PostgresWriter {
-    /// Runs the next statement; the first holds the writer's advisory lock.
-    active: PgConnection,
-    other: Other,
-    /// Batches counted in `ledger_batches`, with the one in flight: `None`
-    /// until read (once the writer holds its lock).
-    batches: Option<i64>,
-    /// Whether the active connection holds a staged batch's open transaction.
-    staged: bool,
-}
-
-enum Other {
-    Idle(PgConnection),
-    /// Committing the previous batch; gives the connection back.
-    Committing(tokio::task::JoinHandle<(PgConnection, Result<(), sqlx::Error>)>),
-    /// Lost with a commit that failed: the writer starts again.
-    Lost,
-}
-
-impl PostgresWriter {
-    pub async fn connect(database: &courier_common::Database) -> Result<Self, sqlx::Error> {
-        let active = Self::connection(database).await?;
-        let other = Other::Idle(Self::connection(database).await?);
-        Ok(PostgresWriter { active, other, batches: None, staged: false })
-    }
-
-    async fn connection(database: &courier_common::Database) -> Result<PgConnection, sqlx::Error> {
-        let mut connection = database.dedicated_postgres_connection().await?;
-        // The writer only looks rows up by key, a batch at a time. A fresh
-        // ledger's tables grow faster than autoanalyze follows them, and a
-        // plan made from a near-empty table's statistics scans or hashes the
-        // whole table on every batch (milliseconds each, growing with the
-        // table). On these connections the planner takes the index and a
-        // nested loop wherever one applies.
-        for setting in ["SET enable_seqscan = off", "SET enable_hashjoin = off", "SET enable_mergejoin = off"] {
-            sqlx::query(setting).execute(&mut connection).await?;
-        }
-        Ok(connection)
-    }
-
-    /// The connection reads run on (and the advisory lock is taken on,
-    /// before the first batch).
-    pub fn active(&mut self) -> &mut PgConnection {
-        &mut self.active
-    }
-
-    /// Whether a batch's commit is in flight.
-    pub fn is_committing(&self) -> bool {
-        matches!(self.other, Other::Committing(_))
-    }
-
-    /// The number the next batch counts itself as.
-    async fn next_batch(&mut self) -> Result<i64, sqlx::Error> {
-        let batches = match self.batches {
-            Some(batches) => batches,
-            None => {
-                let (committed,): (i64,) = sqlx::query_as("SELECT committed FROM ledger_batches WHERE id = 1")
-                    .fetch_one(&mut self.active)
-                    .await?;
-                committed
-            }
-        };
-        self.batches = Some(batches);
-        batches.checked_add(1).ok_or_else(|| sqlx::Error::Protocol("the batch count overflowed".into()))
-    }
-
-    /// Waits for the commit in flight, if any: its error when it failed
-    /// (its requests were answered unavailable; nothing the writer holds in
-    /// memory may be trusted any more).
-    pub async fn settle(&mut self) -> Result<(), sqlx::Error> {
-        let Other::Committing(task) = &mut self.other else {
-            return match self.other {
-                Other::Lost => Err(sqlx::Error::Protocol("a batch's commit failed".into())),
-                _ => Ok(()),
-            };
-        };
-        let ended = task.await;
-        self.other = Other::Lost;
-        match ended {
-            Ok((connection, Ok(()))) => {
-                self.other = Other::Idle(connection);
-                Ok(())
-            }
-            Ok((_, Err(error))) => Err(error),
-            Err(error) => Err(sqlx::Error::Protocol(format!("a batch's commit task ended: {error}"))),
-        }
-    }
-
-    /// Writes the batch. A batch of transfers, accounts and keys is left
-    /// uncommitted in a transaction of its own, for [`Self::commit_staged`];
-    /// one with rare writes (regions, holds, adjustments, the audit log)
-    /// commits here, after the commit in flight. On an error nothing of the
-    /// batch stays.
-    pub async fn stage(&mut self, batch: &BatchWrite, now_ms: i64) -> Result<(), sqlx::Error> {
-        if batch.has_rare_writes() {
-            self.settle().await?;
-            let sequence = self.next_batch().await?;
-            commit(&mut self.active, batch, now_ms, sequence).await?;
-            self.batches = Some(sequence);
-            return Ok(());
-        }
-        let sequence = self.next_batch().await?;
-        sqlx::raw_sql("BEGIN").execute(&mut self.active).await?;
-        match commit_statement(&mut self.active, batch, now_ms, sequence).await {
-            Ok(()) => {
-                self.batches = Some(sequence);
-                self.staged = true;
-                Ok(())
-            }
-            Err(error) => {
-                // A refused statement leaves its transaction aborted: end it
-                // so the connection serves the batch's retry. Should that
-                // fail, the connection is broken, and the retry's first
-                // statement fails too.
-                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut self.active).await;
-                Err(error)
-            }
-        }
-    }
-
-    /// Commits the staged batch, if any, on a task of its own, and calls
-    /// `then` once the commit has ended (`true`: durable); without a staged
-    /// batch, calls it once the commit in flight has ended. The next batch
-    /// runs on the other connection meanwhile. An error here (the previous
-    /// commit failed) leaves the staged batch uncommitted; `then` is dropped
-    /// uncalled.
-    pub async fn commit_staged(&mut self, then: OnCommit) -> Result<(), sqlx::Error> {
-        // The staged statement has waited for the previous batch's commit
-        // (they share the batch count's row): this only collects its answer.
-        self.settle().await?;
-        if !std::mem::take(&mut self.staged) {
-            then(true);
-            return Ok(());
-        }
-        let Other::Idle(next) = std::mem::replace(&mut self.other, Other::Lost) else {
-            return Err(sqlx::Error::Protocol("no connection for the next batch".into()));
-        };
-        let mut committing = std::mem::replace(&mut self.active, next);
-        self.other = Other::Committing(tokio::spawn(async move {
-            let result = commit_open(&mut committing).await;
-            then(result.is_ok());
-            (committing, result)
-        }));
-        Ok(())
-    }
-}
-
-/// Commits the connection's open transaction, as a simple query through the
-/// executor itself, whose boxed future a task can own (an `async` block
-/// around sqlx's query builders is not known to be `Send`).
-async fn commit_open(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::Executor::execute(connection, "COMMIT").await.map(drop)
 }

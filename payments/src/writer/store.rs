@@ -1,7 +1,6 @@
 //! The ledger writer's connection: the only one that writes balances,
-//! transfers and idempotency keys, on either database: on PostgreSQL two
-//! connections of sqlx's PostgreSQL driver, one batch committing on one
-//! while the next is written on the other ([`PostgresWriter`]), on SQLite a
+//! transfers and idempotency keys, on either database: on PostgreSQL a
+//! connection of sqlx's PostgreSQL driver ([`super::postgres`]), on SQLite a
 //! connection of its own on the writer's thread ([`SqliteWriter`]). Reads
 //! outside the writer go through the shared pool ([`crate::store`]).
 
@@ -10,7 +9,7 @@ use std::collections::HashMap;
 use courier_common::{Backend, Database};
 use sqlx::PgConnection;
 
-use super::postgres::{self, OnCommit, PostgresWriter};
+use super::postgres;
 pub use super::sqlite::SqliteWriter;
 use crate::ledger::{Adjustment, Hold, LedgerAccount, LedgerAccountId, Reversible};
 use crate::region::{RegionCode, RegionRules};
@@ -26,10 +25,6 @@ pub enum StoreError {
     /// batch statement finds taken keys itself); nothing of the batch stays.
     #[error("an idempotency key of the batch is taken")]
     KeysTaken,
-    /// The batch was built on a batch that has not committed (PostgreSQL):
-    /// nothing of it stays, and the writer starts again from the database.
-    #[error("the batch follows a batch that did not commit")]
-    Unsequenced,
     /// A bug: a batch's statements wrote other rows than the writer meant.
     #[error("the batch wrote {0}")]
     RowsMismatch(String),
@@ -39,7 +34,7 @@ pub enum StoreError {
 
 /// The writer's connection to either database.
 pub enum WriterStore {
-    Postgres(PostgresWriter),
+    Postgres(PgConnection),
     Sqlite(SqliteWriter),
 }
 
@@ -47,7 +42,20 @@ impl WriterStore {
     /// A connection of the writer's own, outside the pool.
     pub async fn connect(database: &Database) -> Result<Self, StoreError> {
         match database.backend() {
-            Backend::Postgres => Ok(WriterStore::Postgres(PostgresWriter::connect(database).await?)),
+            Backend::Postgres => {
+                let mut connection = database.dedicated_postgres_connection().await?;
+                // The writer only looks rows up by key, a batch at a time. A
+                // fresh ledger's tables grow faster than autoanalyze follows
+                // them, and a plan made from a near-empty table's statistics
+                // scans or hashes the whole table on every batch (milliseconds
+                // each, growing with the table). On this connection the
+                // planner takes the index and a nested loop wherever one
+                // applies.
+                for setting in ["SET enable_seqscan = off", "SET enable_hashjoin = off", "SET enable_mergejoin = off"] {
+                    sqlx::query(setting).execute(&mut connection).await?;
+                }
+                Ok(WriterStore::Postgres(connection))
+            }
             Backend::Sqlite => {
                 Ok(WriterStore::Sqlite(SqliteWriter::open(&database.sqlite_file().ok_or(StoreError::NoFile)?)?))
             }
@@ -57,28 +65,28 @@ impl WriterStore {
     /// The connection on PostgreSQL (for the advisory lock).
     pub fn postgres(&mut self) -> Option<&mut PgConnection> {
         match self {
-            WriterStore::Postgres(writer) => Some(writer.active()),
+            WriterStore::Postgres(connection) => Some(connection),
             WriterStore::Sqlite(_) => None,
         }
     }
 
     pub async fn regions(&mut self) -> Result<HashMap<RegionCode, RegionRules>, StoreError> {
         match self {
-            WriterStore::Postgres(writer) => Ok(postgres::regions(writer.active()).await?),
+            WriterStore::Postgres(connection) => Ok(postgres::regions(connection).await?),
             WriterStore::Sqlite(sqlite) => Ok(sqlite.regions()?),
         }
     }
 
     pub async fn system_accounts(&mut self) -> Result<Vec<LedgerAccount>, StoreError> {
         match self {
-            WriterStore::Postgres(writer) => Ok(postgres::system_accounts(writer.active()).await?),
+            WriterStore::Postgres(connection) => Ok(postgres::system_accounts(connection).await?),
             WriterStore::Sqlite(sqlite) => Ok(sqlite.system_accounts()?),
         }
     }
 
     pub async fn accounts(&mut self, ids: &[LedgerAccountId]) -> Result<Vec<LedgerAccount>, StoreError> {
         match self {
-            WriterStore::Postgres(writer) => Ok(postgres::accounts(writer.active(), ids).await?),
+            WriterStore::Postgres(connection) => Ok(postgres::accounts(connection, ids).await?),
             WriterStore::Sqlite(sqlite) => Ok(sqlite.accounts(ids)?),
         }
     }
@@ -86,7 +94,7 @@ impl WriterStore {
     /// The transfers among `ids` that exist, with what has been reversed of them.
     pub async fn originals(&mut self, ids: &[String]) -> Result<Vec<(String, Reversible)>, StoreError> {
         match self {
-            WriterStore::Postgres(writer) => Ok(postgres::originals(writer.active(), ids).await?),
+            WriterStore::Postgres(connection) => Ok(postgres::originals(connection, ids).await?),
             WriterStore::Sqlite(sqlite) => Ok(sqlite.originals(ids)?),
         }
     }
@@ -94,7 +102,7 @@ impl WriterStore {
     /// The adjustments among `ids` that exist.
     pub async fn adjustments(&mut self, ids: &[String]) -> Result<Vec<Adjustment>, StoreError> {
         match self {
-            WriterStore::Postgres(writer) => Ok(postgres::adjustments(writer.active(), ids).await?),
+            WriterStore::Postgres(connection) => Ok(postgres::adjustments(connection, ids).await?),
             WriterStore::Sqlite(sqlite) => Ok(sqlite.adjustments(ids)?),
         }
     }
@@ -102,7 +110,7 @@ impl WriterStore {
     /// The holds among `ids` that exist.
     pub async fn holds(&mut self, ids: &[String]) -> Result<Vec<Hold>, StoreError> {
         match self {
-            WriterStore::Postgres(writer) => Ok(postgres::holds(writer.active(), ids).await?),
+            WriterStore::Postgres(connection) => Ok(postgres::holds(connection, ids).await?),
             WriterStore::Sqlite(sqlite) => Ok(sqlite.holds(ids)?),
         }
     }
@@ -110,7 +118,7 @@ impl WriterStore {
     /// Active holds past their time: `(hold, wallet)`.
     pub async fn expired_holds(&mut self, now_ms: i64) -> Result<Vec<(String, String)>, StoreError> {
         match self {
-            WriterStore::Postgres(writer) => Ok(postgres::expired_holds(writer.active(), now_ms).await?),
+            WriterStore::Postgres(connection) => Ok(postgres::expired_holds(connection, now_ms).await?),
             WriterStore::Sqlite(sqlite) => Ok(sqlite.expired_holds(now_ms)?),
         }
     }
@@ -118,7 +126,7 @@ impl WriterStore {
     /// Pending adjustments past their time: `(adjustment, wallet)`.
     pub async fn expired_adjustments(&mut self, now_ms: i64) -> Result<Vec<(String, String)>, StoreError> {
         match self {
-            WriterStore::Postgres(writer) => Ok(postgres::expired_adjustments(writer.active(), now_ms).await?),
+            WriterStore::Postgres(connection) => Ok(postgres::expired_adjustments(connection, now_ms).await?),
             WriterStore::Sqlite(sqlite) => Ok(sqlite.expired_adjustments(now_ms)?),
         }
     }
@@ -131,7 +139,7 @@ impl WriterStore {
         now_ms: i64,
     ) -> Result<u64, StoreError> {
         match self {
-            WriterStore::Postgres(writer) => Ok(postgres::count_usage(writer.active(), regions, now_ms).await?),
+            WriterStore::Postgres(connection) => Ok(postgres::count_usage(connection, regions, now_ms).await?),
             WriterStore::Sqlite(sqlite) => Ok(sqlite.count_usage(regions, now_ms)?),
         }
     }
@@ -141,7 +149,7 @@ impl WriterStore {
         keys: &[&IdempotencyKey],
     ) -> Result<HashMap<IdempotencyKey, (String, StoredResponse)>, StoreError> {
         match self {
-            WriterStore::Postgres(writer) => Ok(postgres::idempotent_responses(writer.active(), keys).await?),
+            WriterStore::Postgres(connection) => Ok(postgres::idempotent_responses(connection, keys).await?),
             WriterStore::Sqlite(sqlite) => Ok(sqlite.idempotent_responses(keys)?),
         }
     }
@@ -154,80 +162,27 @@ impl WriterStore {
         matches!(self, WriterStore::Postgres(_))
     }
 
-    /// Writes a batch in one transaction; on any error nothing of it stays.
-    /// Its requests may be answered once [`WriterStore::commit_staged`] says
-    /// it is durable. SQLite commits it here; PostgreSQL leaves a batch of
-    /// transfers uncommitted, to commit it beside the next batch
-    /// ([`PostgresWriter`]).
-    pub async fn stage(&mut self, batch: &BatchWrite, now_ms: i64) -> Result<(), StoreError> {
-        match self {
-            WriterStore::Postgres(writer) => writer.stage(batch, now_ms).await.map_err(postgres_error),
-            WriterStore::Sqlite(sqlite) => sqlite.commit(batch, now_ms),
-        }
-    }
-
-    /// Commits what [`WriterStore::stage`] wrote and calls `then` once it is
-    /// durable (`true`) or failed (`false`), without waiting for it on
-    /// PostgreSQL, where the next batch is written meanwhile. Also called
-    /// for a batch that wrote nothing, whose answers (refusals, replays)
-    /// wait for the commit in flight just the same. An error: a commit
-    /// before it failed (`then` is dropped, which answers unavailable).
-    pub async fn commit_staged(&mut self, then: OnCommit) -> Result<(), StoreError> {
-        match self {
-            WriterStore::Postgres(writer) => Ok(writer.commit_staged(then).await?),
-            WriterStore::Sqlite(_) => {
-                then(true);
-                Ok(())
-            }
-        }
-    }
-
-    /// Waits for the commit in flight (PostgreSQL), if any: its error when it failed.
-    pub async fn settle(&mut self) -> Result<(), StoreError> {
-        match self {
-            WriterStore::Postgres(writer) => Ok(writer.settle().await?),
-            WriterStore::Sqlite(_) => Ok(()),
-        }
-    }
-
-    /// Whether a commit is in flight (PostgreSQL).
-    pub fn is_committing(&self) -> bool {
-        matches!(self, WriterStore::Postgres(writer) if writer.is_committing())
-    }
-
-    /// Writes a batch and commits it durably before it returns.
+    /// Writes a batch in one transaction and commits it durably; on any
+    /// error nothing of it stays.
     pub async fn commit(&mut self, batch: &BatchWrite, now_ms: i64) -> Result<(), StoreError> {
-        self.stage(batch, now_ms).await?;
-        let (durable, outcome) = tokio::sync::oneshot::channel();
-        self.commit_staged(Box::new(move |ok| {
-            let _ = durable.send(ok);
-        }))
-        .await?;
-        self.settle().await?;
-        match outcome.await {
-            Ok(true) => Ok(()),
-            _ => Err(StoreError::Sqlx(sqlx::Error::Protocol("the batch's commit failed".into()))),
+        match self {
+            WriterStore::Postgres(connection) => {
+                postgres::commit(connection, batch, now_ms).await.map_err(|error| match &error {
+                    sqlx::Error::Database(e) if e.code().as_deref() == Some(postgres::KEYS_TAKEN_SQLSTATE) => {
+                        StoreError::KeysTaken
+                    }
+                    _ => StoreError::Sqlx(error),
+                })
+            }
+            WriterStore::Sqlite(sqlite) => sqlite.commit(batch, now_ms),
         }
     }
 
     /// Forgets idempotency keys older than `before_ms`.
     pub async fn expire_idempotency_keys(&mut self, before_ms: i64) -> Result<u64, StoreError> {
         match self {
-            WriterStore::Postgres(writer) => Ok(postgres::expire_idempotency_keys(writer.active(), before_ms).await?),
+            WriterStore::Postgres(connection) => Ok(postgres::expire_idempotency_keys(connection, before_ms).await?),
             WriterStore::Sqlite(sqlite) => Ok(sqlite.expire_idempotency_keys(before_ms)?),
         }
-    }
-}
-
-/// A PostgreSQL error, with the ledger's own refusals told apart by their
-/// SQLSTATE.
-fn postgres_error(error: sqlx::Error) -> StoreError {
-    match &error {
-        sqlx::Error::Database(e) => match e.code().as_deref() {
-            Some(postgres::KEYS_TAKEN_SQLSTATE) => StoreError::KeysTaken,
-            Some(postgres::UNSEQUENCED_SQLSTATE) => StoreError::Unsequenced,
-            _ => StoreError::Sqlx(error),
-        },
-        _ => StoreError::Sqlx(error),
     }
 }

@@ -552,13 +552,14 @@ fn bearer(token: &str) -> Result<HeaderValue, String> {
     header(&format!("Bearer {token}"))
 }
 
-fn amount(index: u64) -> String {
-    format!("{}.{:02}", 1 + index % 9, index % 100)
-}
-
-/// [`amount`] in kopecks.
+/// What transfer `index` moves, in kopecks: 1.00 to 9.99 roubles.
 fn amount_minor(index: u64) -> i64 {
     ((1 + index % 9) * 100 + index % 100) as i64
+}
+
+/// [`amount_minor`] as a request's `amount` reads.
+fn amount(index: u64) -> String {
+    courier_payments::money::format_minor(amount_minor(index), Currency::Rub)
 }
 
 /// Wallet owners, written straight into the accounts service's store (no

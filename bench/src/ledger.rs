@@ -16,7 +16,7 @@ use courier_payments::ledger::Command;
 use courier_payments::money::Currency;
 use courier_payments::region::RegionCode;
 use courier_payments::store::IdempotencyKey;
-use courier_payments::writer::WriteOutcome;
+use courier_payments::writer::{WRITER_THREAD_NAME, WriteOutcome};
 use hdrhistogram::Histogram;
 use hyper::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use indicatif::ProgressBar;
@@ -25,7 +25,7 @@ use serde_json::json;
 use courier_accounts::phone::PhoneNumber;
 
 use crate::http::Clients;
-use crate::support::{Phase, connection_limits, progress, run_clients, serve_options};
+use crate::support::{CpuTimes, Phase, connection_limits, progress, run_clients, serve_options};
 
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
@@ -84,15 +84,20 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
     let server = start(&bench, scratch.path()).await?;
     let seeded = seed(&bench, &server, scratch.path()).await?;
+    let backend = writer_backend(&server.database).await;
+    let cpu_started = CpuTimes::now(backend);
     let started = jiff::Timestamp::now();
     let grouped = transfers(&bench, &server, &seeded).await?;
     let ended = jiff::Timestamp::now();
+    let cpu_transfers = CpuTimes::now(backend);
     let floor = if bench.no_floor {
         None
     } else {
         Some(post_transfers(&bench, &seeded, courier_payments::api::FLOOR_PATH, "the floor over HTTP").await?)
     };
+    let cpu_floor = CpuTimes::now(backend);
     let in_process = if bench.in_process { Some(writer_only(&bench, &server, &seeded).await?) } else { None };
+    let cpu_in_process = CpuTimes::now(backend);
     let with_ops = if bench.ops { Some(transfers_with_ops(&bench, &server, &seeded).await?) } else { None };
     let queried = if bench.queries > 0 {
         Some(queries(&bench, &server, &seeded, (started.as_millisecond(), ended.as_millisecond())).await?)
@@ -100,9 +105,39 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
         None
     };
     server.shutdown.cancel();
+    let cpu_naive_started = CpuTimes::now(None);
     let naive = if bench.no_baseline { None } else { Some(naive_baseline(&bench, &server, &seeded).await?) };
+    let cpu_naive = CpuTimes::now(None);
     let (reconciled, reconciliation) = reconcile(&server.database).await?;
     let mut figures = figures(&bench, &grouped, (floor.as_ref(), naive.as_ref()), reconciled);
+    // Where each phase's CPU went: the writer's thread and its database
+    // backend (PostgreSQL on this machine) beside the whole machine.
+    let backend_figure = backend.map(|_| "database_backend");
+    cpu_transfers.figures_since(
+        &cpu_started,
+        grouped.phase.completed,
+        ("", "transfer"),
+        Some(WRITER_THREAD_NAME),
+        backend_figure,
+        &mut figures,
+    );
+    if let Some(floor) = &floor {
+        cpu_floor.figures_since(&cpu_transfers, floor.completed, ("floor_", "request"), None, None, &mut figures);
+    }
+    if let Some(naive) = &naive {
+        cpu_naive.figures_since(&cpu_naive_started, naive.completed, ("naive_", "transfer"), None, None, &mut figures);
+    }
+    if let Some(direct) = &in_process {
+        let completed = direct.phase.completed;
+        cpu_in_process.figures_since(
+            &cpu_floor,
+            completed,
+            ("in_process_", "transfer"),
+            Some(WRITER_THREAD_NAME),
+            backend_figure,
+            &mut figures,
+        );
+    }
     if let Some((search, balance, transfers)) = &queried {
         let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         figures["queries_over_transfers"] = json!(transfers);
@@ -151,6 +186,25 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
         return Err(format!("{} transfers failed with finance ops in place", phase.failed));
     }
     Ok(())
+}
+
+/// The process id of the writer's PostgreSQL backend, when it runs on this
+/// machine (a `postgres` process of that id is there), for its CPU time.
+async fn writer_backend(database: &Database) -> Option<u32> {
+    if database.backend() != courier_common::Backend::Postgres {
+        return None;
+    }
+    let pid: Option<(i32,)> = sqlx::query_as(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() LIMIT 1",
+    )
+    .bind(courier_payments::writer::WRITER_APPLICATION_NAME)
+    .fetch_optional(database.pool())
+    .await
+    .ok()
+    .flatten();
+    let pid = u32::try_from(pid?.0).ok()?;
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (name.trim_end() == "postgres").then_some(pid)
 }
 
 /// The server under test, in this process, on a free port.

@@ -238,11 +238,98 @@ pub fn free_port() -> Result<u16, String> {
 /// CPU seconds (user and system) process `pid` has used so far; 0 when it
 /// cannot be read.
 pub fn cpu_s(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(0.0, |stat| stat_cpu_s(&stat).1)
+}
+
+/// The command name and CPU seconds (user and system) of a `/proc/…/stat` line.
+fn stat_cpu_s(stat: &str) -> (&str, f64) {
+    let (head, rest) = stat.rsplit_once(')').unwrap_or(("", ""));
+    let name = head.split_once('(').map_or("", |(_, name)| name);
     // utime and stime are fields 14 and 15, after the command name in parentheses.
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = fields.get(11..13).map_or(0, |both| both.iter().filter_map(|t| t.parse::<u64>().ok()).sum());
-    ticks as f64 / 100.0
+    (name, ticks as f64 / 100.0)
+}
+
+/// Where the machine's CPU time went, as a snapshot to subtract from a
+/// later one: the whole machine's busy and idle time (`/proc/stat`), this
+/// process's, its threads' by name, and another process's (the database's
+/// backend serving a connection, when it runs on this machine).
+#[derive(Clone, Default)]
+pub struct CpuTimes {
+    machine_busy_s: f64,
+    machine_idle_s: f64,
+    process_s: f64,
+    threads_s: HashMap<String, f64>,
+    other_s: f64,
+}
+
+impl CpuTimes {
+    /// The times now, with process `other`'s when given.
+    pub fn now(other: Option<u32>) -> Self {
+        let (machine_busy_s, machine_idle_s) = Self::machine();
+        let mut threads_s: HashMap<String, f64> = HashMap::new();
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for task in tasks.flatten() {
+                if let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) {
+                    let (name, cpu_s) = stat_cpu_s(&stat);
+                    *threads_s.entry(name.to_owned()).or_default() += cpu_s;
+                }
+            }
+        }
+        CpuTimes {
+            machine_busy_s,
+            machine_idle_s,
+            process_s: cpu_s(std::process::id()),
+            threads_s,
+            other_s: other.map_or(0.0, cpu_s),
+        }
+    }
+
+    /// All CPUs' busy and idle (with I/O wait) seconds since boot.
+    fn machine() -> (f64, f64) {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("cpu "))
+            .map(|rest| rest.split_whitespace().filter_map(|t| t.parse().ok()).collect())
+            .unwrap_or_default();
+        // user nice system idle iowait irq softirq steal (guest time is within user).
+        let all: u64 = ticks.iter().take(8).sum();
+        let idle: u64 = ticks.get(3..5).map_or(0, |both| both.iter().sum());
+        (all.saturating_sub(idle) as f64 / 100.0, idle as f64 / 100.0)
+    }
+
+    /// What was spent from `earlier` to `self`, per one of `operations`,
+    /// as figures named `{prefix}…`: microseconds of CPU of the whole
+    /// machine, of this process, of its thread `thread`, and of the other
+    /// process when it was measured, and the machine's idle share.
+    pub fn figures_since(
+        &self,
+        earlier: &CpuTimes,
+        operations: u64,
+        (prefix, unit): (&str, &str),
+        thread: Option<&str>,
+        other: Option<&str>,
+        figures: &mut serde_json::Value,
+    ) {
+        let per_op = |seconds: f64| (seconds * 1e6 / operations.max(1) as f64 * 10.0).round() / 10.0;
+        let busy = self.machine_busy_s - earlier.machine_busy_s;
+        let idle = self.machine_idle_s - earlier.machine_idle_s;
+        figures[format!("{prefix}machine_cpu_us_per_{unit}")] = json!(per_op(busy));
+        figures[format!("{prefix}machine_idle_share")] =
+            json!((idle / (busy + idle).max(1e-9) * 100.0).round() / 100.0);
+        figures[format!("{prefix}process_cpu_us_per_{unit}")] = json!(per_op(self.process_s - earlier.process_s));
+        if let Some(thread) = thread {
+            let spent = |times: &CpuTimes| times.threads_s.get(thread).copied().unwrap_or(0.0);
+            figures[format!("{prefix}{}_cpu_us_per_{unit}", thread.replace('-', "_"))] =
+                json!(per_op(spent(self) - spent(earlier)));
+        }
+        if let Some(other) = other {
+            figures[format!("{prefix}{other}_cpu_us_per_{unit}")] = json!(per_op(self.other_s - earlier.other_s));
+        }
+    }
 }
 
 /// CPU affinity for benchmarks whose server and load generator would
@@ -305,5 +392,58 @@ pub mod affinity {
         unsafe {
             command.pre_exec(move || apply(&set));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_gives_its_name_and_cpu_whatever_the_name_holds() {
+        let stat = "4242 (tokio (rt) 1) S 1 4242 4242 0 -1 4194304 10 0 0 0 150 25 0 0 20 0 3 0 100 0 0";
+        assert_eq!(stat_cpu_s(stat), ("tokio (rt) 1", 1.75));
+        assert_eq!(stat_cpu_s("garbage"), ("", 0.0));
+    }
+
+    #[test]
+    fn cpu_figures_are_per_operation_and_split_by_thread_and_process() {
+        let earlier = CpuTimes {
+            machine_busy_s: 10.0,
+            machine_idle_s: 5.0,
+            process_s: 4.0,
+            threads_s: HashMap::from([("ledger-writer".to_owned(), 1.0)]),
+            other_s: 2.0,
+        };
+        let later = CpuTimes {
+            machine_busy_s: 13.0,
+            machine_idle_s: 6.0,
+            process_s: 6.0,
+            threads_s: HashMap::from([("ledger-writer".to_owned(), 1.5)]),
+            other_s: 3.0,
+        };
+        let mut figures = json!({});
+        later.figures_since(&earlier, 10_000, ("x_", "transfer"), Some("ledger-writer"), Some("backend"), &mut figures);
+        assert_eq!(
+            figures,
+            json!({
+                "x_machine_cpu_us_per_transfer": 300.0,
+                "x_machine_idle_share": 0.25,
+                "x_process_cpu_us_per_transfer": 200.0,
+                "x_ledger_writer_cpu_us_per_transfer": 50.0,
+                "x_backend_cpu_us_per_transfer": 100.0,
+            })
+        );
+    }
+
+    #[test]
+    fn the_machine_and_this_process_have_used_some_cpu() {
+        let now = CpuTimes::now(Some(std::process::id()));
+        assert!(now.machine_busy_s > 0.0 && now.machine_idle_s >= 0.0);
+        // Read in this order, and CPU time only grows (each thread's figure
+        // rounded to a tick on its own).
+        assert!(now.threads_s.values().sum::<f64>() <= now.process_s + 0.01 * now.threads_s.len() as f64);
+        assert!(now.other_s >= now.process_s);
+        assert!(!now.threads_s.is_empty());
     }
 }

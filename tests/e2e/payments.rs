@@ -749,6 +749,21 @@ async fn the_ledger_benchmark_measures_group_commit_and_the_baseline(db: Db) {
     ] {
         assert!(figures[figure].as_f64().is_some_and(|value| value > 0.0), "{figure}: {figures}");
     }
+    // Where each phase's CPU went (a short run may round a share to 0).
+    for phase in ["", "in_process_"] {
+        for figure in
+            ["machine_cpu_us_per_transfer", "process_cpu_us_per_transfer", "ledger_writer_cpu_us_per_transfer"]
+        {
+            let figure = format!("{phase}{figure}");
+            assert!(figures[&figure].as_f64().is_some_and(|value| value >= 0.0), "{figure}: {figures}");
+        }
+        // The writer's backend is found on the PostgreSQL of this machine.
+        let backend = &figures[format!("{phase}database_backend_cpu_us_per_transfer")];
+        assert_eq!(backend.as_f64().is_some(), db == Db::Postgres, "{phase}: {figures}");
+    }
+    for figure in ["floor_machine_cpu_us_per_request", "naive_machine_cpu_us_per_transfer", "machine_idle_share"] {
+        assert!(figures[figure].as_f64().is_some_and(|value| value >= 0.0), "{figure}: {figures}");
+    }
     if let Some(name) = name {
         support::drop_database(&name).await;
     }

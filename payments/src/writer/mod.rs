@@ -41,6 +41,12 @@ const REGIONS_RELOAD_EVERY: Duration = Duration::from_millis(250);
 const HOLD_SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// The operator a hold's expiry is recorded under.
 pub const SYSTEM_OPERATOR: &str = "system";
+/// The writer's connection's `application_name` on PostgreSQL, by which an
+/// operator (or the ledger benchmark) finds its backend in
+/// `pg_stat_activity`.
+pub const WRITER_APPLICATION_NAME: &str = "courier-ledger-writer";
+/// The name of the writer's thread (in `top -H`, `perf`, `/proc`).
+pub const WRITER_THREAD_NAME: &str = "ledger-writer";
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -179,7 +185,7 @@ pub fn spawn(
     let handle = WriterHandle { queue, stats: stats.clone(), config: Arc::new(config.clone()) };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (stopped, on_stop) = oneshot::channel::<()>();
-    std::thread::Builder::new().name("ledger-writer".into()).spawn(move || {
+    std::thread::Builder::new().name(WRITER_THREAD_NAME.into()).spawn(move || {
         runtime.block_on(async move {
             let mut requests = requests;
             loop {

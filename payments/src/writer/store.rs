@@ -54,6 +54,10 @@ impl WriterStore {
                 for setting in ["SET enable_seqscan = off", "SET enable_hashjoin = off", "SET enable_mergejoin = off"] {
                     sqlx::query(setting).execute(&mut connection).await?;
                 }
+                sqlx::query("SELECT set_config('application_name', $1, false)")
+                    .bind(super::WRITER_APPLICATION_NAME)
+                    .execute(&mut connection)
+                    .await?;
                 Ok(WriterStore::Postgres(connection))
             }
             Backend::Sqlite => {

@@ -52,7 +52,11 @@ pub struct TurnBench {
     /// each other); a relay stops at its first step above 1 % loss. The
     /// steps reach past where the embedded relay loses packets on a
     /// two-core machine, so that its top rate is measured, not the ladder's.
-    #[arg(long, value_delimiter = ',', default_value = "100,200,400,600,800,1000,1200,1600,2000,2400,3200")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100,200,400,600,800,1000,1200,1400,1600,1800,2000,2200,2400,2800,3200"
+    )]
     sessions: Vec<usize>,
     /// Packets per second each client sends (Opus with 20 ms frames: 50).
     #[arg(long, default_value_t = 50)]

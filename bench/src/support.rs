@@ -408,20 +408,14 @@ mod tests {
 
     #[test]
     fn cpu_figures_are_per_operation_and_split_by_thread_and_process() {
-        let earlier = CpuTimes {
-            machine_busy_s: 10.0,
-            machine_idle_s: 5.0,
-            process_s: 4.0,
-            threads_s: HashMap::from([("ledger-writer".to_owned(), 1.0)]),
-            other_s: 2.0,
+        let times = |[machine_busy_s, machine_idle_s, process_s, writer_s, other_s]: [f64; 5]| CpuTimes {
+            machine_busy_s,
+            machine_idle_s,
+            process_s,
+            threads_s: HashMap::from([("ledger-writer".to_owned(), writer_s)]),
+            other_s,
         };
-        let later = CpuTimes {
-            machine_busy_s: 13.0,
-            machine_idle_s: 6.0,
-            process_s: 6.0,
-            threads_s: HashMap::from([("ledger-writer".to_owned(), 1.5)]),
-            other_s: 3.0,
-        };
+        let (earlier, later) = (times([10.0, 5.0, 4.0, 1.0, 2.0]), times([13.0, 6.0, 6.0, 1.5, 3.0]));
         let mut figures = json!({});
         later.figures_since(&earlier, 10_000, ("x_", "transfer"), Some("ledger-writer"), Some("backend"), &mut figures);
         assert_eq!(

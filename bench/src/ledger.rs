@@ -112,31 +112,16 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     let mut figures = figures(&bench, &grouped, (floor.as_ref(), naive.as_ref()), reconciled);
     // Where each phase's CPU went: the writer's thread and its database
     // backend (PostgreSQL on this machine) beside the whole machine.
-    let backend_figure = backend.map(|_| "database_backend");
-    cpu_transfers.figures_since(
-        &cpu_started,
-        grouped.phase.completed,
-        ("", "transfer"),
-        Some(WRITER_THREAD_NAME),
-        backend_figure,
-        &mut figures,
-    );
+    let writer_cpu = |after: &CpuTimes, before: &CpuTimes, completed: u64, prefix: &str, figures: &mut _| {
+        let backend_figure = backend.map(|_| "database_backend");
+        after.figures_since(before, completed, (prefix, "transfer"), Some(WRITER_THREAD_NAME), backend_figure, figures);
+    };
+    writer_cpu(&cpu_transfers, &cpu_started, grouped.phase.completed, "", &mut figures);
     if let Some(floor) = &floor {
         cpu_floor.figures_since(&cpu_transfers, floor.completed, ("floor_", "request"), None, None, &mut figures);
     }
     if let Some(naive) = &naive {
         cpu_naive.figures_since(&cpu_naive_started, naive.completed, ("naive_", "transfer"), None, None, &mut figures);
-    }
-    if let Some(direct) = &in_process {
-        let completed = direct.phase.completed;
-        cpu_in_process.figures_since(
-            &cpu_floor,
-            completed,
-            ("in_process_", "transfer"),
-            Some(WRITER_THREAD_NAME),
-            backend_figure,
-            &mut figures,
-        );
     }
     if let Some((search, balance, transfers)) = &queried {
         let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
@@ -150,6 +135,7 @@ pub async fn run(bench: LedgerBench) -> Result<(), String> {
     }
     if let Some(direct) = &in_process {
         phase_figures(&mut figures, "in_process", "transfers", &direct.phase);
+        writer_cpu(&cpu_in_process, &cpu_floor, direct.phase.completed, "in_process_", &mut figures);
         figures["in_process_batch_size_mean"] = json!(direct.batch_size_mean());
         if let Some(floor) = &floor {
             figures["in_process_ratio_to_floor"] = json!(ratio(&direct.phase, floor, 1000.0));

@@ -255,7 +255,6 @@ fn stat_cpu_s(stat: &str) -> (&str, f64) {
 /// later one: the whole machine's busy and idle time (`/proc/stat`), this
 /// process's, its threads' by name, and another process's (the database's
 /// backend serving a connection, when it runs on this machine).
-#[derive(Clone, Default)]
 pub struct CpuTimes {
     machine_busy_s: f64,
     machine_idle_s: f64,

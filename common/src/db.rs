@@ -234,12 +234,17 @@ impl Database {
     /// PostgreSQL only: a connection of its own, outside the pool, through
     /// the PostgreSQL driver itself, for a task that runs on a runtime of its
     /// own and binds arrays, which the pool's database-neutral driver cannot
-    /// (the ledger writer).
-    pub async fn dedicated_postgres_connection(&self) -> Result<sqlx::PgConnection, sqlx::Error> {
+    /// (the ledger writer). It shows in `pg_stat_activity` as
+    /// `application_name`.
+    pub async fn dedicated_postgres_connection(
+        &self,
+        application_name: &str,
+    ) -> Result<sqlx::PgConnection, sqlx::Error> {
         if self.backend != Backend::Postgres {
             return Err(sqlx::Error::Configuration("not a PostgreSQL database".into()));
         }
-        sqlx::PgConnection::connect(&self.url).await
+        let options: sqlx::postgres::PgConnectOptions = self.url.parse()?;
+        sqlx::PgConnection::connect_with(&options.application_name(application_name)).await
     }
 
     pub async fn close(&self) {

@@ -43,7 +43,7 @@ impl WriterStore {
     pub async fn connect(database: &Database) -> Result<Self, StoreError> {
         match database.backend() {
             Backend::Postgres => {
-                let mut connection = database.dedicated_postgres_connection().await?;
+                let mut connection = database.dedicated_postgres_connection(super::WRITER_APPLICATION_NAME).await?;
                 // The writer only looks rows up by key, a batch at a time. A
                 // fresh ledger's tables grow faster than autoanalyze follows
                 // them, and a plan made from a near-empty table's statistics
@@ -54,10 +54,6 @@ impl WriterStore {
                 for setting in ["SET enable_seqscan = off", "SET enable_hashjoin = off", "SET enable_mergejoin = off"] {
                     sqlx::query(setting).execute(&mut connection).await?;
                 }
-                sqlx::query("SELECT set_config('application_name', $1, false)")
-                    .bind(super::WRITER_APPLICATION_NAME)
-                    .execute(&mut connection)
-                    .await?;
                 Ok(WriterStore::Postgres(connection))
             }
             Backend::Sqlite => {
